@@ -1,0 +1,189 @@
+//! The in-process actors (ractor, no cluster feature) and how they supervise
+//! each other.
+//!
+//! ```text
+//! scheduler process
+//!   SchedulerActor            owns Core + journal; effects: journal, then sends
+//!   Listener                  accepts TCP; supervisor of the sessions
+//!     ├─ Session (conn 1)     handshake, decode → SchedulerActor, write frames
+//!     └─ Session (conn n)     policy: never restarted (the peer reconnects);
+//!                             a failure is logged, the others carry on
+//! nanny process
+//!   Nanny                     supervisor of one actor per worker process
+//!     ├─ WorkerProc (slot 0)  spawns `actord worker`, watches its exit
+//!     └─ WorkerProc (slot n)  policy: see nanny.rs
+//! ```
+//!
+//! Stopping the root (`SchedulerHandle::stop`, `Nanny` stop) stops its
+//! children; a scheduler or listener that fails ends the process with an
+//! error instead of running on half-alive.
+
+pub mod listener;
+pub mod nanny;
+pub mod scheduler;
+pub mod session;
+
+use crate::core::{Core, CoreConfig};
+use crate::persistence::{AnyJournal, Journal, MemJournal, SledJournal};
+use crate::schedfile::SchedulerFile;
+use listener::{Listener, ListenerArgs};
+use ractor::{Actor, ActorRef};
+use scheduler::{SchedMsg, SchedulerActor, SchedulerArgs};
+use session::SessionConfig;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug)]
+pub struct SchedulerOptions {
+    pub host: String,
+    pub port: u16,
+    pub scheduler_file: PathBuf,
+    /// `None`: results are kept in memory only.
+    pub journal: Option<PathBuf>,
+    pub max_frame: usize,
+    pub core: CoreConfig,
+}
+
+/// A running scheduler: its actors and what it wrote to its scheduler file.
+pub struct SchedulerHandle {
+    pub file: SchedulerFile,
+    pub path: PathBuf,
+    scheduler: ActorRef<SchedMsg>,
+    scheduler_join: tokio::task::JoinHandle<()>,
+    listener: ActorRef<listener::ListenerMsg>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Journal(#[from] crate::persistence::JournalError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write scheduler file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start actor: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+}
+
+fn random_secret() -> String {
+    let a = uuid::Uuid::new_v4();
+    let b = uuid::Uuid::new_v4();
+    format!("{}{}", a.simple(), b.simple())
+}
+
+/// The address peers should dial: a wildcard bind advertises this host's
+/// own address (as resolved from its name), else loopback.
+fn advertised(local: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    if !local.ip().is_unspecified() {
+        return local;
+    }
+    let ip = (crate::util::hostname().as_str(), local.port())
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.find(|a| a.is_ipv4() && !a.ip().is_loopback()))
+        .map(|a| a.ip())
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    std::net::SocketAddr::new(ip, local.port())
+}
+
+/// Opens and replays the journal, listens, and writes the scheduler file
+/// once it is listening.
+pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, StartError> {
+    let journal = match &opts.journal {
+        Some(dir) => AnyJournal::Sled(SledJournal::open(dir)?),
+        None => AnyJournal::Mem(MemJournal::default()),
+    };
+    let t0 = std::time::Instant::now();
+    let records = journal.replay()?;
+    let n_records = records.len();
+    let mut core = Core::new(opts.core.clone());
+    crate::core::replay(&mut core, crate::util::now_micros(), records);
+    if opts.journal.is_some() {
+        tracing::info!(
+            records = n_records,
+            jobs = core.jobs.len(),
+            ms = t0.elapsed().as_millis() as u64,
+            "journal replayed"
+        );
+    }
+
+    let addr = format!("{}:{}", opts.host, opts.port);
+    let tcp = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = tcp
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+
+    let file = SchedulerFile {
+        address: format!("tcp://{}", advertised(local)),
+        instance: uuid::Uuid::new_v4(),
+        epoch: 0,
+        pid: std::process::id(),
+        host: crate::util::hostname(),
+        journal: opts.journal.as_ref().map(|p| p.display().to_string()),
+        dashboard: None,
+        started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        version: env!("CARGO_PKG_VERSION").into(),
+        secret: random_secret(),
+    };
+    let (scheduler, scheduler_join) =
+        Actor::spawn(None, SchedulerActor, SchedulerArgs { core, journal }).await?;
+    let config = SessionConfig {
+        secret: file.secret.clone(),
+        instance: file.instance,
+        epoch: file.epoch,
+        max_frame: opts.max_frame,
+    };
+    let (listener, _) = Actor::spawn(
+        None,
+        Listener,
+        ListenerArgs {
+            listener: tcp,
+            scheduler: scheduler.clone(),
+            config,
+        },
+    )
+    .await?;
+    file.write_atomic(&opts.scheduler_file)
+        .map_err(|source| StartError::File {
+            path: opts.scheduler_file.clone(),
+            source,
+        })?;
+    tracing::info!(address = %file.address, file = %opts.scheduler_file.display(), "scheduler listening");
+    Ok(SchedulerHandle {
+        file,
+        path: opts.scheduler_file,
+        scheduler,
+        scheduler_join,
+        listener,
+    })
+}
+
+impl SchedulerHandle {
+    /// Resolves when the scheduler actor stops (a journal failure, or `stop`).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.scheduler_join).await;
+    }
+
+    /// Stops accepting, stops the scheduler, and removes the scheduler file
+    /// if it is still this run's.
+    pub async fn stop(self) {
+        self.listener.stop(None);
+        self.scheduler.stop(None);
+        let _ = self.scheduler_join.await;
+        if SchedulerFile::read(&self.path).map(|f| f.instance) == Ok(self.file.instance) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        tracing::info!("scheduler stopped");
+    }
+}

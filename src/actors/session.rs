@@ -1,0 +1,225 @@
+//! One actor per accepted connection: performs the handshake, forwards
+//! decoded frames to the scheduler, and writes the frames it is given.
+
+use super::scheduler::SchedMsg;
+use crate::ids::ConnId;
+use crate::protocol::conn::{decode, encode, next_frame, ConnError};
+use crate::protocol::{
+    Conn, FromClient, FromWorker, Hello, HelloReply, Role, ToClient, ToWorker, MAGIC,
+    PROTOCOL_VERSION,
+};
+use bytes::Bytes;
+use futures::SinkExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+use crate::protocol::conn::{FrameSink as Sink, FrameStream as Stream};
+
+/// How long a new connection may take to say `Hello`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub enum SessionMsg {
+    /// Frames to write, in order, with one flush.
+    Frames(Vec<Bytes>),
+    /// Write what is queued, then close.
+    Close,
+}
+
+pub struct Session;
+
+/// What the scheduler tells each session at start.
+#[derive(Clone)]
+pub struct SessionConfig {
+    pub secret: String,
+    pub instance: uuid::Uuid,
+    pub epoch: u64,
+    pub max_frame: usize,
+}
+
+pub struct SessionArgs {
+    pub conn: ConnId,
+    pub stream: TcpStream,
+    pub peer: String,
+    pub scheduler: ActorRef<SchedMsg>,
+    pub config: SessionConfig,
+}
+
+pub struct SessionState {
+    conn: ConnId,
+    sink: Sink,
+    reader: Option<tokio::task::JoinHandle<()>>,
+    scheduler: ActorRef<SchedMsg>,
+    /// Set once the handshake succeeded and the scheduler knows this session.
+    connected: bool,
+}
+
+fn check_hello(hello: &Hello, secret: &str) -> Result<(), String> {
+    if hello.magic != MAGIC {
+        return Err(format!("not an actord peer (magic {:?})", hello.magic));
+    }
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} is not supported: this scheduler speaks version {PROTOCOL_VERSION}; use the same actord version on both sides",
+            hello.protocol
+        ));
+    }
+    if !constant_time_eq(hello.secret.as_bytes(), secret.as_bytes()) {
+        return Err("authentication failed: the secret does not match the scheduler file's".into());
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Actor for Session {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        let mut conn = Conn::new(args.stream, args.config.max_frame);
+        let hello: Result<Hello, String> =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.read::<Hello>()).await {
+                Err(_) => Err(format!("no Hello within {HANDSHAKE_TIMEOUT:?}")),
+                Ok(Err(e)) => Err(format!("expected a Hello frame: {e}")),
+                Ok(Ok(h)) => check_hello(&h, &args.config.secret).map(|_| h),
+            };
+        let (sink, stream) = match hello {
+            Err(error) => {
+                tracing::warn!(peer = %args.peer, %error, "connection refused");
+                let _ = conn.write(&HelloReply::Rejected { error }).await;
+                let (sink, _) = conn.into_split();
+                myself.stop(Some("handshake refused".into()));
+                return Ok(SessionState {
+                    conn: args.conn,
+                    sink,
+                    reader: None,
+                    scheduler: args.scheduler,
+                    connected: false,
+                });
+            }
+            Ok(hello) => {
+                tracing::debug!(peer = %args.peer, role = ?hello.role, host = %hello.host, pid = hello.pid, "connection accepted");
+                let reply = HelloReply::Welcome {
+                    protocol: PROTOCOL_VERSION,
+                    instance: args.config.instance,
+                    epoch: args.config.epoch,
+                };
+                conn.write(&reply).await?;
+                args.scheduler.cast(SchedMsg::Connected {
+                    conn: args.conn,
+                    role: hello.role,
+                    session: myself.clone(),
+                })?;
+                let (sink, stream) = conn.into_split();
+                (sink, (stream, hello.role))
+            }
+        };
+        let (stream, role) = stream;
+        let reader = tokio::spawn(read_loop(
+            stream,
+            role,
+            args.conn,
+            args.peer,
+            args.scheduler.clone(),
+            myself,
+        ));
+        Ok(SessionState {
+            conn: args.conn,
+            sink,
+            reader: Some(reader),
+            scheduler: args.scheduler,
+            connected: true,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        st: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Frames(frames) => {
+                for f in frames {
+                    if st.sink.feed(f).await.is_err() {
+                        myself.stop(Some("write failed".into()));
+                        return Ok(());
+                    }
+                }
+                if st.sink.flush().await.is_err() {
+                    myself.stop(Some("write failed".into()));
+                }
+            }
+            SessionMsg::Close => {
+                let _ = st.sink.close().await;
+                myself.stop(Some("closed by scheduler".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        st: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(r) = st.reader.take() {
+            r.abort();
+        }
+        if st.connected {
+            let _ = st.scheduler.cast(SchedMsg::Closed { conn: st.conn });
+        }
+        Ok(())
+    }
+}
+
+/// Decodes frames for the role and forwards them; on a bad frame tells the
+/// peer why and closes this connection only.
+async fn read_loop(
+    mut stream: Stream,
+    role: Role,
+    conn: ConnId,
+    peer: String,
+    scheduler: ActorRef<SchedMsg>,
+    session: ActorRef<SessionMsg>,
+) {
+    let error = loop {
+        let frame = match next_frame(&mut stream).await {
+            Ok(f) => f,
+            Err(ConnError::Closed) => break None,
+            Err(e) => break Some(e.to_string()),
+        };
+        let sent = match role {
+            Role::Worker => match decode::<FromWorker>(&frame) {
+                Ok(msg) => scheduler.cast(SchedMsg::Worker { conn, msg }),
+                Err(e) => break Some(format!("bad worker message: {e}")),
+            },
+            Role::Client => match decode::<FromClient>(&frame) {
+                Ok(msg) => scheduler.cast(SchedMsg::Client { conn, msg }),
+                Err(e) => break Some(format!("bad client message: {e}")),
+            },
+        };
+        if sent.is_err() {
+            break None; // the scheduler is stopping
+        }
+    };
+    if let Some(message) = error {
+        tracing::warn!(peer = %peer, conn = %conn, error = %message, "closing connection after a bad frame");
+        let reply = match role {
+            Role::Worker => encode(&ToWorker::Error { message }),
+            Role::Client => encode(&ToClient::Error { job: None, message }),
+        };
+        if let Ok(bytes) = reply {
+            let _ = session.cast(SessionMsg::Frames(vec![bytes]));
+        }
+    }
+    let _ = session.cast(SessionMsg::Close);
+}

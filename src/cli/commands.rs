@@ -1,0 +1,687 @@
+//! What each `actord` subcommand does.
+
+use super::{
+    Cli, CliError, ClientCommand, Command, Connect, CtlCommand, LocalArgs, NannyArgs, WorkerArgs,
+};
+use crate::actors::nanny::{Nanny, NannyMsg, NannyOptions};
+use crate::actors::{start_scheduler, SchedulerOptions};
+use crate::client::{cmd_task, Client};
+use crate::config::Config;
+use crate::core::CoreConfig;
+use crate::functions::Registry;
+use crate::ids::JobId;
+use crate::protocol::{Outcome, TaskSpec};
+use crate::util::{expand_path, parse_duration};
+use ractor::Actor;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+fn usage(e: impl ToString) -> CliError {
+    CliError::Usage(e.to_string())
+}
+
+fn failed(e: impl ToString) -> CliError {
+    CliError::Failed(e.to_string())
+}
+
+pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
+    let config_path = cli
+        .config
+        .as_deref()
+        .map(expand_path)
+        .transpose()
+        .map_err(usage)?;
+    let config = Config::load(config_path.as_deref()).map_err(usage)?;
+    match cli.command {
+        Command::Scheduler(a) => {
+            let opts = scheduler_options(
+                &config,
+                a.scheduler_file.as_deref(),
+                a.host,
+                a.port,
+                a.journal.as_deref(),
+            )?;
+            let mut handle = start_scheduler(opts).await.map_err(failed)?;
+            tokio::select! {
+                _ = shutdown_signal() => tracing::info!("signal received; stopping"),
+                _ = handle.stopped() => return Err(failed("the scheduler stopped unexpectedly (see the log above)")),
+            }
+            handle.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker(a) => {
+            let opts = worker_options(&config, &a)?;
+            crate::worker::run_worker(opts, registry)
+                .await
+                .map_err(failed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Nanny(a) => {
+            let mut nanny = start_nanny(&config, config_path.as_deref(), &a).await?;
+            tokio::select! {
+                _ = shutdown_signal() => tracing::info!("signal received; stopping workers"),
+                _ = nanny.1.stopped() => return Err(failed("the nanny stopped unexpectedly")),
+            }
+            stop_nanny(nanny).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Local(a) => local(&config, config_path.as_deref(), a).await,
+        Command::Client(c) => client_command(&config, c).await,
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn scheduler_options(
+    config: &Config,
+    file: Option<&str>,
+    host: Option<String>,
+    port: Option<u16>,
+    journal: Option<&str>,
+) -> Result<SchedulerOptions, CliError> {
+    let c = &config.scheduler;
+    Ok(SchedulerOptions {
+        host: host.unwrap_or_else(|| c.host.clone()),
+        port: port.unwrap_or(c.port),
+        scheduler_file: crate::schedfile::resolve_path(file).map_err(usage)?,
+        journal: journal.map(expand_path).transpose().map_err(usage)?,
+        max_frame: c.max_frame,
+        core: CoreConfig {
+            prefetch_target_us: c.prefetch_target_us,
+            max_prefetch_per_slot: c.max_prefetch_per_slot,
+            max_worker_kills: c.max_worker_kills,
+        },
+    })
+}
+
+fn worker_options(
+    config: &Config,
+    a: &WorkerArgs,
+) -> Result<crate::worker::WorkerOptions, CliError> {
+    let scheduler_file =
+        crate::schedfile::resolve_path(a.scheduler_file.as_deref()).map_err(usage)?;
+    let work_dir = match &a.work_dir {
+        Some(d) => expand_path(d).map_err(usage)?,
+        None => scheduler_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join("actord-jobs"),
+    };
+    let death_timeout = match &a.death_timeout {
+        Some(d) => parse_duration(d).map_err(usage)?,
+        None => config.worker.death_timeout,
+    };
+    let threads = a.threads.unwrap_or(config.worker.threads);
+    if threads == 0 {
+        return Err(usage("--threads must be at least 1"));
+    }
+    Ok(crate::worker::WorkerOptions {
+        scheduler_file,
+        threads,
+        death_timeout,
+        heartbeat: config.worker.heartbeat,
+        max_frame: config.scheduler.max_frame,
+        work_dir,
+    })
+}
+
+type NannyHandle = (ractor::ActorRef<NannyMsg>, NannyJoin);
+
+struct NannyJoin(tokio::task::JoinHandle<()>);
+
+impl NannyJoin {
+    async fn stopped(&mut self) {
+        let _ = (&mut self.0).await;
+    }
+}
+
+async fn start_nanny(
+    config: &Config,
+    config_path: Option<&Path>,
+    a: &NannyArgs,
+) -> Result<NannyHandle, CliError> {
+    if a.workers == 0 {
+        return Err(usage("--workers must be at least 1"));
+    }
+    let w = worker_options(config, &a.worker)?;
+    let exe = std::env::current_exe()
+        .map_err(|e| failed(format!("cannot find the actord binary: {e}")))?;
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut worker_args = vec![
+        "--scheduler-file".to_string(),
+        abs(&w.scheduler_file).display().to_string(),
+        "--threads".into(),
+        w.threads.to_string(),
+        "--death-timeout".into(),
+        format!("{}ms", w.death_timeout.as_millis()),
+        "--work-dir".into(),
+        abs(&w.work_dir).display().to_string(),
+    ];
+    if let Some(c) = config_path {
+        worker_args.extend(["--config".into(), abs(c).display().to_string()]);
+    }
+    let opts = NannyOptions {
+        exe,
+        worker_args,
+        workers: a.workers,
+        max_restarts: config.nanny.max_restarts,
+        restart_window: config.nanny.restart_window,
+    };
+    let (nanny, join) = Actor::spawn(None, Nanny, opts).await.map_err(failed)?;
+    Ok((nanny, NannyJoin(join)))
+}
+
+async fn stop_nanny((nanny, join): NannyHandle) {
+    let _ = nanny.cast(NannyMsg::Shutdown);
+    let _ = join.0.await;
+}
+
+/// A whole cluster in this process: scheduler and nanny actors here, the
+/// workers as child processes; the job runs against it, then all stops.
+async fn local(
+    config: &Config,
+    config_path: Option<&Path>,
+    a: LocalArgs,
+) -> Result<ExitCode, CliError> {
+    let dir = tempfile_dir()?;
+    let file = dir.join("scheduler.json");
+    let file_str = file.display().to_string();
+    let opts = scheduler_options(
+        config,
+        Some(&file_str),
+        Some("127.0.0.1".into()),
+        Some(0),
+        a.journal.as_deref(),
+    )?;
+    let scheduler = start_scheduler(opts).await.map_err(failed)?;
+    let nanny_args = NannyArgs {
+        workers: a.workers,
+        worker: WorkerArgs {
+            threads: Some(a.threads),
+            scheduler_file: Some(file_str.clone()),
+            death_timeout: None,
+            work_dir: Some(dir.join("jobs").display().to_string()),
+        },
+    };
+    let nanny = match start_nanny(config, config_path, &nanny_args).await {
+        Ok(n) => n,
+        Err(e) => {
+            scheduler.stop().await;
+            return Err(e);
+        }
+    };
+    let connect = Connect {
+        scheduler_file: Some(file_str),
+    };
+    let job = with_connect(a.job, connect);
+    // Time the job on the whole cluster, as the Dask harness does.
+    let ready = async {
+        let mut c = Client::connect(&file, config.client.timeout).await?;
+        c.wait_for_workers(a.workers as usize, config.client.timeout)
+            .await
+    };
+    let result = tokio::select! {
+        r = async {
+            ready.await?;
+            client_command(config, job).await
+        } => r,
+        _ = shutdown_signal() => Err(failed("interrupted")),
+    };
+    stop_nanny(nanny).await;
+    scheduler.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir() -> Result<PathBuf, CliError> {
+    let base = std::env::temp_dir().join(format!(
+        "actord-local-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&base)
+        .map_err(|e| failed(format!("cannot create {}: {e}", base.display())))?;
+    Ok(base)
+}
+
+fn with_connect(cmd: ClientCommand, c: Connect) -> ClientCommand {
+    use ClientCommand::*;
+    match cmd {
+        Wait {
+            workers, timeout, ..
+        } => Wait {
+            connect: c,
+            workers,
+            timeout,
+        },
+        Darts {
+            inputs,
+            scale,
+            input_seed,
+            out,
+            ..
+        } => Darts {
+            connect: c,
+            inputs,
+            scale,
+            input_seed,
+            out,
+        },
+        Map { name, inputs, .. } => Map {
+            connect: c,
+            name,
+            inputs,
+        },
+        Submit {
+            array,
+            func,
+            args,
+            argv,
+            ..
+        } => Submit {
+            connect: c,
+            array,
+            func,
+            args,
+            argv,
+        },
+        Gather { job, out, .. } => Gather {
+            connect: c,
+            job,
+            out,
+        },
+        Ctl { command, .. } => Ctl {
+            connect: c,
+            command,
+        },
+    }
+}
+
+async fn connect(config: &Config, c: &Connect) -> Result<Client, CliError> {
+    let path = crate::schedfile::resolve_path(c.scheduler_file.as_deref()).map_err(usage)?;
+    Ok(Client::connect(&path, config.client.timeout).await?)
+}
+
+async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode, CliError> {
+    match cmd {
+        ClientCommand::Wait {
+            connect: c,
+            workers,
+            timeout,
+        } => {
+            let timeout = parse_duration(&timeout).map_err(usage)?;
+            let path =
+                crate::schedfile::resolve_path(c.scheduler_file.as_deref()).map_err(usage)?;
+            let start = Instant::now();
+            let mut client = Client::connect(&path, timeout).await?;
+            let have = client
+                .wait_for_workers(workers, timeout.saturating_sub(start.elapsed()))
+                .await?;
+            eprintln!(
+                "scheduler {} ready with {have} workers",
+                client.file.address
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Darts {
+            connect: c,
+            inputs,
+            scale,
+            input_seed,
+            out,
+        } => darts(config, &c, inputs, scale, input_seed, out.as_deref()).await,
+        ClientCommand::Map {
+            connect: c,
+            name,
+            inputs,
+        } => {
+            let tasks = read_jsonl_tasks(&name, &inputs)?;
+            let mut client = connect(config, &c).await?;
+            let job = client.submit_job(JobId::new(), &name, tasks).await?;
+            println!("{}", job.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Submit {
+            connect: c,
+            array,
+            func,
+            args,
+            argv,
+        } => {
+            let (name, tasks) = submit_tasks(array.as_deref(), func, args.as_deref(), argv)?;
+            let mut client = connect(config, &c).await?;
+            let job = client.submit_job(JobId::new(), &name, tasks).await?;
+            println!("{}", job.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Gather {
+            connect: c,
+            job,
+            out,
+        } => {
+            let job: JobId = job
+                .parse()
+                .map_err(|e| usage(format!("{job:?} is not a job id: {e}")))?;
+            gather(config, &c, job, out.as_deref()).await
+        }
+        ClientCommand::Ctl {
+            connect: c,
+            command,
+        } => {
+            let mut client = connect(config, &c).await?;
+            match command {
+                CtlCommand::Workers { json } => {
+                    let workers = client.workers().await?;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&workers).map_err(failed)?
+                        );
+                    } else {
+                        println!(
+                            "{:<6} {:<24} {:>8} {:>6} {:>8}",
+                            "ID", "HOST", "PID", "SLOTS", "RUNNING"
+                        );
+                        for w in workers {
+                            println!(
+                                "{:<6} {:<24} {:>8} {:>6} {:>8}",
+                                w.id.to_string(),
+                                w.host,
+                                w.pid,
+                                w.slots,
+                                w.running
+                            );
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+    }
+}
+
+fn read_jsonl_tasks(name: &str, inputs: &str) -> Result<Vec<TaskSpec>, CliError> {
+    let text = if inputs == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| usage(format!("cannot read stdin: {e}")))?
+    } else {
+        let path = expand_path(inputs).map_err(usage)?;
+        std::fs::read_to_string(&path)
+            .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?
+    };
+    let mut tasks = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| usage(format!("{inputs}:{}: not JSON: {e}", i + 1)))?;
+        tasks.push(crate::client::fn_task(name, &v)?);
+    }
+    if tasks.is_empty() {
+        return Err(usage(format!(
+            "{inputs}: no inputs (one JSON value per line)"
+        )));
+    }
+    Ok(tasks)
+}
+
+/// Parses `--array 1-200` (or a single `7`) into the inclusive range.
+fn parse_array(s: &str) -> Result<std::ops::RangeInclusive<u64>, CliError> {
+    let bad = || usage(format!("--array {s:?}: expected a range like 1-200"));
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        ),
+        None => {
+            let n = s.trim().parse().map_err(|_| bad())?;
+            (n, n)
+        }
+    };
+    if a > b || b - a >= u32::MAX as u64 {
+        return Err(bad());
+    }
+    Ok(a..=b)
+}
+
+fn submit_tasks(
+    array: Option<&str>,
+    func: Option<String>,
+    args: Option<&str>,
+    argv: Vec<String>,
+) -> Result<(String, Vec<TaskSpec>), CliError> {
+    if let Some(f) = func {
+        if !argv.is_empty() {
+            return Err(usage(
+                "give either --fn NAME or a command after --, not both",
+            ));
+        }
+        let v: serde_json::Value = match args {
+            Some(a) => {
+                serde_json::from_str(a).map_err(|e| usage(format!("--args is not JSON: {e}")))?
+            }
+            None => serde_json::Value::Null,
+        };
+        return Ok((f.clone(), vec![crate::client::fn_task(&f, &v)?]));
+    }
+    if argv.is_empty() {
+        return Err(usage(
+            "nothing to run: give a command after -- (e.g. actord submit -- hostname) or --fn NAME",
+        ));
+    }
+    let name = argv[0].clone();
+    let tasks = match array {
+        None => vec![cmd_task(argv)],
+        Some(r) => parse_array(r)?
+            .map(|i| TaskSpec {
+                key: Some(i.to_string()),
+                ..cmd_task(argv.clone())
+            })
+            .collect(),
+    };
+    Ok((name, tasks))
+}
+
+/// msgpack → JSON for output files; binary becomes an array of bytes.
+pub fn msgpack_to_json(bytes: &[u8]) -> serde_json::Value {
+    fn conv(v: rmpv::Value) -> serde_json::Value {
+        use rmpv::Value as V;
+        use serde_json::Value as J;
+        match v {
+            V::Nil => J::Null,
+            V::Boolean(b) => J::Bool(b),
+            V::Integer(i) => i
+                .as_i64()
+                .map(J::from)
+                .or_else(|| i.as_u64().map(J::from))
+                .unwrap_or(J::Null),
+            V::F32(f) => J::from(f as f64),
+            V::F64(f) => J::from(f),
+            V::String(s) => J::String(s.into_str().unwrap_or_default()),
+            V::Binary(b) => J::Array(b.into_iter().map(J::from).collect()),
+            V::Array(a) => J::Array(a.into_iter().map(conv).collect()),
+            V::Map(m) => J::Object(
+                m.into_iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str()
+                                .map(String::from)
+                                .unwrap_or_else(|| k.to_string()),
+                            conv(v),
+                        )
+                    })
+                    .collect(),
+            ),
+            V::Ext(_, b) => J::Array(b.into_iter().map(J::from).collect()),
+        }
+    }
+    match rmpv::decode::read_value(&mut &bytes[..]) {
+        Ok(v) => conv(v),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tasks  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(pb)
+}
+
+async fn gather(
+    config: &Config,
+    c: &Connect,
+    job: JobId,
+    out: Option<&str>,
+) -> Result<ExitCode, CliError> {
+    let mut client = connect(config, c).await?;
+    let pb = progress_bar(0);
+    let gathered = client
+        .gather_with(job, |done, _| {
+            if let Some(pb) = &pb {
+                pb.set_position(done as u64);
+            }
+        })
+        .await?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let mut results = Vec::with_capacity(gathered.outcomes.len());
+    let mut failures = Vec::new();
+    for o in &gathered.outcomes {
+        match &o.outcome {
+            Outcome::Ok { result } => results.push(msgpack_to_json(result)),
+            Outcome::Err { error } => {
+                results.push(serde_json::Value::Null);
+                failures.push(
+                    serde_json::json!({"task": o.idx, "attempts": o.attempts, "error": error}),
+                );
+            }
+        }
+    }
+    let doc = serde_json::json!({
+        "job": job.to_string(),
+        "tasks": gathered.outcomes.len(),
+        "finished": gathered.outcomes.len() - failures.len(),
+        "failed": failures.len(),
+        "results": results,
+        "failures": failures,
+    });
+    write_json(out, &doc)?;
+    for f in &failures {
+        eprintln!(
+            "task {} failed: {}",
+            f["task"],
+            f["error"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn write_json(out: Option<&str>, doc: &serde_json::Value) -> Result<(), CliError> {
+    match out {
+        None => println!("{doc}"),
+        Some(p) => {
+            let path = expand_path(p).map_err(usage)?;
+            let text = serde_json::to_string(doc).map_err(failed)?;
+            std::fs::write(&path, text)
+                .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+async fn darts(
+    config: &Config,
+    c: &Connect,
+    n_inputs: usize,
+    scale: f64,
+    input_seed: u64,
+    out: Option<&str>,
+) -> Result<ExitCode, CliError> {
+    if n_inputs == 0 {
+        return Err(usage("--inputs must be at least 1"));
+    }
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(usage("--scale must be a positive number"));
+    }
+    let inputs = crate::darts::make_inputs(n_inputs, scale, input_seed);
+    let total: u64 = inputs.iter().map(|(d, _)| d).sum();
+    eprintln!("{} inputs, {total} darts total", inputs.len());
+    let mut client = connect(config, c).await?;
+    let workers = client.workers().await?;
+    let t0 = Instant::now();
+    let job = client.map("darts", inputs.clone()).await?;
+    let pb = progress_bar(job.tasks as u64);
+    let gathered = client
+        .gather_with(job.id, |done, _| {
+            if let Some(pb) = &pb {
+                pb.set_position(done as u64);
+            }
+        })
+        .await?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    if let Some((idx, error)) = gathered.failed().next() {
+        return Err(failed(format!("darts task {idx} failed: {error}")));
+    }
+    let results: Vec<(u64, u64)> = gathered.values()?;
+    let in_circle: u64 = results.iter().map(|r| r.0).sum();
+    if results.iter().map(|r| r.1).sum::<u64>() != total {
+        return Err(failed("dart count mismatch between inputs and results"));
+    }
+    let pi = 4.0 * in_circle as f64 / total as f64;
+    let threads = workers.iter().map(|w| w.slots).max().unwrap_or(0);
+    let doc = serde_json::json!({
+        "system": "actord",
+        "workload": "darts",
+        "n": inputs.len(),
+        "tasks": inputs.len(),
+        "scale": scale,
+        "input_seed": input_seed,
+        "rng": "private",
+        "darts": total,
+        "status": "ok",
+        "workers": workers.len(),
+        "threads_per_worker": threads,
+        "wall_s": (wall * 1000.0).round() / 1000.0,
+        "tasks_per_s": inputs.len() as f64 / wall,
+        "darts_per_s": (total as f64 / wall).round(),
+        "pi": pi,
+        "pi_abs_err": (pi - std::f64::consts::PI).abs(),
+        "in_circle": in_circle,
+        "job": job.id.to_string(),
+        "inputs": inputs,
+        "results": results,
+    });
+    if let Some(p) = out {
+        write_json(Some(p), &doc)?;
+        eprintln!("pi ~= {pi:.6} from {total} darts in {wall:.2}s -> {p}");
+    } else {
+        eprintln!("pi ~= {pi:.6} from {total} darts in {wall:.2}s");
+    }
+    println!("{pi}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,255 @@
+//! The `actord` command line. `main_with(registry)` lets library users build
+//! their own worker binary with their own functions registered.
+
+mod commands;
+
+use crate::functions::Registry;
+use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "actord",
+    version,
+    about = "A fault-tolerant, Dask-style distributed task system"
+)]
+pub struct Cli {
+    /// Configuration file read on top of the built-in defaults (config/actord.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the scheduler; writes the scheduler file once it listens.
+    Scheduler(SchedulerArgs),
+    /// Start N worker processes and supervise them.
+    Nanny(NannyArgs),
+    /// Run one worker process (normally started by a nanny, or by srun).
+    Worker(WorkerArgs),
+    /// Run a whole cluster in this process (scheduler + nanny + workers),
+    /// run one client command against it, and tear it down.
+    Local(LocalArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SchedulerArgs {
+    /// Where to write the scheduler file [default: $ACTORD_SCHEDULER_FILE,
+    /// else $SCRATCH/actord/scheduler.json, else ./actord-scheduler.json].
+    #[arg(long, value_name = "FILE")]
+    pub scheduler_file: Option<String>,
+    /// Address to listen on [config: scheduler.host].
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on; 0 picks a free one [config: scheduler.port].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Journal directory (sled); replayed at start if it holds a journal.
+    /// Without it, results are kept in memory only.
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Task slots (threads) in this worker [config: worker.threads].
+    #[arg(long, alias = "nthreads")]
+    pub threads: Option<u32>,
+    #[arg(long, value_name = "FILE")]
+    pub scheduler_file: Option<String>,
+    /// How long to keep trying to reach a lost scheduler, e.g. 60s [config: worker.death_timeout].
+    #[arg(long, value_name = "DURATION")]
+    pub death_timeout: Option<String>,
+    /// Directory for `cmd` task output [default: beside the scheduler file, in actord-jobs/].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NannyArgs {
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// Slots per worker.
+    #[arg(long, default_value_t = 1)]
+    pub threads: u32,
+    /// Journal directory for the embedded scheduler (default: none, in memory).
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<String>,
+    #[command(subcommand)]
+    pub job: ClientCommand,
+}
+
+/// Where a client command finds the scheduler, and how long it waits.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Connect {
+    /// Scheduler file [default: $ACTORD_SCHEDULER_FILE, else
+    /// $SCRATCH/actord/scheduler.json, else ./actord-scheduler.json].
+    #[arg(long, value_name = "FILE")]
+    pub scheduler_file: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Wait until the scheduler answers and N workers are registered.
+    Wait {
+        #[command(flatten)]
+        connect: Connect,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Give up after this long, e.g. 60, 30s, 2m.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+    },
+    /// The tutorial's job: map throw_darts over the inputs, gather, print π.
+    Darts {
+        #[command(flatten)]
+        connect: Connect,
+        /// Number of tasks (the tutorial's 100).
+        #[arg(long, default_value_t = 100)]
+        inputs: usize,
+        /// Multiplies the dart counts (1.0 = the tutorial's size).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Seed for drawing the inputs (same flags, same inputs).
+        #[arg(long, default_value_t = 1)]
+        input_seed: u64,
+        /// Write inputs, results and π here as JSON.
+        #[arg(long, value_name = "FILE")]
+        out: Option<String>,
+    },
+    /// Map a function over JSON inputs (one args value per line); prints the job id.
+    Map {
+        #[command(flatten)]
+        connect: Connect,
+        /// Function name, e.g. inc, darts.
+        name: String,
+        /// JSON lines file, one args value per line; - reads stdin.
+        #[arg(long, value_name = "FILE.jsonl")]
+        inputs: String,
+    },
+    /// Submit a command (after --) or one function task; prints the job id.
+    Submit {
+        #[command(flatten)]
+        connect: Connect,
+        /// Run the command once per index, e.g. 1-200 ($ACTORD_TASK is the index).
+        #[arg(long, value_name = "RANGE")]
+        array: Option<String>,
+        /// Submit one function task instead of a command.
+        #[arg(long = "fn", value_name = "NAME", conflicts_with = "array")]
+        func: Option<String>,
+        /// JSON arguments of the function task.
+        #[arg(long, value_name = "JSON", requires = "func")]
+        args: Option<String>,
+        /// The command and its arguments.
+        #[arg(last = true, value_name = "ARGV")]
+        argv: Vec<String>,
+    },
+    /// Wait for a job and write its results; exit 1 if any task failed.
+    Gather {
+        #[command(flatten)]
+        connect: Connect,
+        job: String,
+        /// Write {"results": [...], "failures": [...]} here as JSON (default: stdout).
+        #[arg(long, value_name = "FILE")]
+        out: Option<String>,
+    },
+    /// Admin commands.
+    Ctl {
+        #[command(flatten)]
+        connect: Connect,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCommand {
+    /// List the registered workers.
+    Workers {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `actord` with the built-in functions.
+pub fn main() -> ExitCode {
+    main_with(Registry::builtin())
+}
+
+/// Runs `actord` with `registry` as the worker's functions.
+pub fn main_with(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("actord: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli, registry)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("actord: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ACTORD_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A command's failure: a usage error (exit 2) or a runtime failure (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Failed(_) => 1,
+        }
+    }
+}
+
+impl From<crate::client::ClientError> for CliError {
+    fn from(e: crate::client::ClientError) -> Self {
+        match e {
+            crate::client::ClientError::Usage(m) => CliError::Usage(m),
+            other => CliError::Failed(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The Rust client: connect by scheduler file, submit jobs, map a function
+//! over inputs, and gather results as they complete.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), actord::client::ClientError> {
+//! use actord::client::Client;
+//! let mut client = Client::connect_default(None).await?;
+//! let job = client.map("inc", (0..10i64).collect::<Vec<_>>()).await?;
+//! let results: Vec<i64> = client.gather(&job).await?.values()?;
+//! # Ok(()) }
+//! ```
+
+use crate::ids::JobId;
+use crate::protocol::{
+    Conn, FromClient, Outcome, Role, TaskKind, TaskOutcome, TaskSpec, ToClient, WorkerInfo,
+    DEFAULT_MAX_FRAME,
+};
+use crate::schedfile::{resolve_path, wait_for_file, SchedulerFile};
+use serde::{de::DeserializeOwned, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Connect(String),
+    #[error("scheduler connection: {0}")]
+    Conn(#[from] crate::protocol::ConnError),
+    #[error("scheduler refused: {0}")]
+    Scheduler(String),
+    #[error("cannot encode arguments: {0}")]
+    Encode(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("task {idx} failed: {error}")]
+    TaskFailed { idx: u32, error: String },
+    #[error("unexpected reply from the scheduler: {0}")]
+    Protocol(String),
+}
+
+/// A submitted job: what futures in Dask would carry, the job id and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobHandle {
+    pub id: JobId,
+    pub tasks: u32,
+}
+
+/// One task of a job, as `submit` returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskFuture {
+    pub job: JobId,
+    pub idx: u32,
+}
+
+/// All outcomes of a job, in task order.
+#[derive(Debug)]
+pub struct Gathered {
+    pub job: JobId,
+    pub outcomes: Vec<TaskOutcome>,
+}
+
+impl Gathered {
+    pub fn failed(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.outcomes.iter().filter_map(|o| match &o.outcome {
+            Outcome::Err { error } => Some((o.idx, error.as_str())),
+            _ => None,
+        })
+    }
+
+    /// Decodes every result as `T`; the first failed task is the error.
+    pub fn values<T: DeserializeOwned>(&self) -> Result<Vec<T>, ClientError> {
+        self.outcomes.iter().map(|o| decode_outcome(o)).collect()
+    }
+}
+
+pub fn decode_outcome<T: DeserializeOwned>(o: &TaskOutcome) -> Result<T, ClientError> {
+    match &o.outcome {
+        Outcome::Ok { result } => rmp_serde::from_slice(result)
+            .map_err(|e| ClientError::Protocol(format!("result of task {}: {e}", o.idx))),
+        Outcome::Err { error } => Err(ClientError::TaskFailed {
+            idx: o.idx,
+            error: error.clone(),
+        }),
+    }
+}
+
+pub struct Client {
+    conn: Conn,
+    pub file: SchedulerFile,
+    pub path: PathBuf,
+}
+
+impl Client {
+    /// Finds the scheduler the default way (flag, `$ACTORD_SCHEDULER_FILE`,
+    /// `$SCRATCH/actord/scheduler.json`, `./actord-scheduler.json`) and
+    /// waits up to 60 s for it.
+    pub async fn connect_default(flag: Option<&str>) -> Result<Client, ClientError> {
+        let path = resolve_path(flag).map_err(ClientError::Usage)?;
+        Client::connect(&path, Duration::from_secs(60)).await
+    }
+
+    /// Waits (bounded) for the scheduler file and for the scheduler to answer.
+    pub async fn connect(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        let start = Instant::now();
+        let mut said = false;
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            let file = wait_for_file(path, left)
+                .await
+                .map_err(ClientError::Connect)?;
+            let attempt = Conn::connect(
+                file.socket_addr(),
+                Role::Client,
+                &file.secret,
+                DEFAULT_MAX_FRAME,
+                Duration::from_secs(5),
+            )
+            .await;
+            match attempt {
+                Ok((conn, _)) => return Ok(Client { conn, file, path: path.to_path_buf() }),
+                Err(crate::protocol::ConnError::Rejected(e)) => return Err(ClientError::Scheduler(e)),
+                Err(e) if start.elapsed() >= timeout => {
+                    return Err(ClientError::Connect(format!(
+                        "cannot reach the scheduler at {} named by {} ({}): {e}; is that scheduler still running?",
+                        file.address,
+                        path.display(),
+                        file.describe()
+                    )))
+                }
+                Err(_) => {}
+            }
+            if !said {
+                tracing::info!(address = %file.address, "waiting for the scheduler to answer");
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn expect_reply(&mut self) -> Result<ToClient, ClientError> {
+        match self.conn.read::<ToClient>().await? {
+            ToClient::Error { message, .. } => Err(ClientError::Scheduler(message)),
+            other => Ok(other),
+        }
+    }
+
+    /// Submits a job with a chosen id; returns once the scheduler has made it
+    /// durable. Submitting the same id again is harmless.
+    pub async fn submit_job(
+        &mut self,
+        job: JobId,
+        name: &str,
+        tasks: Vec<TaskSpec>,
+    ) -> Result<JobHandle, ClientError> {
+        self.conn
+            .write(&FromClient::Submit {
+                job,
+                name: name.into(),
+                tasks,
+            })
+            .await?;
+        match self.expect_reply().await? {
+            ToClient::Submitted { job: j, tasks } if j == job => Ok(JobHandle { id: job, tasks }),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Submits one `fn` task as a job of its own.
+    pub async fn submit<A: Serialize>(
+        &mut self,
+        func: &str,
+        args: &A,
+    ) -> Result<TaskFuture, ClientError> {
+        let spec = fn_task(func, args)?;
+        let job = self.submit_job(JobId::new(), func, vec![spec]).await?;
+        Ok(TaskFuture {
+            job: job.id,
+            idx: 0,
+        })
+    }
+
+    /// `client.map(func, inputs)`: one task per input, one job.
+    pub async fn map<A: Serialize>(
+        &mut self,
+        func: &str,
+        inputs: Vec<A>,
+    ) -> Result<JobHandle, ClientError> {
+        let tasks = inputs
+            .iter()
+            .map(|a| fn_task(func, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.submit_job(JobId::new(), func, tasks).await
+    }
+
+    /// Outcomes in completion order; call `next` until it returns `None`.
+    pub async fn as_completed(&mut self, job: JobId) -> Result<AsCompleted<'_>, ClientError> {
+        self.conn.write(&FromClient::Watch { job }).await?;
+        Ok(AsCompleted {
+            client: self,
+            job,
+            buffer: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// Waits for every task of the job and returns the outcomes in task order.
+    pub async fn gather(&mut self, job: &JobHandle) -> Result<Gathered, ClientError> {
+        self.gather_with(job.id, |_, _| {}).await
+    }
+
+    /// `gather` with a progress callback `(done, total?)` per batch.
+    pub async fn gather_with(
+        &mut self,
+        job: JobId,
+        mut progress: impl FnMut(usize, &TaskOutcome),
+    ) -> Result<Gathered, ClientError> {
+        let mut outcomes = Vec::new();
+        let mut stream = self.as_completed(job).await?;
+        while let Some(o) = stream.next().await? {
+            outcomes.push(o);
+            progress(outcomes.len(), outcomes.last().expect("just pushed"));
+        }
+        outcomes.sort_by_key(|o| o.idx);
+        Ok(Gathered { job, outcomes })
+    }
+
+    pub async fn workers(&mut self) -> Result<Vec<WorkerInfo>, ClientError> {
+        self.conn.write(&FromClient::Workers).await?;
+        match self.expect_reply().await? {
+            ToClient::Workers { workers } => Ok(workers),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Blocks until at least `n` workers are registered, or `timeout`.
+    pub async fn wait_for_workers(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<usize, ClientError> {
+        let start = Instant::now();
+        loop {
+            let have = self.workers().await?.len();
+            if have >= n {
+                return Ok(have);
+            }
+            if start.elapsed() >= timeout {
+                return Err(ClientError::Connect(format!(
+                    "only {have} of {n} workers registered within {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A stream of a job's outcomes as they finish.
+pub struct AsCompleted<'a> {
+    client: &'a mut Client,
+    job: JobId,
+    buffer: Vec<TaskOutcome>,
+    done: bool,
+}
+
+impl AsCompleted<'_> {
+    pub async fn next(&mut self) -> Result<Option<TaskOutcome>, ClientError> {
+        loop {
+            if let Some(o) = self.buffer.pop() {
+                return Ok(Some(o));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            match self.client.expect_reply().await? {
+                ToClient::Outcomes { job, mut outcomes } if job == self.job => {
+                    outcomes.reverse();
+                    self.buffer = outcomes;
+                }
+                ToClient::JobDone { job, .. } if job == self.job => self.done = true,
+                other => return Err(ClientError::Protocol(format!("{other:?}"))),
+            }
+        }
+    }
+}
+
+/// An `fn` task calling `func` with msgpack-encoded `args`.
+pub fn fn_task<A: Serialize>(func: &str, args: &A) -> Result<TaskSpec, ClientError> {
+    let args = rmp_serde::to_vec(args).map_err(|e| ClientError::Encode(e.to_string()))?;
+    Ok(TaskSpec {
+        key: None,
+        kind: TaskKind::Fn {
+            name: func.into(),
+            args,
+        },
+    })
+}
+
+/// A `cmd` task running `argv`.
+pub fn cmd_task(argv: Vec<String>) -> TaskSpec {
+    TaskSpec {
+        key: None,
+        kind: TaskKind::Cmd { argv },
+    }
+}

@@ -1,0 +1,499 @@
+//! Event handlers of the core: one free function per event, as
+//! `on_x(core, fx, now, …)`. `now` is microseconds on the host's clock.
+
+use super::{Core, Effects, Job, Task, TaskState, Worker};
+use crate::ids::{ConnId, JobId, TaskId, WorkerId};
+use crate::persistence::Record;
+use crate::protocol::{
+    Assignment, Outcome, TaskOutcome, TaskReport, TaskSpec, ToClient, ToWorker, WorkerInfo,
+};
+use std::collections::HashMap;
+
+/// Most outcomes sent to a watcher in one message when it catches up.
+const CATCH_UP_CHUNK: usize = 4096;
+
+pub struct NewWorker {
+    pub slots: u32,
+    pub host: String,
+    pub pid: u32,
+    pub functions: Vec<String>,
+}
+
+pub fn on_worker_joined(
+    core: &mut Core,
+    fx: &mut impl Effects,
+    now: u64,
+    conn: ConnId,
+    w: NewWorker,
+) -> WorkerId {
+    core.next_worker += 1;
+    let id = WorkerId(core.next_worker);
+    tracing::info!(worker = %id, host = %w.host, pid = w.pid, slots = w.slots, "worker registered");
+    core.workers.insert(
+        id,
+        Worker {
+            conn,
+            host: w.host,
+            pid: w.pid,
+            slots: w.slots.max(1),
+            functions: w.functions,
+            assigned: Default::default(),
+            avg_task_us: None,
+            last_seen: now,
+        },
+    );
+    core.worker_by_conn.insert(conn, id);
+    fx.to_worker(conn, ToWorker::Registered { worker: id });
+    schedule(core, fx);
+    id
+}
+
+/// A worker is gone (connection closed, or declared dead): its unreported
+/// tasks go back to the queue, except those that have now killed too many.
+pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, _now: u64, id: WorkerId, why: &str) {
+    let Some(w) = core.workers.remove(&id) else {
+        return;
+    };
+    core.worker_by_conn.remove(&w.conn);
+    if why == GOODBYE && w.assigned.is_empty() {
+        tracing::info!(worker = %id, "worker left");
+    } else {
+        tracing::warn!(worker = %id, in_flight = w.assigned.len(), reason = why, "worker lost");
+    }
+    let mut lost: Vec<TaskId> = w.assigned.into_iter().collect();
+    lost.sort();
+    let mut failed: HashMap<JobId, Vec<TaskOutcome>> = HashMap::new();
+    for tid in lost {
+        let max_kills = core.config.max_worker_kills;
+        let task = core.get_task_mut(tid);
+        task.killed.push(id);
+        if task.killed.len() as u32 >= max_kills {
+            let names: Vec<String> = task.killed.iter().map(|w| w.to_string()).collect();
+            let error = format!(
+                "task {tid} was running on {} workers that died ({}); giving up",
+                names.len(),
+                names.join(", ")
+            );
+            let outcome = Outcome::Err { error };
+            fx.journal(Record::TaskDone {
+                task: tid,
+                attempt: task.attempts,
+                outcome: outcome.clone(),
+            });
+            failed
+                .entry(tid.job)
+                .or_default()
+                .push(set_outcome(core, tid, outcome));
+        } else {
+            task.state = TaskState::Ready;
+            core.ready.push_front(tid);
+        }
+    }
+    for (job, outcomes) in failed {
+        notify_watchers(core, fx, job, outcomes);
+    }
+    schedule(core, fx);
+}
+
+/// The reason `on_worker_lost` gets when a worker said goodbye.
+pub const GOODBYE: &str = "worker shut down";
+
+pub fn on_connection_closed(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId) {
+    if let Some(wid) = core.worker_by_conn.get(&conn).copied() {
+        on_worker_lost(core, fx, now, wid, "connection closed");
+    }
+    for job in core.jobs.values_mut() {
+        job.watchers.retain(|c| *c != conn);
+    }
+}
+
+pub fn on_heartbeat(core: &mut Core, now: u64, conn: ConnId) {
+    if let Some(w) = core
+        .worker_by_conn
+        .get(&conn)
+        .and_then(|id| core.workers.get_mut(id))
+    {
+        w.last_seen = now;
+    }
+}
+
+/// Checks a submission before anything is changed; `Err` is the one-line
+/// message for the client.
+fn validate_submit(tasks: &[TaskSpec]) -> Result<(), String> {
+    if tasks.is_empty() {
+        return Err("a job needs at least one task".into());
+    }
+    if tasks.len() > u32::MAX as usize {
+        return Err("too many tasks in one job".into());
+    }
+    let mut keys = std::collections::HashSet::new();
+    for (i, t) in tasks.iter().enumerate() {
+        if let Some(k) = &t.key {
+            if !keys.insert(k.as_str()) {
+                return Err(format!("task key {k:?} appears twice (task {i})"));
+            }
+        }
+        match &t.kind {
+            crate::protocol::TaskKind::Fn { name, .. } if name.is_empty() => {
+                return Err(format!("task {i}: empty function name"))
+            }
+            crate::protocol::TaskKind::Cmd { argv } if argv.is_empty() => {
+                return Err(format!("task {i}: empty argv"))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub fn on_submit(
+    core: &mut Core,
+    fx: &mut impl Effects,
+    now: u64,
+    conn: ConnId,
+    job: JobId,
+    name: String,
+    tasks: Vec<TaskSpec>,
+) {
+    if let Some(existing) = core.jobs.get(&job) {
+        // A resubmission after a lost reply: same job, nothing new to do.
+        if existing.tasks.len() == tasks.len() {
+            fx.to_client(
+                conn,
+                ToClient::Submitted {
+                    job,
+                    tasks: tasks.len() as u32,
+                },
+            );
+        } else {
+            let message = format!(
+                "job {job} already exists with {} tasks (this submission has {})",
+                existing.tasks.len(),
+                tasks.len()
+            );
+            fx.to_client(
+                conn,
+                ToClient::Error {
+                    job: Some(job),
+                    message,
+                },
+            );
+        }
+        return;
+    }
+    if let Err(message) = validate_submit(&tasks) {
+        fx.to_client(
+            conn,
+            ToClient::Error {
+                job: Some(job),
+                message,
+            },
+        );
+        return;
+    }
+    fx.journal(Record::JobSubmitted {
+        job,
+        name: name.clone(),
+        tasks: tasks.clone(),
+    });
+    insert_job(core, now, job, name, tasks);
+    let n = core.jobs[&job].tasks.len() as u32;
+    tracing::info!(job = %job, tasks = n, "job submitted");
+    fx.to_client(conn, ToClient::Submitted { job, tasks: n });
+    schedule(core, fx);
+}
+
+fn insert_job(core: &mut Core, now: u64, job: JobId, name: String, specs: Vec<TaskSpec>) {
+    let tasks: Vec<Task> = specs
+        .into_iter()
+        .map(|s| Task {
+            key: s.key,
+            kind: s.kind,
+            state: TaskState::Ready,
+            attempts: 0,
+            killed: Vec::new(),
+            outcome: None,
+        })
+        .collect();
+    core.ready
+        .extend((0..tasks.len() as u32).map(|idx| TaskId { job, idx }));
+    core.jobs.insert(
+        job,
+        Job {
+            name,
+            tasks,
+            finished: 0,
+            failed: 0,
+            watchers: Vec::new(),
+            submitted_at: now,
+        },
+    );
+}
+
+pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
+    let Some(j) = core.jobs.get_mut(&job) else {
+        let message = format!("no job {job} on this scheduler");
+        fx.to_client(
+            conn,
+            ToClient::Error {
+                job: Some(job),
+                message,
+            },
+        );
+        return;
+    };
+    let done: Vec<TaskOutcome> = j
+        .tasks
+        .iter()
+        .enumerate()
+        .filter_map(|(idx, t)| {
+            t.outcome.as_ref().map(|o| TaskOutcome {
+                idx: idx as u32,
+                attempts: t.attempts,
+                outcome: o.clone(),
+            })
+        })
+        .collect();
+    for chunk in done.chunks(CATCH_UP_CHUNK) {
+        fx.to_client(
+            conn,
+            ToClient::Outcomes {
+                job,
+                outcomes: chunk.to_vec(),
+            },
+        );
+    }
+    if j.is_done() {
+        fx.to_client(
+            conn,
+            ToClient::JobDone {
+                job,
+                finished: j.finished,
+                failed: j.failed,
+            },
+        );
+    } else if !j.watchers.contains(&conn) {
+        j.watchers.push(conn);
+    }
+}
+
+pub fn on_list_workers(core: &Core, fx: &mut impl Effects, conn: ConnId) {
+    let workers = core
+        .workers
+        .iter()
+        .map(|(id, w)| WorkerInfo {
+            id: *id,
+            host: w.host.clone(),
+            pid: w.pid,
+            slots: w.slots,
+            running: w.assigned.len() as u32,
+        })
+        .collect();
+    fx.to_client(conn, ToClient::Workers { workers });
+}
+
+/// Records the first outcome of a task and returns what watchers are told.
+fn set_outcome(core: &mut Core, tid: TaskId, outcome: Outcome) -> TaskOutcome {
+    let job = core.jobs.get_mut(&tid.job).expect("job of a live task");
+    let task = &mut job.tasks[tid.idx as usize];
+    if outcome.is_ok() {
+        task.state = TaskState::Finished;
+        job.finished += 1;
+    } else {
+        task.state = TaskState::Failed;
+        job.failed += 1;
+    }
+    task.outcome = Some(outcome.clone());
+    TaskOutcome {
+        idx: tid.idx,
+        attempts: task.attempts,
+        outcome,
+    }
+}
+
+fn notify_watchers(core: &mut Core, fx: &mut impl Effects, job: JobId, outcomes: Vec<TaskOutcome>) {
+    let Some(j) = core.jobs.get_mut(&job) else {
+        return;
+    };
+    let done = j.is_done();
+    let watchers = if done {
+        std::mem::take(&mut j.watchers)
+    } else {
+        j.watchers.clone()
+    };
+    for w in &watchers {
+        fx.to_client(
+            *w,
+            ToClient::Outcomes {
+                job,
+                outcomes: outcomes.clone(),
+            },
+        );
+        if done {
+            fx.to_client(
+                *w,
+                ToClient::JobDone {
+                    job,
+                    finished: j.finished,
+                    failed: j.failed,
+                },
+            );
+        }
+    }
+    if done {
+        tracing::info!(job = %job, finished = j.finished, failed = j.failed, "job finished");
+    }
+}
+
+/// A batch of finished attempts from one worker. The first report of a task
+/// wins; reports for tasks that already have an outcome, or that this
+/// worker does not hold, are counted and dropped.
+pub fn on_reports(
+    core: &mut Core,
+    fx: &mut impl Effects,
+    now: u64,
+    conn: ConnId,
+    reports: Vec<TaskReport>,
+) {
+    let Some(wid) = core.worker_by_conn.get(&conn).copied() else {
+        fx.to_worker(
+            conn,
+            ToWorker::Error {
+                message: "reports from an unregistered worker".into(),
+            },
+        );
+        return;
+    };
+    let mut by_job: HashMap<JobId, Vec<TaskOutcome>> = HashMap::new();
+    for r in reports {
+        let known = core.find_task(r.task).map(|t| t.outcome.is_none());
+        if known != Some(true) {
+            core.duplicate_reports += 1;
+            continue;
+        }
+        let w = core.workers.get_mut(&wid).expect("registered worker");
+        w.last_seen = now;
+        w.assigned.remove(&r.task);
+        let sample = r.micros as f64;
+        w.avg_task_us = Some(match w.avg_task_us {
+            None => sample,
+            Some(avg) => avg * 0.9 + sample * 0.1,
+        });
+        let task = core.get_task_mut(r.task);
+        if let TaskState::Assigned(holder) = task.state {
+            if holder != wid {
+                // Another worker holds the current attempt; this late report
+                // still wins (first report recorded), so release the holder.
+                if let Some(h) = core.workers.get_mut(&holder) {
+                    h.assigned.remove(&r.task);
+                }
+            }
+        } else if task.state == TaskState::Ready {
+            core.ready.retain(|t| *t != r.task);
+        }
+        fx.journal(Record::TaskDone {
+            task: r.task,
+            attempt: r.attempt,
+            outcome: r.outcome.clone(),
+        });
+        by_job
+            .entry(r.task.job)
+            .or_default()
+            .push(set_outcome(core, r.task, r.outcome));
+    }
+    for (job, outcomes) in by_job {
+        notify_watchers(core, fx, job, outcomes);
+    }
+    schedule(core, fx);
+}
+
+/// Hands ready tasks to workers with free capacity, spreading them one at
+/// a time across workers, one `Assign` message per worker.
+pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
+    if core.ready.is_empty() || core.workers.is_empty() {
+        return;
+    }
+    let cfg = core.config.clone();
+    let mut free: Vec<(WorkerId, usize, Vec<Assignment>)> = core
+        .workers
+        .iter()
+        .filter_map(|(id, w)| {
+            let free = w.capacity(&cfg).saturating_sub(w.assigned.len());
+            (free > 0).then(|| (*id, free, Vec::new()))
+        })
+        .collect();
+    'outer: while !free.is_empty() {
+        let mut any = false;
+        for (wid, room, batch) in free.iter_mut() {
+            if *room == 0 {
+                continue;
+            }
+            let Some(tid) = core.ready.pop_front() else {
+                break 'outer;
+            };
+            let task = core.get_task_mut(tid);
+            task.attempts += 1;
+            task.state = TaskState::Assigned(*wid);
+            batch.push(Assignment {
+                task: tid,
+                key: task.key.clone(),
+                attempt: task.attempts,
+                kind: task.kind.clone(),
+            });
+            *room -= 1;
+            any = true;
+        }
+        if !any {
+            break;
+        }
+    }
+    for (wid, _, batch) in free {
+        if batch.is_empty() {
+            continue;
+        }
+        let w = core.workers.get_mut(&wid).expect("worker chosen above");
+        w.assigned.extend(batch.iter().map(|a| a.task));
+        fx.to_worker(w.conn, ToWorker::Assign { tasks: batch });
+    }
+}
+
+/// Rebuilds the core from journal records, through the same state changes
+/// live events make. Tasks without an outcome end up queued again, in
+/// submission order.
+pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
+    let mut order = Vec::new();
+    for r in records {
+        match r {
+            Record::JobSubmitted { job, name, tasks } => {
+                if !core.jobs.contains_key(&job) {
+                    insert_job(core, now, job, name, tasks);
+                    order.push(job);
+                }
+            }
+            Record::TaskDone {
+                task,
+                attempt,
+                outcome,
+            } => {
+                let unset = core.find_task(task).map(|t| t.outcome.is_none()) == Some(true);
+                if unset {
+                    let t = core.get_task_mut(task);
+                    t.attempts = t.attempts.max(attempt);
+                    set_outcome(core, task, outcome);
+                }
+            }
+        }
+    }
+    core.ready.clear();
+    for job in order {
+        let j = &core.jobs[&job];
+        for (idx, t) in j.tasks.iter().enumerate() {
+            if t.state == TaskState::Ready {
+                core.ready.push_back(TaskId {
+                    job,
+                    idx: idx as u32,
+                });
+            }
+        }
+    }
+}

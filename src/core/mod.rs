@@ -1,0 +1,205 @@
+//! The scheduler's state machine. Pure: no I/O, no clock, no async. Handlers
+//! update `Core` and record what must happen in an `Effects` sink; the
+//! scheduler actor executes those effects (journal first, then messages).
+
+mod handlers;
+#[cfg(test)]
+mod tests;
+
+pub use handlers::*;
+
+use crate::ids::{ConnId, JobId, TaskId, WorkerId};
+use crate::persistence::Record;
+use crate::protocol::{Outcome, TaskKind, ToClient, ToWorker};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// Everything a handler may cause outside the core.
+pub trait Effects {
+    fn to_worker(&mut self, conn: ConnId, msg: ToWorker);
+    fn to_client(&mut self, conn: ConnId, msg: ToClient);
+    /// Appended and flushed before any message of the same step is sent.
+    fn journal(&mut self, record: Record);
+    /// Close a connection after its pending messages are sent.
+    fn close(&mut self, conn: ConnId);
+}
+
+/// Tunables of the scheduling policy (from config/actord.toml).
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// How much queued work (µs of estimated run time) each slot may hold
+    /// beyond the task it runs, so that workers never wait for the scheduler.
+    pub prefetch_target_us: u64,
+    /// Upper bound on queued tasks per slot, whatever the estimate.
+    pub max_prefetch_per_slot: u32,
+    /// A task that has killed this many workers fails instead of looping.
+    pub max_worker_kills: u32,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            prefetch_target_us: 20_000,
+            max_prefetch_per_slot: 2048,
+            max_worker_kills: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    Ready,
+    Assigned(WorkerId),
+    Finished,
+    Failed,
+}
+
+pub struct Task {
+    pub key: Option<String>,
+    pub kind: TaskKind,
+    pub state: TaskState,
+    /// Attempts handed out so far (the current one is `attempts`).
+    pub attempts: u32,
+    /// Workers lost while running this task, to stop a poison task.
+    pub killed: Vec<WorkerId>,
+    /// Set once, by the first report of any attempt.
+    pub outcome: Option<Outcome>,
+}
+
+pub struct Job {
+    pub name: String,
+    pub tasks: Vec<Task>,
+    pub finished: u32,
+    pub failed: u32,
+    /// Connections that asked to see this job's outcomes as they come.
+    pub watchers: Vec<ConnId>,
+    pub submitted_at: u64,
+}
+
+impl Job {
+    pub fn is_done(&self) -> bool {
+        (self.finished + self.failed) as usize == self.tasks.len()
+    }
+}
+
+pub struct Worker {
+    pub conn: ConnId,
+    pub host: String,
+    pub pid: u32,
+    pub slots: u32,
+    pub functions: Vec<String>,
+    /// Tasks handed to this worker and not yet reported.
+    pub assigned: HashSet<TaskId>,
+    /// Moving average of its tasks' run time; `None` until it reports one.
+    pub avg_task_us: Option<f64>,
+    pub last_seen: u64,
+}
+
+impl Worker {
+    /// How many tasks this worker may hold at once (running + prefetched).
+    pub fn capacity(&self, cfg: &CoreConfig) -> usize {
+        let per_slot = match self.avg_task_us {
+            None => 1,
+            Some(avg) => ((cfg.prefetch_target_us as f64 / avg.max(1.0)) as u64)
+                .min(cfg.max_prefetch_per_slot as u64) as usize,
+        };
+        self.slots as usize * (1 + per_slot)
+    }
+}
+
+/// The scheduler's whole state.
+#[derive(Default)]
+pub struct Core {
+    pub config: CoreConfig,
+    pub jobs: HashMap<JobId, Job>,
+    pub workers: BTreeMap<WorkerId, Worker>,
+    pub worker_by_conn: HashMap<ConnId, WorkerId>,
+    /// Tasks waiting for a worker, in submission order.
+    pub ready: VecDeque<TaskId>,
+    pub next_worker: u64,
+    /// Reports dropped because the task already had its outcome (record-once).
+    pub duplicate_reports: u64,
+}
+
+impl Core {
+    pub fn new(config: CoreConfig) -> Self {
+        Core {
+            config,
+            ..Default::default()
+        }
+    }
+
+    pub fn find_task(&self, id: TaskId) -> Option<&Task> {
+        self.jobs.get(&id.job)?.tasks.get(id.idx as usize)
+    }
+
+    pub fn get_task_mut(&mut self, id: TaskId) -> &mut Task {
+        match self
+            .jobs
+            .get_mut(&id.job)
+            .and_then(|j| j.tasks.get_mut(id.idx as usize))
+        {
+            Some(t) => t,
+            None => panic!("task {id} is not in the core"),
+        }
+    }
+
+    /// Asserts the invariants that tie the structures together.
+    pub fn sanity_check(&self) {
+        let mut assigned_total = 0;
+        for (wid, w) in &self.workers {
+            assert_eq!(
+                self.worker_by_conn.get(&w.conn),
+                Some(wid),
+                "conn map of {wid}"
+            );
+            for t in &w.assigned {
+                let task = self
+                    .find_task(*t)
+                    .unwrap_or_else(|| panic!("{wid} holds unknown {t}"));
+                assert_eq!(task.state, TaskState::Assigned(*wid), "{t} on {wid}");
+            }
+            assigned_total += w.assigned.len();
+        }
+        assert_eq!(self.worker_by_conn.len(), self.workers.len());
+        let ready: HashSet<TaskId> = self.ready.iter().copied().collect();
+        assert_eq!(ready.len(), self.ready.len(), "a task is queued twice");
+        let mut n_assigned = 0;
+        for (jid, job) in &self.jobs {
+            let (mut fin, mut failed) = (0, 0);
+            for (idx, t) in job.tasks.iter().enumerate() {
+                let id = TaskId {
+                    job: *jid,
+                    idx: idx as u32,
+                };
+                match &t.state {
+                    TaskState::Ready => assert!(ready.contains(&id), "{id} ready, not queued"),
+                    TaskState::Assigned(w) => {
+                        n_assigned += 1;
+                        let w = self
+                            .workers
+                            .get(w)
+                            .unwrap_or_else(|| panic!("{id} on gone {w}"));
+                        assert!(w.assigned.contains(&id));
+                    }
+                    TaskState::Finished => {
+                        fin += 1;
+                        assert!(matches!(t.outcome, Some(Outcome::Ok { .. })), "{id}");
+                    }
+                    TaskState::Failed => {
+                        failed += 1;
+                        assert!(matches!(t.outcome, Some(Outcome::Err { .. })), "{id}");
+                    }
+                }
+                if t.state != TaskState::Ready {
+                    assert!(!ready.contains(&id), "{id} queued but {:?}", t.state);
+                }
+            }
+            assert_eq!(
+                (fin, failed),
+                (job.finished, job.failed),
+                "counts of job {jid:?}"
+            );
+        }
+        assert_eq!(n_assigned, assigned_total);
+    }
+}

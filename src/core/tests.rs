@@ -1,0 +1,314 @@
+//! Core tests: every effect is accounted for, and the invariants hold after
+//! every step.
+
+use super::*;
+use crate::protocol::{Assignment, TaskReport, TaskSpec};
+use bytes::Bytes;
+
+#[derive(Default)]
+struct TestFx {
+    workers: Vec<(ConnId, ToWorker)>,
+    clients: Vec<(ConnId, ToClient)>,
+    journal: Vec<Record>,
+    closed: Vec<ConnId>,
+}
+
+impl Effects for TestFx {
+    fn to_worker(&mut self, conn: ConnId, msg: ToWorker) {
+        // Round-trip through the codec, as the real sink would encode it.
+        let bytes = crate::protocol::conn::encode(&msg).unwrap();
+        self.workers
+            .push((conn, crate::protocol::conn::decode(&bytes).unwrap()));
+    }
+    fn to_client(&mut self, conn: ConnId, msg: ToClient) {
+        let bytes = crate::protocol::conn::encode(&msg).unwrap();
+        self.clients
+            .push((conn, crate::protocol::conn::decode(&bytes).unwrap()));
+    }
+    fn journal(&mut self, record: Record) {
+        self.journal.push(record);
+    }
+    fn close(&mut self, conn: ConnId) {
+        self.closed.push(conn);
+    }
+}
+
+impl TestFx {
+    fn take_assignments(&mut self, conn: ConnId) -> Vec<Assignment> {
+        let mut out = Vec::new();
+        self.workers.retain(|(c, m)| match m {
+            ToWorker::Assign { tasks } if *c == conn => {
+                out.extend(tasks.iter().cloned());
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+}
+
+fn inc_tasks(n: usize) -> Vec<TaskSpec> {
+    (0..n)
+        .map(|i| TaskSpec {
+            key: None,
+            kind: TaskKind::Fn {
+                name: "inc".into(),
+                args: rmp_serde::to_vec(&(i as i64)).unwrap(),
+            },
+        })
+        .collect()
+}
+
+fn worker(slots: u32) -> NewWorker {
+    NewWorker {
+        slots,
+        host: "h".into(),
+        pid: 1,
+        functions: vec!["inc".into()],
+    }
+}
+
+fn ok(v: i64) -> Outcome {
+    Outcome::Ok {
+        result: Bytes::from(rmp_serde::to_vec(&v).unwrap()),
+    }
+}
+
+fn report(a: &Assignment, outcome: Outcome) -> TaskReport {
+    TaskReport {
+        task: a.task,
+        attempt: a.attempt,
+        outcome,
+        micros: 10,
+    }
+}
+
+const CLIENT: ConnId = ConnId(100);
+
+#[test]
+fn submit_assign_finish_and_watch() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    let w1 = on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    assert!(
+        matches!(fx.workers.remove(0), (ConnId(1), ToWorker::Registered { worker }) if worker == w1)
+    );
+    core.sanity_check();
+
+    let job = JobId::new();
+    on_submit(&mut core, &mut fx, 1, CLIENT, job, "j".into(), inc_tasks(3));
+    core.sanity_check();
+    assert!(matches!(&fx.journal[..], [Record::JobSubmitted { tasks, .. }] if tasks.len() == 3));
+    assert!(matches!(
+        fx.clients.remove(0),
+        (CLIENT, ToClient::Submitted { tasks: 3, .. })
+    ));
+    // One slot, no run-time estimate yet: one running plus one prefetched.
+    let first = fx.take_assignments(ConnId(1));
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0].attempt, 1);
+
+    on_watch(&mut core, &mut fx, CLIENT, job);
+    assert!(fx.clients.is_empty(), "nothing finished yet, nothing sent");
+
+    on_reports(
+        &mut core,
+        &mut fx,
+        2,
+        ConnId(1),
+        first.iter().map(|a| report(a, ok(1))).collect(),
+    );
+    core.sanity_check();
+    assert_eq!(fx.journal.len(), 3);
+    let (c, msg) = fx.clients.remove(0);
+    assert_eq!(c, CLIENT);
+    assert!(matches!(msg, ToClient::Outcomes { outcomes, .. } if outcomes.len() == 2));
+    let rest = fx.take_assignments(ConnId(1));
+    assert_eq!(rest.len(), 1);
+
+    on_reports(
+        &mut core,
+        &mut fx,
+        3,
+        ConnId(1),
+        vec![report(&rest[0], ok(2))],
+    );
+    core.sanity_check();
+    assert!(matches!(fx.clients.remove(0).1, ToClient::Outcomes { .. }));
+    assert!(matches!(
+        fx.clients.remove(0).1,
+        ToClient::JobDone {
+            finished: 3,
+            failed: 0,
+            ..
+        }
+    ));
+    assert!(fx.clients.is_empty() && fx.workers.is_empty());
+    assert!(core.jobs[&job].watchers.is_empty());
+
+    // A late watcher gets everything at once.
+    on_watch(&mut core, &mut fx, ConnId(101), job);
+    assert!(matches!(&fx.clients[0].1, ToClient::Outcomes { outcomes, .. } if outcomes.len() == 3));
+    assert!(matches!(
+        fx.clients[1].1,
+        ToClient::JobDone { finished: 3, .. }
+    ));
+}
+
+#[test]
+fn duplicate_reports_are_recorded_once() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let job = JobId::new();
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(1));
+    let a = fx.take_assignments(ConnId(1));
+    on_reports(&mut core, &mut fx, 1, ConnId(1), vec![report(&a[0], ok(7))]);
+    let journaled = fx.journal.len();
+    on_reports(&mut core, &mut fx, 2, ConnId(1), vec![report(&a[0], ok(8))]);
+    core.sanity_check();
+    assert_eq!(fx.journal.len(), journaled, "second report not journaled");
+    assert_eq!(core.duplicate_reports, 1);
+    assert_eq!(core.jobs[&job].tasks[0].outcome, Some(ok(7)));
+}
+
+#[test]
+fn lost_worker_requeues_only_its_tasks_and_poison_task_fails() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(2), worker(1));
+    fx.workers.clear();
+    let job = JobId::new();
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(2));
+    on_watch(&mut core, &mut fx, CLIENT, job);
+    let a1 = fx.take_assignments(ConnId(1));
+    let a2 = fx.take_assignments(ConnId(2));
+    assert_eq!((a1.len(), a2.len()), (1, 1), "spread across workers");
+    on_reports(
+        &mut core,
+        &mut fx,
+        1,
+        ConnId(2),
+        vec![report(&a2[0], ok(1))],
+    );
+    on_connection_closed(&mut core, &mut fx, 2, ConnId(1));
+    core.sanity_check();
+    let again = fx.take_assignments(ConnId(2));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].task, a1[0].task);
+    assert_eq!(again[0].attempt, 2);
+
+    // The task keeps killing workers: after max_worker_kills it fails.
+    let mut conn = 2;
+    let mut current = again;
+    for kill in 2..=core.config.max_worker_kills {
+        on_connection_closed(&mut core, &mut fx, 3, ConnId(conn));
+        core.sanity_check();
+        if kill == core.config.max_worker_kills {
+            break;
+        }
+        conn += 1;
+        on_worker_joined(&mut core, &mut fx, 3, ConnId(conn), worker(1));
+        current = fx.take_assignments(ConnId(conn));
+        assert_eq!(current.len(), 1);
+    }
+    let _ = current;
+    let t = &core.jobs[&job].tasks[a1[0].task.idx as usize];
+    assert_eq!(t.state, TaskState::Failed);
+    match &t.outcome {
+        Some(Outcome::Err { error }) => {
+            assert!(error.contains("w1") && error.contains("died"), "{error}")
+        }
+        other => panic!("expected failure, got {other:?}"),
+    }
+    assert!(fx.clients.iter().any(|(_, m)| matches!(
+        m,
+        ToClient::JobDone {
+            finished: 1,
+            failed: 1,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn bad_submissions_change_nothing() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    let job = JobId::new();
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), vec![]);
+    let mut dup = inc_tasks(2);
+    dup[0].key = Some("k".into());
+    dup[1].key = Some("k".into());
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), dup);
+    assert!(core.jobs.is_empty() && core.ready.is_empty() && fx.journal.is_empty());
+    assert_eq!(fx.clients.len(), 2);
+    assert!(fx
+        .clients
+        .iter()
+        .all(|(_, m)| matches!(m, ToClient::Error { .. })));
+    on_watch(&mut core, &mut fx, CLIENT, JobId::new());
+    assert!(
+        matches!(&fx.clients[2].1, ToClient::Error { message, .. } if message.contains("no job"))
+    );
+    core.sanity_check();
+}
+
+#[test]
+fn resubmission_is_idempotent() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    let job = JobId::new();
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(4));
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(4));
+    assert_eq!(core.ready.len(), 4);
+    assert_eq!(fx.journal.len(), 1);
+    assert!(fx
+        .clients
+        .iter()
+        .all(|(_, m)| matches!(m, ToClient::Submitted { tasks: 4, .. })));
+    core.sanity_check();
+}
+
+#[test]
+fn prefetch_grows_with_short_tasks_and_stays_small_for_long_ones() {
+    let cfg = CoreConfig::default();
+    let mut w = Worker {
+        conn: ConnId(1),
+        host: String::new(),
+        pid: 0,
+        slots: 2,
+        functions: vec![],
+        assigned: Default::default(),
+        avg_task_us: None,
+        last_seen: 0,
+    };
+    assert_eq!(w.capacity(&cfg), 4);
+    w.avg_task_us = Some(1.0);
+    assert_eq!(
+        w.capacity(&cfg),
+        2 * (1 + cfg.max_prefetch_per_slot as usize)
+    );
+    w.avg_task_us = Some(1_000_000.0);
+    assert_eq!(w.capacity(&cfg), 2);
+}
+
+#[test]
+fn replay_restores_outcomes_and_requeues_the_rest() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let job = JobId::new();
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(3));
+    let a = fx.take_assignments(ConnId(1));
+    on_reports(&mut core, &mut fx, 1, ConnId(1), vec![report(&a[0], ok(1))]);
+
+    let mut restored = Core::default();
+    replay(&mut restored, 5, fx.journal.clone());
+    restored.sanity_check();
+    let j = &restored.jobs[&job];
+    assert_eq!(j.finished, 1);
+    assert_eq!(j.tasks[a[0].task.idx as usize].outcome, Some(ok(1)));
+    assert_eq!(restored.ready.len(), 2);
+}

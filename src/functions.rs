@@ -1,0 +1,153 @@
+//! The registry of `fn` tasks a worker can run, with the built-ins.
+//! Library users add their own and build their own worker binary.
+
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What a running task can see of itself.
+#[derive(Clone, Debug)]
+pub struct TaskCtx {
+    pub task: crate::ids::TaskId,
+    pub attempt: u32,
+}
+
+/// A registered function: msgpack args in, msgpack result or error out.
+pub type TaskFn = Arc<dyn Fn(&[u8], &TaskCtx) -> Result<Vec<u8>, String> + Send + Sync>;
+
+#[derive(Clone, Default)]
+pub struct Registry {
+    fns: BTreeMap<String, TaskFn>,
+}
+
+impl Registry {
+    pub fn empty() -> Self {
+        Registry::default()
+    }
+
+    /// Registers a raw function over msgpack bytes.
+    pub fn register_raw(&mut self, name: &str, f: TaskFn) -> &mut Self {
+        self.fns.insert(name.to_string(), f);
+        self
+    }
+
+    /// Registers a typed function: its arguments are decoded from the task's
+    /// msgpack args (a clear error if they do not fit), its result encoded.
+    pub fn register<A, R, F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A, &TaskCtx) -> Result<R, String> + Send + Sync + 'static,
+    {
+        let fname = name.to_string();
+        self.register_raw(
+            name,
+            Arc::new(move |args: &[u8], ctx: &TaskCtx| {
+                let a: A = rmp_serde::from_slice(args).map_err(|e| {
+                    format!("{fname}: bad arguments {}: {e}", describe_msgpack(args))
+                })?;
+                let r = f(a, ctx)?;
+                rmp_serde::to_vec(&r).map_err(|e| format!("{fname}: cannot encode result: {e}"))
+            }),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TaskFn> {
+        self.fns.get(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.fns.keys().cloned().collect()
+    }
+
+    /// The built-in functions every actord worker has.
+    pub fn builtin() -> Self {
+        let mut r = Registry::empty();
+        r.register("noop", |_: rmpv::Value, _| Ok(()));
+        r.register("inc", |x: i64, _| {
+            x.checked_add(1).ok_or_else(|| "inc: overflow".to_string())
+        });
+        r.register("add", |(a, b): (i64, i64), _| {
+            a.checked_add(b).ok_or_else(|| "add: overflow".to_string())
+        });
+        r.register("sum", |xs: Vec<i64>, _| {
+            xs.iter()
+                .try_fold(0i64, |acc, x| acc.checked_add(*x))
+                .ok_or_else(|| "sum: overflow".to_string())
+        });
+        r.register("sleep", |ms: u64, _| {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(())
+        });
+        r.register("fail", |msg: rmpv::Value, _| -> Result<(), String> {
+            Err(match msg {
+                rmpv::Value::String(s) => s.into_str().unwrap_or_default(),
+                rmpv::Value::Nil => "task failed on purpose (fail)".into(),
+                other => format!("task failed on purpose (fail {other})"),
+            })
+        });
+        r.register("crash", |_: rmpv::Value, _| -> Result<(), String> {
+            tracing::error!("crash task: aborting the worker process on purpose");
+            std::process::abort()
+        });
+        r.register("darts", |(darts, seed): (u64, u64), _| {
+            Ok((crate::darts::throw_darts(darts, seed as u128), darts))
+        });
+        r
+    }
+}
+
+/// Short description of msgpack bytes for error messages (`got "x"`).
+fn describe_msgpack(bytes: &[u8]) -> String {
+    match rmpv::decode::read_value(&mut &bytes[..]) {
+        Ok(v) => {
+            let mut s = v.to_string();
+            if s.len() > 80 {
+                s.truncate(80);
+                s.push('…');
+            }
+            format!("(got {s})")
+        }
+        Err(_) => format!("({} bytes of invalid msgpack)", bytes.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{JobId, TaskId};
+
+    fn call(r: &Registry, name: &str, args: &impl Serialize) -> Result<rmpv::Value, String> {
+        let ctx = TaskCtx {
+            task: TaskId {
+                job: JobId::new(),
+                idx: 0,
+            },
+            attempt: 1,
+        };
+        let out = (r.get(name).unwrap())(&rmp_serde::to_vec(args).unwrap(), &ctx)?;
+        Ok(rmp_serde::from_slice(&out).unwrap())
+    }
+
+    #[test]
+    fn builtins_compute_and_reject_bad_arguments() {
+        let r = Registry::builtin();
+        assert_eq!(call(&r, "inc", &41).unwrap(), rmpv::Value::from(42));
+        assert_eq!(call(&r, "add", &(2, 3)).unwrap(), rmpv::Value::from(5));
+        assert_eq!(
+            call(&r, "sum", &vec![1, 2, 3]).unwrap(),
+            rmpv::Value::from(6)
+        );
+        assert_eq!(
+            call(&r, "darts", &(1000u64, 192837465u64)).unwrap(),
+            rmpv::Value::Array(vec![769.into(), 1000.into()])
+        );
+        let err = call(&r, "inc", &"seven").unwrap_err();
+        assert!(
+            err.starts_with("inc: bad arguments (got \"seven\")"),
+            "{err}"
+        );
+        assert_eq!(call(&r, "fail", &"boom").unwrap_err(), "boom");
+        assert!(call(&r, "inc", &i64::MAX).unwrap_err().contains("overflow"));
+    }
+}

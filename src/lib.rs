@@ -1,0 +1,19 @@
+//! actord: a fault-tolerant, Dask-style distributed task system.
+//!
+//! `core` is the scheduler's pure state machine; `actors` run it and the
+//! nanny; `protocol` is the wire format; `persistence` the journal;
+//! `client` the Rust client; `cli` the `actord` command line.
+
+pub mod actors;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod darts;
+pub mod functions;
+pub mod ids;
+pub mod persistence;
+pub mod protocol;
+pub mod schedfile;
+pub mod util;
+pub mod worker;

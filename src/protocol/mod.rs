@@ -1,0 +1,199 @@
+//! The wire protocol: one serde enum per direction, msgpack with named
+//! fields, in 4-byte big-endian length-prefixed frames (see docs/protocol.md).
+
+pub mod conn;
+
+use crate::ids::{JobId, TaskId, WorkerId};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use conn::{Conn, ConnError};
+
+/// Bump when any message below changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// First field of every `Hello`, so a stray connection is told apart at once.
+pub const MAGIC: &str = "actord";
+/// Default largest frame either side accepts (64 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+
+/// Who opens a connection; decides which enums the two sides speak after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Client,
+    Worker,
+}
+
+/// The first frame of every connection, from the side that connected.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: String,
+    pub protocol: u32,
+    pub role: Role,
+    /// The hex secret from the scheduler file: proves the peer may use this scheduler.
+    pub secret: String,
+    pub host: String,
+    pub pid: u32,
+}
+
+/// The scheduler's answer to `Hello`; after `Rejected` it closes the connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum HelloReply {
+    Welcome {
+        protocol: u32,
+        instance: Uuid,
+        epoch: u64,
+    },
+    Rejected {
+        error: String,
+    },
+}
+
+/// What a task runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// A named function from the worker's registry with msgpack arguments.
+    Fn {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        args: Vec<u8>,
+    },
+    /// An argv run as a child process.
+    Cmd { argv: Vec<String> },
+}
+
+/// One task as a client submits it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Optional name, unique in the job; the task's index names it otherwise.
+    pub key: Option<String>,
+    pub kind: TaskKind,
+}
+
+/// How one attempt of a task ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// msgpack-encoded return value.
+    Ok {
+        result: Bytes,
+    },
+    Err {
+        error: String,
+    },
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok { .. })
+    }
+}
+
+// ---- worker <-> scheduler ----
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// First message after the handshake.
+    Register {
+        slots: u32,
+        host: String,
+        pid: u32,
+        /// Names of the `fn` tasks this worker can run.
+        functions: Vec<String>,
+    },
+    /// Finished attempts, many per frame.
+    Reports { reports: Vec<TaskReport> },
+    /// Sent every heartbeat interval, so a hung worker can be told from a busy one.
+    Heartbeat,
+    /// The worker is shutting down on purpose (its nanny or a signal asked).
+    Goodbye,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    /// Run time of the attempt, for the scheduler's prefetch estimate.
+    pub micros: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    Registered {
+        worker: WorkerId,
+    },
+    /// Tasks to run, many per frame.
+    Assign {
+        tasks: Vec<Assignment>,
+    },
+    Error {
+        message: String,
+    },
+    /// Finish nothing more and exit.
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub task: TaskId,
+    /// The task's key, if the client named it (e.g. the array index).
+    pub key: Option<String>,
+    pub attempt: u32,
+    pub kind: TaskKind,
+}
+
+// ---- client <-> scheduler ----
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FromClient {
+    /// A whole job; answered with `Submitted` once it is durable.
+    Submit {
+        job: JobId,
+        name: String,
+        tasks: Vec<TaskSpec>,
+    },
+    /// Stream the job's outcomes: all finished so far, then each as it comes, then `JobDone`.
+    Watch { job: JobId },
+    /// List registered workers.
+    Workers,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ToClient {
+    Submitted {
+        job: JobId,
+        tasks: u32,
+    },
+    Outcomes {
+        job: JobId,
+        outcomes: Vec<TaskOutcome>,
+    },
+    JobDone {
+        job: JobId,
+        finished: u32,
+        failed: u32,
+    },
+    Workers {
+        workers: Vec<WorkerInfo>,
+    },
+    Error {
+        job: Option<JobId>,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutcome {
+    pub idx: u32,
+    pub attempts: u32,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: WorkerId,
+    pub host: String,
+    pub pid: u32,
+    pub slots: u32,
+    pub running: u32,
+}

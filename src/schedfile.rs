@@ -1,0 +1,146 @@
+//! The scheduler file: how clients and workers find the scheduler (address,
+//! secret, who wrote it). Written atomically with mode 0600.
+
+use crate::util::expand_path;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SchedulerFile {
+    /// `tcp://IP:PORT`
+    pub address: String,
+    /// Uuid of this scheduler run.
+    pub instance: uuid::Uuid,
+    /// Restarts of this scheduler's journal so far.
+    pub epoch: u64,
+    pub pid: u32,
+    pub host: String,
+    pub journal: Option<String>,
+    pub dashboard: Option<String>,
+    /// RFC 3339.
+    pub started: String,
+    pub version: String,
+    /// Hex secret every connection must present in its handshake.
+    pub secret: String,
+}
+
+impl SchedulerFile {
+    /// `host:port` for `TcpStream::connect`.
+    pub fn socket_addr(&self) -> &str {
+        self.address.strip_prefix("tcp://").unwrap_or(&self.address)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "written by pid {} on {} at {}",
+            self.pid, self.host, self.started
+        )
+    }
+
+    /// Writes to a temporary file beside `path`, then renames it into place.
+    pub fn write_atomic(&self, path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
+    pub fn read(path: &Path) -> Result<SchedulerFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read scheduler file {}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("scheduler file {} is not valid: {e}", path.display()))
+    }
+}
+
+/// The scheduler file to use: the flag, else `$ACTORD_SCHEDULER_FILE`, else
+/// `$SCRATCH/actord/scheduler.json`, else `./actord-scheduler.json`.
+pub fn resolve_path(flag: Option<&str>) -> Result<PathBuf, String> {
+    if let Some(f) = flag {
+        return expand_path(f);
+    }
+    if let Ok(f) = std::env::var("ACTORD_SCHEDULER_FILE") {
+        if !f.is_empty() {
+            return expand_path(&f);
+        }
+    }
+    if let Ok(s) = std::env::var("SCRATCH") {
+        if !s.is_empty() {
+            return Ok(PathBuf::from(s).join("actord").join("scheduler.json"));
+        }
+    }
+    Ok(PathBuf::from("actord-scheduler.json"))
+}
+
+/// Waits (bounded) until the scheduler file exists and parses; says what it
+/// waits for once, so a batch log shows it.
+pub async fn wait_for_file(path: &Path, timeout: Duration) -> Result<SchedulerFile, String> {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        if path.exists() {
+            match SchedulerFile::read(path) {
+                Ok(f) => return Ok(f),
+                Err(e) if start.elapsed() >= timeout => return Err(e),
+                Err(_) => {}
+            }
+        } else if start.elapsed() >= timeout {
+            return Err(format!(
+                "scheduler file {} did not appear within {:.0?}: is `actord scheduler --scheduler-file {}` running?",
+                path.display(),
+                timeout,
+                path.display()
+            ));
+        }
+        if !said {
+            tracing::info!(path = %path.display(), "waiting for the scheduler file");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn written_atomically_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/s.json");
+        let f = SchedulerFile {
+            address: "tcp://127.0.0.1:5".into(),
+            instance: uuid::Uuid::new_v4(),
+            epoch: 0,
+            pid: 1,
+            host: "h".into(),
+            journal: None,
+            dashboard: None,
+            started: "2026-01-01T00:00:00Z".into(),
+            version: "0".into(),
+            secret: "ab".into(),
+        };
+        f.write_atomic(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(SchedulerFile::read(&path).unwrap(), f);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1,
+            "no temp left"
+        );
+    }
+}

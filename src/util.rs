@@ -1,0 +1,130 @@
+//! Small helpers shared by the binary's commands: paths with `~` and
+//! `$VARS`, durations with suffixes, host names, the wall clock in µs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Microseconds since the Unix epoch: the `now` the core's handlers get.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Expands a leading `~` and `$VAR` / `${VAR}`; an unset variable is an error
+/// that names it (so `$SCRATCH` unset is not silently the empty string).
+pub fn expand_path(raw: &str) -> Result<PathBuf, String> {
+    let mut s = String::new();
+    let mut rest = raw;
+    if rest == "~" || rest.starts_with("~/") {
+        let home = std::env::var("HOME").map_err(|_| format!("{raw}: HOME is not set"))?;
+        s.push_str(&home);
+        rest = &rest[1..];
+    }
+    let mut chars = rest.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c != '$' {
+            s.push(c);
+            continue;
+        }
+        let (name, braced) = if rest[i + 1..].starts_with('{') {
+            let end = rest[i + 2..]
+                .find('}')
+                .ok_or_else(|| format!("{raw}: unclosed ${{ in path"))?;
+            (&rest[i + 2..i + 2 + end], true)
+        } else {
+            let len = rest[i + 1..]
+                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                .unwrap_or(rest.len() - i - 1);
+            (&rest[i + 1..i + 1 + len], false)
+        };
+        if name.is_empty() {
+            s.push('$');
+            continue;
+        }
+        let value = std::env::var(name)
+            .map_err(|_| format!("{raw}: environment variable ${name} is not set"))?;
+        s.push_str(&value);
+        let skip = name.len() + if braced { 2 } else { 0 };
+        for _ in 0..skip {
+            chars.next();
+        }
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// Parses `30`, `1.5`, `500ms`, `30s`, `2m`, `1h` into a duration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30, 500ms, 30s, 2m"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!(
+            "invalid duration {s:?}: must be a non-negative number"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn paths_expand_home_and_vars() {
+        std::env::set_var("ACTORD_TEST_SCRATCH", "/scratch/u");
+        let home = std::env::var("HOME").unwrap();
+        assert_eq!(
+            expand_path("~/x").unwrap(),
+            PathBuf::from(format!("{home}/x"))
+        );
+        assert_eq!(
+            expand_path("$ACTORD_TEST_SCRATCH/s.json").unwrap(),
+            PathBuf::from("/scratch/u/s.json")
+        );
+        assert_eq!(
+            expand_path("${ACTORD_TEST_SCRATCH}x/a").unwrap(),
+            PathBuf::from("/scratch/ux/a")
+        );
+        let err = expand_path("$ACTORD_TEST_UNSET_VAR/a").unwrap_err();
+        assert!(err.contains("ACTORD_TEST_UNSET_VAR is not set"), "{err}");
+        assert_eq!(
+            expand_path("/plain/path").unwrap(),
+            PathBuf::from("/plain/path")
+        );
+    }
+}

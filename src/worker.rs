@@ -1,0 +1,363 @@
+//! A worker process: T slot threads run `fn` and `cmd` tasks; one
+//! connection task feeds them assignments and sends their reports back in
+//! batches. Survives a lost scheduler for up to `death_timeout`.
+
+use crate::functions::{Registry, TaskCtx};
+use crate::ids::WorkerId;
+use crate::protocol::conn::{decode, encode, next_frame};
+use crate::protocol::{
+    Assignment, Conn, FromWorker, Outcome, Role, TaskKind, TaskReport, ToWorker,
+};
+use crate::schedfile::{wait_for_file, SchedulerFile};
+use futures::SinkExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub scheduler_file: PathBuf,
+    pub threads: u32,
+    /// How long to keep trying to reach a scheduler before exiting.
+    pub death_timeout: Duration,
+    pub heartbeat: Duration,
+    pub max_frame: usize,
+    /// Where `cmd` tasks write stdout/stderr: `<work_dir>/<job>/<task>.<attempt>.out`.
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("no scheduler reachable for {0:?} (--death-timeout): {1}")]
+    SchedulerGone(Duration, String),
+}
+
+/// Most reports sent in one frame.
+const MAX_REPORTS_PER_FRAME: usize = 8192;
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), WorkerError> {
+    let (task_tx, task_rx) = crossbeam_channel::unbounded::<Assignment>();
+    let (report_tx, mut report_rx) = mpsc::unbounded_channel::<TaskReport>();
+    let worker_id = Arc::new(AtomicU64::new(0));
+    let registry = Arc::new(registry);
+    for slot in 0..opts.threads.max(1) {
+        let rx = task_rx.clone();
+        let tx = report_tx.clone();
+        let reg = registry.clone();
+        let wid = worker_id.clone();
+        let work_dir = opts.work_dir.clone();
+        std::thread::Builder::new()
+            .name(format!("slot-{slot}"))
+            .spawn(move || {
+                for a in rx.iter() {
+                    let report =
+                        run_task(&reg, &work_dir, WorkerId(wid.load(Ordering::Relaxed)), a);
+                    if tx.send(report).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn slot thread");
+    }
+    drop(report_tx);
+
+    let mut unsent: Vec<TaskReport> = Vec::new();
+    let mut lost_since: Option<Instant> = None;
+    let mut last_error = String::new();
+    let mut backoff = Duration::from_millis(50);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    loop {
+        let remaining = match lost_since {
+            None => opts.death_timeout,
+            Some(t) => opts.death_timeout.saturating_sub(t.elapsed()),
+        };
+        if remaining.is_zero() {
+            return Err(WorkerError::SchedulerGone(opts.death_timeout, last_error));
+        }
+        let attempt = connect(&opts, remaining);
+        let conn = tokio::select! {
+            c = attempt => c,
+            _ = term.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let (conn, file) = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                last_error = e;
+                lost_since.get_or_insert_with(Instant::now);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        // Assignments queued under the old registration are the scheduler's to requeue.
+        while task_rx.try_recv().is_ok() {}
+        let end = session(
+            &opts,
+            &registry,
+            conn,
+            &task_tx,
+            &worker_id,
+            &mut report_rx,
+            &mut unsent,
+            &mut term,
+        )
+        .await;
+        match end {
+            SessionEnd::Shutdown => {
+                tracing::info!("worker shutting down");
+                return Ok(());
+            }
+            SessionEnd::Lost(why) => {
+                tracing::warn!(scheduler = %file.address, reason = %why, "lost the scheduler; reconnecting");
+                last_error = why;
+                lost_since = Some(Instant::now());
+            }
+        }
+    }
+}
+
+async fn connect(opts: &WorkerOptions, timeout: Duration) -> Result<(Conn, SchedulerFile), String> {
+    let file = wait_for_file(&opts.scheduler_file, timeout).await?;
+    let (conn, _) = Conn::connect(
+        file.socket_addr(),
+        Role::Worker,
+        &file.secret,
+        opts.max_frame,
+        Duration::from_secs(5).min(timeout.max(Duration::from_millis(100))),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot reach scheduler at {} ({}): {e}",
+            file.address,
+            file.describe()
+        )
+    })?;
+    Ok((conn, file))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    opts: &WorkerOptions,
+    registry: &Registry,
+    mut conn: Conn,
+    task_tx: &crossbeam_channel::Sender<Assignment>,
+    worker_id: &AtomicU64,
+    report_rx: &mut mpsc::UnboundedReceiver<TaskReport>,
+    unsent: &mut Vec<TaskReport>,
+    term: &mut tokio::signal::unix::Signal,
+) -> SessionEnd {
+    let register = FromWorker::Register {
+        slots: opts.threads.max(1),
+        host: crate::util::hostname(),
+        pid: std::process::id(),
+        functions: registry.names(),
+    };
+    if let Err(e) = conn.write(&register).await {
+        return SessionEnd::Lost(e.to_string());
+    }
+    let (mut sink, mut stream) = conn.into_split();
+    let mut heartbeat = tokio::time::interval(opts.heartbeat);
+    heartbeat.tick().await;
+    loop {
+        if !unsent.is_empty() {
+            let batch: Vec<TaskReport> = std::mem::take(unsent);
+            let frame = match encode(&FromWorker::Reports {
+                reports: batch.clone(),
+            }) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode reports");
+                    continue;
+                }
+            };
+            if let Err(e) = sink.send(frame).await {
+                *unsent = batch;
+                return SessionEnd::Lost(e.to_string());
+            }
+        }
+        tokio::select! {
+            frame = next_frame(&mut stream) => {
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(e) => return SessionEnd::Lost(e.to_string()),
+                };
+                match decode::<ToWorker>(&frame) {
+                    Ok(ToWorker::Registered { worker }) => {
+                        worker_id.store(worker.0, Ordering::Relaxed);
+                        tracing::info!(worker = %worker, slots = opts.threads, "registered with the scheduler");
+                    }
+                    Ok(ToWorker::Assign { tasks }) => {
+                        for t in tasks {
+                            let _ = task_tx.send(t);
+                        }
+                    }
+                    Ok(ToWorker::Error { message }) => tracing::warn!(%message, "scheduler reports an error"),
+                    Ok(ToWorker::Shutdown) => return SessionEnd::Shutdown,
+                    Err(e) => tracing::warn!(error = %e, "ignoring a message this worker does not understand"),
+                }
+            }
+            first = report_rx.recv() => {
+                let Some(first) = first else { return SessionEnd::Shutdown };
+                unsent.push(first);
+                while unsent.len() < MAX_REPORTS_PER_FRAME {
+                    match report_rx.try_recv() {
+                        Ok(r) => unsent.push(r),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                if let Ok(f) = encode(&FromWorker::Heartbeat) {
+                    if let Err(e) = sink.send(f).await {
+                        return SessionEnd::Lost(e.to_string());
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    if let Ok(f) = encode(&FromWorker::Goodbye) {
+        let _ = sink.send(f).await;
+    }
+    SessionEnd::Shutdown
+}
+
+/// Runs one attempt on the calling slot thread; a panic is a task error.
+fn run_task(registry: &Registry, work_dir: &Path, worker: WorkerId, a: Assignment) -> TaskReport {
+    let start = Instant::now();
+    let outcome = match &a.kind {
+        TaskKind::Fn { name, args } => match registry.get(name) {
+            None => Outcome::Err {
+                error: format!(
+                    "unknown function {name:?}; this worker has: {}",
+                    registry.names().join(", ")
+                ),
+            },
+            Some(f) => {
+                let ctx = TaskCtx {
+                    task: a.task,
+                    attempt: a.attempt,
+                };
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(args, &ctx))) {
+                    Ok(Ok(result)) => Outcome::Ok {
+                        result: result.into(),
+                    },
+                    Ok(Err(error)) => Outcome::Err { error },
+                    Err(panic) => Outcome::Err {
+                        error: format!("{name} panicked: {}", panic_message(&panic)),
+                    },
+                }
+            }
+        },
+        TaskKind::Cmd { argv } => run_cmd(argv, work_dir, worker, &a),
+    };
+    TaskReport {
+        task: a.task,
+        attempt: a.attempt,
+        outcome,
+        micros: start.elapsed().as_micros() as u64,
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".into()
+    }
+}
+
+/// How much of a failed command's stderr goes into its error.
+const STDERR_TAIL: usize = 2048;
+
+fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment) -> Outcome {
+    let (task, attempt) = (a.task, a.attempt);
+    let task_name = a.key.clone().unwrap_or_else(|| task.idx.to_string());
+    use std::os::unix::process::CommandExt;
+    let dir = work_dir.join(task.job.to_string());
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return Outcome::Err {
+            error: format!("cannot create {}: {e}", dir.display()),
+        };
+    }
+    let out_path = dir.join(format!("{}.{attempt}.out", task.idx));
+    let err_path = dir.join(format!("{}.{attempt}.err", task.idx));
+    let files =
+        std::fs::File::create(&out_path).and_then(|o| Ok((o, std::fs::File::create(&err_path)?)));
+    let (out, err) = match files {
+        Ok(f) => f,
+        Err(e) => {
+            return Outcome::Err {
+                error: format!("cannot create output files in {}: {e}", dir.display()),
+            }
+        }
+    };
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env("ACTORD_JOB", task.job.to_string())
+        .env("ACTORD_TASK", &task_name)
+        .env("ACTORD_ATTEMPT", attempt.to_string())
+        .env("ACTORD_WORKER", worker.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: prctl is async-signal-safe; the child dies with this worker.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let status = match cmd.status() {
+        Ok(s) => s,
+        Err(e) => {
+            return Outcome::Err {
+                error: format!("cannot run {:?}: {e}", argv[0]),
+            }
+        }
+    };
+    if status.success() {
+        let result = serde_json::json!({
+            "exit": 0,
+            "stdout": out_path.display().to_string(),
+            "stderr": err_path.display().to_string(),
+        });
+        match rmp_serde::to_vec_named(&result) {
+            Ok(b) => Outcome::Ok { result: b.into() },
+            Err(e) => Outcome::Err {
+                error: e.to_string(),
+            },
+        }
+    } else {
+        let tail = std::fs::read(&err_path)
+            .map(|b| {
+                let start = b.len().saturating_sub(STDERR_TAIL);
+                String::from_utf8_lossy(&b[start..]).trim().to_string()
+            })
+            .unwrap_or_default();
+        let how = match status.code() {
+            Some(c) => format!("exit code {c}"),
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                format!("killed by signal {}", status.signal().unwrap_or(0))
+            }
+        };
+        Outcome::Err {
+            error: format!("{:?} failed with {how}: {tail}", argv[0]),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Helpers for tests that run real `actord` processes on 127.0.0.1 with
+//! port 0 and temp dirs: every process is killed by pid when its guard drops,
+//! also when the test fails.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn actord() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_actord"));
+    c.env("ACTORD_LOG", "info")
+        .env_remove("ACTORD_SCHEDULER_FILE")
+        .env_remove("SCRATCH");
+    c
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // Signal 0 checks existence; a zombie still counts until reaped, so look at its state too.
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, mut cmd: Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child, name, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// Waits for exit (bounded) and returns the status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scheduler and (optionally) a nanny with workers, as real processes.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub file: PathBuf,
+    pub scheduler: Proc,
+    pub nanny: Option<Proc>,
+}
+
+impl Cluster {
+    pub fn scheduler_only() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("scheduler.json");
+        let mut cmd = actord();
+        cmd.args([
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--scheduler-file",
+        ])
+        .arg(&file);
+        let scheduler = Proc::spawn("scheduler", cmd, dir.path());
+        assert!(
+            wait_until(Duration::from_secs(20), || file.exists()),
+            "scheduler file never appeared:\n{}",
+            scheduler.log_text()
+        );
+        Cluster {
+            dir,
+            file,
+            scheduler,
+            nanny: None,
+        }
+    }
+
+    pub fn start(workers: u32, threads: u32) -> Cluster {
+        let mut c = Cluster::scheduler_only();
+        c.start_nanny(workers, threads);
+        c
+    }
+
+    pub fn start_nanny(&mut self, workers: u32, threads: u32) {
+        let mut cmd = actord();
+        cmd.args([
+            "nanny",
+            "--workers",
+            &workers.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .arg("--scheduler-file")
+        .arg(&self.file);
+        self.nanny = Some(Proc::spawn("nanny", cmd, self.dir.path()));
+        let out = self.run(&[
+            "wait",
+            "--workers",
+            &workers.to_string(),
+            "--timeout",
+            "30s",
+        ]);
+        assert!(
+            out.status.success(),
+            "workers never registered: {}",
+            stderr(&out)
+        );
+    }
+
+    /// Runs a client command against this cluster (bounded by its own timeouts).
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = actord();
+        cmd.arg(args[0])
+            .arg("--scheduler-file")
+            .arg(&self.file)
+            .args(&args[1..]);
+        cmd.stdin(Stdio::null()).output().unwrap()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn worker_pids(&self) -> Vec<i32> {
+        let out = self.run(&["ctl", "workers", "--json"]);
+        assert!(out.status.success(), "ctl workers: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["pid"].as_i64().unwrap() as i32)
+            .collect()
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
