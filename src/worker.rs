@@ -361,3 +361,67 @@ fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment) -
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{JobId, TaskId};
+
+    fn assignment(kind: TaskKind) -> Assignment {
+        Assignment {
+            task: TaskId {
+                job: JobId::new(),
+                idx: 3,
+            },
+            key: None,
+            attempt: 2,
+            kind,
+        }
+    }
+
+    #[test]
+    fn a_panicking_function_is_a_task_error() {
+        let mut reg = Registry::builtin();
+        reg.register("explode", |_: (), _| -> Result<(), String> {
+            panic!("kaboom")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let a = assignment(TaskKind::Fn {
+            name: "explode".into(),
+            args: rmp_serde::to_vec(&()).unwrap(),
+        });
+        let r = run_task(&reg, dir.path(), WorkerId(1), a);
+        assert_eq!(
+            r.outcome,
+            Outcome::Err {
+                error: "explode panicked: kaboom".into()
+            }
+        );
+        assert_eq!(r.attempt, 2);
+    }
+
+    #[test]
+    fn commands_see_their_identity_and_write_output_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = [
+            "sh",
+            "-c",
+            "echo $ACTORD_TASK $ACTORD_ATTEMPT $ACTORD_WORKER",
+        ];
+        let a = assignment(TaskKind::Cmd {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+        });
+        let job = a.task.job;
+        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a);
+        assert!(r.outcome.is_ok(), "{:?}", r.outcome);
+        let out =
+            std::fs::read_to_string(dir.path().join(job.to_string()).join("3.2.out")).unwrap();
+        assert_eq!(out.trim(), "3 2 w7");
+
+        let a = assignment(TaskKind::Cmd {
+            argv: vec!["/nonexistent/prog".into()],
+        });
+        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a);
+        assert!(matches!(r.outcome, Outcome::Err { error } if error.contains("cannot run")));
+    }
+}

@@ -1,0 +1,253 @@
+//! Cluster benchmark: starts a real actord cluster (scheduler + nanny with
+//! workers, as separate processes on 127.0.0.1), runs one workload from an
+//! in-process client, tears the cluster down by pid, and prints one JSON
+//! line with the same field names as the Dask harness in peers/dask.
+//!
+//!   cargo bench --bench cluster -- noop --n 10000 [--workers 2] [--threads 1]
+//!         [--repeat 3] [--warmup 200] [--journal]
+//!
+//! CPU figures cover the timed repetitions only (from /proc, 10 ms ticks).
+//!
+//! `noop` maps `inc` over range(n), as the Dask harness's noop map does.
+
+use actord::client::Client;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    workload: String,
+    n: u64,
+    workers: u32,
+    threads: u32,
+    repeat: usize,
+    warmup: u64,
+    journal: bool,
+}
+
+fn parse() -> Result<Opts, String> {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let mut o = Opts {
+        workload: String::new(),
+        n: 10_000,
+        workers: 2,
+        threads: 1,
+        repeat: 3,
+        warmup: 200,
+        journal: false,
+    };
+    while let Some(a) = args.next() {
+        let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--n" | "-n" => o.n = val("--n")?.parse().map_err(|e| format!("--n: {e}"))?,
+            "--workers" => {
+                o.workers = val("--workers")?
+                    .parse()
+                    .map_err(|e| format!("--workers: {e}"))?
+            }
+            "--threads" => {
+                o.threads = val("--threads")?
+                    .parse()
+                    .map_err(|e| format!("--threads: {e}"))?
+            }
+            "--repeat" => {
+                o.repeat = val("--repeat")?
+                    .parse()
+                    .map_err(|e| format!("--repeat: {e}"))?
+            }
+            "--warmup" => {
+                o.warmup = val("--warmup")?
+                    .parse()
+                    .map_err(|e| format!("--warmup: {e}"))?
+            }
+            "--journal" => o.journal = true,
+            w if !w.starts_with('-') && o.workload.is_empty() => o.workload = w.to_string(),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if o.workload != "noop" {
+        return Err("usage: cluster noop [--n N] [--workers K] [--threads T] [--repeat R] [--warmup W] [--journal]".into());
+    }
+    Ok(o)
+}
+
+/// A child process killed and reaped when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(dir: &Path, name: &str, args: &[&str]) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_actord"))
+        .args(args)
+        .env("ACTORD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start actord");
+    Proc(child)
+}
+
+/// user+system CPU seconds of a process, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Peak resident set of a process in KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(String::from)
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn run_map(client: &mut Client, n: u64) -> Result<(f64, f64), String> {
+    let t0 = Instant::now();
+    let job = client
+        .map("inc", (0..n as i64).collect::<Vec<_>>())
+        .await
+        .map_err(|e| e.to_string())?;
+    let submit = t0.elapsed().as_secs_f64();
+    let g = client.gather(&job).await.map_err(|e| e.to_string())?;
+    let wall = t0.elapsed().as_secs_f64();
+    let values: Vec<i64> = g.values().map_err(|e| e.to_string())?;
+    if values.iter().enumerate().any(|(i, v)| *v != i as i64 + 1) {
+        return Err("wrong results".into());
+    }
+    Ok((wall, submit))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let o = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("scheduler.json");
+    let file_s = file.to_str().unwrap().to_string();
+    let journal = dir.path().join("journal");
+    let mut sargs = vec![
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--scheduler-file",
+        &file_s,
+    ];
+    if o.journal {
+        sargs.extend(["--journal", journal.to_str().unwrap()]);
+    }
+    let scheduler = spawn(dir.path(), "scheduler", &sargs);
+    let (w, t) = (o.workers.to_string(), o.threads.to_string());
+    let nanny = spawn(
+        dir.path(),
+        "nanny",
+        &[
+            "nanny",
+            "--workers",
+            &w,
+            "--threads",
+            &t,
+            "--scheduler-file",
+            &file_s,
+        ],
+    );
+    let mut client = Client::connect(&file, Duration::from_secs(30))
+        .await
+        .expect("connect");
+    client
+        .wait_for_workers(o.workers as usize, Duration::from_secs(30))
+        .await
+        .expect("workers");
+    let worker_pids: Vec<u32> = client
+        .workers()
+        .await
+        .expect("workers")
+        .iter()
+        .map(|w| w.pid)
+        .collect();
+    if o.warmup > 0 {
+        run_map(&mut client, o.warmup).await.expect("warmup");
+    }
+    let all_pids = || worker_pids.iter().copied().chain([nanny.0.id()]);
+    let (s0, w0) = (
+        cpu_seconds(scheduler.0.id()),
+        all_pids().map(cpu_seconds).sum::<f64>(),
+    );
+    let mut runs = Vec::new();
+    for r in 0..o.repeat {
+        let (wall, submit) = run_map(&mut client, o.n).await.expect("run");
+        eprintln!(
+            "map n={} rep {}/{}: {:.3}s = {:.0} tasks/s",
+            o.n,
+            r + 1,
+            o.repeat,
+            wall,
+            o.n as f64 / wall
+        );
+        runs.push((wall, submit));
+    }
+    let sched_cpu = cpu_seconds(scheduler.0.id()) - s0;
+    let workers_cpu = all_pids().map(cpu_seconds).sum::<f64>() - w0;
+    let wall = median(runs.iter().map(|r| r.0).collect());
+    let rec = serde_json::json!({
+        "system": "actord",
+        "workload": "noop",
+        "variant": "map",
+        "n": o.n,
+        "tasks": o.n,
+        "workers": o.workers,
+        "threads_per_worker": o.threads,
+        "journal": o.journal,
+        "repeat": o.repeat,
+        "warmup": o.warmup,
+        "wall_s": (wall * 1e4).round() / 1e4,
+        "wall_s_all": runs.iter().map(|r| (r.0 * 1e4).round() / 1e4).collect::<Vec<_>>(),
+        "tasks_per_s": (o.n as f64 / wall * 10.0).round() / 10.0,
+        "submit_s_median": (median(runs.iter().map(|r| r.1).collect()) * 1e4).round() / 1e4,
+        "sched_cpu_s": (sched_cpu * 1e3).round() / 1e3,
+        "workers_cpu_s": (workers_cpu * 1e3).round() / 1e3,
+        "sched_cpu_us_per_task": (sched_cpu / (o.n as f64 * o.repeat as f64) * 1e7).round() / 10.0,
+        "workers_cpu_us_per_task": (workers_cpu / (o.n as f64 * o.repeat as f64) * 1e7).round() / 10.0,
+        "sched_peak_rss_kib": peak_rss_kib(scheduler.0.id()),
+        "worker_peak_rss_kib": worker_pids.iter().map(|p| peak_rss_kib(*p)).max().unwrap_or(0),
+    });
+    println!("{rec}");
+    drop(client);
+    drop(nanny);
+    drop(scheduler);
+}
