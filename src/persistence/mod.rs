@@ -219,7 +219,16 @@ mod tests {
             j.append(&recs[1..]).unwrap();
             j.flush().await.unwrap();
         }
-        let j = SledJournal::open(dir.path()).unwrap();
+        // sled releases its lock from a background thread after the drop:
+        // reopen with a bounded retry.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let j = loop {
+            match SledJournal::open(dir.path()) {
+                Ok(j) => break j,
+                Err(e) if std::time::Instant::now() >= deadline => panic!("reopen: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
         assert_eq!(j.replay().unwrap(), recs);
         assert_eq!(j.next_seq, 2);
     }
