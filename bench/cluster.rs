@@ -40,33 +40,20 @@ fn parse() -> Result<Opts, String> {
         let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
             "--n" | "-n" => o.n = val("--n")?.parse().map_err(|e| format!("--n: {e}"))?,
-            "--workers" => {
-                o.workers = val("--workers")?
-                    .parse()
-                    .map_err(|e| format!("--workers: {e}"))?
-            }
-            "--threads" => {
-                o.threads = val("--threads")?
-                    .parse()
-                    .map_err(|e| format!("--threads: {e}"))?
-            }
-            "--repeat" => {
-                o.repeat = val("--repeat")?
-                    .parse()
-                    .map_err(|e| format!("--repeat: {e}"))?
-            }
-            "--warmup" => {
-                o.warmup = val("--warmup")?
-                    .parse()
-                    .map_err(|e| format!("--warmup: {e}"))?
-            }
+            "--workers" => o.workers = val("--workers")?.parse().map_err(|e| format!("--workers: {e}"))?,
+            "--threads" => o.threads = val("--threads")?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--repeat" => o.repeat = val("--repeat")?.parse().map_err(|e| format!("--repeat: {e}"))?,
+            "--warmup" => o.warmup = val("--warmup")?.parse().map_err(|e| format!("--warmup: {e}"))?,
             "--journal" => o.journal = true,
             w if !w.starts_with('-') && o.workload.is_empty() => o.workload = w.to_string(),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     if o.workload != "noop" {
-        return Err("usage: cluster noop [--n N] [--workers K] [--threads T] [--repeat R] [--warmup W] [--journal]".into());
+        return Err(
+            "usage: cluster noop [--n N] [--workers K] [--threads T] [--repeat R] [--warmup W] [--journal]"
+                .into(),
+        );
     }
     Ok(o)
 }
@@ -99,16 +86,9 @@ fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 =
+        fields.get(11..13).map(|f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum()).unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -116,21 +96,14 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(String::from)
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
 
 async fn run_map(client: &mut Client, n: u64) -> Result<(f64, f64), String> {
     let t0 = Instant::now();
-    let job = client
-        .map("inc", (0..n as i64).collect::<Vec<_>>())
-        .await
-        .map_err(|e| e.to_string())?;
+    let job = client.map("inc", (0..n as i64).collect::<Vec<_>>()).await.map_err(|e| e.to_string())?;
     let submit = t0.elapsed().as_secs_f64();
     let g = client.gather(&job).await.map_err(|e| e.to_string())?;
     let wall = t0.elapsed().as_secs_f64();
@@ -159,55 +132,22 @@ async fn main() {
     let file = dir.path().join("scheduler.json");
     let file_s = file.to_str().unwrap().to_string();
     let journal = dir.path().join("journal");
-    let mut sargs = vec![
-        "scheduler",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--scheduler-file",
-        &file_s,
-    ];
+    let mut sargs = vec!["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", &file_s];
     if o.journal {
         sargs.extend(["--journal", journal.to_str().unwrap()]);
     }
     let scheduler = spawn(dir.path(), "scheduler", &sargs);
     let (w, t) = (o.workers.to_string(), o.threads.to_string());
-    let nanny = spawn(
-        dir.path(),
-        "nanny",
-        &[
-            "nanny",
-            "--workers",
-            &w,
-            "--threads",
-            &t,
-            "--scheduler-file",
-            &file_s,
-        ],
-    );
-    let mut client = Client::connect(&file, Duration::from_secs(30))
-        .await
-        .expect("connect");
-    client
-        .wait_for_workers(o.workers as usize, Duration::from_secs(30))
-        .await
-        .expect("workers");
-    let worker_pids: Vec<u32> = client
-        .workers()
-        .await
-        .expect("workers")
-        .iter()
-        .map(|w| w.pid)
-        .collect();
+    let nanny =
+        spawn(dir.path(), "nanny", &["nanny", "--workers", &w, "--threads", &t, "--scheduler-file", &file_s]);
+    let mut client = Client::connect(&file, Duration::from_secs(30)).await.expect("connect");
+    client.wait_for_workers(o.workers as usize, Duration::from_secs(30)).await.expect("workers");
+    let worker_pids: Vec<u32> = client.workers().await.expect("workers").iter().map(|w| w.pid).collect();
     if o.warmup > 0 {
         run_map(&mut client, o.warmup).await.expect("warmup");
     }
     let all_pids = || worker_pids.iter().copied().chain([nanny.0.id()]);
-    let (s0, w0) = (
-        cpu_seconds(scheduler.0.id()),
-        all_pids().map(cpu_seconds).sum::<f64>(),
-    );
+    let (s0, w0) = (cpu_seconds(scheduler.0.id()), all_pids().map(cpu_seconds).sum::<f64>());
     let mut runs = Vec::new();
     for r in 0..o.repeat {
         let (wall, submit) = run_map(&mut client, o.n).await.expect("run");

@@ -12,8 +12,7 @@
 
 use crate::ids::JobId;
 use crate::protocol::{
-    Conn, FromClient, Outcome, Role, TaskKind, TaskOutcome, TaskSpec, ToClient, WorkerInfo,
-    DEFAULT_MAX_FRAME,
+    Conn, FromClient, Outcome, Role, TaskKind, TaskOutcome, TaskSpec, ToClient, WorkerInfo, DEFAULT_MAX_FRAME,
 };
 use crate::schedfile::{resolve_path, wait_for_file, SchedulerFile};
 use serde::{de::DeserializeOwned, Serialize};
@@ -77,10 +76,7 @@ pub fn decode_outcome<T: DeserializeOwned>(o: &TaskOutcome) -> Result<T, ClientE
     match &o.outcome {
         Outcome::Ok { result } => rmp_serde::from_slice(result)
             .map_err(|e| ClientError::Protocol(format!("result of task {}: {e}", o.idx))),
-        Outcome::Err { error } => Err(ClientError::TaskFailed {
-            idx: o.idx,
-            error: error.clone(),
-        }),
+        Outcome::Err { error } => Err(ClientError::TaskFailed { idx: o.idx, error: error.clone() }),
     }
 }
 
@@ -105,9 +101,7 @@ impl Client {
         let mut said = false;
         loop {
             let left = timeout.saturating_sub(start.elapsed());
-            let file = wait_for_file(path, left)
-                .await
-                .map_err(ClientError::Connect)?;
+            let file = wait_for_file(path, left).await.map_err(ClientError::Connect)?;
             let attempt = Conn::connect(
                 file.socket_addr(),
                 Role::Client,
@@ -152,13 +146,7 @@ impl Client {
         name: &str,
         tasks: Vec<TaskSpec>,
     ) -> Result<JobHandle, ClientError> {
-        self.conn
-            .write(&FromClient::Submit {
-                job,
-                name: name.into(),
-                tasks,
-            })
-            .await?;
+        self.conn.write(&FromClient::Submit { job, name: name.into(), tasks }).await?;
         match self.expect_reply().await? {
             ToClient::Submitted { job: j, tasks } if j == job => Ok(JobHandle { id: job, tasks }),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
@@ -166,41 +154,22 @@ impl Client {
     }
 
     /// Submits one `fn` task as a job of its own.
-    pub async fn submit<A: Serialize>(
-        &mut self,
-        func: &str,
-        args: &A,
-    ) -> Result<TaskFuture, ClientError> {
+    pub async fn submit<A: Serialize>(&mut self, func: &str, args: &A) -> Result<TaskFuture, ClientError> {
         let spec = fn_task(func, args)?;
         let job = self.submit_job(JobId::new(), func, vec![spec]).await?;
-        Ok(TaskFuture {
-            job: job.id,
-            idx: 0,
-        })
+        Ok(TaskFuture { job: job.id, idx: 0 })
     }
 
     /// `client.map(func, inputs)`: one task per input, one job.
-    pub async fn map<A: Serialize>(
-        &mut self,
-        func: &str,
-        inputs: Vec<A>,
-    ) -> Result<JobHandle, ClientError> {
-        let tasks = inputs
-            .iter()
-            .map(|a| fn_task(func, a))
-            .collect::<Result<Vec<_>, _>>()?;
+    pub async fn map<A: Serialize>(&mut self, func: &str, inputs: Vec<A>) -> Result<JobHandle, ClientError> {
+        let tasks = inputs.iter().map(|a| fn_task(func, a)).collect::<Result<Vec<_>, _>>()?;
         self.submit_job(JobId::new(), func, tasks).await
     }
 
     /// Outcomes in completion order; call `next` until it returns `None`.
     pub async fn as_completed(&mut self, job: JobId) -> Result<AsCompleted<'_>, ClientError> {
         self.conn.write(&FromClient::Watch { job }).await?;
-        Ok(AsCompleted {
-            client: self,
-            job,
-            buffer: Vec::new(),
-            done: false,
-        })
+        Ok(AsCompleted { client: self, job, buffer: Vec::new(), done: false })
     }
 
     /// Waits for every task of the job and returns the outcomes in task order.
@@ -233,11 +202,7 @@ impl Client {
     }
 
     /// Blocks until at least `n` workers are registered, or `timeout`.
-    pub async fn wait_for_workers(
-        &mut self,
-        n: usize,
-        timeout: Duration,
-    ) -> Result<usize, ClientError> {
+    pub async fn wait_for_workers(&mut self, n: usize, timeout: Duration) -> Result<usize, ClientError> {
         let start = Instant::now();
         loop {
             let have = self.workers().await?.len();
@@ -286,19 +251,10 @@ impl AsCompleted<'_> {
 /// An `fn` task calling `func` with msgpack-encoded `args`.
 pub fn fn_task<A: Serialize>(func: &str, args: &A) -> Result<TaskSpec, ClientError> {
     let args = rmp_serde::to_vec(args).map_err(|e| ClientError::Encode(e.to_string()))?;
-    Ok(TaskSpec {
-        key: None,
-        kind: TaskKind::Fn {
-            name: func.into(),
-            args,
-        },
-    })
+    Ok(TaskSpec { key: None, kind: TaskKind::Fn { name: func.into(), args }, max_worker_kills: None })
 }
 
 /// A `cmd` task running `argv`.
 pub fn cmd_task(argv: Vec<String>) -> TaskSpec {
-    TaskSpec {
-        key: None,
-        kind: TaskKind::Cmd { argv },
-    }
+    TaskSpec { key: None, kind: TaskKind::Cmd { argv }, max_worker_kills: None }
 }

@@ -25,6 +25,8 @@ pub struct SchedulerConfig {
     pub prefetch_target_us: u64,
     pub max_prefetch_per_slot: u32,
     pub max_worker_kills: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub heartbeat_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -95,11 +97,7 @@ impl Config {
             merge(&mut value, user);
         }
         value.try_into().map_err(|e| {
-            format!(
-                "config{}: {e}",
-                file.map(|p| format!(" {}", p.display()))
-                    .unwrap_or_default()
-            )
+            format!("config{}: {e}", file.map(|p| format!(" {}", p.display())).unwrap_or_default())
         })
     }
 }
@@ -117,10 +115,7 @@ mod tests {
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "[worker]\nthreads = 4\nheartbeat = \"250ms\"\n").unwrap();
         let c = Config::load(Some(&p)).unwrap();
-        assert_eq!(
-            (c.worker.threads, c.worker.heartbeat),
-            (4, Duration::from_millis(250))
-        );
+        assert_eq!((c.worker.threads, c.worker.heartbeat), (4, Duration::from_millis(250)));
         assert_eq!(c.scheduler.max_worker_kills, 3);
         std::fs::write(&p, "[worker]\nthreds = 4\n").unwrap();
         assert!(Config::load(Some(&p)).unwrap_err().contains("threds"));

@@ -43,9 +43,8 @@ impl Registry {
         self.register_raw(
             name,
             Arc::new(move |args: &[u8], ctx: &TaskCtx| {
-                let a: A = rmp_serde::from_slice(args).map_err(|e| {
-                    format!("{fname}: bad arguments {}: {e}", describe_msgpack(args))
-                })?;
+                let a: A = rmp_serde::from_slice(args)
+                    .map_err(|e| format!("{fname}: bad arguments {}: {e}", describe_msgpack(args)))?;
                 let r = f(a, ctx)?;
                 rmp_serde::to_vec(&r).map_err(|e| format!("{fname}: cannot encode result: {e}"))
             }),
@@ -64,16 +63,12 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut r = Registry::empty();
         r.register("noop", |_: rmpv::Value, _| Ok(()));
-        r.register("inc", |x: i64, _| {
-            x.checked_add(1).ok_or_else(|| "inc: overflow".to_string())
-        });
+        r.register("inc", |x: i64, _| x.checked_add(1).ok_or_else(|| "inc: overflow".to_string()));
         r.register("add", |(a, b): (i64, i64), _| {
             a.checked_add(b).ok_or_else(|| "add: overflow".to_string())
         });
         r.register("sum", |xs: Vec<i64>, _| {
-            xs.iter()
-                .try_fold(0i64, |acc, x| acc.checked_add(*x))
-                .ok_or_else(|| "sum: overflow".to_string())
+            xs.iter().try_fold(0i64, |acc, x| acc.checked_add(*x)).ok_or_else(|| "sum: overflow".to_string())
         });
         r.register("sleep", |ms: u64, _| {
             std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -118,13 +113,7 @@ mod tests {
     use crate::ids::{JobId, TaskId};
 
     fn call(r: &Registry, name: &str, args: &impl Serialize) -> Result<rmpv::Value, String> {
-        let ctx = TaskCtx {
-            task: TaskId {
-                job: JobId::new(),
-                idx: 0,
-            },
-            attempt: 1,
-        };
+        let ctx = TaskCtx { task: TaskId { job: JobId::new(), idx: 0 }, attempt: 1 };
         let out = (r.get(name).unwrap())(&rmp_serde::to_vec(args).unwrap(), &ctx)?;
         Ok(rmp_serde::from_slice(&out).unwrap())
     }
@@ -134,19 +123,13 @@ mod tests {
         let r = Registry::builtin();
         assert_eq!(call(&r, "inc", &41).unwrap(), rmpv::Value::from(42));
         assert_eq!(call(&r, "add", &(2, 3)).unwrap(), rmpv::Value::from(5));
-        assert_eq!(
-            call(&r, "sum", &vec![1, 2, 3]).unwrap(),
-            rmpv::Value::from(6)
-        );
+        assert_eq!(call(&r, "sum", &vec![1, 2, 3]).unwrap(), rmpv::Value::from(6));
         assert_eq!(
             call(&r, "darts", &(1000u64, 192837465u64)).unwrap(),
             rmpv::Value::Array(vec![769.into(), 1000.into()])
         );
         let err = call(&r, "inc", &"seven").unwrap_err();
-        assert!(
-            err.starts_with("inc: bad arguments (got \"seven\")"),
-            "{err}"
-        );
+        assert!(err.starts_with("inc: bad arguments (got \"seven\")"), "{err}");
         assert_eq!(call(&r, "fail", &"boom").unwrap_err(), "boom");
         assert!(call(&r, "inc", &i64::MAX).unwrap_err().contains("overflow"));
     }

@@ -33,10 +33,7 @@ impl SchedulerFile {
     }
 
     pub fn describe(&self) -> String {
-        format!(
-            "written by pid {} on {} at {}",
-            self.pid, self.host, self.started
-        )
+        format!("written by pid {} on {} at {}", self.pid, self.host, self.started)
     }
 
     /// Writes to a temporary file beside `path`, then renames it into place.
@@ -46,12 +43,8 @@ impl SchedulerFile {
             std::fs::create_dir_all(dir)?;
         }
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -137,10 +130,6 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(SchedulerFile::read(&path).unwrap(), f);
-        assert_eq!(
-            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
-            1,
-            "no temp left"
-        );
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temp left");
     }
 }

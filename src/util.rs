@@ -5,10 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
 }
 
 /// Microseconds since the Unix epoch: the `now` the core's handlers get.
@@ -36,9 +33,7 @@ pub fn expand_path(raw: &str) -> Result<PathBuf, String> {
             continue;
         }
         let (name, braced) = if rest[i + 1..].starts_with('{') {
-            let end = rest[i + 2..]
-                .find('}')
-                .ok_or_else(|| format!("{raw}: unclosed ${{ in path"))?;
+            let end = rest[i + 2..].find('}').ok_or_else(|| format!("{raw}: unclosed ${{ in path"))?;
             (&rest[i + 2..i + 2 + end], true)
         } else {
             let len = rest[i + 1..]
@@ -50,8 +45,8 @@ pub fn expand_path(raw: &str) -> Result<PathBuf, String> {
             s.push('$');
             continue;
         }
-        let value = std::env::var(name)
-            .map_err(|_| format!("{raw}: environment variable ${name} is not set"))?;
+        let value =
+            std::env::var(name).map_err(|_| format!("{raw}: environment variable ${name} is not set"))?;
         s.push_str(&value);
         let skip = name.len() + if braced { 2 } else { 0 };
         for _ in 0..skip {
@@ -75,16 +70,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h)"
-            ))
-        }
+        _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h)")),
     };
     if !secs.is_finite() || secs < 0.0 {
-        return Err(format!(
-            "invalid duration {s:?}: must be a non-negative number"
-        ));
+        return Err(format!("invalid duration {s:?}: must be a non-negative number"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -108,23 +97,11 @@ mod tests {
     fn paths_expand_home_and_vars() {
         std::env::set_var("ACTORD_TEST_SCRATCH", "/scratch/u");
         let home = std::env::var("HOME").unwrap();
-        assert_eq!(
-            expand_path("~/x").unwrap(),
-            PathBuf::from(format!("{home}/x"))
-        );
-        assert_eq!(
-            expand_path("$ACTORD_TEST_SCRATCH/s.json").unwrap(),
-            PathBuf::from("/scratch/u/s.json")
-        );
-        assert_eq!(
-            expand_path("${ACTORD_TEST_SCRATCH}x/a").unwrap(),
-            PathBuf::from("/scratch/ux/a")
-        );
+        assert_eq!(expand_path("~/x").unwrap(), PathBuf::from(format!("{home}/x")));
+        assert_eq!(expand_path("$ACTORD_TEST_SCRATCH/s.json").unwrap(), PathBuf::from("/scratch/u/s.json"));
+        assert_eq!(expand_path("${ACTORD_TEST_SCRATCH}x/a").unwrap(), PathBuf::from("/scratch/ux/a"));
         let err = expand_path("$ACTORD_TEST_UNSET_VAR/a").unwrap_err();
         assert!(err.contains("ACTORD_TEST_UNSET_VAR is not set"), "{err}");
-        assert_eq!(
-            expand_path("/plain/path").unwrap(),
-            PathBuf::from("/plain/path")
-        );
+        assert_eq!(expand_path("/plain/path").unwrap(), PathBuf::from("/plain/path"));
     }
 }

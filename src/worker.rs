@@ -5,9 +5,7 @@
 use crate::functions::{Registry, TaskCtx};
 use crate::ids::WorkerId;
 use crate::protocol::conn::{decode, encode, next_frame};
-use crate::protocol::{
-    Assignment, Conn, FromWorker, Outcome, Role, TaskKind, TaskReport, ToWorker,
-};
+use crate::protocol::{Assignment, Conn, FromWorker, Outcome, Role, TaskKind, TaskReport, ToWorker};
 use crate::schedfile::{wait_for_file, SchedulerFile};
 use futures::SinkExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +24,8 @@ pub struct WorkerOptions {
     pub max_frame: usize,
     /// Where `cmd` tasks write stdout/stderr: `<work_dir>/<job>/<task>.<attempt>.out`.
     pub work_dir: PathBuf,
+    /// The nanny slot this worker runs in, told to the scheduler.
+    pub nanny: Option<crate::protocol::NannySlot>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +57,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
             .name(format!("slot-{slot}"))
             .spawn(move || {
                 for a in rx.iter() {
-                    let report =
-                        run_task(&reg, &work_dir, WorkerId(wid.load(Ordering::Relaxed)), a);
+                    let report = run_task(&reg, &work_dir, WorkerId(wid.load(Ordering::Relaxed)), a);
                     if tx.send(report).is_err() {
                         return;
                     }
@@ -72,8 +71,8 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
     let mut lost_since: Option<Instant> = None;
     let mut last_error = String::new();
     let mut backoff = Duration::from_millis(50);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     loop {
         let remaining = match lost_since {
             None => opts.death_timeout,
@@ -106,6 +105,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
             &registry,
             conn,
             &task_tx,
+            &task_rx,
             &worker_id,
             &mut report_rx,
             &mut unsent,
@@ -136,13 +136,7 @@ async fn connect(opts: &WorkerOptions, timeout: Duration) -> Result<(Conn, Sched
         Duration::from_secs(5).min(timeout.max(Duration::from_millis(100))),
     )
     .await
-    .map_err(|e| {
-        format!(
-            "cannot reach scheduler at {} ({}): {e}",
-            file.address,
-            file.describe()
-        )
-    })?;
+    .map_err(|e| format!("cannot reach scheduler at {} ({}): {e}", file.address, file.describe()))?;
     Ok((conn, file))
 }
 
@@ -152,6 +146,7 @@ async fn session(
     registry: &Registry,
     mut conn: Conn,
     task_tx: &crossbeam_channel::Sender<Assignment>,
+    task_rx: &crossbeam_channel::Receiver<Assignment>,
     worker_id: &AtomicU64,
     report_rx: &mut mpsc::UnboundedReceiver<TaskReport>,
     unsent: &mut Vec<TaskReport>,
@@ -162,6 +157,7 @@ async fn session(
         host: crate::util::hostname(),
         pid: std::process::id(),
         functions: registry.names(),
+        nanny: opts.nanny.clone(),
     };
     if let Err(e) = conn.write(&register).await {
         return SessionEnd::Lost(e.to_string());
@@ -172,9 +168,7 @@ async fn session(
     loop {
         if !unsent.is_empty() {
             let batch: Vec<TaskReport> = std::mem::take(unsent);
-            let frame = match encode(&FromWorker::Reports {
-                reports: batch.clone(),
-            }) {
+            let frame = match encode(&FromWorker::Reports { reports: batch.clone() }) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode reports");
@@ -203,6 +197,18 @@ async fn session(
                         }
                     }
                     Ok(ToWorker::Error { message }) => tracing::warn!(%message, "scheduler reports an error"),
+                    Ok(ToWorker::Reregister { reason }) => {
+                        tracing::warn!(%reason, "registering again as a new worker");
+                        // Queued tasks were handed to others; running ones finish and report.
+                        while task_rx.try_recv().is_ok() {}
+                        let frame = match encode(&register) {
+                            Ok(f) => f,
+                            Err(e) => return SessionEnd::Lost(e.to_string()),
+                        };
+                        if let Err(e) = sink.send(frame).await {
+                            return SessionEnd::Lost(e.to_string());
+                        }
+                    }
                     Ok(ToWorker::Shutdown) => return SessionEnd::Shutdown,
                     Err(e) => tracing::warn!(error = %e, "ignoring a message this worker does not understand"),
                 }
@@ -240,35 +246,22 @@ fn run_task(registry: &Registry, work_dir: &Path, worker: WorkerId, a: Assignmen
     let outcome = match &a.kind {
         TaskKind::Fn { name, args } => match registry.get(name) {
             None => Outcome::Err {
-                error: format!(
-                    "unknown function {name:?}; this worker has: {}",
-                    registry.names().join(", ")
-                ),
+                error: format!("unknown function {name:?}; this worker has: {}", registry.names().join(", ")),
             },
             Some(f) => {
-                let ctx = TaskCtx {
-                    task: a.task,
-                    attempt: a.attempt,
-                };
+                let ctx = TaskCtx { task: a.task, attempt: a.attempt };
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(args, &ctx))) {
-                    Ok(Ok(result)) => Outcome::Ok {
-                        result: result.into(),
-                    },
+                    Ok(Ok(result)) => Outcome::Ok { result: result.into() },
                     Ok(Err(error)) => Outcome::Err { error },
-                    Err(panic) => Outcome::Err {
-                        error: format!("{name} panicked: {}", panic_message(&panic)),
-                    },
+                    Err(panic) => {
+                        Outcome::Err { error: format!("{name} panicked: {}", panic_message(&panic)) }
+                    }
                 }
             }
         },
         TaskKind::Cmd { argv } => run_cmd(argv, work_dir, worker, &a),
     };
-    TaskReport {
-        task: a.task,
-        attempt: a.attempt,
-        outcome,
-        micros: start.elapsed().as_micros() as u64,
-    }
+    TaskReport { task: a.task, attempt: a.attempt, outcome, micros: start.elapsed().as_micros() as u64 }
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -290,20 +283,15 @@ fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment) -
     use std::os::unix::process::CommandExt;
     let dir = work_dir.join(task.job.to_string());
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        return Outcome::Err {
-            error: format!("cannot create {}: {e}", dir.display()),
-        };
+        return Outcome::Err { error: format!("cannot create {}: {e}", dir.display()) };
     }
     let out_path = dir.join(format!("{}.{attempt}.out", task.idx));
     let err_path = dir.join(format!("{}.{attempt}.err", task.idx));
-    let files =
-        std::fs::File::create(&out_path).and_then(|o| Ok((o, std::fs::File::create(&err_path)?)));
+    let files = std::fs::File::create(&out_path).and_then(|o| Ok((o, std::fs::File::create(&err_path)?)));
     let (out, err) = match files {
         Ok(f) => f,
         Err(e) => {
-            return Outcome::Err {
-                error: format!("cannot create output files in {}: {e}", dir.display()),
-            }
+            return Outcome::Err { error: format!("cannot create output files in {}: {e}", dir.display()) }
         }
     };
     let mut cmd = std::process::Command::new(&argv[0]);
@@ -324,11 +312,7 @@ fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment) -
     }
     let status = match cmd.status() {
         Ok(s) => s,
-        Err(e) => {
-            return Outcome::Err {
-                error: format!("cannot run {:?}: {e}", argv[0]),
-            }
-        }
+        Err(e) => return Outcome::Err { error: format!("cannot run {:?}: {e}", argv[0]) },
     };
     if status.success() {
         let result = serde_json::json!({
@@ -338,9 +322,7 @@ fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment) -
         });
         match rmp_serde::to_vec_named(&result) {
             Ok(b) => Outcome::Ok { result: b.into() },
-            Err(e) => Outcome::Err {
-                error: e.to_string(),
-            },
+            Err(e) => Outcome::Err { error: e.to_string() },
         }
     } else {
         let tail = std::fs::read(&err_path)
@@ -356,9 +338,7 @@ fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment) -
                 format!("killed by signal {}", status.signal().unwrap_or(0))
             }
         };
-        Outcome::Err {
-            error: format!("{:?} failed with {how}: {tail}", argv[0]),
-        }
+        Outcome::Err { error: format!("{:?} failed with {how}: {tail}", argv[0]) }
     }
 }
 
@@ -368,59 +348,32 @@ mod tests {
     use crate::ids::{JobId, TaskId};
 
     fn assignment(kind: TaskKind) -> Assignment {
-        Assignment {
-            task: TaskId {
-                job: JobId::new(),
-                idx: 3,
-            },
-            key: None,
-            attempt: 2,
-            kind,
-        }
+        Assignment { task: TaskId { job: JobId::new(), idx: 3 }, key: None, attempt: 2, kind }
     }
 
     #[test]
     fn a_panicking_function_is_a_task_error() {
         let mut reg = Registry::builtin();
-        reg.register("explode", |_: (), _| -> Result<(), String> {
-            panic!("kaboom")
-        });
+        reg.register("explode", |_: (), _| -> Result<(), String> { panic!("kaboom") });
         let dir = tempfile::tempdir().unwrap();
-        let a = assignment(TaskKind::Fn {
-            name: "explode".into(),
-            args: rmp_serde::to_vec(&()).unwrap(),
-        });
+        let a = assignment(TaskKind::Fn { name: "explode".into(), args: rmp_serde::to_vec(&()).unwrap() });
         let r = run_task(&reg, dir.path(), WorkerId(1), a);
-        assert_eq!(
-            r.outcome,
-            Outcome::Err {
-                error: "explode panicked: kaboom".into()
-            }
-        );
+        assert_eq!(r.outcome, Outcome::Err { error: "explode panicked: kaboom".into() });
         assert_eq!(r.attempt, 2);
     }
 
     #[test]
     fn commands_see_their_identity_and_write_output_files() {
         let dir = tempfile::tempdir().unwrap();
-        let argv = [
-            "sh",
-            "-c",
-            "echo $ACTORD_TASK $ACTORD_ATTEMPT $ACTORD_WORKER",
-        ];
-        let a = assignment(TaskKind::Cmd {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-        });
+        let argv = ["sh", "-c", "echo $ACTORD_TASK $ACTORD_ATTEMPT $ACTORD_WORKER"];
+        let a = assignment(TaskKind::Cmd { argv: argv.iter().map(|s| s.to_string()).collect() });
         let job = a.task.job;
         let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a);
         assert!(r.outcome.is_ok(), "{:?}", r.outcome);
-        let out =
-            std::fs::read_to_string(dir.path().join(job.to_string()).join("3.2.out")).unwrap();
+        let out = std::fs::read_to_string(dir.path().join(job.to_string()).join("3.2.out")).unwrap();
         assert_eq!(out.trim(), "3 2 w7");
 
-        let a = assignment(TaskKind::Cmd {
-            argv: vec!["/nonexistent/prog".into()],
-        });
+        let a = assignment(TaskKind::Cmd { argv: vec!["/nonexistent/prog".into()] });
         let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a);
         assert!(matches!(r.outcome, Outcome::Err { error } if error.contains("cannot run")));
     }

@@ -26,10 +26,7 @@ fn hello(secret: &str, protocol: u32) -> Hello {
 
 /// Reads one length-prefixed frame from a raw socket.
 async fn read_raw_frame(s: &mut TcpStream) -> Vec<u8> {
-    let len = tokio::time::timeout(Duration::from_secs(10), s.read_u32())
-        .await
-        .unwrap()
-        .unwrap();
+    let len = tokio::time::timeout(Duration::from_secs(10), s.read_u32()).await.unwrap().unwrap();
     let mut buf = vec![0; len as usize];
     s.read_exact(&mut buf).await.unwrap();
     buf
@@ -59,10 +56,7 @@ async fn still_serving(file: &SchedulerFile) {
     .await
     .expect("scheduler still accepts clients");
     conn.write(&FromClient::Workers).await.unwrap();
-    assert!(matches!(
-        conn.read::<ToClient>().await.unwrap(),
-        ToClient::Workers { .. }
-    ));
+    assert!(matches!(conn.read::<ToClient>().await.unwrap(), ToClient::Workers { .. }));
 }
 
 #[tokio::test]
@@ -85,16 +79,9 @@ async fn garbage_oversized_wrong_version_and_wrong_secret_are_refused() {
 
     // Another protocol version.
     let mut s = TcpStream::connect(&addr).await.unwrap();
-    send_raw_frame(
-        &mut s,
-        &encode(&hello(&file.secret, PROTOCOL_VERSION + 98)).unwrap(),
-    )
-    .await;
+    send_raw_frame(&mut s, &encode(&hello(&file.secret, PROTOCOL_VERSION + 98)).unwrap()).await;
     let err = rejected(&mut s).await;
-    assert!(
-        err.contains(&format!("protocol version {}", PROTOCOL_VERSION + 98)),
-        "{err}"
-    );
+    assert!(err.contains(&format!("protocol version {}", PROTOCOL_VERSION + 98)), "{err}");
 
     // A wrong secret.
     let mut s = TcpStream::connect(&addr).await.unwrap();
@@ -103,35 +90,21 @@ async fn garbage_oversized_wrong_version_and_wrong_secret_are_refused() {
     assert!(err.contains("authentication failed"), "{err}");
 
     // Garbage after a good handshake: an error message, then that connection closes.
-    let (conn, _) = Conn::connect(
-        &addr,
-        Role::Client,
-        &file.secret,
-        DEFAULT_MAX_FRAME,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let (conn, _) =
+        Conn::connect(&addr, Role::Client, &file.secret, DEFAULT_MAX_FRAME, Duration::from_secs(5))
+            .await
+            .unwrap();
     let (mut sink, mut stream) = conn.into_split();
     use futures::SinkExt;
-    sink.send(bytes::Bytes::from_static(b"\x93\x01\x02\x03"))
-        .await
-        .unwrap();
-    let reply = actord::protocol::conn::next_frame(&mut stream)
-        .await
-        .unwrap();
+    sink.send(bytes::Bytes::from_static(b"\x93\x01\x02\x03")).await.unwrap();
+    let reply = actord::protocol::conn::next_frame(&mut stream).await.unwrap();
     match decode::<ToClient>(&reply).unwrap() {
         ToClient::Error { message, .. } => {
             assert!(message.contains("bad client message"), "{message}")
         }
         other => panic!("expected an error, got {other:?}"),
     }
-    assert!(
-        actord::protocol::conn::next_frame(&mut stream)
-            .await
-            .is_err(),
-        "connection closed"
-    );
+    assert!(actord::protocol::conn::next_frame(&mut stream).await.is_err(), "connection closed");
 
     still_serving(&file).await;
     assert!(cluster.scheduler.log_text().contains("connection refused"));
@@ -148,20 +121,14 @@ fn unknown_functions_and_bad_arguments_fail_the_task_not_the_worker() {
     assert_eq!(out.status.code(), Some(1));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let err = doc["failures"][0]["error"].as_str().unwrap();
-    assert!(
-        err.contains("unknown function \"no_such_fn\"") && err.contains("inc"),
-        "{err}"
-    );
+    assert!(err.contains("unknown function \"no_such_fn\"") && err.contains("inc"), "{err}");
 
     let out = cluster.run(&["submit", "--fn", "inc", "--args", "\"seven\""]);
     let out = cluster.run(&["gather", &stdout(&out)]);
     assert_eq!(out.status.code(), Some(1));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let err = doc["failures"][0]["error"].as_str().unwrap();
-    assert!(
-        err.starts_with("inc: bad arguments (got \"seven\")"),
-        "{err}"
-    );
+    assert!(err.starts_with("inc: bad arguments (got \"seven\")"), "{err}");
 
     // The same worker process is still there and still works.
     assert_eq!(cluster.worker_pids(), pids);
@@ -179,14 +146,8 @@ fn bad_command_lines_are_usage_errors_that_change_nothing() {
         (&["gather", "not-a-uuid"], "is not a job id"),
         (&["submit"], "nothing to run"),
         (&["submit", "--array", "5-1", "--", "true"], "--array"),
-        (
-            &["submit", "--fn", "inc", "--args", "{oops"],
-            "--args is not JSON",
-        ),
-        (
-            &["map", "inc", "--inputs", "/nonexistent/in.jsonl"],
-            "cannot read",
-        ),
+        (&["submit", "--fn", "inc", "--args", "{oops"], "--args is not JSON"),
+        (&["map", "inc", "--inputs", "/nonexistent/in.jsonl"], "cannot read"),
     ];
     for (args, want) in cases {
         let out = cluster.run(args);

@@ -41,20 +41,12 @@ fn darts_on_a_scheduler_and_a_nanny_with_two_workers_matches_cpython() {
     assert!(pids.iter().all(|p| pid_alive(*p)));
 
     let out_file = cluster.path("out.json");
-    let out = cluster.run(&[
-        "darts",
-        "--inputs",
-        "20",
-        "--scale",
-        "0.01",
-        "--out",
-        out_file.to_str().unwrap(),
-    ]);
+    let out =
+        cluster.run(&["darts", "--inputs", "20", "--scale", "0.01", "--out", out_file.to_str().unwrap()]);
     assert!(out.status.success(), "darts failed: {}", stderr(&out));
     let printed_pi: f64 = stdout(&out).parse().expect("darts prints π on stdout");
 
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
     assert_eq!(doc["n"], 20);
     assert_eq!(doc["workers"], 2);
     let reference = Command::new("python3")
@@ -63,64 +55,31 @@ fn darts_on_a_scheduler_and_a_nanny_with_two_workers_matches_cpython() {
         .arg(&out_file)
         .output()
         .expect("python3 is needed for the CPython reference");
-    assert!(
-        reference.status.success(),
-        "python3: {}",
-        stderr(&reference)
-    );
+    assert!(reference.status.success(), "python3: {}", stderr(&reference));
     let reference: serde_json::Value = serde_json::from_slice(&reference.stdout).unwrap();
-    assert_eq!(
-        doc["inputs"], reference["inputs"],
-        "inputs differ from the Dask harness's"
-    );
-    assert_eq!(
-        doc["results"], reference["results"],
-        "per-task results differ from CPython's"
-    );
+    assert_eq!(doc["inputs"], reference["inputs"], "inputs differ from the Dask harness's");
+    assert_eq!(doc["results"], reference["results"], "per-task results differ from CPython's");
 
-    let in_circle: u64 = doc["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r[0].as_u64().unwrap())
-        .sum();
-    let darts: u64 = doc["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r[1].as_u64().unwrap())
-        .sum();
+    let in_circle: u64 = doc["results"].as_array().unwrap().iter().map(|r| r[0].as_u64().unwrap()).sum();
+    let darts: u64 = doc["results"].as_array().unwrap().iter().map(|r| r[1].as_u64().unwrap()).sum();
     let pi = 4.0 * in_circle as f64 / darts as f64;
     assert_eq!(pi, doc["pi"].as_f64().unwrap());
     assert_eq!(pi, printed_pi);
-    assert!(
-        (pi - std::f64::consts::PI).abs() < 0.01,
-        "implausible π {pi}"
-    );
+    assert!((pi - std::f64::consts::PI).abs() < 0.01, "implausible π {pi}");
 
     // Clean shutdown: SIGTERM to the nanny stops its workers; then the scheduler.
     let nanny = cluster.nanny.as_mut().unwrap();
     nanny.signal(Signal::SIGTERM);
-    let status = nanny
-        .wait_exit(Duration::from_secs(15))
-        .expect("nanny exits on SIGTERM");
+    let status = nanny.wait_exit(Duration::from_secs(15)).expect("nanny exits on SIGTERM");
     assert!(status.success(), "nanny: {status}");
     assert!(
-        wait_until(Duration::from_secs(10), || pids
-            .iter()
-            .all(|p| !pid_alive(*p))),
+        wait_until(Duration::from_secs(10), || pids.iter().all(|p| !pid_alive(*p))),
         "workers left behind"
     );
     cluster.scheduler.signal(Signal::SIGTERM);
-    let status = cluster
-        .scheduler
-        .wait_exit(Duration::from_secs(15))
-        .expect("scheduler exits on SIGTERM");
+    let status = cluster.scheduler.wait_exit(Duration::from_secs(15)).expect("scheduler exits on SIGTERM");
     assert!(status.success(), "scheduler: {status}");
-    assert!(
-        !cluster.file.exists(),
-        "a cleanly stopped scheduler removes its file"
-    );
+    assert!(!cluster.file.exists(), "a cleanly stopped scheduler removes its file");
 }
 
 #[test]
@@ -145,8 +104,7 @@ fn local_runs_the_whole_cluster_in_one_command() {
         .output()
         .unwrap();
     assert!(out.status.success(), "local failed: {}", stderr(&out));
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
     assert_eq!(doc["results"].as_array().unwrap().len(), 10);
     assert_eq!(doc["workers"], 2);
     // The seed-1 inputs at scale 0.01 start with 14429 darts (CPython: make_inputs(10, 0.01, 1)[0]).
@@ -157,11 +115,7 @@ fn local_runs_the_whole_cluster_in_one_command() {
 fn map_submit_and_gather_from_separate_processes() {
     let cluster = Cluster::start(2, 2);
     let inputs = cluster.path("in.jsonl");
-    std::fs::write(
-        &inputs,
-        (0..50).map(|i| format!("{i}\n")).collect::<String>(),
-    )
-    .unwrap();
+    std::fs::write(&inputs, (0..50).map(|i| format!("{i}\n")).collect::<String>()).unwrap();
     let out = cluster.run(&["map", "inc", "--inputs", inputs.to_str().unwrap()]);
     assert!(out.status.success(), "map: {}", stderr(&out));
     let job = stdout(&out);
@@ -170,27 +124,19 @@ fn map_submit_and_gather_from_separate_processes() {
     let res = cluster.path("res.json");
     let out = cluster.run(&["gather", &job, "--out", res.to_str().unwrap()]);
     assert!(out.status.success(), "gather: {}", stderr(&out));
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&res).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&res).unwrap()).unwrap();
     let want: Vec<i64> = (1..=50).collect();
     assert_eq!(doc["results"], serde_json::json!(want));
     assert_eq!(doc["failed"], 0);
 
     // cmd tasks as an array: each sees its own index.
     let marks = cluster.path("marks");
-    let script = format!(
-        "echo \"$ACTORD_TASK $ACTORD_ATTEMPT\" >> {}",
-        marks.display()
-    );
+    let script = format!("echo \"$ACTORD_TASK $ACTORD_ATTEMPT\" >> {}", marks.display());
     let out = cluster.run(&["submit", "--array", "1-5", "--", "sh", "-c", &script]);
     assert!(out.status.success(), "submit: {}", stderr(&out));
     let out = cluster.run(&["gather", &stdout(&out)]);
     assert!(out.status.success(), "gather cmd: {}", stderr(&out));
-    let mut lines: Vec<String> = std::fs::read_to_string(&marks)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
+    let mut lines: Vec<String> = std::fs::read_to_string(&marks).unwrap().lines().map(String::from).collect();
     lines.sort();
     assert_eq!(lines, vec!["1 1", "2 1", "3 1", "4 1", "5 1"]);
 
@@ -207,10 +153,7 @@ fn map_submit_and_gather_from_separate_processes() {
     assert_eq!(out.status.code(), Some(1));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let err = doc["failures"][0]["error"].as_str().unwrap();
-    assert!(
-        err.contains("exit code 3") && err.contains("disk full"),
-        "{err}"
-    );
+    assert!(err.contains("exit code 3") && err.contains("disk full"), "{err}");
 }
 
 #[test]
@@ -219,51 +162,23 @@ fn clients_wait_for_a_scheduler_that_starts_later_and_name_a_stale_one() {
     let file = dir.path().join("s.json");
     // A client started first waits for the file...
     let mut waiter = actord();
-    waiter
-        .args([
-            "wait",
-            "--workers",
-            "0",
-            "--timeout",
-            "30s",
-            "--scheduler-file",
-        ])
-        .arg(&file);
+    waiter.args(["wait", "--workers", "0", "--timeout", "30s", "--scheduler-file"]).arg(&file);
     let mut waiter = Proc::spawn("waiter", waiter, dir.path());
     let mut sched = actord();
-    sched
-        .args([
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--scheduler-file",
-        ])
-        .arg(&file);
+    sched.args(["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file"]).arg(&file);
     let mut sched = Proc::spawn("scheduler", sched, dir.path());
-    let status = waiter
-        .wait_exit(Duration::from_secs(30))
-        .expect("wait returns");
+    let status = waiter.wait_exit(Duration::from_secs(30)).expect("wait returns");
     assert!(status.success(), "{}", waiter.log_text());
 
     // ...and a client facing a dead scheduler's file says whose it was.
-    let contents: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let contents: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     sched.signal(Signal::SIGKILL);
     sched.wait_exit(Duration::from_secs(10)).unwrap();
-    let out = actord()
-        .args(["wait", "--timeout", "1s", "--scheduler-file"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = actord().args(["wait", "--timeout", "1s", "--scheduler-file"]).arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     let pid = contents["pid"].as_i64().unwrap().to_string();
-    assert!(
-        err.contains(&pid) && err.contains("is that scheduler still running"),
-        "{err}"
-    );
+    assert!(err.contains(&pid) && err.contains("is that scheduler still running"), "{err}");
 
     // Missing file and bad flags are one-line errors.
     let out = actord()
@@ -273,14 +188,7 @@ fn clients_wait_for_a_scheduler_that_starts_later_and_name_a_stale_one() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("did not appear"), "{}", stderr(&out));
-    let out = actord()
-        .args(["wait", "--timeout", "soon"])
-        .output()
-        .unwrap();
+    let out = actord().args(["wait", "--timeout", "soon"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("invalid duration"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("invalid duration"), "{}", stderr(&out));
 }

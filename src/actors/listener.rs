@@ -53,12 +53,7 @@ impl Actor for Listener {
                 }
             }
         });
-        Ok(ListenerState {
-            scheduler: args.scheduler,
-            config: args.config,
-            next_conn: 0,
-            accept_task,
-        })
+        Ok(ListenerState { scheduler: args.scheduler, config: args.config, next_conn: 0, accept_task })
     }
 
     async fn handle(

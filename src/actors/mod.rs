@@ -57,15 +57,9 @@ pub enum StartError {
     #[error(transparent)]
     Journal(#[from] crate::persistence::JournalError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
     #[error("cannot write scheduler file {path}: {source}")]
-    File {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    File { path: PathBuf, source: std::io::Error },
     #[error("cannot start actor: {0}")]
     Spawn(#[from] ractor::SpawnErr),
 }
@@ -116,13 +110,8 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
     let addr = format!("{}:{}", opts.host, opts.port);
     let tcp = tokio::net::TcpListener::bind(&addr)
         .await
-        .map_err(|source| StartError::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
-    let local = tcp
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
+        .map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
+    let local = tcp.local_addr().map_err(|source| StartError::Bind { addr, source })?;
 
     let file = SchedulerFile {
         address: format!("tcp://{}", advertised(local)),
@@ -136,37 +125,24 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
         version: env!("CARGO_PKG_VERSION").into(),
         secret: random_secret(),
     };
+    // Check heartbeats a few times per timeout.
+    let tick =
+        std::time::Duration::from_micros((opts.core.heartbeat_timeout_us / 4).clamp(10_000, 1_000_000));
     let (scheduler, scheduler_join) =
-        Actor::spawn(None, SchedulerActor, SchedulerArgs { core, journal }).await?;
+        Actor::spawn(None, SchedulerActor, SchedulerArgs { core, journal, tick }).await?;
     let config = SessionConfig {
         secret: file.secret.clone(),
         instance: file.instance,
         epoch: file.epoch,
         max_frame: opts.max_frame,
     };
-    let (listener, _) = Actor::spawn(
-        None,
-        Listener,
-        ListenerArgs {
-            listener: tcp,
-            scheduler: scheduler.clone(),
-            config,
-        },
-    )
-    .await?;
+    let (listener, _) =
+        Actor::spawn(None, Listener, ListenerArgs { listener: tcp, scheduler: scheduler.clone(), config })
+            .await?;
     file.write_atomic(&opts.scheduler_file)
-        .map_err(|source| StartError::File {
-            path: opts.scheduler_file.clone(),
-            source,
-        })?;
+        .map_err(|source| StartError::File { path: opts.scheduler_file.clone(), source })?;
     tracing::info!(address = %file.address, file = %opts.scheduler_file.display(), "scheduler listening");
-    Ok(SchedulerHandle {
-        file,
-        path: opts.scheduler_file,
-        scheduler,
-        scheduler_join,
-        listener,
-    })
+    Ok(SchedulerHandle { file, path: opts.scheduler_file, scheduler, scheduler_join, listener })
 }
 
 impl SchedulerHandle {

@@ -7,6 +7,10 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Environment a nanny gives its workers: its pid and their slot.
+pub const ENV_NANNY_PID: &str = "ACTORD_NANNY_PID";
+pub const ENV_NANNY_SLOT: &str = "ACTORD_NANNY_SLOT";
+
 /// How long a worker may take to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -45,11 +49,7 @@ async fn spawn_slot(
     opts: &NannyOptions,
     slot: u32,
 ) -> Result<ActorRef<WorkerProcMsg>, ActorProcessingErr> {
-    let args = WorkerProcArgs {
-        slot,
-        exe: opts.exe.clone(),
-        args: opts.worker_args.clone(),
-    };
+    let args = WorkerProcArgs { slot, exe: opts.exe.clone(), args: opts.worker_args.clone() };
     let (actor, _) = Actor::spawn_linked(None, WorkerProc, args, myself.get_cell()).await?;
     Ok(actor)
 }
@@ -67,17 +67,10 @@ impl Actor for Nanny {
         let mut slots = Vec::new();
         for slot in 0..opts.workers {
             let actor = spawn_slot(&myself, &opts, slot).await?;
-            slots.push(Slot {
-                actor: Some(actor),
-                restarts: VecDeque::new(),
-            });
+            slots.push(Slot { actor: Some(actor), restarts: VecDeque::new() });
         }
         tracing::info!(workers = opts.workers, "nanny started its workers");
-        Ok(NannyState {
-            opts,
-            slots,
-            stopping: false,
-        })
+        Ok(NannyState { opts, slots, stopping: false })
     }
 
     async fn handle(
@@ -108,19 +101,15 @@ impl Actor for Nanny {
         st: &mut NannyState,
     ) -> Result<(), ActorProcessingErr> {
         let (cell, why) = match evt {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_default())
-            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_default()),
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
             _ => return Ok(()),
         };
         if st.stopping {
             return Ok(());
         }
-        let Some(idx) = st
-            .slots
-            .iter()
-            .position(|s| s.actor.as_ref().map(|a| a.get_id()) == Some(cell.get_id()))
+        let Some(idx) =
+            st.slots.iter().position(|s| s.actor.as_ref().map(|a| a.get_id()) == Some(cell.get_id()))
         else {
             return Ok(());
         };
@@ -129,11 +118,7 @@ impl Actor for Nanny {
         let slot = &mut st.slots[idx];
         slot.actor = None;
         let now = Instant::now();
-        while slot
-            .restarts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > st.opts.restart_window)
-        {
+        while slot.restarts.front().is_some_and(|t| now.duration_since(*t) > st.opts.restart_window) {
             slot.restarts.pop_front();
         }
         if slot.restarts.len() as u32 >= st.opts.max_restarts {
@@ -185,7 +170,8 @@ impl Actor for WorkerProc {
         let mut cmd = tokio::process::Command::new(&args.exe);
         cmd.arg("worker")
             .args(&args.args)
-            .env("ACTORD_NANNY_SLOT", args.slot.to_string());
+            .env(ENV_NANNY_PID, std::process::id().to_string())
+            .env(ENV_NANNY_SLOT, args.slot.to_string());
         // SAFETY: prctl is async-signal-safe; the worker dies with its nanny.
         unsafe {
             cmd.pre_exec(|| {
@@ -193,9 +179,8 @@ impl Actor for WorkerProc {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {} worker: {e}", args.exe.display()))?;
+        let mut child =
+            cmd.spawn().map_err(|e| format!("cannot start {} worker: {e}", args.exe.display()))?;
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
         tracing::info!(slot = args.slot, pid, "worker process started");
         let waiter = tokio::spawn(async move {
@@ -205,12 +190,7 @@ impl Actor for WorkerProc {
             };
             let _ = myself.cast(WorkerProcMsg::Exited(status));
         });
-        Ok(WorkerProcState {
-            slot: args.slot,
-            pid,
-            waiter: Some(waiter),
-            exited: false,
-        })
+        Ok(WorkerProcState { slot: args.slot, pid, waiter: Some(waiter), exited: false })
     }
 
     async fn handle(
@@ -242,11 +222,7 @@ impl Actor for WorkerProc {
         let pid = Pid::from_raw(st.pid);
         let _ = kill(pid, Signal::SIGTERM);
         if tokio::time::timeout(STOP_GRACE, &mut waiter).await.is_err() {
-            tracing::warn!(
-                slot = st.slot,
-                pid = st.pid,
-                "worker ignored SIGTERM; killing it"
-            );
+            tracing::warn!(slot = st.slot, pid = st.pid, "worker ignored SIGTERM; killing it");
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waiter.await;
         }

@@ -32,6 +32,8 @@ pub enum SchedMsg {
     },
     /// Execute the effects gathered since the last flush.
     Flush,
+    /// Periodic: check heartbeats.
+    Tick,
 }
 
 /// Effects of the steps since the last flush, executed together.
@@ -74,6 +76,8 @@ pub struct SchedulerActor;
 pub struct SchedulerArgs {
     pub core: Core,
     pub journal: AnyJournal,
+    /// How often to check for workers that stopped sending heartbeats.
+    pub tick: std::time::Duration,
 }
 
 pub struct SchedulerState {
@@ -92,9 +96,10 @@ impl Actor for SchedulerActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<SchedMsg>,
+        myself: ActorRef<SchedMsg>,
         args: SchedulerArgs,
     ) -> Result<SchedulerState, ActorProcessingErr> {
+        myself.send_interval(args.tick, || SchedMsg::Tick);
         Ok(SchedulerState {
             core: args.core,
             journal: args.journal,
@@ -113,31 +118,17 @@ impl Actor for SchedulerActor {
         let now = now_micros();
         let (core, fx) = (&mut st.core, &mut st.outbox);
         match msg {
-            SchedMsg::Connected {
-                conn,
-                role,
-                session,
-            } => {
+            SchedMsg::Connected { conn, role, session } => {
                 tracing::debug!(conn = %conn, ?role, "session connected");
                 st.sessions.insert(conn, session);
             }
             SchedMsg::Worker { conn, msg } => match msg {
-                FromWorker::Register {
-                    slots,
-                    host,
-                    pid,
-                    functions,
-                } => {
-                    let w = core::NewWorker {
-                        slots,
-                        host,
-                        pid,
-                        functions,
-                    };
+                FromWorker::Register { slots, host, pid, functions, nanny } => {
+                    let w = core::NewWorker { slots, host, pid, functions, nanny };
                     core::on_worker_joined(core, fx, now, conn, w);
                 }
                 FromWorker::Reports { reports } => core::on_reports(core, fx, now, conn, reports),
-                FromWorker::Heartbeat => core::on_heartbeat(core, now, conn),
+                FromWorker::Heartbeat => core::on_heartbeat(core, fx, now, conn),
                 FromWorker::Goodbye => {
                     if let Some(w) = core.worker_by_conn.get(&conn).copied() {
                         core::on_worker_lost(core, fx, now, w, core::GOODBYE);
@@ -155,6 +146,7 @@ impl Actor for SchedulerActor {
                 st.sessions.remove(&conn);
                 core::on_connection_closed(core, fx, now, conn);
             }
+            SchedMsg::Tick => core::on_tick(core, fx, now),
             SchedMsg::Flush => {
                 st.flush_queued = false;
                 return flush(st).await;

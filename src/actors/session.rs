@@ -5,8 +5,7 @@ use super::scheduler::SchedMsg;
 use crate::ids::ConnId;
 use crate::protocol::conn::{decode, encode, next_frame, ConnError};
 use crate::protocol::{
-    Conn, FromClient, FromWorker, Hello, HelloReply, Role, ToClient, ToWorker, MAGIC,
-    PROTOCOL_VERSION,
+    Conn, FromClient, FromWorker, Hello, HelloReply, Role, ToClient, ToWorker, MAGIC, PROTOCOL_VERSION,
 };
 use bytes::Bytes;
 use futures::SinkExt;
@@ -123,14 +122,8 @@ impl Actor for Session {
             }
         };
         let (stream, role) = stream;
-        let reader = tokio::spawn(read_loop(
-            stream,
-            role,
-            args.conn,
-            args.peer,
-            args.scheduler.clone(),
-            myself,
-        ));
+        let reader =
+            tokio::spawn(read_loop(stream, role, args.conn, args.peer, args.scheduler.clone(), myself));
         Ok(SessionState {
             conn: args.conn,
             sink,

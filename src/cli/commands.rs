@@ -1,8 +1,6 @@
 //! What each `actord` subcommand does.
 
-use super::{
-    Cli, CliError, ClientCommand, Command, Connect, CtlCommand, LocalArgs, NannyArgs, WorkerArgs,
-};
+use super::{Cli, CliError, ClientCommand, Command, Connect, CtlCommand, LocalArgs, NannyArgs, WorkerArgs};
 use crate::actors::nanny::{Nanny, NannyMsg, NannyOptions};
 use crate::actors::{start_scheduler, SchedulerOptions};
 use crate::client::{cmd_task, Client};
@@ -26,12 +24,7 @@ fn failed(e: impl ToString) -> CliError {
 }
 
 pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
-    let config_path = cli
-        .config
-        .as_deref()
-        .map(expand_path)
-        .transpose()
-        .map_err(usage)?;
+    let config_path = cli.config.as_deref().map(expand_path).transpose().map_err(usage)?;
     let config = Config::load(config_path.as_deref()).map_err(usage)?;
     match cli.command {
         Command::Scheduler(a) => {
@@ -52,9 +45,7 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
         }
         Command::Worker(a) => {
             let opts = worker_options(&config, &a)?;
-            crate::worker::run_worker(opts, registry)
-                .await
-                .map_err(failed)?;
+            crate::worker::run_worker(opts, registry).await.map_err(failed)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Nanny(a) => {
@@ -98,16 +89,13 @@ fn scheduler_options(
             prefetch_target_us: c.prefetch_target_us,
             max_prefetch_per_slot: c.max_prefetch_per_slot,
             max_worker_kills: c.max_worker_kills,
+            heartbeat_timeout_us: c.heartbeat_timeout.as_micros() as u64,
         },
     })
 }
 
-fn worker_options(
-    config: &Config,
-    a: &WorkerArgs,
-) -> Result<crate::worker::WorkerOptions, CliError> {
-    let scheduler_file =
-        crate::schedfile::resolve_path(a.scheduler_file.as_deref()).map_err(usage)?;
+fn worker_options(config: &Config, a: &WorkerArgs) -> Result<crate::worker::WorkerOptions, CliError> {
+    let scheduler_file = crate::schedfile::resolve_path(a.scheduler_file.as_deref()).map_err(usage)?;
     let work_dir = match &a.work_dir {
         Some(d) => expand_path(d).map_err(usage)?,
         None => scheduler_file
@@ -131,7 +119,15 @@ fn worker_options(
         heartbeat: config.worker.heartbeat,
         max_frame: config.scheduler.max_frame,
         work_dir,
+        nanny: nanny_slot_from_env(),
     })
+}
+
+/// A worker started by a nanny learns its slot from the environment.
+fn nanny_slot_from_env() -> Option<crate::protocol::NannySlot> {
+    let pid = std::env::var(crate::actors::nanny::ENV_NANNY_PID).ok()?.parse().ok()?;
+    let slot = std::env::var(crate::actors::nanny::ENV_NANNY_SLOT).ok()?.parse().ok()?;
+    Some(crate::protocol::NannySlot { pid, slot })
 }
 
 type NannyHandle = (ractor::ActorRef<NannyMsg>, NannyJoin);
@@ -153,8 +149,7 @@ async fn start_nanny(
         return Err(usage("--workers must be at least 1"));
     }
     let w = worker_options(config, &a.worker)?;
-    let exe = std::env::current_exe()
-        .map_err(|e| failed(format!("cannot find the actord binary: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| failed(format!("cannot find the actord binary: {e}")))?;
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let mut worker_args = vec![
         "--scheduler-file".to_string(),
@@ -187,21 +182,12 @@ async fn stop_nanny((nanny, join): NannyHandle) {
 
 /// A whole cluster in this process: scheduler and nanny actors here, the
 /// workers as child processes; the job runs against it, then all stops.
-async fn local(
-    config: &Config,
-    config_path: Option<&Path>,
-    a: LocalArgs,
-) -> Result<ExitCode, CliError> {
+async fn local(config: &Config, config_path: Option<&Path>, a: LocalArgs) -> Result<ExitCode, CliError> {
     let dir = tempfile_dir()?;
     let file = dir.join("scheduler.json");
     let file_str = file.display().to_string();
-    let opts = scheduler_options(
-        config,
-        Some(&file_str),
-        Some("127.0.0.1".into()),
-        Some(0),
-        a.journal.as_deref(),
-    )?;
+    let opts =
+        scheduler_options(config, Some(&file_str), Some("127.0.0.1".into()), Some(0), a.journal.as_deref())?;
     let scheduler = start_scheduler(opts).await.map_err(failed)?;
     let nanny_args = NannyArgs {
         workers: a.workers,
@@ -219,15 +205,12 @@ async fn local(
             return Err(e);
         }
     };
-    let connect = Connect {
-        scheduler_file: Some(file_str),
-    };
+    let connect = Connect { scheduler_file: Some(file_str) };
     let job = with_connect(a.job, connect);
     // Time the job on the whole cluster, as the Dask harness does.
     let ready = async {
         let mut c = Client::connect(&file, config.client.timeout).await?;
-        c.wait_for_workers(a.workers as usize, config.client.timeout)
-            .await
+        c.wait_for_workers(a.workers as usize, config.client.timeout).await
     };
     let result = tokio::select! {
         r = async {
@@ -248,61 +231,19 @@ fn tempfile_dir() -> Result<PathBuf, CliError> {
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     ));
-    std::fs::create_dir_all(&base)
-        .map_err(|e| failed(format!("cannot create {}: {e}", base.display())))?;
+    std::fs::create_dir_all(&base).map_err(|e| failed(format!("cannot create {}: {e}", base.display())))?;
     Ok(base)
 }
 
 fn with_connect(cmd: ClientCommand, c: Connect) -> ClientCommand {
     use ClientCommand::*;
     match cmd {
-        Wait {
-            workers, timeout, ..
-        } => Wait {
-            connect: c,
-            workers,
-            timeout,
-        },
-        Darts {
-            inputs,
-            scale,
-            input_seed,
-            out,
-            ..
-        } => Darts {
-            connect: c,
-            inputs,
-            scale,
-            input_seed,
-            out,
-        },
-        Map { name, inputs, .. } => Map {
-            connect: c,
-            name,
-            inputs,
-        },
-        Submit {
-            array,
-            func,
-            args,
-            argv,
-            ..
-        } => Submit {
-            connect: c,
-            array,
-            func,
-            args,
-            argv,
-        },
-        Gather { job, out, .. } => Gather {
-            connect: c,
-            job,
-            out,
-        },
-        Ctl { command, .. } => Ctl {
-            connect: c,
-            command,
-        },
+        Wait { workers, timeout, .. } => Wait { connect: c, workers, timeout },
+        Darts { inputs, scale, input_seed, out, .. } => Darts { connect: c, inputs, scale, input_seed, out },
+        Map { name, inputs, .. } => Map { connect: c, name, inputs },
+        Submit { array, func, args, argv, .. } => Submit { connect: c, array, func, args, argv },
+        Gather { job, out, .. } => Gather { connect: c, job, out },
+        Ctl { command, .. } => Ctl { connect: c, command },
     }
 }
 
@@ -313,84 +254,45 @@ async fn connect(config: &Config, c: &Connect) -> Result<Client, CliError> {
 
 async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode, CliError> {
     match cmd {
-        ClientCommand::Wait {
-            connect: c,
-            workers,
-            timeout,
-        } => {
+        ClientCommand::Wait { connect: c, workers, timeout } => {
             let timeout = parse_duration(&timeout).map_err(usage)?;
-            let path =
-                crate::schedfile::resolve_path(c.scheduler_file.as_deref()).map_err(usage)?;
+            let path = crate::schedfile::resolve_path(c.scheduler_file.as_deref()).map_err(usage)?;
             let start = Instant::now();
             let mut client = Client::connect(&path, timeout).await?;
-            let have = client
-                .wait_for_workers(workers, timeout.saturating_sub(start.elapsed()))
-                .await?;
-            eprintln!(
-                "scheduler {} ready with {have} workers",
-                client.file.address
-            );
+            let have = client.wait_for_workers(workers, timeout.saturating_sub(start.elapsed())).await?;
+            eprintln!("scheduler {} ready with {have} workers", client.file.address);
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Darts {
-            connect: c,
-            inputs,
-            scale,
-            input_seed,
-            out,
-        } => darts(config, &c, inputs, scale, input_seed, out.as_deref()).await,
-        ClientCommand::Map {
-            connect: c,
-            name,
-            inputs,
-        } => {
+        ClientCommand::Darts { connect: c, inputs, scale, input_seed, out } => {
+            darts(config, &c, inputs, scale, input_seed, out.as_deref()).await
+        }
+        ClientCommand::Map { connect: c, name, inputs } => {
             let tasks = read_jsonl_tasks(&name, &inputs)?;
             let mut client = connect(config, &c).await?;
             let job = client.submit_job(JobId::new(), &name, tasks).await?;
             println!("{}", job.id);
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Submit {
-            connect: c,
-            array,
-            func,
-            args,
-            argv,
-        } => {
+        ClientCommand::Submit { connect: c, array, func, args, argv } => {
             let (name, tasks) = submit_tasks(array.as_deref(), func, args.as_deref(), argv)?;
             let mut client = connect(config, &c).await?;
             let job = client.submit_job(JobId::new(), &name, tasks).await?;
             println!("{}", job.id);
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Gather {
-            connect: c,
-            job,
-            out,
-        } => {
-            let job: JobId = job
-                .parse()
-                .map_err(|e| usage(format!("{job:?} is not a job id: {e}")))?;
+        ClientCommand::Gather { connect: c, job, out } => {
+            let job: JobId = job.parse().map_err(|e| usage(format!("{job:?} is not a job id: {e}")))?;
             gather(config, &c, job, out.as_deref()).await
         }
-        ClientCommand::Ctl {
-            connect: c,
-            command,
-        } => {
+        ClientCommand::Ctl { connect: c, command } => {
             let mut client = connect(config, &c).await?;
             match command {
                 CtlCommand::Workers { json } => {
                     let workers = client.workers().await?;
                     if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&workers).map_err(failed)?
-                        );
+                        println!("{}", serde_json::to_string_pretty(&workers).map_err(failed)?);
                     } else {
-                        println!(
-                            "{:<6} {:<24} {:>8} {:>6} {:>8}",
-                            "ID", "HOST", "PID", "SLOTS", "RUNNING"
-                        );
+                        println!("{:<6} {:<24} {:>8} {:>6} {:>8}", "ID", "HOST", "PID", "SLOTS", "RUNNING");
                         for w in workers {
                             println!(
                                 "{:<6} {:<24} {:>8} {:>6} {:>8}",
@@ -411,26 +313,22 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
 
 fn read_jsonl_tasks(name: &str, inputs: &str) -> Result<Vec<TaskSpec>, CliError> {
     let text = if inputs == "-" {
-        std::io::read_to_string(std::io::stdin())
-            .map_err(|e| usage(format!("cannot read stdin: {e}")))?
+        std::io::read_to_string(std::io::stdin()).map_err(|e| usage(format!("cannot read stdin: {e}")))?
     } else {
         let path = expand_path(inputs).map_err(usage)?;
-        std::fs::read_to_string(&path)
-            .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?
+        std::fs::read_to_string(&path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?
     };
     let mut tasks = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| usage(format!("{inputs}:{}: not JSON: {e}", i + 1)))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| usage(format!("{inputs}:{}: not JSON: {e}", i + 1)))?;
         tasks.push(crate::client::fn_task(name, &v)?);
     }
     if tasks.is_empty() {
-        return Err(usage(format!(
-            "{inputs}: no inputs (one JSON value per line)"
-        )));
+        return Err(usage(format!("{inputs}: no inputs (one JSON value per line)")));
     }
     Ok(tasks)
 }
@@ -439,10 +337,7 @@ fn read_jsonl_tasks(name: &str, inputs: &str) -> Result<Vec<TaskSpec>, CliError>
 fn parse_array(s: &str) -> Result<std::ops::RangeInclusive<u64>, CliError> {
     let bad = || usage(format!("--array {s:?}: expected a range like 1-200"));
     let (a, b) = match s.split_once('-') {
-        Some((a, b)) => (
-            a.trim().parse().map_err(|_| bad())?,
-            b.trim().parse().map_err(|_| bad())?,
-        ),
+        Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
         None => {
             let n = s.trim().parse().map_err(|_| bad())?;
             (n, n)
@@ -462,14 +357,10 @@ fn submit_tasks(
 ) -> Result<(String, Vec<TaskSpec>), CliError> {
     if let Some(f) = func {
         if !argv.is_empty() {
-            return Err(usage(
-                "give either --fn NAME or a command after --, not both",
-            ));
+            return Err(usage("give either --fn NAME or a command after --, not both"));
         }
         let v: serde_json::Value = match args {
-            Some(a) => {
-                serde_json::from_str(a).map_err(|e| usage(format!("--args is not JSON: {e}")))?
-            }
+            Some(a) => serde_json::from_str(a).map_err(|e| usage(format!("--args is not JSON: {e}")))?,
             None => serde_json::Value::Null,
         };
         return Ok((f.clone(), vec![crate::client::fn_task(&f, &v)?]));
@@ -482,12 +373,9 @@ fn submit_tasks(
     let name = argv[0].clone();
     let tasks = match array {
         None => vec![cmd_task(argv)],
-        Some(r) => parse_array(r)?
-            .map(|i| TaskSpec {
-                key: Some(i.to_string()),
-                ..cmd_task(argv.clone())
-            })
-            .collect(),
+        Some(r) => {
+            parse_array(r)?.map(|i| TaskSpec { key: Some(i.to_string()), ..cmd_task(argv.clone()) }).collect()
+        }
     };
     Ok((name, tasks))
 }
@@ -500,11 +388,7 @@ pub fn msgpack_to_json(bytes: &[u8]) -> serde_json::Value {
         match v {
             V::Nil => J::Null,
             V::Boolean(b) => J::Bool(b),
-            V::Integer(i) => i
-                .as_i64()
-                .map(J::from)
-                .or_else(|| i.as_u64().map(J::from))
-                .unwrap_or(J::Null),
+            V::Integer(i) => i.as_i64().map(J::from).or_else(|| i.as_u64().map(J::from)).unwrap_or(J::Null),
             V::F32(f) => J::from(f as f64),
             V::F64(f) => J::from(f),
             V::String(s) => J::String(s.into_str().unwrap_or_default()),
@@ -512,14 +396,7 @@ pub fn msgpack_to_json(bytes: &[u8]) -> serde_json::Value {
             V::Array(a) => J::Array(a.into_iter().map(conv).collect()),
             V::Map(m) => J::Object(
                 m.into_iter()
-                    .map(|(k, v)| {
-                        (
-                            k.as_str()
-                                .map(String::from)
-                                .unwrap_or_else(|| k.to_string()),
-                            conv(v),
-                        )
-                    })
+                    .map(|(k, v)| (k.as_str().map(String::from).unwrap_or_else(|| k.to_string()), conv(v)))
                     .collect(),
             ),
             V::Ext(_, b) => J::Array(b.into_iter().map(J::from).collect()),
@@ -544,12 +421,7 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
     Some(pb)
 }
 
-async fn gather(
-    config: &Config,
-    c: &Connect,
-    job: JobId,
-    out: Option<&str>,
-) -> Result<ExitCode, CliError> {
+async fn gather(config: &Config, c: &Connect, job: JobId, out: Option<&str>) -> Result<ExitCode, CliError> {
     let mut client = connect(config, c).await?;
     let pb = progress_bar(0);
     let gathered = client
@@ -569,9 +441,7 @@ async fn gather(
             Outcome::Ok { result } => results.push(msgpack_to_json(result)),
             Outcome::Err { error } => {
                 results.push(serde_json::Value::Null);
-                failures.push(
-                    serde_json::json!({"task": o.idx, "attempts": o.attempts, "error": error}),
-                );
+                failures.push(serde_json::json!({"task": o.idx, "attempts": o.attempts, "error": error}));
             }
         }
     }
@@ -585,17 +455,9 @@ async fn gather(
     });
     write_json(out, &doc)?;
     for f in &failures {
-        eprintln!(
-            "task {} failed: {}",
-            f["task"],
-            f["error"].as_str().unwrap_or_default()
-        );
+        eprintln!("task {} failed: {}", f["task"], f["error"].as_str().unwrap_or_default());
     }
-    Ok(if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn write_json(out: Option<&str>, doc: &serde_json::Value) -> Result<(), CliError> {

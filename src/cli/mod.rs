@@ -8,11 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "actord",
-    version,
-    about = "A fault-tolerant, Dask-style distributed task system"
-)]
+#[command(name = "actord", version, about = "A fault-tolerant, Dask-style distributed task system")]
 pub struct Cli {
     /// Configuration file read on top of the built-in defaults (config/actord.toml).
     #[arg(long, global = true, value_name = "FILE")]
@@ -195,10 +191,7 @@ pub fn main() -> ExitCode {
 pub fn main_with(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("actord: cannot start the async runtime: {e}");

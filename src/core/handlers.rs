@@ -17,6 +17,7 @@ pub struct NewWorker {
     pub host: String,
     pub pid: u32,
     pub functions: Vec<String>,
+    pub nanny: Option<crate::protocol::NannySlot>,
 }
 
 pub fn on_worker_joined(
@@ -26,6 +27,11 @@ pub fn on_worker_joined(
     conn: ConnId,
     w: NewWorker,
 ) -> WorkerId {
+    if let Some(old) = core.worker_by_conn.get(&conn).copied() {
+        // Registering again on the same connection replaces the incarnation.
+        on_worker_lost(core, fx, now, old, "re-registered");
+    }
+    core.stale_conns.remove(&conn);
     core.next_worker += 1;
     let id = WorkerId(core.next_worker);
     tracing::info!(worker = %id, host = %w.host, pid = w.pid, slots = w.slots, "worker registered");
@@ -37,6 +43,7 @@ pub fn on_worker_joined(
             pid: w.pid,
             slots: w.slots.max(1),
             functions: w.functions,
+            nanny: w.nanny,
             assigned: Default::default(),
             avg_task_us: None,
             last_seen: now,
@@ -64,8 +71,9 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, _now: u64, id: Wor
     lost.sort();
     let mut failed: HashMap<JobId, Vec<TaskOutcome>> = HashMap::new();
     for tid in lost {
-        let max_kills = core.config.max_worker_kills;
+        let default_kills = core.config.max_worker_kills;
         let task = core.get_task_mut(tid);
+        let max_kills = task.max_worker_kills.unwrap_or(default_kills).max(1);
         task.killed.push(id);
         if task.killed.len() as u32 >= max_kills {
             let names: Vec<String> = task.killed.iter().map(|w| w.to_string()).collect();
@@ -75,15 +83,8 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, _now: u64, id: Wor
                 names.join(", ")
             );
             let outcome = Outcome::Err { error };
-            fx.journal(Record::TaskDone {
-                task: tid,
-                attempt: task.attempts,
-                outcome: outcome.clone(),
-            });
-            failed
-                .entry(tid.job)
-                .or_default()
-                .push(set_outcome(core, tid, outcome));
+            fx.journal(Record::TaskDone { task: tid, attempt: task.attempts, outcome: outcome.clone() });
+            failed.entry(tid.job).or_default().push(set_outcome(core, tid, outcome));
         } else {
             task.state = TaskState::Ready;
             core.ready.push_front(tid);
@@ -102,18 +103,46 @@ pub fn on_connection_closed(core: &mut Core, fx: &mut impl Effects, now: u64, co
     if let Some(wid) = core.worker_by_conn.get(&conn).copied() {
         on_worker_lost(core, fx, now, wid, "connection closed");
     }
+    core.stale_conns.remove(&conn);
     for job in core.jobs.values_mut() {
         job.watchers.retain(|c| *c != conn);
     }
 }
 
-pub fn on_heartbeat(core: &mut Core, now: u64, conn: ConnId) {
-    if let Some(w) = core
-        .worker_by_conn
-        .get(&conn)
-        .and_then(|id| core.workers.get_mut(id))
-    {
+pub fn on_heartbeat(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId) {
+    if let Some(w) = core.worker_by_conn.get(&conn).and_then(|id| core.workers.get_mut(id)) {
         w.last_seen = now;
+    } else {
+        tell_stale(core, fx, conn);
+    }
+}
+
+/// A connection whose worker was declared lost is told, once, to register
+/// again as a new incarnation.
+fn tell_stale(core: &mut Core, fx: &mut impl Effects, conn: ConnId) {
+    if let Some(told) = core.stale_conns.get_mut(&conn) {
+        if !*told {
+            *told = true;
+            let reason = "this worker was declared lost (missed heartbeats); register again".into();
+            fx.to_worker(conn, ToWorker::Reregister { reason });
+        }
+    }
+}
+
+/// Periodic check: workers silent for longer than the heartbeat timeout are
+/// lost (hung or stopped); their connection stays open, marked stale.
+pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
+    let timeout = core.config.heartbeat_timeout_us;
+    let silent: Vec<(WorkerId, ConnId, u64)> = core
+        .workers
+        .iter()
+        .filter(|(_, w)| now.saturating_sub(w.last_seen) > timeout)
+        .map(|(id, w)| (*id, w.conn, now.saturating_sub(w.last_seen)))
+        .collect();
+    for (id, conn, quiet_us) in silent {
+        core.stale_conns.insert(conn, false);
+        let why = format!("no heartbeat for {:.1}s", quiet_us as f64 / 1e6);
+        on_worker_lost(core, fx, now, id, &why);
     }
 }
 
@@ -158,44 +187,22 @@ pub fn on_submit(
     if let Some(existing) = core.jobs.get(&job) {
         // A resubmission after a lost reply: same job, nothing new to do.
         if existing.tasks.len() == tasks.len() {
-            fx.to_client(
-                conn,
-                ToClient::Submitted {
-                    job,
-                    tasks: tasks.len() as u32,
-                },
-            );
+            fx.to_client(conn, ToClient::Submitted { job, tasks: tasks.len() as u32 });
         } else {
             let message = format!(
                 "job {job} already exists with {} tasks (this submission has {})",
                 existing.tasks.len(),
                 tasks.len()
             );
-            fx.to_client(
-                conn,
-                ToClient::Error {
-                    job: Some(job),
-                    message,
-                },
-            );
+            fx.to_client(conn, ToClient::Error { job: Some(job), message });
         }
         return;
     }
     if let Err(message) = validate_submit(&tasks) {
-        fx.to_client(
-            conn,
-            ToClient::Error {
-                job: Some(job),
-                message,
-            },
-        );
+        fx.to_client(conn, ToClient::Error { job: Some(job), message });
         return;
     }
-    fx.journal(Record::JobSubmitted {
-        job,
-        name: name.clone(),
-        tasks: tasks.clone(),
-    });
+    fx.journal(Record::JobSubmitted { job, name: name.clone(), tasks: tasks.clone() });
     insert_job(core, now, job, name, tasks);
     let n = core.jobs[&job].tasks.len() as u32;
     tracing::info!(job = %job, tasks = n, "job submitted");
@@ -208,6 +215,7 @@ fn insert_job(core: &mut Core, now: u64, job: JobId, name: String, specs: Vec<Ta
         .into_iter()
         .map(|s| Task {
             key: s.key,
+            max_worker_kills: s.max_worker_kills,
             kind: s.kind,
             state: TaskState::Ready,
             attempts: 0,
@@ -215,31 +223,15 @@ fn insert_job(core: &mut Core, now: u64, job: JobId, name: String, specs: Vec<Ta
             outcome: None,
         })
         .collect();
-    core.ready
-        .extend((0..tasks.len() as u32).map(|idx| TaskId { job, idx }));
-    core.jobs.insert(
-        job,
-        Job {
-            name,
-            tasks,
-            finished: 0,
-            failed: 0,
-            watchers: Vec::new(),
-            submitted_at: now,
-        },
-    );
+    core.ready.extend((0..tasks.len() as u32).map(|idx| TaskId { job, idx }));
+    core.jobs
+        .insert(job, Job { name, tasks, finished: 0, failed: 0, watchers: Vec::new(), submitted_at: now });
 }
 
 pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
     let Some(j) = core.jobs.get_mut(&job) else {
         let message = format!("no job {job} on this scheduler");
-        fx.to_client(
-            conn,
-            ToClient::Error {
-                job: Some(job),
-                message,
-            },
-        );
+        fx.to_client(conn, ToClient::Error { job: Some(job), message });
         return;
     };
     let done: Vec<TaskOutcome> = j
@@ -255,23 +247,10 @@ pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId
         })
         .collect();
     for chunk in done.chunks(CATCH_UP_CHUNK) {
-        fx.to_client(
-            conn,
-            ToClient::Outcomes {
-                job,
-                outcomes: chunk.to_vec(),
-            },
-        );
+        fx.to_client(conn, ToClient::Outcomes { job, outcomes: chunk.to_vec() });
     }
     if j.is_done() {
-        fx.to_client(
-            conn,
-            ToClient::JobDone {
-                job,
-                finished: j.finished,
-                failed: j.failed,
-            },
-        );
+        fx.to_client(conn, ToClient::JobDone { job, finished: j.finished, failed: j.failed });
     } else if !j.watchers.contains(&conn) {
         j.watchers.push(conn);
     }
@@ -304,11 +283,7 @@ fn set_outcome(core: &mut Core, tid: TaskId, outcome: Outcome) -> TaskOutcome {
         job.failed += 1;
     }
     task.outcome = Some(outcome.clone());
-    TaskOutcome {
-        idx: tid.idx,
-        attempts: task.attempts,
-        outcome,
-    }
+    TaskOutcome { idx: tid.idx, attempts: task.attempts, outcome }
 }
 
 fn notify_watchers(core: &mut Core, fx: &mut impl Effects, job: JobId, outcomes: Vec<TaskOutcome>) {
@@ -316,28 +291,11 @@ fn notify_watchers(core: &mut Core, fx: &mut impl Effects, job: JobId, outcomes:
         return;
     };
     let done = j.is_done();
-    let watchers = if done {
-        std::mem::take(&mut j.watchers)
-    } else {
-        j.watchers.clone()
-    };
+    let watchers = if done { std::mem::take(&mut j.watchers) } else { j.watchers.clone() };
     for w in &watchers {
-        fx.to_client(
-            *w,
-            ToClient::Outcomes {
-                job,
-                outcomes: outcomes.clone(),
-            },
-        );
+        fx.to_client(*w, ToClient::Outcomes { job, outcomes: outcomes.clone() });
         if done {
-            fx.to_client(
-                *w,
-                ToClient::JobDone {
-                    job,
-                    finished: j.finished,
-                    failed: j.failed,
-                },
-            );
+            fx.to_client(*w, ToClient::JobDone { job, finished: j.finished, failed: j.failed });
         }
     }
     if done {
@@ -348,22 +306,13 @@ fn notify_watchers(core: &mut Core, fx: &mut impl Effects, job: JobId, outcomes:
 /// A batch of finished attempts from one worker. The first report of a task
 /// wins; reports for tasks that already have an outcome, or that this
 /// worker does not hold, are counted and dropped.
-pub fn on_reports(
-    core: &mut Core,
-    fx: &mut impl Effects,
-    now: u64,
-    conn: ConnId,
-    reports: Vec<TaskReport>,
-) {
-    let Some(wid) = core.worker_by_conn.get(&conn).copied() else {
-        fx.to_worker(
-            conn,
-            ToWorker::Error {
-                message: "reports from an unregistered worker".into(),
-            },
-        );
+pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, reports: Vec<TaskReport>) {
+    let wid = core.worker_by_conn.get(&conn).copied();
+    if wid.is_none() && !core.stale_conns.contains_key(&conn) {
+        let message = "reports from a worker that has not registered".into();
+        fx.to_worker(conn, ToWorker::Error { message });
         return;
-    };
+    }
     let mut by_job: HashMap<JobId, Vec<TaskOutcome>> = HashMap::new();
     for r in reports {
         let known = core.find_task(r.task).map(|t| t.outcome.is_none());
@@ -371,17 +320,18 @@ pub fn on_reports(
             core.duplicate_reports += 1;
             continue;
         }
-        let w = core.workers.get_mut(&wid).expect("registered worker");
-        w.last_seen = now;
-        w.assigned.remove(&r.task);
-        let sample = r.micros as f64;
-        w.avg_task_us = Some(match w.avg_task_us {
-            None => sample,
-            Some(avg) => avg * 0.9 + sample * 0.1,
-        });
+        if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
+            w.last_seen = now;
+            w.assigned.remove(&r.task);
+            let sample = r.micros as f64;
+            w.avg_task_us = Some(match w.avg_task_us {
+                None => sample,
+                Some(avg) => avg * 0.9 + sample * 0.1,
+            });
+        }
         let task = core.get_task_mut(r.task);
         if let TaskState::Assigned(holder) = task.state {
-            if holder != wid {
+            if Some(holder) != wid {
                 // Another worker holds the current attempt; this late report
                 // still wins (first report recorded), so release the holder.
                 if let Some(h) = core.workers.get_mut(&holder) {
@@ -391,18 +341,14 @@ pub fn on_reports(
         } else if task.state == TaskState::Ready {
             core.ready.retain(|t| *t != r.task);
         }
-        fx.journal(Record::TaskDone {
-            task: r.task,
-            attempt: r.attempt,
-            outcome: r.outcome.clone(),
-        });
-        by_job
-            .entry(r.task.job)
-            .or_default()
-            .push(set_outcome(core, r.task, r.outcome));
+        fx.journal(Record::TaskDone { task: r.task, attempt: r.attempt, outcome: r.outcome.clone() });
+        by_job.entry(r.task.job).or_default().push(set_outcome(core, r.task, r.outcome));
     }
     for (job, outcomes) in by_job {
         notify_watchers(core, fx, job, outcomes);
+    }
+    if wid.is_none() {
+        tell_stale(core, fx, conn);
     }
     schedule(core, fx);
 }
@@ -470,11 +416,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                     order.push(job);
                 }
             }
-            Record::TaskDone {
-                task,
-                attempt,
-                outcome,
-            } => {
+            Record::TaskDone { task, attempt, outcome } => {
                 let unset = core.find_task(task).map(|t| t.outcome.is_none()) == Some(true);
                 if unset {
                     let t = core.get_task_mut(task);
@@ -489,10 +431,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
         let j = &core.jobs[&job];
         for (idx, t) in j.tasks.iter().enumerate() {
             if t.state == TaskState::Ready {
-                core.ready.push_back(TaskId {
-                    job,
-                    idx: idx as u32,
-                });
+                core.ready.push_back(TaskId { job, idx: idx as u32 });
             }
         }
     }

@@ -33,6 +33,8 @@ pub struct CoreConfig {
     pub max_prefetch_per_slot: u32,
     /// A task that has killed this many workers fails instead of looping.
     pub max_worker_kills: u32,
+    /// A worker silent for this long is declared lost (hung, or stopped).
+    pub heartbeat_timeout_us: u64,
 }
 
 impl Default for CoreConfig {
@@ -41,6 +43,7 @@ impl Default for CoreConfig {
             prefetch_target_us: 20_000,
             max_prefetch_per_slot: 2048,
             max_worker_kills: 3,
+            heartbeat_timeout_us: 10_000_000,
         }
     }
 }
@@ -55,6 +58,8 @@ pub enum TaskState {
 
 pub struct Task {
     pub key: Option<String>,
+    /// Per-task override of `CoreConfig::max_worker_kills`.
+    pub max_worker_kills: Option<u32>,
     pub kind: TaskKind,
     pub state: TaskState,
     /// Attempts handed out so far (the current one is `attempts`).
@@ -87,6 +92,7 @@ pub struct Worker {
     pub pid: u32,
     pub slots: u32,
     pub functions: Vec<String>,
+    pub nanny: Option<crate::protocol::NannySlot>,
     /// Tasks handed to this worker and not yet reported.
     pub assigned: HashSet<TaskId>,
     /// Moving average of its tasks' run time; `None` until it reports one.
@@ -118,14 +124,14 @@ pub struct Core {
     pub next_worker: u64,
     /// Reports dropped because the task already had its outcome (record-once).
     pub duplicate_reports: u64,
+    /// Connections whose worker was declared lost while the connection
+    /// stayed open; `true` once told to re-register.
+    pub stale_conns: HashMap<ConnId, bool>,
 }
 
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
-        Core {
-            config,
-            ..Default::default()
-        }
+        Core { config, ..Default::default() }
     }
 
     pub fn find_task(&self, id: TaskId) -> Option<&Task> {
@@ -133,11 +139,7 @@ impl Core {
     }
 
     pub fn get_task_mut(&mut self, id: TaskId) -> &mut Task {
-        match self
-            .jobs
-            .get_mut(&id.job)
-            .and_then(|j| j.tasks.get_mut(id.idx as usize))
-        {
+        match self.jobs.get_mut(&id.job).and_then(|j| j.tasks.get_mut(id.idx as usize)) {
             Some(t) => t,
             None => panic!("task {id} is not in the core"),
         }
@@ -147,15 +149,9 @@ impl Core {
     pub fn sanity_check(&self) {
         let mut assigned_total = 0;
         for (wid, w) in &self.workers {
-            assert_eq!(
-                self.worker_by_conn.get(&w.conn),
-                Some(wid),
-                "conn map of {wid}"
-            );
+            assert_eq!(self.worker_by_conn.get(&w.conn), Some(wid), "conn map of {wid}");
             for t in &w.assigned {
-                let task = self
-                    .find_task(*t)
-                    .unwrap_or_else(|| panic!("{wid} holds unknown {t}"));
+                let task = self.find_task(*t).unwrap_or_else(|| panic!("{wid} holds unknown {t}"));
                 assert_eq!(task.state, TaskState::Assigned(*wid), "{t} on {wid}");
             }
             assigned_total += w.assigned.len();
@@ -167,18 +163,12 @@ impl Core {
         for (jid, job) in &self.jobs {
             let (mut fin, mut failed) = (0, 0);
             for (idx, t) in job.tasks.iter().enumerate() {
-                let id = TaskId {
-                    job: *jid,
-                    idx: idx as u32,
-                };
+                let id = TaskId { job: *jid, idx: idx as u32 };
                 match &t.state {
                     TaskState::Ready => assert!(ready.contains(&id), "{id} ready, not queued"),
                     TaskState::Assigned(w) => {
                         n_assigned += 1;
-                        let w = self
-                            .workers
-                            .get(w)
-                            .unwrap_or_else(|| panic!("{id} on gone {w}"));
+                        let w = self.workers.get(w).unwrap_or_else(|| panic!("{id} on gone {w}"));
                         assert!(w.assigned.contains(&id));
                     }
                     TaskState::Finished => {
@@ -194,11 +184,7 @@ impl Core {
                     assert!(!ready.contains(&id), "{id} queued but {:?}", t.state);
                 }
             }
-            assert_eq!(
-                (fin, failed),
-                (job.finished, job.failed),
-                "counts of job {jid:?}"
-            );
+            assert_eq!((fin, failed), (job.finished, job.failed), "counts of job {jid:?}");
         }
         assert_eq!(n_assigned, assigned_total);
     }

@@ -17,13 +17,11 @@ impl Effects for TestFx {
     fn to_worker(&mut self, conn: ConnId, msg: ToWorker) {
         // Round-trip through the codec, as the real sink would encode it.
         let bytes = crate::protocol::conn::encode(&msg).unwrap();
-        self.workers
-            .push((conn, crate::protocol::conn::decode(&bytes).unwrap()));
+        self.workers.push((conn, crate::protocol::conn::decode(&bytes).unwrap()));
     }
     fn to_client(&mut self, conn: ConnId, msg: ToClient) {
         let bytes = crate::protocol::conn::encode(&msg).unwrap();
-        self.clients
-            .push((conn, crate::protocol::conn::decode(&bytes).unwrap()));
+        self.clients.push((conn, crate::protocol::conn::decode(&bytes).unwrap()));
     }
     fn journal(&mut self, record: Record) {
         self.journal.push(record);
@@ -51,36 +49,22 @@ fn inc_tasks(n: usize) -> Vec<TaskSpec> {
     (0..n)
         .map(|i| TaskSpec {
             key: None,
-            kind: TaskKind::Fn {
-                name: "inc".into(),
-                args: rmp_serde::to_vec(&(i as i64)).unwrap(),
-            },
+            kind: TaskKind::Fn { name: "inc".into(), args: rmp_serde::to_vec(&(i as i64)).unwrap() },
+            max_worker_kills: None,
         })
         .collect()
 }
 
 fn worker(slots: u32) -> NewWorker {
-    NewWorker {
-        slots,
-        host: "h".into(),
-        pid: 1,
-        functions: vec!["inc".into()],
-    }
+    NewWorker { slots, host: "h".into(), pid: 1, functions: vec!["inc".into()], nanny: None }
 }
 
 fn ok(v: i64) -> Outcome {
-    Outcome::Ok {
-        result: Bytes::from(rmp_serde::to_vec(&v).unwrap()),
-    }
+    Outcome::Ok { result: Bytes::from(rmp_serde::to_vec(&v).unwrap()) }
 }
 
 fn report(a: &Assignment, outcome: Outcome) -> TaskReport {
-    TaskReport {
-        task: a.task,
-        attempt: a.attempt,
-        outcome,
-        micros: 10,
-    }
+    TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 10 }
 }
 
 const CLIENT: ConnId = ConnId(100);
@@ -90,19 +74,14 @@ fn submit_assign_finish_and_watch() {
     let mut core = Core::default();
     let mut fx = TestFx::default();
     let w1 = on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
-    assert!(
-        matches!(fx.workers.remove(0), (ConnId(1), ToWorker::Registered { worker }) if worker == w1)
-    );
+    assert!(matches!(fx.workers.remove(0), (ConnId(1), ToWorker::Registered { worker }) if worker == w1));
     core.sanity_check();
 
     let job = JobId::new();
     on_submit(&mut core, &mut fx, 1, CLIENT, job, "j".into(), inc_tasks(3));
     core.sanity_check();
     assert!(matches!(&fx.journal[..], [Record::JobSubmitted { tasks, .. }] if tasks.len() == 3));
-    assert!(matches!(
-        fx.clients.remove(0),
-        (CLIENT, ToClient::Submitted { tasks: 3, .. })
-    ));
+    assert!(matches!(fx.clients.remove(0), (CLIENT, ToClient::Submitted { tasks: 3, .. })));
     // One slot, no run-time estimate yet: one running plus one prefetched.
     let first = fx.take_assignments(ConnId(1));
     assert_eq!(first.len(), 2);
@@ -111,13 +90,7 @@ fn submit_assign_finish_and_watch() {
     on_watch(&mut core, &mut fx, CLIENT, job);
     assert!(fx.clients.is_empty(), "nothing finished yet, nothing sent");
 
-    on_reports(
-        &mut core,
-        &mut fx,
-        2,
-        ConnId(1),
-        first.iter().map(|a| report(a, ok(1))).collect(),
-    );
+    on_reports(&mut core, &mut fx, 2, ConnId(1), first.iter().map(|a| report(a, ok(1))).collect());
     core.sanity_check();
     assert_eq!(fx.journal.len(), 3);
     let (c, msg) = fx.clients.remove(0);
@@ -126,33 +99,17 @@ fn submit_assign_finish_and_watch() {
     let rest = fx.take_assignments(ConnId(1));
     assert_eq!(rest.len(), 1);
 
-    on_reports(
-        &mut core,
-        &mut fx,
-        3,
-        ConnId(1),
-        vec![report(&rest[0], ok(2))],
-    );
+    on_reports(&mut core, &mut fx, 3, ConnId(1), vec![report(&rest[0], ok(2))]);
     core.sanity_check();
     assert!(matches!(fx.clients.remove(0).1, ToClient::Outcomes { .. }));
-    assert!(matches!(
-        fx.clients.remove(0).1,
-        ToClient::JobDone {
-            finished: 3,
-            failed: 0,
-            ..
-        }
-    ));
+    assert!(matches!(fx.clients.remove(0).1, ToClient::JobDone { finished: 3, failed: 0, .. }));
     assert!(fx.clients.is_empty() && fx.workers.is_empty());
     assert!(core.jobs[&job].watchers.is_empty());
 
     // A late watcher gets everything at once.
     on_watch(&mut core, &mut fx, ConnId(101), job);
     assert!(matches!(&fx.clients[0].1, ToClient::Outcomes { outcomes, .. } if outcomes.len() == 3));
-    assert!(matches!(
-        fx.clients[1].1,
-        ToClient::JobDone { finished: 3, .. }
-    ));
+    assert!(matches!(fx.clients[1].1, ToClient::JobDone { finished: 3, .. }));
 }
 
 #[test]
@@ -185,13 +142,7 @@ fn lost_worker_requeues_only_its_tasks_and_poison_task_fails() {
     let a1 = fx.take_assignments(ConnId(1));
     let a2 = fx.take_assignments(ConnId(2));
     assert_eq!((a1.len(), a2.len()), (1, 1), "spread across workers");
-    on_reports(
-        &mut core,
-        &mut fx,
-        1,
-        ConnId(2),
-        vec![report(&a2[0], ok(1))],
-    );
+    on_reports(&mut core, &mut fx, 1, ConnId(2), vec![report(&a2[0], ok(1))]);
     on_connection_closed(&mut core, &mut fx, 2, ConnId(1));
     core.sanity_check();
     let again = fx.take_assignments(ConnId(2));
@@ -222,14 +173,7 @@ fn lost_worker_requeues_only_its_tasks_and_poison_task_fails() {
         }
         other => panic!("expected failure, got {other:?}"),
     }
-    assert!(fx.clients.iter().any(|(_, m)| matches!(
-        m,
-        ToClient::JobDone {
-            finished: 1,
-            failed: 1,
-            ..
-        }
-    )));
+    assert!(fx.clients.iter().any(|(_, m)| matches!(m, ToClient::JobDone { finished: 1, failed: 1, .. })));
 }
 
 #[test]
@@ -244,14 +188,9 @@ fn bad_submissions_change_nothing() {
     on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), dup);
     assert!(core.jobs.is_empty() && core.ready.is_empty() && fx.journal.is_empty());
     assert_eq!(fx.clients.len(), 2);
-    assert!(fx
-        .clients
-        .iter()
-        .all(|(_, m)| matches!(m, ToClient::Error { .. })));
+    assert!(fx.clients.iter().all(|(_, m)| matches!(m, ToClient::Error { .. })));
     on_watch(&mut core, &mut fx, CLIENT, JobId::new());
-    assert!(
-        matches!(&fx.clients[2].1, ToClient::Error { message, .. } if message.contains("no job"))
-    );
+    assert!(matches!(&fx.clients[2].1, ToClient::Error { message, .. } if message.contains("no job")));
     core.sanity_check();
 }
 
@@ -264,10 +203,7 @@ fn resubmission_is_idempotent() {
     on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(4));
     assert_eq!(core.ready.len(), 4);
     assert_eq!(fx.journal.len(), 1);
-    assert!(fx
-        .clients
-        .iter()
-        .all(|(_, m)| matches!(m, ToClient::Submitted { tasks: 4, .. })));
+    assert!(fx.clients.iter().all(|(_, m)| matches!(m, ToClient::Submitted { tasks: 4, .. })));
     core.sanity_check();
 }
 
@@ -280,16 +216,14 @@ fn prefetch_grows_with_short_tasks_and_stays_small_for_long_ones() {
         pid: 0,
         slots: 2,
         functions: vec![],
+        nanny: None,
         assigned: Default::default(),
         avg_task_us: None,
         last_seen: 0,
     };
     assert_eq!(w.capacity(&cfg), 4);
     w.avg_task_us = Some(1.0);
-    assert_eq!(
-        w.capacity(&cfg),
-        2 * (1 + cfg.max_prefetch_per_slot as usize)
-    );
+    assert_eq!(w.capacity(&cfg), 2 * (1 + cfg.max_prefetch_per_slot as usize));
     w.avg_task_us = Some(1_000_000.0);
     assert_eq!(w.capacity(&cfg), 2);
 }
@@ -311,4 +245,87 @@ fn replay_restores_outcomes_and_requeues_the_rest() {
     assert_eq!(j.finished, 1);
     assert_eq!(j.tasks[a[0].task.idx as usize].outcome, Some(ok(1)));
     assert_eq!(restored.ready.len(), 2);
+}
+
+#[test]
+fn a_silent_worker_is_lost_and_its_late_reports_are_recorded_once() {
+    let mut core = Core::default();
+    let timeout = core.config.heartbeat_timeout_us;
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(2), worker(1));
+    fx.workers.clear();
+    let job = JobId::new();
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(2));
+    let a1 = fx.take_assignments(ConnId(1));
+    let a2 = fx.take_assignments(ConnId(2));
+    assert_eq!((a1.len(), a2.len()), (1, 1));
+
+    // Worker 2 keeps beating; worker 1 goes quiet (SIGSTOP).
+    on_heartbeat(&mut core, &mut fx, timeout, ConnId(2));
+    on_tick(&mut core, &mut fx, timeout / 2);
+    assert_eq!(core.workers.len(), 2, "not yet");
+    on_tick(&mut core, &mut fx, timeout + 1);
+    core.sanity_check();
+    assert_eq!(core.workers.len(), 1);
+    assert_eq!(core.stale_conns.get(&ConnId(1)), Some(&false));
+    // Worker 1's task went to worker 2, which finishes it first.
+    let moved = fx.take_assignments(ConnId(2));
+    assert_eq!(moved.len(), 1);
+    assert_eq!((moved[0].task, moved[0].attempt), (a1[0].task, 2));
+    on_reports(&mut core, &mut fx, timeout + 2, ConnId(2), vec![report(&moved[0], ok(10))]);
+
+    // Worker 1 wakes up: its late report is dropped, it is told once to re-register.
+    on_reports(&mut core, &mut fx, timeout + 3, ConnId(1), vec![report(&a1[0], ok(99))]);
+    on_heartbeat(&mut core, &mut fx, timeout + 4, ConnId(1));
+    core.sanity_check();
+    assert_eq!(core.duplicate_reports, 1);
+    assert_eq!(core.jobs[&job].tasks[a1[0].task.idx as usize].outcome, Some(ok(10)));
+    let told: Vec<_> = fx
+        .workers
+        .iter()
+        .filter(|(c, m)| *c == ConnId(1) && matches!(m, ToWorker::Reregister { .. }))
+        .collect();
+    assert_eq!(told.len(), 1);
+    fx.workers.clear();
+    let w = on_worker_joined(&mut core, &mut fx, timeout + 5, ConnId(1), worker(1));
+    assert_eq!(w, WorkerId(3), "a new incarnation");
+    assert!(core.stale_conns.is_empty());
+    core.sanity_check();
+}
+
+#[test]
+fn a_stale_report_that_comes_first_wins_and_releases_the_new_holder() {
+    let mut core = Core::default();
+    let timeout = core.config.heartbeat_timeout_us;
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let job = JobId::new();
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(1));
+    let a1 = fx.take_assignments(ConnId(1));
+    on_tick(&mut core, &mut fx, timeout + 1);
+    on_worker_joined(&mut core, &mut fx, timeout + 1, ConnId(2), worker(1));
+    let a2 = fx.take_assignments(ConnId(2));
+    assert_eq!(a2[0].task, a1[0].task);
+    on_reports(&mut core, &mut fx, timeout + 2, ConnId(1), vec![report(&a1[0], ok(5))]);
+    core.sanity_check();
+    assert!(core.workers[&WorkerId(2)].assigned.is_empty());
+    on_reports(&mut core, &mut fx, timeout + 3, ConnId(2), vec![report(&a2[0], ok(6))]);
+    core.sanity_check();
+    assert_eq!(core.jobs[&job].tasks[0].outcome, Some(ok(5)));
+    assert_eq!(core.duplicate_reports, 1);
+}
+
+#[test]
+fn a_task_can_set_its_own_worker_kill_limit() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let mut tasks = inc_tasks(1);
+    tasks[0].max_worker_kills = Some(1);
+    let job = JobId::new();
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), tasks);
+    on_connection_closed(&mut core, &mut fx, 1, ConnId(1));
+    core.sanity_check();
+    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Failed);
 }

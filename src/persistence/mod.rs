@@ -12,16 +12,8 @@ pub const JOURNAL_VERSION: u32 = 1;
 /// One journal record. Replay applies them in order through the core.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {
-    JobSubmitted {
-        job: JobId,
-        name: String,
-        tasks: Vec<TaskSpec>,
-    },
-    TaskDone {
-        task: TaskId,
-        attempt: u32,
-        outcome: Outcome,
-    },
+    JobSubmitted { job: JobId, name: String, tasks: Vec<TaskSpec> },
+    TaskDone { task: TaskId, attempt: u32, outcome: Outcome },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,15 +65,9 @@ pub struct SledJournal {
 
 impl SledJournal {
     pub fn open(dir: &Path) -> Result<Self, JournalError> {
-        let err = |message: String| JournalError::Open {
-            path: dir.to_path_buf(),
-            message,
-        };
+        let err = |message: String| JournalError::Open { path: dir.to_path_buf(), message };
         std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|e| err(describe_open_error(&e)))?;
+        let db = sled::Config::new().path(dir).open().map_err(|e| err(describe_open_error(&e)))?;
         let meta = db.open_tree("meta").map_err(|e| err(e.to_string()))?;
         match meta.get("version").map_err(|e| err(e.to_string()))? {
             Some(v) if v.as_ref() != JOURNAL_VERSION.to_be_bytes() => {
@@ -92,8 +78,7 @@ impl SledJournal {
             }
             Some(_) => {}
             None => {
-                meta.insert("version", &JOURNAL_VERSION.to_be_bytes())
-                    .map_err(|e| err(e.to_string()))?;
+                meta.insert("version", &JOURNAL_VERSION.to_be_bytes()).map_err(|e| err(e.to_string()))?;
             }
         }
         let records = db.open_tree("records").map_err(|e| err(e.to_string()))?;
@@ -101,11 +86,7 @@ impl SledJournal {
             Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])) + 1,
             None => 0,
         };
-        Ok(SledJournal {
-            db,
-            records,
-            next_seq,
-        })
+        Ok(SledJournal { db, records, next_seq })
     }
 }
 
@@ -122,36 +103,25 @@ impl Journal for SledJournal {
     fn append(&mut self, records: &[Record]) -> Result<(), JournalError> {
         let mut batch = sled::Batch::default();
         for r in records {
-            let bytes =
-                rmp_serde::to_vec_named(r).map_err(|e| JournalError::Write(e.to_string()))?;
+            let bytes = rmp_serde::to_vec_named(r).map_err(|e| JournalError::Write(e.to_string()))?;
             batch.insert(&self.next_seq.to_be_bytes(), bytes);
             self.next_seq += 1;
         }
-        self.records
-            .apply_batch(batch)
-            .map_err(|e| JournalError::Write(e.to_string()))
+        self.records.apply_batch(batch).map_err(|e| JournalError::Write(e.to_string()))
     }
 
     async fn flush(&mut self) -> Result<(), JournalError> {
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| JournalError::Write(e.to_string()))?;
+        self.db.flush_async().await.map_err(|e| JournalError::Write(e.to_string()))?;
         Ok(())
     }
 
     fn replay(&self) -> Result<Vec<Record>, JournalError> {
         let mut out = Vec::new();
         for item in self.records.iter() {
-            let (k, v) = item.map_err(|e| JournalError::Corrupt {
-                seq: 0,
-                message: e.to_string(),
-            })?;
+            let (k, v) = item.map_err(|e| JournalError::Corrupt { seq: 0, message: e.to_string() })?;
             let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let rec = rmp_serde::from_slice(&v).map_err(|e| JournalError::Corrupt {
-                seq,
-                message: e.to_string(),
-            })?;
+            let rec = rmp_serde::from_slice(&v)
+                .map_err(|e| JournalError::Corrupt { seq, message: e.to_string() })?;
             out.push(rec);
         }
         Ok(out)
@@ -200,17 +170,14 @@ mod tests {
                 name: "t".into(),
                 tasks: vec![TaskSpec {
                     key: None,
-                    kind: TaskKind::Cmd {
-                        argv: vec!["true".into()],
-                    },
+                    kind: TaskKind::Cmd { argv: vec!["true".into()] },
+                    max_worker_kills: None,
                 }],
             },
             Record::TaskDone {
                 task: TaskId { job, idx: 0 },
                 attempt: 1,
-                outcome: Outcome::Ok {
-                    result: bytes::Bytes::from_static(b"\xc0"),
-                },
+                outcome: Outcome::Ok { result: bytes::Bytes::from_static(b"\xc0") },
             },
         ];
         {

@@ -31,16 +31,11 @@ pub type FrameSink = futures::stream::SplitSink<Framed<TcpStream, LengthDelimite
 pub type FrameStream = futures::stream::SplitStream<Framed<TcpStream, LengthDelimitedCodec>>;
 
 pub fn codec(max_frame: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .max_frame_length(max_frame)
-        .new_codec()
+    LengthDelimitedCodec::builder().length_field_length(4).max_frame_length(max_frame).new_codec()
 }
 
 pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes, ConnError> {
-    rmp_serde::to_vec_named(msg)
-        .map(Bytes::from)
-        .map_err(|e| ConnError::Encode(e.to_string()))
+    rmp_serde::to_vec_named(msg).map(Bytes::from).map_err(|e| ConnError::Encode(e.to_string()))
 }
 
 pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, ConnError> {
@@ -63,9 +58,7 @@ pub struct Conn {
 impl Conn {
     pub fn new(stream: TcpStream, max_frame: usize) -> Self {
         let _ = stream.set_nodelay(true);
-        Conn {
-            framed: Framed::new(stream, codec(max_frame)),
-        }
+        Conn { framed: Framed::new(stream, codec(max_frame)) }
     }
 
     pub async fn read_frame(&mut self) -> Result<Bytes, ConnError> {
@@ -112,9 +105,7 @@ impl Conn {
                 ok => Ok((conn, ok)),
             }
         };
-        tokio::time::timeout(timeout, run)
-            .await
-            .map_err(|_| ConnError::Timeout(timeout))?
+        tokio::time::timeout(timeout, run).await.map_err(|_| ConnError::Timeout(timeout))?
     }
 
     pub fn into_split(self) -> (FrameSink, FrameStream) {

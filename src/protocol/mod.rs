@@ -39,14 +39,8 @@ pub struct Hello {
 /// The scheduler's answer to `Hello`; after `Rejected` it closes the connection.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum HelloReply {
-    Welcome {
-        protocol: u32,
-        instance: Uuid,
-        epoch: u64,
-    },
-    Rejected {
-        error: String,
-    },
+    Welcome { protocol: u32, instance: Uuid, epoch: u64 },
+    Rejected { error: String },
 }
 
 /// What a task runs.
@@ -68,6 +62,10 @@ pub struct TaskSpec {
     /// Optional name, unique in the job; the task's index names it otherwise.
     pub key: Option<String>,
     pub kind: TaskKind,
+    /// Fail the task once this many workers died running it (default:
+    /// the scheduler's `max_worker_kills`).
+    #[serde(default)]
+    pub max_worker_kills: Option<u32>,
 }
 
 /// How one attempt of a task ended.
@@ -99,6 +97,9 @@ pub enum FromWorker {
         pid: u32,
         /// Names of the `fn` tasks this worker can run.
         functions: Vec<String>,
+        /// The nanny slot this worker runs in, if a nanny started it.
+        #[serde(default)]
+        nanny: Option<NannySlot>,
     },
     /// Finished attempts, many per frame.
     Reports { reports: Vec<TaskReport> },
@@ -129,8 +130,20 @@ pub enum ToWorker {
     Error {
         message: String,
     },
+    /// This connection's worker incarnation was declared lost (e.g. it
+    /// missed heartbeats): drop queued tasks and `Register` again.
+    Reregister {
+        reason: String,
+    },
     /// Finish nothing more and exit.
     Shutdown,
+}
+
+/// Which nanny (by pid, on the worker's host) and which of its slots a worker runs in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NannySlot {
+    pub pid: u32,
+    pub slot: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,11 +160,7 @@ pub struct Assignment {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum FromClient {
     /// A whole job; answered with `Submitted` once it is durable.
-    Submit {
-        job: JobId,
-        name: String,
-        tasks: Vec<TaskSpec>,
-    },
+    Submit { job: JobId, name: String, tasks: Vec<TaskSpec> },
     /// Stream the job's outcomes: all finished so far, then each as it comes, then `JobDone`.
     Watch { job: JobId },
     /// List registered workers.
@@ -160,26 +169,11 @@ pub enum FromClient {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ToClient {
-    Submitted {
-        job: JobId,
-        tasks: u32,
-    },
-    Outcomes {
-        job: JobId,
-        outcomes: Vec<TaskOutcome>,
-    },
-    JobDone {
-        job: JobId,
-        finished: u32,
-        failed: u32,
-    },
-    Workers {
-        workers: Vec<WorkerInfo>,
-    },
-    Error {
-        job: Option<JobId>,
-        message: String,
-    },
+    Submitted { job: JobId, tasks: u32 },
+    Outcomes { job: JobId, outcomes: Vec<TaskOutcome> },
+    JobDone { job: JobId, finished: u32, failed: u32 },
+    Workers { workers: Vec<WorkerInfo> },
+    Error { job: Option<JobId>, message: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

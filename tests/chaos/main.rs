@@ -15,20 +15,14 @@ fn killing_the_nanny_leaves_no_workers() {
     assert_eq!(pids.len(), 3);
     let nanny = cluster.nanny.as_mut().unwrap();
     nanny.signal(Signal::SIGKILL);
-    nanny
-        .wait_exit(Duration::from_secs(10))
-        .expect("nanny dies");
+    nanny.wait_exit(Duration::from_secs(10)).expect("nanny dies");
     assert!(
-        wait_until(Duration::from_secs(10), || pids
-            .iter()
-            .all(|p| !pid_alive(*p))),
+        wait_until(Duration::from_secs(10), || pids.iter().all(|p| !pid_alive(*p))),
         "orphaned workers: {:?}",
         pids.iter().filter(|p| pid_alive(**p)).collect::<Vec<_>>()
     );
     // The scheduler notices they are gone.
-    assert!(wait_until(Duration::from_secs(10), || cluster
-        .worker_pids()
-        .is_empty()));
+    assert!(wait_until(Duration::from_secs(10), || cluster.worker_pids().is_empty()));
 }
 
 /// A worker killed mid-job: its tasks are rerun elsewhere and the job completes.
@@ -44,11 +38,7 @@ fn job_completes_when_a_worker_is_killed() {
     // Kill one worker while it runs a 200 ms task.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
     let out = cluster.run(&["gather", &job]);
-    assert!(
-        out.status.success(),
-        "gather after a worker died: {}",
-        stderr(&out)
-    );
+    assert!(out.status.success(), "gather after a worker died: {}", stderr(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["finished"], 10);
 }

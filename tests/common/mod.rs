@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 pub fn actord() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_actord"));
-    c.env("ACTORD_LOG", "info")
-        .env_remove("ACTORD_SCHEDULER_FILE")
-        .env_remove("SCRATCH");
+    c.env("ACTORD_LOG", "info").env_remove("ACTORD_SCHEDULER_FILE").env_remove("SCRATCH");
     c
 }
 
@@ -35,12 +33,7 @@ pub fn pid_alive(pid: i32) -> bool {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -112,27 +105,14 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("scheduler.json");
         let mut cmd = actord();
-        cmd.args([
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--scheduler-file",
-        ])
-        .arg(&file);
+        cmd.args(["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file"]).arg(&file);
         let scheduler = Proc::spawn("scheduler", cmd, dir.path());
         assert!(
             wait_until(Duration::from_secs(20), || file.exists()),
             "scheduler file never appeared:\n{}",
             scheduler.log_text()
         );
-        Cluster {
-            dir,
-            file,
-            scheduler,
-            nanny: None,
-        }
+        Cluster { dir, file, scheduler, nanny: None }
     }
 
     pub fn start(workers: u32, threads: u32) -> Cluster {
@@ -143,37 +123,18 @@ impl Cluster {
 
     pub fn start_nanny(&mut self, workers: u32, threads: u32) {
         let mut cmd = actord();
-        cmd.args([
-            "nanny",
-            "--workers",
-            &workers.to_string(),
-            "--threads",
-            &threads.to_string(),
-        ])
-        .arg("--scheduler-file")
-        .arg(&self.file);
+        cmd.args(["nanny", "--workers", &workers.to_string(), "--threads", &threads.to_string()])
+            .arg("--scheduler-file")
+            .arg(&self.file);
         self.nanny = Some(Proc::spawn("nanny", cmd, self.dir.path()));
-        let out = self.run(&[
-            "wait",
-            "--workers",
-            &workers.to_string(),
-            "--timeout",
-            "30s",
-        ]);
-        assert!(
-            out.status.success(),
-            "workers never registered: {}",
-            stderr(&out)
-        );
+        let out = self.run(&["wait", "--workers", &workers.to_string(), "--timeout", "30s"]);
+        assert!(out.status.success(), "workers never registered: {}", stderr(&out));
     }
 
     /// Runs a client command against this cluster (bounded by its own timeouts).
     pub fn run(&self, args: &[&str]) -> Output {
         let mut cmd = actord();
-        cmd.arg(args[0])
-            .arg("--scheduler-file")
-            .arg(&self.file)
-            .args(&args[1..]);
+        cmd.arg(args[0]).arg("--scheduler-file").arg(&self.file).args(&args[1..]);
         cmd.stdin(Stdio::null()).output().unwrap()
     }
 
@@ -185,11 +146,7 @@ impl Cluster {
         let out = self.run(&["ctl", "workers", "--json"]);
         assert!(out.status.success(), "ctl workers: {}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["pid"].as_i64().unwrap() as i32)
-            .collect()
+        v.as_array().unwrap().iter().map(|w| w["pid"].as_i64().unwrap() as i32).collect()
     }
 }
 
