@@ -201,6 +201,23 @@ impl Client {
         }
     }
 
+    pub async fn nannies(&mut self) -> Result<Vec<crate::protocol::NannyInfo>, ClientError> {
+        self.conn.write(&FromClient::Nannies).await?;
+        match self.expect_reply().await? {
+            ToClient::Nannies { nannies } => Ok(nannies),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Asks the worker's nanny to restart it; returns what the scheduler did.
+    pub async fn restart_worker(&mut self, worker: crate::ids::WorkerId) -> Result<String, ClientError> {
+        self.conn.write(&FromClient::RestartWorker { worker }).await?;
+        match self.expect_reply().await? {
+            ToClient::Done { message } => Ok(message),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// Blocks until at least `n` workers are registered, or `timeout`.
     pub async fn wait_for_workers(&mut self, n: usize, timeout: Duration) -> Result<usize, ClientError> {
         let start = Instant::now();

@@ -37,6 +37,8 @@ pub struct WorkerConfig {
     pub death_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub heartbeat: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub drain_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -45,6 +47,14 @@ pub struct NannyConfig {
     pub max_restarts: u32,
     #[serde(deserialize_with = "de_duration")]
     pub restart_window: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub backoff_base: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub backoff_max: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub memory_poll: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub stop_grace: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]

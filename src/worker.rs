@@ -3,11 +3,12 @@
 //! batches. Survives a lost scheduler for up to `death_timeout`.
 
 use crate::functions::{Registry, TaskCtx};
-use crate::ids::WorkerId;
-use crate::protocol::conn::{decode, encode, next_frame};
+use crate::ids::{TaskId, WorkerId};
+use crate::protocol::conn::{decode, encode, next_frame, FrameSink, FrameStream};
 use crate::protocol::{Assignment, Conn, FromWorker, Outcome, Role, TaskKind, TaskReport, ToWorker};
 use crate::schedfile::{wait_for_file, SchedulerFile};
 use futures::SinkExt;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct WorkerOptions {
     pub max_frame: usize,
     /// Where `cmd` tasks write stdout/stderr: `<work_dir>/<job>/<task>.<attempt>.out`.
     pub work_dir: PathBuf,
+    /// How long a SIGTERM'd worker may take to finish its running tasks.
+    pub drain_timeout: Duration,
     /// The nanny slot this worker runs in, told to the scheduler.
     pub nanny: Option<crate::protocol::NannySlot>,
 }
@@ -100,18 +103,8 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
         backoff = Duration::from_millis(50);
         // Assignments queued under the old registration are the scheduler's to requeue.
         while task_rx.try_recv().is_ok() {}
-        let end = session(
-            &opts,
-            &registry,
-            conn,
-            &task_tx,
-            &task_rx,
-            &worker_id,
-            &mut report_rx,
-            &mut unsent,
-            &mut term,
-        )
-        .await;
+        let slots = Slots { tx: &task_tx, rx: &task_rx, reports: &mut report_rx };
+        let end = session(&opts, &registry, conn, slots, &worker_id, &mut unsent, &mut term).await;
         match end {
             SessionEnd::Shutdown => {
                 tracing::info!("worker shutting down");
@@ -140,15 +133,66 @@ async fn connect(opts: &WorkerOptions, timeout: Duration) -> Result<(Conn, Sched
     Ok((conn, file))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a worker's connection loop shares with the slot threads.
+struct Slots<'a> {
+    tx: &'a crossbeam_channel::Sender<Assignment>,
+    rx: &'a crossbeam_channel::Receiver<Assignment>,
+    reports: &'a mut mpsc::UnboundedReceiver<TaskReport>,
+}
+
+impl Slots<'_> {
+    /// Takes back every queued assignment no slot has started.
+    fn take_queued(&self) -> Vec<TaskId> {
+        std::iter::from_fn(|| self.rx.try_recv().ok()).map(|a| a.task).collect()
+    }
+}
+
+async fn send<T: serde::Serialize>(sink: &mut FrameSink, msg: &T) -> Result<(), String> {
+    let frame = encode(msg).map_err(|e| e.to_string())?;
+    sink.send(frame).await.map_err(|e| e.to_string())
+}
+
+/// Sends the buffered reports; on failure they stay buffered for the next
+/// connection.
+async fn flush_reports(sink: &mut FrameSink, unsent: &mut Vec<TaskReport>) -> Result<(), String> {
+    if unsent.is_empty() {
+        return Ok(());
+    }
+    let msg = FromWorker::Reports { reports: std::mem::take(unsent) };
+    let result = send(sink, &msg).await;
+    if result.is_err() {
+        let FromWorker::Reports { reports } = msg else { unreachable!() };
+        *unsent = reports;
+    }
+    result
+}
+
+/// Moves every report the slots have ready into `unsent` (up to a frame's worth).
+fn collect_reports(
+    first: TaskReport,
+    slots: &mut Slots,
+    unsent: &mut Vec<TaskReport>,
+    held: &mut HashSet<TaskId>,
+) {
+    held.remove(&first.task);
+    unsent.push(first);
+    while unsent.len() < MAX_REPORTS_PER_FRAME {
+        match slots.reports.try_recv() {
+            Ok(r) => {
+                held.remove(&r.task);
+                unsent.push(r);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
 async fn session(
     opts: &WorkerOptions,
     registry: &Registry,
     mut conn: Conn,
-    task_tx: &crossbeam_channel::Sender<Assignment>,
-    task_rx: &crossbeam_channel::Receiver<Assignment>,
+    mut slots: Slots<'_>,
     worker_id: &AtomicU64,
-    report_rx: &mut mpsc::UnboundedReceiver<TaskReport>,
     unsent: &mut Vec<TaskReport>,
     term: &mut tokio::signal::unix::Signal,
 ) -> SessionEnd {
@@ -163,22 +207,13 @@ async fn session(
         return SessionEnd::Lost(e.to_string());
     }
     let (mut sink, mut stream) = conn.into_split();
+    // Tasks the scheduler gave this connection that have not been reported.
+    let mut held: HashSet<TaskId> = HashSet::new();
     let mut heartbeat = tokio::time::interval(opts.heartbeat);
     heartbeat.tick().await;
     loop {
-        if !unsent.is_empty() {
-            let batch: Vec<TaskReport> = std::mem::take(unsent);
-            let frame = match encode(&FromWorker::Reports { reports: batch.clone() }) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot encode reports");
-                    continue;
-                }
-            };
-            if let Err(e) = sink.send(frame).await {
-                *unsent = batch;
-                return SessionEnd::Lost(e.to_string());
-            }
+        if let Err(e) = flush_reports(&mut sink, unsent).await {
+            return SessionEnd::Lost(e);
         }
         tokio::select! {
             frame = next_frame(&mut stream) => {
@@ -193,51 +228,88 @@ async fn session(
                     }
                     Ok(ToWorker::Assign { tasks }) => {
                         for t in tasks {
-                            let _ = task_tx.send(t);
+                            held.insert(t.task);
+                            let _ = slots.tx.send(t);
                         }
                     }
                     Ok(ToWorker::Error { message }) => tracing::warn!(%message, "scheduler reports an error"),
                     Ok(ToWorker::Reregister { reason }) => {
                         tracing::warn!(%reason, "registering again as a new worker");
-                        // Queued tasks were handed to others; running ones finish and report.
-                        while task_rx.try_recv().is_ok() {}
-                        let frame = match encode(&register) {
-                            Ok(f) => f,
-                            Err(e) => return SessionEnd::Lost(e.to_string()),
-                        };
-                        if let Err(e) = sink.send(frame).await {
-                            return SessionEnd::Lost(e.to_string());
+                        // Queued tasks went to others; running ones finish and report.
+                        for t in slots.take_queued() {
+                            held.remove(&t);
+                        }
+                        if let Err(e) = send(&mut sink, &register).await {
+                            return SessionEnd::Lost(e);
                         }
                     }
                     Ok(ToWorker::Shutdown) => return SessionEnd::Shutdown,
                     Err(e) => tracing::warn!(error = %e, "ignoring a message this worker does not understand"),
                 }
             }
-            first = report_rx.recv() => {
+            first = slots.reports.recv() => {
                 let Some(first) = first else { return SessionEnd::Shutdown };
-                unsent.push(first);
-                while unsent.len() < MAX_REPORTS_PER_FRAME {
-                    match report_rx.try_recv() {
-                        Ok(r) => unsent.push(r),
-                        Err(_) => break,
-                    }
-                }
+                collect_reports(first, &mut slots, unsent, &mut held);
             }
             _ = heartbeat.tick() => {
-                if let Ok(f) = encode(&FromWorker::Heartbeat) {
-                    if let Err(e) = sink.send(f).await {
-                        return SessionEnd::Lost(e.to_string());
-                    }
+                if let Err(e) = send(&mut sink, &FromWorker::Heartbeat).await {
+                    return SessionEnd::Lost(e);
                 }
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    if let Ok(f) = encode(&FromWorker::Goodbye) {
-        let _ = sink.send(f).await;
-    }
+    drain(opts, &mut sink, &mut stream, slots, held, unsent).await;
     SessionEnd::Shutdown
+}
+
+/// Clean stop: hand queued tasks back, finish and report the running ones
+/// (bounded by `drain_timeout`), then say goodbye.
+async fn drain(
+    opts: &WorkerOptions,
+    sink: &mut FrameSink,
+    stream: &mut FrameStream,
+    mut slots: Slots<'_>,
+    mut held: HashSet<TaskId>,
+    unsent: &mut Vec<TaskReport>,
+) {
+    let returned = slots.take_queued();
+    for t in &returned {
+        held.remove(t);
+    }
+    tracing::info!(returned = returned.len(), running = held.len(), "draining: finishing running tasks");
+    if send(sink, &FromWorker::Draining { returned }).await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + opts.drain_timeout;
+    while !held.is_empty() {
+        tokio::select! {
+            first = slots.reports.recv() => {
+                let Some(first) = first else { break };
+                collect_reports(first, &mut slots, unsent, &mut held);
+                if flush_reports(sink, unsent).await.is_err() {
+                    return;
+                }
+            }
+            frame = next_frame(stream) => match frame.map(|f| decode::<ToWorker>(&f)) {
+                // Sent before the scheduler saw `Draining`: hand them back too.
+                Ok(Ok(ToWorker::Assign { tasks })) => {
+                    let returned: Vec<TaskId> = tasks.iter().map(|t| t.task).collect();
+                    if send(sink, &FromWorker::Draining { returned }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(running = held.len(), "drain timeout: leaving the rest to other workers");
+                break;
+            }
+        }
+    }
+    let _ = send(sink, &FromWorker::Goodbye).await;
 }
 
 /// Runs one attempt on the calling slot thread; a panic is a task error.

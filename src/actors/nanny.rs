@@ -1,18 +1,22 @@
 //! The nanny: one `WorkerProc` actor per worker process, supervised by the
-//! `Nanny` actor, which restarts a slot whose process exits on its own.
-//! Worker processes die with the nanny (`PR_SET_PDEATHSIG`).
+//! `Nanny` actor, which restarts a slot whose process exits (at once, then
+//! with exponential backoff), gives up on a slot past its restart intensity,
+//! and restarts workers over the memory limit. A link task keeps the
+//! scheduler told about every slot. Workers die with the nanny
+//! (`PR_SET_PDEATHSIG`).
 
+use crate::protocol::conn::{decode, encode, next_frame};
+use crate::protocol::{Conn, FromNanny, Role, SlotInfo, SlotState, ToNanny, DEFAULT_MAX_FRAME};
+use futures::SinkExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// Environment a nanny gives its workers: its pid and their slot.
 pub const ENV_NANNY_PID: &str = "ACTORD_NANNY_PID";
 pub const ENV_NANNY_SLOT: &str = "ACTORD_NANNY_SLOT";
-
-/// How long a worker may take to exit after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct NannyOptions {
@@ -21,13 +25,29 @@ pub struct NannyOptions {
     /// Arguments after `worker`.
     pub worker_args: Vec<String>,
     pub workers: u32,
+    /// Where the scheduler is, for the nanny's own registration.
+    pub scheduler_file: PathBuf,
     /// Restart intensity: at most `max_restarts` per slot within `restart_window`.
     pub max_restarts: u32,
     pub restart_window: Duration,
+    /// First delay when a worker keeps dying; doubles up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Restart a worker whose process tree's RSS exceeds this many bytes.
+    pub memory_limit: Option<u64>,
+    pub memory_poll: Duration,
+    /// How long a worker may take to drain after SIGTERM before SIGKILL.
+    pub stop_grace: Duration,
 }
 
 pub enum NannyMsg {
-    /// Stop every worker (SIGTERM, then SIGKILL after a grace), then the nanny.
+    /// A worker process of this slot is up.
+    Started { slot: u32, pid: u32 },
+    /// The backoff of a slot is over: start its worker.
+    Respawn(u32),
+    /// An operator asked (through the scheduler) to restart this slot's worker.
+    RestartWorker(u32),
+    /// Stop every worker (SIGTERM, then SIGKILL after the grace), then the nanny.
     Shutdown,
 }
 
@@ -35,13 +55,27 @@ pub struct Nanny;
 
 struct Slot {
     actor: Option<ActorRef<WorkerProcMsg>>,
-    restarts: VecDeque<Instant>,
+    /// Restarts within the restart window, oldest first.
+    recent: VecDeque<Instant>,
+    total_restarts: u32,
+    /// The next exit was asked for: restart at once, not counted.
+    requested: bool,
 }
 
 pub struct NannyState {
     opts: NannyOptions,
     slots: Vec<Slot>,
     stopping: bool,
+    /// Slot changes for the scheduler link.
+    events: mpsc::UnboundedSender<SlotInfo>,
+    link: tokio::task::JoinHandle<()>,
+}
+
+impl NannyState {
+    fn tell(&self, slot: u32, state: SlotState) {
+        let restarts = self.slots[slot as usize].total_restarts;
+        let _ = self.events.send(SlotInfo { slot, state, restarts });
+    }
 }
 
 async fn spawn_slot(
@@ -49,9 +83,26 @@ async fn spawn_slot(
     opts: &NannyOptions,
     slot: u32,
 ) -> Result<ActorRef<WorkerProcMsg>, ActorProcessingErr> {
-    let args = WorkerProcArgs { slot, exe: opts.exe.clone(), args: opts.worker_args.clone() };
+    let args = WorkerProcArgs {
+        slot,
+        exe: opts.exe.clone(),
+        args: opts.worker_args.clone(),
+        nanny: myself.clone(),
+        memory_limit: opts.memory_limit,
+        memory_poll: opts.memory_poll,
+        stop_grace: opts.stop_grace,
+    };
     let (actor, _) = Actor::spawn_linked(None, WorkerProc, args, myself.get_cell()).await?;
     Ok(actor)
+}
+
+/// Delay before restarting a slot that restarted `recent` times within the window.
+fn backoff(opts: &NannyOptions, recent: usize) -> Duration {
+    if recent == 0 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32 << (recent - 1).min(16);
+    (opts.backoff_base * factor).min(opts.backoff_max)
 }
 
 impl Actor for Nanny {
@@ -64,13 +115,20 @@ impl Actor for Nanny {
         myself: ActorRef<NannyMsg>,
         opts: NannyOptions,
     ) -> Result<NannyState, ActorProcessingErr> {
+        let (events, rx) = mpsc::unbounded_channel();
+        let link = tokio::spawn(link_loop(opts.scheduler_file.clone(), opts.workers, rx, myself.clone()));
         let mut slots = Vec::new();
         for slot in 0..opts.workers {
             let actor = spawn_slot(&myself, &opts, slot).await?;
-            slots.push(Slot { actor: Some(actor), restarts: VecDeque::new() });
+            slots.push(Slot {
+                actor: Some(actor),
+                recent: VecDeque::new(),
+                total_restarts: 0,
+                requested: false,
+            });
         }
         tracing::info!(workers = opts.workers, "nanny started its workers");
-        Ok(NannyState { opts, slots, stopping: false })
+        Ok(NannyState { opts, slots, stopping: false, events, link })
     }
 
     async fn handle(
@@ -80,11 +138,38 @@ impl Actor for Nanny {
         st: &mut NannyState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            NannyMsg::Started { slot, pid } => st.tell(slot, SlotState::Running { pid }),
+            NannyMsg::Respawn(slot) => {
+                let s = &st.slots[slot as usize];
+                if !st.stopping && s.actor.is_none() {
+                    let actor = spawn_slot(&myself, &st.opts, slot).await?;
+                    st.slots[slot as usize].actor = Some(actor);
+                }
+            }
+            NannyMsg::RestartWorker(slot) => {
+                let Some(s) = st.slots.get_mut(slot as usize) else {
+                    tracing::warn!(slot, "restart asked for a slot this nanny does not have");
+                    return Ok(());
+                };
+                tracing::info!(slot, "restarting the worker as asked");
+                match &s.actor {
+                    Some(a) => {
+                        s.requested = true;
+                        a.stop(Some("restart requested".into()));
+                    }
+                    None if !st.stopping => {
+                        // A failed slot gets a fresh start.
+                        s.recent.clear();
+                        s.actor = Some(spawn_slot(&myself, &st.opts, slot).await?);
+                    }
+                    None => {}
+                }
+            }
             NannyMsg::Shutdown => {
                 st.stopping = true;
                 for slot in &mut st.slots {
                     if let Some(a) = slot.actor.take() {
-                        let _ = a.stop_and_wait(None, Some(STOP_GRACE * 2)).await;
+                        let _ = a.stop_and_wait(None, Some(st.opts.stop_grace * 2)).await;
                     }
                 }
                 tracing::info!("nanny stopped its workers");
@@ -113,33 +198,134 @@ impl Actor for Nanny {
         else {
             return Ok(());
         };
-        // Policy: restart at once while the slot stays within its restart
-        // intensity; past it, report the slot failed and leave it empty.
-        let slot = &mut st.slots[idx];
-        slot.actor = None;
-        let now = Instant::now();
-        while slot.restarts.front().is_some_and(|t| now.duration_since(*t) > st.opts.restart_window) {
-            slot.restarts.pop_front();
-        }
-        if slot.restarts.len() as u32 >= st.opts.max_restarts {
-            tracing::error!(
-                slot = idx,
-                restarts = slot.restarts.len(),
-                window = ?st.opts.restart_window,
-                reason = %why,
-                "worker slot failed: too many restarts, not restarting"
-            );
+        let slot = idx as u32;
+        let opts = st.opts.clone();
+        let s = &mut st.slots[idx];
+        s.actor = None;
+        // Policy: an asked-for restart is immediate and not counted; otherwise
+        // restart at once, then with doubling delays while the slot keeps
+        // dying; past `max_restarts` within `restart_window`, give up on it.
+        if std::mem::take(&mut s.requested) {
+            s.actor = Some(spawn_slot(&myself, &opts, slot).await?);
             return Ok(());
         }
-        slot.restarts.push_back(now);
-        tracing::warn!(slot = idx, reason = %why, "worker exited; restarting it");
-        slot.actor = Some(spawn_slot(&myself, &st.opts, idx as u32).await?);
+        let now = Instant::now();
+        while s.recent.front().is_some_and(|t| now.duration_since(*t) > opts.restart_window) {
+            s.recent.pop_front();
+        }
+        if s.recent.len() as u32 >= opts.max_restarts {
+            let reason = format!(
+                "worker exited {} times within {:?}; last: {why}",
+                s.recent.len() + 1,
+                opts.restart_window
+            );
+            tracing::error!(slot, %reason, "worker slot failed: not restarting it");
+            st.tell(slot, SlotState::Failed { reason });
+            return Ok(());
+        }
+        let delay = backoff(&opts, s.recent.len());
+        s.recent.push_back(now);
+        s.total_restarts += 1;
+        tracing::warn!(slot, restart_in_ms = delay.as_millis() as u64, reason = %why, "worker exited; restarting it");
+        st.tell(slot, SlotState::Restarting { in_ms: delay.as_millis() as u64, last_exit: why });
+        if delay.is_zero() {
+            st.slots[idx].actor = Some(spawn_slot(&myself, &opts, slot).await?);
+        } else {
+            myself.send_after(delay, move || NannyMsg::Respawn(slot));
+        }
         Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<NannyMsg>,
+        st: &mut NannyState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.link.abort();
+        Ok(())
+    }
+}
+
+/// Keeps the nanny registered with the scheduler: reconnects (re-reading
+/// the scheduler file) when it is lost, re-sends the slots' state, forwards
+/// slot changes and the scheduler's restart requests.
+async fn link_loop(
+    file: PathBuf,
+    workers: u32,
+    mut events: mpsc::UnboundedReceiver<SlotInfo>,
+    nanny: ActorRef<NannyMsg>,
+) {
+    let mut slots: BTreeMap<u32, SlotInfo> = (0..workers)
+        .map(|slot| (slot, SlotInfo { slot, state: SlotState::Running { pid: 0 }, restarts: 0 }))
+        .collect();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let connected = async {
+            let f = crate::schedfile::wait_for_file(&file, Duration::from_secs(3600)).await?;
+            Conn::connect(f.socket_addr(), Role::Nanny, &f.secret, DEFAULT_MAX_FRAME, Duration::from_secs(5))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let mut conn = match connected.await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "nanny cannot reach the scheduler yet");
+                // Apply slot changes meanwhile, so the next Register is current.
+                let wait = tokio::time::sleep(backoff);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        _ = &mut wait => break,
+                        ev = events.recv() => match ev {
+                            Some(info) => { slots.insert(info.slot, info); }
+                            None => return,
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let register = FromNanny::Register {
+            host: crate::util::hostname(),
+            pid: std::process::id(),
+            slots: slots.values().cloned().collect(),
+        };
+        if conn.write(&register).await.is_err() {
+            continue;
+        }
+        let (mut sink, mut stream) = conn.into_split();
+        loop {
+            tokio::select! {
+                ev = events.recv() => {
+                    let Some(info) = ev else { return };
+                    slots.insert(info.slot, info.clone());
+                    let Ok(frame) = encode(&FromNanny::Slot { info }) else { continue };
+                    if sink.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+                frame = next_frame(&mut stream) => {
+                    let Ok(frame) = frame else { break };
+                    match decode::<ToNanny>(&frame) {
+                        Ok(ToNanny::Registered { nanny: id }) => tracing::info!(nanny = id, "nanny registered with the scheduler"),
+                        Ok(ToNanny::RestartWorker { slot }) => {
+                            let _ = nanny.cast(NannyMsg::RestartWorker(slot));
+                        }
+                        Ok(ToNanny::Error { message }) => tracing::warn!(%message, "scheduler reports an error"),
+                        Err(e) => tracing::warn!(error = %e, "ignoring a message this nanny does not understand"),
+                    }
+                }
+            }
+        }
+        tracing::warn!("nanny lost the scheduler; reconnecting (workers keep running)");
     }
 }
 
 pub enum WorkerProcMsg {
     Exited(String),
+    CheckMemory,
 }
 
 pub struct WorkerProc;
@@ -148,6 +334,10 @@ pub struct WorkerProcArgs {
     slot: u32,
     exe: PathBuf,
     args: Vec<String>,
+    nanny: ActorRef<NannyMsg>,
+    memory_limit: Option<u64>,
+    memory_poll: Duration,
+    stop_grace: Duration,
 }
 
 pub struct WorkerProcState {
@@ -155,6 +345,10 @@ pub struct WorkerProcState {
     pid: i32,
     waiter: Option<tokio::task::JoinHandle<()>>,
     exited: bool,
+    memory_limit: Option<u64>,
+    /// Set when this actor killed the worker for its memory use.
+    killed_for: Option<String>,
+    stop_grace: Duration,
 }
 
 impl Actor for WorkerProc {
@@ -181,16 +375,29 @@ impl Actor for WorkerProc {
         }
         let mut child =
             cmd.spawn().map_err(|e| format!("cannot start {} worker: {e}", args.exe.display()))?;
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let pid = child.id().unwrap_or(0);
         tracing::info!(slot = args.slot, pid, "worker process started");
+        let _ = args.nanny.cast(NannyMsg::Started { slot: args.slot, pid });
+        let me = myself.clone();
         let waiter = tokio::spawn(async move {
             let status = match child.wait().await {
                 Ok(s) => s.to_string(),
                 Err(e) => format!("wait failed: {e}"),
             };
-            let _ = myself.cast(WorkerProcMsg::Exited(status));
+            let _ = me.cast(WorkerProcMsg::Exited(status));
         });
-        Ok(WorkerProcState { slot: args.slot, pid, waiter: Some(waiter), exited: false })
+        if args.memory_limit.is_some() {
+            myself.send_interval(args.memory_poll, || WorkerProcMsg::CheckMemory);
+        }
+        Ok(WorkerProcState {
+            slot: args.slot,
+            pid: pid as i32,
+            waiter: Some(waiter),
+            exited: false,
+            memory_limit: args.memory_limit,
+            killed_for: None,
+            stop_grace: args.stop_grace,
+        })
     }
 
     async fn handle(
@@ -199,10 +406,40 @@ impl Actor for WorkerProc {
         msg: WorkerProcMsg,
         st: &mut WorkerProcState,
     ) -> Result<(), ActorProcessingErr> {
-        let WorkerProcMsg::Exited(status) = msg;
-        st.exited = true;
-        tracing::warn!(slot = st.slot, pid = st.pid, %status, "worker process exited");
-        myself.stop(Some(format!("worker process {} exited: {status}", st.pid)));
+        match msg {
+            WorkerProcMsg::Exited(status) => {
+                st.exited = true;
+                let why = match st.killed_for.take() {
+                    Some(reason) => reason,
+                    None => format!("worker process {} exited: {status}", st.pid),
+                };
+                tracing::warn!(slot = st.slot, pid = st.pid, %status, "worker process exited");
+                myself.stop(Some(why));
+            }
+            WorkerProcMsg::CheckMemory => {
+                let (Some(limit), false) = (st.memory_limit, st.exited || st.killed_for.is_some()) else {
+                    return Ok(());
+                };
+                let rss = tree_rss_bytes(st.pid);
+                if rss > limit {
+                    let reason = format!(
+                        "worker process {} used {} of memory, over the limit of {}",
+                        st.pid,
+                        crate::util::format_size(rss),
+                        crate::util::format_size(limit)
+                    );
+                    tracing::warn!(
+                        slot = st.slot,
+                        pid = st.pid,
+                        rss,
+                        limit,
+                        "worker over its memory limit; restarting it"
+                    );
+                    st.killed_for = Some(reason);
+                    signal(st.pid, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -211,21 +448,79 @@ impl Actor for WorkerProc {
         _myself: ActorRef<WorkerProcMsg>,
         st: &mut WorkerProcState,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(mut waiter) = st.waiter.take() else {
-            return Ok(());
-        };
+        let Some(mut waiter) = st.waiter.take() else { return Ok(()) };
         if st.exited || st.pid <= 0 {
             return Ok(());
         }
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        let pid = Pid::from_raw(st.pid);
-        let _ = kill(pid, Signal::SIGTERM);
-        if tokio::time::timeout(STOP_GRACE, &mut waiter).await.is_err() {
-            tracing::warn!(slot = st.slot, pid = st.pid, "worker ignored SIGTERM; killing it");
-            let _ = kill(pid, Signal::SIGKILL);
+        signal(st.pid, nix::sys::signal::Signal::SIGTERM);
+        if tokio::time::timeout(st.stop_grace, &mut waiter).await.is_err() {
+            tracing::warn!(
+                slot = st.slot,
+                pid = st.pid,
+                "worker did not stop within the grace period; killing it"
+            );
+            signal(st.pid, nix::sys::signal::Signal::SIGKILL);
             let _ = waiter.await;
         }
         Ok(())
+    }
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// Resident memory of a process and all its descendants (cmd tasks), in bytes.
+pub fn tree_rss_bytes(pid: i32) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) {
+            let kib: u64 = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            total += kib * 1024;
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
+                    stack.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+                }
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let opts = NannyOptions {
+            exe: PathBuf::new(),
+            worker_args: vec![],
+            workers: 1,
+            scheduler_file: PathBuf::new(),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(30),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            memory_limit: None,
+            memory_poll: Duration::from_secs(1),
+            stop_grace: Duration::from_secs(5),
+        };
+        let delays: Vec<u128> = (0..7).map(|n| backoff(&opts, n).as_millis()).collect();
+        assert_eq!(delays, vec![0, 100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn rss_of_this_process_is_seen() {
+        let rss = tree_rss_bytes(std::process::id() as i32);
+        assert!(rss > 1 << 20, "{rss}");
     }
 }

@@ -6,7 +6,7 @@ use super::session::SessionMsg;
 use crate::core::{self, Core, Effects};
 use crate::ids::ConnId;
 use crate::persistence::{AnyJournal, Journal, Record};
-use crate::protocol::{conn::encode, FromClient, FromWorker, Role, ToClient, ToWorker};
+use crate::protocol::{conn::encode, FromClient, FromNanny, FromWorker, Role, ToClient, ToNanny, ToWorker};
 use crate::util::now_micros;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -26,6 +26,10 @@ pub enum SchedMsg {
     Client {
         conn: ConnId,
         msg: FromClient,
+    },
+    Nanny {
+        conn: ConnId,
+        msg: FromNanny,
     },
     Closed {
         conn: ConnId,
@@ -61,6 +65,9 @@ impl Effects for Outbox {
         self.push(conn, &msg);
     }
     fn to_client(&mut self, conn: ConnId, msg: ToClient) {
+        self.push(conn, &msg);
+    }
+    fn to_nanny(&mut self, conn: ConnId, msg: ToNanny) {
         self.push(conn, &msg);
     }
     fn journal(&mut self, record: Record) {
@@ -129,6 +136,7 @@ impl Actor for SchedulerActor {
                 }
                 FromWorker::Reports { reports } => core::on_reports(core, fx, now, conn, reports),
                 FromWorker::Heartbeat => core::on_heartbeat(core, fx, now, conn),
+                FromWorker::Draining { returned } => core::on_worker_draining(core, fx, conn, returned),
                 FromWorker::Goodbye => {
                     if let Some(w) = core.worker_by_conn.get(&conn).copied() {
                         core::on_worker_lost(core, fx, now, w, core::GOODBYE);
@@ -141,6 +149,14 @@ impl Actor for SchedulerActor {
                 }
                 FromClient::Watch { job } => core::on_watch(core, fx, conn, job),
                 FromClient::Workers => core::on_list_workers(core, fx, conn),
+                FromClient::Nannies => core::on_list_nannies(core, fx, conn),
+                FromClient::RestartWorker { worker } => core::on_restart_worker(core, fx, conn, worker),
+            },
+            SchedMsg::Nanny { conn, msg } => match msg {
+                FromNanny::Register { host, pid, slots } => {
+                    core::on_nanny_registered(core, fx, conn, host, pid, slots)
+                }
+                FromNanny::Slot { info } => core::on_nanny_slot(core, conn, info),
             },
             SchedMsg::Closed { conn } => {
                 st.sessions.remove(&conn);

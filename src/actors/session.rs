@@ -5,7 +5,8 @@ use super::scheduler::SchedMsg;
 use crate::ids::ConnId;
 use crate::protocol::conn::{decode, encode, next_frame, ConnError};
 use crate::protocol::{
-    Conn, FromClient, FromWorker, Hello, HelloReply, Role, ToClient, ToWorker, MAGIC, PROTOCOL_VERSION,
+    Conn, FromClient, FromNanny, FromWorker, Hello, HelloReply, Role, ToClient, ToNanny, ToWorker, MAGIC,
+    PROTOCOL_VERSION,
 };
 use bytes::Bytes;
 use futures::SinkExt;
@@ -199,6 +200,10 @@ async fn read_loop(
                 Ok(msg) => scheduler.cast(SchedMsg::Client { conn, msg }),
                 Err(e) => break Some(format!("bad client message: {e}")),
             },
+            Role::Nanny => match decode::<FromNanny>(&frame) {
+                Ok(msg) => scheduler.cast(SchedMsg::Nanny { conn, msg }),
+                Err(e) => break Some(format!("bad nanny message: {e}")),
+            },
         };
         if sent.is_err() {
             break None; // the scheduler is stopping
@@ -209,6 +214,7 @@ async fn read_loop(
         let reply = match role {
             Role::Worker => encode(&ToWorker::Error { message }),
             Role::Client => encode(&ToClient::Error { job: None, message }),
+            Role::Nanny => encode(&ToNanny::Error { message }),
         };
         if let Ok(bytes) = reply {
             let _ = session.cast(SessionMsg::Frames(vec![bytes]));

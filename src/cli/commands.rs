@@ -117,6 +117,7 @@ fn worker_options(config: &Config, a: &WorkerArgs) -> Result<crate::worker::Work
         threads,
         death_timeout,
         heartbeat: config.worker.heartbeat,
+        drain_timeout: config.worker.drain_timeout,
         max_frame: config.scheduler.max_frame,
         work_dir,
         nanny: nanny_slot_from_env(),
@@ -164,12 +165,20 @@ async fn start_nanny(
     if let Some(c) = config_path {
         worker_args.extend(["--config".into(), abs(c).display().to_string()]);
     }
+    let memory_limit = a.memory_limit.as_deref().map(crate::util::parse_size).transpose().map_err(usage)?;
+    let n = &config.nanny;
     let opts = NannyOptions {
         exe,
         worker_args,
         workers: a.workers,
-        max_restarts: config.nanny.max_restarts,
-        restart_window: config.nanny.restart_window,
+        scheduler_file: abs(&w.scheduler_file),
+        max_restarts: n.max_restarts,
+        restart_window: n.restart_window,
+        backoff_base: n.backoff_base,
+        backoff_max: n.backoff_max,
+        memory_limit,
+        memory_poll: n.memory_poll,
+        stop_grace: n.stop_grace,
     };
     let (nanny, join) = Actor::spawn(None, Nanny, opts).await.map_err(failed)?;
     Ok((nanny, NannyJoin(join)))
@@ -191,6 +200,7 @@ async fn local(config: &Config, config_path: Option<&Path>, a: LocalArgs) -> Res
     let scheduler = start_scheduler(opts).await.map_err(failed)?;
     let nanny_args = NannyArgs {
         workers: a.workers,
+        memory_limit: None,
         worker: WorkerArgs {
             threads: Some(a.threads),
             scheduler_file: Some(file_str.clone()),
@@ -241,7 +251,9 @@ fn with_connect(cmd: ClientCommand, c: Connect) -> ClientCommand {
         Wait { workers, timeout, .. } => Wait { connect: c, workers, timeout },
         Darts { inputs, scale, input_seed, out, .. } => Darts { connect: c, inputs, scale, input_seed, out },
         Map { name, inputs, .. } => Map { connect: c, name, inputs },
-        Submit { array, func, args, argv, .. } => Submit { connect: c, array, func, args, argv },
+        Submit { array, func, args, max_worker_kills, argv, .. } => {
+            Submit { connect: c, array, func, args, max_worker_kills, argv }
+        }
         Gather { job, out, .. } => Gather { connect: c, job, out },
         Ctl { command, .. } => Ctl { connect: c, command },
     }
@@ -273,8 +285,14 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
             println!("{}", job.id);
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Submit { connect: c, array, func, args, argv } => {
-            let (name, tasks) = submit_tasks(array.as_deref(), func, args.as_deref(), argv)?;
+        ClientCommand::Submit { connect: c, array, func, args, max_worker_kills, argv } => {
+            let (name, mut tasks) = submit_tasks(array.as_deref(), func, args.as_deref(), argv)?;
+            if max_worker_kills == Some(0) {
+                return Err(usage("--max-worker-kills must be at least 1"));
+            }
+            for t in &mut tasks {
+                t.max_worker_kills = max_worker_kills;
+            }
             let mut client = connect(config, &c).await?;
             let job = client.submit_job(JobId::new(), &name, tasks).await?;
             println!("{}", job.id);
@@ -292,23 +310,80 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
                     if json {
                         println!("{}", serde_json::to_string_pretty(&workers).map_err(failed)?);
                     } else {
-                        println!("{:<6} {:<24} {:>8} {:>6} {:>8}", "ID", "HOST", "PID", "SLOTS", "RUNNING");
+                        println!(
+                            "{:<6} {:<20} {:>8} {:>6} {:>8} {:>16}",
+                            "ID", "HOST", "PID", "SLOTS", "RUNNING", "NANNY:SLOT"
+                        );
                         for w in workers {
+                            let nanny = w
+                                .nanny
+                                .map(|n| format!("{}:{}", n.pid, n.slot))
+                                .unwrap_or_else(|| "-".into());
                             println!(
-                                "{:<6} {:<24} {:>8} {:>6} {:>8}",
+                                "{:<6} {:<20} {:>8} {:>6} {:>8} {:>16}",
                                 w.id.to_string(),
                                 w.host,
                                 w.pid,
                                 w.slots,
-                                w.running
+                                w.running,
+                                nanny
                             );
                         }
                     }
                     Ok(ExitCode::SUCCESS)
                 }
+                CtlCommand::Nannies { json } => {
+                    let nannies = client.nannies().await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&nannies).map_err(failed)?);
+                    } else {
+                        println!(
+                            "{:<6} {:<20} {:>8} {:>5} {:>9}  STATE",
+                            "NANNY", "HOST", "PID", "SLOT", "RESTARTS"
+                        );
+                        for n in nannies {
+                            for s in &n.slots {
+                                println!(
+                                    "{:<6} {:<20} {:>8} {:>5} {:>9}  {}",
+                                    n.id,
+                                    n.host,
+                                    n.pid,
+                                    s.slot,
+                                    s.restarts,
+                                    describe_slot(&s.state)
+                                );
+                            }
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                CtlCommand::RestartWorker { worker } => {
+                    let id = parse_worker_id(&worker)?;
+                    let message = client.restart_worker(id).await?;
+                    eprintln!("{message}");
+                    Ok(ExitCode::SUCCESS)
+                }
             }
         }
     }
+}
+
+fn describe_slot(s: &crate::protocol::SlotState) -> String {
+    use crate::protocol::SlotState::*;
+    match s {
+        Running { pid } => format!("running (pid {pid})"),
+        Restarting { in_ms, last_exit } => format!("restarting in {in_ms} ms after: {last_exit}"),
+        Failed { reason } => format!("FAILED: {reason}"),
+    }
+}
+
+/// `w3` or `3`.
+fn parse_worker_id(s: &str) -> Result<crate::ids::WorkerId, CliError> {
+    s.trim()
+        .trim_start_matches('w')
+        .parse()
+        .map(crate::ids::WorkerId)
+        .map_err(|_| usage(format!("{s:?} is not a worker id (e.g. w3, see `actord ctl workers`)")))
 }
 
 fn read_jsonl_tasks(name: &str, inputs: &str) -> Result<Vec<TaskSpec>, CliError> {

@@ -70,6 +70,10 @@ pub struct NannyArgs {
     /// Worker processes to start.
     #[arg(long, default_value_t = 1)]
     pub workers: u32,
+    /// Restart a worker whose memory (with its child processes) exceeds
+    /// this, e.g. 4GiB, 500MB.
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
     #[command(flatten)]
     pub worker: WorkerArgs,
 }
@@ -150,6 +154,10 @@ pub enum ClientCommand {
         /// JSON arguments of the function task.
         #[arg(long, value_name = "JSON", requires = "func")]
         args: Option<String>,
+        /// Fail a task once this many workers died while running it
+        /// [config: scheduler.max_worker_kills].
+        #[arg(long, value_name = "K")]
+        max_worker_kills: Option<u32>,
         /// The command and its arguments.
         #[arg(last = true, value_name = "ARGV")]
         argv: Vec<String>,
@@ -179,6 +187,17 @@ pub enum CtlCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// List the nannies and what each of their worker slots is doing.
+    Nannies {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a worker's nanny to restart it (its running tasks go to other workers).
+    RestartWorker {
+        /// Worker id as `actord ctl workers` shows it, e.g. w3.
+        worker: String,
     },
 }
 

@@ -1,11 +1,12 @@
 //! Event handlers of the core: one free function per event, as
 //! `on_x(core, fx, now, …)`. `now` is microseconds on the host's clock.
 
-use super::{Core, Effects, Job, Task, TaskState, Worker};
+use super::{Core, Effects, Job, NannyRecord, Task, TaskState, Worker};
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use crate::persistence::Record;
 use crate::protocol::{
-    Assignment, Outcome, TaskOutcome, TaskReport, TaskSpec, ToClient, ToWorker, WorkerInfo,
+    Assignment, NannyInfo, Outcome, SlotInfo, SlotState, TaskOutcome, TaskReport, TaskSpec, ToClient,
+    ToNanny, ToWorker, WorkerInfo,
 };
 use std::collections::HashMap;
 
@@ -47,6 +48,7 @@ pub fn on_worker_joined(
             assigned: Default::default(),
             avg_task_us: None,
             last_seen: now,
+            draining: false,
         },
     );
     core.worker_by_conn.insert(conn, id);
@@ -70,11 +72,15 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, _now: u64, id: Wor
     let mut lost: Vec<TaskId> = w.assigned.into_iter().collect();
     lost.sort();
     let mut failed: HashMap<JobId, Vec<TaskOutcome>> = HashMap::new();
+    // A worker that left on purpose killed nobody: its tasks just go back.
+    let died = why != GOODBYE;
     for tid in lost {
         let default_kills = core.config.max_worker_kills;
         let task = core.get_task_mut(tid);
         let max_kills = task.max_worker_kills.unwrap_or(default_kills).max(1);
-        task.killed.push(id);
+        if died {
+            task.killed.push(id);
+        }
         if task.killed.len() as u32 >= max_kills {
             let names: Vec<String> = task.killed.iter().map(|w| w.to_string()).collect();
             let error = format!(
@@ -104,6 +110,7 @@ pub fn on_connection_closed(core: &mut Core, fx: &mut impl Effects, now: u64, co
         on_worker_lost(core, fx, now, wid, "connection closed");
     }
     core.stale_conns.remove(&conn);
+    on_nanny_left(core, conn);
     for job in core.jobs.values_mut() {
         job.watchers.retain(|c| *c != conn);
     }
@@ -266,6 +273,7 @@ pub fn on_list_workers(core: &Core, fx: &mut impl Effects, conn: ConnId) {
             pid: w.pid,
             slots: w.slots,
             running: w.assigned.len() as u32,
+            nanny: w.nanny.clone(),
         })
         .collect();
     fx.to_client(conn, ToClient::Workers { workers });
@@ -434,5 +442,96 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                 core.ready.push_back(TaskId { job, idx: idx as u32 });
             }
         }
+    }
+}
+
+/// A worker stops taking work: the queued tasks it hands back go to others;
+/// it keeps (and will report) the ones it runs.
+pub fn on_worker_draining(core: &mut Core, fx: &mut impl Effects, conn: ConnId, returned: Vec<TaskId>) {
+    let Some(wid) = core.worker_by_conn.get(&conn).copied() else { return };
+    let w = core.workers.get_mut(&wid).expect("registered worker");
+    w.draining = true;
+    let mut back: Vec<TaskId> = returned.into_iter().filter(|t| w.assigned.remove(t)).collect();
+    tracing::info!(worker = %wid, returned = back.len(), running = w.assigned.len(), "worker draining");
+    back.sort();
+    for tid in back.into_iter().rev() {
+        core.get_task_mut(tid).state = TaskState::Ready;
+        core.ready.push_front(tid);
+    }
+    schedule(core, fx);
+}
+
+pub fn on_nanny_registered(
+    core: &mut Core,
+    fx: &mut impl Effects,
+    conn: ConnId,
+    host: String,
+    pid: u32,
+    slots: Vec<SlotInfo>,
+) {
+    let id = match core.nanny_by_conn.get(&conn) {
+        Some(id) => *id,
+        None => {
+            core.next_nanny += 1;
+            core.next_nanny
+        }
+    };
+    tracing::info!(nanny = id, host = %host, pid, slots = slots.len(), "nanny registered");
+    core.nanny_by_conn.insert(conn, id);
+    core.nannies.insert(id, NannyRecord { conn, host, pid, slots });
+    fx.to_nanny(conn, ToNanny::Registered { nanny: id });
+}
+
+pub fn on_nanny_slot(core: &mut Core, conn: ConnId, info: SlotInfo) {
+    let Some(n) = core.nanny_by_conn.get(&conn).and_then(|id| core.nannies.get_mut(id)) else { return };
+    if let SlotState::Failed { reason } = &info.state {
+        tracing::error!(host = %n.host, nanny_pid = n.pid, slot = info.slot, %reason, "worker slot failed");
+    }
+    match n.slots.iter_mut().find(|s| s.slot == info.slot) {
+        Some(s) => *s = info,
+        None => n.slots.push(info),
+    }
+}
+
+pub fn on_nanny_left(core: &mut Core, conn: ConnId) {
+    if let Some(id) = core.nanny_by_conn.remove(&conn) {
+        if let Some(n) = core.nannies.remove(&id) {
+            tracing::info!(nanny = id, host = %n.host, pid = n.pid, "nanny disconnected");
+        }
+    }
+}
+
+pub fn on_list_nannies(core: &Core, fx: &mut impl Effects, conn: ConnId) {
+    let nannies = core
+        .nannies
+        .iter()
+        .map(|(id, n)| NannyInfo { id: *id, host: n.host.clone(), pid: n.pid, slots: n.slots.clone() })
+        .collect();
+    fx.to_client(conn, ToClient::Nannies { nannies });
+}
+
+/// Forwards an operator's restart request to the worker's nanny.
+pub fn on_restart_worker(core: &mut Core, fx: &mut impl Effects, conn: ConnId, worker: WorkerId) {
+    let reply = match core.workers.get(&worker) {
+        None => Err(format!("no worker {worker} (see `actord ctl workers`)")),
+        Some(w) => match &w.nanny {
+            None => Err(format!("worker {worker} (pid {} on {}) was not started by a nanny", w.pid, w.host)),
+            Some(slot) => core
+                .nannies
+                .values()
+                .find(|n| n.pid == slot.pid && n.host == w.host)
+                .map(|n| {
+                    fx.to_nanny(n.conn, ToNanny::RestartWorker { slot: slot.slot });
+                    format!(
+                        "asked the nanny (pid {} on {}) to restart {worker} in slot {}",
+                        n.pid, n.host, slot.slot
+                    )
+                })
+                .ok_or_else(|| format!("the nanny of worker {worker} (pid {}) is not connected", slot.pid)),
+        },
+    };
+    match reply {
+        Ok(message) => fx.to_client(conn, ToClient::Done { message }),
+        Err(message) => fx.to_client(conn, ToClient::Error { job: None, message }),
     }
 }

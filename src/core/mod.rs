@@ -10,13 +10,14 @@ pub use handlers::*;
 
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use crate::persistence::Record;
-use crate::protocol::{Outcome, TaskKind, ToClient, ToWorker};
+use crate::protocol::{Outcome, SlotInfo, TaskKind, ToClient, ToNanny, ToWorker};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// Everything a handler may cause outside the core.
 pub trait Effects {
     fn to_worker(&mut self, conn: ConnId, msg: ToWorker);
     fn to_client(&mut self, conn: ConnId, msg: ToClient);
+    fn to_nanny(&mut self, conn: ConnId, msg: ToNanny);
     /// Appended and flushed before any message of the same step is sent.
     fn journal(&mut self, record: Record);
     /// Close a connection after its pending messages are sent.
@@ -98,11 +99,24 @@ pub struct Worker {
     /// Moving average of its tasks' run time; `None` until it reports one.
     pub avg_task_us: Option<f64>,
     pub last_seen: u64,
+    /// Draining: finishing what it runs, taking nothing new.
+    pub draining: bool,
+}
+
+/// A nanny connected to this scheduler, and what its slots are doing.
+pub struct NannyRecord {
+    pub conn: ConnId,
+    pub host: String,
+    pub pid: u32,
+    pub slots: Vec<SlotInfo>,
 }
 
 impl Worker {
     /// How many tasks this worker may hold at once (running + prefetched).
     pub fn capacity(&self, cfg: &CoreConfig) -> usize {
+        if self.draining {
+            return 0;
+        }
         let per_slot = match self.avg_task_us {
             None => 1,
             Some(avg) => ((cfg.prefetch_target_us as f64 / avg.max(1.0)) as u64)
@@ -127,6 +141,9 @@ pub struct Core {
     /// Connections whose worker was declared lost while the connection
     /// stayed open; `true` once told to re-register.
     pub stale_conns: HashMap<ConnId, bool>,
+    pub nannies: BTreeMap<u64, NannyRecord>,
+    pub nanny_by_conn: HashMap<ConnId, u64>,
+    pub next_nanny: u64,
 }
 
 impl Core {
@@ -157,6 +174,10 @@ impl Core {
             assigned_total += w.assigned.len();
         }
         assert_eq!(self.worker_by_conn.len(), self.workers.len());
+        assert_eq!(self.nanny_by_conn.len(), self.nannies.len());
+        for (id, n) in &self.nannies {
+            assert_eq!(self.nanny_by_conn.get(&n.conn), Some(id), "conn map of nanny {id}");
+        }
         let ready: HashSet<TaskId> = self.ready.iter().copied().collect();
         assert_eq!(ready.len(), self.ready.len(), "a task is queued twice");
         let mut n_assigned = 0;

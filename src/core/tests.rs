@@ -9,6 +9,7 @@ use bytes::Bytes;
 struct TestFx {
     workers: Vec<(ConnId, ToWorker)>,
     clients: Vec<(ConnId, ToClient)>,
+    nannies: Vec<(ConnId, ToNanny)>,
     journal: Vec<Record>,
     closed: Vec<ConnId>,
 }
@@ -22,6 +23,10 @@ impl Effects for TestFx {
     fn to_client(&mut self, conn: ConnId, msg: ToClient) {
         let bytes = crate::protocol::conn::encode(&msg).unwrap();
         self.clients.push((conn, crate::protocol::conn::decode(&bytes).unwrap()));
+    }
+    fn to_nanny(&mut self, conn: ConnId, msg: ToNanny) {
+        let bytes = crate::protocol::conn::encode(&msg).unwrap();
+        self.nannies.push((conn, crate::protocol::conn::decode(&bytes).unwrap()));
     }
     fn journal(&mut self, record: Record) {
         self.journal.push(record);
@@ -220,6 +225,7 @@ fn prefetch_grows_with_short_tasks_and_stays_small_for_long_ones() {
         assigned: Default::default(),
         avg_task_us: None,
         last_seen: 0,
+        draining: false,
     };
     assert_eq!(w.capacity(&cfg), 4);
     w.avg_task_us = Some(1.0);

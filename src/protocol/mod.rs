@@ -22,6 +22,7 @@ pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 pub enum Role {
     Client,
     Worker,
+    Nanny,
 }
 
 /// The first frame of every connection, from the side that connected.
@@ -107,6 +108,9 @@ pub enum FromWorker {
     Heartbeat,
     /// The worker is shutting down on purpose (its nanny or a signal asked).
     Goodbye,
+    /// The worker is draining: it takes no new tasks and hands back these
+    /// queued ones; it finishes and reports its running ones, then says `Goodbye`.
+    Draining { returned: Vec<TaskId> },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,15 +169,41 @@ pub enum FromClient {
     Watch { job: JobId },
     /// List registered workers.
     Workers,
+    /// List connected nannies and their slots.
+    Nannies,
+    /// Ask the worker's nanny to restart it.
+    RestartWorker { worker: WorkerId },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ToClient {
-    Submitted { job: JobId, tasks: u32 },
-    Outcomes { job: JobId, outcomes: Vec<TaskOutcome> },
-    JobDone { job: JobId, finished: u32, failed: u32 },
-    Workers { workers: Vec<WorkerInfo> },
-    Error { job: Option<JobId>, message: String },
+    Submitted {
+        job: JobId,
+        tasks: u32,
+    },
+    Outcomes {
+        job: JobId,
+        outcomes: Vec<TaskOutcome>,
+    },
+    JobDone {
+        job: JobId,
+        finished: u32,
+        failed: u32,
+    },
+    Workers {
+        workers: Vec<WorkerInfo>,
+    },
+    Nannies {
+        nannies: Vec<NannyInfo>,
+    },
+    /// An admin request was carried out.
+    Done {
+        message: String,
+    },
+    Error {
+        job: Option<JobId>,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -190,4 +220,63 @@ pub struct WorkerInfo {
     pub pid: u32,
     pub slots: u32,
     pub running: u32,
+    /// Nanny pid and slot, for workers a nanny started.
+    pub nanny: Option<NannySlot>,
+}
+
+// ---- nanny <-> scheduler ----
+
+/// What a nanny slot is doing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotState {
+    Running {
+        pid: u32,
+    },
+    /// The worker exited; a new one starts after `in_ms` (backoff).
+    Restarting {
+        in_ms: u64,
+        last_exit: String,
+    },
+    /// Too many restarts within the restart window: the slot is left empty.
+    Failed {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    pub slot: u32,
+    pub state: SlotState,
+    /// Restarts since the nanny started.
+    pub restarts: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FromNanny {
+    /// First message after the handshake, and again after a reconnect.
+    Register { host: String, pid: u32, slots: Vec<SlotInfo> },
+    /// A slot changed state.
+    Slot { info: SlotInfo },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ToNanny {
+    Registered {
+        nanny: u64,
+    },
+    /// Restart the worker in this slot (an operator asked).
+    RestartWorker {
+        slot: u32,
+    },
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NannyInfo {
+    pub id: u64,
+    pub host: String,
+    pub pid: u32,
+    pub slots: Vec<SlotInfo>,
 }
