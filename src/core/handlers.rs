@@ -322,10 +322,11 @@ pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId
         return;
     }
     let mut by_job: HashMap<JobId, Vec<TaskOutcome>> = HashMap::new();
+    let mut dropped = 0;
     for r in reports {
         let known = core.find_task(r.task).map(|t| t.outcome.is_none());
         if known != Some(true) {
-            core.duplicate_reports += 1;
+            dropped += 1;
             continue;
         }
         if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
@@ -354,6 +355,10 @@ pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId
     }
     for (job, outcomes) in by_job {
         notify_watchers(core, fx, job, outcomes);
+    }
+    if dropped > 0 {
+        core.duplicate_reports += dropped;
+        tracing::info!(conn = %conn, dropped, "dropped late reports of tasks already recorded");
     }
     if wid.is_none() {
         tell_stale(core, fx, conn);

@@ -96,15 +96,30 @@ impl Drop for Proc {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub file: PathBuf,
+    /// A config file every process of this cluster reads, if the test set one.
+    pub config: Option<PathBuf>,
     pub scheduler: Proc,
     pub nanny: Option<Proc>,
 }
 
 impl Cluster {
     pub fn scheduler_only() -> Cluster {
+        Cluster::scheduler_with_config(None)
+    }
+
+    /// A scheduler whose processes all read `config` (TOML) on top of the defaults.
+    pub fn scheduler_with_config(config: Option<&str>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("scheduler.json");
+        let config = config.map(|text| {
+            let p = dir.path().join("actord.toml");
+            std::fs::write(&p, text).unwrap();
+            p
+        });
         let mut cmd = actord();
+        if let Some(c) = &config {
+            cmd.arg("--config").arg(c);
+        }
         cmd.args(["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file"]).arg(&file);
         let scheduler = Proc::spawn("scheduler", cmd, dir.path());
         assert!(
@@ -112,7 +127,7 @@ impl Cluster {
             "scheduler file never appeared:\n{}",
             scheduler.log_text()
         );
-        Cluster { dir, file, scheduler, nanny: None }
+        Cluster { dir, file, config, scheduler, nanny: None }
     }
 
     pub fn start(workers: u32, threads: u32) -> Cluster {
@@ -121,21 +136,62 @@ impl Cluster {
         c
     }
 
-    pub fn start_nanny(&mut self, workers: u32, threads: u32) {
+    pub fn start_with_config(workers: u32, threads: u32, config: &str) -> Cluster {
+        let mut c = Cluster::scheduler_with_config(Some(config));
+        c.start_nanny(workers, threads);
+        c
+    }
+
+    /// Starts a nanny (extra flags after the standard ones) without waiting for its workers.
+    pub fn spawn_nanny(&mut self, workers: u32, threads: u32, extra: &[&str]) {
         let mut cmd = actord();
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
         cmd.args(["nanny", "--workers", &workers.to_string(), "--threads", &threads.to_string()])
             .arg("--scheduler-file")
-            .arg(&self.file);
+            .arg(&self.file)
+            .args(extra);
         self.nanny = Some(Proc::spawn("nanny", cmd, self.dir.path()));
+    }
+
+    pub fn start_nanny(&mut self, workers: u32, threads: u32) {
+        self.spawn_nanny(workers, threads, &[]);
         let out = self.run(&["wait", "--workers", &workers.to_string(), "--timeout", "30s"]);
         assert!(out.status.success(), "workers never registered: {}", stderr(&out));
     }
 
     /// Runs a client command against this cluster (bounded by its own timeouts).
     pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// A client command against this cluster, to run or spawn.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = actord();
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
         cmd.arg(args[0]).arg("--scheduler-file").arg(&self.file).args(&args[1..]);
-        cmd.stdin(Stdio::null()).output().unwrap()
+        cmd
+    }
+
+    /// `ctl workers --json` as (id, pid, nanny slot).
+    pub fn workers(&self) -> Vec<(String, i32, Option<u64>)> {
+        let out = self.run(&["ctl", "workers", "--json"]);
+        assert!(out.status.success(), "ctl workers: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    format!("w{}", w["id"]),
+                    w["pid"].as_i64().unwrap() as i32,
+                    w["nanny"].get("slot").and_then(|s| s.as_u64()),
+                )
+            })
+            .collect()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
