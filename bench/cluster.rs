@@ -49,9 +49,9 @@ fn parse() -> Result<Opts, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    if o.workload != "noop" {
+    if o.workload != "noop" && o.workload != "respawn" {
         return Err(
-            "usage: cluster noop [--n N] [--workers K] [--threads T] [--repeat R] [--warmup W] [--journal]"
+            "usage: cluster noop|respawn [--n N] [--workers K] [--threads T] [--repeat R] [--warmup W] [--journal]"
                 .into(),
         );
     }
@@ -114,6 +114,48 @@ async fn run_map(client: &mut Client, n: u64) -> Result<(f64, f64), String> {
     Ok((wall, submit))
 }
 
+/// kill -9 of a worker → its replacement registered, as the client sees it
+/// (polling the worker list every millisecond), `repeat` times.
+async fn respawn(client: &mut Client, o: &Opts) {
+    let mut times = Vec::new();
+    for r in 0..o.repeat {
+        let before = client.workers().await.expect("workers");
+        let victim = &before[r % before.len()];
+        let t0 = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill");
+        loop {
+            let now = client.workers().await.expect("workers");
+            let replaced = now.iter().any(|w| w.nanny == victim.nanny && w.id != victim.id);
+            if replaced && now.len() == before.len() {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                panic!("no replacement within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        eprintln!("respawn {}/{}: {:.1} ms", r + 1, o.repeat, dt * 1e3);
+        times.push(dt);
+        // Each kill is an isolated death (past the nanny's min_uptime), not a crash loop.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    let rec = serde_json::json!({
+        "system": "actord",
+        "workload": "respawn",
+        "workers": o.workers,
+        "threads_per_worker": o.threads,
+        "repeat": o.repeat,
+        "kill_to_registered_s_median": (median(times.clone()) * 1e4).round() / 1e4,
+        "kill_to_registered_s_all": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
+    });
+    println!("{rec}");
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -142,6 +184,10 @@ async fn main() {
         spawn(dir.path(), "nanny", &["nanny", "--workers", &w, "--threads", &t, "--scheduler-file", &file_s]);
     let mut client = Client::connect(&file, Duration::from_secs(30)).await.expect("connect");
     client.wait_for_workers(o.workers as usize, Duration::from_secs(30)).await.expect("workers");
+    if o.workload == "respawn" {
+        respawn(&mut client, &o).await;
+        return;
+    }
     let worker_pids: Vec<u32> = client.workers().await.expect("workers").iter().map(|w| w.pid).collect();
     if o.warmup > 0 {
         run_map(&mut client, o.warmup).await.expect("warmup");

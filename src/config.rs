@@ -48,6 +48,8 @@ pub struct NannyConfig {
     #[serde(deserialize_with = "de_duration")]
     pub restart_window: Duration,
     #[serde(deserialize_with = "de_duration")]
+    pub min_uptime: Duration,
+    #[serde(deserialize_with = "de_duration")]
     pub backoff_base: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub backoff_max: Duration,

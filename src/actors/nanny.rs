@@ -38,6 +38,9 @@ pub struct NannyOptions {
     pub memory_poll: Duration,
     /// How long a worker may take to drain after SIGTERM before SIGKILL.
     pub stop_grace: Duration,
+    /// A worker that dies sooner than this after starting is in a crash loop
+    /// and backs off; one that lived longer is restarted at once.
+    pub min_uptime: Duration,
 }
 
 pub enum NannyMsg {
@@ -60,6 +63,11 @@ struct Slot {
     total_restarts: u32,
     /// The next exit was asked for: restart at once, not counted.
     requested: bool,
+    /// When the current worker was started, to tell a crash loop from a
+    /// worker that ran fine for a while.
+    started: Instant,
+    /// Deaths in a row within `min_uptime` of starting.
+    quick_deaths: u32,
 }
 
 pub struct NannyState {
@@ -96,7 +104,8 @@ async fn spawn_slot(
     Ok(actor)
 }
 
-/// Delay before restarting a slot that restarted `recent` times within the window.
+/// Delay before restarting a slot after `recent` quick deaths in a row
+/// beyond the first.
 fn backoff(opts: &NannyOptions, recent: usize) -> Duration {
     if recent == 0 {
         return Duration::ZERO;
@@ -125,6 +134,8 @@ impl Actor for Nanny {
                 recent: VecDeque::new(),
                 total_restarts: 0,
                 requested: false,
+                started: Instant::now(),
+                quick_deaths: 0,
             });
         }
         tracing::info!(workers = opts.workers, "nanny started its workers");
@@ -143,7 +154,9 @@ impl Actor for Nanny {
                 let s = &st.slots[slot as usize];
                 if !st.stopping && s.actor.is_none() {
                     let actor = spawn_slot(&myself, &st.opts, slot).await?;
-                    st.slots[slot as usize].actor = Some(actor);
+                    let s = &mut st.slots[slot as usize];
+                    s.actor = Some(actor);
+                    s.started = Instant::now();
                 }
             }
             NannyMsg::RestartWorker(slot) => {
@@ -160,7 +173,9 @@ impl Actor for Nanny {
                     None if !st.stopping => {
                         // A failed slot gets a fresh start.
                         s.recent.clear();
+                        s.quick_deaths = 0;
                         s.actor = Some(spawn_slot(&myself, &st.opts, slot).await?);
+                        s.started = Instant::now();
                     }
                     None => {}
                 }
@@ -207,9 +222,15 @@ impl Actor for Nanny {
         // dying; past `max_restarts` within `restart_window`, give up on it.
         if std::mem::take(&mut s.requested) {
             s.actor = Some(spawn_slot(&myself, &opts, slot).await?);
+            s.started = Instant::now();
             return Ok(());
         }
         let now = Instant::now();
+        if now.duration_since(s.started) < opts.min_uptime {
+            s.quick_deaths += 1;
+        } else {
+            s.quick_deaths = 0;
+        }
         while s.recent.front().is_some_and(|t| now.duration_since(*t) > opts.restart_window) {
             s.recent.pop_front();
         }
@@ -223,13 +244,14 @@ impl Actor for Nanny {
             st.tell(slot, SlotState::Failed { reason });
             return Ok(());
         }
-        let delay = backoff(&opts, s.recent.len());
+        let delay = backoff(&opts, s.quick_deaths.saturating_sub(1) as usize);
         s.recent.push_back(now);
         s.total_restarts += 1;
         tracing::warn!(slot, restart_in_ms = delay.as_millis() as u64, reason = %why, "worker exited; restarting it");
         st.tell(slot, SlotState::Restarting { in_ms: delay.as_millis() as u64, last_exit: why });
         if delay.is_zero() {
             st.slots[idx].actor = Some(spawn_slot(&myself, &opts, slot).await?);
+            st.slots[idx].started = Instant::now();
         } else {
             myself.send_after(delay, move || NannyMsg::Respawn(slot));
         }
@@ -513,6 +535,7 @@ mod tests {
             memory_limit: None,
             memory_poll: Duration::from_secs(1),
             stop_grace: Duration::from_secs(5),
+            min_uptime: Duration::from_secs(1),
         };
         let delays: Vec<u128> = (0..7).map(|n| backoff(&opts, n).as_millis()).collect();
         assert_eq!(delays, vec![0, 100, 200, 400, 800, 1000, 1000]);

@@ -179,6 +179,7 @@ async fn start_nanny(
         memory_limit,
         memory_poll: n.memory_poll,
         stop_grace: n.stop_grace,
+        min_uptime: n.min_uptime,
     };
     let (nanny, join) = Actor::spawn(None, Nanny, opts).await.map_err(failed)?;
     Ok((nanny, NannyJoin(join)))
