@@ -10,8 +10,16 @@
 //!                             a failure is logged, the others carry on
 //! nanny process
 //!   Nanny                     supervisor of one actor per worker process
-//!     ├─ WorkerProc (slot 0)  spawns `actord worker`, watches its exit
-//!     └─ WorkerProc (slot n)  policy: see nanny.rs
+//!     ├─ WorkerProc (slot 0)  spawns `actord worker` (PDEATHSIG), watches its
+//!     │                       exit and its memory
+//!     ├─ WorkerProc (slot n)  policy: restart at once; in a crash loop (deaths
+//!     │                       within min_uptime) back off, doubling; past
+//!     │                       max_restarts per restart_window leave the slot
+//!     │                       empty and report it failed; an operator's
+//!     │                       restart is immediate and not counted
+//!     └─ (link task)          registers the nanny with the scheduler, reports
+//!                             slot changes, forwards restart requests
+//! worker process (not an actor tree): slot threads + one connection loop
 //! ```
 //!
 //! Stopping the root (`SchedulerHandle::stop`, `Nanny` stop) stops its
