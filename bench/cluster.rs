@@ -4,7 +4,7 @@
 //! line with the same field names as the Dask harness in peers/dask.
 //!
 //!   cargo bench --bench cluster -- noop --n 10000 [--workers 2] [--threads 1]
-//!         [--repeat 3] [--warmup 200] [--journal]
+//!         [--repeat 3] [--warmup 200] [--no-journal]
 //!
 //! CPU figures cover the timed repetitions only (from /proc, 10 ms ticks).
 //!
@@ -34,7 +34,7 @@ fn parse() -> Result<Opts, String> {
         threads: 1,
         repeat: 3,
         warmup: 200,
-        journal: false,
+        journal: true,
     };
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -45,13 +45,14 @@ fn parse() -> Result<Opts, String> {
             "--repeat" => o.repeat = val("--repeat")?.parse().map_err(|e| format!("--repeat: {e}"))?,
             "--warmup" => o.warmup = val("--warmup")?.parse().map_err(|e| format!("--warmup: {e}"))?,
             "--journal" => o.journal = true,
+            "--no-journal" => o.journal = false,
             w if !w.starts_with('-') && o.workload.is_empty() => o.workload = w.to_string(),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     if o.workload != "noop" && o.workload != "respawn" {
         return Err(
-            "usage: cluster noop|respawn [--n N] [--workers K] [--threads T] [--repeat R] [--warmup W] [--journal]"
+            "usage: cluster noop|respawn [--n N] [--workers K] [--threads T] [--repeat R] [--warmup W] [--no-journal]"
                 .into(),
         );
     }
@@ -177,6 +178,8 @@ async fn main() {
     let mut sargs = vec!["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", &file_s];
     if o.journal {
         sargs.extend(["--journal", journal.to_str().unwrap()]);
+    } else {
+        sargs.push("--no-journal");
     }
     let scheduler = spawn(dir.path(), "scheduler", &sargs);
     let (w, t) = (o.workers.to_string(), o.threads.to_string());

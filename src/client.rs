@@ -16,6 +16,7 @@ use crate::protocol::{
 };
 use crate::schedfile::{resolve_path, wait_for_file, SchedulerFile};
 use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,14 @@ pub struct Client {
     conn: Conn,
     pub file: SchedulerFile,
     pub path: PathBuf,
+    /// How long to keep trying to reach a (restarted) scheduler.
+    pub timeout: Duration,
+}
+
+/// A lost connection (as opposed to an answer we did not like): worth a reconnect.
+fn is_transport(e: &ClientError) -> bool {
+    use crate::protocol::ConnError::*;
+    matches!(e, ClientError::Conn(Closed | Io(_) | Timeout(_)))
 }
 
 impl Client {
@@ -102,16 +111,17 @@ impl Client {
         loop {
             let left = timeout.saturating_sub(start.elapsed());
             let file = wait_for_file(path, left).await.map_err(ClientError::Connect)?;
-            let attempt = Conn::connect(
+            let attempt = Conn::connect_epoch(
                 file.socket_addr(),
                 Role::Client,
                 &file.secret,
+                file.epoch,
                 DEFAULT_MAX_FRAME,
                 Duration::from_secs(5),
             )
             .await;
             match attempt {
-                Ok((conn, _)) => return Ok(Client { conn, file, path: path.to_path_buf() }),
+                Ok((conn, _)) => return Ok(Client { conn, file, path: path.to_path_buf(), timeout }),
                 Err(crate::protocol::ConnError::Rejected(e)) => return Err(ClientError::Scheduler(e)),
                 Err(e) if start.elapsed() >= timeout => {
                     return Err(ClientError::Connect(format!(
@@ -131,6 +141,17 @@ impl Client {
         }
     }
 
+    /// Connects again, re-reading the scheduler file (the scheduler may have
+    /// restarted elsewhere), within `self.timeout`.
+    pub async fn reconnect(&mut self) -> Result<(), ClientError> {
+        tracing::warn!(scheduler = %self.file.address, "lost the scheduler; reconnecting");
+        let fresh = Client::connect(&self.path, self.timeout).await?;
+        self.conn = fresh.conn;
+        self.file = fresh.file;
+        tracing::info!(scheduler = %self.file.address, epoch = self.file.epoch, "reconnected");
+        Ok(())
+    }
+
     async fn expect_reply(&mut self) -> Result<ToClient, ClientError> {
         match self.conn.read::<ToClient>().await? {
             ToClient::Error { message, .. } => Err(ClientError::Scheduler(message)),
@@ -146,10 +167,21 @@ impl Client {
         name: &str,
         tasks: Vec<TaskSpec>,
     ) -> Result<JobHandle, ClientError> {
-        self.conn.write(&FromClient::Submit { job, name: name.into(), tasks }).await?;
-        match self.expect_reply().await? {
-            ToClient::Submitted { job: j, tasks } if j == job => Ok(JobHandle { id: job, tasks }),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        let msg = FromClient::Submit { job, name: name.into(), tasks };
+        loop {
+            // Resubmitting the same job id after a lost reply is harmless.
+            let attempt = async {
+                self.conn.write(&msg).await?;
+                self.expect_reply().await
+            };
+            match attempt.await {
+                Ok(ToClient::Submitted { job: j, tasks }) if j == job => {
+                    return Ok(JobHandle { id: job, tasks })
+                }
+                Ok(other) => return Err(ClientError::Protocol(format!("{other:?}"))),
+                Err(e) if is_transport(&e) => self.reconnect().await?,
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -169,7 +201,7 @@ impl Client {
     /// Outcomes in completion order; call `next` until it returns `None`.
     pub async fn as_completed(&mut self, job: JobId) -> Result<AsCompleted<'_>, ClientError> {
         self.conn.write(&FromClient::Watch { job }).await?;
-        Ok(AsCompleted { client: self, job, buffer: Vec::new(), done: false })
+        Ok(AsCompleted { client: self, job, buffer: Vec::new(), done: false, seen: HashSet::new() })
     }
 
     /// Waits for every task of the job and returns the outcomes in task order.
@@ -209,6 +241,15 @@ impl Client {
         }
     }
 
+    /// Drops a finished job and its results from the scheduler and journal.
+    pub async fn forget(&mut self, job: JobId) -> Result<String, ClientError> {
+        self.conn.write(&FromClient::Forget { job }).await?;
+        match self.expect_reply().await? {
+            ToClient::Done { message } => Ok(message),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// Asks the worker's nanny to restart it; returns what the scheduler did.
     pub async fn restart_worker(&mut self, worker: crate::ids::WorkerId) -> Result<String, ClientError> {
         self.conn.write(&FromClient::RestartWorker { worker }).await?;
@@ -242,18 +283,33 @@ pub struct AsCompleted<'a> {
     job: JobId,
     buffer: Vec<TaskOutcome>,
     done: bool,
+    /// Tasks already returned: after a reconnect the scheduler sends them again.
+    seen: HashSet<u32>,
 }
 
 impl AsCompleted<'_> {
+    /// The next outcome; survives a scheduler restart (reconnects and
+    /// watches the job again, skipping outcomes already returned).
     pub async fn next(&mut self) -> Result<Option<TaskOutcome>, ClientError> {
         loop {
             if let Some(o) = self.buffer.pop() {
-                return Ok(Some(o));
+                if self.seen.insert(o.idx) {
+                    return Ok(Some(o));
+                }
+                continue;
             }
             if self.done {
                 return Ok(None);
             }
-            match self.client.expect_reply().await? {
+            let reply = match self.client.expect_reply().await {
+                Err(e) if is_transport(&e) => {
+                    self.client.reconnect().await?;
+                    self.client.conn.write(&FromClient::Watch { job: self.job }).await?;
+                    continue;
+                }
+                other => other?,
+            };
+            match reply {
                 ToClient::Outcomes { job, mut outcomes } if job == self.job => {
                     outcomes.reverse();
                     self.buffer = outcomes;

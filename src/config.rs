@@ -27,6 +27,10 @@ pub struct SchedulerConfig {
     pub max_worker_kills: u32,
     #[serde(deserialize_with = "de_duration")]
     pub heartbeat_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub reclaim_grace: Duration,
+    #[serde(deserialize_with = "de_optional_duration")]
+    pub retention: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -78,6 +82,15 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
         Raw::Text(t) => crate::util::parse_duration(&t),
     }
     .map_err(serde::de::Error::custom)
+}
+
+/// A duration, or "none".
+fn de_optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    crate::util::parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {

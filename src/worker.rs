@@ -8,7 +8,7 @@ use crate::protocol::conn::{decode, encode, next_frame, FrameSink, FrameStream};
 use crate::protocol::{Assignment, Conn, FromWorker, Outcome, Role, TaskKind, TaskReport, ToWorker};
 use crate::schedfile::{wait_for_file, SchedulerFile};
 use futures::SinkExt;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -70,7 +70,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
     }
     drop(report_tx);
 
-    let mut unsent: Vec<TaskReport> = Vec::new();
+    let mut book = Book::default();
     let mut lost_since: Option<Instant> = None;
     let mut last_error = String::new();
     let mut backoff = Duration::from_millis(50);
@@ -101,17 +101,22 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
             }
         };
         backoff = Duration::from_millis(50);
-        // Assignments queued under the old registration are the scheduler's to requeue.
-        while task_rx.try_recv().is_ok() {}
-        let slots = Slots { tx: &task_tx, rx: &task_rx, reports: &mut report_rx };
-        let end = session(&opts, &registry, conn, slots, &worker_id, &mut unsent, &mut term).await;
+        let mut slots = Slots { tx: &task_tx, rx: &task_rx, reports: &mut report_rx };
+        book.reconnected(&mut slots);
+        let end = session(&opts, &registry, conn, slots, &worker_id, &mut book, &mut term).await;
         match end {
             SessionEnd::Shutdown => {
                 tracing::info!("worker shutting down");
                 return Ok(());
             }
             SessionEnd::Lost(why) => {
-                tracing::warn!(scheduler = %file.address, reason = %why, "lost the scheduler; reconnecting");
+                tracing::warn!(
+                    scheduler = %file.address,
+                    reason = %why,
+                    running = book.held.len(),
+                    unacknowledged = book.unacked.len(),
+                    "lost the scheduler; running tasks go on, reconnecting"
+                );
                 last_error = why;
                 lost_since = Some(Instant::now());
             }
@@ -121,10 +126,11 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
 
 async fn connect(opts: &WorkerOptions, timeout: Duration) -> Result<(Conn, SchedulerFile), String> {
     let file = wait_for_file(&opts.scheduler_file, timeout).await?;
-    let (conn, _) = Conn::connect(
+    let (conn, _) = Conn::connect_epoch(
         file.socket_addr(),
         Role::Worker,
         &file.secret,
+        file.epoch,
         opts.max_frame,
         Duration::from_secs(5).min(timeout.max(Duration::from_millis(100))),
     )
@@ -147,43 +153,83 @@ impl Slots<'_> {
     }
 }
 
+/// The worker's bookkeeping across connections: what it runs, and which
+/// results the scheduler has not yet acknowledged as durable.
+#[derive(Default)]
+struct Book {
+    /// Tasks received and not yet finished, with their attempt.
+    held: HashMap<TaskId, u32>,
+    /// Finished, not yet acknowledged: re-sent after every reconnect.
+    unacked: HashMap<TaskId, TaskReport>,
+    /// Reports not yet sent on the current connection.
+    unsent: Vec<TaskReport>,
+}
+
+impl Book {
+    /// A new connection: queued tasks are dropped (the scheduler requeues
+    /// them), every unacknowledged result is sent again.
+    fn reconnected(&mut self, slots: &mut Slots) {
+        self.drop_queued(slots);
+        // Results finished while disconnected are unacked already; take them in.
+        while let Ok(r) = slots.reports.try_recv() {
+            self.finished(r);
+        }
+        self.unsent = self.unacked.values().cloned().collect();
+    }
+
+    fn drop_queued(&mut self, slots: &Slots) -> Vec<TaskId> {
+        let queued = slots.take_queued();
+        for t in &queued {
+            self.held.remove(t);
+        }
+        queued
+    }
+
+    fn finished(&mut self, r: TaskReport) {
+        self.held.remove(&r.task);
+        self.unacked.insert(r.task, r.clone());
+        self.unsent.push(r);
+    }
+
+    fn running(&self) -> Vec<(TaskId, u32)> {
+        self.held.iter().map(|(t, a)| (*t, *a)).collect()
+    }
+
+    /// Moves every report the slots have ready into `unsent` (a frame's worth).
+    fn collect(&mut self, first: TaskReport, slots: &mut Slots) {
+        self.finished(first);
+        while self.unsent.len() < MAX_REPORTS_PER_FRAME {
+            match slots.reports.try_recv() {
+                Ok(r) => self.finished(r),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Sends the unsent reports; on failure they stay unacked and are sent
+    /// again on the next connection.
+    async fn flush(&mut self, sink: &mut FrameSink) -> Result<(), String> {
+        if self.unsent.is_empty() {
+            return Ok(());
+        }
+        let msg = FromWorker::Reports { reports: std::mem::take(&mut self.unsent) };
+        send(sink, &msg).await
+    }
+}
+
 async fn send<T: serde::Serialize>(sink: &mut FrameSink, msg: &T) -> Result<(), String> {
     let frame = encode(msg).map_err(|e| e.to_string())?;
     sink.send(frame).await.map_err(|e| e.to_string())
 }
 
-/// Sends the buffered reports; on failure they stay buffered for the next
-/// connection.
-async fn flush_reports(sink: &mut FrameSink, unsent: &mut Vec<TaskReport>) -> Result<(), String> {
-    if unsent.is_empty() {
-        return Ok(());
-    }
-    let msg = FromWorker::Reports { reports: std::mem::take(unsent) };
-    let result = send(sink, &msg).await;
-    if result.is_err() {
-        let FromWorker::Reports { reports } = msg else { unreachable!() };
-        *unsent = reports;
-    }
-    result
-}
-
-/// Moves every report the slots have ready into `unsent` (up to a frame's worth).
-fn collect_reports(
-    first: TaskReport,
-    slots: &mut Slots,
-    unsent: &mut Vec<TaskReport>,
-    held: &mut HashSet<TaskId>,
-) {
-    held.remove(&first.task);
-    unsent.push(first);
-    while unsent.len() < MAX_REPORTS_PER_FRAME {
-        match slots.reports.try_recv() {
-            Ok(r) => {
-                held.remove(&r.task);
-                unsent.push(r);
-            }
-            Err(_) => break,
-        }
+fn register(opts: &WorkerOptions, registry: &Registry, book: &Book) -> FromWorker {
+    FromWorker::Register {
+        slots: opts.threads.max(1),
+        host: crate::util::hostname(),
+        pid: std::process::id(),
+        functions: registry.names(),
+        nanny: opts.nanny.clone(),
+        running: book.running(),
     }
 }
 
@@ -193,26 +239,17 @@ async fn session(
     mut conn: Conn,
     mut slots: Slots<'_>,
     worker_id: &AtomicU64,
-    unsent: &mut Vec<TaskReport>,
+    book: &mut Book,
     term: &mut tokio::signal::unix::Signal,
 ) -> SessionEnd {
-    let register = FromWorker::Register {
-        slots: opts.threads.max(1),
-        host: crate::util::hostname(),
-        pid: std::process::id(),
-        functions: registry.names(),
-        nanny: opts.nanny.clone(),
-    };
-    if let Err(e) = conn.write(&register).await {
+    if let Err(e) = conn.write(&register(opts, registry, book)).await {
         return SessionEnd::Lost(e.to_string());
     }
     let (mut sink, mut stream) = conn.into_split();
-    // Tasks the scheduler gave this connection that have not been reported.
-    let mut held: HashSet<TaskId> = HashSet::new();
     let mut heartbeat = tokio::time::interval(opts.heartbeat);
     heartbeat.tick().await;
     loop {
-        if let Err(e) = flush_reports(&mut sink, unsent).await {
+        if let Err(e) = book.flush(&mut sink).await {
             return SessionEnd::Lost(e);
         }
         tokio::select! {
@@ -228,18 +265,21 @@ async fn session(
                     }
                     Ok(ToWorker::Assign { tasks }) => {
                         for t in tasks {
-                            held.insert(t.task);
+                            book.held.insert(t.task, t.attempt);
                             let _ = slots.tx.send(t);
+                        }
+                    }
+                    Ok(ToWorker::Ack { tasks }) => {
+                        for t in tasks {
+                            book.unacked.remove(&t);
                         }
                     }
                     Ok(ToWorker::Error { message }) => tracing::warn!(%message, "scheduler reports an error"),
                     Ok(ToWorker::Reregister { reason }) => {
                         tracing::warn!(%reason, "registering again as a new worker");
                         // Queued tasks went to others; running ones finish and report.
-                        for t in slots.take_queued() {
-                            held.remove(&t);
-                        }
-                        if let Err(e) = send(&mut sink, &register).await {
+                        book.drop_queued(&slots);
+                        if let Err(e) = send(&mut sink, &register(opts, registry, book)).await {
                             return SessionEnd::Lost(e);
                         }
                     }
@@ -249,7 +289,7 @@ async fn session(
             }
             first = slots.reports.recv() => {
                 let Some(first) = first else { return SessionEnd::Shutdown };
-                collect_reports(first, &mut slots, unsent, &mut held);
+                book.collect(first, &mut slots);
             }
             _ = heartbeat.tick() => {
                 if let Err(e) = send(&mut sink, &FromWorker::Heartbeat).await {
@@ -260,37 +300,33 @@ async fn session(
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    drain(opts, &mut sink, &mut stream, slots, held, unsent).await;
+    drain(opts, &mut sink, &mut stream, slots, book).await;
     SessionEnd::Shutdown
 }
 
-/// Clean stop: hand queued tasks back, finish and report the running ones
-/// (bounded by `drain_timeout`), then say goodbye.
+/// Clean stop: hand queued tasks back, finish and report the running ones,
+/// wait for their acknowledgement (bounded by `drain_timeout`), say goodbye.
 async fn drain(
     opts: &WorkerOptions,
     sink: &mut FrameSink,
     stream: &mut FrameStream,
     mut slots: Slots<'_>,
-    mut held: HashSet<TaskId>,
-    unsent: &mut Vec<TaskReport>,
+    book: &mut Book,
 ) {
-    let returned = slots.take_queued();
-    for t in &returned {
-        held.remove(t);
-    }
-    tracing::info!(returned = returned.len(), running = held.len(), "draining: finishing running tasks");
+    let returned = book.drop_queued(&slots);
+    tracing::info!(returned = returned.len(), running = book.held.len(), "draining: finishing running tasks");
     if send(sink, &FromWorker::Draining { returned }).await.is_err() {
         return;
     }
     let deadline = tokio::time::Instant::now() + opts.drain_timeout;
-    while !held.is_empty() {
+    while !book.held.is_empty() || !book.unacked.is_empty() {
+        if book.flush(sink).await.is_err() {
+            return;
+        }
         tokio::select! {
-            first = slots.reports.recv() => {
+            first = slots.reports.recv(), if !book.held.is_empty() => {
                 let Some(first) = first else { break };
-                collect_reports(first, &mut slots, unsent, &mut held);
-                if flush_reports(sink, unsent).await.is_err() {
-                    return;
-                }
+                book.collect(first, &mut slots);
             }
             frame = next_frame(stream) => match frame.map(|f| decode::<ToWorker>(&f)) {
                 // Sent before the scheduler saw `Draining`: hand them back too.
@@ -300,11 +336,16 @@ async fn drain(
                         return;
                     }
                 }
+                Ok(Ok(ToWorker::Ack { tasks })) => {
+                    for t in tasks {
+                        book.unacked.remove(&t);
+                    }
+                }
                 Ok(_) => {}
                 Err(_) => return,
             },
             _ = tokio::time::sleep_until(deadline) => {
-                tracing::warn!(running = held.len(), "drain timeout: leaving the rest to other workers");
+                tracing::warn!(running = book.held.len(), "drain timeout: leaving the rest to other workers");
                 break;
             }
         }

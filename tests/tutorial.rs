@@ -166,6 +166,7 @@ fn clients_wait_for_a_scheduler_that_starts_later_and_name_a_stale_one() {
     let mut waiter = Proc::spawn("waiter", waiter, dir.path());
     let mut sched = actord();
     sched.args(["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file"]).arg(&file);
+    sched.arg("--journal").arg(dir.path().join("journal"));
     let mut sched = Proc::spawn("scheduler", sched, dir.path());
     let status = waiter.wait_exit(Duration::from_secs(30)).expect("wait returns");
     assert!(status.success(), "{}", waiter.log_text());

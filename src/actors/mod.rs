@@ -49,6 +49,8 @@ pub struct SchedulerOptions {
     pub journal: Option<PathBuf>,
     pub max_frame: usize,
     pub core: CoreConfig,
+    /// After a restart, how long workers have to reclaim their running tasks.
+    pub reclaim_grace: std::time::Duration,
 }
 
 /// A running scheduler: its actors and what it wrote to its scheduler file.
@@ -105,15 +107,23 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
     let records = journal.replay()?;
     let n_records = records.len();
     let mut core = Core::new(opts.core.clone());
-    crate::core::replay(&mut core, crate::util::now_micros(), records);
-    if opts.journal.is_some() {
+    let now = crate::util::now_micros();
+    crate::core::replay(&mut core, now, records);
+    if let AnyJournal::Sled(j) = &journal {
+        let tasks: usize = core.jobs.values().map(|j| j.tasks.len()).sum();
         tracing::info!(
+            journal = %j.dir().display(),
+            epoch = j.epoch(),
             records = n_records,
             jobs = core.jobs.len(),
+            tasks,
+            bytes = j.size_on_disk(),
             ms = t0.elapsed().as_millis() as u64,
             "journal replayed"
         );
     }
+    crate::core::begin_recovery(&mut core, now, opts.reclaim_grace.as_micros() as u64);
+    let epoch = journal.epoch();
 
     let addr = format!("{}:{}", opts.host, opts.port);
     let tcp = tokio::net::TcpListener::bind(&addr)
@@ -124,7 +134,7 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
     let file = SchedulerFile {
         address: format!("tcp://{}", advertised(local)),
         instance: uuid::Uuid::new_v4(),
-        epoch: 0,
+        epoch,
         pid: std::process::id(),
         host: crate::util::hostname(),
         journal: opts.journal.as_ref().map(|p| p.display().to_string()),

@@ -130,8 +130,8 @@ impl Actor for SchedulerActor {
                 st.sessions.insert(conn, session);
             }
             SchedMsg::Worker { conn, msg } => match msg {
-                FromWorker::Register { slots, host, pid, functions, nanny } => {
-                    let w = core::NewWorker { slots, host, pid, functions, nanny };
+                FromWorker::Register { slots, host, pid, functions, nanny, running } => {
+                    let w = core::NewWorker { slots, host, pid, functions, nanny, running };
                     core::on_worker_joined(core, fx, now, conn, w);
                 }
                 FromWorker::Reports { reports } => core::on_reports(core, fx, now, conn, reports),
@@ -151,6 +151,7 @@ impl Actor for SchedulerActor {
                 FromClient::Workers => core::on_list_workers(core, fx, conn),
                 FromClient::Nannies => core::on_list_nannies(core, fx, conn),
                 FromClient::RestartWorker { worker } => core::on_restart_worker(core, fx, conn, worker),
+                FromClient::Forget { job } => core::on_forget(core, fx, conn, job),
             },
             SchedMsg::Nanny { conn, msg } => match msg {
                 FromNanny::Register { host, pid, slots } => {

@@ -54,7 +54,7 @@ pub struct SessionState {
     connected: bool,
 }
 
-fn check_hello(hello: &Hello, secret: &str) -> Result<(), String> {
+fn check_hello(hello: &Hello, secret: &str, epoch: u64) -> Result<(), String> {
     if hello.magic != MAGIC {
         return Err(format!("not an actord peer (magic {:?})", hello.magic));
     }
@@ -66,6 +66,12 @@ fn check_hello(hello: &Hello, secret: &str) -> Result<(), String> {
     }
     if !constant_time_eq(hello.secret.as_bytes(), secret.as_bytes()) {
         return Err("authentication failed: the secret does not match the scheduler file's".into());
+    }
+    if hello.epoch > epoch {
+        return Err(format!(
+            "this scheduler (epoch {epoch}) has been replaced by a newer one (epoch {}): read the scheduler file again",
+            hello.epoch
+        ));
     }
     Ok(())
 }
@@ -89,7 +95,7 @@ impl Actor for Session {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.read::<Hello>()).await {
                 Err(_) => Err(format!("no Hello within {HANDSHAKE_TIMEOUT:?}")),
                 Ok(Err(e)) => Err(format!("expected a Hello frame: {e}")),
-                Ok(Ok(h)) => check_hello(&h, &args.config.secret).map(|_| h),
+                Ok(Ok(h)) => check_hello(&h, &args.config.secret, args.config.epoch).map(|_| h),
             };
         let (sink, stream) = match hello {
             Err(error) => {

@@ -28,13 +28,11 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
     let config = Config::load(config_path.as_deref()).map_err(usage)?;
     match cli.command {
         Command::Scheduler(a) => {
-            let opts = scheduler_options(
-                &config,
-                a.scheduler_file.as_deref(),
-                a.host,
-                a.port,
-                a.journal.as_deref(),
-            )?;
+            let journal = match a.no_journal {
+                true => None,
+                false => Some(crate::persistence::resolve_dir(a.journal.as_deref()).map_err(usage)?),
+            };
+            let opts = scheduler_options(&config, a.scheduler_file.as_deref(), a.host, a.port, journal)?;
             let mut handle = start_scheduler(opts).await.map_err(failed)?;
             tokio::select! {
                 _ = shutdown_signal() => tracing::info!("signal received; stopping"),
@@ -76,20 +74,22 @@ fn scheduler_options(
     file: Option<&str>,
     host: Option<String>,
     port: Option<u16>,
-    journal: Option<&str>,
+    journal: Option<PathBuf>,
 ) -> Result<SchedulerOptions, CliError> {
     let c = &config.scheduler;
     Ok(SchedulerOptions {
+        reclaim_grace: c.reclaim_grace,
         host: host.unwrap_or_else(|| c.host.clone()),
         port: port.unwrap_or(c.port),
         scheduler_file: crate::schedfile::resolve_path(file).map_err(usage)?,
-        journal: journal.map(expand_path).transpose().map_err(usage)?,
+        journal,
         max_frame: c.max_frame,
         core: CoreConfig {
             prefetch_target_us: c.prefetch_target_us,
             max_prefetch_per_slot: c.max_prefetch_per_slot,
             max_worker_kills: c.max_worker_kills,
             heartbeat_timeout_us: c.heartbeat_timeout.as_micros() as u64,
+            retention_us: c.retention.map(|r| r.as_micros() as u64),
         },
     })
 }
@@ -196,8 +196,12 @@ async fn local(config: &Config, config_path: Option<&Path>, a: LocalArgs) -> Res
     let dir = tempfile_dir()?;
     let file = dir.join("scheduler.json");
     let file_str = file.display().to_string();
-    let opts =
-        scheduler_options(config, Some(&file_str), Some("127.0.0.1".into()), Some(0), a.journal.as_deref())?;
+    let journal = match (&a.journal, a.no_journal) {
+        (_, true) => None,
+        (Some(j), false) => Some(expand_path(j).map_err(usage)?),
+        (None, false) => Some(dir.join("journal")),
+    };
+    let opts = scheduler_options(config, Some(&file_str), Some("127.0.0.1".into()), Some(0), journal)?;
     let scheduler = start_scheduler(opts).await.map_err(failed)?;
     let nanny_args = NannyArgs {
         workers: a.workers,
@@ -251,9 +255,9 @@ fn with_connect(cmd: ClientCommand, c: Connect) -> ClientCommand {
     match cmd {
         Wait { workers, timeout, .. } => Wait { connect: c, workers, timeout },
         Darts { inputs, scale, input_seed, out, .. } => Darts { connect: c, inputs, scale, input_seed, out },
-        Map { name, inputs, .. } => Map { connect: c, name, inputs },
-        Submit { array, func, args, max_worker_kills, argv, .. } => {
-            Submit { connect: c, array, func, args, max_worker_kills, argv }
+        Map { name, inputs, job_id, .. } => Map { connect: c, name, inputs, job_id },
+        Submit { array, func, args, max_worker_kills, job_id, argv, .. } => {
+            Submit { connect: c, array, func, args, max_worker_kills, job_id, argv }
         }
         Gather { job, out, .. } => Gather { connect: c, job, out },
         Ctl { command, .. } => Ctl { connect: c, command },
@@ -279,14 +283,16 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
         ClientCommand::Darts { connect: c, inputs, scale, input_seed, out } => {
             darts(config, &c, inputs, scale, input_seed, out.as_deref()).await
         }
-        ClientCommand::Map { connect: c, name, inputs } => {
+        ClientCommand::Map { connect: c, name, inputs, job_id } => {
+            let id = parse_job_id(job_id.as_deref())?;
             let tasks = read_jsonl_tasks(&name, &inputs)?;
             let mut client = connect(config, &c).await?;
-            let job = client.submit_job(JobId::new(), &name, tasks).await?;
+            let job = client.submit_job(id, &name, tasks).await?;
             println!("{}", job.id);
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Submit { connect: c, array, func, args, max_worker_kills, argv } => {
+        ClientCommand::Submit { connect: c, array, func, args, max_worker_kills, job_id, argv } => {
+            let id = parse_job_id(job_id.as_deref())?;
             let (name, mut tasks) = submit_tasks(array.as_deref(), func, args.as_deref(), argv)?;
             if max_worker_kills == Some(0) {
                 return Err(usage("--max-worker-kills must be at least 1"));
@@ -295,13 +301,12 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
                 t.max_worker_kills = max_worker_kills;
             }
             let mut client = connect(config, &c).await?;
-            let job = client.submit_job(JobId::new(), &name, tasks).await?;
+            let job = client.submit_job(id, &name, tasks).await?;
             println!("{}", job.id);
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Gather { connect: c, job, out } => {
-            let job: JobId = job.parse().map_err(|e| usage(format!("{job:?} is not a job id: {e}")))?;
-            gather(config, &c, job, out.as_deref()).await
+            gather(config, &c, parse_job_id(Some(&job))?, out.as_deref()).await
         }
         ClientCommand::Ctl { connect: c, command } => {
             let mut client = connect(config, &c).await?;
@@ -358,6 +363,11 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
                     }
                     Ok(ExitCode::SUCCESS)
                 }
+                CtlCommand::Forget { job } => {
+                    let id = parse_job_id(Some(&job))?;
+                    eprintln!("{}", client.forget(id).await?);
+                    Ok(ExitCode::SUCCESS)
+                }
                 CtlCommand::RestartWorker { worker } => {
                     let id = parse_worker_id(&worker)?;
                     let message = client.restart_worker(id).await?;
@@ -375,6 +385,14 @@ fn describe_slot(s: &crate::protocol::SlotState) -> String {
         Running { pid } => format!("running (pid {pid})"),
         Restarting { in_ms, last_exit } => format!("restarting in {in_ms} ms after: {last_exit}"),
         Failed { reason } => format!("FAILED: {reason}"),
+    }
+}
+
+/// A job id from the command line, or a new one.
+fn parse_job_id(s: Option<&str>) -> Result<JobId, CliError> {
+    match s {
+        None => Ok(JobId::new()),
+        Some(s) => s.parse().map_err(|e| usage(format!("{s:?} is not a job id: {e}"))),
     }
 }
 

@@ -44,10 +44,14 @@ pub struct SchedulerArgs {
     /// Port to listen on; 0 picks a free one [config: scheduler.port].
     #[arg(long)]
     pub port: Option<u16>,
-    /// Journal directory (sled); replayed at start if it holds a journal.
-    /// Without it, results are kept in memory only.
+    /// Journal directory (sled), replayed at start if it holds a journal
+    /// [default: $SCRATCH/actord/journal, else $XDG_STATE_HOME/actord/journal,
+    /// else ~/.local/state/actord/journal].
     #[arg(long, value_name = "DIR")]
     pub journal: Option<String>,
+    /// Keep everything in memory only: a restarted scheduler starts empty.
+    #[arg(long, conflicts_with = "journal")]
+    pub no_journal: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -86,9 +90,13 @@ pub struct LocalArgs {
     /// Slots per worker.
     #[arg(long, default_value_t = 1)]
     pub threads: u32,
-    /// Journal directory for the embedded scheduler (default: none, in memory).
+    /// Journal directory for the embedded scheduler [default: a temporary
+    /// one, removed afterwards].
     #[arg(long, value_name = "DIR")]
     pub journal: Option<String>,
+    /// No journal: keep everything in memory.
+    #[arg(long, conflicts_with = "journal")]
+    pub no_journal: bool,
     #[command(subcommand)]
     pub job: ClientCommand,
 }
@@ -140,6 +148,10 @@ pub enum ClientCommand {
         /// JSON lines file, one args value per line; - reads stdin.
         #[arg(long, value_name = "FILE.jsonl")]
         inputs: String,
+        /// Use this job id (a uuid) instead of a new one: submitting again
+        /// with the same id is harmless, e.g. after a lost reply.
+        #[arg(long, value_name = "UUID")]
+        job_id: Option<String>,
     },
     /// Submit a command (after --) or one function task; prints the job id.
     Submit {
@@ -158,6 +170,10 @@ pub enum ClientCommand {
         /// [config: scheduler.max_worker_kills].
         #[arg(long, value_name = "K")]
         max_worker_kills: Option<u32>,
+        /// Use this job id (a uuid) instead of a new one: submitting again
+        /// with the same id is harmless.
+        #[arg(long, value_name = "UUID")]
+        job_id: Option<String>,
         /// The command and its arguments.
         #[arg(last = true, value_name = "ARGV")]
         argv: Vec<String>,
@@ -194,6 +210,8 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Drop a finished job and its results, here and in the journal.
+    Forget { job: String },
     /// Ask a worker's nanny to restart it (its running tasks go to other workers).
     RestartWorker {
         /// Worker id as `actord ctl workers` shows it, e.g. w3.

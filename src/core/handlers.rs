@@ -3,7 +3,7 @@
 
 use super::{Core, Effects, Job, NannyRecord, Task, TaskState, Worker};
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
-use crate::persistence::Record;
+use crate::persistence::{DoneTask, Record};
 use crate::protocol::{
     Assignment, NannyInfo, Outcome, SlotInfo, SlotState, TaskOutcome, TaskReport, TaskSpec, ToClient,
     ToNanny, ToWorker, WorkerInfo,
@@ -19,6 +19,8 @@ pub struct NewWorker {
     pub pid: u32,
     pub functions: Vec<String>,
     pub nanny: Option<crate::protocol::NannySlot>,
+    /// Tasks the worker says it is running (after a reconnect).
+    pub running: Vec<(TaskId, u32)>,
 }
 
 pub fn on_worker_joined(
@@ -44,7 +46,7 @@ pub fn on_worker_joined(
             pid: w.pid,
             slots: w.slots.max(1),
             functions: w.functions,
-            nanny: w.nanny,
+            nanny: w.nanny.clone(),
             assigned: Default::default(),
             avg_task_us: None,
             last_seen: now,
@@ -53,13 +55,34 @@ pub fn on_worker_joined(
     );
     core.worker_by_conn.insert(conn, id);
     fx.to_worker(conn, ToWorker::Registered { worker: id });
+    claim(core, id, w.running);
     schedule(core, fx);
     id
 }
 
+/// A (re)connected worker keeps the tasks it is still running: those not
+/// finished and not yet handed to anyone else become its own again.
+fn claim(core: &mut Core, id: WorkerId, running: Vec<(TaskId, u32)>) {
+    let mut claimed = 0;
+    for (tid, attempt) in running {
+        let Some(task) = core.jobs.get_mut(&tid.job).and_then(|j| j.tasks.get_mut(tid.idx as usize)) else {
+            continue;
+        };
+        if task.state == TaskState::Ready {
+            task.state = TaskState::Assigned(id);
+            task.attempts = task.attempts.max(attempt);
+            core.workers.get_mut(&id).expect("just registered").assigned.insert(tid);
+            claimed += 1;
+        }
+    }
+    if claimed > 0 {
+        tracing::info!(worker = %id, claimed, "worker reclaimed its running tasks");
+    }
+}
+
 /// A worker is gone (connection closed, or declared dead): its unreported
 /// tasks go back to the queue, except those that have now killed too many.
-pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, _now: u64, id: WorkerId, why: &str) {
+pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: WorkerId, why: &str) {
     let Some(w) = core.workers.remove(&id) else {
         return;
     };
@@ -69,16 +92,19 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, _now: u64, id: Wor
     } else {
         tracing::warn!(worker = %id, in_flight = w.assigned.len(), reason = why, "worker lost");
     }
-    let mut lost: Vec<TaskId> = w.assigned.into_iter().collect();
+    // A worker runs its tasks in the order it got them: the `slots` oldest
+    // unreported ones were running when it died; the rest were only queued.
+    let mut lost: Vec<(u64, TaskId)> =
+        w.assigned.into_iter().map(|t| (core.find_task(t).map_or(0, |t| t.assigned_seq), t)).collect();
     lost.sort();
     let mut failed: HashMap<JobId, Vec<TaskOutcome>> = HashMap::new();
     // A worker that left on purpose killed nobody: its tasks just go back.
     let died = why != GOODBYE;
-    for tid in lost {
+    for (n, (_, tid)) in lost.into_iter().enumerate() {
         let default_kills = core.config.max_worker_kills;
         let task = core.get_task_mut(tid);
         let max_kills = task.max_worker_kills.unwrap_or(default_kills).max(1);
-        if died {
+        if died && n < w.slots as usize {
             task.killed.push(id);
         }
         if task.killed.len() as u32 >= max_kills {
@@ -89,8 +115,9 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, _now: u64, id: Wor
                 names.join(", ")
             );
             let outcome = Outcome::Err { error };
-            fx.journal(Record::TaskDone { task: tid, attempt: task.attempts, outcome: outcome.clone() });
-            failed.entry(tid.job).or_default().push(set_outcome(core, tid, outcome));
+            let done = vec![DoneTask { idx: tid.idx, attempt: task.attempts, outcome: outcome.clone() }];
+            fx.journal(Record::TasksDone { job: tid.job, done });
+            failed.entry(tid.job).or_default().push(set_outcome(core, now, tid, outcome));
         } else {
             task.state = TaskState::Ready;
             core.ready.push_front(tid);
@@ -139,6 +166,24 @@ fn tell_stale(core: &mut Core, fx: &mut impl Effects, conn: ConnId) {
 /// Periodic check: workers silent for longer than the heartbeat timeout are
 /// lost (hung or stopped); their connection stays open, marked stale.
 pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
+    if core.hold_until.is_some_and(|t| now >= t) {
+        core.hold_until = None;
+        let unclaimed =
+            core.jobs.values().flat_map(|j| &j.tasks).filter(|t| t.state == TaskState::Ready).count();
+        tracing::info!(requeued = unclaimed, "grace period over: unclaimed tasks go to any worker");
+        schedule(core, fx);
+    }
+    if let Some(retention) = core.config.retention_us {
+        let expired: Vec<JobId> = core
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.done_at.is_some_and(|t| now.saturating_sub(t) > retention))
+            .map(|(id, _)| *id)
+            .collect();
+        for job in expired {
+            forget(core, fx, job, "retention period over");
+        }
+    }
     let timeout = core.config.heartbeat_timeout_us;
     let silent: Vec<(WorkerId, ConnId, u64)> = core
         .workers
@@ -209,15 +254,17 @@ pub fn on_submit(
         fx.to_client(conn, ToClient::Error { job: Some(job), message });
         return;
     }
-    fx.journal(Record::JobSubmitted { job, name: name.clone(), tasks: tasks.clone() });
-    insert_job(core, now, job, name, tasks);
+    let seq = core.next_job_seq;
+    fx.journal(Record::JobSubmitted { job, seq, name: name.clone(), tasks: tasks.clone() });
+    insert_job(core, now, job, seq, name, tasks);
     let n = core.jobs[&job].tasks.len() as u32;
     tracing::info!(job = %job, tasks = n, "job submitted");
     fx.to_client(conn, ToClient::Submitted { job, tasks: n });
     schedule(core, fx);
 }
 
-fn insert_job(core: &mut Core, now: u64, job: JobId, name: String, specs: Vec<TaskSpec>) {
+fn insert_job(core: &mut Core, now: u64, job: JobId, seq: u64, name: String, specs: Vec<TaskSpec>) {
+    core.next_job_seq = core.next_job_seq.max(seq + 1);
     let tasks: Vec<Task> = specs
         .into_iter()
         .map(|s| Task {
@@ -226,13 +273,25 @@ fn insert_job(core: &mut Core, now: u64, job: JobId, name: String, specs: Vec<Ta
             kind: s.kind,
             state: TaskState::Ready,
             attempts: 0,
+            assigned_seq: 0,
             killed: Vec::new(),
             outcome: None,
         })
         .collect();
     core.ready.extend((0..tasks.len() as u32).map(|idx| TaskId { job, idx }));
-    core.jobs
-        .insert(job, Job { name, tasks, finished: 0, failed: 0, watchers: Vec::new(), submitted_at: now });
+    core.jobs.insert(
+        job,
+        Job {
+            name,
+            tasks,
+            finished: 0,
+            failed: 0,
+            watchers: Vec::new(),
+            submitted_at: now,
+            seq,
+            done_at: None,
+        },
+    );
 }
 
 pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
@@ -280,7 +339,7 @@ pub fn on_list_workers(core: &Core, fx: &mut impl Effects, conn: ConnId) {
 }
 
 /// Records the first outcome of a task and returns what watchers are told.
-fn set_outcome(core: &mut Core, tid: TaskId, outcome: Outcome) -> TaskOutcome {
+fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome) -> TaskOutcome {
     let job = core.jobs.get_mut(&tid.job).expect("job of a live task");
     let task = &mut job.tasks[tid.idx as usize];
     if outcome.is_ok() {
@@ -291,7 +350,11 @@ fn set_outcome(core: &mut Core, tid: TaskId, outcome: Outcome) -> TaskOutcome {
         job.failed += 1;
     }
     task.outcome = Some(outcome.clone());
-    TaskOutcome { idx: tid.idx, attempts: task.attempts, outcome }
+    let attempts = task.attempts;
+    if job.is_done() {
+        job.done_at = Some(now);
+    }
+    TaskOutcome { idx: tid.idx, attempts, outcome }
 }
 
 fn notify_watchers(core: &mut Core, fx: &mut impl Effects, job: JobId, outcomes: Vec<TaskOutcome>) {
@@ -322,7 +385,11 @@ pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId
         return;
     }
     let mut by_job: HashMap<JobId, Vec<TaskOutcome>> = HashMap::new();
+    let mut done_by_job: HashMap<JobId, Vec<DoneTask>> = HashMap::new();
     let mut dropped = 0;
+    // Every report is acknowledged once durable (or already recorded), so the
+    // worker can forget it.
+    let acked: Vec<TaskId> = reports.iter().map(|r| r.task).collect();
     for r in reports {
         let known = core.find_task(r.task).map(|t| t.outcome.is_none());
         if known != Some(true) {
@@ -347,12 +414,15 @@ pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId
                     h.assigned.remove(&r.task);
                 }
             }
-        } else if task.state == TaskState::Ready {
-            core.ready.retain(|t| *t != r.task);
         }
-        fx.journal(Record::TaskDone { task: r.task, attempt: r.attempt, outcome: r.outcome.clone() });
-        by_job.entry(r.task.job).or_default().push(set_outcome(core, r.task, r.outcome));
+        let done = DoneTask { idx: r.task.idx, attempt: r.attempt, outcome: r.outcome.clone() };
+        done_by_job.entry(r.task.job).or_default().push(done);
+        by_job.entry(r.task.job).or_default().push(set_outcome(core, now, r.task, r.outcome));
     }
+    for (job, done) in done_by_job {
+        fx.journal(Record::TasksDone { job, done });
+    }
+    fx.to_worker(conn, ToWorker::Ack { tasks: acked });
     for (job, outcomes) in by_job {
         notify_watchers(core, fx, job, outcomes);
     }
@@ -369,7 +439,7 @@ pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId
 /// Hands ready tasks to workers with free capacity, spreading them one at
 /// a time across workers, one `Assign` message per worker.
 pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
-    if core.ready.is_empty() || core.workers.is_empty() {
+    if core.ready.is_empty() || core.workers.is_empty() || core.hold_until.is_some() {
         return;
     }
     let cfg = core.config.clone();
@@ -387,11 +457,17 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
             if *room == 0 {
                 continue;
             }
-            let Some(tid) = core.ready.pop_front() else {
-                break 'outer;
+            let tid = loop {
+                let Some(tid) = core.ready.pop_front() else { break 'outer };
+                if core.find_task(tid).is_some_and(|t| t.state == TaskState::Ready) {
+                    break tid;
+                }
             };
+            core.next_assign_seq += 1;
+            let seq = core.next_assign_seq;
             let task = core.get_task_mut(tid);
             task.attempts += 1;
+            task.assigned_seq = seq;
             task.state = TaskState::Assigned(*wid);
             batch.push(Assignment {
                 task: tid,
@@ -423,30 +499,74 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
     let mut order = Vec::new();
     for r in records {
         match r {
-            Record::JobSubmitted { job, name, tasks } => {
+            Record::JobSubmitted { job, seq, name, tasks } => {
                 if !core.jobs.contains_key(&job) {
-                    insert_job(core, now, job, name, tasks);
+                    insert_job(core, now, job, seq, name, tasks);
                     order.push(job);
                 }
             }
-            Record::TaskDone { task, attempt, outcome } => {
-                let unset = core.find_task(task).map(|t| t.outcome.is_none()) == Some(true);
-                if unset {
-                    let t = core.get_task_mut(task);
-                    t.attempts = t.attempts.max(attempt);
-                    set_outcome(core, task, outcome);
+            Record::TasksDone { job, done } => {
+                for d in done {
+                    let tid = TaskId { job, idx: d.idx };
+                    if core.find_task(tid).map(|t| t.outcome.is_none()) == Some(true) {
+                        let t = core.get_task_mut(tid);
+                        t.attempts = t.attempts.max(d.attempt);
+                        set_outcome(core, now, tid, d.outcome);
+                    }
                 }
+            }
+            Record::JobForgotten { job } => {
+                core.jobs.remove(&job);
             }
         }
     }
     core.ready.clear();
     for job in order {
-        let j = &core.jobs[&job];
+        let Some(j) = core.jobs.get(&job) else { continue };
         for (idx, t) in j.tasks.iter().enumerate() {
             if t.state == TaskState::Ready {
                 core.ready.push_back(TaskId { job, idx: idx as u32 });
             }
         }
+    }
+}
+
+/// After a restart with unfinished tasks: hold scheduling for `grace_us` so
+/// workers that kept running can reconnect and reclaim their tasks first.
+pub fn begin_recovery(core: &mut Core, now: u64, grace_us: u64) {
+    if !core.ready.is_empty() && grace_us > 0 {
+        core.hold_until = Some(now + grace_us);
+        tracing::info!(
+            unfinished = core.ready.len(),
+            grace_ms = grace_us / 1000,
+            "waiting for workers to reclaim their running tasks"
+        );
+    }
+}
+
+/// Drops a finished job and its results, here and in the journal.
+pub fn on_forget(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
+    let reply = match core.jobs.get(&job) {
+        None => Err(format!("no job {job} on this scheduler")),
+        Some(j) if !j.is_done() => Err(format!(
+            "job {job} still has {} unfinished tasks; only finished jobs can be forgotten",
+            j.tasks.len() - (j.finished + j.failed) as usize
+        )),
+        Some(_) => {
+            forget(core, fx, job, "forgotten by request");
+            Ok(format!("forgot job {job}"))
+        }
+    };
+    match reply {
+        Ok(message) => fx.to_client(conn, ToClient::Done { message }),
+        Err(message) => fx.to_client(conn, ToClient::Error { job: Some(job), message }),
+    }
+}
+
+fn forget(core: &mut Core, fx: &mut impl Effects, job: JobId, why: &str) {
+    if let Some(j) = core.jobs.remove(&job) {
+        fx.journal(Record::JobForgotten { job });
+        tracing::info!(job = %job, tasks = j.tasks.len(), reason = why, "job forgotten");
     }
 }
 

@@ -61,7 +61,7 @@ fn inc_tasks(n: usize) -> Vec<TaskSpec> {
 }
 
 fn worker(slots: u32) -> NewWorker {
-    NewWorker { slots, host: "h".into(), pid: 1, functions: vec!["inc".into()], nanny: None }
+    NewWorker { slots, host: "h".into(), pid: 1, functions: vec!["inc".into()], nanny: None, running: vec![] }
 }
 
 fn ok(v: i64) -> Outcome {
@@ -97,7 +97,7 @@ fn submit_assign_finish_and_watch() {
 
     on_reports(&mut core, &mut fx, 2, ConnId(1), first.iter().map(|a| report(a, ok(1))).collect());
     core.sanity_check();
-    assert_eq!(fx.journal.len(), 3);
+    assert_eq!(fx.journal.len(), 2, "one record for the batch");
     let (c, msg) = fx.clients.remove(0);
     assert_eq!(c, CLIENT);
     assert!(matches!(msg, ToClient::Outcomes { outcomes, .. } if outcomes.len() == 2));
@@ -108,7 +108,10 @@ fn submit_assign_finish_and_watch() {
     core.sanity_check();
     assert!(matches!(fx.clients.remove(0).1, ToClient::Outcomes { .. }));
     assert!(matches!(fx.clients.remove(0).1, ToClient::JobDone { finished: 3, failed: 0, .. }));
-    assert!(fx.clients.is_empty() && fx.workers.is_empty());
+    assert!(fx.clients.is_empty());
+    // The worker was only told that its reports are durable.
+    assert!(fx.workers.iter().all(|(_, m)| matches!(m, ToWorker::Ack { .. })));
+    assert_eq!(fx.workers.len(), 2);
     assert!(core.jobs[&job].watchers.is_empty());
 
     // A late watcher gets everything at once.
@@ -334,4 +337,24 @@ fn a_task_can_set_its_own_worker_kill_limit() {
     on_connection_closed(&mut core, &mut fx, 1, ConnId(1));
     core.sanity_check();
     assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Failed);
+}
+
+#[test]
+fn only_running_tasks_are_blamed_when_a_worker_dies() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let mut tasks = inc_tasks(2);
+    for t in &mut tasks {
+        t.max_worker_kills = Some(1);
+    }
+    let job = JobId::new();
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), tasks);
+    // One slot: task 0 runs, task 1 waits in the worker's queue.
+    assert_eq!(fx.take_assignments(ConnId(1)).len(), 2);
+    on_connection_closed(&mut core, &mut fx, 1, ConnId(1));
+    core.sanity_check();
+    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Failed, "the running task is blamed");
+    assert_eq!(core.jobs[&job].tasks[1].state, TaskState::Ready, "the queued one is not");
+    assert!(core.jobs[&job].tasks[1].killed.is_empty());
 }

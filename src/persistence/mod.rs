@@ -1,40 +1,70 @@
 //! The scheduler's journal: versioned records, appended in groups and
-//! flushed once per group, replayed into the core at start-up.
+//! flushed once per group (group commit), replayed into the core at start-up.
+//!
+//! On disk (sled, on a shared file system such as `$SCRATCH`):
+//! - `meta`: `version` (u32 BE) and `epoch` (u64 BE, bumped at every open);
+//! - `jobs`: key `job uuid ++ part (u32 BE)` → a `JobPart` (≤ 65,536 tasks);
+//! - `done`: key `job uuid ++ id (u64 BE, sled's generate_id)` → a batch of
+//!   finished tasks (`Vec<DoneTask>`);
+//! - `holder.json` beside them: pid, host and start time of the scheduler
+//!   that has it open.
+//!
+//! Forgetting a job removes every key under its uuid in both trees.
 
-use crate::ids::{JobId, TaskId};
+mod sled_journal;
+
+pub use sled_journal::{open_error_message, SledJournal};
+
+use crate::ids::JobId;
 use crate::protocol::{Outcome, TaskSpec};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// Bump when `Record` changes shape; replay refuses other versions.
+/// Bump when `Record`, `JobPart` or `DoneTask` change shape; opening a
+/// journal of another version is refused.
 pub const JOURNAL_VERSION: u32 = 1;
 
-/// One journal record. Replay applies them in order through the core.
+/// One finished task in a `TasksDone` record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DoneTask {
+    pub idx: u32,
+    pub attempt: u32,
+    pub outcome: Outcome,
+}
+
+/// One journal record. Replay applies them through the core: every
+/// `JobSubmitted` (in submission order), then every `TasksDone`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {
-    JobSubmitted { job: JobId, name: String, tasks: Vec<TaskSpec> },
-    TaskDone { task: TaskId, attempt: u32, outcome: Outcome },
+    /// `seq` orders jobs by submission across restarts.
+    JobSubmitted { job: JobId, seq: u64, name: String, tasks: Vec<TaskSpec> },
+    /// The first outcomes of some tasks of one job.
+    TasksDone { job: JobId, done: Vec<DoneTask> },
+    /// The job and its results are gone for good.
+    JobForgotten { job: JobId },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal at {path}: {message}")]
+    #[error("journal {path}: {message}")]
     Open { path: PathBuf, message: String },
     #[error("journal write failed: {0}")]
     Write(String),
-    #[error("journal record {seq} is unreadable: {message}")]
-    Corrupt { seq: u64, message: String },
+    #[error("journal record is unreadable ({key}): {message}")]
+    Corrupt { key: String, message: String },
 }
 
-/// Where records go. `append` buffers; `flush` makes everything appended durable.
+/// Where records go. `append` stages; `flush` makes everything appended durable.
 pub trait Journal: Send + 'static {
     fn append(&mut self, records: &[Record]) -> Result<(), JournalError>;
     fn flush(&mut self) -> impl std::future::Future<Output = Result<(), JournalError>> + Send;
-    /// All records in order, for replay at start-up.
+    /// Every live record, jobs first, for replay at start-up.
     fn replay(&self) -> Result<Vec<Record>, JournalError>;
+    /// Restarts of this journal so far (0 for a new one).
+    fn epoch(&self) -> u64;
 }
 
-/// In-memory journal for tests and for a scheduler run without persistence.
+/// In-memory journal: for tests, and for a scheduler run with `--no-journal`.
 #[derive(Default)]
 pub struct MemJournal {
     pub records: Vec<Record>,
@@ -43,7 +73,16 @@ pub struct MemJournal {
 
 impl Journal for MemJournal {
     fn append(&mut self, records: &[Record]) -> Result<(), JournalError> {
-        self.records.extend_from_slice(records);
+        for r in records {
+            if let Record::JobForgotten { job } = r {
+                self.records.retain(|x| match x {
+                    Record::JobSubmitted { job: j, .. } | Record::TasksDone { job: j, .. } => j != job,
+                    Record::JobForgotten { .. } => false,
+                });
+            } else {
+                self.records.push(r.clone());
+            }
+        }
         Ok(())
     }
     async fn flush(&mut self) -> Result<(), JournalError> {
@@ -51,80 +90,13 @@ impl Journal for MemJournal {
         Ok(())
     }
     fn replay(&self) -> Result<Vec<Record>, JournalError> {
-        Ok(self.records.clone())
+        let (mut jobs, done): (Vec<Record>, Vec<Record>) =
+            self.records.iter().cloned().partition(|r| matches!(r, Record::JobSubmitted { .. }));
+        jobs.extend(done);
+        Ok(jobs)
     }
-}
-
-/// The journal in sled on a (shared) directory: tree `records`, keys are
-/// big-endian sequence numbers, values are msgpack `Record`s.
-pub struct SledJournal {
-    db: sled::Db,
-    records: sled::Tree,
-    next_seq: u64,
-}
-
-impl SledJournal {
-    pub fn open(dir: &Path) -> Result<Self, JournalError> {
-        let err = |message: String| JournalError::Open { path: dir.to_path_buf(), message };
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
-        let db = sled::Config::new().path(dir).open().map_err(|e| err(describe_open_error(&e)))?;
-        let meta = db.open_tree("meta").map_err(|e| err(e.to_string()))?;
-        match meta.get("version").map_err(|e| err(e.to_string()))? {
-            Some(v) if v.as_ref() != JOURNAL_VERSION.to_be_bytes() => {
-                return Err(err(format!(
-                    "written by journal version {:?}, this actord reads version {JOURNAL_VERSION}",
-                    v.as_ref()
-                )))
-            }
-            Some(_) => {}
-            None => {
-                meta.insert("version", &JOURNAL_VERSION.to_be_bytes()).map_err(|e| err(e.to_string()))?;
-            }
-        }
-        let records = db.open_tree("records").map_err(|e| err(e.to_string()))?;
-        let next_seq = match records.last().map_err(|e| err(e.to_string()))? {
-            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])) + 1,
-            None => 0,
-        };
-        Ok(SledJournal { db, records, next_seq })
-    }
-}
-
-fn describe_open_error(e: &sled::Error) -> String {
-    let text = e.to_string();
-    if text.contains("could not acquire lock") || text.contains("WouldBlock") {
-        "already open by another scheduler (sled holds an exclusive lock on it)".into()
-    } else {
-        text
-    }
-}
-
-impl Journal for SledJournal {
-    fn append(&mut self, records: &[Record]) -> Result<(), JournalError> {
-        let mut batch = sled::Batch::default();
-        for r in records {
-            let bytes = rmp_serde::to_vec_named(r).map_err(|e| JournalError::Write(e.to_string()))?;
-            batch.insert(&self.next_seq.to_be_bytes(), bytes);
-            self.next_seq += 1;
-        }
-        self.records.apply_batch(batch).map_err(|e| JournalError::Write(e.to_string()))
-    }
-
-    async fn flush(&mut self) -> Result<(), JournalError> {
-        self.db.flush_async().await.map_err(|e| JournalError::Write(e.to_string()))?;
-        Ok(())
-    }
-
-    fn replay(&self) -> Result<Vec<Record>, JournalError> {
-        let mut out = Vec::new();
-        for item in self.records.iter() {
-            let (k, v) = item.map_err(|e| JournalError::Corrupt { seq: 0, message: e.to_string() })?;
-            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let rec = rmp_serde::from_slice(&v)
-                .map_err(|e| JournalError::Corrupt { seq, message: e.to_string() })?;
-            out.push(rec);
-        }
-        Ok(out)
+    fn epoch(&self) -> u64 {
+        0
     }
 }
 
@@ -153,50 +125,27 @@ impl Journal for AnyJournal {
             AnyJournal::Sled(j) => j.replay(),
         }
     }
+    fn epoch(&self) -> u64 {
+        match self {
+            AnyJournal::Mem(j) => j.epoch(),
+            AnyJournal::Sled(j) => j.epoch(),
+        }
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::TaskKind;
-
-    #[tokio::test]
-    async fn sled_journal_round_trips_and_reopens() {
-        let dir = tempfile::tempdir().unwrap();
-        let job = JobId::new();
-        let recs = vec![
-            Record::JobSubmitted {
-                job,
-                name: "t".into(),
-                tasks: vec![TaskSpec {
-                    key: None,
-                    kind: TaskKind::Cmd { argv: vec!["true".into()] },
-                    max_worker_kills: None,
-                }],
-            },
-            Record::TaskDone {
-                task: TaskId { job, idx: 0 },
-                attempt: 1,
-                outcome: Outcome::Ok { result: bytes::Bytes::from_static(b"\xc0") },
-            },
-        ];
-        {
-            let mut j = SledJournal::open(dir.path()).unwrap();
-            j.append(&recs[..1]).unwrap();
-            j.append(&recs[1..]).unwrap();
-            j.flush().await.unwrap();
-        }
-        // sled releases its lock from a background thread after the drop:
-        // reopen with a bounded retry.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let j = loop {
-            match SledJournal::open(dir.path()) {
-                Ok(j) => break j,
-                Err(e) if std::time::Instant::now() >= deadline => panic!("reopen: {e}"),
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            }
-        };
-        assert_eq!(j.replay().unwrap(), recs);
-        assert_eq!(j.next_seq, 2);
+/// The journal directory: the flag, else `$SCRATCH/actord/journal`, else
+/// `$XDG_STATE_HOME/actord/journal`, else `~/.local/state/actord/journal`.
+pub fn resolve_dir(flag: Option<&str>) -> Result<PathBuf, String> {
+    if let Some(f) = flag {
+        return crate::util::expand_path(f);
     }
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let Some(s) = var("SCRATCH") {
+        return Ok(PathBuf::from(s).join("actord/journal"));
+    }
+    if let Some(s) = var("XDG_STATE_HOME") {
+        return Ok(PathBuf::from(s).join("actord/journal"));
+    }
+    let home = var("HOME").ok_or("cannot choose a journal directory: set --journal, $SCRATCH or $HOME")?;
+    Ok(PathBuf::from(home).join(".local/state/actord/journal"))
 }

@@ -87,6 +87,18 @@ impl Conn {
         max_frame: usize,
         timeout: Duration,
     ) -> Result<(Conn, HelloReply), ConnError> {
+        Conn::connect_epoch(addr, role, secret, 0, max_frame, timeout).await
+    }
+
+    /// `connect`, saying which scheduler epoch the scheduler file named.
+    pub async fn connect_epoch(
+        addr: &str,
+        role: Role,
+        secret: &str,
+        epoch: u64,
+        max_frame: usize,
+        timeout: Duration,
+    ) -> Result<(Conn, HelloReply), ConnError> {
         let run = async {
             let stream = TcpStream::connect(addr).await?;
             let mut conn = Conn::new(stream, max_frame);
@@ -97,6 +109,7 @@ impl Conn {
                 secret: secret.into(),
                 host: crate::util::hostname(),
                 pid: std::process::id(),
+                epoch,
             })
             .await?;
             let reply: HelloReply = conn.read().await?;

@@ -35,6 +35,10 @@ pub struct Hello {
     pub secret: String,
     pub host: String,
     pub pid: u32,
+    /// The scheduler epoch the peer read from the scheduler file (0 if none):
+    /// a scheduler older than that has been replaced and refuses the peer.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The scheduler's answer to `Hello`; after `Rejected` it closes the connection.
@@ -101,6 +105,10 @@ pub enum FromWorker {
         /// The nanny slot this worker runs in, if a nanny started it.
         #[serde(default)]
         nanny: Option<NannySlot>,
+        /// Tasks this worker is running (as `[task, attempt]`), claimed back
+        /// after a reconnect so that a new scheduler does not run them again.
+        #[serde(default)]
+        running: Vec<(TaskId, u32)>,
     },
     /// Finished attempts, many per frame.
     Reports { reports: Vec<TaskReport> },
@@ -133,6 +141,10 @@ pub enum ToWorker {
     },
     Error {
         message: String,
+    },
+    /// These reports are durable: the worker may forget them.
+    Ack {
+        tasks: Vec<TaskId>,
     },
     /// This connection's worker incarnation was declared lost (e.g. it
     /// missed heartbeats): drop queued tasks and `Register` again.
@@ -173,6 +185,8 @@ pub enum FromClient {
     Nannies,
     /// Ask the worker's nanny to restart it.
     RestartWorker { worker: WorkerId },
+    /// Drop a finished job and its results, here and in the journal.
+    Forget { job: JobId },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

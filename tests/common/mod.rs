@@ -121,6 +121,7 @@ impl Cluster {
             cmd.arg("--config").arg(c);
         }
         cmd.args(["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file"]).arg(&file);
+        cmd.arg("--journal").arg(dir.path().join("journal"));
         let scheduler = Proc::spawn("scheduler", cmd, dir.path());
         assert!(
             wait_until(Duration::from_secs(20), || file.exists()),
