@@ -96,7 +96,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
                 last_error = e;
                 lost_since.get_or_insert_with(Instant::now);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = (backoff * 2).min(Duration::from_millis(500));
                 continue;
             }
         };

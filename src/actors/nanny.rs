@@ -304,7 +304,7 @@ async fn link_loop(
                         },
                     }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = (backoff * 2).min(Duration::from_millis(500));
                 continue;
             }
         };

@@ -41,12 +41,13 @@ pub fn pid_alive(pid: i32) -> bool {
 /// A child process killed (SIGKILL) and reaped when dropped.
 pub struct Proc {
     pub child: Child,
-    pub name: &'static str,
+    pub name: String,
     pub log: PathBuf,
 }
 
 impl Proc {
-    pub fn spawn(name: &'static str, mut cmd: Command, dir: &Path) -> Proc {
+    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Proc {
+        let name = name.to_string();
         let log = dir.join(format!("{name}.log"));
         let f = std::fs::File::create(&log).unwrap();
         let child = cmd
@@ -100,6 +101,8 @@ pub struct Cluster {
     pub config: Option<PathBuf>,
     pub scheduler: Proc,
     pub nanny: Option<Proc>,
+    /// Schedulers started after the first (names their logs).
+    pub restarts: u32,
 }
 
 impl Cluster {
@@ -128,7 +131,35 @@ impl Cluster {
             "scheduler file never appeared:\n{}",
             scheduler.log_text()
         );
-        Cluster { dir, file, config, scheduler, nanny: None }
+        Cluster { dir, file, config, scheduler, nanny: None, restarts: 0 }
+    }
+
+    /// kill -9 of the scheduler (its file stays behind, as after a crash).
+    pub fn kill_scheduler(&mut self) {
+        self.scheduler.signal(nix::sys::signal::Signal::SIGKILL);
+        self.scheduler.wait_exit(Duration::from_secs(10)).expect("scheduler dies");
+    }
+
+    /// Starts a new scheduler on the same journal and scheduler file (a new
+    /// port) and waits until it has rewritten the file.
+    pub fn restart_scheduler(&mut self) {
+        let old = std::fs::read_to_string(&self.file).unwrap_or_default();
+        self.restarts += 1;
+        let mut cmd = actord();
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file"]).arg(&self.file);
+        cmd.arg("--journal").arg(self.dir.path().join("journal"));
+        let name = format!("scheduler-{}", self.restarts);
+        let fresh = Proc::spawn(&name, cmd, self.dir.path());
+        let file = self.file.clone();
+        assert!(
+            wait_until(Duration::from_secs(20), || std::fs::read_to_string(&file).is_ok_and(|s| s != old)),
+            "restarted scheduler never wrote its file:\n{}",
+            fresh.log_text()
+        );
+        self.scheduler = fresh;
     }
 
     pub fn start(workers: u32, threads: u32) -> Cluster {
