@@ -38,23 +38,31 @@ pub enum SchedMsg {
     Flush,
     /// Periodic: check heartbeats.
     Tick,
+    /// The journal flush of the group in flight is done (or failed).
+    Flushed(Result<(), String>),
 }
 
 /// Effects of the steps since the last flush, executed together.
 #[derive(Default)]
 pub struct Outbox {
     records: Vec<Record>,
+    /// Messages that promise something (acknowledgements, replies, results):
+    /// sent once the group's records are durable.
     frames: HashMap<ConnId, Vec<Bytes>>,
     closes: Vec<ConnId>,
+    /// Messages that promise nothing (assignments, registrations): sent at
+    /// once, without waiting for the journal.
+    urgent: HashMap<ConnId, Vec<Bytes>>,
 }
 
 impl Outbox {
     fn is_empty(&self) -> bool {
         self.records.is_empty() && self.frames.is_empty() && self.closes.is_empty()
     }
-    fn push<T: serde::Serialize>(&mut self, conn: ConnId, msg: &T) {
+    fn push<T: serde::Serialize>(&mut self, conn: ConnId, msg: &T, urgent: bool) {
+        let frames = if urgent { &mut self.urgent } else { &mut self.frames };
         match encode(msg) {
-            Ok(b) => self.frames.entry(conn).or_default().push(b),
+            Ok(b) => frames.entry(conn).or_default().push(b),
             Err(e) => tracing::error!(conn = %conn, error = %e, "cannot encode a message"),
         }
     }
@@ -62,13 +70,16 @@ impl Outbox {
 
 impl Effects for Outbox {
     fn to_worker(&mut self, conn: ConnId, msg: ToWorker) {
-        self.push(conn, &msg);
+        // Only an acknowledgement promises durability; a task handed out
+        // before its job is durable is at worst run for nothing.
+        let urgent = !matches!(msg, ToWorker::Ack { .. });
+        self.push(conn, &msg, urgent);
     }
     fn to_client(&mut self, conn: ConnId, msg: ToClient) {
-        self.push(conn, &msg);
+        self.push(conn, &msg, false);
     }
     fn to_nanny(&mut self, conn: ConnId, msg: ToNanny) {
-        self.push(conn, &msg);
+        self.push(conn, &msg, true);
     }
     fn journal(&mut self, record: Record) {
         self.records.push(record);
@@ -94,6 +105,8 @@ pub struct SchedulerState {
     outbox: Outbox,
     /// A `Flush` is already in the mailbox: later steps join its group.
     flush_queued: bool,
+    /// The group whose records are being flushed; its messages wait for it.
+    in_flight: Option<Outbox>,
 }
 
 impl Actor for SchedulerActor {
@@ -113,6 +126,7 @@ impl Actor for SchedulerActor {
             sessions: HashMap::new(),
             outbox: Outbox::default(),
             flush_queued: false,
+            in_flight: None,
         })
     }
 
@@ -166,10 +180,22 @@ impl Actor for SchedulerActor {
             SchedMsg::Tick => core::on_tick(core, fx, now),
             SchedMsg::Flush => {
                 st.flush_queued = false;
-                return flush(st).await;
+                return start_flush(&myself, st);
+            }
+            SchedMsg::Flushed(result) => {
+                if let Err(e) = result {
+                    // Promises can no longer be kept: stop rather than run on.
+                    tracing::error!(error = %e, "journal flush failed; stopping the scheduler");
+                    return Err(e.into());
+                }
+                if let Some(out) = st.in_flight.take() {
+                    send(st, out);
+                }
+                return start_flush(&myself, st);
             }
         }
-        if !st.flush_queued && !st.outbox.is_empty() {
+        let waiting = st.in_flight.is_none() && !st.outbox.is_empty();
+        if !st.flush_queued && (waiting || !st.outbox.urgent.is_empty()) {
             st.flush_queued = true;
             myself.cast(SchedMsg::Flush)?;
         }
@@ -177,13 +203,36 @@ impl Actor for SchedulerActor {
     }
 }
 
-/// Journal first: nothing is sent that promises what is not yet durable.
-async fn flush(st: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
-    let out = std::mem::take(&mut st.outbox);
-    if !out.records.is_empty() {
-        st.journal.append(&out.records)?;
-        st.journal.flush().await?;
+/// Journal first: the records of a group are appended, then flushed off the
+/// actor's loop while it goes on handling events; the group's messages are
+/// sent only once that flush is done (`Flushed`). One flush at a time, so
+/// messages to each connection keep their order.
+fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
+    for (conn, frames) in std::mem::take(&mut st.outbox.urgent) {
+        if let Some(s) = st.sessions.get(&conn) {
+            let _ = s.cast(SessionMsg::Frames(frames));
+        }
     }
+    if st.in_flight.is_some() || st.outbox.is_empty() {
+        return Ok(());
+    }
+    let out = std::mem::take(&mut st.outbox);
+    if out.records.is_empty() {
+        send(st, out);
+        return Ok(());
+    }
+    st.journal.append(&out.records)?;
+    let flush = st.journal.flusher();
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let result = flush.await.map_err(|e| e.to_string());
+        let _ = me.cast(SchedMsg::Flushed(result));
+    });
+    st.in_flight = Some(out);
+    Ok(())
+}
+
+fn send(st: &SchedulerState, out: Outbox) {
     for (conn, frames) in out.frames {
         if let Some(s) = st.sessions.get(&conn) {
             // A session that stopped meanwhile is reported by `Closed`.
@@ -195,5 +244,4 @@ async fn flush(st: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
             let _ = s.cast(SessionMsg::Close);
         }
     }
-    Ok(())
 }

@@ -167,9 +167,12 @@ impl Journal for SledJournal {
         self.done.apply_batch(done).map_err(w)
     }
 
-    async fn flush(&mut self) -> Result<(), JournalError> {
-        self.db.flush_async().await.map_err(|e| JournalError::Write(e.to_string()))?;
-        Ok(())
+    fn flusher(&self) -> super::Flush {
+        let db = self.db.clone();
+        Box::pin(async move {
+            db.flush_async().await.map_err(|e| JournalError::Write(e.to_string()))?;
+            Ok(())
+        })
     }
 
     fn replay(&self) -> Result<Vec<Record>, JournalError> {
