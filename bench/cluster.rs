@@ -50,9 +50,9 @@ fn parse() -> Result<Opts, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    if o.workload != "noop" && o.workload != "respawn" {
+    if !["noop", "respawn", "restart"].contains(&o.workload.as_str()) {
         return Err(
-            "usage: cluster noop|respawn [--n N] [--workers K] [--threads T] [--repeat R] [--warmup W] [--no-journal]"
+            "usage: cluster noop|respawn|restart [--n N] [--workers K] [--threads T] [--repeat R] [--warmup W] [--no-journal]"
                 .into(),
         );
     }
@@ -157,6 +157,21 @@ async fn respawn(client: &mut Client, o: &Opts) {
     println!("{rec}");
 }
 
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -189,6 +204,27 @@ async fn main() {
     client.wait_for_workers(o.workers as usize, Duration::from_secs(30)).await.expect("workers");
     if o.workload == "respawn" {
         respawn(&mut client, &o).await;
+        return;
+    }
+    if o.workload == "restart" {
+        run_map(&mut client, o.n).await.expect("fill the journal");
+        drop(client);
+        drop(scheduler); // kill -9 (Proc's drop) and reap
+        let t0 = Instant::now();
+        let scheduler = spawn(dir.path(), "scheduler-2", &sargs);
+        let mut client = Client::connect(&file, Duration::from_secs(120)).await.expect("reconnect");
+        client.workers().await.expect("answers");
+        let ready = t0.elapsed().as_secs_f64();
+        let rec = serde_json::json!({
+            "system": "actord",
+            "workload": "restart",
+            "n": o.n,
+            "finished_tasks_in_journal": o.n + o.warmup,
+            "restart_to_ready_s": (ready * 1e4).round() / 1e4,
+            "journal_bytes": dir_size(&journal),
+            "sched_peak_rss_kib": peak_rss_kib(scheduler.0.id()),
+        });
+        println!("{rec}");
         return;
     }
     let worker_pids: Vec<u32> = client.workers().await.expect("workers").iter().map(|w| w.pid).collect();

@@ -137,7 +137,7 @@ impl Client {
                 tracing::info!(address = %file.address, "waiting for the scheduler to answer");
                 said = true;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -101,7 +101,7 @@ pub async fn wait_for_file(path: &Path, timeout: Duration) -> Result<SchedulerFi
             tracing::info!(path = %path.display(), "waiting for the scheduler file");
             said = true;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -8,7 +8,8 @@ use crate::protocol::conn::{decode, encode, next_frame, FrameSink, FrameStream};
 use crate::protocol::{Assignment, Conn, FromWorker, Outcome, Role, TaskKind, TaskReport, ToWorker};
 use crate::schedfile::{wait_for_file, SchedulerFile};
 use futures::SinkExt;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -114,7 +115,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
                     scheduler = %file.address,
                     reason = %why,
                     running = book.held.len(),
-                    unacknowledged = book.unacked.len(),
+                    unacknowledged = book.pending(),
                     "lost the scheduler; running tasks go on, reconnecting"
                 );
                 last_error = why;
@@ -158,11 +159,14 @@ impl Slots<'_> {
 #[derive(Default)]
 struct Book {
     /// Tasks received and not yet finished, with their attempt.
-    held: HashMap<TaskId, u32>,
-    /// Finished, not yet acknowledged: re-sent after every reconnect.
-    unacked: HashMap<TaskId, TaskReport>,
+    held: FxHashMap<TaskId, u32>,
+    /// Report frames sent on this connection and not yet acknowledged, by
+    /// batch number: sent again after a reconnect.
+    unacked: VecDeque<(u64, Vec<TaskReport>)>,
     /// Reports not yet sent on the current connection.
     unsent: Vec<TaskReport>,
+    /// Number of the next report frame on this connection.
+    next_batch: u64,
 }
 
 impl Book {
@@ -170,11 +174,13 @@ impl Book {
     /// them), every unacknowledged result is sent again.
     fn reconnected(&mut self, slots: &mut Slots) {
         self.drop_queued(slots);
-        // Results finished while disconnected are unacked already; take them in.
+        let mut again: Vec<TaskReport> = self.unacked.drain(..).flat_map(|(_, r)| r).collect();
+        again.append(&mut self.unsent);
+        self.unsent = again;
         while let Ok(r) = slots.reports.try_recv() {
             self.finished(r);
         }
-        self.unsent = self.unacked.values().cloned().collect();
+        self.next_batch = 1;
     }
 
     fn drop_queued(&mut self, slots: &Slots) -> Vec<TaskId> {
@@ -187,8 +193,17 @@ impl Book {
 
     fn finished(&mut self, r: TaskReport) {
         self.held.remove(&r.task);
-        self.unacked.insert(r.task, r.clone());
         self.unsent.push(r);
+    }
+
+    fn acked(&mut self, batch: u64) {
+        while self.unacked.front().is_some_and(|(b, _)| *b <= batch) {
+            self.unacked.pop_front();
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.unacked.iter().map(|(_, r)| r.len()).sum::<usize>() + self.unsent.len()
     }
 
     fn running(&self) -> Vec<(TaskId, u32)> {
@@ -206,14 +221,18 @@ impl Book {
         }
     }
 
-    /// Sends the unsent reports; on failure they stay unacked and are sent
-    /// again on the next connection.
+    /// Sends the unsent reports as one numbered frame, kept until acknowledged.
     async fn flush(&mut self, sink: &mut FrameSink) -> Result<(), String> {
         if self.unsent.is_empty() {
             return Ok(());
         }
-        let msg = FromWorker::Reports { reports: std::mem::take(&mut self.unsent) };
-        send(sink, &msg).await
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        let msg = FromWorker::Reports { batch, reports: std::mem::take(&mut self.unsent) };
+        let result = send(sink, &msg).await;
+        let FromWorker::Reports { reports, .. } = msg else { unreachable!("built above") };
+        self.unacked.push_back((batch, reports));
+        result
     }
 }
 
@@ -269,11 +288,7 @@ async fn session(
                             let _ = slots.tx.send(t);
                         }
                     }
-                    Ok(ToWorker::Ack { tasks }) => {
-                        for t in tasks {
-                            book.unacked.remove(&t);
-                        }
-                    }
+                    Ok(ToWorker::Ack { batch }) => book.acked(batch),
                     Ok(ToWorker::Error { message }) => tracing::warn!(%message, "scheduler reports an error"),
                     Ok(ToWorker::Reregister { reason }) => {
                         tracing::warn!(%reason, "registering again as a new worker");
@@ -319,7 +334,7 @@ async fn drain(
         return;
     }
     let deadline = tokio::time::Instant::now() + opts.drain_timeout;
-    while !book.held.is_empty() || !book.unacked.is_empty() {
+    while !book.held.is_empty() || book.pending() > 0 {
         if book.flush(sink).await.is_err() {
             return;
         }
@@ -336,11 +351,7 @@ async fn drain(
                         return;
                     }
                 }
-                Ok(Ok(ToWorker::Ack { tasks })) => {
-                    for t in tasks {
-                        book.unacked.remove(&t);
-                    }
-                }
+                Ok(Ok(ToWorker::Ack { batch })) => book.acked(batch),
                 Ok(_) => {}
                 Err(_) => return,
             },

@@ -148,7 +148,9 @@ impl Actor for SchedulerActor {
                     let w = core::NewWorker { slots, host, pid, functions, nanny, running };
                     core::on_worker_joined(core, fx, now, conn, w);
                 }
-                FromWorker::Reports { reports } => core::on_reports(core, fx, now, conn, reports),
+                FromWorker::Reports { batch, reports } => {
+                    core::on_reports(core, fx, now, conn, batch, reports)
+                }
                 FromWorker::Heartbeat => core::on_heartbeat(core, fx, now, conn),
                 FromWorker::Draining { returned } => core::on_worker_draining(core, fx, conn, returned),
                 FromWorker::Goodbye => {

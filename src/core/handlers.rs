@@ -8,7 +8,7 @@ use crate::protocol::{
     Assignment, NannyInfo, Outcome, SlotInfo, SlotState, TaskOutcome, TaskReport, TaskSpec, ToClient,
     ToNanny, ToWorker, WorkerInfo,
 };
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// Most outcomes sent to a watcher in one message when it catches up.
 const CATCH_UP_CHUNK: usize = 4096;
@@ -97,7 +97,7 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
     let mut lost: Vec<(u64, TaskId)> =
         w.assigned.into_iter().map(|t| (core.find_task(t).map_or(0, |t| t.assigned_seq), t)).collect();
     lost.sort();
-    let mut failed: HashMap<JobId, Vec<TaskOutcome>> = HashMap::new();
+    let mut failed: HashMap<JobId, Vec<TaskOutcome>> = HashMap::default();
     // A worker that left on purpose killed nobody: its tasks just go back.
     let died = why != GOODBYE;
     for (n, (_, tid)) in lost.into_iter().enumerate() {
@@ -377,19 +377,23 @@ fn notify_watchers(core: &mut Core, fx: &mut impl Effects, job: JobId, outcomes:
 /// A batch of finished attempts from one worker. The first report of a task
 /// wins; reports for tasks that already have an outcome, or that this
 /// worker does not hold, are counted and dropped.
-pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, reports: Vec<TaskReport>) {
+pub fn on_reports(
+    core: &mut Core,
+    fx: &mut impl Effects,
+    now: u64,
+    conn: ConnId,
+    batch: u64,
+    reports: Vec<TaskReport>,
+) {
     let wid = core.worker_by_conn.get(&conn).copied();
     if wid.is_none() && !core.stale_conns.contains_key(&conn) {
         let message = "reports from a worker that has not registered".into();
         fx.to_worker(conn, ToWorker::Error { message });
         return;
     }
-    let mut by_job: HashMap<JobId, Vec<TaskOutcome>> = HashMap::new();
-    let mut done_by_job: HashMap<JobId, Vec<DoneTask>> = HashMap::new();
+    let mut by_job: HashMap<JobId, Vec<TaskOutcome>> = HashMap::default();
+    let mut done_by_job: HashMap<JobId, Vec<DoneTask>> = HashMap::default();
     let mut dropped = 0;
-    // Every report is acknowledged once durable (or already recorded), so the
-    // worker can forget it.
-    let acked: Vec<TaskId> = reports.iter().map(|r| r.task).collect();
     for r in reports {
         let known = core.find_task(r.task).map(|t| t.outcome.is_none());
         if known != Some(true) {
@@ -422,7 +426,9 @@ pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId
     for (job, done) in done_by_job {
         fx.journal(Record::TasksDone { job, done });
     }
-    fx.to_worker(conn, ToWorker::Ack { tasks: acked });
+    // The frame is acknowledged once durable (or already recorded), so the
+    // worker can forget its results.
+    fx.to_worker(conn, ToWorker::Ack { batch });
     for (job, outcomes) in by_job {
         notify_watchers(core, fx, job, outcomes);
     }

@@ -11,7 +11,8 @@ pub use handlers::*;
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use crate::persistence::Record;
 use crate::protocol::{Outcome, SlotInfo, TaskKind, ToClient, ToNanny, ToWorker};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Everything a handler may cause outside the core.
 pub trait Effects {

@@ -95,7 +95,7 @@ fn submit_assign_finish_and_watch() {
     on_watch(&mut core, &mut fx, CLIENT, job);
     assert!(fx.clients.is_empty(), "nothing finished yet, nothing sent");
 
-    on_reports(&mut core, &mut fx, 2, ConnId(1), first.iter().map(|a| report(a, ok(1))).collect());
+    on_reports(&mut core, &mut fx, 2, ConnId(1), 1, first.iter().map(|a| report(a, ok(1))).collect());
     core.sanity_check();
     assert_eq!(fx.journal.len(), 2, "one record for the batch");
     let (c, msg) = fx.clients.remove(0);
@@ -104,7 +104,7 @@ fn submit_assign_finish_and_watch() {
     let rest = fx.take_assignments(ConnId(1));
     assert_eq!(rest.len(), 1);
 
-    on_reports(&mut core, &mut fx, 3, ConnId(1), vec![report(&rest[0], ok(2))]);
+    on_reports(&mut core, &mut fx, 3, ConnId(1), 1, vec![report(&rest[0], ok(2))]);
     core.sanity_check();
     assert!(matches!(fx.clients.remove(0).1, ToClient::Outcomes { .. }));
     assert!(matches!(fx.clients.remove(0).1, ToClient::JobDone { finished: 3, failed: 0, .. }));
@@ -128,9 +128,9 @@ fn duplicate_reports_are_recorded_once() {
     let job = JobId::new();
     on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(1));
     let a = fx.take_assignments(ConnId(1));
-    on_reports(&mut core, &mut fx, 1, ConnId(1), vec![report(&a[0], ok(7))]);
+    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&a[0], ok(7))]);
     let journaled = fx.journal.len();
-    on_reports(&mut core, &mut fx, 2, ConnId(1), vec![report(&a[0], ok(8))]);
+    on_reports(&mut core, &mut fx, 2, ConnId(1), 1, vec![report(&a[0], ok(8))]);
     core.sanity_check();
     assert_eq!(fx.journal.len(), journaled, "second report not journaled");
     assert_eq!(core.duplicate_reports, 1);
@@ -150,7 +150,7 @@ fn lost_worker_requeues_only_its_tasks_and_poison_task_fails() {
     let a1 = fx.take_assignments(ConnId(1));
     let a2 = fx.take_assignments(ConnId(2));
     assert_eq!((a1.len(), a2.len()), (1, 1), "spread across workers");
-    on_reports(&mut core, &mut fx, 1, ConnId(2), vec![report(&a2[0], ok(1))]);
+    on_reports(&mut core, &mut fx, 1, ConnId(2), 1, vec![report(&a2[0], ok(1))]);
     on_connection_closed(&mut core, &mut fx, 2, ConnId(1));
     core.sanity_check();
     let again = fx.take_assignments(ConnId(2));
@@ -245,7 +245,7 @@ fn replay_restores_outcomes_and_requeues_the_rest() {
     let job = JobId::new();
     on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(3));
     let a = fx.take_assignments(ConnId(1));
-    on_reports(&mut core, &mut fx, 1, ConnId(1), vec![report(&a[0], ok(1))]);
+    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&a[0], ok(1))]);
 
     let mut restored = Core::default();
     replay(&mut restored, 5, fx.journal.clone());
@@ -282,10 +282,10 @@ fn a_silent_worker_is_lost_and_its_late_reports_are_recorded_once() {
     let moved = fx.take_assignments(ConnId(2));
     assert_eq!(moved.len(), 1);
     assert_eq!((moved[0].task, moved[0].attempt), (a1[0].task, 2));
-    on_reports(&mut core, &mut fx, timeout + 2, ConnId(2), vec![report(&moved[0], ok(10))]);
+    on_reports(&mut core, &mut fx, timeout + 2, ConnId(2), 1, vec![report(&moved[0], ok(10))]);
 
     // Worker 1 wakes up: its late report is dropped, it is told once to re-register.
-    on_reports(&mut core, &mut fx, timeout + 3, ConnId(1), vec![report(&a1[0], ok(99))]);
+    on_reports(&mut core, &mut fx, timeout + 3, ConnId(1), 1, vec![report(&a1[0], ok(99))]);
     on_heartbeat(&mut core, &mut fx, timeout + 4, ConnId(1));
     core.sanity_check();
     assert_eq!(core.duplicate_reports, 1);
@@ -316,10 +316,10 @@ fn a_stale_report_that_comes_first_wins_and_releases_the_new_holder() {
     on_worker_joined(&mut core, &mut fx, timeout + 1, ConnId(2), worker(1));
     let a2 = fx.take_assignments(ConnId(2));
     assert_eq!(a2[0].task, a1[0].task);
-    on_reports(&mut core, &mut fx, timeout + 2, ConnId(1), vec![report(&a1[0], ok(5))]);
+    on_reports(&mut core, &mut fx, timeout + 2, ConnId(1), 1, vec![report(&a1[0], ok(5))]);
     core.sanity_check();
     assert!(core.workers[&WorkerId(2)].assigned.is_empty());
-    on_reports(&mut core, &mut fx, timeout + 3, ConnId(2), vec![report(&a2[0], ok(6))]);
+    on_reports(&mut core, &mut fx, timeout + 3, ConnId(2), 1, vec![report(&a2[0], ok(6))]);
     core.sanity_check();
     assert_eq!(core.jobs[&job].tasks[0].outcome, Some(ok(5)));
     assert_eq!(core.duplicate_reports, 1);

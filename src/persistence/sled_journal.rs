@@ -129,7 +129,7 @@ impl SledJournal {
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, JournalError> {
-    rmp_serde::to_vec_named(v).map_err(|e| JournalError::Write(e.to_string()))
+    rmp_serde::to_vec(v).map_err(|e| JournalError::Write(e.to_string()))
 }
 
 impl Journal for SledJournal {

@@ -111,7 +111,12 @@ pub enum FromWorker {
         running: Vec<(TaskId, u32)>,
     },
     /// Finished attempts, many per frame.
-    Reports { reports: Vec<TaskReport> },
+    Reports {
+        /// Numbers this worker's report frames on this connection (1, 2, …),
+        /// so the scheduler can acknowledge many at once.
+        batch: u64,
+        reports: Vec<TaskReport>,
+    },
     /// Sent every heartbeat interval, so a hung worker can be told from a busy one.
     Heartbeat,
     /// The worker is shutting down on purpose (its nanny or a signal asked).
@@ -142,9 +147,10 @@ pub enum ToWorker {
     Error {
         message: String,
     },
-    /// These reports are durable: the worker may forget them.
+    /// Every report frame up to and including `batch` is durable: the
+    /// worker may forget those results.
     Ack {
-        tasks: Vec<TaskId>,
+        batch: u64,
     },
     /// This connection's worker incarnation was declared lost (e.g. it
     /// missed heartbeats): drop queued tasks and `Register` again.
