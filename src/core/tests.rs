@@ -358,3 +358,53 @@ fn only_running_tasks_are_blamed_when_a_worker_dies() {
     assert_eq!(core.jobs[&job].tasks[1].state, TaskState::Ready, "the queued one is not");
     assert!(core.jobs[&job].tasks[1].killed.is_empty());
 }
+
+#[test]
+fn after_a_restart_tasks_wait_for_claims_then_go_to_anyone() {
+    // A scheduler ran a job of 3 tasks and finished one, then died.
+    let mut before = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut before, &mut fx, 0, ConnId(1), worker(1));
+    let job = JobId::new();
+    on_submit(&mut before, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(3));
+    let a = fx.take_assignments(ConnId(1));
+    on_reports(&mut before, &mut fx, 1, ConnId(1), 1, vec![report(&a[0], ok(1))]);
+
+    let mut core = Core::default();
+    let mut fx2 = TestFx::default();
+    replay(&mut core, 10, fx.journal.clone());
+    begin_recovery(&mut core, 10, 1_000);
+    core.sanity_check();
+    // The old worker comes back, still running task 1: it gets it back; the
+    // other unfinished task waits for the grace period, even with a free slot.
+    let mut w = worker(2);
+    w.running = vec![(a[1].task, a[1].attempt)];
+    let wid = on_worker_joined(&mut core, &mut fx2, 20, ConnId(7), w);
+    core.sanity_check();
+    assert_eq!(core.jobs[&job].tasks[1].state, TaskState::Assigned(wid));
+    assert!(fx2.take_assignments(ConnId(7)).is_empty(), "held during the grace period");
+    on_tick(&mut core, &mut fx2, 500);
+    assert!(fx2.take_assignments(ConnId(7)).is_empty());
+    on_tick(&mut core, &mut fx2, 1_010);
+    let given = fx2.take_assignments(ConnId(7));
+    assert_eq!(given.len(), 1);
+    assert_eq!(given[0].task.idx, 2);
+    core.sanity_check();
+}
+
+#[test]
+fn finished_jobs_are_forgotten_after_the_retention_period() {
+    let mut core = Core::new(CoreConfig { retention_us: Some(100), ..Default::default() });
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let job = JobId::new();
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(1));
+    let a = fx.take_assignments(ConnId(1));
+    on_reports(&mut core, &mut fx, 50, ConnId(1), 1, vec![report(&a[0], ok(1))]);
+    on_tick(&mut core, &mut fx, 100);
+    assert!(core.jobs.contains_key(&job), "kept within the retention period");
+    on_tick(&mut core, &mut fx, 151);
+    assert!(!core.jobs.contains_key(&job));
+    assert!(matches!(fx.journal.last(), Some(Record::JobForgotten { job: j }) if *j == job));
+    core.sanity_check();
+}
