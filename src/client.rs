@@ -201,7 +201,14 @@ impl Client {
     /// Outcomes in completion order; call `next` until it returns `None`.
     pub async fn as_completed(&mut self, job: JobId) -> Result<AsCompleted<'_>, ClientError> {
         self.conn.write(&FromClient::Watch { job }).await?;
-        Ok(AsCompleted { client: self, job, buffer: Vec::new(), done: false, seen: HashSet::new() })
+        Ok(AsCompleted {
+            client: self,
+            job,
+            buffer: Vec::new(),
+            done: false,
+            seen: HashSet::new(),
+            tasks: None,
+        })
     }
 
     /// Waits for every task of the job and returns the outcomes in task order.
@@ -209,17 +216,17 @@ impl Client {
         self.gather_with(job.id, |_, _| {}).await
     }
 
-    /// `gather` with a progress callback `(done, total?)` per batch.
+    /// `gather` with a progress callback `(done, total)` per finished task.
     pub async fn gather_with(
         &mut self,
         job: JobId,
-        mut progress: impl FnMut(usize, &TaskOutcome),
+        mut progress: impl FnMut(usize, u32),
     ) -> Result<Gathered, ClientError> {
         let mut outcomes = Vec::new();
         let mut stream = self.as_completed(job).await?;
         while let Some(o) = stream.next().await? {
             outcomes.push(o);
-            progress(outcomes.len(), outcomes.last().expect("just pushed"));
+            progress(outcomes.len(), stream.tasks.unwrap_or(0));
         }
         outcomes.sort_by_key(|o| o.idx);
         Ok(Gathered { job, outcomes })
@@ -285,6 +292,8 @@ pub struct AsCompleted<'a> {
     done: bool,
     /// Tasks already returned: after a reconnect the scheduler sends them again.
     seen: HashSet<u32>,
+    /// The job's size, once the scheduler has said it.
+    pub tasks: Option<u32>,
 }
 
 impl AsCompleted<'_> {
@@ -315,6 +324,7 @@ impl AsCompleted<'_> {
                     self.buffer = outcomes;
                 }
                 ToClient::JobDone { job, .. } if job == self.job => self.done = true,
+                ToClient::Watching { job, tasks } if job == self.job => self.tasks = Some(tasks),
                 other => return Err(ClientError::Protocol(format!("{other:?}"))),
             }
         }

@@ -519,8 +519,9 @@ async fn gather(config: &Config, c: &Connect, job: JobId, out: Option<&str>) -> 
     let mut client = connect(config, c).await?;
     let pb = progress_bar(0);
     let gathered = client
-        .gather_with(job, |done, _| {
+        .gather_with(job, |done, total| {
             if let Some(pb) = &pb {
+                pb.set_length(total as u64);
                 pb.set_position(done as u64);
             }
         })

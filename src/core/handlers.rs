@@ -300,6 +300,7 @@ pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId
         fx.to_client(conn, ToClient::Error { job: Some(job), message });
         return;
     };
+    fx.to_client(conn, ToClient::Watching { job, tasks: j.tasks.len() as u32 });
     let done: Vec<TaskOutcome> = j
         .tasks
         .iter()

@@ -93,7 +93,8 @@ fn submit_assign_finish_and_watch() {
     assert_eq!(first[0].attempt, 1);
 
     on_watch(&mut core, &mut fx, CLIENT, job);
-    assert!(fx.clients.is_empty(), "nothing finished yet, nothing sent");
+    assert!(matches!(fx.clients.remove(0).1, ToClient::Watching { tasks: 3, .. }));
+    assert!(fx.clients.is_empty(), "nothing finished yet, no outcomes sent");
 
     on_reports(&mut core, &mut fx, 2, ConnId(1), 1, first.iter().map(|a| report(a, ok(1))).collect());
     core.sanity_check();
@@ -116,8 +117,9 @@ fn submit_assign_finish_and_watch() {
 
     // A late watcher gets everything at once.
     on_watch(&mut core, &mut fx, ConnId(101), job);
-    assert!(matches!(&fx.clients[0].1, ToClient::Outcomes { outcomes, .. } if outcomes.len() == 3));
-    assert!(matches!(fx.clients[1].1, ToClient::JobDone { finished: 3, .. }));
+    assert!(matches!(&fx.clients[0].1, ToClient::Watching { tasks: 3, .. }));
+    assert!(matches!(&fx.clients[1].1, ToClient::Outcomes { outcomes, .. } if outcomes.len() == 3));
+    assert!(matches!(fx.clients[2].1, ToClient::JobDone { finished: 3, .. }));
 }
 
 #[test]

@@ -201,6 +201,11 @@ pub enum ToClient {
         job: JobId,
         tasks: u32,
     },
+    /// First answer to `Watch`: the job's size.
+    Watching {
+        job: JobId,
+        tasks: u32,
+    },
     Outcomes {
         job: JobId,
         outcomes: Vec<TaskOutcome>,
