@@ -12,7 +12,8 @@
 
 use crate::ids::JobId;
 use crate::protocol::{
-    Conn, FromClient, Outcome, Role, TaskKind, TaskOutcome, TaskSpec, ToClient, WorkerInfo, DEFAULT_MAX_FRAME,
+    Conn, Dep, FromClient, Outcome, Role, TaskKind, TaskOutcome, TaskSpec, ToClient, WorkerInfo,
+    DEFAULT_MAX_FRAME,
 };
 use crate::schedfile::{resolve_path, wait_for_file, SchedulerFile};
 use serde::{de::DeserializeOwned, Serialize};
@@ -248,6 +249,60 @@ impl Client {
         }
     }
 
+    /// Submits a task graph as one job.
+    pub async fn submit_graph(&mut self, name: &str, graph: Graph) -> Result<JobHandle, ClientError> {
+        self.submit_job(JobId::new(), name, graph.tasks).await
+    }
+
+    /// `submit(func, args)` taking the results of earlier tasks, as Dask's
+    /// futures passed as arguments: the function gets `[args, r1, r2, …]`,
+    /// or with nil args the one result itself, or the array of them.
+    pub async fn submit_after<A: Serialize>(
+        &mut self,
+        func: &str,
+        args: &A,
+        deps: &[&TaskFuture],
+    ) -> Result<TaskFuture, ClientError> {
+        let mut spec = fn_task(func, args)?;
+        spec.deps = deps.iter().map(|f| Dep { job: Some(f.job), key: f.idx.to_string() }).collect();
+        let job = self.submit_job(JobId::new(), func, vec![spec]).await?;
+        Ok(TaskFuture { job: job.id, idx: 0 })
+    }
+
+    /// The index of the task named `key` in `job`.
+    pub async fn resolve(&mut self, job: JobId, key: &str) -> Result<u32, ClientError> {
+        self.conn.write(&FromClient::Resolve { job, key: key.into() }).await?;
+        match self.expect_reply().await? {
+            ToClient::Resolved { idx, .. } => Ok(idx),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Waits for one task and returns its outcome.
+    pub async fn outcome(&mut self, task: &TaskFuture) -> Result<TaskOutcome, ClientError> {
+        let mut stream = self.as_completed(task.job).await?;
+        while let Some(o) = stream.next().await? {
+            if o.idx == task.idx {
+                return Ok(o);
+            }
+        }
+        Err(ClientError::Protocol(format!("job {} finished without task {}", task.job, task.idx)))
+    }
+
+    /// Waits for one task and decodes its result.
+    pub async fn result<T: DeserializeOwned>(&mut self, task: &TaskFuture) -> Result<T, ClientError> {
+        decode_outcome(&self.outcome(task).await?)
+    }
+
+    /// Cancels the job's unfinished tasks named by `keys` (all if empty).
+    pub async fn cancel(&mut self, job: JobId, keys: Vec<String>) -> Result<String, ClientError> {
+        self.conn.write(&FromClient::Cancel { job, keys }).await?;
+        match self.expect_reply().await? {
+            ToClient::Done { message } => Ok(message),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// Drops a finished job and its results from the scheduler and journal.
     pub async fn forget(&mut self, job: JobId) -> Result<String, ClientError> {
         self.conn.write(&FromClient::Forget { job }).await?;
@@ -334,10 +389,49 @@ impl AsCompleted<'_> {
 /// An `fn` task calling `func` with msgpack-encoded `args`.
 pub fn fn_task<A: Serialize>(func: &str, args: &A) -> Result<TaskSpec, ClientError> {
     let args = rmp_serde::to_vec(args).map_err(|e| ClientError::Encode(e.to_string()))?;
-    Ok(TaskSpec { key: None, kind: TaskKind::Fn { name: func.into(), args }, max_worker_kills: None })
+    Ok(TaskSpec::new(TaskKind::Fn { name: func.into(), args }))
 }
 
 /// A `cmd` task running `argv`.
 pub fn cmd_task(argv: Vec<String>) -> TaskSpec {
-    TaskSpec { key: None, kind: TaskKind::Cmd { argv }, max_worker_kills: None }
+    TaskSpec::new(TaskKind::Cmd { argv })
+}
+
+/// A task graph to submit as one job: tasks named by key, each taking the
+/// results of the tasks it depends on.
+#[derive(Default, Debug, Clone)]
+pub struct Graph {
+    pub tasks: Vec<TaskSpec>,
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Graph::default()
+    }
+
+    /// Adds `func(args, results of deps…)` under `key`; returns the task to
+    /// set options on (priority, retries).
+    pub fn add<A: Serialize>(
+        &mut self,
+        key: &str,
+        func: &str,
+        args: &A,
+        deps: &[&str],
+    ) -> Result<&mut TaskSpec, ClientError> {
+        let mut spec = fn_task(func, args)?;
+        spec.key = Some(key.into());
+        spec.deps = deps.iter().map(|d| Dep::key(*d)).collect();
+        self.tasks.push(spec);
+        Ok(self.tasks.last_mut().expect("just pushed"))
+    }
+
+    /// Adds a command under `key`; its dependencies' results are JSON files
+    /// named by `$ACTORD_INPUT_0`, `$ACTORD_INPUT_1`, ….
+    pub fn add_cmd(&mut self, key: &str, argv: Vec<String>, deps: &[&str]) -> &mut TaskSpec {
+        let mut spec = cmd_task(argv);
+        spec.key = Some(key.into());
+        spec.deps = deps.iter().map(|d| Dep::key(*d)).collect();
+        self.tasks.push(spec);
+        self.tasks.last_mut().expect("just pushed")
+    }
 }

@@ -29,6 +29,8 @@ pub struct SchedulerConfig {
     pub heartbeat_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub reclaim_grace: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub retry_backoff: Duration,
     #[serde(deserialize_with = "de_optional_duration")]
     pub retention: Option<Duration>,
 }

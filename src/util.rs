@@ -78,6 +78,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// msgpack → JSON for output files; binary becomes an array of bytes.
+pub fn msgpack_to_json(bytes: &[u8]) -> serde_json::Value {
+    fn conv(v: rmpv::Value) -> serde_json::Value {
+        use rmpv::Value as V;
+        use serde_json::Value as J;
+        match v {
+            V::Nil => J::Null,
+            V::Boolean(b) => J::Bool(b),
+            V::Integer(i) => i.as_i64().map(J::from).or_else(|| i.as_u64().map(J::from)).unwrap_or(J::Null),
+            V::F32(f) => J::from(f as f64),
+            V::F64(f) => J::from(f),
+            V::String(s) => J::String(s.into_str().unwrap_or_default()),
+            V::Binary(b) => J::Array(b.into_iter().map(J::from).collect()),
+            V::Array(a) => J::Array(a.into_iter().map(conv).collect()),
+            V::Map(m) => J::Object(
+                m.into_iter()
+                    .map(|(k, v)| (k.as_str().map(String::from).unwrap_or_else(|| k.to_string()), conv(v)))
+                    .collect(),
+            ),
+            V::Ext(_, b) => J::Array(b.into_iter().map(J::from).collect()),
+        }
+    }
+    match rmpv::decode::read_value(&mut &bytes[..]) {
+        Ok(v) => conv(v),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,9 @@ pub enum WorkerError {
     SchedulerGone(Duration, String),
 }
 
+/// How long a canceled command has between SIGTERM and SIGKILL.
+const CANCEL_GRACE: Duration = Duration::from_secs(3);
+
 /// Most reports sent in one frame.
 const MAX_REPORTS_PER_FRAME: usize = 8192;
 
@@ -51,7 +54,9 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
     let (report_tx, mut report_rx) = mpsc::unbounded_channel::<TaskReport>();
     let worker_id = Arc::new(AtomicU64::new(0));
     let registry = Arc::new(registry);
+    let control = Arc::new(Control::default());
     for slot in 0..opts.threads.max(1) {
+        let ctl = control.clone();
         let rx = task_rx.clone();
         let tx = report_tx.clone();
         let reg = registry.clone();
@@ -61,7 +66,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
             .name(format!("slot-{slot}"))
             .spawn(move || {
                 for a in rx.iter() {
-                    let report = run_task(&reg, &work_dir, WorkerId(wid.load(Ordering::Relaxed)), a);
+                    let report = run_task(&reg, &work_dir, WorkerId(wid.load(Ordering::Relaxed)), a, &ctl);
                     if tx.send(report).is_err() {
                         return;
                     }
@@ -102,7 +107,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
             }
         };
         backoff = Duration::from_millis(50);
-        let mut slots = Slots { tx: &task_tx, rx: &task_rx, reports: &mut report_rx };
+        let mut slots = Slots { tx: &task_tx, rx: &task_rx, reports: &mut report_rx, ctl: &control };
         book.reconnected(&mut slots);
         let end = session(&opts, &registry, conn, slots, &worker_id, &mut book, &mut term).await;
         match end {
@@ -140,11 +145,61 @@ async fn connect(opts: &WorkerOptions, timeout: Duration) -> Result<(Conn, Sched
     Ok((conn, file))
 }
 
+/// Cancellation state shared by the connection loop and the slot threads.
+#[derive(Default)]
+pub struct Control(std::sync::Mutex<ControlState>);
+
+#[derive(Default)]
+pub struct ControlState {
+    /// Canceled tasks not yet seen by a slot.
+    canceled: rustc_hash::FxHashSet<TaskId>,
+    /// Commands running now, by task: their pids.
+    running: FxHashMap<TaskId, u32>,
+}
+
+impl Control {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_canceled(&self, t: TaskId) -> bool {
+        self.lock().canceled.remove(&t)
+    }
+
+    /// Marks tasks canceled; a running command gets SIGTERM now and SIGKILL
+    /// after `grace` if it is still there.
+    fn cancel(self: &Arc<Self>, tasks: &[TaskId], grace: Duration) {
+        let mut st = self.lock();
+        for t in tasks {
+            st.canceled.insert(*t);
+            if let Some(pid) = st.running.get(t).copied() {
+                tracing::info!(task = %t, pid, "canceling a running command");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let me = self.clone();
+                let t = *t;
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    if me.lock().running.get(&t) == Some(&pid) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                });
+            }
+        }
+    }
+}
+
 /// What a worker's connection loop shares with the slot threads.
 struct Slots<'a> {
     tx: &'a crossbeam_channel::Sender<Assignment>,
     rx: &'a crossbeam_channel::Receiver<Assignment>,
     reports: &'a mut mpsc::UnboundedReceiver<TaskReport>,
+    ctl: &'a Arc<Control>,
 }
 
 impl Slots<'_> {
@@ -265,6 +320,7 @@ async fn session(
         return SessionEnd::Lost(e.to_string());
     }
     let (mut sink, mut stream) = conn.into_split();
+    let ctl = slots.ctl;
     let mut heartbeat = tokio::time::interval(opts.heartbeat);
     heartbeat.tick().await;
     loop {
@@ -289,6 +345,12 @@ async fn session(
                         }
                     }
                     Ok(ToWorker::Ack { batch }) => book.acked(batch),
+                    Ok(ToWorker::Cancel { tasks }) => {
+                        for t in &tasks {
+                            book.held.remove(t);
+                        }
+                        ctl.cancel(&tasks, CANCEL_GRACE);
+                    }
                     Ok(ToWorker::Error { message }) => tracing::warn!(%message, "scheduler reports an error"),
                     Ok(ToWorker::Reregister { reason }) => {
                         tracing::warn!(%reason, "registering again as a new worker");
@@ -365,8 +427,18 @@ async fn drain(
 }
 
 /// Runs one attempt on the calling slot thread; a panic is a task error.
-fn run_task(registry: &Registry, work_dir: &Path, worker: WorkerId, a: Assignment) -> TaskReport {
+fn run_task(
+    registry: &Registry,
+    work_dir: &Path,
+    worker: WorkerId,
+    a: Assignment,
+    ctl: &Control,
+) -> TaskReport {
     let start = Instant::now();
+    if ctl.take_canceled(a.task) {
+        let outcome = Outcome::Err { error: "canceled".into() };
+        return TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 0 };
+    }
     let outcome = match &a.kind {
         TaskKind::Fn { name, args } => match registry.get(name) {
             None => Outcome::Err {
@@ -374,7 +446,8 @@ fn run_task(registry: &Registry, work_dir: &Path, worker: WorkerId, a: Assignmen
             },
             Some(f) => {
                 let ctx = TaskCtx { task: a.task, attempt: a.attempt };
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(args, &ctx))) {
+                let args = with_inputs(args, &a.inputs);
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&args, &ctx))) {
                     Ok(Ok(result)) => Outcome::Ok { result: result.into() },
                     Ok(Err(error)) => Outcome::Err { error },
                     Err(panic) => {
@@ -383,9 +456,42 @@ fn run_task(registry: &Registry, work_dir: &Path, worker: WorkerId, a: Assignmen
                 }
             }
         },
-        TaskKind::Cmd { argv } => run_cmd(argv, work_dir, worker, &a),
+        TaskKind::Cmd { argv } => run_cmd(argv, work_dir, worker, &a, ctl),
     };
     TaskReport { task: a.task, attempt: a.attempt, outcome, micros: start.elapsed().as_micros() as u64 }
+}
+
+/// The arguments a function with dependencies is called with: with no args
+/// of its own, the one input itself or the array of inputs; otherwise the
+/// array `[args, input1, input2, …]`. (msgpack, spliced without decoding.)
+fn with_inputs(args: &[u8], inputs: &[bytes::Bytes]) -> Vec<u8> {
+    if inputs.is_empty() {
+        return args.to_vec();
+    }
+    let no_args = args.is_empty() || args == [0xc0];
+    if no_args && inputs.len() == 1 {
+        return inputs[0].to_vec();
+    }
+    let n = inputs.len() + usize::from(!no_args);
+    let mut out = Vec::with_capacity(5 + args.len() + inputs.iter().map(|i| i.len()).sum::<usize>());
+    match n {
+        0..=15 => out.push(0x90 | n as u8),
+        16..=65535 => {
+            out.push(0xdc);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdd);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+    if !no_args {
+        out.extend_from_slice(args);
+    }
+    for i in inputs {
+        out.extend_from_slice(i);
+    }
+    out
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -401,7 +507,7 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 /// How much of a failed command's stderr goes into its error.
 const STDERR_TAIL: usize = 2048;
 
-fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment) -> Outcome {
+fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment, ctl: &Control) -> Outcome {
     let (task, attempt) = (a.task, a.attempt);
     let task_name = a.key.clone().unwrap_or_else(|| task.idx.to_string());
     use std::os::unix::process::CommandExt;
@@ -419,6 +525,16 @@ fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment) -
         }
     };
     let mut cmd = std::process::Command::new(&argv[0]);
+    // Dependencies' results, as JSON files named by $ACTORD_INPUT_0, _1, …
+    cmd.env("ACTORD_INPUTS", a.inputs.len().to_string());
+    for (k, input) in a.inputs.iter().enumerate() {
+        let path = dir.join(format!("{}.{attempt}.input{k}.json", task.idx));
+        let text = crate::util::msgpack_to_json(input).to_string();
+        if let Err(e) = std::fs::write(&path, text) {
+            return Outcome::Err { error: format!("cannot write {}: {e}", path.display()) };
+        }
+        cmd.env(format!("ACTORD_INPUT_{k}"), &path);
+    }
     cmd.args(&argv[1..])
         .env("ACTORD_JOB", task.job.to_string())
         .env("ACTORD_TASK", &task_name)
@@ -434,9 +550,19 @@ fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment) -
             Ok(())
         });
     }
-    let status = match cmd.status() {
-        Ok(s) => s,
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
         Err(e) => return Outcome::Err { error: format!("cannot run {:?}: {e}", argv[0]) },
+    };
+    ctl.lock().running.insert(task, child.id());
+    let waited = child.wait();
+    ctl.lock().running.remove(&task);
+    if ctl.take_canceled(task) {
+        return Outcome::Err { error: "canceled".into() };
+    }
+    let status = match waited {
+        Ok(s) => s,
+        Err(e) => return Outcome::Err { error: format!("waiting for {:?} failed: {e}", argv[0]) },
     };
     if status.success() {
         let result = serde_json::json!({
@@ -472,7 +598,7 @@ mod tests {
     use crate::ids::{JobId, TaskId};
 
     fn assignment(kind: TaskKind) -> Assignment {
-        Assignment { task: TaskId { job: JobId::new(), idx: 3 }, key: None, attempt: 2, kind }
+        Assignment { task: TaskId { job: JobId::new(), idx: 3 }, key: None, attempt: 2, kind, inputs: vec![] }
     }
 
     #[test]
@@ -481,7 +607,7 @@ mod tests {
         reg.register("explode", |_: (), _| -> Result<(), String> { panic!("kaboom") });
         let dir = tempfile::tempdir().unwrap();
         let a = assignment(TaskKind::Fn { name: "explode".into(), args: rmp_serde::to_vec(&()).unwrap() });
-        let r = run_task(&reg, dir.path(), WorkerId(1), a);
+        let r = run_task(&reg, dir.path(), WorkerId(1), a, &Control::default());
         assert_eq!(r.outcome, Outcome::Err { error: "explode panicked: kaboom".into() });
         assert_eq!(r.attempt, 2);
     }
@@ -492,13 +618,35 @@ mod tests {
         let argv = ["sh", "-c", "echo $ACTORD_TASK $ACTORD_ATTEMPT $ACTORD_WORKER"];
         let a = assignment(TaskKind::Cmd { argv: argv.iter().map(|s| s.to_string()).collect() });
         let job = a.task.job;
-        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a);
+        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default());
         assert!(r.outcome.is_ok(), "{:?}", r.outcome);
         let out = std::fs::read_to_string(dir.path().join(job.to_string()).join("3.2.out")).unwrap();
         assert_eq!(out.trim(), "3 2 w7");
 
         let a = assignment(TaskKind::Cmd { argv: vec!["/nonexistent/prog".into()] });
-        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a);
+        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default());
         assert!(matches!(r.outcome, Outcome::Err { error } if error.contains("cannot run")));
+    }
+}
+
+#[cfg(test)]
+mod input_tests {
+    use super::with_inputs;
+    use bytes::Bytes;
+
+    fn mp<T: serde::Serialize>(v: &T) -> Vec<u8> {
+        rmp_serde::to_vec(v).unwrap()
+    }
+
+    #[test]
+    fn inputs_become_arguments() {
+        let one = [Bytes::from(mp(&5))];
+        assert_eq!(with_inputs(&mp(&()), &one), mp(&5), "nil args, one input: the input itself");
+        let two = [Bytes::from(mp(&5)), Bytes::from(mp(&"x"))];
+        assert_eq!(with_inputs(&mp(&()), &two), mp(&(5, "x")), "nil args: the array of inputs");
+        assert_eq!(with_inputs(&mp(&10), &two), mp(&(10, 5, "x")), "args first, then the inputs");
+        assert_eq!(with_inputs(&mp(&10), &[]), mp(&10), "no inputs: the args");
+        let many: Vec<Bytes> = (0..20).map(|i| Bytes::from(mp(&i))).collect();
+        assert_eq!(with_inputs(&mp(&()), &many), mp(&(0..20).collect::<Vec<i32>>()));
     }
 }

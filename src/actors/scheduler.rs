@@ -168,6 +168,8 @@ impl Actor for SchedulerActor {
                 FromClient::Nannies => core::on_list_nannies(core, fx, conn),
                 FromClient::RestartWorker { worker } => core::on_restart_worker(core, fx, conn, worker),
                 FromClient::Forget { job } => core::on_forget(core, fx, conn, job),
+                FromClient::Cancel { job, keys } => core::on_cancel(core, fx, now, conn, job, keys),
+                FromClient::Resolve { job, key } => core::on_resolve(core, fx, conn, job, key),
             },
             SchedMsg::Nanny { conn, msg } => match msg {
                 FromNanny::Register { host, pid, slots } => {

@@ -89,6 +89,7 @@ fn scheduler_options(
             max_prefetch_per_slot: c.max_prefetch_per_slot,
             max_worker_kills: c.max_worker_kills,
             heartbeat_timeout_us: c.heartbeat_timeout.as_micros() as u64,
+            retry_backoff_us: c.retry_backoff.as_micros() as u64,
             retention_us: c.retention.map(|r| r.as_micros() as u64),
         },
     })
@@ -256,10 +257,10 @@ fn with_connect(cmd: ClientCommand, c: Connect) -> ClientCommand {
         Wait { workers, timeout, .. } => Wait { connect: c, workers, timeout },
         Darts { inputs, scale, input_seed, out, .. } => Darts { connect: c, inputs, scale, input_seed, out },
         Map { name, inputs, job_id, .. } => Map { connect: c, name, inputs, job_id },
-        Submit { array, func, args, max_worker_kills, job_id, argv, .. } => {
-            Submit { connect: c, array, func, args, max_worker_kills, job_id, argv }
+        Submit { array, func, args, max_worker_kills, job_id, graph, priority, retries, argv, .. } => {
+            Submit { connect: c, array, func, args, max_worker_kills, job_id, graph, priority, retries, argv }
         }
-        Gather { job, out, .. } => Gather { connect: c, job, out },
+        Gather { job, out, key, .. } => Gather { connect: c, job, out, key },
         Ctl { command, .. } => Ctl { connect: c, command },
     }
 }
@@ -291,9 +292,36 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
             println!("{}", job.id);
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Submit { connect: c, array, func, args, max_worker_kills, job_id, argv } => {
+        ClientCommand::Submit {
+            connect: c,
+            array,
+            func,
+            args,
+            max_worker_kills,
+            job_id,
+            graph,
+            priority,
+            retries,
+            argv,
+        } => {
             let id = parse_job_id(job_id.as_deref())?;
-            let (name, mut tasks) = submit_tasks(array.as_deref(), func, args.as_deref(), argv)?;
+            let (name, mut tasks) = match graph {
+                Some(path) => {
+                    if !argv.is_empty() {
+                        return Err(usage("give either --graph FILE or a command after --, not both"));
+                    }
+                    read_graph(&path)?
+                }
+                None => submit_tasks(array.as_deref(), func, args.as_deref(), argv)?,
+            };
+            for t in &mut tasks {
+                if let Some(p) = priority {
+                    t.priority = p;
+                }
+                if let Some(r) = retries {
+                    t.retries = r;
+                }
+            }
             if max_worker_kills == Some(0) {
                 return Err(usage("--max-worker-kills must be at least 1"));
             }
@@ -305,8 +333,23 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
             println!("{}", job.id);
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Gather { connect: c, job, out } => {
+        ClientCommand::Gather { connect: c, job, out, key: None } => {
             gather(config, &c, parse_job_id(Some(&job))?, out.as_deref()).await
+        }
+        ClientCommand::Gather { connect: c, job, out, key: Some(key) } => {
+            let job = parse_job_id(Some(&job))?;
+            let mut client = connect(config, &c).await?;
+            let idx = client.resolve(job, &key).await?;
+            let o = client.outcome(&crate::client::TaskFuture { job, idx }).await?;
+            let (doc, code) = match &o.outcome {
+                Outcome::Ok { result } => (crate::util::msgpack_to_json(result), 0),
+                Outcome::Err { error } => {
+                    eprintln!("task {key} failed: {error}");
+                    (serde_json::json!({"key": key, "attempts": o.attempts, "error": error}), 1)
+                }
+            };
+            write_json(out.as_deref(), &doc)?;
+            Ok(ExitCode::from(code))
         }
         ClientCommand::Ctl { connect: c, command } => {
             let mut client = connect(config, &c).await?;
@@ -361,6 +404,11 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
                             }
                         }
                     }
+                    Ok(ExitCode::SUCCESS)
+                }
+                CtlCommand::Cancel { job, keys } => {
+                    let id = parse_job_id(Some(&job))?;
+                    eprintln!("{}", client.cancel(id, keys).await?);
                     Ok(ExitCode::SUCCESS)
                 }
                 CtlCommand::Forget { job } => {
@@ -427,6 +475,91 @@ fn read_jsonl_tasks(name: &str, inputs: &str) -> Result<Vec<TaskSpec>, CliError>
     Ok(tasks)
 }
 
+/// One task of a `--graph` file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GraphTask {
+    key: Option<String>,
+    #[serde(rename = "fn")]
+    func: Option<String>,
+    args: Option<serde_json::Value>,
+    cmd: Option<Vec<String>>,
+    #[serde(default)]
+    deps: Vec<GraphDep>,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default)]
+    retries: u32,
+    max_worker_kills: Option<u32>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum GraphDep {
+    Key(String),
+    Index(u64),
+    Other { job: String, key: String },
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum GraphFile {
+    Tasks(Vec<GraphTask>),
+    Job { name: Option<String>, tasks: Vec<GraphTask> },
+}
+
+/// Reads a `--graph` file: `{"name": …, "tasks": [...]}` or just the array.
+fn read_graph(path: &str) -> Result<(String, Vec<TaskSpec>), CliError> {
+    let p = expand_path(path).map_err(usage)?;
+    let text = std::fs::read_to_string(&p).map_err(|e| usage(format!("cannot read {}: {e}", p.display())))?;
+    let file: GraphFile =
+        serde_json::from_str(&text).map_err(|e| usage(format!("{}: not a task graph: {e}", p.display())))?;
+    let (name, tasks) = match file {
+        GraphFile::Tasks(t) => (None, t),
+        GraphFile::Job { name, tasks } => (name, tasks),
+    };
+    let mut specs = Vec::with_capacity(tasks.len());
+    for (i, t) in tasks.into_iter().enumerate() {
+        let kind = match (t.func, t.cmd) {
+            (Some(f), None) => {
+                let args = t.args.unwrap_or(serde_json::Value::Null);
+                crate::client::fn_task(&f, &args)?.kind
+            }
+            (None, Some(argv)) if !argv.is_empty() && t.args.is_none() => {
+                crate::protocol::TaskKind::Cmd { argv }
+            }
+            _ => {
+                return Err(usage(format!(
+                    "{}: task {i} needs either \"fn\" (with optional \"args\") or a non-empty \"cmd\"",
+                    p.display()
+                )))
+            }
+        };
+        let mut deps = Vec::with_capacity(t.deps.len());
+        for d in t.deps {
+            deps.push(match d {
+                GraphDep::Key(k) => crate::protocol::Dep::key(k),
+                GraphDep::Index(i) => crate::protocol::Dep::key(i.to_string()),
+                GraphDep::Other { job, key } => {
+                    crate::protocol::Dep { job: Some(parse_job_id(Some(&job))?), key }
+                }
+            });
+        }
+        specs.push(TaskSpec {
+            key: t.key,
+            kind,
+            max_worker_kills: t.max_worker_kills,
+            deps,
+            priority: t.priority,
+            retries: t.retries,
+        });
+    }
+    if specs.is_empty() {
+        return Err(usage(format!("{}: the graph has no tasks", p.display())));
+    }
+    Ok((name.unwrap_or_else(|| "graph".into()), specs))
+}
+
 /// Parses `--array 1-200` (or a single `7`) into the inclusive range.
 fn parse_array(s: &str) -> Result<std::ops::RangeInclusive<u64>, CliError> {
     let bad = || usage(format!("--array {s:?}: expected a range like 1-200"));
@@ -474,34 +607,6 @@ fn submit_tasks(
     Ok((name, tasks))
 }
 
-/// msgpack → JSON for output files; binary becomes an array of bytes.
-pub fn msgpack_to_json(bytes: &[u8]) -> serde_json::Value {
-    fn conv(v: rmpv::Value) -> serde_json::Value {
-        use rmpv::Value as V;
-        use serde_json::Value as J;
-        match v {
-            V::Nil => J::Null,
-            V::Boolean(b) => J::Bool(b),
-            V::Integer(i) => i.as_i64().map(J::from).or_else(|| i.as_u64().map(J::from)).unwrap_or(J::Null),
-            V::F32(f) => J::from(f as f64),
-            V::F64(f) => J::from(f),
-            V::String(s) => J::String(s.into_str().unwrap_or_default()),
-            V::Binary(b) => J::Array(b.into_iter().map(J::from).collect()),
-            V::Array(a) => J::Array(a.into_iter().map(conv).collect()),
-            V::Map(m) => J::Object(
-                m.into_iter()
-                    .map(|(k, v)| (k.as_str().map(String::from).unwrap_or_else(|| k.to_string()), conv(v)))
-                    .collect(),
-            ),
-            V::Ext(_, b) => J::Array(b.into_iter().map(J::from).collect()),
-        }
-    }
-    match rmpv::decode::read_value(&mut &bytes[..]) {
-        Ok(v) => conv(v),
-        Err(_) => serde_json::Value::Null,
-    }
-}
-
 fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
@@ -533,7 +638,7 @@ async fn gather(config: &Config, c: &Connect, job: JobId, out: Option<&str>) -> 
     let mut failures = Vec::new();
     for o in &gathered.outcomes {
         match &o.outcome {
-            Outcome::Ok { result } => results.push(msgpack_to_json(result)),
+            Outcome::Ok { result } => results.push(crate::util::msgpack_to_json(result)),
             Outcome::Err { error } => {
                 results.push(serde_json::Value::Null);
                 failures.push(serde_json::json!({"task": o.idx, "attempts": o.attempts, "error": error}));

@@ -174,6 +174,16 @@ pub enum ClientCommand {
         /// with the same id is harmless.
         #[arg(long, value_name = "UUID")]
         job_id: Option<String>,
+        /// Submit a task graph from a JSON file (see the README: tasks with
+        /// key, fn + args or cmd, deps, priority, retries).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["func", "array"])]
+        graph: Option<String>,
+        /// Priority of the task(s): higher runs first.
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i32>,
+        /// Retry a failed task this many times (with backoff) before it fails.
+        #[arg(long)]
+        retries: Option<u32>,
         /// The command and its arguments.
         #[arg(last = true, value_name = "ARGV")]
         argv: Vec<String>,
@@ -186,6 +196,9 @@ pub enum ClientCommand {
         /// Write {"results": [...], "failures": [...]} here as JSON (default: stdout).
         #[arg(long, value_name = "FILE")]
         out: Option<String>,
+        /// Only this task (by key or index): waits for it and writes its result.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
     },
     /// Admin commands.
     Ctl {
@@ -212,6 +225,13 @@ pub enum CtlCommand {
     },
     /// Drop a finished job and its results, here and in the journal.
     Forget { job: String },
+    /// Cancel a job, or some of its tasks by key: running commands get
+    /// SIGTERM (then SIGKILL), running functions are abandoned.
+    Cancel {
+        job: String,
+        /// Task keys (or indices); all unfinished tasks when none.
+        keys: Vec<String>,
+    },
     /// Ask a worker's nanny to restart it (its running tasks go to other workers).
     RestartWorker {
         /// Worker id as `actord ctl workers` shows it, e.g. w3.

@@ -1,9 +1,10 @@
 //! Event handlers of the core: one free function per event, as
 //! `on_x(core, fx, now, …)`. `now` is microseconds on the host's clock.
 
+use super::graph::{self, Completed};
 use super::{Core, Effects, Job, NannyRecord, Task, TaskState, Worker};
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
-use crate::persistence::{DoneTask, Record};
+use crate::persistence::Record;
 use crate::protocol::{
     Assignment, NannyInfo, Outcome, SlotInfo, SlotState, TaskOutcome, TaskReport, TaskSpec, ToClient,
     ToNanny, ToWorker, WorkerInfo,
@@ -97,7 +98,7 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
     let mut lost: Vec<(u64, TaskId)> =
         w.assigned.into_iter().map(|t| (core.find_task(t).map_or(0, |t| t.assigned_seq), t)).collect();
     lost.sort();
-    let mut failed: HashMap<JobId, Vec<TaskOutcome>> = HashMap::default();
+    let mut failed = Completed::default();
     // A worker that left on purpose killed nobody: its tasks just go back.
     let died = why != GOODBYE;
     for (n, (_, tid)) in lost.into_iter().enumerate() {
@@ -114,18 +115,13 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
                 names.len(),
                 names.join(", ")
             );
-            let outcome = Outcome::Err { error };
-            let done = vec![DoneTask { idx: tid.idx, attempt: task.attempts, outcome: outcome.clone() }];
-            fx.journal(Record::TasksDone { job: tid.job, done });
-            failed.entry(tid.job).or_default().push(set_outcome(core, now, tid, outcome));
+            graph::complete(core, now, tid, Outcome::Err { error }, false, &mut failed);
         } else {
             task.state = TaskState::Ready;
-            core.ready.push_front(tid);
+            core.push_ready(tid);
         }
     }
-    for (job, outcomes) in failed {
-        notify_watchers(core, fx, job, outcomes);
-    }
+    graph::flush_completed(core, fx, failed);
     schedule(core, fx);
 }
 
@@ -166,6 +162,17 @@ fn tell_stale(core: &mut Core, fx: &mut impl Effects, conn: ConnId) {
 /// Periodic check: workers silent for longer than the heartbeat timeout are
 /// lost (hung or stopped); their connection stays open, marked stale.
 pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
+    if !core.delayed.is_empty() {
+        let (due, later): (Vec<_>, Vec<_>) = core.delayed.drain(..).partition(|(t, _)| *t <= now);
+        core.delayed = later;
+        for (_, tid) in due {
+            if core.find_task(tid).is_some_and(|t| t.state == TaskState::Delayed) {
+                core.get_task_mut(tid).state = TaskState::Ready;
+                core.push_ready(tid);
+            }
+        }
+        schedule(core, fx);
+    }
     if core.hold_until.is_some_and(|t| now >= t) {
         core.hold_until = None;
         let unclaimed =
@@ -198,22 +205,16 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
     }
 }
 
-/// Checks a submission before anything is changed; `Err` is the one-line
-/// message for the client.
-fn validate_submit(tasks: &[TaskSpec]) -> Result<(), String> {
+/// Checks a submission before anything is changed and resolves its
+/// dependencies; `Err` is the one-line message for the client.
+fn validate_submit(core: &Core, job: JobId, tasks: &[TaskSpec]) -> Result<Vec<Vec<TaskId>>, String> {
     if tasks.is_empty() {
         return Err("a job needs at least one task".into());
     }
     if tasks.len() > u32::MAX as usize {
         return Err("too many tasks in one job".into());
     }
-    let mut keys = std::collections::HashSet::new();
     for (i, t) in tasks.iter().enumerate() {
-        if let Some(k) = &t.key {
-            if !keys.insert(k.as_str()) {
-                return Err(format!("task key {k:?} appears twice (task {i})"));
-            }
-        }
         match &t.kind {
             crate::protocol::TaskKind::Fn { name, .. } if name.is_empty() => {
                 return Err(format!("task {i}: empty function name"))
@@ -224,7 +225,7 @@ fn validate_submit(tasks: &[TaskSpec]) -> Result<(), String> {
             _ => {}
         }
     }
-    Ok(())
+    graph::resolve(core, job, tasks)
 }
 
 pub fn on_submit(
@@ -250,24 +251,48 @@ pub fn on_submit(
         }
         return;
     }
-    if let Err(message) = validate_submit(&tasks) {
-        fx.to_client(conn, ToClient::Error { job: Some(job), message });
-        return;
-    }
+    let deps = match validate_submit(core, job, &tasks) {
+        Ok(deps) => deps,
+        Err(message) => {
+            fx.to_client(conn, ToClient::Error { job: Some(job), message });
+            return;
+        }
+    };
     let seq = core.next_job_seq;
     fx.journal(Record::JobSubmitted { job, seq, name: name.clone(), tasks: tasks.clone() });
-    insert_job(core, now, job, seq, name, tasks);
+    let doomed = insert_job(core, now, job, seq, name, tasks, deps);
+    // Tasks that depend on a task of an earlier job that already failed.
+    let mut failed = Completed::default();
+    for (tid, error) in doomed {
+        graph::complete(core, now, tid, Outcome::Err { error }, false, &mut failed);
+    }
     let n = core.jobs[&job].tasks.len() as u32;
     tracing::info!(job = %job, tasks = n, "job submitted");
     fx.to_client(conn, ToClient::Submitted { job, tasks: n });
+    graph::flush_completed(core, fx, failed);
     schedule(core, fx);
 }
 
-fn insert_job(core: &mut Core, now: u64, job: JobId, seq: u64, name: String, specs: Vec<TaskSpec>) {
+/// Adds a job: tasks whose dependencies are all finished are ready, the
+/// others wait. Returns the tasks that depend on an already failed task,
+/// with the error they fail with.
+fn insert_job(
+    core: &mut Core,
+    now: u64,
+    job: JobId,
+    seq: u64,
+    name: String,
+    specs: Vec<TaskSpec>,
+    deps: Vec<Vec<TaskId>>,
+) -> Vec<(TaskId, String)> {
     core.next_job_seq = core.next_job_seq.max(seq + 1);
-    let tasks: Vec<Task> = specs
-        .into_iter()
-        .map(|s| Task {
+    let mut keys = HashMap::default();
+    let mut tasks: Vec<Task> = Vec::with_capacity(specs.len());
+    for (idx, (s, deps)) in specs.into_iter().zip(deps).enumerate() {
+        if let Some(k) = &s.key {
+            keys.insert(k.clone(), idx as u32);
+        }
+        tasks.push(Task {
             key: s.key,
             max_worker_kills: s.max_worker_kills,
             kind: s.kind,
@@ -276,9 +301,15 @@ fn insert_job(core: &mut Core, now: u64, job: JobId, seq: u64, name: String, spe
             assigned_seq: 0,
             killed: Vec::new(),
             outcome: None,
-        })
-        .collect();
-    core.ready.extend((0..tasks.len() as u32).map(|idx| TaskId { job, idx }));
+            deps,
+            dependents: Vec::new(),
+            waiting: 0,
+            priority: s.priority,
+            retries: s.retries,
+            failures: 0,
+        });
+    }
+    let n = tasks.len();
     core.jobs.insert(
         job,
         Job {
@@ -290,8 +321,40 @@ fn insert_job(core: &mut Core, now: u64, job: JobId, seq: u64, name: String, spe
             submitted_at: now,
             seq,
             done_at: None,
+            keys,
         },
     );
+    let mut doomed = Vec::new();
+    for idx in 0..n as u32 {
+        let tid = TaskId { job, idx };
+        let deps = core.jobs[&job].tasks[idx as usize].deps.clone();
+        let mut waiting = 0;
+        for d in deps {
+            let Some(dep) = core.jobs.get_mut(&d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {
+                continue;
+            };
+            match &dep.outcome {
+                Some(Outcome::Ok { .. }) => {}
+                Some(Outcome::Err { error }) => {
+                    let error = error.clone();
+                    let name = graph::task_name(&core.jobs[&d.job], d.idx);
+                    doomed.push((tid, format!("dependency {name} failed: {error}")));
+                }
+                None => {
+                    dep.dependents.push(tid);
+                    waiting += 1;
+                }
+            }
+        }
+        let task = &mut core.jobs.get_mut(&job).expect("just inserted").tasks[idx as usize];
+        task.waiting = waiting;
+        if waiting > 0 {
+            task.state = TaskState::Waiting;
+        } else {
+            core.push_ready(tid);
+        }
+    }
+    doomed
 }
 
 pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
@@ -339,26 +402,12 @@ pub fn on_list_workers(core: &Core, fx: &mut impl Effects, conn: ConnId) {
     fx.to_client(conn, ToClient::Workers { workers });
 }
 
-/// Records the first outcome of a task and returns what watchers are told.
-fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome) -> TaskOutcome {
-    let job = core.jobs.get_mut(&tid.job).expect("job of a live task");
-    let task = &mut job.tasks[tid.idx as usize];
-    if outcome.is_ok() {
-        task.state = TaskState::Finished;
-        job.finished += 1;
-    } else {
-        task.state = TaskState::Failed;
-        job.failed += 1;
-    }
-    task.outcome = Some(outcome.clone());
-    let attempts = task.attempts;
-    if job.is_done() {
-        job.done_at = Some(now);
-    }
-    TaskOutcome { idx: tid.idx, attempts, outcome }
-}
-
-fn notify_watchers(core: &mut Core, fx: &mut impl Effects, job: JobId, outcomes: Vec<TaskOutcome>) {
+pub(super) fn notify_watchers(
+    core: &mut Core,
+    fx: &mut impl Effects,
+    job: JobId,
+    outcomes: Vec<TaskOutcome>,
+) {
     let Some(j) = core.jobs.get_mut(&job) else {
         return;
     };
@@ -392,8 +441,7 @@ pub fn on_reports(
         fx.to_worker(conn, ToWorker::Error { message });
         return;
     }
-    let mut by_job: HashMap<JobId, Vec<TaskOutcome>> = HashMap::default();
-    let mut done_by_job: HashMap<JobId, Vec<DoneTask>> = HashMap::default();
+    let mut completed = Completed::default();
     let mut dropped = 0;
     for r in reports {
         let known = core.find_task(r.task).map(|t| t.outcome.is_none());
@@ -410,9 +458,23 @@ pub fn on_reports(
                 Some(avg) => avg * 0.9 + sample * 0.1,
             });
         }
+        let backoff = core.config.retry_backoff_us;
         let task = core.get_task_mut(r.task);
+        let held_elsewhere = matches!(task.state, TaskState::Assigned(h) if Some(h) != wid);
+        if !r.outcome.is_ok() && task.failures < task.retries {
+            if held_elsewhere {
+                continue; // a newer attempt runs elsewhere and will report
+            }
+            // Try again after a backoff that doubles with each failure.
+            task.failures += 1;
+            task.state = TaskState::Delayed;
+            let due = now + backoff.saturating_mul(1 << (task.failures - 1).min(10));
+            tracing::info!(task = %r.task, failures = task.failures, retries = task.retries, "task failed; retrying");
+            core.delayed.push((due, r.task));
+            continue;
+        }
         if let TaskState::Assigned(holder) = task.state {
-            if Some(holder) != wid {
+            if held_elsewhere {
                 // Another worker holds the current attempt; this late report
                 // still wins (first report recorded), so release the holder.
                 if let Some(h) = core.workers.get_mut(&holder) {
@@ -420,19 +482,12 @@ pub fn on_reports(
                 }
             }
         }
-        let done = DoneTask { idx: r.task.idx, attempt: r.attempt, outcome: r.outcome.clone() };
-        done_by_job.entry(r.task.job).or_default().push(done);
-        by_job.entry(r.task.job).or_default().push(set_outcome(core, now, r.task, r.outcome));
-    }
-    for (job, done) in done_by_job {
-        fx.journal(Record::TasksDone { job, done });
+        graph::complete(core, now, r.task, r.outcome, false, &mut completed);
     }
     // The frame is acknowledged once durable (or already recorded), so the
     // worker can forget its results.
     fx.to_worker(conn, ToWorker::Ack { batch });
-    for (job, outcomes) in by_job {
-        notify_watchers(core, fx, job, outcomes);
-    }
+    graph::flush_completed(core, fx, completed);
     if dropped > 0 {
         core.duplicate_reports += dropped;
         tracing::info!(conn = %conn, dropped, "dropped late reports of tasks already recorded");
@@ -465,11 +520,12 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
                 continue;
             }
             let tid = loop {
-                let Some(tid) = core.ready.pop_front() else { break 'outer };
-                if core.find_task(tid).is_some_and(|t| t.state == TaskState::Ready) {
-                    break tid;
+                let Some(entry) = core.ready.pop() else { break 'outer };
+                if core.find_task(entry.task).is_some_and(|t| t.state == TaskState::Ready) {
+                    break entry.task;
                 }
             };
+            let inputs = graph::inputs(core, tid);
             core.next_assign_seq += 1;
             let seq = core.next_assign_seq;
             let task = core.get_task_mut(tid);
@@ -481,6 +537,7 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
                 key: task.key.clone(),
                 attempt: task.attempts,
                 kind: task.kind.clone(),
+                inputs,
             });
             *room -= 1;
             any = true;
@@ -508,7 +565,13 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
         match r {
             Record::JobSubmitted { job, seq, name, tasks } => {
                 if !core.jobs.contains_key(&job) {
-                    insert_job(core, now, job, seq, name, tasks);
+                    let deps = graph::resolve(core, job, &tasks).unwrap_or_else(|e| {
+                        // e.g. a dependency on a job forgotten since: run without it.
+                        tracing::warn!(job = %job, error = %e, "journaled dependencies no longer resolve");
+                        vec![Vec::new(); tasks.len()]
+                    });
+                    // Failures it caused were journaled too, and come later.
+                    let _ = insert_job(core, now, job, seq, name, tasks, deps);
                     order.push(job);
                 }
             }
@@ -518,7 +581,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                     if core.find_task(tid).map(|t| t.outcome.is_none()) == Some(true) {
                         let t = core.get_task_mut(tid);
                         t.attempts = t.attempts.max(d.attempt);
-                        set_outcome(core, now, tid, d.outcome);
+                        graph::set_outcome(core, now, tid, d.outcome, d.canceled);
                     }
                 }
             }
@@ -530,10 +593,10 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
     core.ready.clear();
     for job in order {
         let Some(j) = core.jobs.get(&job) else { continue };
-        for (idx, t) in j.tasks.iter().enumerate() {
-            if t.state == TaskState::Ready {
-                core.ready.push_back(TaskId { job, idx: idx as u32 });
-            }
+        let ready: Vec<u32> =
+            (0..j.tasks.len() as u32).filter(|i| j.tasks[*i as usize].state == TaskState::Ready).collect();
+        for idx in ready {
+            core.push_ready(TaskId { job, idx });
         }
     }
 }
@@ -586,9 +649,9 @@ pub fn on_worker_draining(core: &mut Core, fx: &mut impl Effects, conn: ConnId, 
     let mut back: Vec<TaskId> = returned.into_iter().filter(|t| w.assigned.remove(t)).collect();
     tracing::info!(worker = %wid, returned = back.len(), running = w.assigned.len(), "worker draining");
     back.sort();
-    for tid in back.into_iter().rev() {
+    for tid in back {
         core.get_task_mut(tid).state = TaskState::Ready;
-        core.ready.push_front(tid);
+        core.push_ready(tid);
     }
     schedule(core, fx);
 }
@@ -666,4 +729,74 @@ pub fn on_restart_worker(core: &mut Core, fx: &mut impl Effects, conn: ConnId, w
         Ok(message) => fx.to_client(conn, ToClient::Done { message }),
         Err(message) => fx.to_client(conn, ToClient::Error { job: None, message }),
     }
+}
+
+/// Cancels unfinished tasks of a job (all, or those named by `keys`);
+/// running ones are stopped on their workers; dependents fail.
+pub fn on_cancel(
+    core: &mut Core,
+    fx: &mut impl Effects,
+    now: u64,
+    conn: ConnId,
+    job: JobId,
+    keys: Vec<String>,
+) {
+    let Some(j) = core.jobs.get(&job) else {
+        let message = format!("no job {job} on this scheduler");
+        fx.to_client(conn, ToClient::Error { job: Some(job), message });
+        return;
+    };
+    let targets: Vec<u32> = if keys.is_empty() {
+        (0..j.tasks.len() as u32).collect()
+    } else {
+        let mut t = Vec::with_capacity(keys.len());
+        for k in &keys {
+            match graph::key_index(j, k) {
+                Some(i) => t.push(i),
+                None => {
+                    let message = format!("job {job} has no task {k:?}");
+                    fx.to_client(conn, ToClient::Error { job: Some(job), message });
+                    return;
+                }
+            }
+        }
+        t
+    };
+    let mut stop: HashMap<ConnId, Vec<TaskId>> = HashMap::default();
+    let mut completed = Completed::default();
+    let mut n = 0;
+    for idx in targets {
+        let tid = TaskId { job, idx };
+        let Some(task) = core.find_task(tid) else { continue };
+        if task.outcome.is_some() {
+            continue;
+        }
+        if let TaskState::Assigned(w) = task.state {
+            if let Some(worker) = core.workers.get_mut(&w) {
+                worker.assigned.remove(&tid);
+                stop.entry(worker.conn).or_default().push(tid);
+            }
+        }
+        n += 1;
+        let error = "canceled".to_string();
+        graph::complete(core, now, tid, Outcome::Err { error }, true, &mut completed);
+    }
+    for (wconn, tasks) in stop {
+        fx.to_worker(wconn, ToWorker::Cancel { tasks });
+    }
+    tracing::info!(job = %job, canceled = n, "tasks canceled");
+    graph::flush_completed(core, fx, completed);
+    fx.to_client(conn, ToClient::Done { message: format!("canceled {n} tasks of job {job}") });
+    schedule(core, fx);
+}
+
+pub fn on_resolve(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, key: String) {
+    let reply = match core.jobs.get(&job) {
+        None => ToClient::Error { job: Some(job), message: format!("no job {job} on this scheduler") },
+        Some(j) => match graph::key_index(j, &key) {
+            Some(idx) => ToClient::Resolved { job, key, idx },
+            None => ToClient::Error { job: Some(job), message: format!("job {job} has no task {key:?}") },
+        },
+    };
+    fx.to_client(conn, reply);
 }

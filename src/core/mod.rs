@@ -2,17 +2,19 @@
 //! update `Core` and record what must happen in an `Effects` sink; the
 //! scheduler actor executes those effects (journal first, then messages).
 
+mod graph;
 mod handlers;
 #[cfg(test)]
 mod tests;
 
+pub use graph::{key_index, task_name, ReadyEntry};
 pub use handlers::*;
 
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use crate::persistence::Record;
 use crate::protocol::{Outcome, SlotInfo, TaskKind, ToClient, ToNanny, ToWorker};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap};
 
 /// Everything a handler may cause outside the core.
 pub trait Effects {
@@ -37,6 +39,8 @@ pub struct CoreConfig {
     pub max_worker_kills: u32,
     /// A worker silent for this long is declared lost (hung, or stopped).
     pub heartbeat_timeout_us: u64,
+    /// First delay before a failed task is retried; doubles per failure.
+    pub retry_backoff_us: u64,
     /// Finished jobs are forgotten this long after they finish (`None`: kept
     /// until forgotten by hand).
     pub retention_us: Option<u64>,
@@ -49,6 +53,7 @@ impl Default for CoreConfig {
             max_prefetch_per_slot: 2048,
             max_worker_kills: 3,
             heartbeat_timeout_us: 10_000_000,
+            retry_backoff_us: 1_000_000,
             retention_us: None,
         }
     }
@@ -56,10 +61,15 @@ impl Default for CoreConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskState {
+    /// Some dependencies have not finished yet.
+    Waiting,
     Ready,
+    /// Failed, and waiting out its retry backoff.
+    Delayed,
     Assigned(WorkerId),
     Finished,
     Failed,
+    Canceled,
 }
 
 pub struct Task {
@@ -77,6 +87,16 @@ pub struct Task {
     pub killed: Vec<WorkerId>,
     /// Set once, by the first report of any attempt.
     pub outcome: Option<Outcome>,
+    /// Tasks whose results it takes, in order.
+    pub deps: Vec<TaskId>,
+    /// Tasks that take its result.
+    pub dependents: Vec<TaskId>,
+    /// Dependencies not finished yet.
+    pub waiting: u32,
+    pub priority: i32,
+    /// Failed attempts it may still retry, and failed attempts so far.
+    pub retries: u32,
+    pub failures: u32,
 }
 
 pub struct Job {
@@ -91,6 +111,8 @@ pub struct Job {
     pub seq: u64,
     /// When its last task got its outcome.
     pub done_at: Option<u64>,
+    /// Explicit task keys → index (tasks without one go by their index).
+    pub keys: HashMap<String, u32>,
 }
 
 impl Job {
@@ -145,9 +167,11 @@ pub struct Core {
     pub jobs: HashMap<JobId, Job>,
     pub workers: BTreeMap<WorkerId, Worker>,
     pub worker_by_conn: HashMap<ConnId, WorkerId>,
-    /// Tasks waiting for a worker, in submission order. Entries whose task is
-    /// no longer `Ready` are skipped when popped (lazy removal).
-    pub ready: VecDeque<TaskId>,
+    /// Tasks waiting for a worker: highest priority, then submission order.
+    /// Entries whose task is no longer `Ready` are skipped when popped.
+    pub ready: BinaryHeap<ReadyEntry>,
+    /// Failed tasks waiting out their retry backoff: (due time, task).
+    pub delayed: Vec<(u64, TaskId)>,
     /// After a restart, nothing is scheduled until this time, so that workers
     /// can reclaim the tasks they kept running.
     pub hold_until: Option<u64>,
@@ -196,7 +220,8 @@ impl Core {
         for (id, n) in &self.nannies {
             assert_eq!(self.nanny_by_conn.get(&n.conn), Some(id), "conn map of nanny {id}");
         }
-        let ready: HashSet<TaskId> = self.ready.iter().copied().collect();
+        let ready: HashSet<TaskId> = self.ready.iter().map(|e| e.task).collect();
+        let delayed: HashSet<TaskId> = self.delayed.iter().map(|(_, t)| *t).collect();
         let mut n_assigned = 0;
         for (jid, job) in &self.jobs {
             let (mut fin, mut failed) = (0, 0);
@@ -204,6 +229,19 @@ impl Core {
                 let id = TaskId { job: *jid, idx: idx as u32 };
                 match &t.state {
                     TaskState::Ready => assert!(ready.contains(&id), "{id} ready, not queued"),
+                    TaskState::Delayed => assert!(delayed.contains(&id), "{id} delayed, not scheduled"),
+                    TaskState::Waiting => {
+                        assert!(t.waiting > 0, "{id} waiting on nothing");
+                        let open = t
+                            .deps
+                            .iter()
+                            .filter(|d| self.find_task(**d).is_some_and(|d| d.outcome.is_none()));
+                        assert_eq!(open.count(), t.waiting as usize, "{id} waiting count");
+                    }
+                    TaskState::Canceled => {
+                        failed += 1;
+                        assert!(matches!(t.outcome, Some(Outcome::Err { .. })), "{id}");
+                    }
                     TaskState::Assigned(w) => {
                         n_assigned += 1;
                         let w = self.workers.get(w).unwrap_or_else(|| panic!("{id} on gone {w}"));

@@ -52,10 +52,8 @@ impl TestFx {
 
 fn inc_tasks(n: usize) -> Vec<TaskSpec> {
     (0..n)
-        .map(|i| TaskSpec {
-            key: None,
-            kind: TaskKind::Fn { name: "inc".into(), args: rmp_serde::to_vec(&(i as i64)).unwrap() },
-            max_worker_kills: None,
+        .map(|i| {
+            TaskSpec::new(TaskKind::Fn { name: "inc".into(), args: rmp_serde::to_vec(&(i as i64)).unwrap() })
         })
         .collect()
 }
@@ -409,4 +407,186 @@ fn finished_jobs_are_forgotten_after_the_retention_period() {
     assert!(!core.jobs.contains_key(&job));
     assert!(matches!(fx.journal.last(), Some(Record::JobForgotten { job: j }) if *j == job));
     core.sanity_check();
+}
+
+fn keyed(key: &str, deps: &[&str]) -> TaskSpec {
+    let mut t = TaskSpec::new(TaskKind::Fn { name: "inc".into(), args: vec![0xc0] });
+    t.key = Some(key.into());
+    t.deps = deps.iter().map(|d| crate::protocol::Dep::key(*d)).collect();
+    t
+}
+
+fn submit(core: &mut Core, fx: &mut TestFx, tasks: Vec<TaskSpec>) -> Result<JobId, String> {
+    let job = JobId::new();
+    on_submit(core, fx, 0, CLIENT, job, "g".into(), tasks);
+    match fx.clients.pop() {
+        Some((_, ToClient::Submitted { .. })) => Ok(job),
+        Some((_, ToClient::Error { message, .. })) => Err(message),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_diamond_runs_in_dependency_order_with_results_as_inputs() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(4));
+    // a → b, c → d
+    let tasks = vec![keyed("a", &[]), keyed("b", &["a"]), keyed("c", &["a"]), keyed("d", &["b", "c"])];
+    let job = submit(&mut core, &mut fx, tasks).unwrap();
+    core.sanity_check();
+    let first = fx.take_assignments(ConnId(1));
+    assert_eq!(first.iter().map(|a| a.task.idx).collect::<Vec<_>>(), vec![0], "only a is ready");
+    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&first[0], ok(10))]);
+    core.sanity_check();
+    let mid = fx.take_assignments(ConnId(1));
+    assert_eq!(mid.len(), 2);
+    assert!(mid.iter().all(|a| a.inputs == vec![Bytes::from(rmp_serde::to_vec(&10i64).unwrap())]));
+    on_reports(&mut core, &mut fx, 2, ConnId(1), 2, vec![report(&mid[0], ok(11))]);
+    assert!(fx.take_assignments(ConnId(1)).is_empty(), "d waits for both");
+    on_reports(&mut core, &mut fx, 3, ConnId(1), 3, vec![report(&mid[1], ok(12))]);
+    let last = fx.take_assignments(ConnId(1));
+    assert_eq!(last[0].task.idx, 3);
+    assert_eq!(last[0].inputs.len(), 2, "d takes b's and c's results, in deps order");
+    assert_eq!(last[0].inputs[0], Bytes::from(rmp_serde::to_vec(&11i64).unwrap()));
+    core.sanity_check();
+    assert_eq!(core.jobs[&job].tasks[3].state, TaskState::Assigned(WorkerId(1)));
+}
+
+#[test]
+fn cycles_unknown_keys_and_self_dependencies_are_refused() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    let err = submit(&mut core, &mut fx, vec![keyed("a", &["c"]), keyed("b", &["a"]), keyed("c", &["b"])])
+        .unwrap_err();
+    assert!(err.contains("cycle"), "{err}");
+    let err = submit(&mut core, &mut fx, vec![keyed("a", &["nope"])]).unwrap_err();
+    assert!(err.contains("\"nope\""), "{err}");
+    let err = submit(&mut core, &mut fx, vec![keyed("a", &["a"])]).unwrap_err();
+    assert!(err.contains("itself"), "{err}");
+    let err = submit(&mut core, &mut fx, vec![keyed("a", &[]), keyed("a", &[])]).unwrap_err();
+    assert!(err.contains("twice"), "{err}");
+    assert!(core.jobs.is_empty() && fx.journal.is_empty(), "nothing changed");
+}
+
+#[test]
+fn a_failure_fails_its_dependents_transitively() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let job = submit(
+        &mut core,
+        &mut fx,
+        vec![keyed("a", &[]), keyed("b", &["a"]), keyed("c", &["b"]), keyed("x", &[])],
+    )
+    .unwrap();
+    let a = fx.take_assignments(ConnId(1));
+    let boom = Outcome::Err { error: "boom".into() };
+    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&a[0], boom)]);
+    core.sanity_check();
+    let j = &core.jobs[&job];
+    assert_eq!(j.failed, 3);
+    match &j.tasks[2].outcome {
+        Some(Outcome::Err { error }) => assert_eq!(error, "dependency b failed: dependency a failed: boom"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(j.tasks[3].state, TaskState::Assigned(WorkerId(1)), "unrelated work goes on");
+}
+
+#[test]
+fn retries_come_back_after_a_backoff() {
+    let mut core = Core::default();
+    let backoff = core.config.retry_backoff_us;
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let mut t = keyed("a", &[]);
+    t.retries = 1;
+    let job = submit(&mut core, &mut fx, vec![t]).unwrap();
+    let a = fx.take_assignments(ConnId(1));
+    on_reports(
+        &mut core,
+        &mut fx,
+        10,
+        ConnId(1),
+        1,
+        vec![report(&a[0], Outcome::Err { error: "flaky".into() })],
+    );
+    core.sanity_check();
+    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Delayed);
+    on_tick(&mut core, &mut fx, 10 + backoff / 2);
+    assert!(fx.take_assignments(ConnId(1)).is_empty(), "still backing off");
+    on_tick(&mut core, &mut fx, 10 + backoff);
+    let again = fx.take_assignments(ConnId(1));
+    assert_eq!(again[0].attempt, 2);
+    on_reports(
+        &mut core,
+        &mut fx,
+        20 + backoff,
+        ConnId(1),
+        2,
+        vec![report(&again[0], Outcome::Err { error: "again".into() })],
+    );
+    core.sanity_check();
+    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Failed, "out of retries");
+}
+
+#[test]
+fn higher_priority_first_then_submission_order() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    let mut tasks: Vec<TaskSpec> = (0..4).map(|i| keyed(&format!("t{i}"), &[])).collect();
+    tasks[2].priority = 5;
+    submit(&mut core, &mut fx, tasks).unwrap();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(2));
+    let got: Vec<u32> = fx.take_assignments(ConnId(1)).iter().map(|a| a.task.idx).collect();
+    assert_eq!(got, vec![2, 0, 1, 3]);
+}
+
+#[test]
+fn cancel_stops_running_tasks_and_fails_dependents() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let job = submit(&mut core, &mut fx, vec![keyed("a", &[]), keyed("b", &["a"])]).unwrap();
+    let a = fx.take_assignments(ConnId(1));
+    on_cancel(&mut core, &mut fx, 5, CLIENT, job, vec!["a".into()]);
+    core.sanity_check();
+    assert!(fx.workers.iter().any(
+        |(c, m)| *c == ConnId(1) && matches!(m, ToWorker::Cancel { tasks } if tasks == &vec![a[0].task])
+    ));
+    let j = &core.jobs[&job];
+    assert_eq!(j.tasks[0].state, TaskState::Canceled);
+    assert!(
+        matches!(&j.tasks[1].outcome, Some(Outcome::Err { error }) if error == "dependency a was canceled")
+    );
+    assert!(j.is_done());
+    // Replay keeps it canceled.
+    let mut again = Core::default();
+    replay(&mut again, 9, fx.journal.clone());
+    again.sanity_check();
+    assert_eq!(again.jobs[&job].tasks[0].state, TaskState::Canceled);
+    assert_eq!(again.jobs[&job].failed, 2);
+}
+
+#[test]
+fn a_chain_replays_into_the_same_state() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let tasks: Vec<TaskSpec> = (0..5)
+        .map(|i| if i == 0 { keyed("0x", &[]) } else { keyed(&format!("{i}x"), &[&format!("{}x", i - 1)]) })
+        .collect();
+    let job = submit(&mut core, &mut fx, tasks).unwrap();
+    for step in 0..3 {
+        let a = fx.take_assignments(ConnId(1));
+        assert_eq!(a.len(), 1);
+        on_reports(&mut core, &mut fx, step, ConnId(1), step + 1, vec![report(&a[0], ok(step as i64))]);
+    }
+    let mut again = Core::default();
+    replay(&mut again, 9, fx.journal.clone());
+    again.sanity_check();
+    let states: Vec<TaskState> = again.jobs[&job].tasks.iter().map(|t| t.state.clone()).collect();
+    assert_eq!(states[..3], [TaskState::Finished, TaskState::Finished, TaskState::Finished]);
+    assert_eq!(states[3], TaskState::Ready);
+    assert_eq!(states[4], TaskState::Waiting);
 }

@@ -30,6 +30,9 @@ pub struct DoneTask {
     pub idx: u32,
     pub attempt: u32,
     pub outcome: Outcome,
+    /// The failure is a cancellation.
+    #[serde(default)]
+    pub canceled: bool,
 }
 
 /// One journal record. Replay applies them through the core: every

@@ -234,19 +234,13 @@ mod tests {
 
     fn job(n: usize, seq: u64) -> (JobId, Record) {
         let job = JobId::new();
-        let tasks = (0..n)
-            .map(|i| TaskSpec {
-                key: None,
-                kind: TaskKind::Cmd { argv: vec![format!("t{i}")] },
-                max_worker_kills: None,
-            })
-            .collect();
+        let tasks = (0..n).map(|i| TaskSpec::new(TaskKind::Cmd { argv: vec![format!("t{i}")] })).collect();
         (job, Record::JobSubmitted { job, seq, name: "t".into(), tasks })
     }
 
     fn done(job: JobId, idx: u32) -> Record {
         let outcome = Outcome::Ok { result: bytes::Bytes::from(vec![idx as u8]) };
-        Record::TasksDone { job, done: vec![DoneTask { idx, attempt: 1, outcome }] }
+        Record::TasksDone { job, done: vec![DoneTask { idx, attempt: 1, outcome, canceled: false }] }
     }
 
     #[tokio::test]

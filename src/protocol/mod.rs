@@ -71,6 +71,37 @@ pub struct TaskSpec {
     /// the scheduler's `max_worker_kills`).
     #[serde(default)]
     pub max_worker_kills: Option<u32>,
+    /// Tasks whose results this one takes, in order; it runs once they finished.
+    #[serde(default)]
+    pub deps: Vec<Dep>,
+    /// Higher runs first; equal priorities run in submission order.
+    #[serde(default)]
+    pub priority: i32,
+    /// How often a failed attempt is tried again (with backoff) before the
+    /// task fails.
+    #[serde(default)]
+    pub retries: u32,
+}
+
+impl TaskSpec {
+    pub fn new(kind: TaskKind) -> TaskSpec {
+        TaskSpec { key: None, kind, max_worker_kills: None, deps: Vec::new(), priority: 0, retries: 0 }
+    }
+}
+
+/// A dependency: a task of this job (`job` nil) or of an earlier job, by key
+/// (the task's `key`, or its index as a string when it has none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dep {
+    #[serde(default)]
+    pub job: Option<JobId>,
+    pub key: String,
+}
+
+impl Dep {
+    pub fn key(key: impl Into<String>) -> Dep {
+        Dep { job: None, key: key.into() }
+    }
 }
 
 /// How one attempt of a task ended.
@@ -157,6 +188,11 @@ pub enum ToWorker {
     Reregister {
         reason: String,
     },
+    /// Stop these tasks: a running command is terminated, a running
+    /// function is abandoned (its result will be dropped).
+    Cancel {
+        tasks: Vec<TaskId>,
+    },
     /// Finish nothing more and exit.
     Shutdown,
 }
@@ -174,6 +210,9 @@ pub struct Assignment {
     /// The task's key, if the client named it (e.g. the array index).
     pub key: Option<String>,
     pub attempt: u32,
+    /// The results of its dependencies (msgpack), in `deps` order.
+    #[serde(default)]
+    pub inputs: Vec<Bytes>,
     pub kind: TaskKind,
 }
 
@@ -193,6 +232,10 @@ pub enum FromClient {
     RestartWorker { worker: WorkerId },
     /// Drop a finished job and its results, here and in the journal.
     Forget { job: JobId },
+    /// Which index the task named `key` has in the job.
+    Resolve { job: JobId, key: String },
+    /// Cancel the job's unfinished tasks named by `keys` (all of them if empty).
+    Cancel { job: JobId, keys: Vec<String> },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -220,6 +263,12 @@ pub enum ToClient {
     },
     Nannies {
         nannies: Vec<NannyInfo>,
+    },
+    /// Answer to `Resolve`.
+    Resolved {
+        job: JobId,
+        key: String,
+        idx: u32,
     },
     /// An admin request was carried out.
     Done {

@@ -1,0 +1,235 @@
+//! Task graphs: dependencies resolved at submit (unknown keys and cycles
+//! refused), readiness as dependencies finish, failure propagating to
+//! dependents, and the ready queue (priority, then submission order).
+
+use super::{Core, Effects, Job, TaskState};
+use crate::ids::{JobId, TaskId};
+use crate::persistence::{DoneTask, Record};
+use crate::protocol::{Outcome, TaskOutcome, TaskSpec};
+use rustc_hash::FxHashMap as HashMap;
+use std::cmp::Ordering;
+
+/// An entry of the ready queue: higher priority first, then submission order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadyEntry {
+    pub priority: i32,
+    /// `(job seq << 32) | index`: submission order across jobs.
+    pub order: u64,
+    pub task: TaskId,
+}
+
+impl Ord for ReadyEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.priority.cmp(&other.priority).then_with(|| other.order.cmp(&self.order))
+    }
+}
+
+impl PartialOrd for ReadyEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Core {
+    /// Queues a task that is `Ready`.
+    pub fn push_ready(&mut self, tid: TaskId) {
+        let Some(job) = self.jobs.get(&tid.job) else { return };
+        let priority = job.tasks[tid.idx as usize].priority;
+        self.ready.push(ReadyEntry { priority, order: (job.seq << 32) | tid.idx as u64, task: tid });
+    }
+}
+
+/// The index of the task named `key` in `job`: its own key, or its index.
+pub fn key_index(job: &Job, key: &str) -> Option<u32> {
+    if let Some(i) = job.keys.get(key) {
+        return Some(*i);
+    }
+    let i: u32 = key.parse().ok()?;
+    let t = job.tasks.get(i as usize)?;
+    t.key.is_none().then_some(i)
+}
+
+/// The name a task goes by in messages: its key, or its index.
+pub fn task_name(job: &Job, idx: u32) -> String {
+    job.tasks[idx as usize].key.clone().unwrap_or_else(|| idx.to_string())
+}
+
+/// Resolves every task's dependencies to task ids; refuses duplicate keys,
+/// unknown keys (or jobs), self-dependencies and cycles.
+pub fn resolve(core: &Core, job: JobId, specs: &[TaskSpec]) -> Result<Vec<Vec<TaskId>>, String> {
+    let mut keys: HashMap<&str, u32> = HashMap::default();
+    let idx_names: Vec<String> = (0..specs.len()).map(|i| i.to_string()).collect();
+    for (i, s) in specs.iter().enumerate() {
+        let name = s.key.as_deref().unwrap_or(&idx_names[i]);
+        if keys.insert(name, i as u32).is_some() {
+            return Err(format!("task key {name:?} appears twice (task {i})"));
+        }
+    }
+    let mut out = Vec::with_capacity(specs.len());
+    for (i, s) in specs.iter().enumerate() {
+        let mut deps = Vec::with_capacity(s.deps.len());
+        for d in &s.deps {
+            match d.job {
+                Some(other) if other != job => {
+                    let Some(oj) = core.jobs.get(&other) else {
+                        return Err(format!(
+                            "task {i} depends on job {other}, which this scheduler does not know"
+                        ));
+                    };
+                    let Some(j) = key_index(oj, &d.key) else {
+                        return Err(format!(
+                            "task {i} depends on {:?}, which is not a task of job {other}",
+                            d.key
+                        ));
+                    };
+                    deps.push(TaskId { job: other, idx: j });
+                }
+                _ => {
+                    let Some(&j) = keys.get(d.key.as_str()) else {
+                        return Err(format!(
+                            "task {i} depends on {:?}, which is not a task of this job",
+                            d.key
+                        ));
+                    };
+                    if j as usize == i {
+                        return Err(format!("task {i} depends on itself"));
+                    }
+                    deps.push(TaskId { job, idx: j });
+                }
+            }
+        }
+        out.push(deps);
+    }
+    // Kahn's algorithm over the edges inside this job: what is left is a cycle.
+    let mut indegree = vec![0u32; specs.len()];
+    let mut children: Vec<Vec<u32>> = vec![Vec::new(); specs.len()];
+    for (i, deps) in out.iter().enumerate() {
+        for d in deps.iter().filter(|d| d.job == job) {
+            indegree[i] += 1;
+            children[d.idx as usize].push(i as u32);
+        }
+    }
+    let mut stack: Vec<u32> = (0..specs.len() as u32).filter(|i| indegree[*i as usize] == 0).collect();
+    let mut seen = 0;
+    while let Some(n) = stack.pop() {
+        seen += 1;
+        for c in &children[n as usize] {
+            indegree[*c as usize] -= 1;
+            if indegree[*c as usize] == 0 {
+                stack.push(*c);
+            }
+        }
+    }
+    if seen < specs.len() {
+        let mut in_cycle: Vec<&str> = (0..specs.len())
+            .filter(|i| indegree[*i] > 0)
+            .map(|i| specs[i].key.as_deref().unwrap_or(&idx_names[i]))
+            .collect();
+        in_cycle.truncate(5);
+        return Err(format!("the dependencies form a cycle (through {})", in_cycle.join(", ")));
+    }
+    Ok(out)
+}
+
+/// Outcomes of one step, journaled and told to watchers together.
+#[derive(Default)]
+pub struct Completed {
+    by_job: HashMap<JobId, Vec<TaskOutcome>>,
+    done: HashMap<JobId, Vec<DoneTask>>,
+}
+
+/// Records the first outcome of a task and everything it decides: on
+/// failure, every task that depends on it (transitively) fails too.
+pub fn complete(
+    core: &mut Core,
+    now: u64,
+    tid: TaskId,
+    outcome: Outcome,
+    canceled: bool,
+    out: &mut Completed,
+) {
+    let mut queue = vec![(tid, outcome, canceled)];
+    while let Some((tid, outcome, canceled)) = queue.pop() {
+        let attempt = core.find_task(tid).map_or(0, |t| t.attempts);
+        out.done.entry(tid.job).or_default().push(DoneTask {
+            idx: tid.idx,
+            attempt,
+            outcome: outcome.clone(),
+            canceled,
+        });
+        let reason = match &outcome {
+            Outcome::Err { error } => Some(error.clone()),
+            Outcome::Ok { .. } => None,
+        };
+        let told = set_outcome(core, now, tid, outcome, canceled);
+        out.by_job.entry(tid.job).or_default().push(told);
+        if let Some(error) = reason {
+            let job = &core.jobs[&tid.job];
+            let name = task_name(job, tid.idx);
+            let how = if canceled { "was canceled".to_string() } else { format!("failed: {error}") };
+            for d in job.tasks[tid.idx as usize].dependents.clone() {
+                if core.find_task(d).is_some_and(|t| t.outcome.is_none()) {
+                    let error = format!("dependency {name} {how}");
+                    queue.push((d, Outcome::Err { error }, false));
+                }
+            }
+        }
+    }
+}
+
+/// Journals the step's outcomes (one record per job) and tells watchers.
+pub fn flush_completed(core: &mut Core, fx: &mut impl Effects, out: Completed) {
+    for (job, done) in out.done {
+        fx.journal(Record::TasksDone { job, done });
+    }
+    for (job, outcomes) in out.by_job {
+        super::handlers::notify_watchers(core, fx, job, outcomes);
+    }
+}
+
+/// Sets a task's outcome (live and in replay): state, counts, and, when it
+/// finished, the readiness of the tasks waiting for it.
+pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, canceled: bool) -> TaskOutcome {
+    let job = core.jobs.get_mut(&tid.job).expect("job of a live task");
+    let task = &mut job.tasks[tid.idx as usize];
+    let ok = outcome.is_ok();
+    task.state = match (ok, canceled) {
+        (true, _) => TaskState::Finished,
+        (false, true) => TaskState::Canceled,
+        (false, false) => TaskState::Failed,
+    };
+    if ok {
+        job.finished += 1;
+    } else {
+        job.failed += 1;
+    }
+    task.outcome = Some(outcome.clone());
+    let attempts = task.attempts;
+    let dependents = if ok { task.dependents.clone() } else { Vec::new() };
+    if job.is_done() {
+        job.done_at = Some(now);
+    }
+    for d in dependents {
+        let Some(t) = core.jobs.get_mut(&d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {
+            continue;
+        };
+        t.waiting = t.waiting.saturating_sub(1);
+        if t.waiting == 0 && t.state == TaskState::Waiting {
+            t.state = TaskState::Ready;
+            core.push_ready(d);
+        }
+    }
+    TaskOutcome { idx: tid.idx, attempts, outcome }
+}
+
+/// The results of a task's dependencies, for its assignment.
+pub fn inputs(core: &Core, tid: TaskId) -> Vec<bytes::Bytes> {
+    let Some(task) = core.find_task(tid) else { return Vec::new() };
+    task.deps
+        .iter()
+        .filter_map(|d| match core.find_task(*d).and_then(|t| t.outcome.as_ref()) {
+            Some(Outcome::Ok { result }) => Some(result.clone()),
+            _ => None,
+        })
+        .collect()
+}

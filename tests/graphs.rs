@@ -1,0 +1,203 @@
+//! Task graphs and job control on a real cluster: dependencies with results
+//! as inputs, failure propagation, retries, priorities, cancel.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const CONFIG: &str = "[scheduler]\nretry_backoff = \"100ms\"\nreclaim_grace = \"2s\"\n";
+
+fn json_out(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(out)))
+}
+
+fn submit_graph(cluster: &Cluster, name: &str, graph: &Value) -> String {
+    let path = cluster.path(name);
+    std::fs::write(&path, graph.to_string()).unwrap();
+    let out = cluster.run(&["submit", "--graph", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+fn gather_key(cluster: &Cluster, job: &str, key: &str) -> Value {
+    let out = cluster.run(&["gather", job, "--key", key]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    json_out(&out)
+}
+
+#[test]
+fn chain_tree_diamond_and_fan_in_compute_the_right_results() {
+    let cluster = Cluster::start_with_config(2, 1, CONFIG);
+    // chain: c0 = inc(0), c_i = inc(c_{i-1})
+    let mut tasks = vec![json!({"key": "c0", "fn": "inc", "args": 0})];
+    tasks.extend(
+        (1..50).map(|i| json!({"key": format!("c{i}"), "fn": "inc", "deps": [format!("c{}", i - 1)]})),
+    );
+    // binary tree reduction of leaves 1..=16 with add
+    let mut level: Vec<String> = (1..=16).map(|i| format!("l{i}")).collect();
+    tasks.extend((1..=16).map(|i| json!({"key": format!("l{i}"), "fn": "inc", "args": i - 1})));
+    let mut n = 0;
+    while level.len() > 1 {
+        let mut next = Vec::new();
+        for pair in level.chunks(2) {
+            n += 1;
+            let key = format!("t{n}");
+            tasks.push(json!({"key": key, "fn": "add", "deps": [pair[0], pair[1]]}));
+            next.push(key);
+        }
+        level = next;
+    }
+    let root = level[0].clone();
+    // diamond: a → b, c → d
+    tasks.push(json!({"key": "a", "fn": "inc", "args": 1}));
+    tasks.push(json!({"key": "b", "fn": "inc", "deps": ["a"]}));
+    tasks.push(json!({"key": "c", "fn": "add", "args": 10, "deps": ["a"]}));
+    tasks.push(json!({"key": "d", "fn": "add", "deps": ["b", "c"]}));
+    // wide fan-in: sum of 200 inc tasks
+    tasks.extend((0..200).map(|i| json!({"key": format!("w{i}"), "fn": "inc", "args": i})));
+    tasks.push(
+        json!({"key": "all", "fn": "sum", "deps": (0..200).map(|i| format!("w{i}")).collect::<Vec<_>>()}),
+    );
+    let job = submit_graph(&cluster, "g.json", &json!({"name": "shapes", "tasks": tasks}));
+
+    let out = cluster.run(&["gather", &job]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_out(&out)["failed"], 0);
+    assert_eq!(gather_key(&cluster, &job, "c49"), json!(50));
+    assert_eq!(gather_key(&cluster, &job, &root), json!((1..=16).sum::<i64>()));
+    // a = 2, b = 3, c = add([10, 2]) = 12, d = 15
+    assert_eq!(gather_key(&cluster, &job, "d"), json!(15));
+    assert_eq!(gather_key(&cluster, &job, "all"), json!((1..=200).sum::<i64>()));
+
+    // A later job can take an earlier job's result.
+    let next = json!([{"key": "x", "fn": "inc", "deps": [{"job": job, "key": "d"}]}]);
+    let job2 = submit_graph(&cluster, "g2.json", &next);
+    assert_eq!(gather_key(&cluster, &job2, "x"), json!(16));
+}
+
+#[test]
+fn bad_graphs_are_refused_whole() {
+    let cluster = Cluster::scheduler_only();
+    let path = cluster.path("cycle.json");
+    std::fs::write(
+        &path,
+        json!([{"key": "a", "fn": "inc", "deps": ["b"]}, {"key": "b", "fn": "inc", "deps": ["a"]}])
+            .to_string(),
+    )
+    .unwrap();
+    let out = cluster.run(&["submit", "--graph", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cycle"), "{}", stderr(&out));
+    std::fs::write(&path, json!([{"key": "a", "fn": "inc", "deps": ["zz"]}]).to_string()).unwrap();
+    let out = cluster.run(&["submit", "--graph", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("\"zz\""), "{}", stderr(&out));
+    std::fs::write(&path, json!([{"key": "a", "cmd": []}]).to_string()).unwrap();
+    let out = cluster.run(&["submit", "--graph", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn failures_propagate_and_retries_succeed_on_attempt_two() {
+    let cluster = Cluster::start_with_config(2, 1, CONFIG);
+    let graph = json!([
+        {"key": "bad", "fn": "fail", "args": "disk on fire"},
+        {"key": "after", "fn": "inc", "deps": ["bad"]},
+        {"key": "flaky", "cmd": ["sh", "-c", "test \"$ACTORD_ATTEMPT\" -ge 2"], "retries": 2},
+        {"key": "fine", "fn": "inc", "args": 1},
+    ]);
+    let job = submit_graph(&cluster, "g.json", &graph);
+    let out = cluster.run(&["gather", &job]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc = json_out(&out);
+    let failures = doc["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 2);
+    let after = failures.iter().find(|f| f["task"] == 1).unwrap();
+    assert_eq!(after["error"], "dependency bad failed: disk on fire");
+    assert_eq!(doc["results"][3], json!(2));
+    // The flaky command failed once, then passed on its second attempt.
+    assert!(doc["results"][2]["stdout"].as_str().unwrap().ends_with("/2.2.out"), "{}", doc["results"][2]);
+}
+
+#[test]
+fn priorities_order_the_queue() {
+    // No worker yet: everything waits in the scheduler's queue.
+    let mut cluster = Cluster::scheduler_with_config(Some(CONFIG));
+    let marks = cluster.path("marks");
+    let echo = |what: &str| format!("echo {what} >> {}", marks.display());
+    let lo = cluster.run(&["submit", "--priority", "-5", "--", "sh", "-c", &echo("lo")]);
+    let mid = cluster.run(&["submit", "--", "sh", "-c", &echo("mid")]);
+    let hi = cluster.run(&["submit", "--priority", "5", "--", "sh", "-c", &echo("hi")]);
+    for o in [&lo, &mid, &hi] {
+        assert!(o.status.success(), "{}", stderr(o));
+    }
+    cluster.start_nanny(1, 1);
+    assert!(cluster.run(&["gather", &stdout(&mid)]).status.success());
+    assert!(cluster.run(&["gather", &stdout(&lo)]).status.success());
+    assert!(cluster.run(&["gather", &stdout(&hi)]).status.success());
+    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "hi\nmid\nlo\n");
+}
+
+#[test]
+fn cancel_terminates_running_commands_and_fails_the_rest() {
+    let cluster = Cluster::start_with_config(2, 1, CONFIG);
+    let pids = cluster.path("pids");
+    let script = format!("echo $$ >> {}; exec sleep 60", pids.display());
+    let out = cluster.run(&["submit", "--array", "1-5", "--", "sh", "-c", &script]);
+    let job = stdout(&out);
+    let read_pids = || -> Vec<i32> {
+        std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    assert!(wait_until(Duration::from_secs(20), || read_pids().len() == 2), "two commands running");
+    let out = cluster.run(&["ctl", "cancel", &job]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("canceled 5 tasks"), "{}", stderr(&out));
+    let running = read_pids();
+    assert!(
+        wait_until(Duration::from_secs(10), || running.iter().all(|p| !pid_alive(*p))),
+        "commands left running"
+    );
+    let out = cluster.run(&["gather", &job]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc = json_out(&out);
+    assert_eq!(doc["failed"], 5);
+    assert!(doc["failures"].as_array().unwrap().iter().all(|f| f["error"] == "canceled"));
+    assert_eq!(read_pids().len(), 2, "queued commands never started");
+    // The workers are free again.
+    let out = cluster.run(&["submit", "--fn", "inc", "--args", "1"]);
+    assert!(cluster.run(&["gather", &stdout(&out)]).status.success());
+}
+
+#[test]
+fn commands_read_their_inputs_and_a_graph_survives_a_scheduler_restart() {
+    let mut cluster = Cluster::start_with_config(2, 1, CONFIG);
+    let marks = cluster.path("marks");
+    let step = |key: &str| json!({"key": key, "cmd": ["sh", "-c", format!("sleep 0.3; echo {key} $(cat $ACTORD_INPUT_0 2>/dev/null) >> {}", marks.display())]});
+    let mut tasks = vec![json!({"key": "seed", "fn": "add", "args": [20, 22]})];
+    let mut s1 = step("s1");
+    s1["deps"] = json!(["seed"]);
+    tasks.push(s1);
+    for i in 2..=6 {
+        let mut s = step(&format!("s{i}"));
+        s["deps"] = json!([format!("s{}", i - 1)]);
+        tasks.push(s);
+    }
+    let job = submit_graph(&cluster, "g.json", &Value::Array(tasks));
+    assert!(wait_until(Duration::from_secs(30), || std::fs::read_to_string(&marks)
+        .is_ok_and(|m| m.lines().count() >= 2)));
+    cluster.kill_scheduler();
+    cluster.restart_scheduler();
+    let out = cluster.run(&["gather", &job]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = std::fs::read_to_string(&marks).unwrap();
+    let lines: Vec<&str> = m.lines().collect();
+    assert_eq!(lines[0], "s1 42", "a command gets its dependency's result as a JSON file");
+    let keys: Vec<&str> = lines.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(keys, vec!["s1", "s2", "s3", "s4", "s5", "s6"], "in order, each once: {m}");
+}
