@@ -66,7 +66,12 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
             .name(format!("slot-{slot}"))
             .spawn(move || {
                 for a in rx.iter() {
+                    let task = a.task;
                     let report = run_task(&reg, &work_dir, WorkerId(wid.load(Ordering::Relaxed)), a, &ctl);
+                    // A function past its time limit was reported failed already.
+                    if ctl.take_expired(task) {
+                        continue;
+                    }
                     if tx.send(report).is_err() {
                         return;
                     }
@@ -155,6 +160,10 @@ pub struct ControlState {
     canceled: rustc_hash::FxHashSet<TaskId>,
     /// Commands running now, by task: their pids.
     running: FxHashMap<TaskId, u32>,
+    /// Functions running now with a time limit: deadline, limit, attempt.
+    deadlines: FxHashMap<TaskId, (Instant, u64, u32)>,
+    /// Functions reported as over their time limit, still running.
+    expired: rustc_hash::FxHashSet<TaskId>,
 }
 
 impl Control {
@@ -164,6 +173,32 @@ impl Control {
 
     fn take_canceled(&self, t: TaskId) -> bool {
         self.lock().canceled.remove(&t)
+    }
+
+    fn take_expired(&self, t: TaskId) -> bool {
+        self.lock().expired.remove(&t)
+    }
+
+    /// Functions past their deadline: they are failed now (their slot stays
+    /// busy until the function returns; its result is then dropped).
+    fn expire(&self, now: Instant) -> Vec<TaskReport> {
+        let mut st = self.lock();
+        let due: Vec<TaskId> =
+            st.deadlines.iter().filter(|(_, (d, _, _))| *d <= now).map(|(t, _)| *t).collect();
+        let mut out = Vec::new();
+        for t in due {
+            if let Some((_, limit, attempt)) = st.deadlines.remove(&t) {
+                st.expired.insert(t);
+                let error = format!("time limit exceeded ({limit} ms)");
+                out.push(TaskReport {
+                    task: t,
+                    attempt,
+                    outcome: Outcome::Err { error },
+                    micros: limit * 1000,
+                });
+            }
+        }
+        out
     }
 
     /// Marks tasks canceled; a running command gets SIGTERM now and SIGKILL
@@ -321,6 +356,7 @@ async fn session(
     }
     let (mut sink, mut stream) = conn.into_split();
     let ctl = slots.ctl;
+    let mut limits = tokio::time::interval(Duration::from_millis(100));
     let mut heartbeat = tokio::time::interval(opts.heartbeat);
     heartbeat.tick().await;
     loop {
@@ -371,6 +407,12 @@ async fn session(
             _ = heartbeat.tick() => {
                 if let Err(e) = send(&mut sink, &FromWorker::Heartbeat).await {
                     return SessionEnd::Lost(e);
+                }
+            }
+            _ = limits.tick() => {
+                for r in ctl.expire(Instant::now()) {
+                    tracing::warn!(task = %r.task, "function over its time limit: reported failed");
+                    book.finished(r);
                 }
             }
             _ = term.recv() => break,
@@ -447,7 +489,13 @@ fn run_task(
             Some(f) => {
                 let ctx = TaskCtx { task: a.task, attempt: a.attempt };
                 let args = with_inputs(args, &a.inputs);
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&args, &ctx))) {
+                if let Some(limit) = a.time_limit_ms {
+                    let deadline = start + Duration::from_millis(limit);
+                    ctl.lock().deadlines.insert(a.task, (deadline, limit, a.attempt));
+                }
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&args, &ctx)));
+                ctl.lock().deadlines.remove(&a.task);
+                match result {
                     Ok(Ok(result)) => Outcome::Ok { result: result.into() },
                     Ok(Err(error)) => Outcome::Err { error },
                     Err(panic) => {
@@ -504,6 +552,39 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// Waits for a command at most `limit`; past it, SIGTERM, then SIGKILL
+/// after `CANCEL_GRACE`. `Ok(None)`: it was stopped for its time limit.
+fn wait_with_limit(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    let mut poll = Duration::from_millis(1);
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(Some(s));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        std::thread::sleep(poll.min(deadline - now));
+        poll = (poll * 2).min(Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let grace = Instant::now() + CANCEL_GRACE;
+    while Instant::now() < grace {
+        if child.try_wait()?.is_some() {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(None)
+}
+
 /// How much of a failed command's stderr goes into its error.
 const STDERR_TAIL: usize = 2048;
 
@@ -555,8 +636,17 @@ fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment, c
         Err(e) => return Outcome::Err { error: format!("cannot run {:?}: {e}", argv[0]) },
     };
     ctl.lock().running.insert(task, child.id());
-    let waited = child.wait();
+    let waited = match a.time_limit_ms {
+        None => child.wait().map(Some),
+        Some(limit) => wait_with_limit(&mut child, Duration::from_millis(limit)),
+    };
     ctl.lock().running.remove(&task);
+    if let Ok(None) = waited {
+        return Outcome::Err {
+            error: format!("time limit exceeded ({limit} ms)", limit = a.time_limit_ms.unwrap_or(0)),
+        };
+    }
+    let waited = waited.map(|s| s.expect("checked above"));
     if ctl.take_canceled(task) {
         return Outcome::Err { error: "canceled".into() };
     }
@@ -598,7 +688,14 @@ mod tests {
     use crate::ids::{JobId, TaskId};
 
     fn assignment(kind: TaskKind) -> Assignment {
-        Assignment { task: TaskId { job: JobId::new(), idx: 3 }, key: None, attempt: 2, kind, inputs: vec![] }
+        Assignment {
+            task: TaskId { job: JobId::new(), idx: 3 },
+            key: None,
+            attempt: 2,
+            kind,
+            inputs: vec![],
+            time_limit_ms: None,
+        }
     }
 
     #[test]

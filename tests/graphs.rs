@@ -201,3 +201,22 @@ fn commands_read_their_inputs_and_a_graph_survives_a_scheduler_restart() {
     let keys: Vec<&str> = lines.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
     assert_eq!(keys, vec!["s1", "s2", "s3", "s4", "s5", "s6"], "in order, each once: {m}");
 }
+
+#[test]
+fn time_limits_stop_commands_and_fail_functions() {
+    let cluster = Cluster::start_with_config(2, 1, CONFIG);
+    let pids = cluster.path("pids");
+    let script = format!("echo $$ >> {}; exec sleep 30", pids.display());
+    let cmd = stdout(&cluster.run(&["submit", "--time-limit", "500ms", "--", "sh", "-c", &script]));
+    let func = stdout(&cluster.run(&["submit", "--fn", "sleep", "--args", "4000", "--time-limit", "300ms"]));
+    let started = std::time::Instant::now();
+    for job in [&cmd, &func] {
+        let out = cluster.run(&["gather", job]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = json_out(&out)["failures"][0]["error"].as_str().unwrap().to_string();
+        assert!(err.starts_with("time limit exceeded"), "{err}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "failed at the limit, not when the work ended");
+    let pid: i32 = std::fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(pid)), "the command was stopped");
+}

@@ -257,9 +257,31 @@ fn with_connect(cmd: ClientCommand, c: Connect) -> ClientCommand {
         Wait { workers, timeout, .. } => Wait { connect: c, workers, timeout },
         Darts { inputs, scale, input_seed, out, .. } => Darts { connect: c, inputs, scale, input_seed, out },
         Map { name, inputs, job_id, .. } => Map { connect: c, name, inputs, job_id },
-        Submit { array, func, args, max_worker_kills, job_id, graph, priority, retries, argv, .. } => {
-            Submit { connect: c, array, func, args, max_worker_kills, job_id, graph, priority, retries, argv }
-        }
+        Submit {
+            array,
+            func,
+            args,
+            max_worker_kills,
+            job_id,
+            graph,
+            priority,
+            retries,
+            time_limit,
+            argv,
+            ..
+        } => Submit {
+            connect: c,
+            array,
+            func,
+            args,
+            max_worker_kills,
+            job_id,
+            graph,
+            priority,
+            retries,
+            time_limit,
+            argv,
+        },
         Gather { job, out, key, .. } => Gather { connect: c, job, out, key },
         Ctl { command, .. } => Ctl { connect: c, command },
     }
@@ -302,6 +324,7 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
             graph,
             priority,
             retries,
+            time_limit,
             argv,
         } => {
             let id = parse_job_id(job_id.as_deref())?;
@@ -314,9 +337,17 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
                 }
                 None => submit_tasks(array.as_deref(), func, args.as_deref(), argv)?,
             };
+            let time_limit_ms = time_limit
+                .as_deref()
+                .map(|d| parse_duration(d).map(|d| d.as_millis() as u64))
+                .transpose()
+                .map_err(usage)?;
             for t in &mut tasks {
                 if let Some(p) = priority {
                     t.priority = p;
+                }
+                if time_limit_ms.is_some() {
+                    t.time_limit_ms = time_limit_ms;
                 }
                 if let Some(r) = retries {
                     t.retries = r;
@@ -491,6 +522,8 @@ struct GraphTask {
     #[serde(default)]
     retries: u32,
     max_worker_kills: Option<u32>,
+    /// e.g. "30s", "2m".
+    time_limit: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -552,6 +585,12 @@ fn read_graph(path: &str) -> Result<(String, Vec<TaskSpec>), CliError> {
             deps,
             priority: t.priority,
             retries: t.retries,
+            time_limit_ms: t
+                .time_limit
+                .as_deref()
+                .map(|d| parse_duration(d).map(|d| d.as_millis() as u64))
+                .transpose()
+                .map_err(|e| usage(format!("{}: task {i}: {e}", p.display())))?,
         });
     }
     if specs.is_empty() {

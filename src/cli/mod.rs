@@ -184,6 +184,10 @@ pub enum ClientCommand {
         /// Retry a failed task this many times (with backoff) before it fails.
         #[arg(long)]
         retries: Option<u32>,
+        /// Stop an attempt that runs longer than this (e.g. 30s, 2m); it
+        /// fails with "time limit exceeded".
+        #[arg(long, value_name = "DURATION")]
+        time_limit: Option<String>,
         /// The command and its arguments.
         #[arg(last = true, value_name = "ARGV")]
         argv: Vec<String>,

@@ -306,6 +306,7 @@ fn insert_job(
             waiting: 0,
             priority: s.priority,
             retries: s.retries,
+            time_limit_ms: s.time_limit_ms,
             failures: 0,
         });
     }
@@ -538,6 +539,7 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
                 attempt: task.attempts,
                 kind: task.kind.clone(),
                 inputs,
+                time_limit_ms: task.time_limit_ms,
             });
             *room -= 1;
             any = true;

@@ -97,6 +97,7 @@ pub struct Task {
     /// Failed attempts it may still retry, and failed attempts so far.
     pub retries: u32,
     pub failures: u32,
+    pub time_limit_ms: Option<u64>,
 }
 
 pub struct Job {

@@ -81,11 +81,23 @@ pub struct TaskSpec {
     /// task fails.
     #[serde(default)]
     pub retries: u32,
+    /// An attempt running longer than this (milliseconds) is stopped and
+    /// fails with "time limit exceeded".
+    #[serde(default)]
+    pub time_limit_ms: Option<u64>,
 }
 
 impl TaskSpec {
     pub fn new(kind: TaskKind) -> TaskSpec {
-        TaskSpec { key: None, kind, max_worker_kills: None, deps: Vec::new(), priority: 0, retries: 0 }
+        TaskSpec {
+            key: None,
+            kind,
+            max_worker_kills: None,
+            deps: Vec::new(),
+            priority: 0,
+            retries: 0,
+            time_limit_ms: None,
+        }
     }
 }
 
@@ -214,6 +226,8 @@ pub struct Assignment {
     #[serde(default)]
     pub inputs: Vec<Bytes>,
     pub kind: TaskKind,
+    #[serde(default)]
+    pub time_limit_ms: Option<u64>,
 }
 
 // ---- client <-> scheduler ----
