@@ -394,7 +394,7 @@ pub fn fn_task<A: Serialize>(func: &str, args: &A) -> Result<TaskSpec, ClientErr
 
 /// A `cmd` task running `argv`.
 pub fn cmd_task(argv: Vec<String>) -> TaskSpec {
-    TaskSpec::new(TaskKind::Cmd { argv })
+    TaskSpec::new(TaskKind::Cmd { argv, env: Vec::new(), discard_output: false })
 }
 
 /// A task graph to submit as one job: tasks named by key, each taking the

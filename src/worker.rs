@@ -504,7 +504,9 @@ fn run_task(
                 }
             }
         },
-        TaskKind::Cmd { argv } => run_cmd(argv, work_dir, worker, &a, ctl),
+        TaskKind::Cmd { argv, env, discard_output } => {
+            run_cmd(argv, env, *discard_output, work_dir, worker, &a, ctl)
+        }
     };
     TaskReport { task: a.task, attempt: a.attempt, outcome, micros: start.elapsed().as_micros() as u64 }
 }
@@ -588,24 +590,57 @@ fn wait_with_limit(
 /// How much of a failed command's stderr goes into its error.
 const STDERR_TAIL: usize = 2048;
 
-fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment, ctl: &Control) -> Outcome {
+/// Replaces `{task}`, `{attempt}`, `{job}` and `{entry}` in a command's
+/// argv or environment value.
+fn placeholders(s: &str, task: &str, attempt: u32, job: &str, entry: &str) -> String {
+    if !s.contains('{') {
+        return s.to_string();
+    }
+    s.replace("{task}", task)
+        .replace("{attempt}", &attempt.to_string())
+        .replace("{job}", job)
+        .replace("{entry}", entry)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_cmd(
+    argv: &[String],
+    env: &[(String, String)],
+    discard_output: bool,
+    work_dir: &Path,
+    worker: WorkerId,
+    a: &Assignment,
+    ctl: &Control,
+) -> Outcome {
     let (task, attempt) = (a.task, a.attempt);
     let task_name = a.key.clone().unwrap_or_else(|| task.idx.to_string());
+    let job = task.job.to_string();
+    let entry = env.iter().find(|(k, _)| k == "ACTORD_ENTRY").map(|(_, v)| v.as_str()).unwrap_or("");
+    let sub = |s: &str| placeholders(s, &task_name, attempt, &job, entry);
+    let argv: Vec<String> = argv.iter().map(|s| sub(s)).collect();
     use std::os::unix::process::CommandExt;
-    let dir = work_dir.join(task.job.to_string());
+    let dir = work_dir.join(&job);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return Outcome::Err { error: format!("cannot create {}: {e}", dir.display()) };
     }
     let out_path = dir.join(format!("{}.{attempt}.out", task.idx));
     let err_path = dir.join(format!("{}.{attempt}.err", task.idx));
-    let files = std::fs::File::create(&out_path).and_then(|o| Ok((o, std::fs::File::create(&err_path)?)));
-    let (out, err) = match files {
+    let files = if discard_output {
+        Ok((std::process::Stdio::null(), std::process::Stdio::null()))
+    } else {
+        std::fs::File::create(&out_path)
+            .and_then(|o| Ok((o.into(), std::fs::File::create(&err_path)?.into())))
+    };
+    let (out, err): (std::process::Stdio, std::process::Stdio) = match files {
         Ok(f) => f,
         Err(e) => {
             return Outcome::Err { error: format!("cannot create output files in {}: {e}", dir.display()) }
         }
     };
     let mut cmd = std::process::Command::new(&argv[0]);
+    for (k, v) in env {
+        cmd.env(k, sub(v));
+    }
     // Dependencies' results, as JSON files named by $ACTORD_INPUT_0, _1, …
     cmd.env("ACTORD_INPUTS", a.inputs.len().to_string());
     for (k, input) in a.inputs.iter().enumerate() {
@@ -655,11 +690,15 @@ fn run_cmd(argv: &[String], work_dir: &Path, worker: WorkerId, a: &Assignment, c
         Err(e) => return Outcome::Err { error: format!("waiting for {:?} failed: {e}", argv[0]) },
     };
     if status.success() {
-        let result = serde_json::json!({
-            "exit": 0,
-            "stdout": out_path.display().to_string(),
-            "stderr": err_path.display().to_string(),
-        });
+        let result = if discard_output {
+            serde_json::json!({ "exit": 0 })
+        } else {
+            serde_json::json!({
+                "exit": 0,
+                "stdout": out_path.display().to_string(),
+                "stderr": err_path.display().to_string(),
+            })
+        };
         match rmp_serde::to_vec_named(&result) {
             Ok(b) => Outcome::Ok { result: b.into() },
             Err(e) => Outcome::Err { error: e.to_string() },
@@ -713,14 +752,14 @@ mod tests {
     fn commands_see_their_identity_and_write_output_files() {
         let dir = tempfile::tempdir().unwrap();
         let argv = ["sh", "-c", "echo $ACTORD_TASK $ACTORD_ATTEMPT $ACTORD_WORKER"];
-        let a = assignment(TaskKind::Cmd { argv: argv.iter().map(|s| s.to_string()).collect() });
+        let a = assignment(crate::client::cmd_task(argv.iter().map(|s| s.to_string()).collect()).kind);
         let job = a.task.job;
         let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default());
         assert!(r.outcome.is_ok(), "{:?}", r.outcome);
         let out = std::fs::read_to_string(dir.path().join(job.to_string()).join("3.2.out")).unwrap();
         assert_eq!(out.trim(), "3 2 w7");
 
-        let a = assignment(TaskKind::Cmd { argv: vec!["/nonexistent/prog".into()] });
+        let a = assignment(crate::client::cmd_task(vec!["/nonexistent/prog".into()]).kind);
         let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default());
         assert!(matches!(r.outcome, Outcome::Err { error } if error.contains("cannot run")));
     }

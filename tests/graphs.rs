@@ -220,3 +220,35 @@ fn time_limits_stop_commands_and_fail_functions() {
     let pid: i32 = std::fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
     assert!(wait_until(Duration::from_secs(5), || !pid_alive(pid)), "the command was stopped");
 }
+
+#[test]
+fn each_line_placeholders_env_and_discarded_output() {
+    let cluster = Cluster::start_with_config(2, 1, CONFIG);
+    let lines = cluster.path("lines.txt");
+    std::fs::write(&lines, "alpha\nbeta\ngamma\n").unwrap();
+    let marks = cluster.path("marks");
+    let script =
+        format!("echo {{task}}:{{entry}}:$ACTORD_ENTRY:$GREETING:{{attempt}} >> {}", marks.display());
+    let out = cluster.run(&[
+        "submit",
+        "--each-line",
+        lines.to_str().unwrap(),
+        "--env",
+        "GREETING=hi-{task}",
+        "--output",
+        "none",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cluster.run(&["gather", &stdout(&out)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_out(&out)["results"][0], json!({"exit": 0}), "no output files");
+    let mut got: Vec<String> = std::fs::read_to_string(&marks).unwrap().lines().map(String::from).collect();
+    got.sort();
+    assert_eq!(got, vec!["1:alpha:alpha:hi-1:1", "2:beta:beta:hi-2:1", "3:gamma:gamma:hi-3:1"]);
+    let out = cluster.run(&["submit", "--output", "sometimes", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -3,7 +3,7 @@
 use super::{Cli, CliError, ClientCommand, Command, Connect, CtlCommand, LocalArgs, NannyArgs, WorkerArgs};
 use crate::actors::nanny::{Nanny, NannyMsg, NannyOptions};
 use crate::actors::{start_scheduler, SchedulerOptions};
-use crate::client::{cmd_task, Client};
+use crate::client::Client;
 use crate::config::Config;
 use crate::core::CoreConfig;
 use crate::functions::Registry;
@@ -222,7 +222,8 @@ async fn local(config: &Config, config_path: Option<&Path>, a: LocalArgs) -> Res
         }
     };
     let connect = Connect { scheduler_file: Some(file_str) };
-    let job = with_connect(a.job, connect);
+    let mut job = a.job;
+    *job.connect_mut() = connect;
     // Time the job on the whole cluster, as the Dask harness does.
     let ready = async {
         let mut c = Client::connect(&file, config.client.timeout).await?;
@@ -249,42 +250,6 @@ fn tempfile_dir() -> Result<PathBuf, CliError> {
     ));
     std::fs::create_dir_all(&base).map_err(|e| failed(format!("cannot create {}: {e}", base.display())))?;
     Ok(base)
-}
-
-fn with_connect(cmd: ClientCommand, c: Connect) -> ClientCommand {
-    use ClientCommand::*;
-    match cmd {
-        Wait { workers, timeout, .. } => Wait { connect: c, workers, timeout },
-        Darts { inputs, scale, input_seed, out, .. } => Darts { connect: c, inputs, scale, input_seed, out },
-        Map { name, inputs, job_id, .. } => Map { connect: c, name, inputs, job_id },
-        Submit {
-            array,
-            func,
-            args,
-            max_worker_kills,
-            job_id,
-            graph,
-            priority,
-            retries,
-            time_limit,
-            argv,
-            ..
-        } => Submit {
-            connect: c,
-            array,
-            func,
-            args,
-            max_worker_kills,
-            job_id,
-            graph,
-            priority,
-            retries,
-            time_limit,
-            argv,
-        },
-        Gather { job, out, key, .. } => Gather { connect: c, job, out, key },
-        Ctl { command, .. } => Ctl { connect: c, command },
-    }
 }
 
 async fn connect(config: &Config, c: &Connect) -> Result<Client, CliError> {
@@ -325,6 +290,7 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
             priority,
             retries,
             time_limit,
+            cmd,
             argv,
         } => {
             let id = parse_job_id(job_id.as_deref())?;
@@ -335,7 +301,7 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
                     }
                     read_graph(&path)?
                 }
-                None => submit_tasks(array.as_deref(), func, args.as_deref(), argv)?,
+                None => submit_tasks(array.as_deref(), func, args.as_deref(), &cmd, argv)?,
             };
             let time_limit_ms = time_limit
                 .as_deref()
@@ -559,7 +525,7 @@ fn read_graph(path: &str) -> Result<(String, Vec<TaskSpec>), CliError> {
                 crate::client::fn_task(&f, &args)?.kind
             }
             (None, Some(argv)) if !argv.is_empty() && t.args.is_none() => {
-                crate::protocol::TaskKind::Cmd { argv }
+                crate::protocol::TaskKind::Cmd { argv, env: Vec::new(), discard_output: false }
             }
             _ => {
                 return Err(usage(format!(
@@ -619,11 +585,15 @@ fn submit_tasks(
     array: Option<&str>,
     func: Option<String>,
     args: Option<&str>,
+    opts: &super::CmdOptions,
     argv: Vec<String>,
 ) -> Result<(String, Vec<TaskSpec>), CliError> {
     if let Some(f) = func {
         if !argv.is_empty() {
             return Err(usage("give either --fn NAME or a command after --, not both"));
+        }
+        if opts.each_line.is_some() || opts.output.is_some() || !opts.env.is_empty() {
+            return Err(usage("--each-line, --output and --env are for commands, not --fn"));
         }
         let v: serde_json::Value = match args {
             Some(a) => serde_json::from_str(a).map_err(|e| usage(format!("--args is not JSON: {e}")))?,
@@ -637,11 +607,39 @@ fn submit_tasks(
         ));
     }
     let name = argv[0].clone();
-    let tasks = match array {
-        None => vec![cmd_task(argv)],
-        Some(r) => {
-            parse_array(r)?.map(|i| TaskSpec { key: Some(i.to_string()), ..cmd_task(argv.clone()) }).collect()
+    let discard_output = match opts.output.as_deref() {
+        None | Some("files") => false,
+        Some("none") => true,
+        Some(other) => return Err(usage(format!("--output {other:?}: expected files or none"))),
+    };
+    let mut env = Vec::with_capacity(opts.env.len());
+    for e in &opts.env {
+        match e.split_once('=') {
+            Some((k, v)) if !k.is_empty() => env.push((k.to_string(), v.to_string())),
+            _ => return Err(usage(format!("--env {e:?}: expected NAME=VALUE"))),
         }
+    }
+    let cmd = |key: Option<String>, entry: Option<&str>| {
+        let mut env = env.clone();
+        if let Some(line) = entry {
+            env.push(("ACTORD_ENTRY".to_string(), line.to_string()));
+        }
+        let kind = crate::protocol::TaskKind::Cmd { argv: argv.clone(), env, discard_output };
+        TaskSpec { key, ..TaskSpec::new(kind) }
+    };
+    let tasks: Vec<TaskSpec> = match (array, &opts.each_line) {
+        (Some(r), _) => parse_array(r)?.map(|i| cmd(Some(i.to_string()), None)).collect(),
+        (None, Some(file)) => {
+            let path = expand_path(file).map_err(usage)?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.is_empty() {
+                return Err(usage(format!("{}: no lines", path.display())));
+            }
+            lines.iter().enumerate().map(|(n, line)| cmd(Some((n + 1).to_string()), Some(line))).collect()
+        }
+        (None, None) => vec![cmd(None, None)],
     };
     Ok((name, tasks))
 }

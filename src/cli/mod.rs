@@ -188,6 +188,8 @@ pub enum ClientCommand {
         /// fails with "time limit exceeded".
         #[arg(long, value_name = "DURATION")]
         time_limit: Option<String>,
+        #[command(flatten)]
+        cmd: CmdOptions,
         /// The command and its arguments.
         #[arg(last = true, value_name = "ARGV")]
         argv: Vec<String>,
@@ -211,6 +213,37 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: CtlCommand,
     },
+}
+
+impl ClientCommand {
+    /// Where this command finds the scheduler (`local` points it at its own).
+    pub fn connect_mut(&mut self) -> &mut Connect {
+        match self {
+            ClientCommand::Wait { connect, .. }
+            | ClientCommand::Darts { connect, .. }
+            | ClientCommand::Map { connect, .. }
+            | ClientCommand::Submit { connect, .. }
+            | ClientCommand::Gather { connect, .. }
+            | ClientCommand::Ctl { connect, .. } => connect,
+        }
+    }
+}
+
+/// Options of command tasks.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CmdOptions {
+    /// One task per line of FILE: `$ACTORD_ENTRY` (and `{entry}` in the
+    /// command) is the line, `$ACTORD_TASK` its number from 1.
+    #[arg(long, value_name = "FILE", conflicts_with = "array")]
+    pub each_line: Option<String>,
+    /// `files` (default): stdout and stderr to files in the job's directory;
+    /// `none`: discard them.
+    #[arg(long, value_name = "files|none")]
+    pub output: Option<String>,
+    /// Extra environment for the command, `NAME=VALUE` (placeholders
+    /// `{task}`, `{attempt}`, `{job}`, `{entry}` allowed); repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -219,7 +219,7 @@ fn validate_submit(core: &Core, job: JobId, tasks: &[TaskSpec]) -> Result<Vec<Ve
             crate::protocol::TaskKind::Fn { name, .. } if name.is_empty() => {
                 return Err(format!("task {i}: empty function name"))
             }
-            crate::protocol::TaskKind::Cmd { argv } if argv.is_empty() => {
+            crate::protocol::TaskKind::Cmd { argv, .. } if argv.is_empty() => {
                 return Err(format!("task {i}: empty argv"))
             }
             _ => {}

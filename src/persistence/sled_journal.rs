@@ -218,7 +218,7 @@ impl Journal for SledJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Outcome, TaskKind};
+    use crate::protocol::Outcome;
 
     /// sled releases its lock from a background thread after a drop.
     fn reopen(dir: &Path) -> SledJournal {
@@ -234,7 +234,7 @@ mod tests {
 
     fn job(n: usize, seq: u64) -> (JobId, Record) {
         let job = JobId::new();
-        let tasks = (0..n).map(|i| TaskSpec::new(TaskKind::Cmd { argv: vec![format!("t{i}")] })).collect();
+        let tasks = (0..n).map(|i| crate::client::cmd_task(vec![format!("t{i}")])).collect();
         (job, Record::JobSubmitted { job, seq, name: "t".into(), tasks })
     }
 

@@ -57,8 +57,17 @@ pub enum TaskKind {
         #[serde(with = "serde_bytes")]
         args: Vec<u8>,
     },
-    /// An argv run as a child process.
-    Cmd { argv: Vec<String> },
+    /// An argv run as a child process. `{task}`, `{attempt}`, `{job}` and
+    /// `{entry}` in argv and env values are replaced when it runs.
+    Cmd {
+        argv: Vec<String>,
+        /// Extra environment, e.g. `ACTORD_ENTRY` for `--each-line`.
+        #[serde(default)]
+        env: Vec<(String, String)>,
+        /// Send stdout and stderr to /dev/null instead of files.
+        #[serde(default)]
+        discard_output: bool,
+    },
 }
 
 /// One task as a client submits it.
