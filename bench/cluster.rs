@@ -10,7 +10,7 @@
 //!
 //! `noop` maps `inc` over range(n), as the Dask harness's noop map does.
 
-use actord::client::Client;
+use actord::client::{Client, Graph, TaskFuture};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +23,8 @@ struct Opts {
     repeat: usize,
     warmup: u64,
     journal: bool,
+    /// noop: map, chain or tree (as the Dask harness's noop.py).
+    variant: String,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -35,6 +37,7 @@ fn parse() -> Result<Opts, String> {
         repeat: 3,
         warmup: 200,
         journal: true,
+        variant: "map".into(),
     };
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -46,9 +49,13 @@ fn parse() -> Result<Opts, String> {
             "--warmup" => o.warmup = val("--warmup")?.parse().map_err(|e| format!("--warmup: {e}"))?,
             "--journal" => o.journal = true,
             "--no-journal" => o.journal = false,
+            "--variant" => o.variant = val("--variant")?,
             w if !w.starts_with('-') && o.workload.is_empty() => o.workload = w.to_string(),
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if !["map", "chain", "tree"].contains(&o.variant.as_str()) {
+        return Err(format!("--variant {:?}: expected map, chain or tree", o.variant));
     }
     if !["noop", "respawn", "restart"].contains(&o.workload.as_str()) {
         return Err(
@@ -172,6 +179,58 @@ fn dir_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// A chain of `n` inc tasks, each taking the previous one's result.
+async fn run_chain(client: &mut Client, n: u64) -> Result<(u64, f64), String> {
+    let t0 = Instant::now();
+    let mut g = Graph::new();
+    g.add("0", "inc", &0i64, &[]).map_err(|e| e.to_string())?;
+    for i in 1..n {
+        g.add(&i.to_string(), "inc", &(), &[&(i - 1).to_string()]).map_err(|e| e.to_string())?;
+    }
+    let job = client.submit_graph("chain", g).await.map_err(|e| e.to_string())?;
+    let last = TaskFuture { job: job.id, idx: (n - 1) as u32 };
+    let v: i64 = client.result(&last).await.map_err(|e| e.to_string())?;
+    if v != n as i64 {
+        return Err(format!("wrong chain result {v}"));
+    }
+    Ok((n, t0.elapsed().as_secs_f64()))
+}
+
+/// A binary reduction (add) over `n` inc leaves: 2n-1 tasks.
+async fn run_tree(client: &mut Client, n: u64) -> Result<(u64, f64), String> {
+    let t0 = Instant::now();
+    let mut g = Graph::new();
+    let mut level: Vec<String> = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let k = format!("leaf-{i}");
+        g.add(&k, "inc", &(i as i64), &[]).map_err(|e| e.to_string())?;
+        level.push(k);
+    }
+    let mut depth = 0;
+    while level.len() > 1 {
+        depth += 1;
+        let mut next = Vec::with_capacity(level.len() / 2 + 1);
+        for (j, pair) in level.chunks(2).enumerate() {
+            if let [a, b] = pair {
+                let k = format!("add-{depth}-{j}");
+                g.add(&k, "add", &(), &[a.as_str(), b.as_str()]).map_err(|e| e.to_string())?;
+                next.push(k);
+            } else {
+                next.push(pair[0].clone());
+            }
+        }
+        level = next;
+    }
+    let tasks = g.tasks.len() as u64;
+    let job = client.submit_graph("tree", g).await.map_err(|e| e.to_string())?;
+    let root = client.resolve(job.id, &level[0]).await.map_err(|e| e.to_string())?;
+    let v: i64 = client.result(&TaskFuture { job: job.id, idx: root }).await.map_err(|e| e.to_string())?;
+    if v != (n * (n + 1) / 2) as i64 {
+        return Err(format!("wrong tree result {v}"));
+    }
+    Ok((tasks, t0.elapsed().as_secs_f64()))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -234,16 +293,24 @@ async fn main() {
     let all_pids = || worker_pids.iter().copied().chain([nanny.0.id()]);
     let (s0, w0) = (cpu_seconds(scheduler.0.id()), all_pids().map(cpu_seconds).sum::<f64>());
     let mut runs = Vec::new();
+    let mut n_tasks = o.n;
     for r in 0..o.repeat {
-        let (wall, submit) = run_map(&mut client, o.n).await.expect("run");
+        let (tasks, wall, submit) = match o.variant.as_str() {
+            "chain" => run_chain(&mut client, o.n).await.map(|(t, w)| (t, w, 0.0)),
+            "tree" => run_tree(&mut client, o.n).await.map(|(t, w)| (t, w, 0.0)),
+            _ => run_map(&mut client, o.n).await.map(|(w, s)| (o.n, w, s)),
+        }
+        .expect("run");
         eprintln!(
-            "map n={} rep {}/{}: {:.3}s = {:.0} tasks/s",
+            "{} n={} rep {}/{}: {tasks} tasks in {:.3}s = {:.0} tasks/s",
+            o.variant,
             o.n,
             r + 1,
             o.repeat,
             wall,
-            o.n as f64 / wall
+            tasks as f64 / wall
         );
+        n_tasks = tasks;
         runs.push((wall, submit));
     }
     let sched_cpu = cpu_seconds(scheduler.0.id()) - s0;
@@ -252,9 +319,10 @@ async fn main() {
     let rec = serde_json::json!({
         "system": "actord",
         "workload": "noop",
-        "variant": "map",
+        "variant": o.variant,
         "n": o.n,
-        "tasks": o.n,
+        "tasks": n_tasks,
+        "us_per_task": (wall / n_tasks as f64 * 1e7).round() / 10.0,
         "workers": o.workers,
         "threads_per_worker": o.threads,
         "journal": o.journal,
@@ -262,7 +330,7 @@ async fn main() {
         "warmup": o.warmup,
         "wall_s": (wall * 1e4).round() / 1e4,
         "wall_s_all": runs.iter().map(|r| (r.0 * 1e4).round() / 1e4).collect::<Vec<_>>(),
-        "tasks_per_s": (o.n as f64 / wall * 10.0).round() / 10.0,
+        "tasks_per_s": (n_tasks as f64 / wall * 10.0).round() / 10.0,
         "submit_s_median": (median(runs.iter().map(|r| r.1).collect()) * 1e4).round() / 1e4,
         "sched_cpu_s": (sched_cpu * 1e3).round() / 1e3,
         "workers_cpu_s": (workers_cpu * 1e3).round() / 1e3,

@@ -281,12 +281,32 @@ impl Client {
     /// Waits for one task and returns its outcome.
     pub async fn outcome(&mut self, task: &TaskFuture) -> Result<TaskOutcome, ClientError> {
         let mut stream = self.as_completed(task.job).await?;
+        let mut found = None;
         while let Some(o) = stream.next().await? {
             if o.idx == task.idx {
-                return Ok(o);
+                found = Some(o);
+                break;
             }
         }
-        Err(ClientError::Protocol(format!("job {} finished without task {}", task.job, task.idx)))
+        let done = stream.done;
+        let Some(o) = found else {
+            return Err(ClientError::Protocol(format!(
+                "job {} finished without task {}",
+                task.job, task.idx
+            )));
+        };
+        if !done {
+            // Stop the stream and skip what is already on its way.
+            self.conn.write(&FromClient::Unwatch { job: task.job }).await?;
+            loop {
+                match self.expect_reply().await? {
+                    ToClient::Unwatched { job } if job == task.job => break,
+                    ToClient::Outcomes { job, .. } | ToClient::JobDone { job, .. } if job == task.job => {}
+                    other => return Err(ClientError::Protocol(format!("{other:?}"))),
+                }
+            }
+        }
+        Ok(o)
     }
 
     /// Waits for one task and decodes its result.

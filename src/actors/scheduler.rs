@@ -170,6 +170,7 @@ impl Actor for SchedulerActor {
                 FromClient::Forget { job } => core::on_forget(core, fx, conn, job),
                 FromClient::Cancel { job, keys } => core::on_cancel(core, fx, now, conn, job, keys),
                 FromClient::Resolve { job, key } => core::on_resolve(core, fx, conn, job, key),
+                FromClient::Unwatch { job } => core::on_unwatch(core, fx, conn, job),
             },
             SchedMsg::Nanny { conn, msg } => match msg {
                 FromNanny::Register { host, pid, slots } => {

@@ -285,7 +285,15 @@ pub fn main() -> ExitCode {
 pub fn main_with(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A worker funnels everything through one connection loop (its tasks run
+    // on slot threads): one runtime thread avoids cross-thread wake-ups.
+    let single = matches!(cli.command, Command::Worker(_));
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("actord: cannot start the async runtime: {e}");

@@ -57,6 +57,10 @@ pub fn task_name(job: &Job, idx: u32) -> String {
 /// Resolves every task's dependencies to task ids; refuses duplicate keys,
 /// unknown keys (or jobs), self-dependencies and cycles.
 pub fn resolve(core: &Core, job: JobId, specs: &[TaskSpec]) -> Result<Vec<Vec<TaskId>>, String> {
+    if specs.iter().all(|s| s.deps.is_empty()) {
+        check_keys(specs)?;
+        return Ok(vec![Vec::new(); specs.len()]);
+    }
     let mut keys: HashMap<&str, u32> = HashMap::default();
     let idx_names: Vec<String> = (0..specs.len()).map(|i| i.to_string()).collect();
     for (i, s) in specs.iter().enumerate() {
@@ -129,6 +133,23 @@ pub fn resolve(core: &Core, job: JobId, specs: &[TaskSpec]) -> Result<Vec<Vec<Ta
         return Err(format!("the dependencies form a cycle (through {})", in_cycle.join(", ")));
     }
     Ok(out)
+}
+
+/// Refuses duplicate names without building a map of every task's name:
+/// explicit keys must differ from each other and from the index of any task
+/// without a key.
+fn check_keys(specs: &[TaskSpec]) -> Result<(), String> {
+    let mut seen: HashMap<&str, u32> = HashMap::default();
+    for (i, s) in specs.iter().enumerate() {
+        let Some(k) = s.key.as_deref() else { continue };
+        let clash = seen.insert(k, i as u32).is_some()
+            || k.parse::<usize>()
+                .is_ok_and(|j| j < specs.len() && specs[j].key.is_none() && j.to_string() == k);
+        if clash {
+            return Err(format!("task key {k:?} appears twice (task {i})"));
+        }
+    }
+    Ok(())
 }
 
 /// Outcomes of one step, journaled and told to watchers together.

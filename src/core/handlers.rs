@@ -802,3 +802,10 @@ pub fn on_resolve(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, 
     };
     fx.to_client(conn, reply);
 }
+
+pub fn on_unwatch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
+    if let Some(j) = core.jobs.get_mut(&job) {
+        j.watchers.retain(|c| *c != conn);
+    }
+    fx.to_client(conn, ToClient::Unwatched { job });
+}

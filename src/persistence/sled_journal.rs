@@ -148,7 +148,10 @@ impl Journal for SledJournal {
                             total: tasks.len() as u32,
                             tasks: chunk.to_vec(),
                         };
-                        jobs.insert(job_key(job, &(part as u32).to_be_bytes()), encode(&value)?);
+                        // Named fields: task specs leave out their defaults.
+                        let bytes = rmp_serde::to_vec_named(&value)
+                            .map_err(|e| JournalError::Write(e.to_string()))?;
+                        jobs.insert(job_key(job, &(part as u32).to_be_bytes()), bytes);
                     }
                 }
                 Record::TasksDone { job, done: d } => {

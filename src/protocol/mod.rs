@@ -74,26 +74,35 @@ pub enum TaskKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// Optional name, unique in the job; the task's index names it otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     pub kind: TaskKind,
     /// Fail the task once this many workers died running it (default:
     /// the scheduler's `max_worker_kills`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_worker_kills: Option<u32>,
     /// Tasks whose results this one takes, in order; it runs once they finished.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deps: Vec<Dep>,
     /// Higher runs first; equal priorities run in submission order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero_i32")]
     pub priority: i32,
     /// How often a failed attempt is tried again (with backoff) before the
     /// task fails.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub retries: u32,
     /// An attempt running longer than this (milliseconds) is stopped and
     /// fails with "time limit exceeded".
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit_ms: Option<u64>,
+}
+
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 impl TaskSpec {
@@ -229,13 +238,14 @@ pub struct NannySlot {
 pub struct Assignment {
     pub task: TaskId,
     /// The task's key, if the client named it (e.g. the array index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     pub attempt: u32,
     /// The results of its dependencies (msgpack), in `deps` order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<Bytes>,
     pub kind: TaskKind,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit_ms: Option<u64>,
 }
 
@@ -255,6 +265,8 @@ pub enum FromClient {
     RestartWorker { worker: WorkerId },
     /// Drop a finished job and its results, here and in the journal.
     Forget { job: JobId },
+    /// Stop streaming this job's outcomes; answered with `Unwatched`.
+    Unwatch { job: JobId },
     /// Which index the task named `key` has in the job.
     Resolve { job: JobId, key: String },
     /// Cancel the job's unfinished tasks named by `keys` (all of them if empty).
@@ -286,6 +298,10 @@ pub enum ToClient {
     },
     Nannies {
         nannies: Vec<NannyInfo>,
+    },
+    /// Answer to `Unwatch`: no more outcomes of this job follow.
+    Unwatched {
+        job: JobId,
     },
     /// Answer to `Resolve`.
     Resolved {
