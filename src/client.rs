@@ -269,6 +269,15 @@ impl Client {
         Ok(TaskFuture { job: job.id, idx: 0 })
     }
 
+    /// Every task of a job with its state.
+    pub async fn tasks(&mut self, job: JobId) -> Result<Vec<crate::protocol::TaskInfo>, ClientError> {
+        self.conn.write(&FromClient::Tasks { job }).await?;
+        match self.expect_reply().await? {
+            ToClient::Tasks { tasks, .. } => Ok(tasks),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// The index of the task named `key` in `job`.
     pub async fn resolve(&mut self, job: JobId, key: &str) -> Result<u32, ClientError> {
         self.conn.write(&FromClient::Resolve { job, key: key.into() }).await?;

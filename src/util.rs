@@ -163,6 +163,27 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Parses `gpus=2,mem=64GiB` (sizes take units, counts are plain numbers).
+pub fn parse_resources(s: &str) -> Result<crate::protocol::Resources, String> {
+    let mut out = crate::protocol::Resources::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("resource {part:?}: expected NAME=AMOUNT, e.g. gpus=2"))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(format!("resource {part:?}: empty name"));
+        }
+        let v = v.trim();
+        let n = match v.parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => parse_size(v).map_err(|e| format!("resource {k}: {e}"))?,
+        };
+        out.insert(k.to_string(), n);
+    }
+    Ok(out)
+}
+
 /// A byte count for people: `1.5 GiB`.
 pub fn format_size(bytes: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -28,6 +28,10 @@ pub struct WorkerOptions {
     pub work_dir: PathBuf,
     /// How long a SIGTERM'd worker may take to finish its running tasks.
     pub drain_timeout: Duration,
+    /// What it declares beyond its slots.
+    pub resources: crate::protocol::Resources,
+    /// Its GPU ids, handed out to tasks that ask for GPUs.
+    pub gpus: Vec<String>,
     /// The nanny slot this worker runs in, told to the scheduler.
     pub nanny: Option<crate::protocol::NannySlot>,
 }
@@ -55,6 +59,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
     let worker_id = Arc::new(AtomicU64::new(0));
     let registry = Arc::new(registry);
     let control = Arc::new(Control::default());
+    control.lock().free_gpus = opts.gpus.clone();
     for slot in 0..opts.threads.max(1) {
         let ctl = control.clone();
         let rx = task_rx.clone();
@@ -164,6 +169,8 @@ pub struct ControlState {
     deadlines: FxHashMap<TaskId, (Instant, u64, u32)>,
     /// Functions reported as over their time limit, still running.
     expired: rustc_hash::FxHashSet<TaskId>,
+    /// This worker's GPU ids not held by a running task.
+    free_gpus: Vec<String>,
 }
 
 impl Control {
@@ -339,6 +346,7 @@ fn register(opts: &WorkerOptions, registry: &Registry, book: &Book) -> FromWorke
         functions: registry.names(),
         nanny: opts.nanny.clone(),
         running: book.running(),
+        resources: opts.resources.clone(),
     }
 }
 
@@ -554,6 +562,20 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// Gives a task's GPUs back to the worker when the task ends.
+struct GpuLease<'a> {
+    ctl: &'a Control,
+    gpus: Vec<String>,
+}
+
+impl Drop for GpuLease<'_> {
+    fn drop(&mut self) {
+        if !self.gpus.is_empty() {
+            self.ctl.lock().free_gpus.append(&mut self.gpus);
+        }
+    }
+}
+
 /// Waits for a command at most `limit`; past it, SIGTERM, then SIGKILL
 /// after `CANCEL_GRACE`. `Ok(None)`: it was stopped for its time limit.
 fn wait_with_limit(
@@ -641,6 +663,18 @@ fn run_cmd(
     for (k, v) in env {
         cmd.env(k, sub(v));
     }
+    // Its own GPUs (the scheduler never hands out more than the worker has).
+    let want = a.resources.get("gpus").copied().unwrap_or(0) as usize;
+    let gpus: Vec<String> = {
+        let mut st = ctl.lock();
+        let n = want.min(st.free_gpus.len());
+        let at = st.free_gpus.len() - n;
+        st.free_gpus.split_off(at)
+    };
+    if want > 0 {
+        cmd.env("CUDA_VISIBLE_DEVICES", gpus.join(",")).env("ACTORD_GPUS", gpus.join(","));
+    }
+    let _gpus = GpuLease { ctl, gpus };
     // Dependencies' results, as JSON files named by $ACTORD_INPUT_0, _1, …
     cmd.env("ACTORD_INPUTS", a.inputs.len().to_string());
     for (k, input) in a.inputs.iter().enumerate() {
@@ -734,6 +768,7 @@ mod tests {
             kind,
             inputs: vec![],
             time_limit_ms: None,
+            resources: Default::default(),
         }
     }
 

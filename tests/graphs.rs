@@ -252,3 +252,65 @@ fn each_line_placeholders_env_and_discarded_output() {
     let out = cluster.run(&["submit", "--output", "sometimes", "--", "true"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn gpus_are_handed_out_per_worker_and_per_task_and_impossible_requests_wait() {
+    let mut cluster = Cluster::scheduler_with_config(Some(CONFIG));
+    cluster.spawn_nanny(2, 2, &["--gpus", "0,1,2,3"]);
+    let out = cluster.run(&["wait", "--workers", "2", "--timeout", "30s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let workers = cluster.run(&["ctl", "workers", "--json"]);
+    let workers = json_out(&workers);
+    assert!(workers.as_array().unwrap().iter().all(|w| w["resources"]["gpus"] == 2), "{workers}");
+
+    let marks = cluster.path("marks");
+    let script = format!("echo $ACTORD_NANNY_SLOT $CUDA_VISIBLE_DEVICES >> {}; sleep 0.2", marks.display());
+    let one = stdout(&cluster.run(&[
+        "submit",
+        "--array",
+        "1-6",
+        "--resources",
+        "gpus=1",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let two = stdout(&cluster.run(&[
+        "submit",
+        "--array",
+        "1-2",
+        "--resources",
+        "gpus=2",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let never = stdout(&cluster.run(&["submit", "--resources", "gpus=8", "--", "true"]));
+    for job in [&one, &two] {
+        let out = cluster.run(&["gather", job]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let own = |slot: &str| if slot == "0" { ["0", "1"] } else { ["2", "3"] };
+    let lines = std::fs::read_to_string(&marks).unwrap();
+    let mut pairs = 0;
+    for line in lines.lines() {
+        let mut f = line.split_whitespace();
+        let slot = f.next().unwrap();
+        let gpus: Vec<&str> = f.next().unwrap_or("").split(',').collect();
+        assert!(gpus.iter().all(|g| own(slot).contains(g)), "a task got another worker's GPU: {line}");
+        if gpus.len() == 2 {
+            pairs += 1;
+        } else {
+            assert_eq!(gpus.len(), 1, "{line}");
+        }
+    }
+    assert_eq!(pairs, 2, "{lines}");
+    let out = cluster.run(&["ctl", "tasks", &never, "--json"]);
+    let tasks = json_out(&out);
+    assert_eq!(tasks[0]["state"], "unschedulable", "{tasks}");
+    assert!(tasks[0]["error"].as_str().unwrap().contains("gpus=8"));
+    let out = cluster.run(&["ctl", "tasks", &never]);
+    assert!(stdout(&out).contains("unschedulable"), "{}", stdout(&out));
+}

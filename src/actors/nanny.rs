@@ -24,6 +24,8 @@ pub struct NannyOptions {
     pub exe: PathBuf,
     /// Arguments after `worker`.
     pub worker_args: Vec<String>,
+    /// Extra arguments and environment for each slot's worker (e.g. its GPUs).
+    pub per_slot: Vec<SlotExtra>,
     pub workers: u32,
     /// Where the scheduler is, for the nanny's own registration.
     pub scheduler_file: PathBuf,
@@ -42,6 +44,9 @@ pub struct NannyOptions {
     /// and backs off; one that lived longer is restarted at once.
     pub min_uptime: Duration,
 }
+
+/// A slot's own worker arguments and environment.
+pub type SlotExtra = (Vec<String>, Vec<(String, String)>);
 
 pub enum NannyMsg {
     /// A worker process of this slot is up.
@@ -91,10 +96,12 @@ async fn spawn_slot(
     opts: &NannyOptions,
     slot: u32,
 ) -> Result<ActorRef<WorkerProcMsg>, ActorProcessingErr> {
+    let (extra, env) = opts.per_slot.get(slot as usize).cloned().unwrap_or_default();
     let args = WorkerProcArgs {
         slot,
         exe: opts.exe.clone(),
-        args: opts.worker_args.clone(),
+        args: opts.worker_args.iter().cloned().chain(extra).collect(),
+        env,
         nanny: myself.clone(),
         memory_limit: opts.memory_limit,
         memory_poll: opts.memory_poll,
@@ -356,6 +363,7 @@ pub struct WorkerProcArgs {
     slot: u32,
     exe: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     nanny: ActorRef<NannyMsg>,
     memory_limit: Option<u64>,
     memory_poll: Duration,
@@ -387,7 +395,8 @@ impl Actor for WorkerProc {
         cmd.arg("worker")
             .args(&args.args)
             .env(ENV_NANNY_PID, std::process::id().to_string())
-            .env(ENV_NANNY_SLOT, args.slot.to_string());
+            .env(ENV_NANNY_SLOT, args.slot.to_string())
+            .envs(args.env.iter().map(|(k, v)| (k, v)));
         // SAFETY: prctl is async-signal-safe; the worker dies with its nanny.
         unsafe {
             cmd.pre_exec(|| {
@@ -526,6 +535,7 @@ mod tests {
         let opts = NannyOptions {
             exe: PathBuf::new(),
             worker_args: vec![],
+            per_slot: vec![],
             workers: 1,
             scheduler_file: PathBuf::new(),
             max_restarts: 5,

@@ -144,8 +144,8 @@ impl Actor for SchedulerActor {
                 st.sessions.insert(conn, session);
             }
             SchedMsg::Worker { conn, msg } => match msg {
-                FromWorker::Register { slots, host, pid, functions, nanny, running } => {
-                    let w = core::NewWorker { slots, host, pid, functions, nanny, running };
+                FromWorker::Register { slots, host, pid, functions, nanny, running, resources } => {
+                    let w = core::NewWorker { slots, host, pid, functions, nanny, running, resources };
                     core::on_worker_joined(core, fx, now, conn, w);
                 }
                 FromWorker::Reports { batch, reports } => {
@@ -171,6 +171,7 @@ impl Actor for SchedulerActor {
                 FromClient::Cancel { job, keys } => core::on_cancel(core, fx, now, conn, job, keys),
                 FromClient::Resolve { job, key } => core::on_resolve(core, fx, conn, job, key),
                 FromClient::Unwatch { job } => core::on_unwatch(core, fx, conn, job),
+                FromClient::Tasks { job } => core::on_tasks(core, fx, conn, job),
             },
             SchedMsg::Nanny { conn, msg } => match msg {
                 FromNanny::Register { host, pid, slots } => {

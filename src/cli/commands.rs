@@ -113,7 +113,23 @@ fn worker_options(config: &Config, a: &WorkerArgs) -> Result<crate::worker::Work
     if threads == 0 {
         return Err(usage("--threads must be at least 1"));
     }
+    let mut resources = a
+        .resources
+        .as_deref()
+        .map(crate::util::parse_resources)
+        .transpose()
+        .map_err(usage)?
+        .unwrap_or_default();
+    let gpus: Vec<String> = match &a.gpus {
+        Some(list) => list.split(',').map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),
+        None => Vec::new(),
+    };
+    if !gpus.is_empty() {
+        resources.insert("gpus".into(), gpus.len() as u64);
+    }
     Ok(crate::worker::WorkerOptions {
+        resources,
+        gpus,
         scheduler_file,
         threads,
         death_timeout,
@@ -166,11 +182,34 @@ async fn start_nanny(
     if let Some(c) = config_path {
         worker_args.extend(["--config".into(), abs(c).display().to_string()]);
     }
+    if let Some(r) = &a.worker.resources {
+        worker_args.extend(["--resources".into(), r.clone()]);
+    }
+    // --gpus: each worker gets its own share, as --gpus and CUDA_VISIBLE_DEVICES.
+    let per_slot: Vec<crate::actors::nanny::SlotExtra> = if w.gpus.is_empty() {
+        Vec::new()
+    } else {
+        if w.gpus.len() < a.workers as usize {
+            return Err(usage(format!(
+                "--gpus lists {} GPUs for {} workers: give each worker at least one",
+                w.gpus.len(),
+                a.workers
+            )));
+        }
+        let per = w.gpus.len() / a.workers as usize;
+        (0..a.workers as usize)
+            .map(|i| {
+                let share = w.gpus[i * per..(i + 1) * per].join(",");
+                (vec!["--gpus".into(), share.clone()], vec![("CUDA_VISIBLE_DEVICES".into(), share)])
+            })
+            .collect()
+    };
     let memory_limit = a.memory_limit.as_deref().map(crate::util::parse_size).transpose().map_err(usage)?;
     let n = &config.nanny;
     let opts = NannyOptions {
         exe,
         worker_args,
+        per_slot,
         workers: a.workers,
         scheduler_file: abs(&w.scheduler_file),
         max_restarts: n.max_restarts,
@@ -212,6 +251,8 @@ async fn local(config: &Config, config_path: Option<&Path>, a: LocalArgs) -> Res
             scheduler_file: Some(file_str.clone()),
             death_timeout: None,
             work_dir: Some(dir.join("jobs").display().to_string()),
+            resources: None,
+            gpus: None,
         },
     };
     let nanny = match start_nanny(config, config_path, &nanny_args).await {
@@ -290,6 +331,7 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
             priority,
             retries,
             time_limit,
+            resources,
             cmd,
             argv,
         } => {
@@ -308,7 +350,12 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
                 .map(|d| parse_duration(d).map(|d| d.as_millis() as u64))
                 .transpose()
                 .map_err(usage)?;
+            let resources =
+                resources.as_deref().map(crate::util::parse_resources).transpose().map_err(usage)?;
             for t in &mut tasks {
+                if let Some(r) = &resources {
+                    t.resources = r.clone();
+                }
                 if let Some(p) = priority {
                     t.priority = p;
                 }
@@ -403,6 +450,31 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
                     }
                     Ok(ExitCode::SUCCESS)
                 }
+                CtlCommand::Tasks { job, state, json } => {
+                    let id = parse_job_id(Some(&job))?;
+                    let mut tasks = client.tasks(id).await?;
+                    if let Some(s) = &state {
+                        tasks.retain(|t| &t.state == s);
+                    }
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&tasks).map_err(failed)?);
+                    } else {
+                        println!(
+                            "{:>6} {:<16} {:<14} {:>8} {:<6}  ERROR",
+                            "TASK", "KEY", "STATE", "ATTEMPTS", "WORKER"
+                        );
+                        for t in tasks {
+                            let worker = t.worker.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
+                            let key = t.key.unwrap_or_else(|| "-".into());
+                            let error = t.error.unwrap_or_default();
+                            println!(
+                                "{:>6} {:<16} {:<14} {:>8} {:<6}  {error}",
+                                t.idx, key, t.state, t.attempts, worker
+                            );
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
                 CtlCommand::Cancel { job, keys } => {
                     let id = parse_job_id(Some(&job))?;
                     eprintln!("{}", client.cancel(id, keys).await?);
@@ -490,6 +562,8 @@ struct GraphTask {
     max_worker_kills: Option<u32>,
     /// e.g. "30s", "2m".
     time_limit: Option<String>,
+    #[serde(default)]
+    resources: crate::protocol::Resources,
 }
 
 #[derive(serde::Deserialize)]
@@ -551,6 +625,7 @@ fn read_graph(path: &str) -> Result<(String, Vec<TaskSpec>), CliError> {
             deps,
             priority: t.priority,
             retries: t.retries,
+            resources: t.resources,
             time_limit_ms: t
                 .time_limit
                 .as_deref()

@@ -67,6 +67,13 @@ pub struct WorkerArgs {
     /// Directory for `cmd` task output [default: beside the scheduler file, in actord-jobs/].
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<String>,
+    /// What this worker has beyond its slots, e.g. gpus=2,mem=64GiB.
+    #[arg(long, value_name = "LIST")]
+    pub resources: Option<String>,
+    /// GPU ids this worker owns (e.g. 0,1): declares gpus=N and gives each
+    /// task asking for GPUs its own through CUDA_VISIBLE_DEVICES.
+    #[arg(long, value_name = "LIST")]
+    pub gpus: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -110,6 +117,8 @@ pub struct Connect {
     pub scheduler_file: Option<String>,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
     /// Wait until the scheduler answers and N workers are registered.
@@ -188,6 +197,10 @@ pub enum ClientCommand {
         /// fails with "time limit exceeded".
         #[arg(long, value_name = "DURATION")]
         time_limit: Option<String>,
+        /// What each task needs of its worker, e.g. gpus=1 (a task never runs
+        /// where that is not free).
+        #[arg(long, value_name = "LIST")]
+        resources: Option<String>,
         #[command(flatten)]
         cmd: CmdOptions,
         /// The command and its arguments.
@@ -256,6 +269,17 @@ pub enum CtlCommand {
     },
     /// List the nannies and what each of their worker slots is doing.
     Nannies {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The tasks of a job: state (waiting, ready, unschedulable, retrying,
+    /// running, finished, failed, canceled), attempts, worker, error.
+    Tasks {
+        job: String,
+        /// Only tasks in this state.
+        #[arg(long)]
+        state: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,

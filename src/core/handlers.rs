@@ -22,6 +22,7 @@ pub struct NewWorker {
     pub nanny: Option<crate::protocol::NannySlot>,
     /// Tasks the worker says it is running (after a reconnect).
     pub running: Vec<(TaskId, u32)>,
+    pub resources: crate::protocol::Resources,
 }
 
 pub fn on_worker_joined(
@@ -52,6 +53,8 @@ pub fn on_worker_joined(
             avg_task_us: None,
             last_seen: now,
             draining: false,
+            resources: w.resources,
+            used: Default::default(),
         },
     );
     core.worker_by_conn.insert(conn, id);
@@ -72,7 +75,8 @@ fn claim(core: &mut Core, id: WorkerId, running: Vec<(TaskId, u32)>) {
         if task.state == TaskState::Ready {
             task.state = TaskState::Assigned(id);
             task.attempts = task.attempts.max(attempt);
-            core.workers.get_mut(&id).expect("just registered").assigned.insert(tid);
+            let req = task.resources.clone();
+            core.workers.get_mut(&id).expect("just registered").hold(tid, &req);
             claimed += 1;
         }
     }
@@ -307,6 +311,7 @@ fn insert_job(
             priority: s.priority,
             retries: s.retries,
             time_limit_ms: s.time_limit_ms,
+            resources: s.resources,
             failures: 0,
         });
     }
@@ -398,6 +403,7 @@ pub fn on_list_workers(core: &Core, fx: &mut impl Effects, conn: ConnId) {
             slots: w.slots,
             running: w.assigned.len() as u32,
             nanny: w.nanny.clone(),
+            resources: w.resources.clone(),
         })
         .collect();
     fx.to_client(conn, ToClient::Workers { workers });
@@ -450,9 +456,10 @@ pub fn on_reports(
             dropped += 1;
             continue;
         }
+        let req = core.find_task(r.task).map(|t| t.resources.clone()).unwrap_or_default();
         if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
             w.last_seen = now;
-            w.assigned.remove(&r.task);
+            w.release(&r.task, &req);
             let sample = r.micros as f64;
             w.avg_task_us = Some(match w.avg_task_us {
                 None => sample,
@@ -479,7 +486,7 @@ pub fn on_reports(
                 // Another worker holds the current attempt; this late report
                 // still wins (first report recorded), so release the holder.
                 if let Some(h) = core.workers.get_mut(&holder) {
-                    h.assigned.remove(&r.task);
+                    h.release(&r.task, &req);
                 }
             }
         }
@@ -500,7 +507,9 @@ pub fn on_reports(
 }
 
 /// Hands ready tasks to workers with free capacity, spreading them one at
-/// a time across workers, one `Assign` message per worker.
+/// a time across workers (round robin), one `Assign` message per worker. A
+/// task that needs resources goes to a worker that has them free; if none
+/// has right now, it waits in the queue.
 pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
     if core.ready.is_empty() || core.workers.is_empty() || core.hold_until.is_some() {
         return;
@@ -514,47 +523,52 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
             (free > 0).then(|| (*id, free, Vec::new()))
         })
         .collect();
-    'outer: while !free.is_empty() {
-        let mut any = false;
-        for (wid, room, batch) in free.iter_mut() {
-            if *room == 0 {
-                continue;
-            }
-            let tid = loop {
-                let Some(entry) = core.ready.pop() else { break 'outer };
-                if core.find_task(entry.task).is_some_and(|t| t.state == TaskState::Ready) {
-                    break entry.task;
-                }
-            };
-            let inputs = graph::inputs(core, tid);
-            core.next_assign_seq += 1;
-            let seq = core.next_assign_seq;
-            let task = core.get_task_mut(tid);
-            task.attempts += 1;
-            task.assigned_seq = seq;
-            task.state = TaskState::Assigned(*wid);
-            batch.push(Assignment {
-                task: tid,
-                key: task.key.clone(),
-                attempt: task.attempts,
-                kind: task.kind.clone(),
-                inputs,
-                time_limit_ms: task.time_limit_ms,
-            });
-            *room -= 1;
-            any = true;
-        }
-        if !any {
-            break;
+    let mut skipped = Vec::new();
+    let mut next = 0;
+    let mut open = free.len();
+    while open > 0 {
+        let Some(entry) = core.ready.pop() else { break };
+        let Some(task) = core.find_task(entry.task).filter(|t| t.state == TaskState::Ready) else { continue };
+        let tid = entry.task;
+        // The next worker (round robin) with room that has what the task needs.
+        let n = free.len();
+        let pick = (0..n).map(|k| (next + k) % n).find(|&k| {
+            free[k].1 > 0 && (task.resources.is_empty() || core.workers[&free[k].0].fits(&task.resources))
+        });
+        let Some(k) = pick else {
+            skipped.push(entry);
+            continue;
+        };
+        next = (k + 1) % n;
+        let wid = free[k].0;
+        let inputs = graph::inputs(core, tid);
+        core.next_assign_seq += 1;
+        let seq = core.next_assign_seq;
+        let task = core.get_task_mut(tid);
+        task.attempts += 1;
+        task.assigned_seq = seq;
+        task.state = TaskState::Assigned(wid);
+        let a = Assignment {
+            task: tid,
+            key: task.key.clone(),
+            attempt: task.attempts,
+            kind: task.kind.clone(),
+            inputs,
+            time_limit_ms: task.time_limit_ms,
+            resources: task.resources.clone(),
+        };
+        core.workers.get_mut(&wid).expect("worker chosen above").hold(tid, &a.resources);
+        free[k].2.push(a);
+        free[k].1 -= 1;
+        if free[k].1 == 0 {
+            open -= 1;
         }
     }
+    core.ready.extend(skipped);
     for (wid, _, batch) in free {
-        if batch.is_empty() {
-            continue;
+        if !batch.is_empty() {
+            fx.to_worker(core.workers[&wid].conn, ToWorker::Assign { tasks: batch });
         }
-        let w = core.workers.get_mut(&wid).expect("worker chosen above");
-        w.assigned.extend(batch.iter().map(|a| a.task));
-        fx.to_worker(w.conn, ToWorker::Assign { tasks: batch });
     }
 }
 
@@ -648,7 +662,16 @@ pub fn on_worker_draining(core: &mut Core, fx: &mut impl Effects, conn: ConnId, 
     let Some(wid) = core.worker_by_conn.get(&conn).copied() else { return };
     let w = core.workers.get_mut(&wid).expect("registered worker");
     w.draining = true;
-    let mut back: Vec<TaskId> = returned.into_iter().filter(|t| w.assigned.remove(t)).collect();
+    let mut back: Vec<TaskId> = Vec::new();
+    for t in returned {
+        let req =
+            core.jobs.get(&t.job).and_then(|j| j.tasks.get(t.idx as usize)).map(|t| t.resources.clone());
+        let w = core.workers.get_mut(&wid).expect("registered worker");
+        if w.release(&t, &req.unwrap_or_default()) {
+            back.push(t);
+        }
+    }
+    let w = &core.workers[&wid];
     tracing::info!(worker = %wid, returned = back.len(), running = w.assigned.len(), "worker draining");
     back.sort();
     for tid in back {
@@ -774,8 +797,9 @@ pub fn on_cancel(
             continue;
         }
         if let TaskState::Assigned(w) = task.state {
+            let req = task.resources.clone();
             if let Some(worker) = core.workers.get_mut(&w) {
-                worker.assigned.remove(&tid);
+                worker.release(&tid, &req);
                 stop.entry(worker.conn).or_default().push(tid);
             }
         }
@@ -808,4 +832,52 @@ pub fn on_unwatch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: Job
         j.watchers.retain(|c| *c != conn);
     }
     fx.to_client(conn, ToClient::Unwatched { job });
+}
+
+/// Every task of a job with its state; a ready task that needs resources no
+/// worker has is reported as unschedulable.
+pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
+    let Some(j) = core.jobs.get(&job) else {
+        fx.to_client(
+            conn,
+            ToClient::Error { job: Some(job), message: format!("no job {job} on this scheduler") },
+        );
+        return;
+    };
+    let tasks = j
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(idx, t)| {
+            let error = match &t.outcome {
+                Some(Outcome::Err { error }) => Some(error.clone()),
+                _ => None,
+            };
+            let (state, worker, error) = match &t.state {
+                TaskState::Ready
+                    if !t.resources.is_empty()
+                        && !core.workers.values().any(|w| w.could_run(&t.resources)) =>
+                {
+                    let need: Vec<String> = t.resources.iter().map(|(k, n)| format!("{k}={n}")).collect();
+                    ("unschedulable", None, Some(format!("needs {}; no worker has that", need.join(","))))
+                }
+                TaskState::Waiting => ("waiting", None, error),
+                TaskState::Ready => ("ready", None, error),
+                TaskState::Delayed => ("retrying", None, error),
+                TaskState::Assigned(w) => ("running", Some(*w), error),
+                TaskState::Finished => ("finished", None, error),
+                TaskState::Failed => ("failed", None, error),
+                TaskState::Canceled => ("canceled", None, error),
+            };
+            crate::protocol::TaskInfo {
+                idx: idx as u32,
+                key: t.key.clone(),
+                state: state.into(),
+                attempts: t.attempts,
+                worker,
+                error,
+            }
+        })
+        .collect();
+    fx.to_client(conn, ToClient::Tasks { job, tasks });
 }

@@ -98,6 +98,7 @@ pub struct Task {
     pub retries: u32,
     pub failures: u32,
     pub time_limit_ms: Option<u64>,
+    pub resources: crate::protocol::Resources,
 }
 
 pub struct Job {
@@ -136,6 +137,9 @@ pub struct Worker {
     pub last_seen: u64,
     /// Draining: finishing what it runs, taking nothing new.
     pub draining: bool,
+    /// What it has beyond its slots, and how much of it its tasks hold.
+    pub resources: crate::protocol::Resources,
+    pub used: crate::protocol::Resources,
 }
 
 /// A nanny connected to this scheduler, and what its slots are doing.
@@ -147,6 +151,39 @@ pub struct NannyRecord {
 }
 
 impl Worker {
+    /// Whether a task needing `req` fits next to what this worker holds now.
+    pub fn fits(&self, req: &crate::protocol::Resources) -> bool {
+        req.iter().all(|(k, n)| {
+            self.resources.get(k).copied().unwrap_or(0) >= self.used.get(k).copied().unwrap_or(0) + n
+        })
+    }
+
+    /// Whether a task needing `req` could ever run here.
+    pub fn could_run(&self, req: &crate::protocol::Resources) -> bool {
+        req.iter().all(|(k, n)| self.resources.get(k).copied().unwrap_or(0) >= *n)
+    }
+
+    pub fn hold(&mut self, tid: TaskId, req: &crate::protocol::Resources) {
+        if self.assigned.insert(tid) {
+            for (k, n) in req {
+                *self.used.entry(k.clone()).or_default() += n;
+            }
+        }
+    }
+
+    /// Forgets a task this worker held; false if it did not hold it.
+    pub fn release(&mut self, tid: &TaskId, req: &crate::protocol::Resources) -> bool {
+        if !self.assigned.remove(tid) {
+            return false;
+        }
+        for (k, n) in req {
+            if let Some(u) = self.used.get_mut(k) {
+                *u = u.saturating_sub(*n);
+            }
+        }
+        true
+    }
+
     /// How many tasks this worker may hold at once (running + prefetched).
     pub fn capacity(&self, cfg: &CoreConfig) -> usize {
         if self.draining {

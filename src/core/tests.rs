@@ -59,7 +59,15 @@ fn inc_tasks(n: usize) -> Vec<TaskSpec> {
 }
 
 fn worker(slots: u32) -> NewWorker {
-    NewWorker { slots, host: "h".into(), pid: 1, functions: vec!["inc".into()], nanny: None, running: vec![] }
+    NewWorker {
+        slots,
+        host: "h".into(),
+        pid: 1,
+        functions: vec!["inc".into()],
+        nanny: None,
+        running: vec![],
+        resources: Default::default(),
+    }
 }
 
 fn ok(v: i64) -> Outcome {
@@ -229,6 +237,8 @@ fn prefetch_grows_with_short_tasks_and_stays_small_for_long_ones() {
         avg_task_us: None,
         last_seen: 0,
         draining: false,
+        resources: Default::default(),
+        used: Default::default(),
     };
     assert_eq!(w.capacity(&cfg), 4);
     w.avg_task_us = Some(1.0);
@@ -589,4 +599,29 @@ fn a_chain_replays_into_the_same_state() {
     assert_eq!(states[..3], [TaskState::Finished, TaskState::Finished, TaskState::Finished]);
     assert_eq!(states[3], TaskState::Ready);
     assert_eq!(states[4], TaskState::Waiting);
+}
+
+#[test]
+fn resources_are_never_oversubscribed() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    let mut w = worker(4);
+    w.resources.insert("gpus".into(), 2);
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), w);
+    let tasks: Vec<TaskSpec> = (0..3)
+        .map(|i| {
+            let mut t = keyed(&format!("g{i}"), &[]);
+            t.resources.insert("gpus".into(), 1);
+            t
+        })
+        .collect();
+    submit(&mut core, &mut fx, tasks).unwrap();
+    core.sanity_check();
+    let got = fx.take_assignments(ConnId(1));
+    assert_eq!(got.len(), 2, "two GPUs, two tasks, though four slots are free");
+    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&got[0], ok(1))]);
+    let next = fx.take_assignments(ConnId(1));
+    assert_eq!(next.len(), 1, "a GPU came free");
+    assert_eq!(core.workers[&WorkerId(1)].used.get("gpus"), Some(&2));
+    core.sanity_check();
 }

@@ -10,6 +10,9 @@ use uuid::Uuid;
 
 pub use conn::{Conn, ConnError};
 
+/// Named amounts (`gpus`, `mem` in bytes, …) a worker has or a task needs.
+pub type Resources = std::collections::BTreeMap<String, u64>;
+
 /// Bump when any message below changes shape.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// First field of every `Hello`, so a stray connection is told apart at once.
@@ -95,6 +98,9 @@ pub struct TaskSpec {
     /// fails with "time limit exceeded".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit_ms: Option<u64>,
+    /// What one attempt needs of its worker beyond a slot (e.g. `gpus: 1`).
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
 }
 
 fn is_zero_i32(v: &i32) -> bool {
@@ -115,6 +121,7 @@ impl TaskSpec {
             priority: 0,
             retries: 0,
             time_limit_ms: None,
+            resources: Resources::new(),
         }
     }
 }
@@ -170,6 +177,9 @@ pub enum FromWorker {
         /// after a reconnect so that a new scheduler does not run them again.
         #[serde(default)]
         running: Vec<(TaskId, u32)>,
+        /// What it has beyond its slots (e.g. `gpus: 2`).
+        #[serde(default)]
+        resources: Resources,
     },
     /// Finished attempts, many per frame.
     Reports {
@@ -247,6 +257,8 @@ pub struct Assignment {
     pub kind: TaskKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
 }
 
 // ---- client <-> scheduler ----
@@ -265,6 +277,8 @@ pub enum FromClient {
     RestartWorker { worker: WorkerId },
     /// Drop a finished job and its results, here and in the journal.
     Forget { job: JobId },
+    /// The state of every task of a job; answered with `Tasks`.
+    Tasks { job: JobId },
     /// Stop streaming this job's outcomes; answered with `Unwatched`.
     Unwatch { job: JobId },
     /// Which index the task named `key` has in the job.
@@ -298,6 +312,10 @@ pub enum ToClient {
     },
     Nannies {
         nannies: Vec<NannyInfo>,
+    },
+    Tasks {
+        job: JobId,
+        tasks: Vec<TaskInfo>,
     },
     /// Answer to `Unwatch`: no more outcomes of this job follow.
     Unwatched {
@@ -335,6 +353,8 @@ pub struct WorkerInfo {
     pub running: u32,
     /// Nanny pid and slot, for workers a nanny started.
     pub nanny: Option<NannySlot>,
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 // ---- nanny <-> scheduler ----
@@ -392,4 +412,17 @@ pub struct NannyInfo {
     pub host: String,
     pub pid: u32,
     pub slots: Vec<SlotInfo>,
+}
+
+/// One task as `actord ctl tasks` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub idx: u32,
+    pub key: Option<String>,
+    /// waiting, ready, unschedulable, retrying, running, finished, failed, canceled
+    pub state: String,
+    pub attempts: u32,
+    pub worker: Option<WorkerId>,
+    /// The failure, or why it cannot be scheduled.
+    pub error: Option<String>,
 }
