@@ -249,6 +249,22 @@ impl Slots<'_> {
     fn take_queued(&self) -> Vec<TaskId> {
         std::iter::from_fn(|| self.rx.try_recv().ok()).map(|a| a.task).collect()
     }
+
+    /// Takes these tasks out of the queue if no slot has started them; the
+    /// rest of the queue keeps its order. Returns those taken out.
+    fn give_back(&self, wanted: &[TaskId]) -> Vec<TaskId> {
+        let wanted: rustc_hash::FxHashSet<TaskId> = wanted.iter().copied().collect();
+        let queued: Vec<Assignment> = std::iter::from_fn(|| self.rx.try_recv().ok()).collect();
+        let mut given = Vec::new();
+        for a in queued {
+            if wanted.contains(&a.task) {
+                given.push(a.task);
+            } else {
+                let _ = self.tx.send(a);
+            }
+        }
+        given
+    }
 }
 
 /// The worker's bookkeeping across connections: what it runs, and which
@@ -389,6 +405,15 @@ async fn session(
                         }
                     }
                     Ok(ToWorker::Ack { batch }) => book.acked(batch),
+                    Ok(ToWorker::Steal { tasks }) => {
+                        let given = slots.give_back(&tasks);
+                        for t in &given {
+                            book.held.remove(t);
+                        }
+                        if let Err(e) = send(&mut sink, &FromWorker::Released { tasks: given }).await {
+                            return SessionEnd::Lost(e);
+                        }
+                    }
                     Ok(ToWorker::Cancel { tasks }) => {
                         for t in &tasks {
                             book.held.remove(t);

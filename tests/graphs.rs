@@ -314,3 +314,32 @@ fn gpus_are_handed_out_per_worker_and_per_task_and_impossible_requests_wait() {
     let out = cluster.run(&["ctl", "tasks", &never]);
     assert!(stdout(&out).contains("unschedulable"), "{}", stdout(&out));
 }
+
+#[test]
+fn a_new_idle_worker_steals_work_queued_on_a_busy_one() {
+    let cluster = Cluster::start_with_config(1, 1, CONFIG);
+    // Fast tasks first: the worker looks quick and gets a deep prefetch window.
+    let warm = cluster.path("warm.jsonl");
+    std::fs::write(&warm, (0..2000).map(|i| format!("{i}\n")).collect::<String>()).unwrap();
+    let out = cluster.run(&["map", "inc", "--inputs", warm.to_str().unwrap()]);
+    assert!(cluster.run(&["gather", &stdout(&out)]).status.success());
+    let marks = cluster.path("marks");
+    let script = format!("echo $ACTORD_TASK $ACTORD_WORKER >> {}; sleep 0.4", marks.display());
+    let job = stdout(&cluster.run(&["submit", "--array", "1-8", "--", "sh", "-c", &script]));
+    assert!(wait_until(Duration::from_secs(10), || std::fs::read_to_string(&marks).is_ok()));
+    // A second worker joins while the first one holds all eight.
+    let mut cmd = cluster.command(&["nanny"]);
+    cmd.args(["--workers", "1"]);
+    let _second = Proc::spawn("nanny-2", cmd, cluster.dir.path());
+    let out = cluster.run(&["gather", &job]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&marks).unwrap();
+    let lines: Vec<(&str, &str)> = text.lines().map(|l| l.split_once(' ').unwrap()).collect();
+    let mut tasks: Vec<&str> = lines.iter().map(|(t, _)| *t).collect();
+    tasks.sort();
+    tasks.dedup();
+    assert_eq!(tasks.len(), 8);
+    assert_eq!(lines.len(), 8, "each task ran once: {text}");
+    let workers: std::collections::BTreeSet<&str> = lines.iter().map(|(_, w)| *w).collect();
+    assert_eq!(workers.len(), 2, "the new worker took some of the queued tasks: {text}");
+}

@@ -153,6 +153,7 @@ impl Actor for SchedulerActor {
                 }
                 FromWorker::Heartbeat => core::on_heartbeat(core, fx, now, conn),
                 FromWorker::Draining { returned } => core::on_worker_draining(core, fx, conn, returned),
+                FromWorker::Released { tasks } => core::on_released(core, fx, conn, tasks),
                 FromWorker::Goodbye => {
                     if let Some(w) = core.worker_by_conn.get(&conn).copied() {
                         core::on_worker_lost(core, fx, now, w, core::GOODBYE);

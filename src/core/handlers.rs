@@ -511,7 +511,11 @@ pub fn on_reports(
 /// task that needs resources goes to a worker that has them free; if none
 /// has right now, it waits in the queue.
 pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
-    if core.ready.is_empty() || core.workers.is_empty() || core.hold_until.is_some() {
+    if core.workers.is_empty() || core.hold_until.is_some() {
+        return;
+    }
+    if core.ready.is_empty() {
+        steal(core, fx);
         return;
     }
     let cfg = core.config.clone();
@@ -523,6 +527,11 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
             (free > 0).then(|| (*id, free, Vec::new()))
         })
         .collect();
+    // The least loaded workers pick first (an idle one before a busy one).
+    free.sort_by_key(|(id, _, _)| {
+        let w = &core.workers[id];
+        (w.assigned.len() * 1024 / w.slots.max(1) as usize, *id)
+    });
     let mut skipped = Vec::new();
     let mut next = 0;
     let mut open = free.len();
@@ -570,6 +579,76 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
             fx.to_worker(core.workers[&wid].conn, ToWorker::Assign { tasks: batch });
         }
     }
+    if core.ready.is_empty() {
+        steal(core, fx);
+    }
+}
+
+/// Work stealing: when nothing is queued here but a worker has idle slots
+/// while another holds tasks queued beyond its slots, ask the busy one to
+/// give back its newest queued tasks (about half), for the idle ones to take.
+fn steal(core: &mut Core, fx: &mut impl Effects) {
+    let idle: usize = core
+        .workers
+        .values()
+        .filter(|w| !w.draining)
+        .map(|w| (w.slots as usize).saturating_sub(w.assigned.len()))
+        .sum();
+    if idle == 0 {
+        return;
+    }
+    let Some((&busy, w)) = core
+        .workers
+        .iter()
+        .filter(|(_, w)| w.assigned.len() > w.slots as usize)
+        .max_by_key(|(_, w)| w.assigned.len() - w.slots as usize)
+    else {
+        return;
+    };
+    let queued = w.assigned.len() - w.slots as usize;
+    let want = idle.min(queued.div_ceil(2));
+    let mut newest: Vec<(u64, TaskId)> = w
+        .assigned
+        .iter()
+        .filter(|t| !core.stealing.contains(t))
+        .map(|t| (core.find_task(*t).map_or(0, |t| t.assigned_seq), *t))
+        .collect();
+    newest.sort_unstable_by(|a, b| b.cmp(a));
+    let tasks: Vec<TaskId> = newest.into_iter().take(want).map(|(_, t)| t).collect();
+    if tasks.is_empty() {
+        return;
+    }
+    tracing::debug!(worker = %busy, tasks = tasks.len(), "asking a busy worker to give back queued tasks");
+    core.stealing.extend(tasks.iter().copied());
+    let conn = w.conn;
+    fx.to_worker(conn, ToWorker::Steal { tasks });
+}
+
+/// A worker gave back queued tasks it was asked for: they go to others.
+pub fn on_released(core: &mut Core, fx: &mut impl Effects, conn: ConnId, tasks: Vec<TaskId>) {
+    let Some(wid) = core.worker_by_conn.get(&conn).copied() else { return };
+    for tid in &tasks {
+        core.stealing.remove(tid);
+        let Some(task) = core.find_task(*tid) else { continue };
+        if task.state != TaskState::Assigned(wid) {
+            continue;
+        }
+        let req = task.resources.clone();
+        core.workers.get_mut(&wid).expect("registered worker").release(tid, &req);
+        let task = core.get_task_mut(*tid);
+        task.state = TaskState::Ready;
+        // That attempt never started: the next one keeps its number.
+        task.attempts = task.attempts.saturating_sub(1);
+        core.push_ready(*tid);
+    }
+    // Asked-for tasks it did not give back had started: stop asking.
+    if let Some(w) = core.workers.get(&wid) {
+        let held: Vec<TaskId> = core.stealing.iter().filter(|t| w.assigned.contains(t)).copied().collect();
+        for t in held {
+            core.stealing.remove(&t);
+        }
+    }
+    schedule(core, fx);
 }
 
 /// Rebuilds the core from journal records, through the same state changes
@@ -675,7 +754,9 @@ pub fn on_worker_draining(core: &mut Core, fx: &mut impl Effects, conn: ConnId, 
     tracing::info!(worker = %wid, returned = back.len(), running = w.assigned.len(), "worker draining");
     back.sort();
     for tid in back {
-        core.get_task_mut(tid).state = TaskState::Ready;
+        let task = core.get_task_mut(tid);
+        task.state = TaskState::Ready;
+        task.attempts = task.attempts.saturating_sub(1); // it never started
         core.push_ready(tid);
     }
     schedule(core, fx);

@@ -214,6 +214,8 @@ pub struct Core {
     /// can reclaim the tasks they kept running.
     pub hold_until: Option<u64>,
     pub next_job_seq: u64,
+    /// Tasks some worker was asked to give back (work stealing).
+    pub stealing: HashSet<TaskId>,
     pub next_assign_seq: u64,
     pub next_worker: u64,
     /// Reports dropped because the task already had its outcome (record-once).

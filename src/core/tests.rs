@@ -625,3 +625,31 @@ fn resources_are_never_oversubscribed() {
     assert_eq!(core.workers[&WorkerId(1)].used.get("gpus"), Some(&2));
     core.sanity_check();
 }
+
+#[test]
+fn an_idle_worker_steals_queued_work_from_a_busy_one() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    core.workers.get_mut(&WorkerId(1)).unwrap().avg_task_us = Some(1.0); // looked fast: big prefetch
+    submit(&mut core, &mut fx, (0..6).map(|i| keyed(&format!("s{i}"), &[])).collect()).unwrap();
+    assert_eq!(fx.take_assignments(ConnId(1)).len(), 6, "all prefetched by the one worker");
+    on_worker_joined(&mut core, &mut fx, 1, ConnId(2), worker(1));
+    let asked: Vec<TaskId> = fx
+        .workers
+        .iter()
+        .filter_map(|(c, m)| match m {
+            ToWorker::Steal { tasks } if *c == ConnId(1) => Some(tasks.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(asked.len(), 1, "one idle slot: one task asked for");
+    assert_eq!(asked[0].idx, 5, "the newest");
+    on_released(&mut core, &mut fx, ConnId(1), asked.clone());
+    core.sanity_check();
+    let moved = fx.take_assignments(ConnId(2));
+    assert_eq!(moved.iter().map(|a| a.task).collect::<Vec<_>>(), asked);
+    assert_eq!(moved[0].attempt, 1, "the given-back attempt never ran");
+    assert!(core.stealing.is_empty());
+}

@@ -192,6 +192,9 @@ pub enum FromWorker {
     Heartbeat,
     /// The worker is shutting down on purpose (its nanny or a signal asked).
     Goodbye,
+    /// Answer to `Steal`: these queued tasks were taken out of its queue (the
+    /// others had started already).
+    Released { tasks: Vec<TaskId> },
     /// The worker is draining: it takes no new tasks and hands back these
     /// queued ones; it finishes and reports its running ones, then says `Goodbye`.
     Draining { returned: Vec<TaskId> },
@@ -227,6 +230,11 @@ pub enum ToWorker {
     /// missed heartbeats): drop queued tasks and `Register` again.
     Reregister {
         reason: String,
+    },
+    /// Give back these tasks if they have not started (another worker is
+    /// idle); answered with `Released`.
+    Steal {
+        tasks: Vec<TaskId>,
     },
     /// Stop these tasks: a running command is terminated, a running
     /// function is abandoned (its result will be dropped).
