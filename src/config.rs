@@ -45,6 +45,8 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
+    #[serde(deserialize_with = "de_size")]
+    pub max_result: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -84,6 +86,20 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
         Raw::Text(t) => crate::util::parse_duration(&t),
     }
     .map_err(serde::de::Error::custom)
+}
+
+/// A size such as "8MiB", or a plain number of bytes.
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(b) => Ok(b),
+        Raw::Text(t) => crate::util::parse_size(&t).map_err(serde::de::Error::custom),
+    }
 }
 
 /// A duration, or "none".

@@ -28,6 +28,8 @@ pub struct WorkerOptions {
     pub work_dir: PathBuf,
     /// How long a SIGTERM'd worker may take to finish its running tasks.
     pub drain_timeout: Duration,
+    /// A result larger than this (bytes) is a task error, not a huge frame.
+    pub max_result: u64,
     /// What it declares beyond its slots.
     pub resources: crate::protocol::Resources,
     /// Its GPU ids, handed out to tasks that ask for GPUs.
@@ -60,6 +62,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
     let registry = Arc::new(registry);
     let control = Arc::new(Control::default());
     control.lock().free_gpus = opts.gpus.clone();
+    control.lock().max_result = opts.max_result;
     for slot in 0..opts.threads.max(1) {
         let ctl = control.clone();
         let rx = task_rx.clone();
@@ -171,6 +174,8 @@ pub struct ControlState {
     expired: rustc_hash::FxHashSet<TaskId>,
     /// This worker's GPU ids not held by a running task.
     free_gpus: Vec<String>,
+    /// Largest result a task may return, in bytes (0: no limit).
+    max_result: u64,
 }
 
 impl Control {
@@ -541,6 +546,17 @@ fn run_task(
             run_cmd(argv, env, *discard_output, work_dir, worker, &a, ctl)
         }
     };
+    let max = ctl.lock().max_result;
+    let outcome = match outcome {
+        Outcome::Ok { result } if max > 0 && result.len() as u64 > max => Outcome::Err {
+            error: format!(
+                "the result is {}, over the limit of {} (worker.max_result): return less, or write it to a file",
+                crate::util::format_size(result.len() as u64),
+                crate::util::format_size(max)
+            ),
+        },
+        other => other,
+    };
     TaskReport { task: a.task, attempt: a.attempt, outcome, micros: start.elapsed().as_micros() as u64 }
 }
 
@@ -794,6 +810,24 @@ mod tests {
             inputs: vec![],
             time_limit_ms: None,
             resources: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_result_over_the_limit_is_a_task_error() {
+        let mut reg = Registry::builtin();
+        reg.register("big", |n: usize, _| Ok(vec![7u8; n]));
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = Control::default();
+        ctl.lock().max_result = 1000;
+        let small =
+            assignment(TaskKind::Fn { name: "big".into(), args: rmp_serde::to_vec(&10usize).unwrap() });
+        assert!(run_task(&reg, dir.path(), WorkerId(1), small, &ctl).outcome.is_ok());
+        let big =
+            assignment(TaskKind::Fn { name: "big".into(), args: rmp_serde::to_vec(&5000usize).unwrap() });
+        match run_task(&reg, dir.path(), WorkerId(1), big, &ctl).outcome {
+            Outcome::Err { error } => assert!(error.contains("over the limit of 1000 B"), "{error}"),
+            other => panic!("{other:?}"),
         }
     }
 

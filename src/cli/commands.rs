@@ -135,6 +135,7 @@ fn worker_options(config: &Config, a: &WorkerArgs) -> Result<crate::worker::Work
         death_timeout,
         heartbeat: config.worker.heartbeat,
         drain_timeout: config.worker.drain_timeout,
+        max_result: config.worker.max_result,
         max_frame: config.scheduler.max_frame,
         work_dir,
         nanny: nanny_slot_from_env(),
