@@ -10,6 +10,12 @@ fn kill(pid: i32, sig: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
 }
 
+/// Whether the worker with this pid holds tasks right now.
+fn holds_tasks(cluster: &Cluster, pid: i32) -> bool {
+    let out = cluster.run(&["ctl", "workers", "--json"]);
+    json(&out).as_array().unwrap().iter().any(|w| w["pid"] == pid && w["running"].as_u64() > Some(0))
+}
+
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(out)))
 }
@@ -48,14 +54,7 @@ fn darts_survives_a_killed_worker_with_identical_results() {
         cluster.dir.path(),
     );
     // Kill the worker while it is running darts tasks.
-    assert!(wait_until(Duration::from_secs(20), || {
-        let out = cluster.run(&["ctl", "workers", "--json"]);
-        json(&out)
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|w| w["pid"] == victim_pid && w["running"].as_u64() > Some(0))
-    }));
+    assert!(wait_until(Duration::from_secs(20), || holds_tasks(&cluster, victim_pid)));
     kill(victim_pid, Signal::SIGKILL);
     let status = darts.wait_exit(Duration::from_secs(120)).expect("darts finishes");
     assert!(status.success(), "{}", darts.log_text());
@@ -164,14 +163,7 @@ fn a_stopped_worker_is_declared_lost_and_its_late_reports_are_recorded_once() {
     std::fs::write(&file, inputs.iter().map(|(d, s)| format!("[{d},{s}]\n")).collect::<String>()).unwrap();
     let out = cluster.run(&["map", "darts", "--inputs", file.to_str().unwrap()]);
     let job = stdout(&out);
-    assert!(wait_until(Duration::from_secs(20), || {
-        let out = cluster.run(&["ctl", "workers", "--json"]);
-        json(&out)
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|w| w["pid"] == victim_pid && w["running"].as_u64() > Some(0))
-    }));
+    assert!(wait_until(Duration::from_secs(20), || holds_tasks(&cluster, victim_pid)));
     kill(victim_pid, Signal::SIGSTOP);
     assert!(
         wait_until(Duration::from_secs(15), || cluster
