@@ -11,6 +11,8 @@
 //! `noop` maps `inc` over range(n), as the Dask harness's noop map does.
 
 use actord::client::{Client, Graph, TaskFuture};
+use actord::ids::JobId;
+use actord::protocol::{TaskKind, TaskSpec};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,9 +59,9 @@ fn parse() -> Result<Opts, String> {
     if !["map", "chain", "tree"].contains(&o.variant.as_str()) {
         return Err(format!("--variant {:?}: expected map, chain or tree", o.variant));
     }
-    if !["noop", "respawn", "restart"].contains(&o.workload.as_str()) {
+    if !["noop", "cmd", "respawn", "restart"].contains(&o.workload.as_str()) {
         return Err(
-            "usage: cluster noop|respawn|restart [--n N] [--workers K] [--threads T] [--repeat R] [--warmup W] [--no-journal]"
+            "usage: cluster noop|cmd|respawn|restart [--n N] [--workers K] [--threads T] [--repeat R] [--warmup W] [--no-journal]"
                 .into(),
         );
     }
@@ -179,6 +181,25 @@ fn dir_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// `n` command tasks running `/bin/true`, output discarded (as
+/// HyperQueue's `/bin/true` array).
+async fn run_true(client: &mut Client, n: u64) -> Result<f64, String> {
+    let t0 = Instant::now();
+    let tasks = (0..n)
+        .map(|i| {
+            let kind =
+                TaskKind::Cmd { argv: vec!["/bin/true".into()], env: Vec::new(), discard_output: true };
+            TaskSpec { key: Some((i + 1).to_string()), ..TaskSpec::new(kind) }
+        })
+        .collect();
+    let job = client.submit_job(JobId::new(), "true", tasks).await.map_err(|e| e.to_string())?;
+    let g = client.gather(&job).await.map_err(|e| e.to_string())?;
+    if let Some((idx, e)) = g.failed().next() {
+        return Err(format!("task {idx} failed: {e}"));
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
 /// A chain of `n` inc tasks, each taking the previous one's result.
 async fn run_chain(client: &mut Client, n: u64) -> Result<(u64, f64), String> {
     let t0 = Instant::now();
@@ -296,6 +317,7 @@ async fn main() {
     let mut n_tasks = o.n;
     for r in 0..o.repeat {
         let (tasks, wall, submit) = match o.variant.as_str() {
+            _ if o.workload == "cmd" => run_true(&mut client, o.n).await.map(|w| (o.n, w, 0.0)),
             "chain" => run_chain(&mut client, o.n).await.map(|(t, w)| (t, w, 0.0)),
             "tree" => run_tree(&mut client, o.n).await.map(|(t, w)| (t, w, 0.0)),
             _ => run_map(&mut client, o.n).await.map(|(w, s)| (o.n, w, s)),
@@ -318,8 +340,8 @@ async fn main() {
     let wall = median(runs.iter().map(|r| r.0).collect());
     let rec = serde_json::json!({
         "system": "actord",
-        "workload": "noop",
-        "variant": o.variant,
+        "workload": o.workload,
+        "variant": if o.workload == "cmd" { "true-array" } else { o.variant.as_str() },
         "n": o.n,
         "tasks": n_tasks,
         "us_per_task": (wall / n_tasks as f64 * 1e7).round() / 10.0,

@@ -30,6 +30,8 @@ pub struct SchedulerConfig {
     #[serde(deserialize_with = "de_duration")]
     pub reclaim_grace: Duration,
     #[serde(deserialize_with = "de_duration")]
+    pub commit_interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
     pub retry_backoff: Duration,
     #[serde(deserialize_with = "de_optional_duration")]
     pub retention: Option<Duration>,

@@ -51,6 +51,8 @@ pub struct SchedulerOptions {
     pub core: CoreConfig,
     /// After a restart, how long workers have to reclaim their running tasks.
     pub reclaim_grace: std::time::Duration,
+    /// Least time between two journal flushes (group commit).
+    pub commit_interval: std::time::Duration,
 }
 
 /// A running scheduler: its actors and what it wrote to its scheduler file.
@@ -146,8 +148,12 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
     // Check heartbeats a few times per timeout.
     let tick =
         std::time::Duration::from_micros((opts.core.heartbeat_timeout_us / 4).clamp(10_000, 1_000_000));
-    let (scheduler, scheduler_join) =
-        Actor::spawn(None, SchedulerActor, SchedulerArgs { core, journal, tick }).await?;
+    let (scheduler, scheduler_join) = Actor::spawn(
+        None,
+        SchedulerActor,
+        SchedulerArgs { core, journal, tick, commit_interval: opts.commit_interval },
+    )
+    .await?;
     let config = SessionConfig {
         secret: file.secret.clone(),
         instance: file.instance,

@@ -38,6 +38,8 @@ pub enum SchedMsg {
     Flush,
     /// Periodic: check heartbeats.
     Tick,
+    /// The group-commit interval is over: flush what has gathered.
+    FlushTimer,
     /// The journal flush of the group in flight is done (or failed).
     Flushed(Result<(), String>),
 }
@@ -96,6 +98,8 @@ pub struct SchedulerArgs {
     pub journal: AnyJournal,
     /// How often to check for workers that stopped sending heartbeats.
     pub tick: std::time::Duration,
+    /// Least time between the starts of two journal flushes.
+    pub commit_interval: std::time::Duration,
 }
 
 pub struct SchedulerState {
@@ -107,6 +111,12 @@ pub struct SchedulerState {
     flush_queued: bool,
     /// The group whose records are being flushed; its messages wait for it.
     in_flight: Option<Outbox>,
+    /// Group commit: flushes start at most once per `commit_interval`, so
+    /// a stream of single results shares fsyncs.
+    commit_interval: std::time::Duration,
+    last_flush: Option<std::time::Instant>,
+    /// A `Flush` is scheduled for when the interval is over.
+    flush_timer: bool,
 }
 
 impl Actor for SchedulerActor {
@@ -127,6 +137,9 @@ impl Actor for SchedulerActor {
             outbox: Outbox::default(),
             flush_queued: false,
             in_flight: None,
+            commit_interval: args.commit_interval,
+            last_flush: None,
+            flush_timer: false,
         })
     }
 
@@ -189,6 +202,10 @@ impl Actor for SchedulerActor {
                 st.flush_queued = false;
                 return start_flush(&myself, st);
             }
+            SchedMsg::FlushTimer => {
+                st.flush_timer = false;
+                return start_flush(&myself, st);
+            }
             SchedMsg::Flushed(result) => {
                 if let Err(e) = result {
                     // Promises can no longer be kept: stop rather than run on.
@@ -223,11 +240,24 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
     if st.in_flight.is_some() || st.outbox.is_empty() {
         return Ok(());
     }
-    let out = std::mem::take(&mut st.outbox);
-    if out.records.is_empty() {
+    if st.outbox.records.is_empty() {
+        let out = std::mem::take(&mut st.outbox);
         send(st, out);
         return Ok(());
     }
+    let now = std::time::Instant::now();
+    if let Some(last) = st.last_flush {
+        let due = last + st.commit_interval;
+        if now < due {
+            if !st.flush_timer {
+                st.flush_timer = true;
+                myself.send_after(due - now, || SchedMsg::FlushTimer);
+            }
+            return Ok(());
+        }
+    }
+    st.last_flush = Some(now);
+    let out = std::mem::take(&mut st.outbox);
     st.journal.append(&out.records)?;
     let flush = st.journal.flusher();
     let me = myself.clone();

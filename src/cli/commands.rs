@@ -79,6 +79,7 @@ fn scheduler_options(
     let c = &config.scheduler;
     Ok(SchedulerOptions {
         reclaim_grace: c.reclaim_grace,
+        commit_interval: c.commit_interval,
         host: host.unwrap_or_else(|| c.host.clone()),
         port: port.unwrap_or(c.port),
         scheduler_file: crate::schedfile::resolve_path(file).map_err(usage)?,
