@@ -269,6 +269,24 @@ impl Client {
         Ok(TaskFuture { job: job.id, idx: 0 })
     }
 
+    /// Every job with its progress, in submission order.
+    pub async fn jobs(&mut self) -> Result<Vec<crate::protocol::JobInfo>, ClientError> {
+        self.conn.write(&FromClient::Jobs).await?;
+        match self.expect_reply().await? {
+            ToClient::Jobs { jobs } => Ok(jobs),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// The scheduler at a glance.
+    pub async fn status(&mut self) -> Result<crate::protocol::StatusInfo, ClientError> {
+        self.conn.write(&FromClient::Status).await?;
+        match self.expect_reply().await? {
+            ToClient::Status { status } => Ok(status),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// Every task of a job with its state.
     pub async fn tasks(&mut self, job: JobId) -> Result<Vec<crate::protocol::TaskInfo>, ClientError> {
         self.conn.write(&FromClient::Tasks { job }).await?;

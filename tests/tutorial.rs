@@ -193,3 +193,28 @@ fn clients_wait_for_a_scheduler_that_starts_later_and_name_a_stale_one() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("invalid duration"), "{}", stderr(&out));
 }
+
+#[test]
+fn ctl_status_and_jobs_show_the_scheduler_at_a_glance() {
+    let cluster = Cluster::start(2, 1);
+    let out = cluster.run(&["submit", "--fn", "inc", "--args", "1"]);
+    let job = stdout(&out);
+    assert!(cluster.run(&["gather", &job]).status.success());
+    let out = cluster.run(&["ctl", "status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (s["workers"].as_u64(), s["slots"].as_u64(), s["nannies"].as_u64()),
+        (Some(2), Some(2), Some(1))
+    );
+    assert_eq!((s["jobs"].as_u64(), s["tasks_finished"].as_u64()), (Some(1), Some(1)));
+    assert!(s["address"].as_str().unwrap().starts_with("tcp://127.0.0.1:"));
+    let out = cluster.run(&["ctl", "status"]);
+    assert!(stdout(&out).contains("workers    2 (2 slots), 1 nannies"), "{}", stdout(&out));
+    let out = cluster.run(&["ctl", "jobs", "--json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jobs[0]["id"].as_str().map(|s| s.to_string()), Some(job.clone()));
+    assert_eq!(jobs[0]["finished"], 1);
+    let out = cluster.run(&["ctl", "jobs"]);
+    assert!(stdout(&out).contains(&job) && stdout(&out).contains("done"), "{}", stdout(&out));
+}

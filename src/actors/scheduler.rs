@@ -111,6 +111,8 @@ pub struct SchedulerState {
     flush_queued: bool,
     /// The group whose records are being flushed; its messages wait for it.
     in_flight: Option<Outbox>,
+    /// Restarts of the journal: reported by `ctl status`.
+    epoch: u64,
     /// Group commit: flushes start at most once per `commit_interval`, so
     /// a stream of single results shares fsyncs.
     commit_interval: std::time::Duration,
@@ -130,6 +132,7 @@ impl Actor for SchedulerActor {
         args: SchedulerArgs,
     ) -> Result<SchedulerState, ActorProcessingErr> {
         myself.send_interval(args.tick, || SchedMsg::Tick);
+        let epoch = args.journal.epoch();
         Ok(SchedulerState {
             core: args.core,
             journal: args.journal,
@@ -138,6 +141,7 @@ impl Actor for SchedulerActor {
             flush_queued: false,
             in_flight: None,
             commit_interval: args.commit_interval,
+            epoch,
             last_flush: None,
             flush_timer: false,
         })
@@ -186,6 +190,8 @@ impl Actor for SchedulerActor {
                 FromClient::Resolve { job, key } => core::on_resolve(core, fx, conn, job, key),
                 FromClient::Unwatch { job } => core::on_unwatch(core, fx, conn, job),
                 FromClient::Tasks { job } => core::on_tasks(core, fx, conn, job),
+                FromClient::Jobs => core::on_jobs(core, fx, conn),
+                FromClient::Status => core::on_status(core, fx, conn, st.epoch),
             },
             SchedMsg::Nanny { conn, msg } => match msg {
                 FromNanny::Register { host, pid, slots } => {

@@ -452,6 +452,54 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
                     }
                     Ok(ExitCode::SUCCESS)
                 }
+                CtlCommand::Status { json } => {
+                    let s = client.status().await?;
+                    if json {
+                        let mut v = serde_json::to_value(&s).map_err(failed)?;
+                        v["address"] = client.file.address.clone().into();
+                        v["journal"] = client.file.journal.clone().into();
+                        println!("{}", serde_json::to_string_pretty(&v).map_err(failed)?);
+                    } else {
+                        let f = &client.file;
+                        println!(
+                            "scheduler  {} (pid {} on {}, since {})",
+                            f.address, f.pid, f.host, f.started
+                        );
+                        println!("epoch      {}", s.epoch);
+                        println!("journal    {}", f.journal.as_deref().unwrap_or("none (in memory)"));
+                        println!("workers    {} ({} slots), {} nannies", s.workers, s.slots, s.nannies);
+                        println!("jobs       {} ({} done)", s.jobs, s.jobs_done);
+                        println!(
+                            "tasks      {} finished, {} failed, {} running, {} queued (of {})",
+                            s.tasks_finished, s.tasks_failed, s.tasks_running, s.tasks_queued, s.tasks
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                CtlCommand::Jobs { json } => {
+                    let jobs = client.jobs().await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&jobs).map_err(failed)?);
+                    } else {
+                        println!(
+                            "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  STATE",
+                            "JOB", "NAME", "TASKS", "DONE", "FAILED", "RUNNING"
+                        );
+                        for j in jobs {
+                            let state = if j.done_at.is_some() { "done" } else { "active" };
+                            println!(
+                                "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  {state}",
+                                j.id.to_string(),
+                                j.name,
+                                j.tasks,
+                                j.finished,
+                                j.failed,
+                                j.running
+                            );
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
                 CtlCommand::Tasks { job, state, json } => {
                     let id = parse_job_id(Some(&job))?;
                     let mut tasks = client.tasks(id).await?;

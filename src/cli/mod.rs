@@ -261,6 +261,16 @@ pub struct CmdOptions {
 
 #[derive(Subcommand, Debug)]
 pub enum CtlCommand {
+    /// The scheduler at a glance: address, epoch, workers, jobs, tasks.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every job with its progress.
+    Jobs {
+        #[arg(long)]
+        json: bool,
+    },
     /// List the registered workers.
     Workers {
         /// Print JSON instead of a table.

@@ -962,3 +962,46 @@ pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
         .collect();
     fx.to_client(conn, ToClient::Tasks { job, tasks });
 }
+
+pub fn on_jobs(core: &Core, fx: &mut impl Effects, conn: ConnId) {
+    let mut jobs: Vec<crate::protocol::JobInfo> = core
+        .jobs
+        .iter()
+        .map(|(id, j)| crate::protocol::JobInfo {
+            id: *id,
+            name: j.name.clone(),
+            tasks: j.tasks.len() as u32,
+            finished: j.finished,
+            failed: j.failed,
+            running: j.tasks.iter().filter(|t| matches!(t.state, TaskState::Assigned(_))).count() as u32,
+            submitted_at: j.submitted_at,
+            done_at: j.done_at,
+        })
+        .collect();
+    jobs.sort_by_key(|j| core.jobs[&j.id].seq);
+    fx.to_client(conn, ToClient::Jobs { jobs });
+}
+
+pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, epoch: u64) {
+    let mut s = crate::protocol::StatusInfo {
+        epoch,
+        workers: core.workers.len() as u32,
+        slots: core.workers.values().map(|w| w.slots).sum(),
+        nannies: core.nannies.len() as u32,
+        jobs: core.jobs.len() as u32,
+        jobs_done: core.jobs.values().filter(|j| j.is_done()).count() as u32,
+        tasks: 0,
+        tasks_finished: 0,
+        tasks_failed: 0,
+        tasks_running: core.workers.values().map(|w| w.assigned.len() as u64).sum(),
+        tasks_queued: 0,
+        duplicate_reports: core.duplicate_reports,
+    };
+    for j in core.jobs.values() {
+        s.tasks += j.tasks.len() as u64;
+        s.tasks_finished += j.finished as u64;
+        s.tasks_failed += j.failed as u64;
+        s.tasks_queued += j.tasks.iter().filter(|t| t.state == TaskState::Ready).count() as u64;
+    }
+    fx.to_client(conn, ToClient::Status { status: s });
+}

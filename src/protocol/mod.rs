@@ -287,6 +287,10 @@ pub enum FromClient {
     Forget { job: JobId },
     /// The state of every task of a job; answered with `Tasks`.
     Tasks { job: JobId },
+    /// Every job with its progress; answered with `Jobs`.
+    Jobs,
+    /// The scheduler's state at a glance; answered with `Status`.
+    Status,
     /// Stop streaming this job's outcomes; answered with `Unwatched`.
     Unwatch { job: JobId },
     /// Which index the task named `key` has in the job.
@@ -324,6 +328,12 @@ pub enum ToClient {
     Tasks {
         job: JobId,
         tasks: Vec<TaskInfo>,
+    },
+    Jobs {
+        jobs: Vec<JobInfo>,
+    },
+    Status {
+        status: StatusInfo,
     },
     /// Answer to `Unwatch`: no more outcomes of this job follow.
     Unwatched {
@@ -433,4 +443,37 @@ pub struct TaskInfo {
     pub worker: Option<WorkerId>,
     /// The failure, or why it cannot be scheduled.
     pub error: Option<String>,
+}
+
+/// One job as `actord ctl jobs` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: JobId,
+    pub name: String,
+    pub tasks: u32,
+    pub finished: u32,
+    pub failed: u32,
+    /// Tasks assigned to workers now.
+    pub running: u32,
+    /// Microseconds since the Unix epoch.
+    pub submitted_at: u64,
+    pub done_at: Option<u64>,
+}
+
+/// The scheduler at a glance (`actord ctl status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub epoch: u64,
+    pub workers: u32,
+    pub slots: u32,
+    pub nannies: u32,
+    pub jobs: u32,
+    pub jobs_done: u32,
+    pub tasks: u64,
+    pub tasks_finished: u64,
+    pub tasks_failed: u64,
+    pub tasks_running: u64,
+    pub tasks_queued: u64,
+    /// Late reports dropped by the record-once rule.
+    pub duplicate_reports: u64,
 }
