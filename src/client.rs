@@ -269,6 +269,15 @@ impl Client {
         Ok(TaskFuture { job: job.id, idx: 0 })
     }
 
+    /// Why a task is in its state, in words.
+    pub async fn explain(&mut self, job: JobId, key: &str) -> Result<String, ClientError> {
+        self.conn.write(&FromClient::Explain { job, key: key.into() }).await?;
+        match self.expect_reply().await? {
+            ToClient::Done { message } => Ok(message),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// Every job with its progress, in submission order.
     pub async fn jobs(&mut self) -> Result<Vec<crate::protocol::JobInfo>, ClientError> {
         self.conn.write(&FromClient::Jobs).await?;

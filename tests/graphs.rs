@@ -343,3 +343,22 @@ fn a_new_idle_worker_steals_work_queued_on_a_busy_one() {
     let workers: std::collections::BTreeSet<&str> = lines.iter().map(|(_, w)| *w).collect();
     assert_eq!(workers.len(), 2, "the new worker took some of the queued tasks: {text}");
 }
+
+#[test]
+fn explain_says_why_a_task_waits() {
+    // No worker: tasks wait in the queue, or for their dependencies.
+    let cluster = Cluster::scheduler_with_config(Some(CONFIG));
+    let graph = json!([
+        {"key": "a", "fn": "inc", "args": 1},
+        {"key": "b", "fn": "inc", "deps": ["a"]},
+        {"key": "gpu", "fn": "inc", "args": 1, "resources": {"gpus": 4}},
+    ]);
+    let job = submit_graph(&cluster, "g.json", &graph);
+    let explain = |key: &str| stdout(&cluster.run(&["ctl", "explain", &job, key]));
+    assert_eq!(explain("b"), "task b waits for 1 unfinished dependencies: a");
+    assert_eq!(explain("a"), "task a is ready; no worker is registered");
+    let out = cluster.run(&["ctl", "explain", &job, "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no task \"nope\""), "{}", stderr(&out));
+    assert_eq!(explain("gpu"), "task gpu is ready; no worker is registered");
+}

@@ -191,6 +191,7 @@ impl Actor for SchedulerActor {
                 FromClient::Unwatch { job } => core::on_unwatch(core, fx, conn, job),
                 FromClient::Tasks { job } => core::on_tasks(core, fx, conn, job),
                 FromClient::Jobs => core::on_jobs(core, fx, conn),
+                FromClient::Explain { job, key } => core::on_explain(core, fx, conn, job, key),
                 FromClient::Status => core::on_status(core, fx, conn, st.epoch),
             },
             SchedMsg::Nanny { conn, msg } => match msg {

@@ -476,6 +476,11 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
                     }
                     Ok(ExitCode::SUCCESS)
                 }
+                CtlCommand::Explain { job, key } => {
+                    let id = parse_job_id(Some(&job))?;
+                    println!("{}", client.explain(id, &key).await?);
+                    Ok(ExitCode::SUCCESS)
+                }
                 CtlCommand::Jobs { json } => {
                     let jobs = client.jobs().await?;
                     if json {

@@ -266,6 +266,8 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Why a task is where it is: what it waits for, what it needs, how it ended.
+    Explain { job: String, key: String },
     /// Every job with its progress.
     Jobs {
         #[arg(long)]

@@ -1005,3 +1005,69 @@ pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, epoch: u64) {
     }
     fx.to_client(conn, ToClient::Status { status: s });
 }
+
+/// Says in words why a task is in its state: what it waits for, what it
+/// needs that no worker has, where it runs, how it ended.
+pub fn on_explain(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, key: String) {
+    let Some(j) = core.jobs.get(&job) else {
+        fx.to_client(
+            conn,
+            ToClient::Error { job: Some(job), message: format!("no job {job} on this scheduler") },
+        );
+        return;
+    };
+    let Some(idx) = graph::key_index(j, &key) else {
+        fx.to_client(
+            conn,
+            ToClient::Error { job: Some(job), message: format!("job {job} has no task {key:?}") },
+        );
+        return;
+    };
+    let t = &j.tasks[idx as usize];
+    let name = |d: &TaskId| match core.jobs.get(&d.job) {
+        Some(dj) if d.job == job => graph::task_name(dj, d.idx),
+        Some(dj) => format!("{}@{}", d.job, graph::task_name(dj, d.idx)),
+        None => d.to_string(),
+    };
+    let needs = || t.resources.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(",");
+    let message = match &t.state {
+        TaskState::Waiting => {
+            let open: Vec<String> = t
+                .deps
+                .iter()
+                .filter(|d| core.find_task(**d).is_some_and(|d| d.outcome.is_none()))
+                .map(name)
+                .collect();
+            format!("task {key} waits for {} unfinished dependencies: {}", open.len(), open.join(", "))
+        }
+        TaskState::Ready if core.hold_until.is_some() => {
+            format!(
+                "task {key} is ready; the scheduler is waiting for workers to reclaim tasks after a restart"
+            )
+        }
+        TaskState::Ready if core.workers.is_empty() => {
+            format!("task {key} is ready; no worker is registered")
+        }
+        TaskState::Ready
+            if !t.resources.is_empty() && !core.workers.values().any(|w| w.could_run(&t.resources)) =>
+        {
+            format!("task {key} is unschedulable: it needs {}; no worker has that", needs())
+        }
+        TaskState::Ready if !t.resources.is_empty() => {
+            format!("task {key} is ready and needs {}; it waits until a worker has that free", needs())
+        }
+        TaskState::Ready => {
+            format!("task {key} is ready, queued at priority {}; workers are busy", t.priority)
+        }
+        TaskState::Delayed => format!("task {key} failed {} times; retrying after a backoff", t.failures),
+        TaskState::Assigned(w) => format!("task {key} is on worker {w} (attempt {})", t.attempts),
+        TaskState::Finished => format!("task {key} finished (attempt {})", t.attempts),
+        TaskState::Failed | TaskState::Canceled => match &t.outcome {
+            Some(Outcome::Err { error }) => {
+                format!("task {key} failed after {} attempts: {error}", t.attempts)
+            }
+            _ => format!("task {key} failed"),
+        },
+    };
+    fx.to_client(conn, ToClient::Done { message });
+}
