@@ -57,6 +57,10 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
         }
         Command::Local(a) => local(&config, config_path.as_deref(), a).await,
         Command::Client(c) => client_command(&config, c).await,
+        Command::Console(c) => {
+            let client = connect(&config, &c).await?;
+            super::console::run(client).await
+        }
     }
 }
 
@@ -399,154 +403,151 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
         }
         ClientCommand::Ctl { connect: c, command } => {
             let mut client = connect(config, &c).await?;
-            match command {
-                CtlCommand::Workers { json } => {
-                    let workers = client.workers().await?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&workers).map_err(failed)?);
-                    } else {
-                        println!(
-                            "{:<6} {:<20} {:>8} {:>6} {:>8} {:>16}",
-                            "ID", "HOST", "PID", "SLOTS", "RUNNING", "NANNY:SLOT"
-                        );
-                        for w in workers {
-                            let nanny = w
-                                .nanny
-                                .map(|n| format!("{}:{}", n.pid, n.slot))
-                                .unwrap_or_else(|| "-".into());
-                            println!(
-                                "{:<6} {:<20} {:>8} {:>6} {:>8} {:>16}",
-                                w.id.to_string(),
-                                w.host,
-                                w.pid,
-                                w.slots,
-                                w.running,
-                                nanny
-                            );
-                        }
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                CtlCommand::Nannies { json } => {
-                    let nannies = client.nannies().await?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&nannies).map_err(failed)?);
-                    } else {
-                        println!(
-                            "{:<6} {:<20} {:>8} {:>5} {:>9}  STATE",
-                            "NANNY", "HOST", "PID", "SLOT", "RESTARTS"
-                        );
-                        for n in nannies {
-                            for s in &n.slots {
-                                println!(
-                                    "{:<6} {:<20} {:>8} {:>5} {:>9}  {}",
-                                    n.id,
-                                    n.host,
-                                    n.pid,
-                                    s.slot,
-                                    s.restarts,
-                                    describe_slot(&s.state)
-                                );
-                            }
-                        }
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                CtlCommand::Status { json } => {
-                    let s = client.status().await?;
-                    if json {
-                        let mut v = serde_json::to_value(&s).map_err(failed)?;
-                        v["address"] = client.file.address.clone().into();
-                        v["journal"] = client.file.journal.clone().into();
-                        println!("{}", serde_json::to_string_pretty(&v).map_err(failed)?);
-                    } else {
-                        let f = &client.file;
-                        println!(
-                            "scheduler  {} (pid {} on {}, since {})",
-                            f.address, f.pid, f.host, f.started
-                        );
-                        println!("epoch      {}", s.epoch);
-                        println!("journal    {}", f.journal.as_deref().unwrap_or("none (in memory)"));
-                        println!("workers    {} ({} slots), {} nannies", s.workers, s.slots, s.nannies);
-                        println!("jobs       {} ({} done)", s.jobs, s.jobs_done);
-                        println!(
-                            "tasks      {} finished, {} failed, {} running, {} queued (of {})",
-                            s.tasks_finished, s.tasks_failed, s.tasks_running, s.tasks_queued, s.tasks
-                        );
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                CtlCommand::Explain { job, key } => {
-                    let id = parse_job_id(Some(&job))?;
-                    println!("{}", client.explain(id, &key).await?);
-                    Ok(ExitCode::SUCCESS)
-                }
-                CtlCommand::Jobs { json } => {
-                    let jobs = client.jobs().await?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&jobs).map_err(failed)?);
-                    } else {
-                        println!(
-                            "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  STATE",
-                            "JOB", "NAME", "TASKS", "DONE", "FAILED", "RUNNING"
-                        );
-                        for j in jobs {
-                            let state = if j.done_at.is_some() { "done" } else { "active" };
-                            println!(
-                                "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  {state}",
-                                j.id.to_string(),
-                                j.name,
-                                j.tasks,
-                                j.finished,
-                                j.failed,
-                                j.running
-                            );
-                        }
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                CtlCommand::Tasks { job, state, json } => {
-                    let id = parse_job_id(Some(&job))?;
-                    let mut tasks = client.tasks(id).await?;
-                    if let Some(s) = &state {
-                        tasks.retain(|t| &t.state == s);
-                    }
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&tasks).map_err(failed)?);
-                    } else {
-                        println!(
-                            "{:>6} {:<16} {:<14} {:>8} {:<6}  ERROR",
-                            "TASK", "KEY", "STATE", "ATTEMPTS", "WORKER"
-                        );
-                        for t in tasks {
-                            let worker = t.worker.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
-                            let key = t.key.unwrap_or_else(|| "-".into());
-                            let error = t.error.unwrap_or_default();
-                            println!(
-                                "{:>6} {:<16} {:<14} {:>8} {:<6}  {error}",
-                                t.idx, key, t.state, t.attempts, worker
-                            );
-                        }
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                CtlCommand::Cancel { job, keys } => {
-                    let id = parse_job_id(Some(&job))?;
-                    eprintln!("{}", client.cancel(id, keys).await?);
-                    Ok(ExitCode::SUCCESS)
-                }
-                CtlCommand::Forget { job } => {
-                    let id = parse_job_id(Some(&job))?;
-                    eprintln!("{}", client.forget(id).await?);
-                    Ok(ExitCode::SUCCESS)
-                }
-                CtlCommand::RestartWorker { worker } => {
-                    let id = parse_worker_id(&worker)?;
-                    let message = client.restart_worker(id).await?;
-                    eprintln!("{message}");
-                    Ok(ExitCode::SUCCESS)
+            run_ctl(&mut client, command).await
+        }
+    }
+}
+
+/// One admin command over an open connection (`actord ctl …` and the console).
+pub async fn run_ctl(client: &mut Client, command: CtlCommand) -> Result<ExitCode, CliError> {
+    match command {
+        CtlCommand::Workers { json } => {
+            let workers = client.workers().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&workers).map_err(failed)?);
+            } else {
+                println!(
+                    "{:<6} {:<20} {:>8} {:>6} {:>8} {:>16}",
+                    "ID", "HOST", "PID", "SLOTS", "RUNNING", "NANNY:SLOT"
+                );
+                for w in workers {
+                    let nanny =
+                        w.nanny.map(|n| format!("{}:{}", n.pid, n.slot)).unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<6} {:<20} {:>8} {:>6} {:>8} {:>16}",
+                        w.id.to_string(),
+                        w.host,
+                        w.pid,
+                        w.slots,
+                        w.running,
+                        nanny
+                    );
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::Nannies { json } => {
+            let nannies = client.nannies().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nannies).map_err(failed)?);
+            } else {
+                println!("{:<6} {:<20} {:>8} {:>5} {:>9}  STATE", "NANNY", "HOST", "PID", "SLOT", "RESTARTS");
+                for n in nannies {
+                    for s in &n.slots {
+                        println!(
+                            "{:<6} {:<20} {:>8} {:>5} {:>9}  {}",
+                            n.id,
+                            n.host,
+                            n.pid,
+                            s.slot,
+                            s.restarts,
+                            describe_slot(&s.state)
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::Status { json } => {
+            let s = client.status().await?;
+            if json {
+                let mut v = serde_json::to_value(&s).map_err(failed)?;
+                v["address"] = client.file.address.clone().into();
+                v["journal"] = client.file.journal.clone().into();
+                println!("{}", serde_json::to_string_pretty(&v).map_err(failed)?);
+            } else {
+                let f = &client.file;
+                println!("scheduler  {} (pid {} on {}, since {})", f.address, f.pid, f.host, f.started);
+                println!("epoch      {}", s.epoch);
+                println!("journal    {}", f.journal.as_deref().unwrap_or("none (in memory)"));
+                println!("workers    {} ({} slots), {} nannies", s.workers, s.slots, s.nannies);
+                println!("jobs       {} ({} done)", s.jobs, s.jobs_done);
+                println!(
+                    "tasks      {} finished, {} failed, {} running, {} queued (of {})",
+                    s.tasks_finished, s.tasks_failed, s.tasks_running, s.tasks_queued, s.tasks
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::Explain { job, key } => {
+            let id = parse_job_id(Some(&job))?;
+            println!("{}", client.explain(id, &key).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::Jobs { json } => {
+            let jobs = client.jobs().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs).map_err(failed)?);
+            } else {
+                println!(
+                    "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  STATE",
+                    "JOB", "NAME", "TASKS", "DONE", "FAILED", "RUNNING"
+                );
+                for j in jobs {
+                    let state = if j.done_at.is_some() { "done" } else { "active" };
+                    println!(
+                        "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  {state}",
+                        j.id.to_string(),
+                        j.name,
+                        j.tasks,
+                        j.finished,
+                        j.failed,
+                        j.running
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::Tasks { job, state, json } => {
+            let id = parse_job_id(Some(&job))?;
+            let mut tasks = client.tasks(id).await?;
+            if let Some(s) = &state {
+                tasks.retain(|t| &t.state == s);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tasks).map_err(failed)?);
+            } else {
+                println!(
+                    "{:>6} {:<16} {:<14} {:>8} {:<6}  ERROR",
+                    "TASK", "KEY", "STATE", "ATTEMPTS", "WORKER"
+                );
+                for t in tasks {
+                    let worker = t.worker.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
+                    let key = t.key.unwrap_or_else(|| "-".into());
+                    let error = t.error.unwrap_or_default();
+                    println!(
+                        "{:>6} {:<16} {:<14} {:>8} {:<6}  {error}",
+                        t.idx, key, t.state, t.attempts, worker
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::Cancel { job, keys } => {
+            let id = parse_job_id(Some(&job))?;
+            eprintln!("{}", client.cancel(id, keys).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::Forget { job } => {
+            let id = parse_job_id(Some(&job))?;
+            eprintln!("{}", client.forget(id).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::RestartWorker { worker } => {
+            let id = parse_worker_id(&worker)?;
+            let message = client.restart_worker(id).await?;
+            eprintln!("{message}");
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

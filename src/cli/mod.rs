@@ -2,6 +2,7 @@
 //! their own worker binary with their own functions registered.
 
 mod commands;
+mod console;
 
 use crate::functions::Registry;
 use clap::{Args, Parser, Subcommand};
@@ -28,6 +29,9 @@ pub enum Command {
     /// Run a whole cluster in this process (scheduler + nanny + workers),
     /// run one client command against it, and tear it down.
     Local(LocalArgs),
+    /// Interactive admin console: the `ctl` commands with history, tab
+    /// completion, and reconnection when the scheduler restarts.
+    Console(Connect),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -259,7 +263,7 @@ pub struct CmdOptions {
     pub env: Vec<String>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum CtlCommand {
     /// The scheduler at a glance: address, epoch, workers, jobs, tasks.
     Status {

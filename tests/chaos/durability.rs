@@ -211,3 +211,64 @@ fn forgotten_jobs_stay_forgotten() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no job"), "{}", stderr(&out));
 }
+
+/// The console runs the ctl commands over one connection, explains typos,
+/// and carries on across a scheduler restart (it reconnects and says so).
+#[test]
+fn the_console_survives_a_scheduler_restart() {
+    use std::io::{BufRead, Write};
+    let mut cluster = Cluster::start_with_config(1, 1, CONFIG);
+    let mut child = KillOnDrop(
+        cluster
+            .command(&["console"])
+            .env("XDG_STATE_HOME", cluster.path("state"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    let stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |what: &str| -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if line.contains(what) {
+                return true;
+            }
+        }
+        false
+    };
+    writeln!(stdin, "status").unwrap();
+    assert!(wait_for("workers    1 (1 slots)"));
+    writeln!(stdin, "stauts").unwrap();
+    cluster.kill_scheduler();
+    cluster.restart_scheduler();
+    writeln!(stdin, "status").unwrap();
+    assert!(wait_for("epoch      1"), "status after the restart");
+    writeln!(stdin, "quit").unwrap();
+    drop(stdin);
+    let status = child.0.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("unrecognized subcommand 'stauts'"), "{err}");
+    assert!(err.contains("reconnected to"), "{err}");
+    assert!(cluster.path("state/actord/console_history").exists());
+}
+
+/// A child with piped stdio, killed (by pid) and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
