@@ -21,6 +21,7 @@ fn hello(secret: &str, protocol: u32) -> Hello {
         secret: secret.into(),
         host: "test".into(),
         pid: std::process::id(),
+        user: "test".into(),
         epoch: 0,
     }
 }

@@ -157,6 +157,7 @@ fn cancel_terminates_running_commands_and_fails_the_rest() {
     assert!(wait_until(Duration::from_secs(20), || read_pids().len() == 2), "two commands running");
     let out = cluster.run(&["ctl", "cancel", &job]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(cluster.scheduler.log_text().contains("admin request"), "cancel is logged with who asked");
     assert!(stderr(&out).contains("canceled 5 tasks"), "{}", stderr(&out));
     let running = read_pids();
     assert!(

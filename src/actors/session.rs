@@ -125,12 +125,12 @@ impl Actor for Session {
                     session: myself.clone(),
                 })?;
                 let (sink, stream) = conn.into_split();
-                (sink, (stream, hello.role))
+                let who = format!("{}@{} pid {} ({})", hello.user, hello.host, hello.pid, args.peer);
+                (sink, (stream, hello.role, who))
             }
         };
-        let (stream, role) = stream;
-        let reader =
-            tokio::spawn(read_loop(stream, role, args.conn, args.peer, args.scheduler.clone(), myself));
+        let (stream, role, who) = stream;
+        let reader = tokio::spawn(read_loop(stream, role, args.conn, who, args.scheduler.clone(), myself));
         Ok(SessionState {
             conn: args.conn,
             sink,
@@ -203,7 +203,19 @@ async fn read_loop(
                 Err(e) => break Some(format!("bad worker message: {e}")),
             },
             Role::Client => match decode::<FromClient>(&frame) {
-                Ok(msg) => scheduler.cast(SchedMsg::Client { conn, msg }),
+                Ok(msg) => {
+                    // Requests that change things are logged with who asked.
+                    let what = match &msg {
+                        FromClient::Cancel { job, keys } => Some(format!("cancel {job} {keys:?}")),
+                        FromClient::Forget { job } => Some(format!("forget {job}")),
+                        FromClient::RestartWorker { worker } => Some(format!("restart-worker {worker}")),
+                        _ => None,
+                    };
+                    if let Some(what) = what {
+                        tracing::info!(who = %peer, request = %what, "admin request");
+                    }
+                    scheduler.cast(SchedMsg::Client { conn, msg })
+                }
                 Err(e) => break Some(format!("bad client message: {e}")),
             },
             Role::Nanny => match decode::<FromNanny>(&frame) {

@@ -109,6 +109,7 @@ impl Conn {
                 secret: secret.into(),
                 host: crate::util::hostname(),
                 pid: std::process::id(),
+                user: std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default(),
                 epoch,
             })
             .await?;

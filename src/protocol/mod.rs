@@ -38,6 +38,9 @@ pub struct Hello {
     pub secret: String,
     pub host: String,
     pub pid: u32,
+    /// Who runs the peer ($USER), for the scheduler's log of admin requests.
+    #[serde(default)]
+    pub user: String,
     /// The scheduler epoch the peer read from the scheduler file (0 if none):
     /// a scheduler older than that has been replaced and refuses the peer.
     #[serde(default)]
