@@ -278,6 +278,18 @@ impl Client {
         }
     }
 
+    /// Stops the scheduler (its journal keeps everything for the next one).
+    pub async fn shutdown(&mut self) -> Result<String, ClientError> {
+        self.conn.write(&FromClient::Shutdown).await?;
+        match self.expect_reply().await {
+            Ok(ToClient::Done { message }) => Ok(message),
+            // It may close the connection before the answer gets out.
+            Err(ClientError::Conn(crate::protocol::ConnError::Closed)) => Ok("the scheduler stopped".into()),
+            Ok(other) => Err(ClientError::Protocol(format!("{other:?}"))),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every job with its progress, in submission order.
     pub async fn jobs(&mut self) -> Result<Vec<crate::protocol::JobInfo>, ClientError> {
         self.conn.write(&FromClient::Jobs).await?;

@@ -218,3 +218,13 @@ fn ctl_status_and_jobs_show_the_scheduler_at_a_glance() {
     let out = cluster.run(&["ctl", "jobs"]);
     assert!(stdout(&out).contains(&job) && stdout(&out).contains("done"), "{}", stdout(&out));
 }
+
+#[test]
+fn ctl_shutdown_stops_the_scheduler_cleanly() {
+    let mut cluster = Cluster::scheduler_only();
+    let out = cluster.run(&["ctl", "shutdown"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = cluster.scheduler.wait_exit(Duration::from_secs(15)).expect("scheduler exits");
+    assert!(status.success(), "{}", cluster.scheduler.log_text());
+    assert!(!cluster.file.exists(), "a cleanly stopped scheduler removes its file");
+}

@@ -62,6 +62,7 @@ pub struct SchedulerHandle {
     scheduler: ActorRef<SchedMsg>,
     scheduler_join: tokio::task::JoinHandle<()>,
     listener: ActorRef<listener::ListenerMsg>,
+    shutdown: std::sync::Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,13 +146,20 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
         version: env!("CARGO_PKG_VERSION").into(),
         secret: random_secret(),
     };
+    let shutdown = std::sync::Arc::new(tokio::sync::Notify::new());
     // Check heartbeats a few times per timeout.
     let tick =
         std::time::Duration::from_micros((opts.core.heartbeat_timeout_us / 4).clamp(10_000, 1_000_000));
     let (scheduler, scheduler_join) = Actor::spawn(
         None,
         SchedulerActor,
-        SchedulerArgs { core, journal, tick, commit_interval: opts.commit_interval },
+        SchedulerArgs {
+            core,
+            journal,
+            tick,
+            commit_interval: opts.commit_interval,
+            shutdown: shutdown.clone(),
+        },
     )
     .await?;
     let config = SessionConfig {
@@ -166,10 +174,16 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
     file.write_atomic(&opts.scheduler_file)
         .map_err(|source| StartError::File { path: opts.scheduler_file.clone(), source })?;
     tracing::info!(address = %file.address, file = %opts.scheduler_file.display(), "scheduler listening");
-    Ok(SchedulerHandle { file, path: opts.scheduler_file, scheduler, scheduler_join, listener })
+    Ok(SchedulerHandle { file, path: opts.scheduler_file, scheduler, scheduler_join, listener, shutdown })
 }
 
 impl SchedulerHandle {
+    /// Resolves when an admin asked the scheduler to stop (`ctl shutdown`).
+    pub fn shutdown_requested(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let notify = self.shutdown.clone();
+        async move { notify.notified().await }
+    }
+
     /// Resolves when the scheduler actor stops (a journal failure, or `stop`).
     pub async fn stopped(&mut self) {
         let _ = (&mut self.scheduler_join).await;

@@ -11,6 +11,7 @@ use crate::util::now_micros;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub enum SchedMsg {
     /// A session finished its handshake; messages from it follow.
@@ -100,6 +101,8 @@ pub struct SchedulerArgs {
     pub tick: std::time::Duration,
     /// Least time between the starts of two journal flushes.
     pub commit_interval: std::time::Duration,
+    /// Notified when an admin asked the scheduler to stop.
+    pub shutdown: Arc<tokio::sync::Notify>,
 }
 
 pub struct SchedulerState {
@@ -113,6 +116,9 @@ pub struct SchedulerState {
     in_flight: Option<Outbox>,
     /// Restarts of the journal: reported by `ctl status`.
     epoch: u64,
+    /// An admin asked to stop: tell the process once the answer is out.
+    shutdown_requested: bool,
+    shutdown: Arc<tokio::sync::Notify>,
     /// Group commit: flushes start at most once per `commit_interval`, so
     /// a stream of single results shares fsyncs.
     commit_interval: std::time::Duration,
@@ -142,6 +148,8 @@ impl Actor for SchedulerActor {
             in_flight: None,
             commit_interval: args.commit_interval,
             epoch,
+            shutdown_requested: false,
+            shutdown: args.shutdown,
             last_flush: None,
             flush_timer: false,
         })
@@ -191,6 +199,11 @@ impl Actor for SchedulerActor {
                 FromClient::Unwatch { job } => core::on_unwatch(core, fx, conn, job),
                 FromClient::Tasks { job } => core::on_tasks(core, fx, conn, job),
                 FromClient::Jobs => core::on_jobs(core, fx, conn),
+                FromClient::Shutdown => {
+                    tracing::info!("shutdown requested");
+                    fx.to_client(conn, ToClient::Done { message: "the scheduler is stopping".into() });
+                    st.shutdown_requested = true;
+                }
                 FromClient::Explain { job, key } => core::on_explain(core, fx, conn, job, key),
                 FromClient::Status => core::on_status(core, fx, conn, st.epoch),
             },
@@ -277,6 +290,9 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
 }
 
 fn send(st: &SchedulerState, out: Outbox) {
+    if st.shutdown_requested {
+        st.shutdown.notify_one();
+    }
     for (conn, frames) in out.frames {
         if let Some(s) = st.sessions.get(&conn) {
             // A session that stopped meanwhile is reported by `Closed`.

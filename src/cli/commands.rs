@@ -34,8 +34,10 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
             };
             let opts = scheduler_options(&config, a.scheduler_file.as_deref(), a.host, a.port, journal)?;
             let mut handle = start_scheduler(opts).await.map_err(failed)?;
+            let asked = handle.shutdown_requested();
             tokio::select! {
                 _ = shutdown_signal() => tracing::info!("signal received; stopping"),
+                _ = asked => tracing::info!("stopping as an admin asked"),
                 _ = handle.stopped() => return Err(failed("the scheduler stopped unexpectedly (see the log above)")),
             }
             handle.stop().await;
@@ -482,6 +484,10 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand) -> Result<ExitCod
         CtlCommand::Explain { job, key } => {
             let id = parse_job_id(Some(&job))?;
             println!("{}", client.explain(id, &key).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::Shutdown => {
+            eprintln!("{}", client.shutdown().await?);
             Ok(ExitCode::SUCCESS)
         }
         CtlCommand::Jobs { json } => {

@@ -26,6 +26,7 @@ const WORDS: &[&str] = &[
     "jobs",
     "tasks",
     "explain",
+    "shutdown",
     "workers",
     "nannies",
     "cancel",

@@ -270,6 +270,9 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop the scheduler cleanly (its journal keeps everything; workers and
+    /// clients wait for the next one).
+    Shutdown,
     /// Why a task is where it is: what it waits for, what it needs, how it ended.
     Explain { job: String, key: String },
     /// Every job with its progress.

@@ -292,6 +292,8 @@ pub enum FromClient {
     Tasks { job: JobId },
     /// Every job with its progress; answered with `Jobs`.
     Jobs,
+    /// Stop the scheduler (as SIGTERM does); answered with `Done`.
+    Shutdown,
     /// Why a task is where it is (waiting on what, needing what); answered with `Done`.
     Explain { job: JobId, key: String },
     /// The scheduler's state at a glance; answered with `Status`.
