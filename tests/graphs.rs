@@ -363,3 +363,29 @@ fn explain_says_why_a_task_waits() {
     assert!(stderr(&out).contains("no task \"nope\""), "{}", stderr(&out));
     assert_eq!(explain("gpu"), "task gpu is ready; no worker is registered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_passes_futures_as_arguments_and_builds_graphs() {
+    use actord::client::{Client, Graph};
+    let cluster = Cluster::start_with_config(2, 1, CONFIG);
+    let mut client = Client::connect(&cluster.file, Duration::from_secs(30)).await.unwrap();
+    // As in Dask: x = submit(inc, 1); y = submit(add, 10, x) → add([10, 2]).
+    let x = client.submit("inc", &1i64).await.unwrap();
+    let y = client.submit_after("add", &10i64, &[&x]).await.unwrap();
+    assert_eq!(client.result::<i64>(&y).await.unwrap(), 12);
+    assert_eq!(client.result::<i64>(&x).await.unwrap(), 2);
+
+    let mut g = Graph::new();
+    g.add("a", "inc", &1i64, &[]).unwrap();
+    g.add("b", "inc", &(), &["a"]).unwrap().priority = 3;
+    let job = client.submit_graph("g", g).await.unwrap();
+    let results: Vec<i64> = client.gather(&job).await.unwrap().values().unwrap();
+    assert_eq!(results, vec![2, 3]);
+    let mut stream = client.as_completed(job.id).await.unwrap();
+    let mut seen = 0;
+    while let Some(o) = stream.next().await.unwrap() {
+        assert!(o.outcome.is_ok());
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}
