@@ -410,13 +410,19 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
     }
 }
 
+/// `--json` output of the ctl commands.
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+    println!("{}", serde_json::to_string_pretty(value).map_err(failed)?);
+    Ok(())
+}
+
 /// One admin command over an open connection (`actord ctl …` and the console).
 pub async fn run_ctl(client: &mut Client, command: CtlCommand) -> Result<ExitCode, CliError> {
     match command {
         CtlCommand::Workers { json } => {
             let workers = client.workers().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&workers).map_err(failed)?);
+                print_json(&workers)?;
             } else {
                 println!(
                     "{:<6} {:<20} {:>8} {:>6} {:>8} {:>16}",
@@ -441,7 +447,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand) -> Result<ExitCod
         CtlCommand::Nannies { json } => {
             let nannies = client.nannies().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&nannies).map_err(failed)?);
+                print_json(&nannies)?;
             } else {
                 println!("{:<6} {:<20} {:>8} {:>5} {:>9}  STATE", "NANNY", "HOST", "PID", "SLOT", "RESTARTS");
                 for n in nannies {
@@ -466,7 +472,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand) -> Result<ExitCod
                 let mut v = serde_json::to_value(&s).map_err(failed)?;
                 v["address"] = client.file.address.clone().into();
                 v["journal"] = client.file.journal.clone().into();
-                println!("{}", serde_json::to_string_pretty(&v).map_err(failed)?);
+                print_json(&v)?;
             } else {
                 let f = &client.file;
                 println!("scheduler  {} (pid {} on {}, since {})", f.address, f.pid, f.host, f.started);
@@ -493,7 +499,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand) -> Result<ExitCod
         CtlCommand::Jobs { json } => {
             let jobs = client.jobs().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&jobs).map_err(failed)?);
+                print_json(&jobs)?;
             } else {
                 println!(
                     "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  STATE",
@@ -521,7 +527,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand) -> Result<ExitCod
                 tasks.retain(|t| &t.state == s);
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&tasks).map_err(failed)?);
+                print_json(&tasks)?;
             } else {
                 println!(
                     "{:>6} {:<16} {:<14} {:>8} {:<6}  ERROR",

@@ -247,8 +247,9 @@ fn prefetch_grows_with_short_tasks_and_stays_small_for_long_ones() {
     assert_eq!(w.capacity(&cfg), 2);
 }
 
-#[test]
-fn replay_restores_outcomes_and_requeues_the_rest() {
+/// A scheduler ran a job of 3 tasks on one 1-slot worker and finished the
+/// first; returns its effects (journal included), the job and the assignments.
+fn one_of_three_finished() -> (TestFx, JobId, Vec<Assignment>) {
     let mut core = Core::default();
     let mut fx = TestFx::default();
     on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
@@ -256,7 +257,12 @@ fn replay_restores_outcomes_and_requeues_the_rest() {
     on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(3));
     let a = fx.take_assignments(ConnId(1));
     on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&a[0], ok(1))]);
+    (fx, job, a)
+}
 
+#[test]
+fn replay_restores_outcomes_and_requeues_the_rest() {
+    let (fx, job, a) = one_of_three_finished();
     let mut restored = Core::default();
     replay(&mut restored, 5, fx.journal.clone());
     restored.sanity_check();
@@ -371,14 +377,7 @@ fn only_running_tasks_are_blamed_when_a_worker_dies() {
 
 #[test]
 fn after_a_restart_tasks_wait_for_claims_then_go_to_anyone() {
-    // A scheduler ran a job of 3 tasks and finished one, then died.
-    let mut before = Core::default();
-    let mut fx = TestFx::default();
-    on_worker_joined(&mut before, &mut fx, 0, ConnId(1), worker(1));
-    let job = JobId::new();
-    on_submit(&mut before, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(3));
-    let a = fx.take_assignments(ConnId(1));
-    on_reports(&mut before, &mut fx, 1, ConnId(1), 1, vec![report(&a[0], ok(1))]);
+    let (fx, job, a) = one_of_three_finished();
 
     let mut core = Core::default();
     let mut fx2 = TestFx::default();
