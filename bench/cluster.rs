@@ -8,7 +8,10 @@
 //!
 //! CPU figures cover the timed repetitions only (from /proc, 10 ms ticks).
 //!
-//! `noop` maps `inc` over range(n), as the Dask harness's noop map does.
+//! `noop` maps `inc` over range(n) (or chains / reduces it: `--variant`), as
+//! the Dask harness's noop.py does; `cmd` runs n `/bin/true` commands;
+//! `darts` is the tutorial's job (`--inputs 100 --scale 1.0`); `million` is one
+//! job of 1,000,000 noop tasks; `respawn` and `restart` time recoveries.
 
 use actord::client::{Client, Graph, TaskFuture};
 use actord::ids::JobId;
@@ -16,6 +19,10 @@ use actord::protocol::{TaskKind, TaskSpec};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+const USAGE: &str =
+    "usage: cluster noop|cmd|darts|million|respawn|restart [--variant map|chain|tree] [--n N] \
+     [--workers K] [--threads T] [--repeat R] [--warmup W] [--inputs I] [--scale S] [--no-journal]";
 
 struct Opts {
     workload: String,
@@ -27,6 +34,9 @@ struct Opts {
     journal: bool,
     /// noop: map, chain or tree (as the Dask harness's noop.py).
     variant: String,
+    /// darts: number of inputs (tasks) and dart-count scale (tutorial: 100, 1.0).
+    inputs: usize,
+    scale: f64,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -40,6 +50,8 @@ fn parse() -> Result<Opts, String> {
         warmup: 200,
         journal: true,
         variant: "map".into(),
+        inputs: 100,
+        scale: 1.0,
     };
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -52,6 +64,8 @@ fn parse() -> Result<Opts, String> {
             "--journal" => o.journal = true,
             "--no-journal" => o.journal = false,
             "--variant" => o.variant = val("--variant")?,
+            "--inputs" => o.inputs = val("--inputs")?.parse().map_err(|e| format!("--inputs: {e}"))?,
+            "--scale" => o.scale = val("--scale")?.parse().map_err(|e| format!("--scale: {e}"))?,
             w if !w.starts_with('-') && o.workload.is_empty() => o.workload = w.to_string(),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -59,11 +73,16 @@ fn parse() -> Result<Opts, String> {
     if !["map", "chain", "tree"].contains(&o.variant.as_str()) {
         return Err(format!("--variant {:?}: expected map, chain or tree", o.variant));
     }
-    if !["noop", "cmd", "respawn", "restart"].contains(&o.workload.as_str()) {
-        return Err(
-            "usage: cluster noop|cmd|respawn|restart [--n N] [--workers K] [--threads T] [--repeat R] [--warmup W] [--no-journal]"
-                .into(),
-        );
+    if !["noop", "cmd", "darts", "million", "respawn", "restart"].contains(&o.workload.as_str()) {
+        return Err(USAGE.into());
+    }
+    if o.workload == "million" {
+        // One job of a million noop tasks, run once.
+        o.n = if o.n == 10_000 { 1_000_000 } else { o.n };
+        o.repeat = 1;
+    }
+    if o.n == 0 || o.repeat == 0 || o.inputs == 0 || !(o.scale.is_finite() && o.scale > 0.0) {
+        return Err("--n, --repeat, --inputs and --scale must be positive".into());
     }
     Ok(o)
 }
@@ -200,6 +219,21 @@ async fn run_true(client: &mut Client, n: u64) -> Result<f64, String> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// The tutorial's job: `darts` mapped over its inputs, every dart counted.
+async fn run_darts(client: &mut Client, inputs: &[(u64, u64)]) -> Result<(f64, f64), String> {
+    let total: u64 = inputs.iter().map(|(d, _)| d).sum();
+    let t0 = Instant::now();
+    let job = client.map("darts", inputs.to_vec()).await.map_err(|e| e.to_string())?;
+    let g = client.gather(&job).await.map_err(|e| e.to_string())?;
+    let wall = t0.elapsed().as_secs_f64();
+    let results: Vec<(u64, u64)> = g.values().map_err(|e| e.to_string())?;
+    if results.iter().map(|r| r.1).sum::<u64>() != total {
+        return Err("dart count mismatch".into());
+    }
+    let pi = 4.0 * results.iter().map(|r| r.0).sum::<u64>() as f64 / total as f64;
+    Ok((wall, pi))
+}
+
 /// A chain of `n` inc tasks, each taking the previous one's result.
 async fn run_chain(client: &mut Client, n: u64) -> Result<(u64, f64), String> {
     let t0 = Instant::now();
@@ -315,9 +349,15 @@ async fn main() {
     let (s0, w0) = (cpu_seconds(scheduler.0.id()), all_pids().map(cpu_seconds).sum::<f64>());
     let mut runs = Vec::new();
     let mut n_tasks = o.n;
+    let darts_inputs = actord::darts::make_inputs(o.inputs, o.scale, 1);
+    let mut pi = 0.0;
     for r in 0..o.repeat {
         let (tasks, wall, submit) = match o.variant.as_str() {
             _ if o.workload == "cmd" => run_true(&mut client, o.n).await.map(|w| (o.n, w, 0.0)),
+            _ if o.workload == "darts" => run_darts(&mut client, &darts_inputs).await.map(|(w, p)| {
+                pi = p;
+                (o.inputs as u64, w, 0.0)
+            }),
             "chain" => run_chain(&mut client, o.n).await.map(|(t, w)| (t, w, 0.0)),
             "tree" => run_tree(&mut client, o.n).await.map(|(t, w)| (t, w, 0.0)),
             _ => run_map(&mut client, o.n).await.map(|(w, s)| (o.n, w, s)),
@@ -338,11 +378,17 @@ async fn main() {
     let sched_cpu = cpu_seconds(scheduler.0.id()) - s0;
     let workers_cpu = all_pids().map(cpu_seconds).sum::<f64>() - w0;
     let wall = median(runs.iter().map(|r| r.0).collect());
-    let rec = serde_json::json!({
+    let variant = match o.workload.as_str() {
+        "cmd" => "true-array",
+        "darts" => "tutorial",
+        _ => o.variant.as_str(),
+    };
+    let sched_rss = peak_rss_kib(scheduler.0.id());
+    let mut rec = serde_json::json!({
         "system": "actord",
         "workload": o.workload,
-        "variant": if o.workload == "cmd" { "true-array" } else { o.variant.as_str() },
-        "n": o.n,
+        "variant": variant,
+        "n": if o.workload == "darts" { o.inputs as u64 } else { o.n },
         "tasks": n_tasks,
         "us_per_task": (wall / n_tasks as f64 * 1e7).round() / 10.0,
         "workers": o.workers,
@@ -356,11 +402,19 @@ async fn main() {
         "submit_s_median": (median(runs.iter().map(|r| r.1).collect()) * 1e4).round() / 1e4,
         "sched_cpu_s": (sched_cpu * 1e3).round() / 1e3,
         "workers_cpu_s": (workers_cpu * 1e3).round() / 1e3,
-        "sched_cpu_us_per_task": (sched_cpu / (o.n as f64 * o.repeat as f64) * 1e7).round() / 10.0,
-        "workers_cpu_us_per_task": (workers_cpu / (o.n as f64 * o.repeat as f64) * 1e7).round() / 10.0,
-        "sched_peak_rss_kib": peak_rss_kib(scheduler.0.id()),
+        "sched_cpu_us_per_task": (sched_cpu / (n_tasks as f64 * o.repeat as f64) * 1e7).round() / 10.0,
+        "workers_cpu_us_per_task": (workers_cpu / (n_tasks as f64 * o.repeat as f64) * 1e7).round() / 10.0,
+        "sched_peak_rss_kib": sched_rss,
+        "sched_peak_rss_bytes_per_task": sched_rss * 1024 / n_tasks,
         "worker_peak_rss_kib": worker_pids.iter().map(|p| peak_rss_kib(*p)).max().unwrap_or(0),
     });
+    if o.workload == "darts" {
+        let total: u64 = darts_inputs.iter().map(|(d, _)| d).sum();
+        rec["scale"] = o.scale.into();
+        rec["darts"] = total.into();
+        rec["darts_per_s"] = ((total as f64 / wall).round() as u64).into();
+        rec["pi"] = pi.into();
+    }
     println!("{rec}");
     drop(client);
     drop(nanny);

@@ -330,7 +330,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
     init_logging();
     // A worker funnels everything through one connection loop (its tasks run
     // on slot threads): one runtime thread avoids cross-thread wake-ups.
-    let single = matches!(cli.command, Command::Worker(_));
+    let single = matches!(cli.command, Command::Worker(_) | Command::Scheduler(_));
     let mut builder = if single {
         tokio::runtime::Builder::new_current_thread()
     } else {
