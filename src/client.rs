@@ -271,9 +271,32 @@ impl Client {
 
     /// Why a task is in its state, in words.
     pub async fn explain(&mut self, job: JobId, key: &str) -> Result<String, ClientError> {
-        self.conn.write(&FromClient::Explain { job, key: key.into() }).await?;
+        self.admin(FromClient::Explain { job, key: key.into() }).await
+    }
+
+    /// Sends an admin request answered with `Done`; returns its message.
+    pub async fn admin(&mut self, request: FromClient) -> Result<String, ClientError> {
+        self.conn.write(&request).await?;
         match self.expect_reply().await? {
             ToClient::Done { message } => Ok(message),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// One job's progress by state and its timing.
+    pub async fn job(&mut self, job: JobId) -> Result<crate::protocol::JobDetail, ClientError> {
+        self.conn.write(&FromClient::Job { job }).await?;
+        match self.expect_reply().await? {
+            ToClient::Job { job } => Ok(job),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// The journal: path, size, records, last flush.
+    pub async fn journal(&mut self) -> Result<crate::protocol::JournalInfo, ClientError> {
+        self.conn.write(&FromClient::Journal).await?;
+        match self.expect_reply().await? {
+            ToClient::Journal { journal } => Ok(journal),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }
@@ -364,29 +387,17 @@ impl Client {
 
     /// Cancels the job's unfinished tasks named by `keys` (all if empty).
     pub async fn cancel(&mut self, job: JobId, keys: Vec<String>) -> Result<String, ClientError> {
-        self.conn.write(&FromClient::Cancel { job, keys }).await?;
-        match self.expect_reply().await? {
-            ToClient::Done { message } => Ok(message),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        self.admin(FromClient::Cancel { job, keys }).await
     }
 
     /// Drops a finished job and its results from the scheduler and journal.
     pub async fn forget(&mut self, job: JobId) -> Result<String, ClientError> {
-        self.conn.write(&FromClient::Forget { job }).await?;
-        match self.expect_reply().await? {
-            ToClient::Done { message } => Ok(message),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        self.admin(FromClient::Forget { job }).await
     }
 
     /// Asks the worker's nanny to restart it; returns what the scheduler did.
     pub async fn restart_worker(&mut self, worker: crate::ids::WorkerId) -> Result<String, ClientError> {
-        self.conn.write(&FromClient::RestartWorker { worker }).await?;
-        match self.expect_reply().await? {
-            ToClient::Done { message } => Ok(message),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        self.admin(FromClient::RestartWorker { worker }).await
     }
 
     /// Blocks until at least `n` workers are registered, or `timeout`.

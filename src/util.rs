@@ -4,6 +4,44 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+type LogReloader = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static LOG_RELOADER: std::sync::OnceLock<LogReloader> = std::sync::OnceLock::new();
+
+/// Installs how this process changes its log filter (once, at start-up).
+pub fn set_log_reloader(f: LogReloader) {
+    let _ = LOG_RELOADER.set(f);
+}
+
+/// Changes this process's log filter (`ctl log-level`): a level such as
+/// `debug`, or directives such as `actord=trace,sled=warn`.
+pub fn set_log_level(directives: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for d in directives.split(',') {
+        let level = d.rsplit('=').next().unwrap_or("").trim().to_ascii_lowercase();
+        if !LEVELS.contains(&level.as_str()) {
+            return Err(format!(
+                "bad log level {directives:?}: expected one of {} or TARGET=LEVEL, comma-separated",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    match LOG_RELOADER.get() {
+        Some(f) => f(directives),
+        None => Err("this process's log filter cannot be changed".into()),
+    }
+}
+
+/// Resident memory of this process in KiB (0 where /proc is missing).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 pub fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
 }
@@ -215,5 +253,16 @@ mod size_tests {
         assert!(parse_size("0").is_err());
         assert_eq!(format_size(1536), "1.5 KiB");
         assert_eq!(format_size(12), "12 B");
+    }
+}
+
+/// A duration for people: `42s`, `3m05s`, `2h07m`, `3d04h`.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
     }
 }

@@ -435,6 +435,10 @@ async fn session(
                         }
                     }
                     Ok(ToWorker::Shutdown) => return SessionEnd::Shutdown,
+                    Ok(ToWorker::Retire) => {
+                        tracing::info!("retired by the scheduler: draining");
+                        break;
+                    }
                     Err(e) => tracing::warn!(error = %e, "ignoring a message this worker does not understand"),
                 }
             }
@@ -443,7 +447,7 @@ async fn session(
                 book.collect(first, &mut slots);
             }
             _ = heartbeat.tick() => {
-                if let Err(e) = send(&mut sink, &FromWorker::Heartbeat).await {
+                if let Err(e) = send(&mut sink, &FromWorker::Heartbeat { rss_kib: crate::util::rss_kib() }).await {
                     return SessionEnd::Lost(e);
                 }
             }

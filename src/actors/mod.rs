@@ -159,6 +159,7 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
             tick,
             commit_interval: opts.commit_interval,
             shutdown: shutdown.clone(),
+            records_replayed: n_records as u64,
         },
     )
     .await?;

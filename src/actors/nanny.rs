@@ -55,6 +55,9 @@ pub enum NannyMsg {
     Respawn(u32),
     /// An operator asked (through the scheduler) to restart this slot's worker.
     RestartWorker(u32),
+    /// An operator asked to retire this slot's worker: SIGTERM (the worker
+    /// drains, however long its running tasks take), no restart.
+    RetireWorker(u32),
     /// Stop every worker (SIGTERM, then SIGKILL after the grace), then the nanny.
     Shutdown,
 }
@@ -73,6 +76,10 @@ struct Slot {
     started: Instant,
     /// Deaths in a row within `min_uptime` of starting.
     quick_deaths: u32,
+    /// Pid of the current worker process (0 before it started).
+    pid: u32,
+    /// Retired by an operator: left empty when its worker exits.
+    retired: bool,
 }
 
 pub struct NannyState {
@@ -143,6 +150,8 @@ impl Actor for Nanny {
                 requested: false,
                 started: Instant::now(),
                 quick_deaths: 0,
+                pid: 0,
+                retired: false,
             });
         }
         tracing::info!(workers = opts.workers, "nanny started its workers");
@@ -156,7 +165,27 @@ impl Actor for Nanny {
         st: &mut NannyState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            NannyMsg::Started { slot, pid } => st.tell(slot, SlotState::Running { pid }),
+            NannyMsg::Started { slot, pid } => {
+                if let Some(s) = st.slots.get_mut(slot as usize) {
+                    s.pid = pid;
+                }
+                st.tell(slot, SlotState::Running { pid })
+            }
+            NannyMsg::RetireWorker(slot) => {
+                let Some(s) = st.slots.get_mut(slot as usize) else {
+                    tracing::warn!(slot, "retire asked for a slot this nanny does not have");
+                    return Ok(());
+                };
+                if s.actor.is_some() && s.pid > 0 && !s.retired {
+                    tracing::info!(
+                        slot,
+                        pid = s.pid,
+                        "retiring the worker as asked: it drains, then its slot stays empty"
+                    );
+                    s.retired = true;
+                    signal(s.pid as i32, nix::sys::signal::Signal::SIGTERM);
+                }
+            }
             NannyMsg::Respawn(slot) => {
                 let s = &st.slots[slot as usize];
                 if !st.stopping && s.actor.is_none() {
@@ -172,6 +201,7 @@ impl Actor for Nanny {
                     return Ok(());
                 };
                 tracing::info!(slot, "restarting the worker as asked");
+                s.retired = false;
                 match &s.actor {
                     Some(a) => {
                         s.requested = true;
@@ -224,6 +254,12 @@ impl Actor for Nanny {
         let opts = st.opts.clone();
         let s = &mut st.slots[idx];
         s.actor = None;
+        s.pid = 0;
+        if s.retired {
+            tracing::info!(slot, "retired worker exited; its slot stays empty");
+            st.tell(slot, SlotState::Retired);
+            return Ok(());
+        }
         // Policy: an asked-for restart is immediate and not counted; otherwise
         // restart at once, then with doubling delays while the slot keeps
         // dying; past `max_restarts` within `restart_window`, give up on it.
@@ -341,6 +377,9 @@ async fn link_loop(
                         Ok(ToNanny::Registered { nanny: id }) => tracing::info!(nanny = id, "nanny registered with the scheduler"),
                         Ok(ToNanny::RestartWorker { slot }) => {
                             let _ = nanny.cast(NannyMsg::RestartWorker(slot));
+                        }
+                        Ok(ToNanny::RetireWorker { slot }) => {
+                            let _ = nanny.cast(NannyMsg::RetireWorker(slot));
                         }
                         Ok(ToNanny::Error { message }) => tracing::warn!(%message, "scheduler reports an error"),
                         Err(e) => tracing::warn!(error = %e, "ignoring a message this nanny does not understand"),

@@ -103,6 +103,8 @@ pub struct SchedulerArgs {
     pub commit_interval: std::time::Duration,
     /// Notified when an admin asked the scheduler to stop.
     pub shutdown: Arc<tokio::sync::Notify>,
+    /// Records the journal held at start-up.
+    pub records_replayed: u64,
 }
 
 pub struct SchedulerState {
@@ -125,6 +127,45 @@ pub struct SchedulerState {
     last_flush: Option<std::time::Instant>,
     /// A `Flush` is scheduled for when the interval is over.
     flush_timer: bool,
+    started: std::time::Instant,
+    records_replayed: u64,
+    records_appended: u64,
+    flushes: u64,
+    last_flush_done: Option<std::time::Instant>,
+    /// (time, outcomes so far) at each tick of the last ten seconds or so.
+    throughput: std::collections::VecDeque<(std::time::Instant, u64)>,
+}
+
+impl SchedulerState {
+    fn journal_info(&self) -> crate::protocol::JournalInfo {
+        let location = self.journal.location();
+        crate::protocol::JournalInfo {
+            path: location.as_ref().map(|(p, _)| p.display().to_string()),
+            bytes: location.map(|(_, b)| b).unwrap_or(0),
+            records: self.records_replayed + self.records_appended,
+            records_replayed: self.records_replayed,
+            flushes: self.flushes,
+            last_flush_ms_ago: self.last_flush_done.map(|t| t.elapsed().as_millis() as u64),
+            epoch: self.epoch,
+        }
+    }
+
+    fn status_extra(&self) -> core::StatusExtra {
+        let location = self.journal.location();
+        let tasks_per_s = match (self.throughput.front(), self.throughput.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                n1.saturating_sub(*n0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        core::StatusExtra {
+            epoch: self.epoch,
+            uptime_s: self.started.elapsed().as_secs(),
+            journal_path: location.as_ref().map(|(p, _)| p.display().to_string()),
+            journal_bytes: location.map(|(_, b)| b).unwrap_or(0),
+            tasks_per_s,
+        }
+    }
 }
 
 impl Actor for SchedulerActor {
@@ -152,6 +193,12 @@ impl Actor for SchedulerActor {
             shutdown: args.shutdown,
             last_flush: None,
             flush_timer: false,
+            started: std::time::Instant::now(),
+            records_replayed: args.records_replayed,
+            records_appended: 0,
+            flushes: 0,
+            last_flush_done: None,
+            throughput: Default::default(),
         })
     }
 
@@ -176,7 +223,7 @@ impl Actor for SchedulerActor {
                 FromWorker::Reports { batch, reports } => {
                     core::on_reports(core, fx, now, conn, batch, reports)
                 }
-                FromWorker::Heartbeat => core::on_heartbeat(core, fx, now, conn),
+                FromWorker::Heartbeat { rss_kib } => core::on_heartbeat(core, fx, now, conn, rss_kib),
                 FromWorker::Draining { returned } => core::on_worker_draining(core, fx, conn, returned),
                 FromWorker::Released { tasks } => core::on_released(core, fx, conn, tasks),
                 FromWorker::Goodbye => {
@@ -190,7 +237,7 @@ impl Actor for SchedulerActor {
                     core::on_submit(core, fx, now, conn, job, name, tasks)
                 }
                 FromClient::Watch { job } => core::on_watch(core, fx, conn, job),
-                FromClient::Workers => core::on_list_workers(core, fx, conn),
+                FromClient::Workers => core::on_list_workers(core, fx, now, conn),
                 FromClient::Nannies => core::on_list_nannies(core, fx, conn),
                 FromClient::RestartWorker { worker } => core::on_restart_worker(core, fx, conn, worker),
                 FromClient::Forget { job } => core::on_forget(core, fx, conn, job),
@@ -205,7 +252,36 @@ impl Actor for SchedulerActor {
                     st.shutdown_requested = true;
                 }
                 FromClient::Explain { job, key } => core::on_explain(core, fx, conn, job, key),
-                FromClient::Status => core::on_status(core, fx, conn, st.epoch),
+                FromClient::Status => {
+                    let extra = st.status_extra();
+                    core::on_status(&st.core, &mut st.outbox, conn, extra)
+                }
+                FromClient::Job { job } => core::on_job(core, fx, now, conn, job),
+                FromClient::Retry { job } => core::on_retry(core, fx, conn, job),
+                FromClient::RetireWorker { worker } => core::on_retire_worker(core, fx, conn, worker),
+                FromClient::Journal => {
+                    let journal = st.journal_info();
+                    st.outbox.to_client(conn, ToClient::Journal { journal });
+                }
+                FromClient::DrainAndShutdown => {
+                    tracing::info!("shutdown requested: draining first");
+                    core::on_drain(core, fx);
+                    let message = format!(
+                        "draining: no new tasks; the scheduler stops once {} assigned tasks have finished",
+                        core.assigned_count()
+                    );
+                    fx.to_client(conn, ToClient::Done { message });
+                }
+                FromClient::LogLevel { level } => {
+                    let reply = match crate::util::set_log_level(&level) {
+                        Ok(()) => {
+                            tracing::warn!(%level, "log level changed");
+                            ToClient::Done { message: format!("log level is now {level:?}") }
+                        }
+                        Err(message) => ToClient::Error { job: None, message },
+                    };
+                    fx.to_client(conn, reply);
+                }
             },
             SchedMsg::Nanny { conn, msg } => match msg {
                 FromNanny::Register { host, pid, slots } => {
@@ -217,7 +293,16 @@ impl Actor for SchedulerActor {
                 st.sessions.remove(&conn);
                 core::on_connection_closed(core, fx, now, conn);
             }
-            SchedMsg::Tick => core::on_tick(core, fx, now),
+            SchedMsg::Tick => {
+                core::on_tick(core, fx, now);
+                let t = std::time::Instant::now();
+                st.throughput.push_back((t, st.core.outcomes_total));
+                while st.throughput.len() > 2
+                    && st.throughput.get(1).is_some_and(|(t1, _)| t.duration_since(*t1).as_secs() >= 10)
+                {
+                    st.throughput.pop_front();
+                }
+            }
             SchedMsg::Flush => {
                 st.flush_queued = false;
                 return start_flush(&myself, st);
@@ -232,10 +317,20 @@ impl Actor for SchedulerActor {
                     tracing::error!(error = %e, "journal flush failed; stopping the scheduler");
                     return Err(e.into());
                 }
+                st.flushes += 1;
+                st.last_flush_done = Some(std::time::Instant::now());
                 if let Some(out) = st.in_flight.take() {
                     send(st, out);
                 }
                 return start_flush(&myself, st);
+            }
+        }
+        if st.core.stopping && !st.shutdown_requested && st.core.assigned_count() == 0 {
+            // Drained: stop once what is gathered is durable and sent.
+            tracing::info!("drained: no task is running any more; stopping");
+            st.shutdown_requested = true;
+            if st.in_flight.is_none() && st.outbox.is_empty() {
+                st.shutdown.notify_one();
             }
         }
         let waiting = st.in_flight.is_none() && !st.outbox.is_empty();
@@ -279,6 +374,7 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
     st.last_flush = Some(now);
     let out = std::mem::take(&mut st.outbox);
     st.journal.append(&out.records)?;
+    st.records_appended += out.records.len() as u64;
     let flush = st.journal.flusher();
     let me = myself.clone();
     tokio::spawn(async move {

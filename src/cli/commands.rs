@@ -403,9 +403,9 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
             write_json(out.as_deref(), &doc)?;
             Ok(ExitCode::from(code))
         }
-        ClientCommand::Ctl { connect: c, command } => {
+        ClientCommand::Ctl { connect: c, command, json } => {
             let mut client = connect(config, &c).await?;
-            run_ctl(&mut client, command).await
+            run_ctl(&mut client, command, json).await
         }
     }
 }
@@ -416,111 +416,188 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A `Done` answer: the sentence (on stderr: it confirms an action), or
+/// `{"ok": true, "message": …}` on stdout.
+fn print_done(message: &str, json: bool) -> Result<ExitCode, CliError> {
+    if json {
+        print_json(&serde_json::json!({ "ok": true, "message": message }))?;
+    } else {
+        eprintln!("{message}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ago(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms ago"),
+        1000..=119_999 => format!("{:.1} s ago", ms as f64 / 1e3),
+        _ => format!("{} min ago", ms / 60_000),
+    }
+}
+
 /// One admin command over an open connection (`actord ctl …` and the console).
-pub async fn run_ctl(client: &mut Client, command: CtlCommand) -> Result<ExitCode, CliError> {
+pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Result<ExitCode, CliError> {
+    use crate::util::format_size;
     match command {
-        CtlCommand::Workers { json } => {
+        CtlCommand::Workers => {
             let workers = client.workers().await?;
             if json {
                 print_json(&workers)?;
-            } else {
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} RESOURCES",
+                "ID", "HOST", "PID", "SLOTS", "RUNNING", "NANNY:SLOT", "HEARD", "RSS", "STATE"
+            );
+            for w in workers {
+                let nanny = w.nanny.map(|n| format!("{}:{}", n.pid, n.slot)).unwrap_or_else(|| "-".into());
+                let rss = if w.rss_kib > 0 { format_size(w.rss_kib * 1024) } else { "-".into() };
+                let state = if w.draining { "draining" } else { "active" };
+                let resources: Vec<String> = w.resources.iter().map(|(k, n)| format!("{k}={n}")).collect();
                 println!(
-                    "{:<6} {:<20} {:>8} {:>6} {:>8} {:>16}",
-                    "ID", "HOST", "PID", "SLOTS", "RUNNING", "NANNY:SLOT"
+                    "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} {}",
+                    w.id.to_string(),
+                    w.host,
+                    w.pid,
+                    w.slots,
+                    w.running,
+                    nanny,
+                    ago(w.last_heard_ms),
+                    rss,
+                    state,
+                    if resources.is_empty() { "-".into() } else { resources.join(",") }
                 );
-                for w in workers {
-                    let nanny =
-                        w.nanny.map(|n| format!("{}:{}", n.pid, n.slot)).unwrap_or_else(|| "-".into());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::Nannies => {
+            let nannies = client.nannies().await?;
+            if json {
+                print_json(&nannies)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:<6} {:<20} {:>8} {:>5} {:>9}  STATE", "NANNY", "HOST", "PID", "SLOT", "RESTARTS");
+            for n in nannies {
+                for s in &n.slots {
                     println!(
-                        "{:<6} {:<20} {:>8} {:>6} {:>8} {:>16}",
-                        w.id.to_string(),
-                        w.host,
-                        w.pid,
-                        w.slots,
-                        w.running,
-                        nanny
+                        "{:<6} {:<20} {:>8} {:>5} {:>9}  {}",
+                        n.id,
+                        n.host,
+                        n.pid,
+                        s.slot,
+                        s.restarts,
+                        describe_slot(&s.state)
                     );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
-        CtlCommand::Nannies { json } => {
-            let nannies = client.nannies().await?;
-            if json {
-                print_json(&nannies)?;
-            } else {
-                println!("{:<6} {:<20} {:>8} {:>5} {:>9}  STATE", "NANNY", "HOST", "PID", "SLOT", "RESTARTS");
-                for n in nannies {
-                    for s in &n.slots {
-                        println!(
-                            "{:<6} {:<20} {:>8} {:>5} {:>9}  {}",
-                            n.id,
-                            n.host,
-                            n.pid,
-                            s.slot,
-                            s.restarts,
-                            describe_slot(&s.state)
-                        );
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        CtlCommand::Status { json } => {
+        CtlCommand::Status => {
             let s = client.status().await?;
+            let f = &client.file;
             if json {
                 let mut v = serde_json::to_value(&s).map_err(failed)?;
-                v["address"] = client.file.address.clone().into();
-                v["journal"] = client.file.journal.clone().into();
+                v["address"] = f.address.clone().into();
+                v["pid"] = f.pid.into();
+                v["host"] = f.host.clone().into();
+                v["started"] = f.started.clone().into();
                 print_json(&v)?;
-            } else {
-                let f = &client.file;
-                println!("scheduler  {} (pid {} on {}, since {})", f.address, f.pid, f.host, f.started);
-                println!("epoch      {}", s.epoch);
-                println!("journal    {}", f.journal.as_deref().unwrap_or("none (in memory)"));
-                println!("workers    {} ({} slots), {} nannies", s.workers, s.slots, s.nannies);
-                println!("jobs       {} ({} done)", s.jobs, s.jobs_done);
-                println!(
-                    "tasks      {} finished, {} failed, {} running, {} queued (of {})",
-                    s.tasks_finished, s.tasks_failed, s.tasks_running, s.tasks_queued, s.tasks
-                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let uptime = crate::util::format_duration(std::time::Duration::from_secs(s.uptime_s));
+            println!("scheduler  {} (pid {} on {}, up {uptime})", f.address, f.pid, f.host);
+            println!("epoch      {}", s.epoch);
+            match &s.journal_path {
+                Some(p) => println!("journal    {p} ({})", format_size(s.journal_bytes)),
+                None => println!("journal    none (results in memory)"),
+            }
+            println!("workers    {} ({} slots), {} nannies", s.workers, s.slots, s.nannies);
+            println!("jobs       {} ({} done)", s.jobs, s.jobs_done);
+            println!(
+                "tasks      {} finished, {} failed, {} running, {} queued (of {})",
+                s.tasks_finished, s.tasks_failed, s.tasks_running, s.tasks_queued, s.tasks
+            );
+            println!("throughput {:.1} tasks/s (last 10 s)", s.tasks_per_s);
+            if s.draining {
+                println!("state      draining: no new tasks; stops when the running ones finish");
             }
             Ok(ExitCode::SUCCESS)
         }
         CtlCommand::Explain { job, key } => {
             let id = parse_job_id(Some(&job))?;
-            println!("{}", client.explain(id, &key).await?);
-            Ok(ExitCode::SUCCESS)
+            let message = client.explain(id, &key).await?;
+            if !json {
+                println!("{message}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            print_done(&message, json)
         }
-        CtlCommand::Shutdown => {
-            eprintln!("{}", client.shutdown().await?);
-            Ok(ExitCode::SUCCESS)
+        CtlCommand::Shutdown { drain: false } => print_done(&client.shutdown().await?, json),
+        CtlCommand::Shutdown { drain: true } => {
+            let message = client.admin(crate::protocol::FromClient::DrainAndShutdown).await?;
+            eprintln!("{message}");
+            // Until the scheduler goes away: say what is still running.
+            let mut last = None;
+            while let Ok(s) = client.status().await {
+                if last != Some(s.tasks_running) {
+                    eprintln!("{} tasks still running", s.tasks_running);
+                    last = Some(s.tasks_running);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            print_done("drained; the scheduler stopped", json)
         }
-        CtlCommand::Jobs { json } => {
+        CtlCommand::Jobs => {
             let jobs = client.jobs().await?;
             if json {
                 print_json(&jobs)?;
-            } else {
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  STATE",
+                "JOB", "NAME", "TASKS", "DONE", "FAILED", "RUNNING"
+            );
+            for j in jobs {
+                let state = if j.done_at.is_some() { "done" } else { "active" };
                 println!(
-                    "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  STATE",
-                    "JOB", "NAME", "TASKS", "DONE", "FAILED", "RUNNING"
+                    "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  {state}",
+                    j.id.to_string(),
+                    j.name,
+                    j.tasks,
+                    j.finished,
+                    j.failed,
+                    j.running
                 );
-                for j in jobs {
-                    let state = if j.done_at.is_some() { "done" } else { "active" };
-                    println!(
-                        "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  {state}",
-                        j.id.to_string(),
-                        j.name,
-                        j.tasks,
-                        j.finished,
-                        j.failed,
-                        j.running
-                    );
-                }
             }
             Ok(ExitCode::SUCCESS)
         }
-        CtlCommand::Tasks { job, state, json } => {
+        CtlCommand::Job { job } => {
+            let id = parse_job_id(Some(&job))?;
+            let d = client.job(id).await?;
+            if json {
+                print_json(&d)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let i = &d.info;
+            let submitted = chrono::DateTime::from_timestamp_micros(i.submitted_at as i64)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            let state = if i.done_at.is_some() { "done" } else { "active" };
+            println!("job        {} ({})", i.id, i.name);
+            println!("state      {state}: {} of {} tasks finished, {} failed", i.finished, i.tasks, i.failed);
+            let states: Vec<String> = d.states.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            println!("tasks      {}", states.join(", "));
+            println!("submitted  {submitted}");
+            println!(
+                "{}    {:.3} s, {:.1} tasks/s",
+                if i.done_at.is_some() { "took  " } else { "running" },
+                d.elapsed_s,
+                d.tasks_per_s
+            );
+            println!("retries    {} attempts beyond the first", d.retried_attempts);
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::Tasks { job, state } => {
             let id = parse_job_id(Some(&job))?;
             let mut tasks = client.tasks(id).await?;
             if let Some(s) = &state {
@@ -528,38 +605,56 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand) -> Result<ExitCod
             }
             if json {
                 print_json(&tasks)?;
-            } else {
-                println!(
-                    "{:>6} {:<16} {:<14} {:>8} {:<6}  ERROR",
-                    "TASK", "KEY", "STATE", "ATTEMPTS", "WORKER"
-                );
-                for t in tasks {
-                    let worker = t.worker.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
-                    let key = t.key.unwrap_or_else(|| "-".into());
-                    let error = t.error.unwrap_or_default();
-                    println!(
-                        "{:>6} {:<16} {:<14} {:>8} {:<6}  {error}",
-                        t.idx, key, t.state, t.attempts, worker
-                    );
-                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{:>6} {:<16} {:<14} {:>8} {:<6}  ERROR", "TASK", "KEY", "STATE", "ATTEMPTS", "WORKER");
+            for t in tasks {
+                let worker = t.worker.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
+                let key = t.key.unwrap_or_else(|| "-".into());
+                let error = t.error.unwrap_or_default();
+                println!("{:>6} {:<16} {:<14} {:>8} {:<6}  {error}", t.idx, key, t.state, t.attempts, worker);
             }
             Ok(ExitCode::SUCCESS)
         }
         CtlCommand::Cancel { job, keys } => {
             let id = parse_job_id(Some(&job))?;
-            eprintln!("{}", client.cancel(id, keys).await?);
-            Ok(ExitCode::SUCCESS)
+            print_done(&client.cancel(id, keys).await?, json)
+        }
+        CtlCommand::Retry { job } => {
+            let job = parse_job_id(Some(&job))?;
+            print_done(&client.admin(crate::protocol::FromClient::Retry { job }).await?, json)
         }
         CtlCommand::Forget { job } => {
             let id = parse_job_id(Some(&job))?;
-            eprintln!("{}", client.forget(id).await?);
-            Ok(ExitCode::SUCCESS)
+            print_done(&client.forget(id).await?, json)
         }
         CtlCommand::RestartWorker { worker } => {
             let id = parse_worker_id(&worker)?;
-            let message = client.restart_worker(id).await?;
-            eprintln!("{message}");
+            print_done(&client.restart_worker(id).await?, json)
+        }
+        CtlCommand::RetireWorker { worker } => {
+            let worker = parse_worker_id(&worker)?;
+            print_done(&client.admin(crate::protocol::FromClient::RetireWorker { worker }).await?, json)
+        }
+        CtlCommand::Journal => {
+            let j = client.journal().await?;
+            if json {
+                print_json(&j)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            match &j.path {
+                Some(p) => println!("path       {p}"),
+                None => println!("path       none: results are kept in memory (--no-journal)"),
+            }
+            println!("size       {}", format_size(j.bytes));
+            println!("records    {} ({} replayed at start-up)", j.records, j.records_replayed);
+            println!("epoch      {}", j.epoch);
+            let last = j.last_flush_ms_ago.map(ago).unwrap_or_else(|| "none yet".into());
+            println!("flushes    {}, last {last}", j.flushes);
             Ok(ExitCode::SUCCESS)
+        }
+        CtlCommand::LogLevel { level } => {
+            print_done(&client.admin(crate::protocol::FromClient::LogLevel { level }).await?, json)
         }
     }
 }
@@ -570,6 +665,7 @@ fn describe_slot(s: &crate::protocol::SlotState) -> String {
         Running { pid } => format!("running (pid {pid})"),
         Restarting { in_ms, last_exit } => format!("restarting in {in_ms} ms after: {last_exit}"),
         Failed { reason } => format!("FAILED: {reason}"),
+        Retired => "retired".into(),
     }
 }
 

@@ -17,25 +17,20 @@ use std::sync::{Arc, Mutex};
 #[derive(Parser, Debug)]
 #[command(no_binary_name = true, name = "actord console", disable_version_flag = true)]
 struct Line {
+    /// Print JSON instead of a table or a sentence.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: CtlCommand,
 }
 
-const WORDS: &[&str] = &[
-    "status",
-    "jobs",
-    "tasks",
-    "explain",
-    "shutdown",
-    "workers",
-    "nannies",
-    "cancel",
-    "forget",
-    "restart-worker",
-    "help",
-    "quit",
-    "exit",
-];
+/// The first words the console knows: every ctl command, and its own.
+fn words() -> Vec<String> {
+    let mut words: Vec<String> =
+        Line::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+    words.extend(["quit", "exit"].map(String::from));
+    words
+}
 
 /// Completes the first word from the commands, later words from the job and
 /// worker ids the scheduler knows.
@@ -50,11 +45,8 @@ impl Completer for Complete {
     fn complete(&self, line: &str, pos: usize, _: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
         let start = line[..pos].rfind(' ').map_or(0, |i| i + 1);
         let word = &line[start..pos];
-        let pool: Vec<String> = if start == 0 {
-            WORDS.iter().map(|s| s.to_string()).collect()
-        } else {
-            self.ids.lock().map(|ids| ids.clone()).unwrap_or_default()
-        };
+        let pool: Vec<String> =
+            if start == 0 { words() } else { self.ids.lock().map(|ids| ids.clone()).unwrap_or_default() };
         let found = pool
             .into_iter()
             .filter(|c| c.starts_with(word))
@@ -124,21 +116,21 @@ pub async fn run(mut client: Client) -> Result<ExitCode, CliError> {
             _ => {}
         }
         let words: Vec<&str> = line.split_whitespace().collect();
-        let command = match Line::try_parse_from(words) {
-            Ok(l) => l.command,
+        let (command, json) = match Line::try_parse_from(words) {
+            Ok(l) => (l.command, l.json),
             Err(e) => {
                 // clap's own message: the unknown word and what it may have meant.
                 let _ = e.print();
                 continue;
             }
         };
-        let mut result = run_ctl(&mut client, command.clone()).await;
+        let mut result = run_ctl(&mut client, command.clone(), json).await;
         if matches!(&result, Err(CliError::Failed(m)) if m.starts_with("scheduler connection")) {
             eprintln!("lost the scheduler; reconnecting…");
             match client.reconnect().await {
                 Ok(()) => {
                     eprintln!("reconnected to {} (epoch {})", client.file.address, client.file.epoch);
-                    result = run_ctl(&mut client, command).await;
+                    result = run_ctl(&mut client, command, json).await;
                 }
                 Err(e) => eprintln!("error: {e}"),
             }

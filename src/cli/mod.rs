@@ -223,10 +223,13 @@ pub enum ClientCommand {
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
     },
-    /// Admin commands.
+    /// Admin commands (`actord ctl --help` lists them).
     Ctl {
         #[command(flatten)]
         connect: Connect,
+        /// Print JSON instead of a table or a sentence.
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         command: CtlCommand,
     },
@@ -265,33 +268,18 @@ pub struct CmdOptions {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum CtlCommand {
-    /// The scheduler at a glance: address, epoch, workers, jobs, tasks.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Stop the scheduler cleanly (its journal keeps everything; workers and
-    /// clients wait for the next one).
-    Shutdown,
-    /// Why a task is where it is: what it waits for, what it needs, how it ended.
-    Explain { job: String, key: String },
+    /// The scheduler at a glance: address, epoch, uptime, journal, workers,
+    /// jobs, tasks by state, throughput.
+    Status,
+    /// The registered workers: host, nanny, slots, running tasks, resources,
+    /// last heartbeat, memory.
+    Workers,
+    /// The nannies and what each of their worker slots is doing.
+    Nannies,
     /// Every job with its progress.
-    Jobs {
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the registered workers.
-    Workers {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the nannies and what each of their worker slots is doing.
-    Nannies {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Jobs,
+    /// One job: tasks by state, timing, throughput.
+    Job { job: String },
     /// The tasks of a job: state (waiting, ready, unschedulable, retrying,
     /// running, finished, failed, canceled), attempts, worker, error.
     Tasks {
@@ -299,12 +287,9 @@ pub enum CtlCommand {
         /// Only tasks in this state.
         #[arg(long)]
         state: Option<String>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
     },
-    /// Drop a finished job and its results, here and in the journal.
-    Forget { job: String },
+    /// Why a task is where it is: what it waits for, what it needs, how it ended.
+    Explain { job: String, key: String },
     /// Cancel a job, or some of its tasks by key: running commands get
     /// SIGTERM (then SIGKILL), running functions are abandoned.
     Cancel {
@@ -312,11 +297,34 @@ pub enum CtlCommand {
         /// Task keys (or indices); all unfinished tasks when none.
         keys: Vec<String>,
     },
+    /// Run a job's failed and canceled tasks again (and their dependents).
+    Retry { job: String },
     /// Ask a worker's nanny to restart it (its running tasks go to other workers).
     RestartWorker {
         /// Worker id as `actord ctl workers` shows it, e.g. w3.
         worker: String,
     },
+    /// Drain a worker: no new tasks, queued ones go to others, running ones
+    /// finish, then it stops (its nanny leaves the slot empty).
+    RetireWorker {
+        /// Worker id as `actord ctl workers` shows it, e.g. w3.
+        worker: String,
+    },
+    /// Drop a finished job and its results, here and in the journal.
+    Forget { job: String },
+    /// The journal: path, size on disk, records, flushes, last flush.
+    Journal,
+    /// Stop the scheduler cleanly (its journal keeps everything; workers and
+    /// clients wait for the next one).
+    Shutdown {
+        /// First stop handing out tasks and wait until the running ones have
+        /// finished and are journaled.
+        #[arg(long)]
+        drain: bool,
+    },
+    /// Change the scheduler's log filter: a level (error, warn, info, debug,
+    /// trace) or directives such as `actord=debug,sled=warn`.
+    LogLevel { level: String },
 }
 
 /// Runs `actord` with the built-in functions.
@@ -358,11 +366,19 @@ fn init_logging() {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    if tracing_subscriber::registry().with(filter).with(fmt).try_init().is_ok() {
+        crate::util::set_log_reloader(Box::new(move |directives| {
+            let f =
+                EnvFilter::try_new(directives).map_err(|e| format!("bad log level {directives:?}: {e}"))?;
+            handle.reload(f).map_err(|e| e.to_string())
+        }));
+    }
 }
 
 /// A command's failure: a usage error (exit 2) or a runtime failure (exit 1).

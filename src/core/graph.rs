@@ -226,6 +226,7 @@ pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, can
     }
     task.outcome = Some(outcome.clone());
     let attempts = task.attempts;
+    core.outcomes_total += 1;
     let dependents = if ok { task.dependents.clone() } else { Vec::new() };
     if job.is_done() {
         job.done_at = Some(now);

@@ -53,6 +53,7 @@ pub fn on_worker_joined(
             avg_task_us: None,
             last_seen: now,
             draining: false,
+            rss_kib: 0,
             resources: w.resources,
             used: Default::default(),
         },
@@ -143,9 +144,10 @@ pub fn on_connection_closed(core: &mut Core, fx: &mut impl Effects, now: u64, co
     }
 }
 
-pub fn on_heartbeat(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId) {
+pub fn on_heartbeat(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, rss_kib: u64) {
     if let Some(w) = core.worker_by_conn.get(&conn).and_then(|id| core.workers.get_mut(id)) {
         w.last_seen = now;
+        w.rss_kib = rss_kib;
     } else {
         tell_stale(core, fx, conn);
     }
@@ -392,7 +394,7 @@ pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId
     }
 }
 
-pub fn on_list_workers(core: &Core, fx: &mut impl Effects, conn: ConnId) {
+pub fn on_list_workers(core: &Core, fx: &mut impl Effects, now: u64, conn: ConnId) {
     let workers = core
         .workers
         .iter()
@@ -404,6 +406,9 @@ pub fn on_list_workers(core: &Core, fx: &mut impl Effects, conn: ConnId) {
             running: w.assigned.len() as u32,
             nanny: w.nanny.clone(),
             resources: w.resources.clone(),
+            last_heard_ms: now.saturating_sub(w.last_seen) / 1000,
+            rss_kib: w.rss_kib,
+            draining: w.draining,
         })
         .collect();
     fx.to_client(conn, ToClient::Workers { workers });
@@ -511,7 +516,7 @@ pub fn on_reports(
 /// task that needs resources goes to a worker that has them free; if none
 /// has right now, it waits in the queue.
 pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
-    if core.workers.is_empty() || core.hold_until.is_some() {
+    if core.workers.is_empty() || core.hold_until.is_some() || core.stopping {
         return;
     }
     if core.ready.is_empty() {
@@ -682,6 +687,9 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
             }
             Record::JobForgotten { job } => {
                 core.jobs.remove(&job);
+            }
+            Record::TasksRetried { job, idx } => {
+                retry_tasks(core, job, &idx);
             }
         }
     }
@@ -930,26 +938,7 @@ pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
         .iter()
         .enumerate()
         .map(|(idx, t)| {
-            let error = match &t.outcome {
-                Some(Outcome::Err { error }) => Some(error.clone()),
-                _ => None,
-            };
-            let (state, worker, error) = match &t.state {
-                TaskState::Ready
-                    if !t.resources.is_empty()
-                        && !core.workers.values().any(|w| w.could_run(&t.resources)) =>
-                {
-                    let need: Vec<String> = t.resources.iter().map(|(k, n)| format!("{k}={n}")).collect();
-                    ("unschedulable", None, Some(format!("needs {}; no worker has that", need.join(","))))
-                }
-                TaskState::Waiting => ("waiting", None, error),
-                TaskState::Ready => ("ready", None, error),
-                TaskState::Delayed => ("retrying", None, error),
-                TaskState::Assigned(w) => ("running", Some(*w), error),
-                TaskState::Finished => ("finished", None, error),
-                TaskState::Failed => ("failed", None, error),
-                TaskState::Canceled => ("canceled", None, error),
-            };
+            let (state, worker, error) = describe_state(core, t);
             crate::protocol::TaskInfo {
                 idx: idx as u32,
                 key: t.key.clone(),
@@ -963,28 +952,185 @@ pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
     fx.to_client(conn, ToClient::Tasks { job, tasks });
 }
 
-pub fn on_jobs(core: &Core, fx: &mut impl Effects, conn: ConnId) {
-    let mut jobs: Vec<crate::protocol::JobInfo> = core
-        .jobs
-        .iter()
-        .map(|(id, j)| crate::protocol::JobInfo {
-            id: *id,
-            name: j.name.clone(),
-            tasks: j.tasks.len() as u32,
-            finished: j.finished,
-            failed: j.failed,
-            running: j.tasks.iter().filter(|t| matches!(t.state, TaskState::Assigned(_))).count() as u32,
-            submitted_at: j.submitted_at,
-            done_at: j.done_at,
-        })
+/// A task's state as operators see it (`ctl tasks`, `ctl job`): its name,
+/// where it runs, and its error or why it cannot be scheduled.
+fn describe_state(core: &Core, t: &Task) -> (&'static str, Option<WorkerId>, Option<String>) {
+    let error = match &t.outcome {
+        Some(Outcome::Err { error }) => Some(error.clone()),
+        _ => None,
+    };
+    match &t.state {
+        TaskState::Ready
+            if !t.resources.is_empty() && !core.workers.values().any(|w| w.could_run(&t.resources)) =>
+        {
+            let need: Vec<String> = t.resources.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            ("unschedulable", None, Some(format!("needs {}; no worker has that", need.join(","))))
+        }
+        TaskState::Waiting => ("waiting", None, error),
+        TaskState::Ready => ("ready", None, error),
+        TaskState::Delayed => ("retrying", None, error),
+        TaskState::Assigned(w) => ("running", Some(*w), error),
+        TaskState::Finished => ("finished", None, error),
+        TaskState::Failed => ("failed", None, error),
+        TaskState::Canceled => ("canceled", None, error),
+    }
+}
+
+fn job_info(id: JobId, j: &Job) -> crate::protocol::JobInfo {
+    crate::protocol::JobInfo {
+        id,
+        name: j.name.clone(),
+        tasks: j.tasks.len() as u32,
+        finished: j.finished,
+        failed: j.failed,
+        running: j.tasks.iter().filter(|t| matches!(t.state, TaskState::Assigned(_))).count() as u32,
+        submitted_at: j.submitted_at,
+        done_at: j.done_at,
+    }
+}
+
+fn no_job(fx: &mut impl Effects, conn: ConnId, job: JobId) {
+    fx.to_client(
+        conn,
+        ToClient::Error { job: Some(job), message: format!("no job {job} on this scheduler") },
+    );
+}
+
+/// One job's progress by state, and its timing.
+pub fn on_job(core: &Core, fx: &mut impl Effects, now: u64, conn: ConnId, job: JobId) {
+    let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
+    let mut states = std::collections::BTreeMap::new();
+    for t in &j.tasks {
+        *states.entry(describe_state(core, t).0.to_string()).or_insert(0u32) += 1;
+    }
+    let elapsed_s = j.done_at.unwrap_or(now).saturating_sub(j.submitted_at) as f64 / 1e6;
+    let outcomes = (j.finished + j.failed) as f64;
+    let detail = crate::protocol::JobDetail {
+        info: job_info(job, j),
+        states,
+        elapsed_s,
+        tasks_per_s: if elapsed_s > 0.0 { outcomes / elapsed_s } else { 0.0 },
+        retried_attempts: j.tasks.iter().map(|t| t.attempts.saturating_sub(1) as u64).sum(),
+    };
+    fx.to_client(conn, ToClient::Job { job: detail });
+}
+
+/// Puts failed and canceled tasks of a job back in line: ready if their
+/// dependencies are done, waiting otherwise (dependents that failed with
+/// them wait for them again). Attempt numbers go on counting, so a late
+/// report of an earlier attempt is still told apart.
+pub(super) fn retry_tasks(core: &mut Core, job: JobId, idx: &[u32]) -> Vec<TaskId> {
+    let mut ready = Vec::new();
+    let Some(j) = core.jobs.get_mut(&job) else { return ready };
+    for &i in idx {
+        let Some(t) = j.tasks.get_mut(i as usize) else { continue };
+        if !matches!(t.state, TaskState::Failed | TaskState::Canceled) {
+            continue;
+        }
+        t.outcome = None;
+        t.failures = 0;
+        t.killed.clear();
+        j.failed -= 1;
+        j.done_at = None;
+        if t.waiting == 0 {
+            t.state = TaskState::Ready;
+            ready.push(TaskId { job, idx: i });
+        } else {
+            t.state = TaskState::Waiting;
+        }
+    }
+    ready
+}
+
+/// `ctl retry JOB`: runs the job's failed and canceled tasks again.
+pub fn on_retry(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
+    let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
+    let failed = |t: &Task| matches!(t.state, TaskState::Failed | TaskState::Canceled);
+    // A task that depends on a failed task of another job would wait forever.
+    let blocked = |t: &Task| t.deps.iter().any(|d| d.job != job && core.find_task(*d).is_some_and(failed));
+    let idx: Vec<u32> = (0..j.tasks.len() as u32)
+        .filter(|i| failed(&j.tasks[*i as usize]) && !blocked(&j.tasks[*i as usize]))
         .collect();
+    if idx.is_empty() {
+        let message = format!("job {job} has no failed or canceled tasks");
+        return fx.to_client(conn, ToClient::Done { message });
+    }
+    // Live retries of the job: a watcher that saw `JobDone` watches again.
+    fx.journal(Record::TasksRetried { job, idx: idx.clone() });
+    let ready = retry_tasks(core, job, &idx);
+    tracing::info!(job = %job, tasks = idx.len(), "retrying failed tasks");
+    for t in ready {
+        core.push_ready(t);
+    }
+    schedule(core, fx);
+    fx.to_client(conn, ToClient::Done { message: format!("retrying {} tasks of job {job}", idx.len()) });
+}
+
+/// `ctl retire-worker W`: the worker takes nothing new, hands its queued
+/// tasks back, finishes the running ones and stops; a nanny's worker is
+/// retired through its nanny, which does not restart it.
+pub fn on_retire_worker(core: &mut Core, fx: &mut impl Effects, conn: ConnId, worker: WorkerId) {
+    let Some(w) = core.workers.get_mut(&worker) else {
+        let message = format!("no worker {worker} (see `actord ctl workers`)");
+        return fx.to_client(conn, ToClient::Error { job: None, message });
+    };
+    w.draining = true;
+    let running = w.assigned.len();
+    let (wconn, host) = (w.conn, w.host.clone());
+    let nanny = w.nanny.as_ref().and_then(|slot| {
+        core.nannies.values().find(|n| n.pid == slot.pid && n.host == host).map(|n| (n.conn, slot.slot))
+    });
+    match nanny {
+        Some((nconn, slot)) => fx.to_nanny(nconn, ToNanny::RetireWorker { slot }),
+        None => fx.to_worker(wconn, ToWorker::Retire),
+    }
+    tracing::info!(worker = %worker, running, "retiring worker");
+    let message = format!(
+        "retiring {worker}: it takes no new tasks; {running} assigned ones finish or move, then it stops"
+    );
+    fx.to_client(conn, ToClient::Done { message });
+}
+
+/// `ctl shutdown --drain`: hand out nothing more and ask workers for their
+/// queued tasks back; the scheduler stops once `assigned_count` is zero.
+pub fn on_drain(core: &mut Core, fx: &mut impl Effects) {
+    core.stopping = true;
+    for w in core.workers.values() {
+        let queued: Vec<TaskId> = w.assigned.iter().copied().collect();
+        if !queued.is_empty() {
+            for t in &queued {
+                core.stealing.insert(*t);
+            }
+            fx.to_worker(w.conn, ToWorker::Steal { tasks: queued });
+        }
+    }
+    tracing::info!(assigned = core.assigned_count(), "draining: waiting for running tasks before stopping");
+}
+
+pub fn on_jobs(core: &Core, fx: &mut impl Effects, conn: ConnId) {
+    let mut jobs: Vec<crate::protocol::JobInfo> = core.jobs.iter().map(|(id, j)| job_info(*id, j)).collect();
     jobs.sort_by_key(|j| core.jobs[&j.id].seq);
     fx.to_client(conn, ToClient::Jobs { jobs });
 }
 
-pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, epoch: u64) {
+/// What the scheduler's process adds to the core's own figures in `ctl status`.
+#[derive(Default)]
+pub struct StatusExtra {
+    pub epoch: u64,
+    pub uptime_s: u64,
+    pub journal_path: Option<String>,
+    pub journal_bytes: u64,
+    pub tasks_per_s: f64,
+}
+
+pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, extra: StatusExtra) {
     let mut s = crate::protocol::StatusInfo {
-        epoch,
+        epoch: extra.epoch,
+        uptime_s: extra.uptime_s,
+        journal_path: extra.journal_path,
+        journal_bytes: extra.journal_bytes,
+        tasks_per_s: extra.tasks_per_s,
+        draining: core.stopping,
         workers: core.workers.len() as u32,
         slots: core.workers.values().map(|w| w.slots).sum(),
         nannies: core.nannies.len() as u32,

@@ -137,6 +137,8 @@ pub struct Worker {
     pub last_seen: u64,
     /// Draining: finishing what it runs, taking nothing new.
     pub draining: bool,
+    /// Resident memory of its process, from its last heartbeat.
+    pub rss_kib: u64,
     /// What it has beyond its slots, and how much of it its tasks hold.
     pub resources: crate::protocol::Resources,
     pub used: crate::protocol::Resources,
@@ -226,11 +228,20 @@ pub struct Core {
     pub nannies: BTreeMap<u64, NannyRecord>,
     pub nanny_by_conn: HashMap<ConnId, u64>,
     pub next_nanny: u64,
+    /// Outcomes recorded since start-up (replay included): for throughput.
+    pub outcomes_total: u64,
+    /// Draining for a shutdown: no task is handed out any more.
+    pub stopping: bool,
 }
 
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
         Core { config, ..Default::default() }
+    }
+
+    /// Tasks handed to workers and not yet reported.
+    pub fn assigned_count(&self) -> usize {
+        self.workers.values().map(|w| w.assigned.len()).sum()
     }
 
     pub fn find_task(&self, id: TaskId) -> Option<&Task> {

@@ -237,6 +237,7 @@ fn prefetch_grows_with_short_tasks_and_stays_small_for_long_ones() {
         avg_task_us: None,
         last_seen: 0,
         draining: false,
+        rss_kib: 0,
         resources: Default::default(),
         used: Default::default(),
     };
@@ -287,7 +288,7 @@ fn a_silent_worker_is_lost_and_its_late_reports_are_recorded_once() {
     assert_eq!((a1.len(), a2.len()), (1, 1));
 
     // Worker 2 keeps beating; worker 1 goes quiet (SIGSTOP).
-    on_heartbeat(&mut core, &mut fx, timeout, ConnId(2));
+    on_heartbeat(&mut core, &mut fx, timeout, ConnId(2), 0);
     on_tick(&mut core, &mut fx, timeout / 2);
     assert_eq!(core.workers.len(), 2, "not yet");
     on_tick(&mut core, &mut fx, timeout + 1);
@@ -302,7 +303,7 @@ fn a_silent_worker_is_lost_and_its_late_reports_are_recorded_once() {
 
     // Worker 1 wakes up: its late report is dropped, it is told once to re-register.
     on_reports(&mut core, &mut fx, timeout + 3, ConnId(1), 1, vec![report(&a1[0], ok(99))]);
-    on_heartbeat(&mut core, &mut fx, timeout + 4, ConnId(1));
+    on_heartbeat(&mut core, &mut fx, timeout + 4, ConnId(1), 0);
     core.sanity_check();
     assert_eq!(core.duplicate_reports, 1);
     assert_eq!(core.jobs[&job].tasks[a1[0].task.idx as usize].outcome, Some(ok(10)));

@@ -45,6 +45,9 @@ pub enum Record {
     TasksDone { job: JobId, done: Vec<DoneTask> },
     /// The job and its results are gone for good.
     JobForgotten { job: JobId },
+    /// An operator asked to run these failed tasks again (`ctl retry`):
+    /// their outcomes so far are void, the next ones count.
+    TasksRetried { job: JobId, idx: Vec<u32> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +88,9 @@ impl Journal for MemJournal {
         for r in records {
             if let Record::JobForgotten { job } = r {
                 self.records.retain(|x| match x {
-                    Record::JobSubmitted { job: j, .. } | Record::TasksDone { job: j, .. } => j != job,
+                    Record::JobSubmitted { job: j, .. }
+                    | Record::TasksDone { job: j, .. }
+                    | Record::TasksRetried { job: j, .. } => j != job,
                     Record::JobForgotten { .. } => false,
                 });
             } else {
@@ -137,6 +142,16 @@ impl Journal for AnyJournal {
         match self {
             AnyJournal::Mem(j) => j.epoch(),
             AnyJournal::Sled(j) => j.epoch(),
+        }
+    }
+}
+
+impl AnyJournal {
+    /// Where it is on disk, and how many bytes it takes there (`None`: in memory).
+    pub fn location(&self) -> Option<(PathBuf, u64)> {
+        match self {
+            AnyJournal::Mem(_) => None,
+            AnyJournal::Sled(j) => Some((j.dir().to_path_buf(), j.size_on_disk())),
         }
     }
 }

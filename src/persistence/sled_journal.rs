@@ -128,6 +128,13 @@ impl SledJournal {
     }
 }
 
+/// Values of the `done` tree other than a batch of outcomes (which is a
+/// plain array, and stays so for journals written before).
+#[derive(Serialize, serde::Deserialize)]
+enum DoneEntry {
+    Retried(Vec<u32>),
+}
+
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, JournalError> {
     rmp_serde::to_vec(v).map_err(|e| JournalError::Write(e.to_string()))
 }
@@ -157,6 +164,11 @@ impl Journal for SledJournal {
                 Record::TasksDone { job, done: d } => {
                     let id = self.db.generate_id().map_err(w)?;
                     done.insert(job_key(job, &id.to_be_bytes()), encode(d)?);
+                }
+                Record::TasksRetried { job, idx } => {
+                    // In the same tree, so that replay keeps the order.
+                    let id = self.db.generate_id().map_err(w)?;
+                    done.insert(job_key(job, &id.to_be_bytes()), encode(&DoneEntry::Retried(idx.clone()))?);
                 }
                 Record::JobForgotten { job } => {
                     // Staged writes first, so a forget after them removes them too.
@@ -207,8 +219,13 @@ impl Journal for SledJournal {
         for item in self.done.iter() {
             let (k, v) = item.map_err(|e| corrupt(&[], e.to_string()))?;
             let job = key_job(&k).ok_or_else(|| corrupt(&k, "bad key".into()))?;
-            let done: Vec<DoneTask> = rmp_serde::from_slice(&v).map_err(|e| corrupt(&k, e.to_string()))?;
-            out.push(Record::TasksDone { job, done });
+            match rmp_serde::from_slice::<Vec<DoneTask>>(&v) {
+                Ok(done) => out.push(Record::TasksDone { job, done }),
+                Err(e) => match rmp_serde::from_slice::<DoneEntry>(&v) {
+                    Ok(DoneEntry::Retried(idx)) => out.push(Record::TasksRetried { job, idx }),
+                    Err(_) => return Err(corrupt(&k, e.to_string())),
+                },
+            }
         }
         Ok(out)
     }

@@ -191,8 +191,12 @@ pub enum FromWorker {
         batch: u64,
         reports: Vec<TaskReport>,
     },
-    /// Sent every heartbeat interval, so a hung worker can be told from a busy one.
-    Heartbeat,
+    /// Sent every heartbeat interval, so a hung worker can be told from a
+    /// busy one; carries the worker process's resident memory.
+    Heartbeat {
+        #[serde(default)]
+        rss_kib: u64,
+    },
     /// The worker is shutting down on purpose (its nanny or a signal asked).
     Goodbye,
     /// Answer to `Steal`: these queued tasks were taken out of its queue (the
@@ -246,6 +250,10 @@ pub enum ToWorker {
     },
     /// Finish nothing more and exit.
     Shutdown,
+    /// Retire: hand back queued tasks, finish the running ones, then exit
+    /// (as on SIGTERM). Sent to workers without a nanny; a nanny's worker is
+    /// retired through `ToNanny::RetireWorker`.
+    Retire,
 }
 
 /// Which nanny (by pid, on the worker's host) and which of its slots a worker runs in.
@@ -304,6 +312,22 @@ pub enum FromClient {
     Resolve { job: JobId, key: String },
     /// Cancel the job's unfinished tasks named by `keys` (all of them if empty).
     Cancel { job: JobId, keys: Vec<String> },
+    /// One job's progress by state and its timing; answered with `Job`.
+    Job { job: JobId },
+    /// Run the job's failed and canceled tasks again (and the dependents
+    /// that failed with them); answered with `Done`.
+    Retry { job: JobId },
+    /// Drain a worker: no new tasks, queued ones go elsewhere, running ones
+    /// finish, then it stops (its nanny does not restart it); answered with `Done`.
+    RetireWorker { worker: WorkerId },
+    /// The journal: path, size, records, last flush; answered with `Journal`.
+    Journal,
+    /// Stop handing out tasks, wait for the running ones to finish and be
+    /// journaled, then stop; answered with `Done` at once.
+    DrainAndShutdown,
+    /// Change the scheduler's log filter (e.g. `debug`, `actord=trace`);
+    /// answered with `Done`.
+    LogLevel { level: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -356,6 +380,14 @@ pub enum ToClient {
     Done {
         message: String,
     },
+    /// Answer to `Job`.
+    Job {
+        job: JobDetail,
+    },
+    /// Answer to `Journal`.
+    Journal {
+        journal: JournalInfo,
+    },
     Error {
         job: Option<JobId>,
         message: String,
@@ -380,6 +412,15 @@ pub struct WorkerInfo {
     pub nanny: Option<NannySlot>,
     #[serde(default)]
     pub resources: Resources,
+    /// Milliseconds since the scheduler last heard from it.
+    #[serde(default)]
+    pub last_heard_ms: u64,
+    /// Resident memory of the worker process, from its last heartbeat (0: none yet).
+    #[serde(default)]
+    pub rss_kib: u64,
+    /// Retiring or shutting down: it takes no new tasks.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 // ---- nanny <-> scheduler ----
@@ -399,6 +440,8 @@ pub enum SlotState {
     Failed {
         reason: String,
     },
+    /// An operator retired its worker: the slot is left empty.
+    Retired,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -424,6 +467,10 @@ pub enum ToNanny {
     },
     /// Restart the worker in this slot (an operator asked).
     RestartWorker {
+        slot: u32,
+    },
+    /// Retire the worker in this slot: SIGTERM (it drains), no restart.
+    RetireWorker {
         slot: u32,
     },
     Error {
@@ -452,6 +499,35 @@ pub struct TaskInfo {
     pub error: Option<String>,
 }
 
+/// One job as `actord ctl job` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobDetail {
+    pub info: JobInfo,
+    /// Tasks by state (the states of `TaskInfo`), only those with some.
+    pub states: std::collections::BTreeMap<String, u32>,
+    /// Seconds from submission to its last outcome, or to now.
+    pub elapsed_s: f64,
+    /// Outcomes per second since submission.
+    pub tasks_per_s: f64,
+    /// Attempts beyond the first, over all its tasks.
+    pub retried_attempts: u64,
+}
+
+/// The journal as `actord ctl journal` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournalInfo {
+    /// `None`: results are kept in memory only (`--no-journal`).
+    pub path: Option<String>,
+    pub bytes: u64,
+    /// Records replayed at start-up plus those appended since.
+    pub records: u64,
+    pub records_replayed: u64,
+    /// Flushes (fsyncs) since start-up, and how long ago the last one ended.
+    pub flushes: u64,
+    pub last_flush_ms_ago: Option<u64>,
+    pub epoch: u64,
+}
+
 /// One job as `actord ctl jobs` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobInfo {
@@ -468,7 +544,7 @@ pub struct JobInfo {
 }
 
 /// The scheduler at a glance (`actord ctl status`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusInfo {
     pub epoch: u64,
     pub workers: u32,
@@ -483,4 +559,16 @@ pub struct StatusInfo {
     pub tasks_queued: u64,
     /// Late reports dropped by the record-once rule.
     pub duplicate_reports: u64,
+    #[serde(default)]
+    pub uptime_s: u64,
+    #[serde(default)]
+    pub journal_path: Option<String>,
+    #[serde(default)]
+    pub journal_bytes: u64,
+    /// Outcomes per second over the last ten seconds or so.
+    #[serde(default)]
+    pub tasks_per_s: f64,
+    /// Draining before a shutdown: no new tasks are handed out.
+    #[serde(default)]
+    pub draining: bool,
 }
