@@ -588,12 +588,8 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             let states: Vec<String> = d.states.iter().map(|(k, n)| format!("{k} {n}")).collect();
             println!("tasks      {}", states.join(", "));
             println!("submitted  {submitted}");
-            println!(
-                "{}    {:.3} s, {:.1} tasks/s",
-                if i.done_at.is_some() { "took  " } else { "running" },
-                d.elapsed_s,
-                d.tasks_per_s
-            );
+            let took = if i.done_at.is_some() { "took" } else { "running" };
+            println!("{took:<10} {:.3} s, {:.1} tasks/s", d.elapsed_s, d.tasks_per_s);
             println!("retries    {} attempts beyond the first", d.retried_attempts);
             Ok(ExitCode::SUCCESS)
         }

@@ -5,7 +5,8 @@
 //! - `meta`: `version` (u32 BE) and `epoch` (u64 BE, bumped at every open);
 //! - `jobs`: key `job uuid ++ part (u32 BE)` → a `JobPart` (≤ 65,536 tasks);
 //! - `done`: key `job uuid ++ id (u64 BE, sled's generate_id)` → a batch of
-//!   finished tasks (`Vec<DoneTask>`);
+//!   finished tasks (`Vec<DoneTask>`), or a retry (`{"Retried": [idx]}`), in
+//!   the order they happened;
 //! - `holder.json` beside them: pid, host and start time of the scheduler
 //!   that has it open.
 //!

@@ -292,6 +292,21 @@ mod tests {
         assert!(r[0] == ja);
     }
 
+    #[tokio::test]
+    async fn a_retry_replays_between_the_outcomes_it_voids_and_the_next_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, ja) = job(2, 1);
+        let retried = Record::TasksRetried { job: a, idx: vec![1] };
+        {
+            let mut j = SledJournal::open(dir.path()).unwrap();
+            j.append(&[ja.clone(), done(a, 1)]).unwrap();
+            j.append(&[retried.clone(), done(a, 1), done(a, 0)]).unwrap();
+            j.flush().await.unwrap();
+        }
+        let r = reopen(dir.path()).replay().unwrap();
+        assert_eq!(r, vec![ja, done(a, 1), retried, done(a, 1), done(a, 0)]);
+    }
+
     #[test]
     fn a_second_opener_is_told_who_holds_the_journal() {
         let dir = tempfile::tempdir().unwrap();
