@@ -141,6 +141,7 @@ fn assignments(n: usize) -> ToWorker {
                 kind: TaskKind::Fn { name: "inc".into(), args: rmp_serde::to_vec(&(i as i64)).unwrap() },
                 time_limit_ms: None,
                 resources: Default::default(),
+                pending_inputs: vec![],
             })
             .collect(),
     }

@@ -61,6 +61,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
     let worker_id = Arc::new(AtomicU64::new(0));
     let registry = Arc::new(registry);
     let control = Arc::new(Control::default());
+    let pinned = Arc::new(std::sync::Mutex::new(Pinned::default()));
     control.lock().free_gpus = opts.gpus.clone();
     control.lock().max_result = opts.max_result;
     for slot in 0..opts.threads.max(1) {
@@ -70,18 +71,33 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
         let reg = registry.clone();
         let wid = worker_id.clone();
         let work_dir = opts.work_dir.clone();
+        let pinned = pinned.clone();
+        let queue = task_tx.clone();
         std::thread::Builder::new()
             .name(format!("slot-{slot}"))
             .spawn(move || {
                 for a in rx.iter() {
-                    let task = a.task;
-                    let report = run_task(&reg, &work_dir, WorkerId(wid.load(Ordering::Relaxed)), a, &ctl);
-                    // A function past its time limit was reported failed already.
-                    if ctl.take_expired(task) {
-                        continue;
-                    }
-                    if tx.send(report).is_err() {
-                        return;
+                    let mut next = Some(a);
+                    while let Some(a) = next.take() {
+                        let task = a.task;
+                        let report =
+                            run_task(&reg, &work_dir, WorkerId(wid.load(Ordering::Relaxed)), a, &ctl);
+                        // A function past its time limit was reported failed already.
+                        let expired = ctl.take_expired(task);
+                        let result = match &report.outcome {
+                            Outcome::Ok { result } if !expired => Some(result.clone()),
+                            _ => None,
+                        };
+                        let ready = lock_pinned(&pinned).finished(task, result);
+                        if !expired && tx.send(report).is_err() {
+                            return;
+                        }
+                        // The first pinned task this completes runs here at once.
+                        let mut ready = ready.into_iter();
+                        next = ready.next();
+                        for a in ready {
+                            let _ = queue.send(a);
+                        }
                     }
                 }
             })
@@ -120,7 +136,8 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
             }
         };
         backoff = Duration::from_millis(50);
-        let mut slots = Slots { tx: &task_tx, rx: &task_rx, reports: &mut report_rx, ctl: &control };
+        let mut slots =
+            Slots { tx: &task_tx, rx: &task_rx, reports: &mut report_rx, ctl: &control, pinned: &pinned };
         book.reconnected(&mut slots);
         let end = session(&opts, &registry, conn, slots, &worker_id, &mut book, &mut term).await;
         match end {
@@ -156,6 +173,106 @@ async fn connect(opts: &WorkerOptions, timeout: Duration) -> Result<(Conn, Sched
     .await
     .map_err(|e| format!("cannot reach scheduler at {} ({}): {e}", file.address, file.describe()))?;
     Ok((conn, file))
+}
+
+/// Tasks pinned to this worker ahead of inputs it produces itself (see
+/// `Assignment::pending_inputs`), shared by the connection loop and the slot
+/// threads: the slot that finishes a task starts the pinned task it
+/// completes right away, without a round trip through the scheduler.
+#[derive(Default)]
+struct Pinned {
+    /// Pinned tasks waiting for inputs: the assignment and how many are missing.
+    waiting: FxHashMap<TaskId, (Assignment, usize)>,
+    /// The pinned tasks (and input positions) waiting for a task's result.
+    waiters: FxHashMap<TaskId, Vec<(TaskId, u32)>>,
+    /// Results of tasks run here whose reports are not yet acknowledged
+    /// (`None`: failed): a pin can arrive after its input is done.
+    results: FxHashMap<TaskId, Option<bytes::Bytes>>,
+    /// Pinned tasks a slot started, with their attempt, until they finish.
+    started: FxHashMap<TaskId, u32>,
+}
+
+impl Pinned {
+    /// A pinned assignment arrived: returned if its inputs are all here
+    /// already (to run now); kept waiting otherwise; dropped if one of them
+    /// failed here (the scheduler decides what becomes of it).
+    fn add(&mut self, mut a: Assignment) -> Option<Assignment> {
+        let mut missing = Vec::new();
+        for (pos, dep) in std::mem::take(&mut a.pending_inputs) {
+            match self.results.get(&dep) {
+                Some(Some(r)) => {
+                    if let Some(slot) = a.inputs.get_mut(pos as usize) {
+                        *slot = r.clone();
+                    }
+                }
+                Some(None) => return None,
+                None => missing.push((pos, dep)),
+            }
+        }
+        if missing.is_empty() {
+            return Some(a);
+        }
+        for (pos, dep) in &missing {
+            self.waiters.entry(*dep).or_default().push((a.task, *pos));
+        }
+        self.waiting.insert(a.task, (a, missing.len()));
+        None
+    }
+
+    /// A task finished here (`result`: its result, `None` if it failed): the
+    /// pinned tasks it completes, ready to run (the first is marked started
+    /// for the caller to run). A failure drops those waiting for it, transitively.
+    fn finished(&mut self, task: TaskId, result: Option<bytes::Bytes>) -> Vec<Assignment> {
+        self.started.remove(&task);
+        self.results.insert(task, result.clone());
+        let mut ready = Vec::new();
+        let Some(waiters) = self.waiters.remove(&task) else { return ready };
+        let Some(result) = result else {
+            let mut stack: Vec<TaskId> = waiters.into_iter().map(|(t, _)| t).collect();
+            while let Some(t) = stack.pop() {
+                if self.waiting.remove(&t).is_some() {
+                    stack.extend(self.waiters.remove(&t).unwrap_or_default().into_iter().map(|(t, _)| t));
+                }
+            }
+            return ready;
+        };
+        for (t, pos) in waiters {
+            let Some((a, missing)) = self.waiting.get_mut(&t) else { continue };
+            if let Some(slot) = a.inputs.get_mut(pos as usize) {
+                *slot = result.clone();
+            }
+            *missing -= 1;
+            if *missing == 0 {
+                ready.extend(self.waiting.remove(&t).map(|(a, _)| a));
+            }
+        }
+        if let Some(first) = ready.first() {
+            self.started.insert(first.task, first.attempt);
+        }
+        ready
+    }
+
+    /// Drops these pinned tasks if they are waiting; returns those dropped.
+    fn cancel(&mut self, tasks: &[TaskId]) -> Vec<TaskId> {
+        let dropped: Vec<TaskId> =
+            tasks.iter().copied().filter(|t| self.waiting.remove(t).is_some()).collect();
+        if !dropped.is_empty() {
+            for w in self.waiters.values_mut() {
+                w.retain(|(t, _)| !dropped.contains(t));
+            }
+        }
+        dropped
+    }
+
+    /// Every waiting pinned task, taken out (a new scheduler, or a drain).
+    fn take_waiting(&mut self) -> Vec<TaskId> {
+        self.waiters.clear();
+        self.waiting.drain().map(|(t, _)| t).collect()
+    }
+}
+
+fn lock_pinned(p: &std::sync::Mutex<Pinned>) -> std::sync::MutexGuard<'_, Pinned> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Cancellation state shared by the connection loop and the slot threads.
@@ -247,6 +364,7 @@ struct Slots<'a> {
     rx: &'a crossbeam_channel::Receiver<Assignment>,
     reports: &'a mut mpsc::UnboundedReceiver<TaskReport>,
     ctl: &'a Arc<Control>,
+    pinned: &'a std::sync::Mutex<Pinned>,
 }
 
 impl Slots<'_> {
@@ -292,6 +410,12 @@ impl Book {
     /// them), every unacknowledged result is sent again.
     fn reconnected(&mut self, slots: &mut Slots) {
         self.drop_queued(slots);
+        {
+            // Pins were the old scheduler's plan; the new one makes its own.
+            let mut p = lock_pinned(slots.pinned);
+            p.take_waiting();
+            p.results.clear();
+        }
         let mut again: Vec<TaskReport> = self.unacked.drain(..).flat_map(|(_, r)| r).collect();
         again.append(&mut self.unsent);
         self.unsent = again;
@@ -302,10 +426,11 @@ impl Book {
     }
 
     fn drop_queued(&mut self, slots: &Slots) -> Vec<TaskId> {
-        let queued = slots.take_queued();
+        let mut queued = slots.take_queued();
         for t in &queued {
             self.held.remove(t);
         }
+        queued.extend(lock_pinned(slots.pinned).take_waiting());
         queued
     }
 
@@ -314,9 +439,14 @@ impl Book {
         self.unsent.push(r);
     }
 
-    fn acked(&mut self, batch: u64) {
+    fn acked(&mut self, batch: u64, pinned: &std::sync::Mutex<Pinned>) {
+        let mut p = lock_pinned(pinned);
         while self.unacked.front().is_some_and(|(b, _)| *b <= batch) {
-            self.unacked.pop_front();
+            if let Some((_, reports)) = self.unacked.pop_front() {
+                for r in reports {
+                    p.results.remove(&r.task);
+                }
+            }
         }
     }
 
@@ -324,8 +454,9 @@ impl Book {
         self.unacked.iter().map(|(_, r)| r.len()).sum::<usize>() + self.unsent.len()
     }
 
-    fn running(&self) -> Vec<(TaskId, u32)> {
-        self.held.iter().map(|(t, a)| (*t, *a)).collect()
+    fn running(&self, pinned: &std::sync::Mutex<Pinned>) -> Vec<(TaskId, u32)> {
+        let p = lock_pinned(pinned);
+        self.held.iter().chain(p.started.iter()).map(|(t, a)| (*t, *a)).collect()
     }
 
     /// Moves every report the slots have ready into `unsent` (a frame's worth).
@@ -359,14 +490,19 @@ async fn send<T: serde::Serialize>(sink: &mut FrameSink, msg: &T) -> Result<(), 
     sink.send(frame).await.map_err(|e| e.to_string())
 }
 
-fn register(opts: &WorkerOptions, registry: &Registry, book: &Book) -> FromWorker {
+fn register(
+    opts: &WorkerOptions,
+    registry: &Registry,
+    book: &Book,
+    pinned: &std::sync::Mutex<Pinned>,
+) -> FromWorker {
     FromWorker::Register {
         slots: opts.threads.max(1),
         host: crate::util::hostname(),
         pid: std::process::id(),
         functions: registry.names(),
         nanny: opts.nanny.clone(),
-        running: book.running(),
+        running: book.running(pinned),
         resources: opts.resources.clone(),
     }
 }
@@ -380,7 +516,7 @@ async fn session(
     book: &mut Book,
     term: &mut tokio::signal::unix::Signal,
 ) -> SessionEnd {
-    if let Err(e) = conn.write(&register(opts, registry, book)).await {
+    if let Err(e) = conn.write(&register(opts, registry, book, slots.pinned)).await {
         return SessionEnd::Lost(e.to_string());
     }
     let (mut sink, mut stream) = conn.into_split();
@@ -404,12 +540,20 @@ async fn session(
                         tracing::info!(worker = %worker, slots = opts.threads, "registered with the scheduler");
                     }
                     Ok(ToWorker::Assign { tasks }) => {
-                        for t in tasks {
+                        // Pins first, so that none misses a result its input
+                        // produces while this frame is being handed out.
+                        let (pins, plain): (Vec<_>, Vec<_>) =
+                            tasks.into_iter().partition(|t| !t.pending_inputs.is_empty());
+                        let ready: Vec<Assignment> = {
+                            let mut p = lock_pinned(slots.pinned);
+                            pins.into_iter().filter_map(|a| p.add(a)).collect()
+                        };
+                        for t in plain.into_iter().chain(ready) {
                             book.held.insert(t.task, t.attempt);
                             let _ = slots.tx.send(t);
                         }
                     }
-                    Ok(ToWorker::Ack { batch }) => book.acked(batch),
+                    Ok(ToWorker::Ack { batch }) => book.acked(batch, slots.pinned),
                     Ok(ToWorker::Steal { tasks }) => {
                         let given = slots.give_back(&tasks);
                         for t in &given {
@@ -420,17 +564,23 @@ async fn session(
                         }
                     }
                     Ok(ToWorker::Cancel { tasks }) => {
-                        for t in &tasks {
-                            book.held.remove(t);
-                        }
-                        ctl.cancel(&tasks, CANCEL_GRACE);
+                        let dropped = lock_pinned(slots.pinned).cancel(&tasks);
+                        let started = lock_pinned(slots.pinned).started.clone();
+                        // Only tasks held here: a mark for another would
+                        // cancel it if it came back later.
+                        let held: Vec<TaskId> = tasks
+                            .into_iter()
+                            .filter(|t| !dropped.contains(t))
+                            .filter(|t| book.held.remove(t).is_some() || started.contains_key(t))
+                            .collect();
+                        ctl.cancel(&held, CANCEL_GRACE);
                     }
                     Ok(ToWorker::Error { message }) => tracing::warn!(%message, "scheduler reports an error"),
                     Ok(ToWorker::Reregister { reason }) => {
                         tracing::warn!(%reason, "registering again as a new worker");
                         // Queued tasks went to others; running ones finish and report.
                         book.drop_queued(&slots);
-                        if let Err(e) = send(&mut sink, &register(opts, registry, book)).await {
+                        if let Err(e) = send(&mut sink, &register(opts, registry, book, slots.pinned)).await {
                             return SessionEnd::Lost(e);
                         }
                     }
@@ -480,12 +630,14 @@ async fn drain(
         return;
     }
     let deadline = tokio::time::Instant::now() + opts.drain_timeout;
-    while !book.held.is_empty() || book.pending() > 0 {
+    let busy =
+        |book: &Book, slots: &Slots| !book.held.is_empty() || !lock_pinned(slots.pinned).started.is_empty();
+    while busy(book, &slots) || book.pending() > 0 {
         if book.flush(sink).await.is_err() {
             return;
         }
         tokio::select! {
-            first = slots.reports.recv(), if !book.held.is_empty() => {
+            first = slots.reports.recv(), if busy(book, &slots) => {
                 let Some(first) = first else { break };
                 book.collect(first, &mut slots);
             }
@@ -497,7 +649,7 @@ async fn drain(
                         return;
                     }
                 }
-                Ok(Ok(ToWorker::Ack { batch })) => book.acked(batch),
+                Ok(Ok(ToWorker::Ack { batch })) => book.acked(batch, slots.pinned),
                 Ok(_) => {}
                 Err(_) => return,
             },
@@ -814,7 +966,45 @@ mod tests {
             inputs: vec![],
             time_limit_ms: None,
             resources: Default::default(),
+            pending_inputs: vec![],
         }
+    }
+
+    #[test]
+    fn pinned_tasks_run_when_their_local_inputs_finish_and_drop_when_one_fails() {
+        let job = JobId::new();
+        let t = |idx| TaskId { job, idx };
+        let pin = |idx, deps: Vec<(u32, u32)>| Assignment {
+            task: t(idx),
+            inputs: vec![bytes::Bytes::new(); deps.len()],
+            pending_inputs: deps.into_iter().map(|(pos, d)| (pos, t(d))).collect(),
+            ..assignment(TaskKind::Fn { name: "inc".into(), args: vec![] })
+        };
+        let mut p = Pinned::default();
+        // 1 ← 0, 2 ← (0, 1); 0 finishes before 3 ← 0 arrives.
+        assert!(p.add(pin(1, vec![(0, 0)])).is_none());
+        assert!(p.add(pin(2, vec![(0, 0), (1, 1)])).is_none());
+        let ready = p.finished(t(0), Some(bytes::Bytes::from_static(b"a")));
+        assert_eq!(ready.iter().map(|a| a.task).collect::<Vec<_>>(), vec![t(1)]);
+        assert_eq!(ready[0].inputs, vec![bytes::Bytes::from_static(b"a")]);
+        assert!(p.started.contains_key(&t(1)), "the first one is run by the caller");
+        let late = p.add(pin(3, vec![(0, 0)])).expect("its input is here already");
+        assert_eq!(late.inputs, vec![bytes::Bytes::from_static(b"a")]);
+        let ready = p.finished(t(1), Some(bytes::Bytes::from_static(b"b")));
+        assert_eq!(ready[0].inputs, vec![bytes::Bytes::from_static(b"a"), bytes::Bytes::from_static(b"b")]);
+        assert!(p.started.contains_key(&t(2)) && !p.started.contains_key(&t(1)));
+
+        // A failure drops what waits for it, transitively; a cancel drops one.
+        let mut p = Pinned::default();
+        assert!(p.add(pin(1, vec![(0, 0)])).is_none());
+        assert!(p.add(pin(2, vec![(0, 1)])).is_none());
+        assert!(p.add(pin(4, vec![(0, 3)])).is_none());
+        assert!(p.finished(t(0), None).is_empty());
+        assert_eq!(p.waiting.keys().copied().collect::<Vec<_>>(), vec![t(4)]);
+        assert!(p.add(pin(5, vec![(0, 0)])).is_none(), "its input failed here: dropped");
+        assert!(!p.waiting.contains_key(&t(5)));
+        assert_eq!(p.cancel(&[t(4), t(9)]), vec![t(4)]);
+        assert!(p.waiting.is_empty() && p.waiters.values().all(|w| w.is_empty()));
     }
 
     #[test]

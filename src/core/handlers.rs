@@ -109,6 +109,9 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
     for (n, (_, tid)) in lost.into_iter().enumerate() {
         let default_kills = core.config.max_worker_kills;
         let task = core.get_task_mut(tid);
+        if task.outcome.is_some() {
+            continue; // pinned there, and failed with a dependency given up on above
+        }
         let max_kills = task.max_worker_kills.unwrap_or(default_kills).max(1);
         if died && n < w.slots as usize {
             task.killed.push(id);
@@ -122,12 +125,27 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
             );
             graph::complete(core, now, tid, Outcome::Err { error }, false, &mut failed);
         } else {
-            task.state = TaskState::Ready;
-            core.push_ready(tid);
+            requeue(core, tid, false);
         }
     }
     graph::flush_completed(core, fx, failed);
     schedule(core, fx);
+}
+
+/// A task a worker no longer holds goes back in line: ready, or waiting if
+/// it was pinned there ahead of its inputs. `unstarted`: that attempt never
+/// began, so the next one keeps its number.
+fn requeue(core: &mut Core, tid: TaskId, unstarted: bool) {
+    let task = core.get_task_mut(tid);
+    if unstarted {
+        task.attempts = task.attempts.saturating_sub(1);
+    }
+    if task.waiting > 0 {
+        task.state = TaskState::Waiting;
+    } else {
+        task.state = TaskState::Ready;
+        core.push_ready(tid);
+    }
 }
 
 /// The reason `on_worker_lost` gets when a worker said goodbye.
@@ -484,6 +502,7 @@ pub fn on_reports(
             let due = now + backoff.saturating_mul(1 << (task.failures - 1).min(10));
             tracing::info!(task = %r.task, failures = task.failures, retries = task.retries, "task failed; retrying");
             core.delayed.push((due, r.task));
+            completed.cancels.extend(unpin_dependents(core, r.task));
             continue;
         }
         if let TaskState::Assigned(holder) = task.state {
@@ -519,10 +538,6 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
     if core.workers.is_empty() || core.hold_until.is_some() || core.stopping {
         return;
     }
-    if core.ready.is_empty() {
-        steal(core, fx);
-        return;
-    }
     let cfg = core.config.clone();
     let mut free: Vec<(WorkerId, usize, Vec<Assignment>)> = core
         .workers
@@ -556,29 +571,25 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
         next = (k + 1) % n;
         let wid = free[k].0;
         let inputs = graph::inputs(core, tid);
-        core.next_assign_seq += 1;
-        let seq = core.next_assign_seq;
-        let task = core.get_task_mut(tid);
-        task.attempts += 1;
-        task.assigned_seq = seq;
-        task.state = TaskState::Assigned(wid);
-        let a = Assignment {
-            task: tid,
-            key: task.key.clone(),
-            attempt: task.attempts,
-            kind: task.kind.clone(),
-            inputs,
-            time_limit_ms: task.time_limit_ms,
-            resources: task.resources.clone(),
-        };
-        core.workers.get_mut(&wid).expect("worker chosen above").hold(tid, &a.resources);
-        free[k].2.push(a);
+        free[k].2.push(assign(core, wid, tid, inputs, Vec::new()));
         free[k].1 -= 1;
         if free[k].1 == 0 {
             open -= 1;
         }
     }
     core.ready.extend(skipped);
+    // Pinning: a dependent whose unfinished inputs are all produced on one
+    // worker goes there ahead of them, and runs the moment they finish there
+    // (no round trip through the scheduler per link of a chain).
+    let mut frontier = std::mem::take(&mut core.pin_frontier);
+    for (wid, room, batch) in &mut free {
+        let (mine, rest): (Vec<_>, Vec<_>) = frontier.into_iter().partition(|(w, _)| w == wid);
+        frontier = rest;
+        let mut roots: Vec<TaskId> = mine.into_iter().map(|(_, t)| t).collect();
+        roots.extend(batch.iter().map(|a| a.task));
+        pin(core, *wid, roots, room, batch);
+    }
+    core.pin_frontier.extend(frontier.into_iter().filter(|(w, _)| core.workers.contains_key(w)));
     for (wid, _, batch) in free {
         if !batch.is_empty() {
             fx.to_worker(core.workers[&wid].conn, ToWorker::Assign { tasks: batch });
@@ -586,6 +597,128 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
     }
     if core.ready.is_empty() {
         steal(core, fx);
+    }
+}
+
+/// Hands one task to a worker: a new attempt, held there until reported.
+fn assign(
+    core: &mut Core,
+    wid: WorkerId,
+    tid: TaskId,
+    inputs: Vec<bytes::Bytes>,
+    pending_inputs: Vec<(u32, TaskId)>,
+) -> Assignment {
+    core.next_assign_seq += 1;
+    let seq = core.next_assign_seq;
+    let task = core.get_task_mut(tid);
+    task.attempts += 1;
+    task.assigned_seq = seq;
+    task.state = TaskState::Assigned(wid);
+    let a = Assignment {
+        task: tid,
+        key: task.key.clone(),
+        attempt: task.attempts,
+        kind: task.kind.clone(),
+        inputs,
+        time_limit_ms: task.time_limit_ms,
+        resources: task.resources.clone(),
+        pending_inputs,
+    };
+    core.workers.get_mut(&wid).expect("a registered worker").hold(tid, &a.resources);
+    a
+}
+
+/// Pins, breadth first from `roots` (tasks held by `wid`), the dependents
+/// whose unfinished dependencies are all held by `wid`, while it has room;
+/// at most one per slot of each root, so that a fan-out still spreads
+/// across workers. Roots left unexplored wait in `pin_frontier`.
+fn pin(core: &mut Core, wid: WorkerId, roots: Vec<TaskId>, room: &mut usize, batch: &mut Vec<Assignment>) {
+    let slots = core.workers[&wid].slots.max(1) as usize;
+    let mut queue: std::collections::VecDeque<TaskId> = roots.into();
+    while let Some(root) = queue.pop_front() {
+        let Some(r) = core.find_task(root).filter(|t| t.state == TaskState::Assigned(wid)) else { continue };
+        if *room == 0 {
+            core.pin_frontier.push((wid, root));
+            core.pin_frontier.extend(queue.into_iter().map(|t| (wid, t)));
+            return;
+        }
+        let mut pinned_here = 0;
+        for d in r.dependents.clone() {
+            if *room == 0 || pinned_here == slots {
+                break;
+            }
+            let Some(pending) = pinnable(core, wid, d) else { continue };
+            let dt = core.find_task(d).expect("pinnable task");
+            let inputs = dt
+                .deps
+                .iter()
+                .map(|x| match core.find_task(*x).and_then(|t| t.outcome.as_ref()) {
+                    Some(Outcome::Ok { result }) => result.clone(),
+                    _ => bytes::Bytes::new(),
+                })
+                .collect();
+            batch.push(assign(core, wid, d, inputs, pending));
+            *room -= 1;
+            pinned_here += 1;
+            queue.push_back(d);
+        }
+    }
+}
+
+/// A waiting task every unfinished dependency of which is held by `wid`:
+/// the (position, task) of the inputs still to come; `None` otherwise.
+fn pinnable(core: &Core, wid: WorkerId, tid: TaskId) -> Option<Vec<(u32, TaskId)>> {
+    let t = core.find_task(tid)?;
+    if t.state != TaskState::Waiting || !t.resources.is_empty() {
+        return None;
+    }
+    let mut pending = Vec::new();
+    for (i, d) in t.deps.iter().enumerate() {
+        let dep = core.find_task(*d)?;
+        match (&dep.outcome, &dep.state) {
+            (Some(Outcome::Ok { .. }), _) => {}
+            (None, TaskState::Assigned(w)) if *w == wid => pending.push((i as u32, *d)),
+            _ => return None,
+        }
+    }
+    Some(pending)
+}
+
+/// `tid` will not produce its result where its pinned dependents wait for
+/// it (it failed, or moves): they go back to waiting, transitively, and
+/// their workers are told to drop them. Returns (worker, task) to tell.
+pub(super) fn unpin_dependents(core: &mut Core, tid: TaskId) -> Vec<(WorkerId, TaskId)> {
+    let mut out = Vec::new();
+    let mut stack = vec![tid];
+    while let Some(t) = stack.pop() {
+        let dependents = core.find_task(t).map(|t| t.dependents.clone()).unwrap_or_default();
+        for d in dependents {
+            let Some(task) = core.find_task(d) else { continue };
+            let TaskState::Assigned(w) = task.state else { continue };
+            if task.waiting == 0 {
+                continue;
+            }
+            let req = task.resources.clone();
+            if let Some(wk) = core.workers.get_mut(&w) {
+                wk.release(&d, &req);
+            }
+            let task = core.get_task_mut(d);
+            task.state = TaskState::Waiting;
+            task.attempts = task.attempts.saturating_sub(1); // it never started
+            out.push((w, d));
+            stack.push(d);
+        }
+    }
+    out
+}
+
+/// Tells workers to drop tasks that are no longer theirs (grouped per worker).
+pub(super) fn send_cancels(core: &Core, fx: &mut impl Effects, mut list: Vec<(WorkerId, TaskId)>) {
+    list.sort();
+    for chunk in list.chunk_by(|a, b| a.0 == b.0) {
+        if let Some(w) = core.workers.get(&chunk[0].0) {
+            fx.to_worker(w.conn, ToWorker::Cancel { tasks: chunk.iter().map(|(_, t)| *t).collect() });
+        }
     }
 }
 
@@ -616,6 +749,8 @@ fn steal(core: &mut Core, fx: &mut impl Effects) {
         .assigned
         .iter()
         .filter(|t| !core.stealing.contains(t))
+        // A pinned task waits for inputs produced there: it stays.
+        .filter(|t| core.find_task(**t).is_some_and(|t| t.waiting == 0))
         .map(|t| (core.find_task(*t).map_or(0, |t| t.assigned_seq), *t))
         .collect();
     newest.sort_unstable_by(|a, b| b.cmp(a));
@@ -640,11 +775,10 @@ pub fn on_released(core: &mut Core, fx: &mut impl Effects, conn: ConnId, tasks: 
         }
         let req = task.resources.clone();
         core.workers.get_mut(&wid).expect("registered worker").release(tid, &req);
-        let task = core.get_task_mut(*tid);
-        task.state = TaskState::Ready;
+        let unpinned = unpin_dependents(core, *tid);
+        send_cancels(core, fx, unpinned);
         // That attempt never started: the next one keeps its number.
-        task.attempts = task.attempts.saturating_sub(1);
-        core.push_ready(*tid);
+        requeue(core, *tid, true);
     }
     // Asked-for tasks it did not give back had started: stop asking.
     if let Some(w) = core.workers.get(&wid) {
@@ -762,10 +896,9 @@ pub fn on_worker_draining(core: &mut Core, fx: &mut impl Effects, conn: ConnId, 
     tracing::info!(worker = %wid, returned = back.len(), running = w.assigned.len(), "worker draining");
     back.sort();
     for tid in back {
-        let task = core.get_task_mut(tid);
-        task.state = TaskState::Ready;
-        task.attempts = task.attempts.saturating_sub(1); // it never started
-        core.push_ready(tid);
+        let unpinned = unpin_dependents(core, tid);
+        send_cancels(core, fx, unpinned);
+        requeue(core, tid, true); // it never started
     }
     schedule(core, fx);
 }
@@ -969,6 +1102,8 @@ fn describe_state(core: &Core, t: &Task) -> (&'static str, Option<WorkerId>, Opt
         TaskState::Waiting => ("waiting", None, error),
         TaskState::Ready => ("ready", None, error),
         TaskState::Delayed => ("retrying", None, error),
+        // Pinned to a worker ahead of inputs it produces itself.
+        TaskState::Assigned(w) if t.waiting > 0 => ("waiting", Some(*w), error),
         TaskState::Assigned(w) => ("running", Some(*w), error),
         TaskState::Finished => ("finished", None, error),
         TaskState::Failed => ("failed", None, error),

@@ -232,6 +232,9 @@ pub struct Core {
     pub outcomes_total: u64,
     /// Draining for a shutdown: no task is handed out any more.
     pub stopping: bool,
+    /// Tasks on a worker whose dependents may still be pinned there once it
+    /// has room (see `schedule`).
+    pub pin_frontier: Vec<(WorkerId, TaskId)>,
 }
 
 impl Core {
@@ -293,10 +296,18 @@ impl Core {
                         failed += 1;
                         assert!(matches!(t.outcome, Some(Outcome::Err { .. })), "{id}");
                     }
-                    TaskState::Assigned(w) => {
+                    TaskState::Assigned(wid) => {
                         n_assigned += 1;
-                        let w = self.workers.get(w).unwrap_or_else(|| panic!("{id} on gone {w}"));
+                        let w = self.workers.get(wid).unwrap_or_else(|| panic!("{id} on gone {wid}"));
                         assert!(w.assigned.contains(&id));
+                        // Pinned ahead of its inputs: they are all produced there.
+                        for d in &t.deps {
+                            let dep = self.find_task(*d).expect("dependency");
+                            assert!(
+                                dep.outcome.is_some() || dep.state == TaskState::Assigned(*wid),
+                                "{id} pinned to {wid}, its dependency {d} is not there"
+                            );
+                        }
                     }
                     TaskState::Finished => {
                         fin += 1;

@@ -74,6 +74,10 @@ fn ok(v: i64) -> Outcome {
     Outcome::Ok { result: Bytes::from(rmp_serde::to_vec(&v).unwrap()) }
 }
 
+fn err(e: &str) -> Outcome {
+    Outcome::Err { error: e.into() }
+}
+
 fn report(a: &Assignment, outcome: Outcome) -> TaskReport {
     TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 10 }
 }
@@ -445,22 +449,100 @@ fn a_diamond_runs_in_dependency_order_with_results_as_inputs() {
     let tasks = vec![keyed("a", &[]), keyed("b", &["a"]), keyed("c", &["a"]), keyed("d", &["b", "c"])];
     let job = submit(&mut core, &mut fx, tasks).unwrap();
     core.sanity_check();
+    // a is ready; b, c and d are pinned to the same worker ahead of their inputs.
     let first = fx.take_assignments(ConnId(1));
-    assert_eq!(first.iter().map(|a| a.task.idx).collect::<Vec<_>>(), vec![0], "only a is ready");
+    assert_eq!(first.iter().map(|a| a.task.idx).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    let tid = |i: u32| TaskId { job, idx: i };
+    assert!(first[0].pending_inputs.is_empty());
+    assert_eq!(first[1].pending_inputs, vec![(0, tid(0))]);
+    assert_eq!(first[2].pending_inputs, vec![(0, tid(0))]);
+    assert_eq!(first[3].pending_inputs, vec![(0, tid(1)), (1, tid(2))], "d takes b's and c's, in deps order");
     on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&first[0], ok(10))]);
     core.sanity_check();
-    let mid = fx.take_assignments(ConnId(1));
-    assert_eq!(mid.len(), 2);
-    assert!(mid.iter().all(|a| a.inputs == vec![Bytes::from(rmp_serde::to_vec(&10i64).unwrap())]));
-    on_reports(&mut core, &mut fx, 2, ConnId(1), 2, vec![report(&mid[0], ok(11))]);
-    assert!(fx.take_assignments(ConnId(1)).is_empty(), "d waits for both");
-    on_reports(&mut core, &mut fx, 3, ConnId(1), 3, vec![report(&mid[1], ok(12))]);
-    let last = fx.take_assignments(ConnId(1));
-    assert_eq!(last[0].task.idx, 3);
-    assert_eq!(last[0].inputs.len(), 2, "d takes b's and c's results, in deps order");
-    assert_eq!(last[0].inputs[0], Bytes::from(rmp_serde::to_vec(&11i64).unwrap()));
+    assert!(fx.take_assignments(ConnId(1)).is_empty(), "nothing new: the pinned ones run there");
+    on_reports(
+        &mut core,
+        &mut fx,
+        2,
+        ConnId(1),
+        2,
+        vec![report(&first[1], ok(11)), report(&first[2], ok(12))],
+    );
     core.sanity_check();
     assert_eq!(core.jobs[&job].tasks[3].state, TaskState::Assigned(WorkerId(1)));
+    on_reports(&mut core, &mut fx, 3, ConnId(1), 3, vec![report(&first[3], ok(23))]);
+    core.sanity_check();
+    assert!(core.jobs[&job].is_done());
+
+    // Two one-slot workers: a's dependents are not all pinned behind it.
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let tasks = vec![keyed("a", &[]), keyed("b", &["a"]), keyed("c", &["a"]), keyed("d", &["b", "c"])];
+    let job = submit(&mut core, &mut fx, tasks).unwrap();
+    let first = fx.take_assignments(ConnId(1));
+    assert_eq!(first.iter().map(|a| a.task.idx).collect::<Vec<_>>(), vec![0, 1], "one pin per slot");
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(2), worker(1));
+    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&first[0], ok(10))]);
+    core.sanity_check();
+    let c = fx.take_assignments(ConnId(2));
+    assert_eq!(c.iter().map(|a| a.task.idx).collect::<Vec<_>>(), vec![2], "c goes to the idle worker");
+    assert_eq!(c[0].inputs, vec![Bytes::from(rmp_serde::to_vec(&10i64).unwrap())]);
+    assert_eq!(core.jobs[&job].tasks[3].state, TaskState::Waiting, "d's inputs come from two workers");
+}
+
+/// A pinned task goes back to waiting when the task it waits for fails
+/// and is retried, or its worker dies; it fails when that task fails.
+#[test]
+fn pinned_tasks_follow_their_inputs() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let mut a = keyed("a", &[]);
+    a.retries = 1;
+    let job = submit(&mut core, &mut fx, vec![a, keyed("b", &["a"]), keyed("c", &["b"])]).unwrap();
+    let first = fx.take_assignments(ConnId(1));
+    assert_eq!(first.iter().map(|a| a.task.idx).collect::<Vec<_>>(), vec![0, 1]);
+    // a fails once: b is unpinned (the worker is told to drop it) and waits again.
+    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&first[0], err("flaky"))]);
+    core.sanity_check();
+    assert_eq!(core.jobs[&job].tasks[1].state, TaskState::Waiting);
+    assert!(fx
+        .workers
+        .iter()
+        .any(|(_, m)| matches!(m, ToWorker::Cancel { tasks } if tasks == &vec![first[1].task])));
+    // The retry runs; b is pinned again (same attempt number: it never ran),
+    // and c behind it now that the worker is known to be quick.
+    on_tick(&mut core, &mut fx, 10_000_000);
+    let again = fx.take_assignments(ConnId(1));
+    assert_eq!(
+        again.iter().map(|a| (a.task.idx, a.attempt)).collect::<Vec<_>>(),
+        vec![(0, 2), (1, 1), (2, 1)]
+    );
+    core.sanity_check();
+    // The worker dies: a is ready again, b waits.
+    on_worker_lost(&mut core, &mut fx, 11_000_000, WorkerId(1), "killed");
+    core.sanity_check();
+    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Ready);
+    assert_eq!(core.jobs[&job].tasks[1].state, TaskState::Waiting);
+    // On a new worker a fails for good: b and c fail with it, b is dropped there.
+    on_worker_joined(&mut core, &mut fx, 12_000_000, ConnId(2), worker(1));
+    let third = fx.take_assignments(ConnId(2));
+    assert_eq!(
+        third.iter().map(|a| a.task.idx).collect::<Vec<_>>(),
+        vec![0, 1],
+        "a new worker: one pin per slot"
+    );
+    fx.workers.clear();
+    on_reports(&mut core, &mut fx, 13_000_000, ConnId(2), 1, vec![report(&third[0], err("broken"))]);
+    core.sanity_check();
+    let j = &core.jobs[&job];
+    assert!(j.is_done() && j.failed == 3, "{}", j.failed);
+    assert!(fx
+        .workers
+        .iter()
+        .any(|(_, m)| matches!(m, ToWorker::Cancel { tasks } if tasks == &vec![third[1].task])));
+    assert!(core.workers[&WorkerId(2)].assigned.is_empty());
 }
 
 #[test]
@@ -587,10 +669,14 @@ fn a_chain_replays_into_the_same_state() {
         .map(|i| if i == 0 { keyed("0x", &[]) } else { keyed(&format!("{i}x"), &[&format!("{}x", i - 1)]) })
         .collect();
     let job = submit(&mut core, &mut fx, tasks).unwrap();
+    // The worker runs what it gets in order (pinned links as their inputs finish).
+    let mut held = std::collections::VecDeque::new();
     for step in 0..3 {
-        let a = fx.take_assignments(ConnId(1));
-        assert_eq!(a.len(), 1);
-        on_reports(&mut core, &mut fx, step, ConnId(1), step + 1, vec![report(&a[0], ok(step as i64))]);
+        held.extend(fx.take_assignments(ConnId(1)));
+        let a = held.pop_front().expect("an assignment");
+        assert_eq!(a.task.idx, step as u32);
+        on_reports(&mut core, &mut fx, step, ConnId(1), step + 1, vec![report(&a, ok(step as i64))]);
+        core.sanity_check();
     }
     let mut again = Core::default();
     replay(&mut again, 9, fx.journal.clone());

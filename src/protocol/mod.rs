@@ -278,6 +278,12 @@ pub struct Assignment {
     pub time_limit_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// Inputs this worker produces itself: (position in `inputs`, the task
+    /// whose result goes there). The task is pinned here ahead of them and
+    /// runs as soon as they have finished here; if one of them fails here,
+    /// the task is dropped (the scheduler decides what happens to it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_inputs: Vec<(u32, TaskId)>,
 }
 
 // ---- client <-> scheduler ----

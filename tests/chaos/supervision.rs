@@ -328,3 +328,42 @@ fn ctl_restart_worker_replaces_it_through_its_nanny() {
     let out = cluster.run(&["ctl", "restart-worker", "bogus"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A chain runs pinned on one worker (each link starts there as soon as the
+/// previous one finishes); kill -9 of that worker mid-chain: the chain goes
+/// on elsewhere, every link runs after the one it depends on, and the job
+/// completes.
+#[test]
+fn a_chain_pinned_to_a_killed_worker_carries_on_elsewhere() {
+    let cluster = Cluster::start(2, 1);
+    let marks = cluster.path("marks");
+    let n = 150;
+    let step = format!("echo $ACTORD_TASK >> {}; sleep 0.01", marks.display());
+    let tasks: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let deps: Vec<String> = if i == 0 { vec![] } else { vec![(i - 1).to_string()] };
+            serde_json::json!({"key": i.to_string(), "cmd": ["sh", "-c", &step], "deps": deps})
+        })
+        .collect();
+    let graph = cluster.path("chain.json");
+    std::fs::write(&graph, serde_json::json!({ "tasks": tasks }).to_string()).unwrap();
+    let out = cluster.run(&["submit", "--graph", graph.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let job = stdout(&out);
+    let seen = || std::fs::read_to_string(&marks).unwrap_or_default().lines().count();
+    assert!(wait_until(Duration::from_secs(30), || seen() >= 30), "the chain runs");
+    let busy: Vec<i32> = cluster.worker_pids().into_iter().filter(|p| holds_tasks(&cluster, *p)).collect();
+    assert_eq!(busy.len(), 1, "the whole chain is on one worker");
+    kill(busy[0], Signal::SIGKILL);
+    let out = cluster.run(&["gather", &job]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let order: Vec<u32> =
+        std::fs::read_to_string(&marks).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    let mut first_seen = vec![usize::MAX; n];
+    for (pos, k) in order.iter().enumerate() {
+        first_seen[*k as usize] = first_seen[*k as usize].min(pos);
+    }
+    assert!(first_seen.iter().all(|p| *p != usize::MAX), "every link ran");
+    assert!(first_seen.windows(2).all(|w| w[0] < w[1]), "every link ran after the one before it");
+    assert!(order.len() <= n + 2, "at most the killed link (and a queued one) ran again: {}", order.len());
+}
