@@ -372,7 +372,8 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
         }
     }
     st.last_flush = Some(now);
-    let out = std::mem::take(&mut st.outbox);
+    let mut out = std::mem::take(&mut st.outbox);
+    out.records = crate::persistence::coalesce(std::mem::take(&mut out.records));
     st.journal.append(&out.records)?;
     st.records_appended += out.records.len() as u64;
     let flush = st.journal.flusher();

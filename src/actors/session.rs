@@ -204,15 +204,37 @@ async fn read_loop(
             },
             Role::Client => match decode::<FromClient>(&frame) {
                 Ok(msg) => {
-                    // Requests that change things are logged with who asked.
-                    let what = match &msg {
-                        FromClient::Cancel { job, keys } => Some(format!("cancel {job} {keys:?}")),
-                        FromClient::Forget { job } => Some(format!("forget {job}")),
-                        FromClient::RestartWorker { worker } => Some(format!("restart-worker {worker}")),
-                        _ => None,
+                    // Admin requests are logged with who asked: those that
+                    // change things at info, those that only look at debug.
+                    let (what, changes) = match &msg {
+                        FromClient::Cancel { job, keys } => (Some(format!("cancel {job} {keys:?}")), true),
+                        FromClient::Forget { job } => (Some(format!("forget {job}")), true),
+                        FromClient::RestartWorker { worker } => {
+                            (Some(format!("restart-worker {worker}")), true)
+                        }
+                        FromClient::RetireWorker { worker } => {
+                            (Some(format!("retire-worker {worker}")), true)
+                        }
+                        FromClient::Retry { job } => (Some(format!("retry {job}")), true),
+                        FromClient::Shutdown => (Some("shutdown".into()), true),
+                        FromClient::DrainAndShutdown => (Some("shutdown --drain".into()), true),
+                        FromClient::LogLevel { level } => (Some(format!("log-level {level}")), true),
+                        FromClient::Status => (Some("status".into()), false),
+                        FromClient::Workers => (Some("workers".into()), false),
+                        FromClient::Nannies => (Some("nannies".into()), false),
+                        FromClient::Jobs => (Some("jobs".into()), false),
+                        FromClient::Job { job } => (Some(format!("job {job}")), false),
+                        FromClient::Tasks { job } => (Some(format!("tasks {job}")), false),
+                        FromClient::Explain { job, key } => (Some(format!("explain {job} {key}")), false),
+                        FromClient::Journal => (Some("journal".into()), false),
+                        _ => (None, false),
                     };
-                    if let Some(what) = what {
-                        tracing::info!(who = %peer, request = %what, "admin request");
+                    match what {
+                        Some(what) if changes => {
+                            tracing::info!(who = %peer, request = %what, "admin request")
+                        }
+                        Some(what) => tracing::debug!(who = %peer, request = %what, "admin request"),
+                        None => {}
                     }
                     scheduler.cast(SchedMsg::Client { conn, msg })
                 }

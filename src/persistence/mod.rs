@@ -51,6 +51,23 @@ pub enum Record {
     TasksRetried { job: JobId, idx: Vec<u32> },
 }
 
+/// Merges adjacent `TasksDone` records of the same job (one group commit
+/// holds one per report frame): fewer, larger records to write and replay.
+pub fn coalesce(records: Vec<Record>) -> Vec<Record> {
+    let mut out: Vec<Record> = Vec::with_capacity(records.len());
+    for r in records {
+        match (out.last_mut(), r) {
+            (Some(Record::TasksDone { job: a, done }), Record::TasksDone { job: b, done: more })
+                if *a == b =>
+            {
+                done.extend(more);
+            }
+            (_, r) => out.push(r),
+        }
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {path}: {message}")]
@@ -172,4 +189,35 @@ pub fn resolve_dir(flag: Option<&str>) -> Result<PathBuf, String> {
     }
     let home = var("HOME").ok_or("cannot choose a journal directory: set --journal, $SCRATCH or $HOME")?;
     Ok(PathBuf::from(home).join(".local/state/actord/journal"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_results_of_one_job_merge_and_order_is_kept() {
+        let (a, b) = (JobId::new(), JobId::new());
+        let done = |job, idx| Record::TasksDone {
+            job,
+            done: vec![DoneTask {
+                idx,
+                attempt: 1,
+                outcome: Outcome::Err { error: "x".into() },
+                canceled: false,
+            }],
+        };
+        let retry = Record::TasksRetried { job: a, idx: vec![0] };
+        let merged =
+            coalesce(vec![done(a, 0), done(a, 1), done(b, 0), retry.clone(), done(a, 0), done(a, 2)]);
+        let shape: Vec<(JobId, Vec<u32>)> = merged
+            .iter()
+            .filter_map(|r| match r {
+                Record::TasksDone { job, done } => Some((*job, done.iter().map(|d| d.idx).collect())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(shape, vec![(a, vec![0, 1]), (b, vec![0]), (a, vec![0, 2])]);
+        assert_eq!(merged[2], retry, "a retry stays between the outcomes it separates");
+    }
 }
