@@ -142,6 +142,7 @@ fn assignments(n: usize) -> ToWorker {
                 time_limit_ms: None,
                 resources: Default::default(),
                 pending_inputs: vec![],
+                has_dependents: false,
             })
             .collect(),
     }

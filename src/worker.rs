@@ -79,7 +79,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
                 for a in rx.iter() {
                     let mut next = Some(a);
                     while let Some(a) = next.take() {
-                        let task = a.task;
+                        let (task, keep) = (a.task, a.has_dependents);
                         let report =
                             run_task(&reg, &work_dir, WorkerId(wid.load(Ordering::Relaxed)), a, &ctl);
                         // A function past its time limit was reported failed already.
@@ -88,7 +88,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
                             Outcome::Ok { result } if !expired => Some(result.clone()),
                             _ => None,
                         };
-                        let ready = lock_pinned(&pinned).finished(task, result);
+                        let ready = lock_pinned(&pinned).finished(task, result, keep);
                         if !expired && tx.send(report).is_err() {
                             return;
                         }
@@ -222,9 +222,11 @@ impl Pinned {
     /// A task finished here (`result`: its result, `None` if it failed): the
     /// pinned tasks it completes, ready to run (the first is marked started
     /// for the caller to run). A failure drops those waiting for it, transitively.
-    fn finished(&mut self, task: TaskId, result: Option<bytes::Bytes>) -> Vec<Assignment> {
+    fn finished(&mut self, task: TaskId, result: Option<bytes::Bytes>, keep: bool) -> Vec<Assignment> {
         self.started.remove(&task);
-        self.results.insert(task, result.clone());
+        if keep {
+            self.results.insert(task, result.clone());
+        }
         let mut ready = Vec::new();
         let Some(waiters) = self.waiters.remove(&task) else { return ready };
         let Some(result) = result else {
@@ -443,8 +445,10 @@ impl Book {
         let mut p = lock_pinned(pinned);
         while self.unacked.front().is_some_and(|(b, _)| *b <= batch) {
             if let Some((_, reports)) = self.unacked.pop_front() {
-                for r in reports {
-                    p.results.remove(&r.task);
+                if !p.results.is_empty() {
+                    for r in reports {
+                        p.results.remove(&r.task);
+                    }
                 }
             }
         }
@@ -967,6 +971,7 @@ mod tests {
             time_limit_ms: None,
             resources: Default::default(),
             pending_inputs: vec![],
+            has_dependents: false,
         }
     }
 
@@ -984,13 +989,13 @@ mod tests {
         // 1 ← 0, 2 ← (0, 1); 0 finishes before 3 ← 0 arrives.
         assert!(p.add(pin(1, vec![(0, 0)])).is_none());
         assert!(p.add(pin(2, vec![(0, 0), (1, 1)])).is_none());
-        let ready = p.finished(t(0), Some(bytes::Bytes::from_static(b"a")));
+        let ready = p.finished(t(0), Some(bytes::Bytes::from_static(b"a")), true);
         assert_eq!(ready.iter().map(|a| a.task).collect::<Vec<_>>(), vec![t(1)]);
         assert_eq!(ready[0].inputs, vec![bytes::Bytes::from_static(b"a")]);
         assert!(p.started.contains_key(&t(1)), "the first one is run by the caller");
         let late = p.add(pin(3, vec![(0, 0)])).expect("its input is here already");
         assert_eq!(late.inputs, vec![bytes::Bytes::from_static(b"a")]);
-        let ready = p.finished(t(1), Some(bytes::Bytes::from_static(b"b")));
+        let ready = p.finished(t(1), Some(bytes::Bytes::from_static(b"b")), true);
         assert_eq!(ready[0].inputs, vec![bytes::Bytes::from_static(b"a"), bytes::Bytes::from_static(b"b")]);
         assert!(p.started.contains_key(&t(2)) && !p.started.contains_key(&t(1)));
 
@@ -999,7 +1004,7 @@ mod tests {
         assert!(p.add(pin(1, vec![(0, 0)])).is_none());
         assert!(p.add(pin(2, vec![(0, 1)])).is_none());
         assert!(p.add(pin(4, vec![(0, 3)])).is_none());
-        assert!(p.finished(t(0), None).is_empty());
+        assert!(p.finished(t(0), None, true).is_empty());
         assert_eq!(p.waiting.keys().copied().collect::<Vec<_>>(), vec![t(4)]);
         assert!(p.add(pin(5, vec![(0, 0)])).is_none(), "its input failed here: dropped");
         assert!(!p.waiting.contains_key(&t(5)));

@@ -623,6 +623,7 @@ fn assign(
         time_limit_ms: task.time_limit_ms,
         resources: task.resources.clone(),
         pending_inputs,
+        has_dependents: !task.dependents.is_empty(),
     };
     core.workers.get_mut(&wid).expect("a registered worker").hold(tid, &a.resources);
     a
@@ -638,8 +639,16 @@ fn pin(core: &mut Core, wid: WorkerId, roots: Vec<TaskId>, room: &mut usize, bat
     while let Some(root) = queue.pop_front() {
         let Some(r) = core.find_task(root).filter(|t| t.state == TaskState::Assigned(wid)) else { continue };
         if *room == 0 {
-            core.pin_frontier.push((wid, root));
-            core.pin_frontier.extend(queue.into_iter().map(|t| (wid, t)));
+            // Only roots with dependents still waiting are worth coming back to.
+            let waits = |core: &Core, t: TaskId| {
+                core.find_task(t).is_some_and(|t| {
+                    t.dependents
+                        .iter()
+                        .any(|d| core.find_task(*d).is_some_and(|d| d.state == TaskState::Waiting))
+                })
+            };
+            let later: Vec<TaskId> = std::iter::once(root).chain(queue).filter(|t| waits(core, *t)).collect();
+            core.pin_frontier.extend(later.into_iter().map(|t| (wid, t)));
             return;
         }
         let mut pinned_here = 0;

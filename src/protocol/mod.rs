@@ -284,6 +284,10 @@ pub struct Assignment {
     /// the task is dropped (the scheduler decides what happens to it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_inputs: Vec<(u32, TaskId)>,
+    /// Other tasks take its result: the worker keeps it until acknowledged,
+    /// for tasks pinned here after it finished.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub has_dependents: bool,
 }
 
 // ---- client <-> scheduler ----
