@@ -311,9 +311,11 @@ fn read_marks_simple(path: &std::path::Path) -> Vec<(String, u32)> {
 fn ctl_restart_worker_replaces_it_through_its_nanny() {
     let cluster = Cluster::start(2, 1);
     let (id, pid, slot) = cluster.workers()[0].clone();
-    let out = cluster.run(&["ctl", "restart-worker", &id]);
+    let out = cluster.run(&["ctl", "restart-worker", &id, "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("asked the nanny"), "{}", stderr(&out));
+    let answer = json(&out);
+    assert_eq!(answer["ok"], true);
+    assert!(answer["message"].as_str().unwrap().contains("asked the nanny"), "{answer}");
     assert!(wait_until(Duration::from_secs(20), || {
         let w = cluster.workers();
         w.len() == 2 && w.iter().any(|(i, p, s)| *s == slot && *p != pid && *i != id)
