@@ -223,7 +223,7 @@ pub enum ClientCommand {
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
     },
-    /// Admin commands (`actord ctl --help` lists them).
+    /// Admin commands: see and steer a running scheduler.
     Ctl {
         #[command(flatten)]
         connect: Connect,

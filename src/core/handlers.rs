@@ -93,6 +93,7 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
         return;
     };
     core.worker_by_conn.remove(&w.conn);
+    core.pin_frontier.remove(&id);
     if why == GOODBYE && w.assigned.is_empty() {
         tracing::info!(worker = %id, "worker left");
     } else {
@@ -107,6 +108,7 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
     // A worker that left on purpose killed nobody: its tasks just go back.
     let died = why != GOODBYE;
     for (n, (_, tid)) in lost.into_iter().enumerate() {
+        core.stealing.remove(&tid);
         let default_kills = core.config.max_worker_kills;
         let task = core.get_task_mut(tid);
         if task.outcome.is_some() {
@@ -136,6 +138,7 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
 /// it was pinned there ahead of its inputs. `unstarted`: that attempt never
 /// began, so the next one keeps its number.
 fn requeue(core: &mut Core, tid: TaskId, unstarted: bool) {
+    core.stealing.remove(&tid);
     let task = core.get_task_mut(tid);
     if unstarted {
         task.attempts = task.attempts.saturating_sub(1);
@@ -474,6 +477,9 @@ pub fn on_reports(
     let mut completed = Completed::default();
     let mut dropped = 0;
     for r in reports {
+        if !core.stealing.is_empty() {
+            core.stealing.remove(&r.task);
+        }
         let known = core.find_task(r.task).map(|t| t.outcome.is_none());
         if known != Some(true) {
             dropped += 1;
@@ -581,15 +587,10 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
     // Pinning: a dependent whose unfinished inputs are all produced on one
     // worker goes there ahead of them, and runs the moment they finish there
     // (no round trip through the scheduler per link of a chain).
-    let mut frontier = std::mem::take(&mut core.pin_frontier);
     for (wid, room, batch) in &mut free {
-        let (mine, rest): (Vec<_>, Vec<_>) = frontier.into_iter().partition(|(w, _)| w == wid);
-        frontier = rest;
-        let mut roots: Vec<TaskId> = mine.into_iter().map(|(_, t)| t).collect();
-        roots.extend(batch.iter().map(|a| a.task));
+        let roots: Vec<TaskId> = batch.iter().map(|a| a.task).collect();
         pin(core, *wid, roots, room, batch);
     }
-    core.pin_frontier.extend(frontier.into_iter().filter(|(w, _)| core.workers.contains_key(w)));
     for (wid, _, batch) in free {
         if !batch.is_empty() {
             fx.to_worker(core.workers[&wid].conn, ToWorker::Assign { tasks: batch });
@@ -635,21 +636,34 @@ fn assign(
 /// across workers. Roots left unexplored wait in `pin_frontier`.
 fn pin(core: &mut Core, wid: WorkerId, roots: Vec<TaskId>, room: &mut usize, batch: &mut Vec<Assignment>) {
     let slots = core.workers[&wid].slots.max(1) as usize;
+    // This round's roots (and what gets pinned behind them) first, then
+    // those left from earlier rounds; only the new ones are looked at when
+    // room runs out, so a long frontier costs nothing per round.
     let mut queue: std::collections::VecDeque<TaskId> = roots.into();
-    while let Some(root) = queue.pop_front() {
+    let mut frontier = core.pin_frontier.remove(&wid).unwrap_or_default();
+    // Roots with a dependent that could be pinned but for room.
+    let worth = |core: &Core, t: TaskId| {
+        core.find_task(t).is_some_and(|t| t.dependents.iter().any(|d| pinnable(core, wid, *d).is_some()))
+    };
+    loop {
+        let (root, old) = match queue.pop_front() {
+            Some(r) => (r, false),
+            None => match frontier.pop_front() {
+                Some(r) => (r, true),
+                None => break,
+            },
+        };
         let Some(r) = core.find_task(root).filter(|t| t.state == TaskState::Assigned(wid)) else { continue };
         if *room == 0 {
-            // Only roots with dependents still waiting are worth coming back to.
-            let waits = |core: &Core, t: TaskId| {
-                core.find_task(t).is_some_and(|t| {
-                    t.dependents
-                        .iter()
-                        .any(|d| core.find_task(*d).is_some_and(|d| d.state == TaskState::Waiting))
-                })
-            };
-            let later: Vec<TaskId> = std::iter::once(root).chain(queue).filter(|t| waits(core, *t)).collect();
-            core.pin_frontier.extend(later.into_iter().map(|t| (wid, t)));
-            return;
+            if old || worth(core, root) {
+                frontier.push_front(root);
+            }
+            for t in queue {
+                if worth(core, t) {
+                    frontier.push_back(t);
+                }
+            }
+            break;
         }
         let mut pinned_here = 0;
         for d in r.dependents.clone() {
@@ -672,10 +686,22 @@ fn pin(core: &mut Core, wid: WorkerId, roots: Vec<TaskId>, room: &mut usize, bat
             queue.push_back(d);
         }
     }
+    // Bounded: forgetting old roots only loses chances to pin.
+    while frontier.len() > MAX_PIN_FRONTIER {
+        frontier.pop_front();
+    }
+    if !frontier.is_empty() {
+        core.pin_frontier.insert(wid, frontier);
+    }
 }
 
-/// A waiting task every unfinished dependency of which is held by `wid`:
-/// the (position, task) of the inputs still to come; `None` otherwise.
+/// Roots kept per worker for pinning once it has room again.
+const MAX_PIN_FRONTIER: usize = 65_536;
+
+/// A waiting task whose one unfinished dependency is held by `wid` (its
+/// other dependencies finished): the (position, task) of the input still to
+/// come; `None` otherwise. One, so that pinning follows chains without
+/// gathering whole subtrees of a reduction on one worker.
 fn pinnable(core: &Core, wid: WorkerId, tid: TaskId) -> Option<Vec<(u32, TaskId)>> {
     let t = core.find_task(tid)?;
     if t.state != TaskState::Waiting || !t.resources.is_empty() {
@@ -686,7 +712,7 @@ fn pinnable(core: &Core, wid: WorkerId, tid: TaskId) -> Option<Vec<(u32, TaskId)
         let dep = core.find_task(*d)?;
         match (&dep.outcome, &dep.state) {
             (Some(Outcome::Ok { .. }), _) => {}
-            (None, TaskState::Assigned(w)) if *w == wid => pending.push((i as u32, *d)),
+            (None, TaskState::Assigned(w)) if *w == wid && pending.is_empty() => pending.push((i as u32, *d)),
             _ => return None,
         }
     }
@@ -731,9 +757,14 @@ pub(super) fn send_cancels(core: &Core, fx: &mut impl Effects, mut list: Vec<(Wo
     }
 }
 
+/// Least estimated work (µs per slot) queued on a worker for stealing from
+/// it to pay for the round trip.
+const STEAL_MIN_QUEUED_US: f64 = 1_000.0;
+
 /// Work stealing: when nothing is queued here but a worker has idle slots
 /// while another holds tasks queued beyond its slots, ask the busy one to
-/// give back its newest queued tasks (about half), for the idle ones to take.
+/// give back its newest queued tasks (about half), for the idle ones to take
+/// — unless what it has queued is so short that it finishes it sooner.
 fn steal(core: &mut Core, fx: &mut impl Effects) {
     let idle: usize = core
         .workers
@@ -753,6 +784,11 @@ fn steal(core: &mut Core, fx: &mut impl Effects) {
         return;
     };
     let queued = w.assigned.len() - w.slots as usize;
+    // Not worth a round trip: the busy worker gets through its queue sooner.
+    if w.avg_task_us.is_some_and(|avg| avg * queued as f64 / f64::from(w.slots.max(1)) < STEAL_MIN_QUEUED_US)
+    {
+        return;
+    }
     let want = idle.min(queued.div_ceil(2));
     let mut newest: Vec<(u64, TaskId)> = w
         .assigned
@@ -767,7 +803,7 @@ fn steal(core: &mut Core, fx: &mut impl Effects) {
     if tasks.is_empty() {
         return;
     }
-    tracing::debug!(worker = %busy, tasks = tasks.len(), "asking a busy worker to give back queued tasks");
+    tracing::debug!(worker = %busy, tasks = tasks.len(), idle, queued, "asking a busy worker to give back queued tasks");
     core.stealing.extend(tasks.iter().copied());
     let conn = w.conn;
     fx.to_worker(conn, ToWorker::Steal { tasks });
@@ -776,6 +812,7 @@ fn steal(core: &mut Core, fx: &mut impl Effects) {
 /// A worker gave back queued tasks it was asked for: they go to others.
 pub fn on_released(core: &mut Core, fx: &mut impl Effects, conn: ConnId, tasks: Vec<TaskId>) {
     let Some(wid) = core.worker_by_conn.get(&conn).copied() else { return };
+    tracing::debug!(worker = %wid, given = tasks.len(), "worker gave back tasks");
     for tid in &tasks {
         core.stealing.remove(tid);
         let Some(task) = core.find_task(*tid) else { continue };
@@ -789,13 +826,9 @@ pub fn on_released(core: &mut Core, fx: &mut impl Effects, conn: ConnId, tasks: 
         // That attempt never started: the next one keeps its number.
         requeue(core, *tid, true);
     }
-    // Asked-for tasks it did not give back had started: stop asking.
-    if let Some(w) = core.workers.get(&wid) {
-        let held: Vec<TaskId> = core.stealing.iter().filter(|t| w.assigned.contains(t)).copied().collect();
-        for t in held {
-            core.stealing.remove(&t);
-        }
-    }
+    // Asked-for tasks it did not give back had started (or run where they
+    // were pinned): they stay in `stealing`, so nobody asks for them again
+    // until they are reported.
     schedule(core, fx);
 }
 

@@ -234,7 +234,7 @@ pub struct Core {
     pub stopping: bool,
     /// Tasks on a worker whose dependents may still be pinned there once it
     /// has room (see `schedule`).
-    pub pin_frontier: Vec<(WorkerId, TaskId)>,
+    pub pin_frontier: HashMap<WorkerId, std::collections::VecDeque<TaskId>>,
 }
 
 impl Core {
