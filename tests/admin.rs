@@ -312,3 +312,22 @@ impl Drop for KillPid {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
     }
 }
+
+/// A worker started without a nanny is retired by the scheduler itself:
+/// it drains and exits cleanly.
+#[test]
+fn retire_worker_stops_a_worker_without_a_nanny() {
+    let cluster = Cluster::scheduler_with_config(Some(CONFIG));
+    let mut worker =
+        Proc::spawn("worker", cluster.command(&["worker", "--threads", "1"]), cluster.dir.path());
+    let out = cluster.run(&["wait", "--workers", "1", "--timeout", "30s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (id, pid, _) = cluster.workers()[0].clone();
+    assert_eq!(pid, worker.pid());
+    let r = ctl_json(&cluster, &["retire-worker", &id]);
+    assert_eq!(r["ok"], true, "{r}");
+    let status = worker.wait_exit(Duration::from_secs(20)).expect("the retired worker exits");
+    assert!(status.success(), "{status:?}: {}", worker.log_text());
+    assert!(worker.log_text().contains("retired by the scheduler"), "{}", worker.log_text());
+    assert!(wait_until(Duration::from_secs(10), || cluster.workers().is_empty()), "it left the scheduler");
+}
