@@ -379,7 +379,8 @@ fn insert_job(
         task.waiting = waiting;
         if waiting > 0 {
             task.state = TaskState::Waiting;
-        } else {
+        } else if !core.replaying {
+            // (Replay builds the ready queue once, at its end.)
             core.push_ready(tid);
         }
     }
@@ -836,6 +837,7 @@ pub fn on_released(core: &mut Core, fx: &mut impl Effects, conn: ConnId, tasks: 
 /// live events make. Tasks without an outcome end up queued again, in
 /// submission order.
 pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
+    core.replaying = true;
     let mut order = Vec::new();
     for r in records {
         match r {
@@ -869,6 +871,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
             }
         }
     }
+    core.replaying = false;
     core.ready.clear();
     for job in order {
         let Some(j) = core.jobs.get(&job) else { continue };

@@ -235,6 +235,8 @@ pub struct Core {
     /// Tasks on a worker whose dependents may still be pinned there once it
     /// has room (see `schedule`).
     pub pin_frontier: HashMap<WorkerId, std::collections::VecDeque<TaskId>>,
+    /// Inside `replay`: tasks are queued once, at its end.
+    pub replaying: bool,
 }
 
 impl Core {
