@@ -30,6 +30,33 @@ fn marks(path: &Path) -> BTreeMap<u32, (u32, u32)> {
     m
 }
 
+/// Waits (bounded) until the outage has been seen `times` times so far by
+/// the nanny, both of its workers and, if given, a waiting client: everyone
+/// is running on without the scheduler.
+fn wait_until_outage_seen(cluster: &Cluster, client: Option<&Proc>, times: usize) {
+    let count = |text: String, what: &str| text.matches(what).count();
+    let seen = wait_until(Duration::from_secs(30), || {
+        let nanny = || cluster.nanny.as_ref().expect("a nanny").log_text();
+        count(nanny(), "nanny lost the scheduler") >= times
+            && count(nanny(), "running tasks go on") >= 2 * times
+            && client.is_none_or(|c| count(c.log_text(), "lost the scheduler; reconnecting") >= times)
+    });
+    assert!(seen, "the outage went unnoticed:\n{}", cluster.nanny.as_ref().unwrap().log_text());
+}
+
+/// A different number on every run (kill moments vary from run to run).
+fn seed() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    now.subsec_nanos() as u64 ^ (std::process::id() as u64) << 7
+}
+
+/// The scheduler's CPU time so far, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    fields.get(11..13).map(|f| f.iter().filter_map(|x| x.parse::<u64>().ok()).sum()).unwrap_or(0)
+}
+
 fn ended(path: &Path) -> usize {
     marks(path).values().map(|(_, e)| *e as usize).sum()
 }
@@ -62,7 +89,8 @@ fn assert_each_ran_once(cluster: &Cluster, n: u32, gathered: &serde_json::Value)
     }
 }
 
-/// kill -9 of the scheduler mid-job, restart on another port after 1 s:
+/// kill -9 of the scheduler mid-job, restart on another port once the
+/// workers, the nanny and the waiting client have all seen it gone:
 /// the job completes, the gather that was waiting carries on, no finished
 /// task runs again and no running task is killed or restarted (the workers
 /// reclaim them from the new scheduler).
@@ -85,7 +113,7 @@ fn a_killed_scheduler_restarts_and_nothing_is_lost_or_run_twice() {
     let before: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cluster.file).unwrap()).unwrap();
     cluster.kill_scheduler();
-    std::thread::sleep(Duration::from_millis(1000)); // the outage itself
+    wait_until_outage_seen(&cluster, Some(&gather), 1);
     cluster.restart_scheduler();
     let after: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cluster.file).unwrap()).unwrap();
@@ -108,13 +136,13 @@ fn three_scheduler_kills_during_one_job() {
     let mut cluster = Cluster::start_with_config(2, 1, CONFIG);
     let job = submit_marked(&cluster, 16, "0.4");
     let marks_file = cluster.path("marks");
-    let seed = Instant::now().elapsed().subsec_nanos() as u64 ^ std::process::id() as u64;
+    let seed = seed();
     for k in 0..3u64 {
         // Kill after a further 1–3 tasks have ended (varies with the seed).
         let target = ended(&marks_file) + 1 + ((seed >> (k * 4)) % 3) as usize;
         assert!(wait_until(Duration::from_secs(60), || ended(&marks_file) >= target.min(15)));
         cluster.kill_scheduler();
-        std::thread::sleep(Duration::from_millis(1000 + (seed >> (k * 8)) % 1000)); // the outage
+        wait_until_outage_seen(&cluster, None, k as usize + 1);
         cluster.restart_scheduler();
     }
     let out = cluster.run(&["gather", &job]);
@@ -134,13 +162,22 @@ fn a_kill_during_submit_leaves_all_or_nothing() {
     let job = uuid::Uuid::new_v4().to_string();
     let args = ["map", "inc", "--inputs", inputs.to_str().unwrap(), "--job-id", &job];
     let mut submit = Proc::spawn("submit", cluster.command(&args), cluster.dir.path());
-    // Kill at a moment that varies from run to run: before, during or after
-    // the submission reaches the journal.
-    let delay = Instant::now().elapsed().subsec_nanos() as u64 % 600;
-    std::thread::sleep(Duration::from_millis(delay));
+    // Kill at a moment that varies from run to run: before the submission
+    // arrives, while the scheduler works on it, or once it is journaled.
+    let phase = seed() / 1000 % 3;
+    let pid = cluster.scheduler.pid();
+    let idle = cpu_ticks(pid);
+    match phase {
+        0 => {}
+        1 => assert!(wait_until(Duration::from_secs(30), || cpu_ticks(pid) > idle + 2), "never busy"),
+        _ => assert!(wait_until(Duration::from_secs(30), || cluster
+            .scheduler
+            .log_text()
+            .contains("job submitted"))),
+    }
     cluster.kill_scheduler();
     let was_there = cluster.scheduler.log_text().contains("job submitted");
-    eprintln!("killed after {delay} ms; job submitted before the kill: {was_there}");
+    eprintln!("killed in phase {phase}; job submitted before the kill: {was_there}");
     cluster.restart_scheduler();
     // The interrupted client reconnects and resubmits the same id by itself.
     let status = submit.wait_exit(Duration::from_secs(60)).expect("submit returns");
