@@ -234,19 +234,19 @@ impl Client {
     }
 
     pub async fn workers(&mut self) -> Result<Vec<WorkerInfo>, ClientError> {
-        self.conn.write(&FromClient::Workers).await?;
-        match self.expect_reply().await? {
+        self.ask(FromClient::Workers, |r| match r {
             ToClient::Workers { workers } => Ok(workers),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+            other => Err(Box::new(other)),
+        })
+        .await
     }
 
     pub async fn nannies(&mut self) -> Result<Vec<crate::protocol::NannyInfo>, ClientError> {
-        self.conn.write(&FromClient::Nannies).await?;
-        match self.expect_reply().await? {
+        self.ask(FromClient::Nannies, |r| match r {
             ToClient::Nannies { nannies } => Ok(nannies),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+            other => Err(Box::new(other)),
+        })
+        .await
     }
 
     /// Submits a task graph as one job.
@@ -276,29 +276,40 @@ impl Client {
 
     /// Sends an admin request answered with `Done`; returns its message.
     pub async fn admin(&mut self, request: FromClient) -> Result<String, ClientError> {
-        self.conn.write(&request).await?;
-        match self.expect_reply().await? {
+        self.ask(request, |r| match r {
             ToClient::Done { message } => Ok(message),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+            other => Err(Box::new(other)),
+        })
+        .await
+    }
+
+    /// Sends one request and takes its answer apart with `pick`; any other
+    /// answer is a protocol error (an `Error` answer is the scheduler's).
+    async fn ask<T>(
+        &mut self,
+        request: FromClient,
+        pick: impl FnOnce(ToClient) -> Result<T, Box<ToClient>>,
+    ) -> Result<T, ClientError> {
+        self.conn.write(&request).await?;
+        pick(self.expect_reply().await?).map_err(|other| ClientError::Protocol(format!("{other:?}")))
     }
 
     /// One job's progress by state and its timing.
     pub async fn job(&mut self, job: JobId) -> Result<crate::protocol::JobDetail, ClientError> {
-        self.conn.write(&FromClient::Job { job }).await?;
-        match self.expect_reply().await? {
+        self.ask(FromClient::Job { job }, |r| match r {
             ToClient::Job { job } => Ok(job),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+            other => Err(Box::new(other)),
+        })
+        .await
     }
 
     /// The journal: path, size, records, last flush.
     pub async fn journal(&mut self) -> Result<crate::protocol::JournalInfo, ClientError> {
-        self.conn.write(&FromClient::Journal).await?;
-        match self.expect_reply().await? {
+        self.ask(FromClient::Journal, |r| match r {
             ToClient::Journal { journal } => Ok(journal),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+            other => Err(Box::new(other)),
+        })
+        .await
     }
 
     /// Stops the scheduler (its journal keeps everything for the next one).
@@ -315,38 +326,38 @@ impl Client {
 
     /// Every job with its progress, in submission order.
     pub async fn jobs(&mut self) -> Result<Vec<crate::protocol::JobInfo>, ClientError> {
-        self.conn.write(&FromClient::Jobs).await?;
-        match self.expect_reply().await? {
+        self.ask(FromClient::Jobs, |r| match r {
             ToClient::Jobs { jobs } => Ok(jobs),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+            other => Err(Box::new(other)),
+        })
+        .await
     }
 
     /// The scheduler at a glance.
     pub async fn status(&mut self) -> Result<crate::protocol::StatusInfo, ClientError> {
-        self.conn.write(&FromClient::Status).await?;
-        match self.expect_reply().await? {
+        self.ask(FromClient::Status, |r| match r {
             ToClient::Status { status } => Ok(status),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+            other => Err(Box::new(other)),
+        })
+        .await
     }
 
     /// Every task of a job with its state.
     pub async fn tasks(&mut self, job: JobId) -> Result<Vec<crate::protocol::TaskInfo>, ClientError> {
-        self.conn.write(&FromClient::Tasks { job }).await?;
-        match self.expect_reply().await? {
+        self.ask(FromClient::Tasks { job }, |r| match r {
             ToClient::Tasks { tasks, .. } => Ok(tasks),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+            other => Err(Box::new(other)),
+        })
+        .await
     }
 
     /// The index of the task named `key` in `job`.
     pub async fn resolve(&mut self, job: JobId, key: &str) -> Result<u32, ClientError> {
-        self.conn.write(&FromClient::Resolve { job, key: key.into() }).await?;
-        match self.expect_reply().await? {
+        self.ask(FromClient::Resolve { job, key: key.into() }, |r| match r {
             ToClient::Resolved { idx, .. } => Ok(idx),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+            other => Err(Box::new(other)),
+        })
+        .await
     }
 
     /// Waits for one task and returns its outcome.

@@ -33,7 +33,12 @@ pub fn set_log_level(directives: &str) -> Result<(), String> {
 
 /// Resident memory of this process in KiB (0 where /proc is missing).
 pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    proc_rss_kib("self")
+}
+
+/// Resident memory of a process (`/proc/PID`, or `self`) in KiB; 0 if gone.
+pub fn proc_rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;

@@ -568,15 +568,18 @@ async fn session(
                         }
                     }
                     Ok(ToWorker::Cancel { tasks }) => {
-                        let dropped = lock_pinned(slots.pinned).cancel(&tasks);
-                        let started = lock_pinned(slots.pinned).started.clone();
-                        // Only tasks held here: a mark for another would
-                        // cancel it if it came back later.
-                        let held: Vec<TaskId> = tasks
-                            .into_iter()
-                            .filter(|t| !dropped.contains(t))
-                            .filter(|t| book.held.remove(t).is_some() || started.contains_key(t))
-                            .collect();
+                        // Pinned tasks not started yet are just dropped. Only
+                        // tasks held here are marked: a mark for another
+                        // would cancel it if it came back later.
+                        let held: Vec<TaskId> = {
+                            let mut p = lock_pinned(slots.pinned);
+                            let dropped = p.cancel(&tasks);
+                            tasks
+                                .into_iter()
+                                .filter(|t| !dropped.contains(t))
+                                .filter(|t| book.held.remove(t).is_some() || p.started.contains_key(t))
+                                .collect()
+                        };
                         ctl.cancel(&held, CANCEL_GRACE);
                     }
                     Ok(ToWorker::Error { message }) => tracing::warn!(%message, "scheduler reports an error"),

@@ -545,15 +545,7 @@ pub fn tree_rss_bytes(pid: i32) -> u64 {
     let mut total = 0;
     let mut stack = vec![pid];
     while let Some(p) = stack.pop() {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) {
-            let kib: u64 = status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            total += kib * 1024;
-        }
+        total += crate::util::proc_rss_kib(&p.to_string()) * 1024;
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
             for t in tasks.flatten() {
                 if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {

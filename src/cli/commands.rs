@@ -435,62 +435,68 @@ fn ago(ms: u64) -> String {
     }
 }
 
+/// `--json`: the value as JSON; otherwise what `table` prints of it.
+fn show<T: serde::Serialize>(value: T, json: bool, table: impl FnOnce(T)) -> Result<ExitCode, CliError> {
+    if json {
+        print_json(&value)?;
+    } else {
+        table(value);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// One admin command over an open connection (`actord ctl …` and the console).
 pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Result<ExitCode, CliError> {
     use crate::util::format_size;
     match command {
         CtlCommand::Workers => {
             let workers = client.workers().await?;
-            if json {
-                print_json(&workers)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!(
-                "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} RESOURCES",
-                "ID", "HOST", "PID", "SLOTS", "RUNNING", "NANNY:SLOT", "HEARD", "RSS", "STATE"
-            );
-            for w in workers {
-                let nanny = w.nanny.map(|n| format!("{}:{}", n.pid, n.slot)).unwrap_or_else(|| "-".into());
-                let rss = if w.rss_kib > 0 { format_size(w.rss_kib * 1024) } else { "-".into() };
-                let state = if w.draining { "draining" } else { "active" };
-                let resources: Vec<String> = w.resources.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            show(workers, json, |workers| {
                 println!(
-                    "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} {}",
-                    w.id.to_string(),
-                    w.host,
-                    w.pid,
-                    w.slots,
-                    w.running,
-                    nanny,
-                    ago(w.last_heard_ms),
-                    rss,
-                    state,
-                    if resources.is_empty() { "-".into() } else { resources.join(",") }
+                    "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} RESOURCES",
+                    "ID", "HOST", "PID", "SLOTS", "RUNNING", "NANNY:SLOT", "HEARD", "RSS", "STATE"
                 );
-            }
-            Ok(ExitCode::SUCCESS)
+                for w in workers {
+                    let nanny =
+                        w.nanny.map(|n| format!("{}:{}", n.pid, n.slot)).unwrap_or_else(|| "-".into());
+                    let rss = if w.rss_kib > 0 { format_size(w.rss_kib * 1024) } else { "-".into() };
+                    let state = if w.draining { "draining" } else { "active" };
+                    let resources: Vec<String> =
+                        w.resources.iter().map(|(k, n)| format!("{k}={n}")).collect();
+                    println!(
+                        "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} {}",
+                        w.id.to_string(),
+                        w.host,
+                        w.pid,
+                        w.slots,
+                        w.running,
+                        nanny,
+                        ago(w.last_heard_ms),
+                        rss,
+                        state,
+                        if resources.is_empty() { "-".into() } else { resources.join(",") }
+                    );
+                }
+            })
         }
         CtlCommand::Nannies => {
             let nannies = client.nannies().await?;
-            if json {
-                print_json(&nannies)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!("{:<6} {:<20} {:>8} {:>5} {:>9}  STATE", "NANNY", "HOST", "PID", "SLOT", "RESTARTS");
-            for n in nannies {
-                for s in &n.slots {
-                    println!(
-                        "{:<6} {:<20} {:>8} {:>5} {:>9}  {}",
-                        n.id,
-                        n.host,
-                        n.pid,
-                        s.slot,
-                        s.restarts,
-                        describe_slot(&s.state)
-                    );
+            show(nannies, json, |nannies| {
+                println!("{:<6} {:<20} {:>8} {:>5} {:>9}  STATE", "NANNY", "HOST", "PID", "SLOT", "RESTARTS");
+                for n in nannies {
+                    for s in &n.slots {
+                        println!(
+                            "{:<6} {:<20} {:>8} {:>5} {:>9}  {}",
+                            n.id,
+                            n.host,
+                            n.pid,
+                            s.slot,
+                            s.restarts,
+                            describe_slot(&s.state)
+                        );
+                    }
                 }
-            }
-            Ok(ExitCode::SUCCESS)
+            })
         }
         CtlCommand::Status => {
             let s = client.status().await?;
@@ -549,49 +555,46 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
         }
         CtlCommand::Jobs => {
             let jobs = client.jobs().await?;
-            if json {
-                print_json(&jobs)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!(
-                "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  STATE",
-                "JOB", "NAME", "TASKS", "DONE", "FAILED", "RUNNING"
-            );
-            for j in jobs {
-                let state = if j.done_at.is_some() { "done" } else { "active" };
+            show(jobs, json, |jobs| {
                 println!(
-                    "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  {state}",
-                    j.id.to_string(),
-                    j.name,
-                    j.tasks,
-                    j.finished,
-                    j.failed,
-                    j.running
+                    "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  STATE",
+                    "JOB", "NAME", "TASKS", "DONE", "FAILED", "RUNNING"
                 );
-            }
-            Ok(ExitCode::SUCCESS)
+                for j in jobs {
+                    let state = if j.done_at.is_some() { "done" } else { "active" };
+                    println!(
+                        "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  {state}",
+                        j.id.to_string(),
+                        j.name,
+                        j.tasks,
+                        j.finished,
+                        j.failed,
+                        j.running
+                    );
+                }
+            })
         }
         CtlCommand::Job { job } => {
             let id = parse_job_id(Some(&job))?;
             let d = client.job(id).await?;
-            if json {
-                print_json(&d)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            let i = &d.info;
-            let submitted = chrono::DateTime::from_timestamp_micros(i.submitted_at as i64)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                .unwrap_or_default();
-            let state = if i.done_at.is_some() { "done" } else { "active" };
-            println!("job        {} ({})", i.id, i.name);
-            println!("state      {state}: {} of {} tasks finished, {} failed", i.finished, i.tasks, i.failed);
-            let states: Vec<String> = d.states.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            println!("tasks      {}", states.join(", "));
-            println!("submitted  {submitted}");
-            let took = if i.done_at.is_some() { "took" } else { "running" };
-            println!("{took:<10} {:.3} s, {:.1} tasks/s", d.elapsed_s, d.tasks_per_s);
-            println!("retries    {} attempts beyond the first", d.retried_attempts);
-            Ok(ExitCode::SUCCESS)
+            show(d, json, |d| {
+                let i = &d.info;
+                let submitted = chrono::DateTime::from_timestamp_micros(i.submitted_at as i64)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default();
+                let state = if i.done_at.is_some() { "done" } else { "active" };
+                println!("job        {} ({})", i.id, i.name);
+                println!(
+                    "state      {state}: {} of {} tasks finished, {} failed",
+                    i.finished, i.tasks, i.failed
+                );
+                let states: Vec<String> = d.states.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                println!("tasks      {}", states.join(", "));
+                println!("submitted  {submitted}");
+                let took = if i.done_at.is_some() { "took" } else { "running" };
+                println!("{took:<10} {:.3} s, {:.1} tasks/s", d.elapsed_s, d.tasks_per_s);
+                println!("retries    {} attempts beyond the first", d.retried_attempts);
+            })
         }
         CtlCommand::Tasks { job, state } => {
             let id = parse_job_id(Some(&job))?;
@@ -599,18 +602,21 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             if let Some(s) = &state {
                 tasks.retain(|t| &t.state == s);
             }
-            if json {
-                print_json(&tasks)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!("{:>6} {:<16} {:<14} {:>8} {:<6}  ERROR", "TASK", "KEY", "STATE", "ATTEMPTS", "WORKER");
-            for t in tasks {
-                let worker = t.worker.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
-                let key = t.key.unwrap_or_else(|| "-".into());
-                let error = t.error.unwrap_or_default();
-                println!("{:>6} {:<16} {:<14} {:>8} {:<6}  {error}", t.idx, key, t.state, t.attempts, worker);
-            }
-            Ok(ExitCode::SUCCESS)
+            show(tasks, json, |tasks| {
+                println!(
+                    "{:>6} {:<16} {:<14} {:>8} {:<6}  ERROR",
+                    "TASK", "KEY", "STATE", "ATTEMPTS", "WORKER"
+                );
+                for t in tasks {
+                    let worker = t.worker.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
+                    let key = t.key.unwrap_or_else(|| "-".into());
+                    let error = t.error.unwrap_or_default();
+                    println!(
+                        "{:>6} {:<16} {:<14} {:>8} {:<6}  {error}",
+                        t.idx, key, t.state, t.attempts, worker
+                    );
+                }
+            })
         }
         CtlCommand::Cancel { job, keys } => {
             let id = parse_job_id(Some(&job))?;
@@ -634,20 +640,17 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
         }
         CtlCommand::Journal => {
             let j = client.journal().await?;
-            if json {
-                print_json(&j)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            match &j.path {
-                Some(p) => println!("path       {p}"),
-                None => println!("path       none: results are kept in memory (--no-journal)"),
-            }
-            println!("size       {}", format_size(j.bytes));
-            println!("records    {} ({} replayed at start-up)", j.records, j.records_replayed);
-            println!("epoch      {}", j.epoch);
-            let last = j.last_flush_ms_ago.map(ago).unwrap_or_else(|| "none yet".into());
-            println!("flushes    {}, last {last}", j.flushes);
-            Ok(ExitCode::SUCCESS)
+            show(j, json, |j| {
+                match &j.path {
+                    Some(p) => println!("path       {p}"),
+                    None => println!("path       none: results are kept in memory (--no-journal)"),
+                }
+                println!("size       {}", format_size(j.bytes));
+                println!("records    {} ({} replayed at start-up)", j.records, j.records_replayed);
+                println!("epoch      {}", j.epoch);
+                let last = j.last_flush_ms_ago.map(ago).unwrap_or_else(|| "none yet".into());
+                println!("flushes    {}, last {last}", j.flushes);
+            })
         }
         CtlCommand::LogLevel { level } => {
             print_done(&client.admin(crate::protocol::FromClient::LogLevel { level }).await?, json)

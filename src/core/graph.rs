@@ -177,13 +177,8 @@ pub fn complete(
         // A dependent pinned to a worker ahead of its inputs: drop it there.
         if let Some(TaskState::Assigned(w)) = core.find_task(tid).map(|t| t.state.clone()) {
             if tid != root {
-                let req = core.find_task(tid).map(|t| t.resources.clone()).unwrap_or_default();
-                if let Some(wk) = core.workers.get_mut(&w) {
-                    wk.release(&tid, &req);
-                }
+                super::handlers::release_pinned(core, w, tid);
                 out.cancels.push((w, tid));
-                let t = core.get_task_mut(tid);
-                t.attempts = t.attempts.saturating_sub(1); // it never started
             }
         }
         let attempt = core.find_task(tid).map_or(0, |t| t.attempts);

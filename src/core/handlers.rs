@@ -388,11 +388,7 @@ fn insert_job(
 }
 
 pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
-    let Some(j) = core.jobs.get_mut(&job) else {
-        let message = format!("no job {job} on this scheduler");
-        fx.to_client(conn, ToClient::Error { job: Some(job), message });
-        return;
-    };
+    let Some(j) = core.jobs.get_mut(&job) else { return no_job(fx, conn, job) };
     fx.to_client(conn, ToClient::Watching { job, tasks: j.tasks.len() as u32 });
     let done: Vec<TaskOutcome> = j
         .tasks
@@ -734,18 +730,24 @@ pub(super) fn unpin_dependents(core: &mut Core, tid: TaskId) -> Vec<(WorkerId, T
             if task.waiting == 0 {
                 continue;
             }
-            let req = task.resources.clone();
-            if let Some(wk) = core.workers.get_mut(&w) {
-                wk.release(&d, &req);
-            }
-            let task = core.get_task_mut(d);
-            task.state = TaskState::Waiting;
-            task.attempts = task.attempts.saturating_sub(1); // it never started
+            release_pinned(core, w, d);
+            core.get_task_mut(d).state = TaskState::Waiting;
             out.push((w, d));
             stack.push(d);
         }
     }
     out
+}
+
+/// A task pinned to worker `w` leaves it before it started: `w` no longer
+/// holds it, and that attempt does not count.
+pub(super) fn release_pinned(core: &mut Core, w: WorkerId, tid: TaskId) {
+    let req = core.find_task(tid).map(|t| t.resources.clone()).unwrap_or_default();
+    if let Some(wk) = core.workers.get_mut(&w) {
+        wk.release(&tid, &req);
+    }
+    let t = core.get_task_mut(tid);
+    t.attempts = t.attempts.saturating_sub(1);
 }
 
 /// Tells workers to drop tasks that are no longer theirs (grouped per worker).
@@ -1033,11 +1035,7 @@ pub fn on_cancel(
     job: JobId,
     keys: Vec<String>,
 ) {
-    let Some(j) = core.jobs.get(&job) else {
-        let message = format!("no job {job} on this scheduler");
-        fx.to_client(conn, ToClient::Error { job: Some(job), message });
-        return;
-    };
+    let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
     let targets: Vec<u32> = if keys.is_empty() {
         (0..j.tasks.len() as u32).collect()
     } else {
@@ -1104,13 +1102,7 @@ pub fn on_unwatch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: Job
 /// Every task of a job with its state; a ready task that needs resources no
 /// worker has is reported as unschedulable.
 pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
-    let Some(j) = core.jobs.get(&job) else {
-        fx.to_client(
-            conn,
-            ToClient::Error { job: Some(job), message: format!("no job {job} on this scheduler") },
-        );
-        return;
-    };
+    let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
     let tasks = j
         .tasks
         .iter()
@@ -1170,10 +1162,8 @@ fn job_info(id: JobId, j: &Job) -> crate::protocol::JobInfo {
 }
 
 fn no_job(fx: &mut impl Effects, conn: ConnId, job: JobId) {
-    fx.to_client(
-        conn,
-        ToClient::Error { job: Some(job), message: format!("no job {job} on this scheduler") },
-    );
+    let message = format!("no job {job} on this scheduler");
+    fx.to_client(conn, ToClient::Error { job: Some(job), message });
 }
 
 /// One job's progress by state, and its timing.
@@ -1335,13 +1325,7 @@ pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, extra: Status
 /// Says in words why a task is in its state: what it waits for, what it
 /// needs that no worker has, where it runs, how it ended.
 pub fn on_explain(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, key: String) {
-    let Some(j) = core.jobs.get(&job) else {
-        fx.to_client(
-            conn,
-            ToClient::Error { job: Some(job), message: format!("no job {job} on this scheduler") },
-        );
-        return;
-    };
+    let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
     let Some(idx) = graph::key_index(j, &key) else {
         fx.to_client(
             conn,
