@@ -112,6 +112,13 @@ impl Client {
         loop {
             let left = timeout.saturating_sub(start.elapsed());
             let file = wait_for_file(path, left).await.map_err(ClientError::Connect)?;
+            if let Some(why) = &file.stopped {
+                return Err(ClientError::Connect(format!(
+                    "the scheduler named by {} ({}) has stopped: {why}; start it again with `actord scheduler`",
+                    path.display(),
+                    file.describe()
+                )));
+            }
             let attempt = Conn::connect_epoch(
                 file.socket_addr(),
                 Role::Client,

@@ -22,6 +22,8 @@ pub struct SchedulerConfig {
     pub host: String,
     pub port: u16,
     pub max_frame: usize,
+    #[serde(deserialize_with = "de_size")]
+    pub max_send_queue: u64,
     pub prefetch_target_us: u64,
     pub max_prefetch_per_slot: u32,
     pub max_worker_kills: u32,
@@ -49,6 +51,8 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     #[serde(deserialize_with = "de_size")]
     pub max_result: u64,
+    #[serde(deserialize_with = "de_size")]
+    pub max_error: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]

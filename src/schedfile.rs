@@ -24,6 +24,10 @@ pub struct SchedulerFile {
     pub version: String,
     /// Hex secret every connection must present in its handshake.
     pub secret: String,
+    /// Set by a scheduler that stopped itself (e.g. its journal's disk is
+    /// full): why, and when. Clients report it instead of waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 impl SchedulerFile {
@@ -125,6 +129,7 @@ mod tests {
             started: "2026-01-01T00:00:00Z".into(),
             version: "0".into(),
             secret: "ab".into(),
+            stopped: None,
         };
         f.write_atomic(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

@@ -30,6 +30,8 @@ pub struct WorkerOptions {
     pub drain_timeout: Duration,
     /// A result larger than this (bytes) is a task error, not a huge frame.
     pub max_result: u64,
+    /// An error longer than this (bytes) is cut short.
+    pub max_error: u64,
     /// What it declares beyond its slots.
     pub resources: crate::protocol::Resources,
     /// Its GPU ids, handed out to tasks that ask for GPUs.
@@ -64,6 +66,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
     let pinned = Arc::new(std::sync::Mutex::new(Pinned::default()));
     control.lock().free_gpus = opts.gpus.clone();
     control.lock().max_result = opts.max_result;
+    control.lock().max_error = opts.max_error;
     for slot in 0..opts.threads.max(1) {
         let ctl = control.clone();
         let rx = task_rx.clone();
@@ -105,7 +108,7 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
     }
     drop(report_tx);
 
-    let mut book = Book::default();
+    let mut book = Book { max_frame: opts.max_frame, ..Book::default() };
     let mut lost_since: Option<Instant> = None;
     let mut last_error = String::new();
     let mut backoff = Duration::from_millis(50);
@@ -295,6 +298,8 @@ pub struct ControlState {
     free_gpus: Vec<String>,
     /// Largest result a task may return, in bytes (0: no limit).
     max_result: u64,
+    /// Longest error a task may report, in bytes (0: no limit).
+    max_error: u64,
 }
 
 impl Control {
@@ -405,6 +410,8 @@ struct Book {
     unsent: Vec<TaskReport>,
     /// Number of the next report frame on this connection.
     next_batch: u64,
+    /// Largest frame the scheduler accepts: report frames stay well below it.
+    max_frame: usize,
 }
 
 impl Book {
@@ -474,19 +481,89 @@ impl Book {
         }
     }
 
-    /// Sends the unsent reports as one numbered frame, kept until acknowledged.
+    /// Sends the unsent reports as numbered frames, each kept until
+    /// acknowledged, each well below the frame limit (half of it).
     async fn flush(&mut self, sink: &mut FrameSink) -> Result<(), String> {
-        if self.unsent.is_empty() {
-            return Ok(());
+        let budget = (self.max_frame / 2).max(1);
+        while !self.unsent.is_empty() {
+            let (mut n, mut bytes) = (0, 0usize);
+            while n < self.unsent.len() && n < MAX_REPORTS_PER_FRAME {
+                let size = report_size(&self.unsent[n]);
+                if n > 0 && bytes.saturating_add(size) > budget {
+                    break;
+                }
+                bytes = bytes.saturating_add(size);
+                n += 1;
+            }
+            let mut reports: Vec<TaskReport> = self.unsent.drain(..n).collect();
+            if n == 1 && bytes > budget {
+                // Only a misconfiguration (max_result near max_frame) gets
+                // here: a report that cannot be sent must not become a
+                // reconnect loop, so it becomes an error that fits.
+                let r = &mut reports[0];
+                r.outcome = Outcome::Err {
+                    error: format!(
+                        "the report of this task is {}, too large for a frame of at most {} (scheduler.max_frame): lower worker.max_result",
+                        crate::util::format_size(bytes as u64),
+                        crate::util::format_size(self.max_frame as u64)
+                    ),
+                };
+            }
+            let batch = self.next_batch;
+            self.next_batch += 1;
+            let msg = FromWorker::Reports { batch, reports };
+            let result = send(sink, &msg).await;
+            let FromWorker::Reports { reports, .. } = msg else { unreachable!("built above") };
+            self.unacked.push_back((batch, reports));
+            result?;
         }
-        let batch = self.next_batch;
-        self.next_batch += 1;
-        let msg = FromWorker::Reports { batch, reports: std::mem::take(&mut self.unsent) };
-        let result = send(sink, &msg).await;
-        let FromWorker::Reports { reports, .. } = msg else { unreachable!("built above") };
-        self.unacked.push_back((batch, reports));
-        result
+        Ok(())
     }
+}
+
+/// About how many bytes a report takes in a frame.
+fn report_size(r: &TaskReport) -> usize {
+    let payload = match &r.outcome {
+        Outcome::Ok { result } => result.len(),
+        Outcome::Err { error, .. } => error.len(),
+    };
+    payload.saturating_add(64)
+}
+
+/// Caps what one attempt reports: a result over `max_result` becomes a task
+/// error saying so, and an error over `max_error` is cut short with a note.
+/// (0: no limit.)
+pub fn cap_outcome(outcome: Outcome, max_result: u64, max_error: u64) -> Outcome {
+    match outcome {
+        Outcome::Ok { result } if max_result > 0 && result.len() as u64 > max_result => Outcome::Err {
+            error: format!(
+                "the result is {}, over the limit of {} (worker.max_result): return less, or write it to a file",
+                crate::util::format_size(result.len() as u64),
+                crate::util::format_size(max_result)
+            ),
+        },
+        Outcome::Err { error } => Outcome::Err { error: cap_error(error, max_error) },
+        ok => ok,
+    }
+}
+
+fn cap_error(mut error: String, max: u64) -> String {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    if max == 0 || error.len() <= max {
+        return error;
+    }
+    let note = format!(
+        "\n[error cut short: {} in all, over the limit of {} (worker.max_error)]",
+        crate::util::format_size(error.len() as u64),
+        crate::util::format_size(max as u64)
+    );
+    let mut cut = max.saturating_sub(note.len());
+    while !error.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    error.truncate(cut);
+    error.push_str(&note);
+    error
 }
 
 async fn send<T: serde::Serialize>(sink: &mut FrameSink, msg: &T) -> Result<(), String> {
@@ -582,9 +659,9 @@ async fn session(
                         };
                         ctl.cancel(&held, CANCEL_GRACE);
                     }
-                    Ok(ToWorker::Error { message }) => tracing::warn!(%message, "scheduler reports an error"),
+                    Ok(ToWorker::Error { message }) => tracing::warn!(message = ?message, "scheduler reports an error"),
                     Ok(ToWorker::Reregister { reason }) => {
-                        tracing::warn!(%reason, "registering again as a new worker");
+                        tracing::warn!(reason = ?reason, "registering again as a new worker");
                         // Queued tasks went to others; running ones finish and report.
                         book.drop_queued(&slots);
                         if let Err(e) = send(&mut sink, &register(opts, registry, book, slots.pinned)).await {
@@ -709,17 +786,11 @@ fn run_task(
             run_cmd(argv, env, *discard_output, work_dir, worker, &a, ctl)
         }
     };
-    let max = ctl.lock().max_result;
-    let outcome = match outcome {
-        Outcome::Ok { result } if max > 0 && result.len() as u64 > max => Outcome::Err {
-            error: format!(
-                "the result is {}, over the limit of {} (worker.max_result): return less, or write it to a file",
-                crate::util::format_size(result.len() as u64),
-                crate::util::format_size(max)
-            ),
-        },
-        other => other,
+    let (max_result, max_error) = {
+        let c = ctl.lock();
+        (c.max_result, c.max_error)
     };
+    let outcome = cap_outcome(outcome, max_result, max_error);
     TaskReport { task: a.task, attempt: a.attempt, outcome, micros: start.elapsed().as_micros() as u64 }
 }
 

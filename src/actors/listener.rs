@@ -1,11 +1,27 @@
 //! Accepts connections and spawns one linked session actor per connection.
 //! A session that fails is logged and never restarted: its peer reconnects.
+//! At most `MAX_HANDSHAKING` connections may be waiting to authenticate.
 
 use super::scheduler::SchedMsg;
 use super::session::{Session, SessionArgs, SessionConfig};
 use crate::ids::ConnId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
+
+/// Connections that have not finished their handshake, at most: more are
+/// closed at once, so unauthenticated peers cannot hold unbounded memory.
+pub const MAX_HANDSHAKING: usize = 256;
+
+/// Counts one connection in its handshake; dropping it ends the count.
+pub struct Handshaking(Arc<AtomicUsize>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 pub enum ListenerMsg {
     Accepted(TcpStream, std::net::SocketAddr),
@@ -24,6 +40,10 @@ pub struct ListenerState {
     config: SessionConfig,
     next_conn: u64,
     accept_task: tokio::task::JoinHandle<()>,
+    handshaking: Arc<AtomicUsize>,
+    /// When a refused connection was last logged (one line a second at most).
+    last_refusal_log: Option<std::time::Instant>,
+    refused_since_log: u64,
 }
 
 impl Actor for Listener {
@@ -53,7 +73,15 @@ impl Actor for Listener {
                 }
             }
         });
-        Ok(ListenerState { scheduler: args.scheduler, config: args.config, next_conn: 0, accept_task })
+        Ok(ListenerState {
+            scheduler: args.scheduler,
+            config: args.config,
+            next_conn: 0,
+            accept_task,
+            handshaking: Arc::new(AtomicUsize::new(0)),
+            last_refusal_log: None,
+            refused_since_log: 0,
+        })
     }
 
     async fn handle(
@@ -63,6 +91,23 @@ impl Actor for Listener {
         st: &mut ListenerState,
     ) -> Result<(), ActorProcessingErr> {
         let ListenerMsg::Accepted(stream, addr) = msg;
+        if st.handshaking.fetch_add(1, Ordering::Relaxed) >= MAX_HANDSHAKING {
+            st.handshaking.fetch_sub(1, Ordering::Relaxed);
+            drop(stream);
+            st.refused_since_log += 1;
+            if st.last_refusal_log.is_none_or(|t| t.elapsed().as_secs() >= 1) {
+                tracing::warn!(
+                    peer = %addr,
+                    refused = st.refused_since_log,
+                    limit = MAX_HANDSHAKING,
+                    "too many connections waiting to authenticate: closing new ones"
+                );
+                st.last_refusal_log = Some(std::time::Instant::now());
+                st.refused_since_log = 0;
+            }
+            return Ok(());
+        }
+        let handshaking = Handshaking(st.handshaking.clone());
         st.next_conn += 1;
         let args = SessionArgs {
             conn: ConnId(st.next_conn),
@@ -70,6 +115,7 @@ impl Actor for Listener {
             peer: addr.to_string(),
             scheduler: st.scheduler.clone(),
             config: st.config.clone(),
+            handshaking,
         };
         // The handshake runs in the session's pre_start: off this actor's loop.
         let cell = myself.get_cell();

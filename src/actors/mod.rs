@@ -48,6 +48,8 @@ pub struct SchedulerOptions {
     /// `None`: results are kept in memory only.
     pub journal: Option<PathBuf>,
     pub max_frame: usize,
+    /// Unread bytes queued for one connection at most (then it is closed).
+    pub max_send_queue: usize,
     pub core: CoreConfig,
     /// After a restart, how long workers have to reclaim their running tasks.
     pub reclaim_grace: std::time::Duration,
@@ -63,6 +65,8 @@ pub struct SchedulerHandle {
     scheduler_join: tokio::task::JoinHandle<()>,
     listener: ActorRef<listener::ListenerMsg>,
     shutdown: std::sync::Arc<tokio::sync::Notify>,
+    /// Why the scheduler actor failed, once it has.
+    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,8 +149,10 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
         started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         version: env!("CARGO_PKG_VERSION").into(),
         secret: random_secret(),
+        stopped: None,
     };
     let shutdown = std::sync::Arc::new(tokio::sync::Notify::new());
+    let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
     // Check heartbeats a few times per timeout.
     let tick =
         std::time::Duration::from_micros((opts.core.heartbeat_timeout_us / 4).clamp(10_000, 1_000_000));
@@ -160,6 +166,8 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
             commit_interval: opts.commit_interval,
             shutdown: shutdown.clone(),
             records_replayed: n_records as u64,
+            max_send_queue: opts.max_send_queue,
+            failure: failure.clone(),
         },
     )
     .await?;
@@ -175,7 +183,15 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
     file.write_atomic(&opts.scheduler_file)
         .map_err(|source| StartError::File { path: opts.scheduler_file.clone(), source })?;
     tracing::info!(address = %file.address, file = %opts.scheduler_file.display(), "scheduler listening");
-    Ok(SchedulerHandle { file, path: opts.scheduler_file, scheduler, scheduler_join, listener, shutdown })
+    Ok(SchedulerHandle {
+        file,
+        path: opts.scheduler_file,
+        scheduler,
+        scheduler_join,
+        listener,
+        shutdown,
+        failure,
+    })
 }
 
 impl SchedulerHandle {
@@ -188,6 +204,27 @@ impl SchedulerHandle {
     /// Resolves when the scheduler actor stops (a journal failure, or `stop`).
     pub async fn stopped(&mut self) {
         let _ = (&mut self.scheduler_join).await;
+    }
+
+    /// After the scheduler actor failed: stops accepting and rewrites the
+    /// scheduler file (if still this run's) to say why, so clients tell
+    /// their user at once instead of waiting for an answer. Returns the reason.
+    pub async fn fail(self) -> String {
+        self.listener.stop(None);
+        let reason = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "the scheduler stopped unexpectedly".into());
+        if SchedulerFile::read(&self.path).map(|f| f.instance) == Ok(self.file.instance) {
+            let stamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let file = SchedulerFile { stopped: Some(format!("{reason} (at {stamp})")), ..self.file.clone() };
+            if let Err(e) = file.write_atomic(&self.path) {
+                tracing::error!(error = %e, path = %self.path.display(), "cannot mark the scheduler file as stopped");
+            }
+        }
+        reason
     }
 
     /// Stops accepting, stops the scheduler, and removes the scheduler file

@@ -381,7 +381,7 @@ async fn link_loop(
                         Ok(ToNanny::RetireWorker { slot }) => {
                             let _ = nanny.cast(NannyMsg::RetireWorker(slot));
                         }
-                        Ok(ToNanny::Error { message }) => tracing::warn!(%message, "scheduler reports an error"),
+                        Ok(ToNanny::Error { message }) => tracing::warn!(message = ?message, "scheduler reports an error"),
                         Err(e) => tracing::warn!(error = %e, "ignoring a message this nanny does not understand"),
                     }
                 }

@@ -2,7 +2,7 @@
 //! message through a core handler, then executes the effects — journal
 //! first (one flush per group), then one write per connection.
 
-use super::session::SessionMsg;
+use super::session::{SessionHandle, SessionMsg};
 use crate::core::{self, Core, Effects};
 use crate::ids::ConnId;
 use crate::persistence::{AnyJournal, Journal, Record};
@@ -18,7 +18,7 @@ pub enum SchedMsg {
     Connected {
         conn: ConnId,
         role: Role,
-        session: ActorRef<SessionMsg>,
+        session: SessionHandle,
     },
     Worker {
         conn: ConnId,
@@ -105,12 +105,18 @@ pub struct SchedulerArgs {
     pub shutdown: Arc<tokio::sync::Notify>,
     /// Records the journal held at start-up.
     pub records_replayed: u64,
+    /// Bytes queued for one connection at most; past it the connection is closed.
+    pub max_send_queue: usize,
+    /// Why the actor failed, if it does: told to clients by the scheduler file.
+    pub failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 pub struct SchedulerState {
     core: Core,
     journal: AnyJournal,
-    sessions: HashMap<ConnId, ActorRef<SessionMsg>>,
+    sessions: HashMap<ConnId, SessionHandle>,
+    max_send_queue: usize,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
     outbox: Outbox,
     /// A `Flush` is already in the mailbox: later steps join its group.
     flush_queued: bool,
@@ -184,6 +190,8 @@ impl Actor for SchedulerActor {
             core: args.core,
             journal: args.journal,
             sessions: HashMap::new(),
+            max_send_queue: args.max_send_queue,
+            failure: args.failure,
             outbox: Outbox::default(),
             flush_queued: false,
             in_flight: None,
@@ -208,6 +216,21 @@ impl Actor for SchedulerActor {
         msg: SchedMsg,
         st: &mut SchedulerState,
     ) -> Result<(), ActorProcessingErr> {
+        let result = handle_msg(myself, msg, st);
+        if let Err(e) = &result {
+            let mut failure = st.failure.lock().unwrap_or_else(|p| p.into_inner());
+            *failure = Some(e.to_string());
+        }
+        result
+    }
+}
+
+fn handle_msg(
+    myself: ActorRef<SchedMsg>,
+    msg: SchedMsg,
+    st: &mut SchedulerState,
+) -> Result<(), ActorProcessingErr> {
+    {
         let now = now_micros();
         let (core, fx) = (&mut st.core, &mut st.outbox);
         match msg {
@@ -275,7 +298,7 @@ impl Actor for SchedulerActor {
                 FromClient::LogLevel { level } => {
                     let reply = match crate::util::set_log_level(&level) {
                         Ok(()) => {
-                            tracing::warn!(%level, "log level changed");
+                            tracing::warn!(level = ?level, "log level changed");
                             ToClient::Done { message: format!("log level is now {level:?}") }
                         }
                         Err(message) => ToClient::Error { job: None, message },
@@ -348,9 +371,7 @@ impl Actor for SchedulerActor {
 /// messages to each connection keep their order.
 fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
     for (conn, frames) in std::mem::take(&mut st.outbox.urgent) {
-        if let Some(s) = st.sessions.get(&conn) {
-            let _ = s.cast(SessionMsg::Frames(frames));
-        }
+        deliver(st, conn, frames);
     }
     if st.in_flight.is_some() || st.outbox.is_empty() {
         return Ok(());
@@ -391,14 +412,27 @@ fn send(st: &SchedulerState, out: Outbox) {
         st.shutdown.notify_one();
     }
     for (conn, frames) in out.frames {
-        if let Some(s) = st.sessions.get(&conn) {
-            // A session that stopped meanwhile is reported by `Closed`.
-            let _ = s.cast(SessionMsg::Frames(frames));
-        }
+        deliver(st, conn, frames);
     }
     for conn in out.closes {
         if let Some(s) = st.sessions.get(&conn) {
-            let _ = s.cast(SessionMsg::Close);
+            let _ = s.actor.cast(SessionMsg::Close);
         }
+    }
+}
+
+/// Hands frames to a connection's session, closing a connection whose peer
+/// has left more than `max_send_queue` bytes unread. A session that stopped
+/// meanwhile is reported by `Closed`.
+fn deliver(st: &SchedulerState, conn: ConnId, frames: Vec<Bytes>) {
+    let Some(s) = st.sessions.get(&conn) else { return };
+    let aborted = s.abort.is_cancelled();
+    if !s.deliver(frames, st.max_send_queue) && !aborted {
+        tracing::warn!(
+            conn = %conn,
+            queued = %crate::util::format_size(s.queued.load(std::sync::atomic::Ordering::Relaxed) as u64),
+            limit = %crate::util::format_size(st.max_send_queue as u64),
+            "closing a connection whose peer does not read what it is sent (send queue full)"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use super::scheduler::SchedMsg;
 use crate::ids::ConnId;
-use crate::protocol::conn::{decode, encode, next_frame, ConnError};
+use crate::protocol::conn::{decode, encode, next_frame, ConnError, HANDSHAKE_MAX_FRAME};
 use crate::protocol::{
     Conn, FromClient, FromNanny, FromWorker, Hello, HelloReply, Role, ToClient, ToNanny, ToWorker, MAGIC,
     PROTOCOL_VERSION,
@@ -11,8 +11,11 @@ use crate::protocol::{
 use bytes::Bytes;
 use futures::SinkExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::protocol::conn::{FrameSink as Sink, FrameStream as Stream};
 
@@ -43,11 +46,47 @@ pub struct SessionArgs {
     pub peer: String,
     pub scheduler: ActorRef<SchedMsg>,
     pub config: SessionConfig,
+    /// Held until the handshake is over (either way).
+    pub handshaking: super::listener::Handshaking,
+}
+
+/// The scheduler's end of a session: where to send frames, and the bytes
+/// queued for it but not yet written, so a peer that does not read cannot
+/// make the scheduler queue without bound.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub actor: ActorRef<SessionMsg>,
+    pub queued: Arc<AtomicUsize>,
+    /// Cancelled to drop the connection at once, even mid-write.
+    pub abort: CancellationToken,
+}
+
+impl SessionHandle {
+    /// Queues frames for writing; `false` (and the connection dropped) if
+    /// that would put more than `limit` bytes in its queue.
+    pub fn deliver(&self, frames: Vec<Bytes>, limit: usize) -> bool {
+        if self.abort.is_cancelled() {
+            return false;
+        }
+        let bytes: usize = frames.iter().map(|f| f.len()).sum();
+        let queued = self.queued.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
+        if queued > limit {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
+            self.abort.cancel();
+            return false;
+        }
+        if self.actor.cast(SessionMsg::Frames(frames)).is_err() {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        true
+    }
 }
 
 pub struct SessionState {
     conn: ConnId,
     sink: Sink,
+    queued: Arc<AtomicUsize>,
+    abort: CancellationToken,
     reader: Option<tokio::task::JoinHandle<()>>,
     scheduler: ActorRef<SchedMsg>,
     /// Set once the handshake succeeded and the scheduler knows this session.
@@ -90,39 +129,50 @@ impl Actor for Session {
         myself: ActorRef<SessionMsg>,
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
-        let mut conn = Conn::new(args.stream, args.config.max_frame);
+        // A small frame limit until the peer has proved it knows the secret.
+        let mut conn = Conn::new(args.stream, HANDSHAKE_MAX_FRAME);
         let hello: Result<Hello, String> =
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.read::<Hello>()).await {
                 Err(_) => Err(format!("no Hello within {HANDSHAKE_TIMEOUT:?}")),
                 Ok(Err(e)) => Err(format!("expected a Hello frame: {e}")),
                 Ok(Ok(h)) => check_hello(&h, &args.config.secret, args.config.epoch).map(|_| h),
             };
+        drop(args.handshaking);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let abort = CancellationToken::new();
         let (sink, stream) = match hello {
             Err(error) => {
-                tracing::warn!(peer = %args.peer, %error, "connection refused");
+                tracing::warn!(peer = %args.peer, error = ?error, "connection refused");
                 let _ = conn.write(&HelloReply::Rejected { error }).await;
                 let (sink, _) = conn.into_split();
                 myself.stop(Some("handshake refused".into()));
                 return Ok(SessionState {
                     conn: args.conn,
                     sink,
+                    queued: Default::default(),
+                    abort: CancellationToken::new(),
                     reader: None,
                     scheduler: args.scheduler,
                     connected: false,
                 });
             }
             Ok(hello) => {
-                tracing::debug!(peer = %args.peer, role = ?hello.role, host = %hello.host, pid = hello.pid, "connection accepted");
+                tracing::debug!(peer = %args.peer, role = ?hello.role, host = ?hello.host, pid = hello.pid, "connection accepted");
                 let reply = HelloReply::Welcome {
                     protocol: PROTOCOL_VERSION,
                     instance: args.config.instance,
                     epoch: args.config.epoch,
                 };
                 conn.write(&reply).await?;
+                conn.set_max_frame(args.config.max_frame);
                 args.scheduler.cast(SchedMsg::Connected {
                     conn: args.conn,
                     role: hello.role,
-                    session: myself.clone(),
+                    session: SessionHandle {
+                        actor: myself.clone(),
+                        queued: queued.clone(),
+                        abort: abort.clone(),
+                    },
                 })?;
                 let (sink, stream) = conn.into_split();
                 let who = format!("{}@{} pid {} ({})", hello.user, hello.host, hello.pid, args.peer);
@@ -134,6 +184,8 @@ impl Actor for Session {
         Ok(SessionState {
             conn: args.conn,
             sink,
+            queued,
+            abort,
             reader: Some(reader),
             scheduler: args.scheduler,
             connected: true,
@@ -148,14 +200,22 @@ impl Actor for Session {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Frames(frames) => {
-                for f in frames {
-                    if st.sink.feed(f).await.is_err() {
-                        myself.stop(Some("write failed".into()));
-                        return Ok(());
+                let bytes: usize = frames.iter().map(|f| f.len()).sum();
+                let sink = &mut st.sink;
+                let write = async move {
+                    for f in frames {
+                        sink.feed(f).await?;
                     }
-                }
-                if st.sink.flush().await.is_err() {
-                    myself.stop(Some("write failed".into()));
+                    sink.flush().await
+                };
+                let written = tokio::select! {
+                    r = write => r.is_ok(),
+                    _ = st.abort.cancelled() => false,
+                };
+                st.queued.fetch_sub(bytes, Ordering::Relaxed);
+                if !written {
+                    let why = if st.abort.is_cancelled() { "send queue full" } else { "write failed" };
+                    myself.stop(Some(why.into()));
                 }
             }
             SessionMsg::Close => {
@@ -231,9 +291,9 @@ async fn read_loop(
                     };
                     match what {
                         Some(what) if changes => {
-                            tracing::info!(who = %peer, request = %what, "admin request")
+                            tracing::info!(who = ?peer, request = ?what, "admin request")
                         }
-                        Some(what) => tracing::debug!(who = %peer, request = %what, "admin request"),
+                        Some(what) => tracing::debug!(who = ?peer, request = ?what, "admin request"),
                         None => {}
                     }
                     scheduler.cast(SchedMsg::Client { conn, msg })
@@ -250,7 +310,7 @@ async fn read_loop(
         }
     };
     if let Some(message) = error {
-        tracing::warn!(peer = %peer, conn = %conn, error = %message, "closing connection after a bad frame");
+        tracing::warn!(peer = ?peer, conn = %conn, error = ?message, "closing connection after a bad frame");
         let reply = match role {
             Role::Worker => encode(&ToWorker::Error { message }),
             Role::Client => encode(&ToClient::Error { job: None, message }),

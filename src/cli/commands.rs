@@ -38,7 +38,10 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
             tokio::select! {
                 _ = shutdown_signal() => tracing::info!("signal received; stopping"),
                 _ = asked => tracing::info!("stopping as an admin asked"),
-                _ = handle.stopped() => return Err(failed("the scheduler stopped unexpectedly (see the log above)")),
+                _ = handle.stopped() => {
+                    let reason = handle.fail().await;
+                    return Err(failed(format!("the scheduler stopped: {reason}")));
+                }
             }
             handle.stop().await;
             Ok(ExitCode::SUCCESS)
@@ -91,6 +94,7 @@ fn scheduler_options(
         scheduler_file: crate::schedfile::resolve_path(file).map_err(usage)?,
         journal,
         max_frame: c.max_frame,
+        max_send_queue: usize::try_from(c.max_send_queue).unwrap_or(usize::MAX),
         core: CoreConfig {
             prefetch_target_us: c.prefetch_target_us,
             max_prefetch_per_slot: c.max_prefetch_per_slot,
@@ -143,6 +147,7 @@ fn worker_options(config: &Config, a: &WorkerArgs) -> Result<crate::worker::Work
         heartbeat: config.worker.heartbeat,
         drain_timeout: config.worker.drain_timeout,
         max_result: config.worker.max_result,
+        max_error: config.worker.max_error,
         max_frame: config.scheduler.max_frame,
         work_dir,
         nanny: nanny_slot_from_env(),
@@ -325,7 +330,7 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
             let tasks = read_jsonl_tasks(&name, &inputs)?;
             let mut client = connect(config, &c).await?;
             let job = client.submit_job(id, &name, tasks).await?;
-            println!("{}", job.id);
+            outln!("{}", job.id);
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Submit {
@@ -382,7 +387,7 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
             }
             let mut client = connect(config, &c).await?;
             let job = client.submit_job(id, &name, tasks).await?;
-            println!("{}", job.id);
+            outln!("{}", job.id);
             Ok(ExitCode::SUCCESS)
         }
         ClientCommand::Gather { connect: c, job, out, key: None } => {
@@ -412,7 +417,7 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
 
 /// `--json` output of the ctl commands.
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
-    println!("{}", serde_json::to_string_pretty(value).map_err(failed)?);
+    outln!("{}", serde_json::to_string_pretty(value).map_err(failed)?);
     Ok(())
 }
 
@@ -452,7 +457,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
         CtlCommand::Workers => {
             let workers = client.workers().await?;
             show(workers, json, |workers| {
-                println!(
+                outln!(
                     "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} RESOURCES",
                     "ID", "HOST", "PID", "SLOTS", "RUNNING", "NANNY:SLOT", "HEARD", "RSS", "STATE"
                 );
@@ -463,7 +468,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
                     let state = if w.draining { "draining" } else { "active" };
                     let resources: Vec<String> =
                         w.resources.iter().map(|(k, n)| format!("{k}={n}")).collect();
-                    println!(
+                    outln!(
                         "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} {}",
                         w.id.to_string(),
                         w.host,
@@ -482,10 +487,10 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
         CtlCommand::Nannies => {
             let nannies = client.nannies().await?;
             show(nannies, json, |nannies| {
-                println!("{:<6} {:<20} {:>8} {:>5} {:>9}  STATE", "NANNY", "HOST", "PID", "SLOT", "RESTARTS");
+                outln!("{:<6} {:<20} {:>8} {:>5} {:>9}  STATE", "NANNY", "HOST", "PID", "SLOT", "RESTARTS");
                 for n in nannies {
                     for s in &n.slots {
-                        println!(
+                        outln!(
                             "{:<6} {:<20} {:>8} {:>5} {:>9}  {}",
                             n.id,
                             n.host,
@@ -511,21 +516,21 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
                 return Ok(ExitCode::SUCCESS);
             }
             let uptime = crate::util::format_duration(std::time::Duration::from_secs(s.uptime_s));
-            println!("scheduler  {} (pid {} on {}, up {uptime})", f.address, f.pid, f.host);
-            println!("epoch      {}", s.epoch);
+            outln!("scheduler  {} (pid {} on {}, up {uptime})", f.address, f.pid, f.host);
+            outln!("epoch      {}", s.epoch);
             match &s.journal_path {
-                Some(p) => println!("journal    {p} ({})", format_size(s.journal_bytes)),
-                None => println!("journal    none (results in memory)"),
+                Some(p) => outln!("journal    {p} ({})", format_size(s.journal_bytes)),
+                None => outln!("journal    none (results in memory)"),
             }
-            println!("workers    {} ({} slots), {} nannies", s.workers, s.slots, s.nannies);
-            println!("jobs       {} ({} done)", s.jobs, s.jobs_done);
-            println!(
+            outln!("workers    {} ({} slots), {} nannies", s.workers, s.slots, s.nannies);
+            outln!("jobs       {} ({} done)", s.jobs, s.jobs_done);
+            outln!(
                 "tasks      {} finished, {} failed, {} running, {} queued (of {})",
                 s.tasks_finished, s.tasks_failed, s.tasks_running, s.tasks_queued, s.tasks
             );
-            println!("throughput {:.1} tasks/s (last 10 s)", s.tasks_per_s);
+            outln!("throughput {:.1} tasks/s (last 10 s)", s.tasks_per_s);
             if s.draining {
-                println!("state      draining: no new tasks; stops when the running ones finish");
+                outln!("state      draining: no new tasks; stops when the running ones finish");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -533,7 +538,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             let id = parse_job_id(Some(&job))?;
             let message = client.explain(id, &key).await?;
             if !json {
-                println!("{message}");
+                outln!("{message}");
                 return Ok(ExitCode::SUCCESS);
             }
             print_done(&message, json)
@@ -556,13 +561,13 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
         CtlCommand::Jobs => {
             let jobs = client.jobs().await?;
             show(jobs, json, |jobs| {
-                println!(
+                outln!(
                     "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  STATE",
                     "JOB", "NAME", "TASKS", "DONE", "FAILED", "RUNNING"
                 );
                 for j in jobs {
                     let state = if j.done_at.is_some() { "done" } else { "active" };
-                    println!(
+                    outln!(
                         "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  {state}",
                         j.id.to_string(),
                         j.name,
@@ -583,17 +588,17 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                     .unwrap_or_default();
                 let state = if i.done_at.is_some() { "done" } else { "active" };
-                println!("job        {} ({})", i.id, i.name);
-                println!(
+                outln!("job        {} ({})", i.id, i.name);
+                outln!(
                     "state      {state}: {} of {} tasks finished, {} failed",
                     i.finished, i.tasks, i.failed
                 );
                 let states: Vec<String> = d.states.iter().map(|(k, n)| format!("{k} {n}")).collect();
-                println!("tasks      {}", states.join(", "));
-                println!("submitted  {submitted}");
+                outln!("tasks      {}", states.join(", "));
+                outln!("submitted  {submitted}");
                 let took = if i.done_at.is_some() { "took" } else { "running" };
-                println!("{took:<10} {:.3} s, {:.1} tasks/s", d.elapsed_s, d.tasks_per_s);
-                println!("retries    {} attempts beyond the first", d.retried_attempts);
+                outln!("{took:<10} {:.3} s, {:.1} tasks/s", d.elapsed_s, d.tasks_per_s);
+                outln!("retries    {} attempts beyond the first", d.retried_attempts);
             })
         }
         CtlCommand::Tasks { job, state } => {
@@ -603,7 +608,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
                 tasks.retain(|t| &t.state == s);
             }
             show(tasks, json, |tasks| {
-                println!(
+                outln!(
                     "{:>6} {:<16} {:<14} {:>8} {:<6}  ERROR",
                     "TASK", "KEY", "STATE", "ATTEMPTS", "WORKER"
                 );
@@ -611,7 +616,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
                     let worker = t.worker.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
                     let key = t.key.unwrap_or_else(|| "-".into());
                     let error = t.error.unwrap_or_default();
-                    println!(
+                    outln!(
                         "{:>6} {:<16} {:<14} {:>8} {:<6}  {error}",
                         t.idx, key, t.state, t.attempts, worker
                     );
@@ -642,14 +647,14 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             let j = client.journal().await?;
             show(j, json, |j| {
                 match &j.path {
-                    Some(p) => println!("path       {p}"),
-                    None => println!("path       none: results are kept in memory (--no-journal)"),
+                    Some(p) => outln!("path       {p}"),
+                    None => outln!("path       none: results are kept in memory (--no-journal)"),
                 }
-                println!("size       {}", format_size(j.bytes));
-                println!("records    {} ({} replayed at start-up)", j.records, j.records_replayed);
-                println!("epoch      {}", j.epoch);
+                outln!("size       {}", format_size(j.bytes));
+                outln!("records    {} ({} replayed at start-up)", j.records, j.records_replayed);
+                outln!("epoch      {}", j.epoch);
                 let last = j.last_flush_ms_ago.map(ago).unwrap_or_else(|| "none yet".into());
-                println!("flushes    {}, last {last}", j.flushes);
+                outln!("flushes    {}, last {last}", j.flushes);
             })
         }
         CtlCommand::LogLevel { level } => {
@@ -806,18 +811,28 @@ fn read_graph(path: &str) -> Result<(String, Vec<TaskSpec>), CliError> {
 /// Parses `--array 1-200` (or a single `7`) into the inclusive range.
 fn parse_array(s: &str) -> Result<std::ops::RangeInclusive<u64>, CliError> {
     let bad = || usage(format!("--array {s:?}: expected a range like 1-200"));
-    let (a, b) = match s.split_once('-') {
+    let (a, b): (u64, u64) = match s.split_once('-') {
         Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
         None => {
             let n = s.trim().parse().map_err(|_| bad())?;
             (n, n)
         }
     };
-    if a > b || b - a >= u32::MAX as u64 {
+    if a > b {
         return Err(bad());
+    }
+    let n: u64 = (b - a).saturating_add(1);
+    if n > MAX_ARRAY_TASKS {
+        return Err(usage(format!(
+            "--array {s:?} has {n} tasks; one submission takes at most {MAX_ARRAY_TASKS}: split it into several"
+        )));
     }
     Ok(a..=b)
 }
+
+/// Most tasks one `--array` submission may create (a million `cmd` specs
+/// are tens of MB in one frame).
+const MAX_ARRAY_TASKS: u64 = 1_000_000;
 
 fn submit_tasks(
     array: Option<&str>,
@@ -937,7 +952,7 @@ async fn gather(config: &Config, c: &Connect, job: JobId, out: Option<&str>) -> 
 
 fn write_json(out: Option<&str>, doc: &serde_json::Value) -> Result<(), CliError> {
     match out {
-        None => println!("{doc}"),
+        None => outln!("{doc}"),
         Some(p) => {
             let path = expand_path(p).map_err(usage)?;
             let text = serde_json::to_string(doc).map_err(failed)?;
@@ -1019,6 +1034,6 @@ async fn darts(
     } else {
         eprintln!("pi ~= {pi:.6} from {total} darts in {wall:.2}s");
     }
-    println!("{pi}");
+    outln!("{pi}");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,12 @@
 //! The `actord` command line. `main_with(registry)` lets library users build
 //! their own worker binary with their own functions registered.
 
+/// `println!` that exits quietly (status 0) once stdout is closed, as in
+/// `actord ctl tasks JOB | head -3`, instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
+}
+
 mod commands;
 mod console;
 
@@ -404,6 +410,22 @@ impl From<crate::client::ClientError> for CliError {
         match e {
             crate::client::ClientError::Usage(m) => CliError::Usage(m),
             other => CliError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Writes one line to stdout: a closed pipe ends the process quietly, any
+/// other failure (e.g. a full disk behind a redirect) says so and exits 1.
+pub fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("actord: cannot write to stdout: {e}");
+            std::process::exit(1);
         }
     }
 }

@@ -13,6 +13,8 @@ use rustc_hash::FxHashMap as HashMap;
 
 /// Most outcomes sent to a watcher in one message when it catches up.
 const CATCH_UP_CHUNK: usize = 4096;
+/// ... and at most about this many bytes of results and errors per frame.
+const CATCH_UP_BYTES: usize = 16 << 20;
 
 pub struct NewWorker {
     pub slots: u32,
@@ -39,7 +41,7 @@ pub fn on_worker_joined(
     core.stale_conns.remove(&conn);
     core.next_worker += 1;
     let id = WorkerId(core.next_worker);
-    tracing::info!(worker = %id, host = %w.host, pid = w.pid, slots = w.slots, "worker registered");
+    tracing::info!(worker = %id, host = ?w.host, pid = w.pid, slots = w.slots, "worker registered");
     core.workers.insert(
         id,
         Worker {
@@ -390,6 +392,10 @@ fn insert_job(
 pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
     let Some(j) = core.jobs.get_mut(&job) else { return no_job(fx, conn, job) };
     fx.to_client(conn, ToClient::Watching { job, tasks: j.tasks.len() as u32 });
+    if j.watchers.contains(&conn) {
+        // Watched already: its outcomes stream to this connection anyway.
+        return;
+    }
     let done: Vec<TaskOutcome> = j
         .tasks
         .iter()
@@ -402,12 +408,27 @@ pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId
             })
         })
         .collect();
-    for chunk in done.chunks(CATCH_UP_CHUNK) {
-        fx.to_client(conn, ToClient::Outcomes { job, outcomes: chunk.to_vec() });
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    for o in done {
+        let size = match &o.outcome {
+            Outcome::Ok { result } => result.len(),
+            Outcome::Err { error, .. } => error.len(),
+        };
+        if !chunk.is_empty() && (chunk.len() >= CATCH_UP_CHUNK || bytes.saturating_add(size) > CATCH_UP_BYTES)
+        {
+            fx.to_client(conn, ToClient::Outcomes { job, outcomes: std::mem::take(&mut chunk) });
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(size);
+        chunk.push(o);
+    }
+    if !chunk.is_empty() {
+        fx.to_client(conn, ToClient::Outcomes { job, outcomes: chunk });
     }
     if j.is_done() {
         fx.to_client(conn, ToClient::JobDone { job, finished: j.finished, failed: j.failed });
-    } else if !j.watchers.contains(&conn) {
+    } else {
         j.watchers.push(conn);
     }
 }
@@ -965,7 +986,7 @@ pub fn on_nanny_registered(
             core.next_nanny
         }
     };
-    tracing::info!(nanny = id, host = %host, pid, slots = slots.len(), "nanny registered");
+    tracing::info!(nanny = id, host = ?host, pid, slots = slots.len(), "nanny registered");
     core.nanny_by_conn.insert(conn, id);
     core.nannies.insert(id, NannyRecord { conn, host, pid, slots });
     fx.to_nanny(conn, ToNanny::Registered { nanny: id });
@@ -974,7 +995,7 @@ pub fn on_nanny_registered(
 pub fn on_nanny_slot(core: &mut Core, conn: ConnId, info: SlotInfo) {
     let Some(n) = core.nanny_by_conn.get(&conn).and_then(|id| core.nannies.get_mut(id)) else { return };
     if let SlotState::Failed { reason } = &info.state {
-        tracing::error!(host = %n.host, nanny_pid = n.pid, slot = info.slot, %reason, "worker slot failed");
+        tracing::error!(host = ?n.host, nanny_pid = n.pid, slot = info.slot, reason = ?reason, "worker slot failed");
     }
     match n.slots.iter_mut().find(|s| s.slot == info.slot) {
         Some(s) => *s = info,
@@ -985,7 +1006,7 @@ pub fn on_nanny_slot(core: &mut Core, conn: ConnId, info: SlotInfo) {
 pub fn on_nanny_left(core: &mut Core, conn: ConnId) {
     if let Some(id) = core.nanny_by_conn.remove(&conn) {
         if let Some(n) = core.nannies.remove(&id) {
-            tracing::info!(nanny = id, host = %n.host, pid = n.pid, "nanny disconnected");
+            tracing::info!(nanny = id, host = ?n.host, pid = n.pid, "nanny disconnected");
         }
     }
 }
