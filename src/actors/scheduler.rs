@@ -56,16 +56,36 @@ pub struct Outbox {
     /// Messages that promise nothing (assignments, registrations): sent at
     /// once, without waiting for the journal.
     urgent: HashMap<ConnId, Vec<Bytes>>,
+    /// Bytes gathered per connection, and the most one may gather: a peer
+    /// that asks for more than that in one group (and does not read) is cut
+    /// off instead of growing the scheduler.
+    bytes: HashMap<ConnId, usize>,
+    limit: usize,
+    overflowed: Vec<ConnId>,
 }
 
 impl Outbox {
     fn is_empty(&self) -> bool {
         self.records.is_empty() && self.frames.is_empty() && self.closes.is_empty()
     }
+    fn new(limit: usize) -> Outbox {
+        Outbox { limit, ..Outbox::default() }
+    }
     fn push<T: serde::Serialize>(&mut self, conn: ConnId, msg: &T, urgent: bool) {
+        let gathered = self.bytes.entry(conn).or_default();
+        if *gathered > self.limit {
+            return; // cut off already
+        }
         let frames = if urgent { &mut self.urgent } else { &mut self.frames };
         match encode(msg) {
-            Ok(b) => frames.entry(conn).or_default().push(b),
+            Ok(b) => {
+                *gathered = gathered.saturating_add(b.len());
+                if *gathered > self.limit {
+                    self.overflowed.push(conn);
+                    return;
+                }
+                frames.entry(conn).or_default().push(b)
+            }
             Err(e) => tracing::error!(conn = %conn, error = %e, "cannot encode a message"),
         }
     }
@@ -192,7 +212,7 @@ impl Actor for SchedulerActor {
             sessions: HashMap::new(),
             max_send_queue: args.max_send_queue,
             failure: args.failure,
-            outbox: Outbox::default(),
+            outbox: Outbox::new(args.max_send_queue),
             flush_queued: false,
             in_flight: None,
             commit_interval: args.commit_interval,
@@ -370,14 +390,18 @@ fn handle_msg(
 /// sent only once that flush is done (`Flushed`). One flush at a time, so
 /// messages to each connection keep their order.
 fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
+    for conn in std::mem::take(&mut st.outbox.overflowed) {
+        cut_off(st, conn);
+    }
     for (conn, frames) in std::mem::take(&mut st.outbox.urgent) {
         deliver(st, conn, frames);
     }
+    st.outbox.bytes.retain(|c, _| st.outbox.frames.contains_key(c));
     if st.in_flight.is_some() || st.outbox.is_empty() {
         return Ok(());
     }
     if st.outbox.records.is_empty() {
-        let out = std::mem::take(&mut st.outbox);
+        let out = std::mem::replace(&mut st.outbox, Outbox::new(st.max_send_queue));
         send(st, out);
         return Ok(());
     }
@@ -393,7 +417,7 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
         }
     }
     st.last_flush = Some(now);
-    let mut out = std::mem::take(&mut st.outbox);
+    let mut out = std::mem::replace(&mut st.outbox, Outbox::new(st.max_send_queue));
     out.records = crate::persistence::coalesce(std::mem::take(&mut out.records));
     st.journal.append(&out.records)?;
     st.records_appended += out.records.len() as u64;
@@ -426,13 +450,24 @@ fn send(st: &SchedulerState, out: Outbox) {
 /// meanwhile is reported by `Closed`.
 fn deliver(st: &SchedulerState, conn: ConnId, frames: Vec<Bytes>) {
     let Some(s) = st.sessions.get(&conn) else { return };
-    let aborted = s.abort.is_cancelled();
-    if !s.deliver(frames, st.max_send_queue) && !aborted {
-        tracing::warn!(
-            conn = %conn,
-            queued = %crate::util::format_size(s.queued.load(std::sync::atomic::Ordering::Relaxed) as u64),
-            limit = %crate::util::format_size(st.max_send_queue as u64),
-            "closing a connection whose peer does not read what it is sent (send queue full)"
-        );
+    if !s.abort.is_cancelled() && !s.deliver(frames, st.max_send_queue) {
+        cut_off(st, conn);
     }
+}
+
+/// Closes a connection whose peer has more than `max_send_queue` bytes
+/// waiting for it, and says so.
+fn cut_off(st: &SchedulerState, conn: ConnId) {
+    let Some(s) = st.sessions.get(&conn) else { return };
+    if s.abort.is_cancelled() {
+        return; // cut off already
+    }
+    // Cancelling interrupts a write in progress; stopping ends an idle session.
+    s.abort.cancel();
+    s.actor.stop(Some("send queue full".into()));
+    tracing::warn!(
+        conn = %conn,
+        limit = %crate::util::format_size(st.max_send_queue as u64),
+        "closing a connection whose peer does not read what it is sent (send queue full)"
+    );
 }

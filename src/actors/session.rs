@@ -62,8 +62,8 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    /// Queues frames for writing; `false` (and the connection dropped) if
-    /// that would put more than `limit` bytes in its queue.
+    /// Queues frames for writing; `false` (and nothing queued) if that would
+    /// put more than `limit` bytes in its queue: the caller cuts it off.
     pub fn deliver(&self, frames: Vec<Bytes>, limit: usize) -> bool {
         if self.abort.is_cancelled() {
             return false;
@@ -72,7 +72,6 @@ impl SessionHandle {
         let queued = self.queued.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
         if queued > limit {
             self.queued.fetch_sub(bytes, Ordering::Relaxed);
-            self.abort.cancel();
             return false;
         }
         if self.actor.cast(SessionMsg::Frames(frames)).is_err() {

@@ -459,7 +459,15 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             show(workers, json, |workers| {
                 outln!(
                     "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} RESOURCES",
-                    "ID", "HOST", "PID", "SLOTS", "RUNNING", "NANNY:SLOT", "HEARD", "RSS", "STATE"
+                    "ID",
+                    "HOST",
+                    "PID",
+                    "SLOTS",
+                    "RUNNING",
+                    "NANNY:SLOT",
+                    "HEARD",
+                    "RSS",
+                    "STATE"
                 );
                 for w in workers {
                     let nanny =
@@ -526,7 +534,11 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             outln!("jobs       {} ({} done)", s.jobs, s.jobs_done);
             outln!(
                 "tasks      {} finished, {} failed, {} running, {} queued (of {})",
-                s.tasks_finished, s.tasks_failed, s.tasks_running, s.tasks_queued, s.tasks
+                s.tasks_finished,
+                s.tasks_failed,
+                s.tasks_running,
+                s.tasks_queued,
+                s.tasks
             );
             outln!("throughput {:.1} tasks/s (last 10 s)", s.tasks_per_s);
             if s.draining {
@@ -563,7 +575,12 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             show(jobs, json, |jobs| {
                 outln!(
                     "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  STATE",
-                    "JOB", "NAME", "TASKS", "DONE", "FAILED", "RUNNING"
+                    "JOB",
+                    "NAME",
+                    "TASKS",
+                    "DONE",
+                    "FAILED",
+                    "RUNNING"
                 );
                 for j in jobs {
                     let state = if j.done_at.is_some() { "done" } else { "active" };
@@ -591,7 +608,9 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
                 outln!("job        {} ({})", i.id, i.name);
                 outln!(
                     "state      {state}: {} of {} tasks finished, {} failed",
-                    i.finished, i.tasks, i.failed
+                    i.finished,
+                    i.tasks,
+                    i.failed
                 );
                 let states: Vec<String> = d.states.iter().map(|(k, n)| format!("{k} {n}")).collect();
                 outln!("tasks      {}", states.join(", "));
@@ -610,7 +629,11 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             show(tasks, json, |tasks| {
                 outln!(
                     "{:>6} {:<16} {:<14} {:>8} {:<6}  ERROR",
-                    "TASK", "KEY", "STATE", "ATTEMPTS", "WORKER"
+                    "TASK",
+                    "KEY",
+                    "STATE",
+                    "ATTEMPTS",
+                    "WORKER"
                 );
                 for t in tasks {
                     let worker = t.worker.map(|w| w.to_string()).unwrap_or_else(|| "-".into());
@@ -618,7 +641,11 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
                     let error = t.error.unwrap_or_default();
                     outln!(
                         "{:>6} {:<16} {:<14} {:>8} {:<6}  {error}",
-                        t.idx, key, t.state, t.attempts, worker
+                        t.idx,
+                        key,
+                        t.state,
+                        t.attempts,
+                        worker
                     );
                 }
             })

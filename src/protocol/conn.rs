@@ -318,7 +318,10 @@ mod tests {
     #[test]
     fn value_len_walks_every_kind_of_value() {
         let v = rmpv::Value::Map(vec![
-            (rmpv::Value::from("a"), rmpv::Value::from(vec![rmpv::Value::from(1), rmpv::Value::from(-70000)])),
+            (
+                rmpv::Value::from("a"),
+                rmpv::Value::from(vec![rmpv::Value::from(1), rmpv::Value::from(-70000)]),
+            ),
             (rmpv::Value::from("b"), rmpv::Value::Binary(vec![7; 300])),
             (rmpv::Value::from("c"), rmpv::Value::F64(1.5)),
             (rmpv::Value::from("d"), rmpv::Value::Ext(3, vec![1, 2, 3, 4])),
