@@ -32,7 +32,7 @@ pub mod scheduler;
 pub mod session;
 
 use crate::core::{Core, CoreConfig};
-use crate::persistence::{AnyJournal, Journal, MemJournal, SledJournal};
+use crate::persistence::{AnyJournal, Expected, Journal, MemJournal, OpenOptions, SledJournal};
 use crate::schedfile::SchedulerFile;
 use listener::{Listener, ListenerArgs};
 use ractor::{Actor, ActorRef};
@@ -55,6 +55,8 @@ pub struct SchedulerOptions {
     pub reclaim_grace: std::time::Duration,
     /// Least time between two journal flushes (group commit).
     pub commit_interval: std::time::Duration,
+    /// Start on a damaged journal, keeping what is intact (`--journal-repair`).
+    pub journal_repair: bool,
 }
 
 /// A running scheduler: its actors and what it wrote to its scheduler file.
@@ -103,11 +105,25 @@ fn advertised(local: std::net::SocketAddr) -> std::net::SocketAddr {
     std::net::SocketAddr::new(ip, local.port())
 }
 
+/// What the scheduler file left by the last run says about `journal`: the
+/// epoch it reached there, if that is past the first.
+pub fn expected_epoch(file: &std::path::Path, journal: &std::path::Path) -> Option<Expected> {
+    let f = SchedulerFile::read(file).ok()?;
+    let same = f.journal.as_deref().is_some_and(|j| std::path::Path::new(j) == journal);
+    (same && f.epoch > 0).then(|| (f.epoch, file.to_path_buf()))
+}
+
 /// Opens and replays the journal, listens, and writes the scheduler file
 /// once it is listening.
 pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, StartError> {
     let journal = match &opts.journal {
-        Some(dir) => AnyJournal::Sled(SledJournal::open(dir)?),
+        Some(dir) => {
+            let opts = OpenOptions {
+                repair: opts.journal_repair,
+                expected: expected_epoch(&opts.scheduler_file, dir),
+            };
+            AnyJournal::Sled(SledJournal::open_with(dir, &opts)?)
+        }
         None => AnyJournal::Mem(MemJournal::default()),
     };
     let t0 = std::time::Instant::now();

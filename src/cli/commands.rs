@@ -32,7 +32,8 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
                 true => None,
                 false => Some(crate::persistence::resolve_dir(a.journal.as_deref()).map_err(usage)?),
             };
-            let opts = scheduler_options(&config, a.scheduler_file.as_deref(), a.host, a.port, journal)?;
+            let mut opts = scheduler_options(&config, a.scheduler_file.as_deref(), a.host, a.port, journal)?;
+            opts.journal_repair = a.journal_repair;
             let mut handle = start_scheduler(opts).await.map_err(failed)?;
             let asked = handle.shutdown_requested();
             tokio::select! {
@@ -60,6 +61,7 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
             stop_nanny(nanny).await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Journal(c) => super::journal::run(c),
         Command::Local(a) => local(&config, config_path.as_deref(), a).await,
         Command::Client(c) => client_command(&config, c).await,
         Command::Console(c) => {
@@ -89,6 +91,7 @@ fn scheduler_options(
     Ok(SchedulerOptions {
         reclaim_grace: c.reclaim_grace,
         commit_interval: c.commit_interval,
+        journal_repair: false,
         host: host.unwrap_or_else(|| c.host.clone()),
         port: port.unwrap_or(c.port),
         scheduler_file: crate::schedfile::resolve_path(file).map_err(usage)?,

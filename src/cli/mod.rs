@@ -9,6 +9,7 @@ macro_rules! outln {
 
 mod commands;
 mod console;
+mod journal;
 
 use crate::functions::Registry;
 use clap::{Args, Parser, Subcommand};
@@ -38,6 +39,9 @@ pub enum Command {
     /// Interactive admin console: the `ctl` commands with history, tab
     /// completion, and reconnection when the scheduler restarts.
     Console(Connect),
+    /// Offline journal tools.
+    #[command(subcommand)]
+    Journal(journal::JournalCommand),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -62,6 +66,11 @@ pub struct SchedulerArgs {
     /// Keep everything in memory only: a restarted scheduler starts empty.
     #[arg(long, conflicts_with = "journal")]
     pub no_journal: bool,
+    /// Start even if the journal is damaged: keep what is intact, log (warn)
+    /// every job lost or that lost task outcomes, and make the journal
+    /// consistent again.
+    #[arg(long, conflicts_with = "no_journal")]
+    pub journal_repair: bool,
 }
 
 #[derive(Args, Debug, Clone)]

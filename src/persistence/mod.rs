@@ -1,29 +1,56 @@
 //! The scheduler's journal: versioned records, appended in groups and
 //! flushed once per group (group commit), replayed into the core at start-up.
 //!
-//! On disk (sled, on a shared file system such as `$SCRATCH`):
+//! On disk (sled, on a shared file system such as `$SCRATCH`), format 2:
+//! - every value in `jobs`, `done` and `forgotten` is a framed record:
+//!   crc32 (u32 BE, over the key's length, the key and the rest), then its
+//!   sequence number (lsn, u64 BE, one counter for the whole journal, never
+//!   reused), then its payload (msgpack);
 //! - `meta`: `version` (u32 BE) and `epoch` (u64 BE, bumped at every open);
 //! - `jobs`: key `job uuid ++ part (u32 BE)` → a `JobPart` (≤ 65,536 tasks);
-//! - `done`: key `job uuid ++ id (u64 BE, sled's generate_id)` → a batch of
-//!   finished tasks (`Vec<DoneTask>`), or a retry (`{"Retried": [idx]}`), in
-//!   the order they happened;
+//! - `done`: key `job uuid ++ lsn (u64 BE)` → a batch of finished tasks
+//!   (`Vec<DoneTask>`), or a retry (`{"Retried": [idx]}`), in the order they
+//!   happened;
+//! - `forgotten`: key `job uuid` → an empty record: a tombstone, written
+//!   before the job's records are removed;
+//! - `hwm` beside them (not in sled): the high-water mark, crc32 (BE) then
+//!   msgpack `[version, epoch, last_lsn, {job: [records, name]}]`, replaced
+//!   atomically (tmp, fsync, rename) after every flush, off the scheduler's
+//!   loop, with what the flush made durable;
 //! - `holder.json` beside them: pid, host and start time of the scheduler
 //!   that has it open.
 //!
-//! Forgetting a job removes every key under its uuid in both trees.
+//! Forgetting a job removes every key under its uuid in both trees, and the
+//! job from the mark. Checking at open (and `actord journal check`): every
+//! record's checksum and decoding; the epoch in `meta` against the mark's
+//! and the scheduler file's (a deleted or rolled-back database); and, per
+//! job, the records with lsn ≤ `last_lsn` against the mark's count. The mark
+//! is written only after sled's flush, so it may lag (records after
+//! `last_lsn` are not counted) but never leads; a forget the mark has not
+//! seen yet is excused by its tombstone. Tombstones are cleared at open,
+//! once a new mark (which no longer lists those jobs) is durable. Damage is
+//! refused with one message naming the jobs it touches; a repair drops what
+//! cannot be replayed and writes a mark for what is left.
 
+mod check;
+#[cfg(test)]
+mod damage_tests;
+mod frame;
+mod hwm;
 mod sled_journal;
 
-pub use sled_journal::{open_error_message, SledJournal};
+pub use check::{Affected, Expected, Report};
+pub use sled_journal::{open_error_message, verify, OpenOptions, SledJournal};
 
 use crate::ids::JobId;
 use crate::protocol::{Outcome, TaskSpec};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Bump when `Record`, `JobPart` or `DoneTask` change shape; opening a
-/// journal of another version is refused.
-pub const JOURNAL_VERSION: u32 = 1;
+/// Bump when `Record`, `JobPart`, `DoneTask`, the framing or the mark change
+/// shape; opening a journal of another version is refused (no migration).
+/// 2: framed records (crc32 + lsn), tombstones, the high-water mark.
+pub const JOURNAL_VERSION: u32 = 2;
 
 /// One finished task in a `TasksDone` record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,8 +101,9 @@ pub enum JournalError {
     Open { path: PathBuf, message: String },
     #[error("journal write failed: {0}")]
     Write(String),
-    #[error("journal record is unreadable ({key}): {message}")]
-    Corrupt { key: String, message: String },
+    /// Damage found at open: the whole report in one line.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 /// A flush of everything appended so far, runnable off the scheduler's loop.

@@ -1,6 +1,9 @@
-//! The journal in sled (see the module above for the layout).
+//! The journal in sled (see the module above for the layout): framing of
+//! records, the high-water mark kept after every flush, and the checks at open.
 
-use super::{DoneTask, Journal, JournalError, Record, JOURNAL_VERSION};
+use super::check::{quietly, Expected, Scan};
+use super::hwm::{self, HighWater, JobMark};
+use super::{frame, DoneTask, Journal, JournalError, Record, JOURNAL_VERSION};
 use crate::ids::JobId;
 use crate::protocol::TaskSpec;
 use serde::{Deserialize, Serialize};
@@ -11,12 +14,12 @@ use std::path::{Path, PathBuf};
 const TASKS_PER_PART: usize = 65_536;
 
 #[derive(Serialize, Deserialize)]
-struct JobPart {
-    seq: u64,
-    name: String,
-    first: u32,
-    total: u32,
-    tasks: Vec<TaskSpec>,
+pub struct JobPart {
+    pub seq: u64,
+    pub name: String,
+    pub first: u32,
+    pub total: u32,
+    pub tasks: Vec<TaskSpec>,
 }
 
 /// Who has the journal open, written beside it for the next one to read.
@@ -27,12 +30,28 @@ struct Holder {
     started: String,
 }
 
+/// How to open a journal.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Start on a damaged journal, dropping what cannot be replayed.
+    pub repair: bool,
+    /// The scheduler file names this journal at this epoch.
+    pub expected: Option<Expected>,
+}
+
 pub struct SledJournal {
     dir: PathBuf,
     db: sled::Db,
     jobs: sled::Tree,
     done: sled::Tree,
+    forgotten: sled::Tree,
     epoch: u64,
+    /// Sequence number of the last record written.
+    lsn: u64,
+    /// Live records per job, for the high-water mark.
+    marks: BTreeMap<JobId, JobMark>,
+    /// What the checks at open read, handed to the first `replay`.
+    opened: std::sync::Mutex<Option<Vec<Record>>>,
 }
 
 /// The one-line explanation of a failure to open sled at `dir`.
@@ -56,6 +75,11 @@ pub fn open_error_message(dir: &Path, e: &sled::Error) -> String {
             return format!("already in use by {holder}; stop it first, or give this one another --journal");
         }
     }
+    if let sled::Error::Corruption { .. } = e {
+        return format!(
+            "is damaged: sled found it corrupt ({e}); restore it from a copy, or move it aside to start a new one"
+        );
+    }
     e.to_string()
 }
 
@@ -65,49 +89,162 @@ fn job_key(job: &JobId, suffix: &[u8]) -> Vec<u8> {
     k
 }
 
-fn key_job(key: &[u8]) -> Option<JobId> {
+pub fn key_job(key: &[u8]) -> Option<JobId> {
     Some(JobId(uuid::Uuid::from_slice(key.get(..16)?).ok()?))
 }
 
+pub fn decode_part(payload: &[u8]) -> Result<JobPart, String> {
+    rmp_serde::from_slice(payload).map_err(|e| format!("does not decode: {e}"))
+}
+
+/// Values of the `done` tree other than a batch of outcomes (a plain array).
+#[derive(Serialize, serde::Deserialize)]
+enum DoneEntry {
+    Retried(Vec<u32>),
+}
+
+pub fn decode_done(job: JobId, payload: &[u8]) -> Result<Record, String> {
+    match rmp_serde::from_slice::<Vec<DoneTask>>(payload) {
+        Ok(done) => Ok(Record::TasksDone { job, done }),
+        Err(e) => match rmp_serde::from_slice::<DoneEntry>(payload) {
+            Ok(DoneEntry::Retried(idx)) => Ok(Record::TasksRetried { job, idx }),
+            Err(_) => Err(format!("does not decode: {e}")),
+        },
+    }
+}
+
+/// sled's database, with its panics and corruption errors reported as damage.
+fn open_db(dir: &Path) -> Result<sled::Db, JournalError> {
+    let err = |message: String| JournalError::Open { path: dir.to_path_buf(), message };
+    match quietly(|| sled::Config::new().path(dir).open()) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(err(open_error_message(dir, &e))),
+        Err(panic) => Err(err(format!(
+            "is damaged: sled cannot open it ({panic}); restore it from a copy, or move it aside to start a new one"
+        ))),
+    }
+}
+
+/// The epoch in the meta tree (`None`: a new or emptied database), after
+/// refusing journals of another version.
+fn read_meta(dir: &Path, meta: &sled::Tree) -> Result<Option<u64>, JournalError> {
+    let err = |message: String| JournalError::Open { path: dir.to_path_buf(), message };
+    match meta.get("version").map_err(|e| err(e.to_string()))? {
+        Some(v) if v.as_ref() != JOURNAL_VERSION.to_be_bytes() => {
+            let found = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).ok();
+            return Err(err(format!(
+                "was written in journal format {}; this actord reads format {JOURNAL_VERSION} only and does not \
+                 migrate: finish its jobs with the actord that wrote it, or move it aside to start a new journal",
+                found.map_or(format!("{:02x?}", v.as_ref()), |f| f.to_string())
+            )));
+        }
+        _ => {}
+    }
+    let epoch = meta.get("epoch").map_err(|e| err(e.to_string()))?;
+    Ok(epoch.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
+}
+
+/// The database, its trees and everything they hold, for checks.
+pub struct Opened {
+    pub db: sled::Db,
+    pub trees: [sled::Tree; 4],
+    pub epoch: Option<u64>,
+    pub scan: Scan,
+}
+
+/// Opens sled at `dir` and reads every tree (sled's panics become errors).
+pub fn open_and_scan(dir: &Path) -> Result<Opened, JournalError> {
+    let db = open_db(dir)?;
+    let err = |message: String| JournalError::Open { path: dir.to_path_buf(), message };
+    let tree = |name: &str| db.open_tree(name).map_err(|e| err(e.to_string()));
+    let trees = [tree("meta")?, tree("jobs")?, tree("done")?, tree("forgotten")?];
+    let epoch = read_meta(dir, &trees[0])?;
+    let scan = quietly(|| Scan::read(&trees[1], &trees[2], &trees[3]))
+        .map_err(|p| err(format!("is damaged: sled fails reading it ({p})")))?;
+    Ok(Opened { db, trees, epoch, scan })
+}
+
+/// The checks `open_with` makes, changing nothing: `actord journal check`.
+pub fn verify(dir: &Path, expected: Option<&Expected>) -> Result<super::Report, JournalError> {
+    let err = |message: &str| JournalError::Open { path: dir.to_path_buf(), message: message.into() };
+    let mark = HighWater::read(dir);
+    let (scan, epoch) = if dir.join("db").exists() {
+        let o = open_and_scan(dir)?;
+        (o.scan, o.epoch)
+    } else if (dir.is_dir() && !matches!(mark, Ok(None))) || expected.is_some() {
+        // A mark without its database, or a journal the scheduler file remembers.
+        (Scan::default(), None)
+    } else {
+        return Err(err("holds no journal"));
+    };
+    Ok(super::check::compare(dir, &scan, &mark, epoch, expected))
+}
+
 impl SledJournal {
-    /// Opens (or creates) the journal, bumps and flushes its epoch, and
-    /// records this process as its holder.
+    /// Opens (or creates) an intact journal: see `open_with`.
     pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        Self::open_with(dir, &OpenOptions::default())
+    }
+
+    /// Opens (or creates) the journal and verifies it against its
+    /// high-water mark: damage is refused unless `repair`, which drops what
+    /// cannot be replayed. Then bumps and flushes its epoch, writes a new
+    /// high-water mark, and records this process as its holder.
+    pub fn open_with(dir: &Path, opts: &OpenOptions) -> Result<Self, JournalError> {
         let err = |message: String| JournalError::Open { path: dir.to_path_buf(), message };
         std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
-        let db = sled::Config::new().path(dir).open().map_err(|e| err(open_error_message(dir, &e)))?;
-        let meta = db.open_tree("meta").map_err(|e| err(e.to_string()))?;
-        match meta.get("version").map_err(|e| err(e.to_string()))? {
-            Some(v) if v.as_ref() != JOURNAL_VERSION.to_be_bytes() => {
-                return Err(err(format!(
-                    "written by journal version {:?}; this actord reads version {JOURNAL_VERSION}",
-                    v.as_ref()
-                )))
+        let mark = HighWater::read(dir);
+        let Opened { db, trees: [meta, jobs, done, forgotten], epoch, scan } = open_and_scan(dir)?;
+        let report = super::check::compare(dir, &scan, &mark, epoch, opts.expected.as_ref());
+        if report.is_damaged() {
+            if !opts.repair {
+                return Err(JournalError::Damaged(report.message()));
             }
-            Some(_) => {}
-            None => {
-                meta.insert("version", &JOURNAL_VERSION.to_be_bytes()).map_err(|e| err(e.to_string()))?;
-            }
+            report.log_repair();
         }
-        let epoch = match meta.get("epoch").map_err(|e| err(e.to_string()))? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
-            None => 0,
+        // Also what a crash left half-written: never acknowledged.
+        let dropped = scan.drop_unreplayable(&jobs, &done).map_err(|e| err(e.to_string()))?;
+        if dropped > 0 {
+            tracing::warn!(journal = %dir.display(), records = dropped, "dropped unreplayable records");
+        }
+        let (records, marks) = scan.live();
+        let lsn = scan.max_lsn.max(mark.ok().flatten().map_or(0, |m| m.last_lsn));
+        let epoch = epoch.map_or(0, |e| e + 1);
+        let w = |e: sled::Error| err(e.to_string());
+        meta.insert("version", &JOURNAL_VERSION.to_be_bytes()).map_err(w)?;
+        meta.insert("epoch", &epoch.to_be_bytes()).map_err(w)?;
+        db.flush().map_err(w)?;
+        let j = SledJournal {
+            dir: dir.to_path_buf(),
+            db,
+            jobs,
+            done,
+            forgotten,
+            epoch,
+            lsn,
+            marks,
+            opened: std::sync::Mutex::new(Some(records)),
         };
-        meta.insert("epoch", &epoch.to_be_bytes()).map_err(|e| err(e.to_string()))?;
-        db.flush().map_err(|e| err(e.to_string()))?;
+        hwm::write_atomic(dir, &j.mark_bytes(), true)
+            .map_err(|e| err(format!("cannot write its high-water mark: {e}")))?;
+        // The mark now covers every forget: their tombstones have served.
+        j.forgotten.clear().map_err(w)?;
         let holder = Holder {
             pid: std::process::id(),
             host: crate::util::hostname(),
             started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
         let _ = std::fs::write(dir.join("holder.json"), serde_json::to_string(&holder).unwrap_or_default());
-        let jobs = db.open_tree("jobs").map_err(|e| err(e.to_string()))?;
-        let done = db.open_tree("done").map_err(|e| err(e.to_string()))?;
-        Ok(SledJournal { dir: dir.to_path_buf(), db, jobs, done, epoch })
+        Ok(j)
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    #[cfg(test)]
+    pub(super) fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     /// Bytes the journal occupies on disk.
@@ -115,8 +252,25 @@ impl SledJournal {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    fn forget(&self, job: &JobId) -> Result<(), JournalError> {
+    /// The high-water mark for everything appended so far.
+    fn mark_bytes(&self) -> Vec<u8> {
+        hwm::encode(JOURNAL_VERSION, self.epoch, self.lsn, &self.marks)
+    }
+
+    fn next(&mut self, job: &JobId) -> u64 {
+        self.lsn += 1;
+        self.marks.entry(*job).or_default().records += 1;
+        self.lsn
+    }
+
+    /// A tombstone first (so any prefix of sled's log that holds the removal
+    /// holds it too), then every key under the job's uuid in both trees.
+    fn forget(&mut self, job: &JobId) -> Result<(), JournalError> {
         let w = |e: sled::Error| JournalError::Write(e.to_string());
+        self.lsn += 1;
+        let key = job_key(job, &[]);
+        self.forgotten.insert(key.as_slice(), frame::frame(&key, self.lsn, &[])).map_err(w)?;
+        self.marks.remove(job);
         for tree in [&self.jobs, &self.done] {
             let mut batch = sled::Batch::default();
             for item in tree.scan_prefix(job.0.as_bytes()) {
@@ -126,13 +280,6 @@ impl SledJournal {
         }
         Ok(())
     }
-}
-
-/// Values of the `done` tree other than a batch of outcomes (which is a
-/// plain array, and stays so for journals written before).
-#[derive(Serialize, serde::Deserialize)]
-enum DoneEntry {
-    Retried(Vec<u32>),
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, JournalError> {
@@ -147,6 +294,7 @@ impl Journal for SledJournal {
         for r in records {
             match r {
                 Record::JobSubmitted { job, seq, name, tasks } => {
+                    self.marks.entry(*job).or_default().set_name(name);
                     for (part, chunk) in tasks.chunks(TASKS_PER_PART).enumerate() {
                         let value = JobPart {
                             seq: *seq,
@@ -158,17 +306,22 @@ impl Journal for SledJournal {
                         // Named fields: task specs leave out their defaults.
                         let bytes = rmp_serde::to_vec_named(&value)
                             .map_err(|e| JournalError::Write(e.to_string()))?;
-                        jobs.insert(job_key(job, &(part as u32).to_be_bytes()), bytes);
+                        let key = job_key(job, &(part as u32).to_be_bytes());
+                        let lsn = self.next(job);
+                        jobs.insert(key.as_slice(), frame::frame(&key, lsn, &bytes));
                     }
                 }
                 Record::TasksDone { job, done: d } => {
-                    let id = self.db.generate_id().map_err(w)?;
-                    done.insert(job_key(job, &id.to_be_bytes()), encode(d)?);
+                    let lsn = self.next(job);
+                    let key = job_key(job, &lsn.to_be_bytes());
+                    done.insert(key.as_slice(), frame::frame(&key, lsn, &encode(d)?));
                 }
                 Record::TasksRetried { job, idx } => {
                     // In the same tree, so that replay keeps the order.
-                    let id = self.db.generate_id().map_err(w)?;
-                    done.insert(job_key(job, &id.to_be_bytes()), encode(&DoneEntry::Retried(idx.clone()))?);
+                    let lsn = self.next(job);
+                    let key = job_key(job, &lsn.to_be_bytes());
+                    let payload = encode(&DoneEntry::Retried(idx.clone()))?;
+                    done.insert(key.as_slice(), frame::frame(&key, lsn, &payload));
                 }
                 Record::JobForgotten { job } => {
                     // Staged writes first, so a forget after them removes them too.
@@ -182,52 +335,28 @@ impl Journal for SledJournal {
         self.done.apply_batch(done).map_err(w)
     }
 
+    /// sled's flush, then the high-water mark of what it made durable
+    /// (written off the runtime's threads).
     fn flusher(&self) -> super::Flush {
         let db = self.db.clone();
+        let dir = self.dir.clone();
+        let mark = self.mark_bytes();
         Box::pin(async move {
             db.flush_async().await.map_err(|e| JournalError::Write(e.to_string()))?;
-            Ok(())
+            let write = tokio::task::spawn_blocking(move || hwm::write_atomic(&dir, &mark, false));
+            match write.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(JournalError::Write(format!("high-water mark: {e}"))),
+                Err(e) => Err(JournalError::Write(format!("high-water mark: {e}"))),
+            }
         })
     }
 
     fn replay(&self) -> Result<Vec<Record>, JournalError> {
-        let corrupt =
-            |key: &[u8], message: String| JournalError::Corrupt { key: format!("{key:02x?}"), message };
-        let mut parts: BTreeMap<JobId, Vec<JobPart>> = BTreeMap::new();
-        for item in self.jobs.iter() {
-            let (k, v) = item.map_err(|e| corrupt(&[], e.to_string()))?;
-            let job = key_job(&k).ok_or_else(|| corrupt(&k, "bad key".into()))?;
-            let part: JobPart = rmp_serde::from_slice(&v).map_err(|e| corrupt(&k, e.to_string()))?;
-            parts.entry(job).or_default().push(part);
+        if let Some(records) = self.opened.lock().ok().and_then(|mut o| o.take()) {
+            return Ok(records);
         }
-        let mut jobs: Vec<(u64, Record)> = Vec::with_capacity(parts.len());
-        for (job, ps) in parts {
-            let (seq, name, total) = (ps[0].seq, ps[0].name.clone(), ps[0].total as usize);
-            let mut tasks = Vec::with_capacity(total);
-            for p in ps {
-                tasks.extend(p.tasks);
-            }
-            if tasks.len() != total {
-                // A torn write of a huge job: it was never acknowledged.
-                tracing::warn!(job = %job, have = tasks.len(), total, "ignoring an incompletely written job");
-                continue;
-            }
-            jobs.push((seq, Record::JobSubmitted { job, seq, name, tasks }));
-        }
-        jobs.sort_by_key(|(seq, _)| *seq);
-        let mut out: Vec<Record> = jobs.into_iter().map(|(_, r)| r).collect();
-        for item in self.done.iter() {
-            let (k, v) = item.map_err(|e| corrupt(&[], e.to_string()))?;
-            let job = key_job(&k).ok_or_else(|| corrupt(&k, "bad key".into()))?;
-            match rmp_serde::from_slice::<Vec<DoneTask>>(&v) {
-                Ok(done) => out.push(Record::TasksDone { job, done }),
-                Err(e) => match rmp_serde::from_slice::<DoneEntry>(&v) {
-                    Ok(DoneEntry::Retried(idx)) => out.push(Record::TasksRetried { job, idx }),
-                    Err(_) => return Err(corrupt(&k, e.to_string())),
-                },
-            }
-        }
-        Ok(out)
+        Ok(Scan::read(&self.jobs, &self.done, &self.forgotten).live().0)
     }
 
     fn epoch(&self) -> u64 {

@@ -1,0 +1,159 @@
+//! Damage to a sled journal and what opening it says: lost records, lost
+//! jobs, flipped bytes, old formats; and forgets, which are not damage.
+
+use super::*;
+use crate::ids::JobId;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// sled releases its lock from a background thread after a drop.
+fn retry<T>(mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match f() {
+            Err(e) if e.contains("in use") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            r => return r,
+        }
+    }
+}
+
+fn open(dir: &Path, repair: bool) -> Result<SledJournal, String> {
+    let opts = OpenOptions { repair, expected: None };
+    retry(|| SledJournal::open_with(dir, &opts).map_err(|e| e.to_string()))
+}
+
+/// The raw database, to damage it as a disk would.
+fn raw(dir: &Path) -> sled::Db {
+    retry(|| sled::Config::new().path(dir).open().map_err(|e| open_error_message(dir, &e))).unwrap()
+}
+
+fn job(name: &str) -> (JobId, Record) {
+    let job = JobId::new();
+    let tasks = (0..3).map(|i| crate::client::cmd_task(vec![format!("t{i}")])).collect();
+    (job, Record::JobSubmitted { job, seq: 1, name: name.into(), tasks })
+}
+
+fn done(job: JobId, idx: u32) -> Record {
+    let outcome = crate::protocol::Outcome::Ok { result: bytes::Bytes::from(vec![idx as u8]) };
+    Record::TasksDone { job, done: vec![DoneTask { idx, attempt: 1, outcome, canceled: false }] }
+}
+
+/// Two jobs, `a` with two outcome records and `b` with one, flushed.
+async fn two_jobs(dir: &Path) -> (JobId, JobId) {
+    let (a, ja) = job("alpha");
+    let (b, jb) = job("beta");
+    let mut j = open(dir, false).unwrap();
+    j.append(&[ja, jb, done(a, 0)]).unwrap();
+    j.append(&[done(a, 1), done(b, 2)]).unwrap();
+    j.flush().await.unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn lost_records_and_a_lost_job_are_named_and_a_repair_drops_them_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_jobs(dir.path()).await;
+    {
+        let db = raw(dir.path());
+        let done_tree = db.open_tree("done").unwrap();
+        let first_of_a = done_tree.scan_prefix(a.0.as_bytes()).next().unwrap().unwrap().0;
+        done_tree.remove(first_of_a).unwrap();
+        let jobs = db.open_tree("jobs").unwrap();
+        for k in jobs.scan_prefix(b.0.as_bytes()).keys() {
+            jobs.remove(k.unwrap()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let err = open(dir.path(), false).err().expect("damage refused");
+    assert!(err.contains(&format!("job {a} \"alpha\": 1 records lost")), "{err}");
+    assert!(err.contains(&format!("job {b} \"beta\": lost entirely")), "{err}");
+    assert!(err.contains("--journal-repair") && !err.contains('\n'), "{err}");
+    assert!(verify(dir.path(), None).unwrap().is_damaged(), "the offline check agrees");
+
+    let j = open(dir.path(), true).expect("a repair starts");
+    let kept = j.replay().unwrap();
+    assert_eq!(kept.len(), 2, "a's submission and its one surviving outcome: {kept:?}");
+    assert!(kept.iter().all(|r| r.job() == a));
+    drop(j);
+    let j = open(dir.path(), false).expect("consistent again after the repair");
+    assert_eq!(j.replay().unwrap().len(), 2);
+    assert!(!verify(dir.path(), None).unwrap_or_default().is_damaged());
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_record_is_reported_as_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = two_jobs(dir.path()).await;
+    {
+        let db = raw(dir.path());
+        let done_tree = db.open_tree("done").unwrap();
+        let (k, v) = done_tree.scan_prefix(a.0.as_bytes()).next().unwrap().unwrap();
+        let mut bad = v.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x01;
+        done_tree.insert(k, bad).unwrap();
+        db.flush().unwrap();
+    }
+    let err = open(dir.path(), false).err().expect("damage refused");
+    assert!(err.contains(&format!("job {a} \"alpha\": 1 records unreadable")), "{err}");
+    let report = verify(dir.path(), None).unwrap();
+    assert_eq!(report.affected[&a].unreadable, 1);
+    let j = open(dir.path(), true).unwrap();
+    assert_eq!(j.replay().unwrap().len(), 4, "both jobs, a's good outcome and b's");
+}
+
+#[tokio::test]
+async fn forgetting_is_not_damage_even_when_the_mark_has_not_seen_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_jobs(dir.path()).await;
+    let mut j = open(dir.path(), false).unwrap();
+    j.append(&[Record::JobForgotten { job: b }]).unwrap();
+    // sled's flush only: a crash before the mark is replaced.
+    j.db().flush().unwrap();
+    drop(j);
+    let j = open(dir.path(), false).expect("a forget is not a loss");
+    assert!(j.replay().unwrap().iter().all(|r| r.job() == a));
+    drop(j);
+    let mut j = open(dir.path(), false).expect("nor after its tombstone is cleared");
+    j.append(&[Record::JobForgotten { job: a }]).unwrap();
+    j.flush().await.unwrap();
+    drop(j);
+    assert_eq!(open(dir.path(), false).unwrap().replay().unwrap(), vec![]);
+}
+
+#[tokio::test]
+async fn records_written_after_the_last_mark_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = two_jobs(dir.path()).await;
+    let mut j = open(dir.path(), false).unwrap();
+    j.append(&[done(a, 2)]).unwrap();
+    j.db().flush().unwrap();
+    drop(j);
+    assert_eq!(open(dir.path(), false).expect("a lagging mark is no damage").replay().unwrap().len(), 6);
+}
+
+#[tokio::test]
+async fn a_deleted_database_an_old_format_and_a_scheduler_file_ahead_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = two_jobs(dir.path()).await;
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("hwm"), copy.path().join("hwm")).unwrap();
+    let err = open(copy.path(), false).err().expect("a mark without its database");
+    assert!(err.contains("missing or empty") && err.contains(&a.to_string()), "{err}");
+
+    let fresh = tempfile::tempdir().unwrap();
+    let expected = Some((3, fresh.path().join("scheduler.json")));
+    let opts = OpenOptions { repair: false, expected };
+    let err = SledJournal::open_with(&fresh.path().join("j"), &opts).err().unwrap().to_string();
+    assert!(err.contains("says this journal reached epoch 3, but it is missing or empty"), "{err}");
+
+    {
+        let db = raw(dir.path());
+        db.open_tree("meta").unwrap().insert("version", &1u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = open(dir.path(), true).err().expect("an old format is refused, even with repair");
+    assert!(err.contains("format 1") && err.contains("does not migrate"), "{err}");
+}
