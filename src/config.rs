@@ -34,6 +34,8 @@ pub struct SchedulerConfig {
     #[serde(deserialize_with = "de_duration")]
     pub commit_interval: Duration,
     #[serde(deserialize_with = "de_duration")]
+    pub flush_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
     pub retry_backoff: Duration,
     #[serde(deserialize_with = "de_optional_duration")]
     pub retention: Option<Duration>,

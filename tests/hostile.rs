@@ -363,3 +363,52 @@ fn a_stopped_scheduler_is_reported_at_once() {
     assert!(stderr(&out).contains("has stopped: journal flush failed: No space left"), "{}", stderr(&out));
     assert!(start.elapsed() < Duration::from_secs(20), "answered at once, not after the client timeout");
 }
+
+/// A journal that can no longer be written (here: a file-size limit, as a
+/// full disk would) stops the scheduler; its scheduler file says why, and a
+/// new client prints that at once instead of waiting for an answer.
+#[test]
+fn a_journal_that_cannot_be_written_stops_the_scheduler_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scheduler.json");
+    let config = dir.path().join("actord.toml");
+    std::fs::write(&config, "[scheduler]\nflush_timeout = \"2s\"\n").unwrap();
+    let mut cmd = std::process::Command::new("bash");
+    // 2 MiB per file at most; SIGXFSZ ignored so that writes fail instead.
+    cmd.arg("-c")
+        .arg("ulimit -f 2048; trap '' XFSZ; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_actord"))
+        .arg("--config")
+        .arg(&config)
+        .args(["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file"])
+        .arg(&file)
+        .arg("--journal")
+        .arg(dir.path().join("journal"))
+        .env("ACTORD_LOG", "info");
+    let mut scheduler = Proc::spawn("scheduler", cmd, dir.path());
+    assert!(wait_until(Duration::from_secs(20), || file.exists()), "{}", scheduler.log_text());
+    let inputs = dir.path().join("big.jsonl");
+    std::fs::write(&inputs, format!("\"{}\"\n", "x".repeat(3 << 20))).unwrap();
+    let client = |args: &[&str]| {
+        actord()
+            .arg(args[0])
+            .arg("--scheduler-file")
+            .arg(&file)
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = client(&["map", "noop", "--inputs", inputs.to_str().unwrap()]);
+    assert!(!out.status.success(), "the job was never durable, so never acknowledged");
+    let status = scheduler.wait_exit(Duration::from_secs(30)).expect("the scheduler stops");
+    assert_eq!(status.code(), Some(1), "{}", scheduler.log_text());
+    let sf = SchedulerFile::read(&file).unwrap();
+    let why = sf.stopped.expect("the scheduler file says why it stopped");
+    assert!(why.contains("journal"), "{why}");
+    let start = std::time::Instant::now();
+    let out = client(&["ctl", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("has stopped") && stderr(&out).contains("journal"), "{}", stderr(&out));
+    assert!(start.elapsed() < Duration::from_secs(20));
+}

@@ -50,6 +50,8 @@ pub struct SchedulerOptions {
     pub max_frame: usize,
     /// Unread bytes queued for one connection at most (then it is closed).
     pub max_send_queue: usize,
+    /// A journal flush taking longer than this stops the scheduler.
+    pub flush_timeout: std::time::Duration,
     pub core: CoreConfig,
     /// After a restart, how long workers have to reclaim their running tasks.
     pub reclaim_grace: std::time::Duration,
@@ -184,6 +186,7 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
             records_replayed: n_records as u64,
             max_send_queue: opts.max_send_queue,
             failure: failure.clone(),
+            flush_timeout: opts.flush_timeout,
         },
     )
     .await?;

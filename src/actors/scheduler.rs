@@ -129,6 +129,8 @@ pub struct SchedulerArgs {
     pub max_send_queue: usize,
     /// Why the actor failed, if it does: told to clients by the scheduler file.
     pub failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// A journal flush taking longer than this counts as failed.
+    pub flush_timeout: std::time::Duration,
 }
 
 pub struct SchedulerState {
@@ -137,6 +139,7 @@ pub struct SchedulerState {
     sessions: HashMap<ConnId, SessionHandle>,
     max_send_queue: usize,
     failure: Arc<std::sync::Mutex<Option<String>>>,
+    flush_timeout: std::time::Duration,
     outbox: Outbox,
     /// A `Flush` is already in the mailbox: later steps join its group.
     flush_queued: bool,
@@ -212,6 +215,7 @@ impl Actor for SchedulerActor {
             sessions: HashMap::new(),
             max_send_queue: args.max_send_queue,
             failure: args.failure,
+            flush_timeout: args.flush_timeout,
             outbox: Outbox::new(args.max_send_queue),
             flush_queued: false,
             in_flight: None,
@@ -238,8 +242,12 @@ impl Actor for SchedulerActor {
     ) -> Result<(), ActorProcessingErr> {
         let result = handle_msg(myself, msg, st);
         if let Err(e) = &result {
-            let mut failure = st.failure.lock().unwrap_or_else(|p| p.into_inner());
-            *failure = Some(e.to_string());
+            tracing::error!(error = %e, "the scheduler cannot go on; stopping");
+            *st.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            // A journal whose writes failed can block forever when dropped
+            // (sled flushes on drop): let it go on a thread nobody waits for.
+            let journal = std::mem::replace(&mut st.journal, AnyJournal::Mem(Default::default()));
+            let _ = std::thread::Builder::new().name("journal-drop".into()).spawn(move || drop(journal));
         }
         result
     }
@@ -423,8 +431,16 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
     st.records_appended += out.records.len() as u64;
     let flush = st.journal.flusher();
     let me = myself.clone();
+    let limit = st.flush_timeout;
     tokio::spawn(async move {
-        let result = flush.await.map_err(|e| e.to_string());
+        // A flush that never ends (a full disk can leave sled waiting for
+        // good, a hung file system too) is a failed flush: promises wait on it.
+        let result = match tokio::time::timeout(limit, flush).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "journal flush did not finish within {limit:?} (scheduler.flush_timeout): is its disk full or its file system hung?"
+            )),
+        };
         let _ = me.cast(SchedMsg::Flushed(result));
     });
     st.in_flight = Some(out);

@@ -98,6 +98,7 @@ fn scheduler_options(
         journal,
         max_frame: c.max_frame,
         max_send_queue: usize::try_from(c.max_send_queue).unwrap_or(usize::MAX),
+        flush_timeout: c.flush_timeout,
         core: CoreConfig {
             prefetch_target_us: c.prefetch_target_us,
             max_prefetch_per_slot: c.max_prefetch_per_slot,
