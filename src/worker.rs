@@ -324,8 +324,9 @@ impl Control {
                 out.push(TaskReport {
                     task: t,
                     attempt,
-                    outcome: Outcome::Err { error },
+                    outcome: Outcome::err(error),
                     micros: limit * 1000,
+                    executor_died: false,
                 });
             }
         }
@@ -543,7 +544,7 @@ async fn session(
                         worker_id.store(worker.0, Ordering::Relaxed);
                         tracing::info!(worker = %worker, slots = opts.threads, "registered with the scheduler");
                     }
-                    Ok(ToWorker::Assign { tasks }) => {
+                    Ok(ToWorker::Assign { tasks, .. }) => {
                         // Pins first, so that none misses a result its input
                         // produces while this frame is being handed out.
                         let (pins, plain): (Vec<_>, Vec<_>) =
@@ -650,7 +651,7 @@ async fn drain(
             }
             frame = next_frame(stream) => match frame.map(|f| decode::<ToWorker>(&f)) {
                 // Sent before the scheduler saw `Draining`: hand them back too.
-                Ok(Ok(ToWorker::Assign { tasks })) => {
+                Ok(Ok(ToWorker::Assign { tasks, .. })) => {
                     let returned: Vec<TaskId> = tasks.iter().map(|t| t.task).collect();
                     if send(sink, &FromWorker::Draining { returned }).await.is_err() {
                         return;
@@ -679,14 +680,15 @@ fn run_task(
 ) -> TaskReport {
     let start = Instant::now();
     if ctl.take_canceled(a.task) {
-        let outcome = Outcome::Err { error: "canceled".into() };
-        return TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 0 };
+        let outcome = Outcome::err("canceled");
+        return TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 0, executor_died: false };
     }
     let outcome = match &a.kind {
         TaskKind::Fn { name, args } => match registry.get(name) {
-            None => Outcome::Err {
-                error: format!("unknown function {name:?}; this worker has: {}", registry.names().join(", ")),
-            },
+            None => Outcome::err(format!(
+                "unknown function {name:?}; this worker has: {}",
+                registry.names().join(", ")
+            )),
             Some(f) => {
                 let ctx = TaskCtx { task: a.task, attempt: a.attempt };
                 let args = with_inputs(args, &a.inputs);
@@ -698,29 +700,32 @@ fn run_task(
                 ctl.lock().deadlines.remove(&a.task);
                 match result {
                     Ok(Ok(result)) => Outcome::Ok { result: result.into() },
-                    Ok(Err(error)) => Outcome::Err { error },
-                    Err(panic) => {
-                        Outcome::Err { error: format!("{name} panicked: {}", panic_message(&panic)) }
-                    }
+                    Ok(Err(error)) => Outcome::err(error),
+                    Err(panic) => Outcome::err(format!("{name} panicked: {}", panic_message(&panic))),
                 }
             }
         },
         TaskKind::Cmd { argv, env, discard_output } => {
             run_cmd(argv, env, *discard_output, work_dir, worker, &a, ctl)
         }
+        TaskKind::Py { .. } => Outcome::err("this worker cannot run py tasks yet"),
     };
     let max = ctl.lock().max_result;
     let outcome = match outcome {
-        Outcome::Ok { result } if max > 0 && result.len() as u64 > max => Outcome::Err {
-            error: format!(
-                "the result is {}, over the limit of {} (worker.max_result): return less, or write it to a file",
-                crate::util::format_size(result.len() as u64),
-                crate::util::format_size(max)
-            ),
-        },
+        Outcome::Ok { result } if max > 0 && result.len() as u64 > max => Outcome::err(format!(
+            "the result is {}, over the limit of {} (worker.max_result): return less, or write it to a file",
+            crate::util::format_size(result.len() as u64),
+            crate::util::format_size(max)
+        )),
         other => other,
     };
-    TaskReport { task: a.task, attempt: a.attempt, outcome, micros: start.elapsed().as_micros() as u64 }
+    TaskReport {
+        task: a.task,
+        attempt: a.attempt,
+        outcome,
+        micros: start.elapsed().as_micros() as u64,
+        executor_died: false,
+    }
 }
 
 /// The arguments a function with dependencies is called with: with no args
@@ -847,7 +852,7 @@ fn run_cmd(
     use std::os::unix::process::CommandExt;
     let dir = work_dir.join(&job);
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        return Outcome::Err { error: format!("cannot create {}: {e}", dir.display()) };
+        return Outcome::err(format!("cannot create {}: {e}", dir.display()));
     }
     let out_path = dir.join(format!("{}.{attempt}.out", task.idx));
     let err_path = dir.join(format!("{}.{attempt}.err", task.idx));
@@ -859,9 +864,7 @@ fn run_cmd(
     };
     let (out, err): (std::process::Stdio, std::process::Stdio) = match files {
         Ok(f) => f,
-        Err(e) => {
-            return Outcome::Err { error: format!("cannot create output files in {}: {e}", dir.display()) }
-        }
+        Err(e) => return Outcome::err(format!("cannot create output files in {}: {e}", dir.display())),
     };
     let mut cmd = std::process::Command::new(&argv[0]);
     for (k, v) in env {
@@ -885,7 +888,7 @@ fn run_cmd(
         let path = dir.join(format!("{}.{attempt}.input{k}.json", task.idx));
         let text = crate::util::msgpack_to_json(input).to_string();
         if let Err(e) = std::fs::write(&path, text) {
-            return Outcome::Err { error: format!("cannot write {}: {e}", path.display()) };
+            return Outcome::err(format!("cannot write {}: {e}", path.display()));
         }
         cmd.env(format!("ACTORD_INPUT_{k}"), &path);
     }
@@ -906,7 +909,7 @@ fn run_cmd(
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Outcome::Err { error: format!("cannot run {:?}: {e}", argv[0]) },
+        Err(e) => return Outcome::err(format!("cannot run {:?}: {e}", argv[0])),
     };
     ctl.lock().running.insert(task, child.id());
     let waited = match a.time_limit_ms {
@@ -915,17 +918,18 @@ fn run_cmd(
     };
     ctl.lock().running.remove(&task);
     if let Ok(None) = waited {
-        return Outcome::Err {
-            error: format!("time limit exceeded ({limit} ms)", limit = a.time_limit_ms.unwrap_or(0)),
-        };
+        return Outcome::err(format!(
+            "time limit exceeded ({limit} ms)",
+            limit = a.time_limit_ms.unwrap_or(0)
+        ));
     }
     let waited = waited.map(|s| s.expect("checked above"));
     if ctl.take_canceled(task) {
-        return Outcome::Err { error: "canceled".into() };
+        return Outcome::err("canceled");
     }
     let status = match waited {
         Ok(s) => s,
-        Err(e) => return Outcome::Err { error: format!("waiting for {:?} failed: {e}", argv[0]) },
+        Err(e) => return Outcome::err(format!("waiting for {:?} failed: {e}", argv[0])),
     };
     if status.success() {
         let result = if discard_output {
@@ -939,7 +943,7 @@ fn run_cmd(
         };
         match rmp_serde::to_vec_named(&result) {
             Ok(b) => Outcome::Ok { result: b.into() },
-            Err(e) => Outcome::Err { error: e.to_string() },
+            Err(e) => Outcome::err(e.to_string()),
         }
     } else {
         let tail = std::fs::read(&err_path)
@@ -955,7 +959,7 @@ fn run_cmd(
                 format!("killed by signal {}", status.signal().unwrap_or(0))
             }
         };
-        Outcome::Err { error: format!("{:?} failed with {how}: {tail}", argv[0]) }
+        Outcome::err(format!("{:?} failed with {how}: {tail}", argv[0]))
     }
 }
 
@@ -1028,7 +1032,7 @@ mod tests {
         let big =
             assignment(TaskKind::Fn { name: "big".into(), args: rmp_serde::to_vec(&5000usize).unwrap() });
         match run_task(&reg, dir.path(), WorkerId(1), big, &ctl).outcome {
-            Outcome::Err { error } => assert!(error.contains("over the limit of 1000 B"), "{error}"),
+            Outcome::Err { error, .. } => assert!(error.contains("over the limit of 1000 B"), "{error}"),
             other => panic!("{other:?}"),
         }
     }
@@ -1040,7 +1044,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = assignment(TaskKind::Fn { name: "explode".into(), args: rmp_serde::to_vec(&()).unwrap() });
         let r = run_task(&reg, dir.path(), WorkerId(1), a, &Control::default());
-        assert_eq!(r.outcome, Outcome::Err { error: "explode panicked: kaboom".into() });
+        assert_eq!(r.outcome, Outcome::err("explode panicked: kaboom"));
         assert_eq!(r.attempt, 2);
     }
 
@@ -1057,7 +1061,7 @@ mod tests {
 
         let a = assignment(crate::client::cmd_task(vec!["/nonexistent/prog".into()]).kind);
         let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default());
-        assert!(matches!(r.outcome, Outcome::Err { error } if error.contains("cannot run")));
+        assert!(matches!(r.outcome, Outcome::Err { error, .. } if error.contains("cannot run")));
     }
 }
 

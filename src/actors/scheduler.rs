@@ -233,7 +233,7 @@ impl Actor for SchedulerActor {
                 }
             },
             SchedMsg::Client { conn, msg } => match msg {
-                FromClient::Submit { job, name, tasks } => {
+                FromClient::Submit { job, name, tasks, .. } => {
                     core::on_submit(core, fx, now, conn, job, name, tasks)
                 }
                 FromClient::Watch { job } => core::on_watch(core, fx, conn, job),

@@ -395,7 +395,7 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
             let o = client.outcome(&crate::client::TaskFuture { job, idx }).await?;
             let (doc, code) = match &o.outcome {
                 Outcome::Ok { result } => (crate::util::msgpack_to_json(result), 0),
-                Outcome::Err { error } => {
+                Outcome::Err { error, .. } => {
                     eprintln!("task {key} failed: {error}");
                     (serde_json::json!({"key": key, "attempts": o.attempts, "error": error}), 1)
                 }
@@ -914,7 +914,7 @@ async fn gather(config: &Config, c: &Connect, job: JobId, out: Option<&str>) -> 
     for o in &gathered.outcomes {
         match &o.outcome {
             Outcome::Ok { result } => results.push(crate::util::msgpack_to_json(result)),
-            Outcome::Err { error } => {
+            Outcome::Err { error, .. } => {
                 results.push(serde_json::Value::Null);
                 failures.push(serde_json::json!({"task": o.idx, "attempts": o.attempts, "error": error}));
             }

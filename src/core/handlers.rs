@@ -125,7 +125,7 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
                 names.len(),
                 names.join(", ")
             );
-            graph::complete(core, now, tid, Outcome::Err { error }, false, &mut failed);
+            graph::complete(core, now, tid, Outcome::err(error), false, &mut failed);
         } else {
             requeue(core, tid, false);
         }
@@ -291,7 +291,7 @@ pub fn on_submit(
     // Tasks that depend on a task of an earlier job that already failed.
     let mut failed = Completed::default();
     for (tid, error) in doomed {
-        graph::complete(core, now, tid, Outcome::Err { error }, false, &mut failed);
+        graph::complete(core, now, tid, Outcome::err(error), false, &mut failed);
     }
     let n = core.jobs[&job].tasks.len() as u32;
     tracing::info!(job = %job, tasks = n, "job submitted");
@@ -364,7 +364,7 @@ fn insert_job(
             };
             match &dep.outcome {
                 Some(Outcome::Ok { .. }) => {}
-                Some(Outcome::Err { error }) => {
+                Some(Outcome::Err { error, .. }) => {
                     let error = error.clone();
                     let name = graph::task_name(&core.jobs[&d.job], d.idx);
                     doomed.push((tid, format!("dependency {name} failed: {error}")));
@@ -590,7 +590,7 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
     }
     for (wid, _, batch) in free {
         if !batch.is_empty() {
-            fx.to_worker(core.workers[&wid].conn, ToWorker::Assign { tasks: batch });
+            fx.to_worker(core.workers[&wid].conn, ToWorker::Assign { tasks: batch, functions: Vec::new() });
         }
     }
     if core.ready.is_empty() {
@@ -1070,7 +1070,7 @@ pub fn on_cancel(
         }
         n += 1;
         let error = "canceled".to_string();
-        graph::complete(core, now, tid, Outcome::Err { error }, true, &mut completed);
+        graph::complete(core, now, tid, Outcome::err(error), true, &mut completed);
     }
     for (wconn, tasks) in stop {
         fx.to_worker(wconn, ToWorker::Cancel { tasks });
@@ -1126,7 +1126,7 @@ pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
 /// where it runs, and its error or why it cannot be scheduled.
 fn describe_state(core: &Core, t: &Task) -> (&'static str, Option<WorkerId>, Option<String>) {
     let error = match &t.outcome {
-        Some(Outcome::Err { error }) => Some(error.clone()),
+        Some(Outcome::Err { error, .. }) => Some(error.clone()),
         _ => None,
     };
     match &t.state {
@@ -1373,7 +1373,7 @@ pub fn on_explain(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, 
         TaskState::Assigned(w) => format!("task {key} is on worker {w} (attempt {})", t.attempts),
         TaskState::Finished => format!("task {key} finished (attempt {})", t.attempts),
         TaskState::Failed | TaskState::Canceled => match &t.outcome {
-            Some(Outcome::Err { error }) => {
+            Some(Outcome::Err { error, .. }) => {
                 format!("task {key} failed after {} attempts: {error}", t.attempts)
             }
             _ => format!("task {key} failed"),

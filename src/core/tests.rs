@@ -40,7 +40,7 @@ impl TestFx {
     fn take_assignments(&mut self, conn: ConnId) -> Vec<Assignment> {
         let mut out = Vec::new();
         self.workers.retain(|(c, m)| match m {
-            ToWorker::Assign { tasks } if *c == conn => {
+            ToWorker::Assign { tasks, .. } if *c == conn => {
                 out.extend(tasks.iter().cloned());
                 false
             }
@@ -75,11 +75,11 @@ fn ok(v: i64) -> Outcome {
 }
 
 fn err(e: &str) -> Outcome {
-    Outcome::Err { error: e.into() }
+    Outcome::err(e)
 }
 
 fn report(a: &Assignment, outcome: Outcome) -> TaskReport {
-    TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 10 }
+    TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 10, executor_died: false }
 }
 
 const CLIENT: ConnId = ConnId(100);
@@ -188,7 +188,7 @@ fn lost_worker_requeues_only_its_tasks_and_poison_task_fails() {
     let t = &core.jobs[&job].tasks[a1[0].task.idx as usize];
     assert_eq!(t.state, TaskState::Failed);
     match &t.outcome {
-        Some(Outcome::Err { error }) => {
+        Some(Outcome::Err { error, .. }) => {
             assert!(error.contains("w1") && error.contains("died"), "{error}")
         }
         other => panic!("expected failure, got {other:?}"),
@@ -576,13 +576,15 @@ fn a_failure_fails_its_dependents_transitively() {
     )
     .unwrap();
     let a = fx.take_assignments(ConnId(1));
-    let boom = Outcome::Err { error: "boom".into() };
+    let boom = Outcome::err("boom");
     on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&a[0], boom)]);
     core.sanity_check();
     let j = &core.jobs[&job];
     assert_eq!(j.failed, 3);
     match &j.tasks[2].outcome {
-        Some(Outcome::Err { error }) => assert_eq!(error, "dependency b failed: dependency a failed: boom"),
+        Some(Outcome::Err { error, .. }) => {
+            assert_eq!(error, "dependency b failed: dependency a failed: boom")
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(j.tasks[3].state, TaskState::Assigned(WorkerId(1)), "unrelated work goes on");
@@ -598,14 +600,7 @@ fn retries_come_back_after_a_backoff() {
     t.retries = 1;
     let job = submit(&mut core, &mut fx, vec![t]).unwrap();
     let a = fx.take_assignments(ConnId(1));
-    on_reports(
-        &mut core,
-        &mut fx,
-        10,
-        ConnId(1),
-        1,
-        vec![report(&a[0], Outcome::Err { error: "flaky".into() })],
-    );
+    on_reports(&mut core, &mut fx, 10, ConnId(1), 1, vec![report(&a[0], Outcome::err("flaky"))]);
     core.sanity_check();
     assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Delayed);
     on_tick(&mut core, &mut fx, 10 + backoff / 2);
@@ -619,7 +614,7 @@ fn retries_come_back_after_a_backoff() {
         20 + backoff,
         ConnId(1),
         2,
-        vec![report(&again[0], Outcome::Err { error: "again".into() })],
+        vec![report(&again[0], Outcome::err("again"))],
     );
     core.sanity_check();
     assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Failed, "out of retries");
@@ -652,7 +647,7 @@ fn cancel_stops_running_tasks_and_fails_dependents() {
     let j = &core.jobs[&job];
     assert_eq!(j.tasks[0].state, TaskState::Canceled);
     assert!(
-        matches!(&j.tasks[1].outcome, Some(Outcome::Err { error }) if error == "dependency a was canceled")
+        matches!(&j.tasks[1].outcome, Some(Outcome::Err { error, .. }) if error == "dependency a was canceled")
     );
     assert!(j.is_done());
     // Replay keeps it canceled.

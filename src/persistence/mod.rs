@@ -200,12 +200,7 @@ mod tests {
         let (a, b) = (JobId::new(), JobId::new());
         let done = |job, idx| Record::TasksDone {
             job,
-            done: vec![DoneTask {
-                idx,
-                attempt: 1,
-                outcome: Outcome::Err { error: "x".into() },
-                canceled: false,
-            }],
+            done: vec![DoneTask { idx, attempt: 1, outcome: Outcome::err("x"), canceled: false }],
         };
         let retry = Record::TasksRetried { job: a, idx: vec![0] };
         let merged =
