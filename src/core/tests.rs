@@ -6,12 +6,12 @@ use crate::protocol::{Assignment, TaskReport, TaskSpec};
 use bytes::Bytes;
 
 #[derive(Default)]
-struct TestFx {
-    workers: Vec<(ConnId, ToWorker)>,
-    clients: Vec<(ConnId, ToClient)>,
-    nannies: Vec<(ConnId, ToNanny)>,
-    journal: Vec<Record>,
-    closed: Vec<ConnId>,
+pub(super) struct TestFx {
+    pub(super) workers: Vec<(ConnId, ToWorker)>,
+    pub(super) clients: Vec<(ConnId, ToClient)>,
+    pub(super) nannies: Vec<(ConnId, ToNanny)>,
+    pub(super) journal: Vec<Record>,
+    pub(super) closed: Vec<ConnId>,
 }
 
 impl Effects for TestFx {
@@ -37,7 +37,7 @@ impl Effects for TestFx {
 }
 
 impl TestFx {
-    fn take_assignments(&mut self, conn: ConnId) -> Vec<Assignment> {
+    pub(super) fn take_assignments(&mut self, conn: ConnId) -> Vec<Assignment> {
         let mut out = Vec::new();
         self.workers.retain(|(c, m)| match m {
             ToWorker::Assign { tasks, .. } if *c == conn => {
@@ -58,7 +58,7 @@ fn inc_tasks(n: usize) -> Vec<TaskSpec> {
         .collect()
 }
 
-fn worker(slots: u32) -> NewWorker {
+pub(super) fn worker(slots: u32) -> NewWorker {
     NewWorker {
         slots,
         host: "h".into(),
@@ -70,7 +70,7 @@ fn worker(slots: u32) -> NewWorker {
     }
 }
 
-fn ok(v: i64) -> Outcome {
+pub(super) fn ok(v: i64) -> Outcome {
     Outcome::Ok { result: Bytes::from(rmp_serde::to_vec(&v).unwrap()) }
 }
 
@@ -78,11 +78,11 @@ fn err(e: &str) -> Outcome {
     Outcome::err(e)
 }
 
-fn report(a: &Assignment, outcome: Outcome) -> TaskReport {
+pub(super) fn report(a: &Assignment, outcome: Outcome) -> TaskReport {
     TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 10, executor_died: false }
 }
 
-const CLIENT: ConnId = ConnId(100);
+pub(super) const CLIENT: ConnId = ConnId(100);
 
 #[test]
 fn submit_assign_finish_and_watch() {
@@ -244,6 +244,7 @@ fn prefetch_grows_with_short_tasks_and_stays_small_for_long_ones() {
         rss_kib: 0,
         resources: Default::default(),
         used: Default::default(),
+        functions_sent: Default::default(),
     };
     assert_eq!(w.capacity(&cfg), 4);
     w.avg_task_us = Some(1.0);

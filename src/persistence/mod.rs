@@ -41,7 +41,15 @@ pub struct DoneTask {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {
     /// `seq` orders jobs by submission across restarts.
-    JobSubmitted { job: JobId, seq: u64, name: String, tasks: Vec<TaskSpec> },
+    JobSubmitted {
+        job: JobId,
+        seq: u64,
+        name: String,
+        tasks: Vec<TaskSpec>,
+        /// The job's function table for its `py` tasks.
+        #[serde(default)]
+        functions: Vec<bytes::Bytes>,
+    },
     /// The first outcomes of some tasks of one job.
     TasksDone { job: JobId, done: Vec<DoneTask> },
     /// The job and its results are gone for good.

@@ -17,6 +17,9 @@ struct JobPart {
     first: u32,
     total: u32,
     tasks: Vec<TaskSpec>,
+    /// The job's function table (`py` tasks), in its first part only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    functions: Vec<bytes::Bytes>,
 }
 
 /// Who has the journal open, written beside it for the next one to read.
@@ -146,7 +149,7 @@ impl Journal for SledJournal {
         let mut done = sled::Batch::default();
         for r in records {
             match r {
-                Record::JobSubmitted { job, seq, name, tasks } => {
+                Record::JobSubmitted { job, seq, name, tasks, functions } => {
                     for (part, chunk) in tasks.chunks(TASKS_PER_PART).enumerate() {
                         let value = JobPart {
                             seq: *seq,
@@ -154,6 +157,7 @@ impl Journal for SledJournal {
                             first: (part * TASKS_PER_PART) as u32,
                             total: tasks.len() as u32,
                             tasks: chunk.to_vec(),
+                            functions: if part == 0 { functions.clone() } else { Vec::new() },
                         };
                         // Named fields: task specs leave out their defaults.
                         let bytes = rmp_serde::to_vec_named(&value)
@@ -204,15 +208,17 @@ impl Journal for SledJournal {
         for (job, ps) in parts {
             let (seq, name, total) = (ps[0].seq, ps[0].name.clone(), ps[0].total as usize);
             let mut tasks = Vec::with_capacity(total);
-            for p in ps {
+            let mut functions = Vec::new();
+            for mut p in ps {
                 tasks.extend(p.tasks);
+                functions.append(&mut p.functions);
             }
             if tasks.len() != total {
                 // A torn write of a huge job: it was never acknowledged.
                 tracing::warn!(job = %job, have = tasks.len(), total, "ignoring an incompletely written job");
                 continue;
             }
-            jobs.push((seq, Record::JobSubmitted { job, seq, name, tasks }));
+            jobs.push((seq, Record::JobSubmitted { job, seq, name, tasks, functions }));
         }
         jobs.sort_by_key(|(seq, _)| *seq);
         let mut out: Vec<Record> = jobs.into_iter().map(|(_, r)| r).collect();
@@ -255,7 +261,7 @@ mod tests {
     fn job(n: usize, seq: u64) -> (JobId, Record) {
         let job = JobId::new();
         let tasks = (0..n).map(|i| crate::client::cmd_task(vec![format!("t{i}")])).collect();
-        (job, Record::JobSubmitted { job, seq, name: "t".into(), tasks })
+        (job, Record::JobSubmitted { job, seq, name: "t".into(), tasks, functions: Vec::new() })
     }
 
     fn done(job: JobId, idx: u32) -> Record {
