@@ -70,6 +70,9 @@ def _toposort(deps: Dict[Any, List[Any]]) -> List[Any]:
 
 def _convert(dsk: Any) -> tuple:
     """(nodes by key, dependencies by key) with the installed Dask's graph API."""
+    from collections.abc import Mapping
+    if not isinstance(dsk, Mapping):  # a Dask expression (dask.compute passes those)
+        dsk = dsk.__dask_graph__()
     dsk = dict(dsk)
     try:
         from dask._task_spec import convert_legacy_graph

@@ -81,11 +81,12 @@ def test_submit_map_gather(client):
     f = client.submit(inc, 1)
     assert f.result(30) == 2
     assert f.status == "finished" and f.done() and f.key.startswith("inc-")
-    fs = client.map(add, range(100), range(100), b=0)
+    fs = client.map(add, range(100), range(100))
     assert client.gather(fs) == [2 * i for i in range(100)]
-    fs = client.map(inc, range(50), batch_size=7)
+    assert client.gather(client.map(add, range(5), b=10)) == [10, 11, 12, 13, 14]
+    fs = client.map(inc, range(1000, 1050), batch_size=7)
     assert len({f._state.job for f in fs}) == 8, "batch_size splits the map into jobs"
-    assert client.gather({"a": fs[:3], "b": (fs[3], {fs[4]})}) == {"a": [1, 2, 3], "b": (4, {5})}
+    assert client.gather({"a": fs[:3], "b": (fs[3], {fs[4]})}) == {"a": [1001, 1002, 1003], "b": (1004, {1005})}
 
 
 def test_pure_keys_run_once_and_pure_false_runs_again(client, tmp_path):
@@ -120,7 +121,7 @@ def test_errors_raise_the_same_type_with_the_remote_traceback(client):
     assert isinstance(info.value.__cause__, RemoteTraceback)
     assert "inner" in info.value.__cause__.tb and "fail_with" in info.value.__cause__.tb
     assert f.status == "error" and isinstance(f.exception(), ValueError)
-    assert "raise kind(message)" in f.traceback()
+    assert "in inner" in f.traceback()
     g = client.submit(fail_with, Oops, "custom")
     with pytest.raises(Oops, match="custom"):
         g.result(30)
