@@ -49,6 +49,7 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     #[serde(deserialize_with = "de_size")]
     pub max_result: u64,
+    pub python: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -1,6 +1,9 @@
-//! A worker process: T slot threads run `fn` and `cmd` tasks; one
-//! connection task feeds them assignments and sends their reports back in
-//! batches. Survives a lost scheduler for up to `death_timeout`.
+//! A worker process: T slot threads run `fn`, `cmd` and `py` tasks (`py`
+//! in a Python executor per slot, see `py`); one connection task feeds them
+//! assignments and sends their reports back in batches. Survives a lost
+//! scheduler for up to `death_timeout`.
+
+mod py;
 
 use crate::functions::{Registry, TaskCtx};
 use crate::ids::{TaskId, WorkerId};
@@ -36,6 +39,8 @@ pub struct WorkerOptions {
     pub gpus: Vec<String>,
     /// The nanny slot this worker runs in, told to the scheduler.
     pub nanny: Option<crate::protocol::NannySlot>,
+    /// The interpreter of the Python executors that run `py` tasks.
+    pub python: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +69,14 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
     let pinned = Arc::new(std::sync::Mutex::new(Pinned::default()));
     control.lock().free_gpus = opts.gpus.clone();
     control.lock().max_result = opts.max_result;
+    let functions = Arc::new(py::Functions::default());
+    let py_opts = py::PyOptions {
+        python: opts.python.clone(),
+        work_dir: opts.work_dir.clone(),
+        max_result: opts.max_result,
+    };
     for slot in 0..opts.threads.max(1) {
+        let mut py = py::PySlot::new(py_opts.clone(), functions.clone(), slot);
         let ctl = control.clone();
         let rx = task_rx.clone();
         let tx = report_tx.clone();
@@ -80,8 +92,14 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
                     let mut next = Some(a);
                     while let Some(a) = next.take() {
                         let (task, keep) = (a.task, a.has_dependents);
-                        let report =
-                            run_task(&reg, &work_dir, WorkerId(wid.load(Ordering::Relaxed)), a, &ctl);
+                        let report = run_task(
+                            &reg,
+                            &work_dir,
+                            WorkerId(wid.load(Ordering::Relaxed)),
+                            a,
+                            &ctl,
+                            &mut py,
+                        );
                         // A function past its time limit was reported failed already.
                         let expired = ctl.take_expired(task);
                         let result = match &report.outcome {
@@ -136,8 +154,14 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
             }
         };
         backoff = Duration::from_millis(50);
-        let mut slots =
-            Slots { tx: &task_tx, rx: &task_rx, reports: &mut report_rx, ctl: &control, pinned: &pinned };
+        let mut slots = Slots {
+            tx: &task_tx,
+            rx: &task_rx,
+            reports: &mut report_rx,
+            ctl: &control,
+            pinned: &pinned,
+            functions: &functions,
+        };
         book.reconnected(&mut slots);
         let end = session(&opts, &registry, conn, slots, &worker_id, &mut book, &mut term).await;
         match end {
@@ -368,6 +392,7 @@ struct Slots<'a> {
     reports: &'a mut mpsc::UnboundedReceiver<TaskReport>,
     ctl: &'a Arc<Control>,
     pinned: &'a std::sync::Mutex<Pinned>,
+    functions: &'a py::Functions,
 }
 
 impl Slots<'_> {
@@ -544,7 +569,8 @@ async fn session(
                         worker_id.store(worker.0, Ordering::Relaxed);
                         tracing::info!(worker = %worker, slots = opts.threads, "registered with the scheduler");
                     }
-                    Ok(ToWorker::Assign { tasks, .. }) => {
+                    Ok(ToWorker::Assign { tasks, functions }) => {
+                        slots.functions.add(functions);
                         // Pins first, so that none misses a result its input
                         // produces while this frame is being handed out.
                         let (pins, plain): (Vec<_>, Vec<_>) =
@@ -677,12 +703,14 @@ fn run_task(
     worker: WorkerId,
     a: Assignment,
     ctl: &Control,
+    py: &mut py::PySlot,
 ) -> TaskReport {
     let start = Instant::now();
     if ctl.take_canceled(a.task) {
         let outcome = Outcome::err("canceled");
         return TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 0, executor_died: false };
     }
+    let mut executor_died = false;
     let outcome = match &a.kind {
         TaskKind::Fn { name, args } => match registry.get(name) {
             None => Outcome::err(format!(
@@ -708,15 +736,15 @@ fn run_task(
         TaskKind::Cmd { argv, env, discard_output } => {
             run_cmd(argv, env, *discard_output, work_dir, worker, &a, ctl)
         }
-        TaskKind::Py { .. } => Outcome::err("this worker cannot run py tasks yet"),
+        TaskKind::Py { func, args } => {
+            let (outcome, died) = py.run(&a, *func, args, ctl);
+            executor_died = died;
+            outcome
+        }
     };
     let max = ctl.lock().max_result;
     let outcome = match outcome {
-        Outcome::Ok { result } if max > 0 && result.len() as u64 > max => Outcome::err(format!(
-            "the result is {}, over the limit of {} (worker.max_result): return less, or write it to a file",
-            crate::util::format_size(result.len() as u64),
-            crate::util::format_size(max)
-        )),
+        Outcome::Ok { result } if max > 0 && result.len() as u64 > max => too_large(result.len() as u64, max),
         other => other,
     };
     TaskReport {
@@ -724,8 +752,17 @@ fn run_task(
         attempt: a.attempt,
         outcome,
         micros: start.elapsed().as_micros() as u64,
-        executor_died: false,
+        executor_died,
     }
+}
+
+/// The error of a result over `worker.max_result`.
+fn too_large(size: u64, max: u64) -> Outcome {
+    Outcome::err(format!(
+        "the result is {}, over the limit of {} (worker.max_result): return less, or write it to a file",
+        crate::util::format_size(size),
+        crate::util::format_size(max)
+    ))
 }
 
 /// The arguments a function with dependencies is called with: with no args
@@ -968,6 +1005,12 @@ mod tests {
     use super::*;
     use crate::ids::{JobId, TaskId};
 
+    /// A slot's Python side, for tests that run no py task.
+    fn no_py() -> py::PySlot {
+        let opts = py::PyOptions { python: "python3".into(), work_dir: "/nonexistent".into(), max_result: 0 };
+        py::PySlot::new(opts, Default::default(), 0)
+    }
+
     fn assignment(kind: TaskKind) -> Assignment {
         Assignment {
             task: TaskId { job: JobId::new(), idx: 3 },
@@ -1028,10 +1071,10 @@ mod tests {
         ctl.lock().max_result = 1000;
         let small =
             assignment(TaskKind::Fn { name: "big".into(), args: rmp_serde::to_vec(&10usize).unwrap() });
-        assert!(run_task(&reg, dir.path(), WorkerId(1), small, &ctl).outcome.is_ok());
+        assert!(run_task(&reg, dir.path(), WorkerId(1), small, &ctl, &mut no_py()).outcome.is_ok());
         let big =
             assignment(TaskKind::Fn { name: "big".into(), args: rmp_serde::to_vec(&5000usize).unwrap() });
-        match run_task(&reg, dir.path(), WorkerId(1), big, &ctl).outcome {
+        match run_task(&reg, dir.path(), WorkerId(1), big, &ctl, &mut no_py()).outcome {
             Outcome::Err { error, .. } => assert!(error.contains("over the limit of 1000 B"), "{error}"),
             other => panic!("{other:?}"),
         }
@@ -1043,7 +1086,7 @@ mod tests {
         reg.register("explode", |_: (), _| -> Result<(), String> { panic!("kaboom") });
         let dir = tempfile::tempdir().unwrap();
         let a = assignment(TaskKind::Fn { name: "explode".into(), args: rmp_serde::to_vec(&()).unwrap() });
-        let r = run_task(&reg, dir.path(), WorkerId(1), a, &Control::default());
+        let r = run_task(&reg, dir.path(), WorkerId(1), a, &Control::default(), &mut no_py());
         assert_eq!(r.outcome, Outcome::err("explode panicked: kaboom"));
         assert_eq!(r.attempt, 2);
     }
@@ -1054,13 +1097,13 @@ mod tests {
         let argv = ["sh", "-c", "echo $ACTORD_TASK $ACTORD_ATTEMPT $ACTORD_WORKER"];
         let a = assignment(crate::client::cmd_task(argv.iter().map(|s| s.to_string()).collect()).kind);
         let job = a.task.job;
-        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default());
+        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default(), &mut no_py());
         assert!(r.outcome.is_ok(), "{:?}", r.outcome);
         let out = std::fs::read_to_string(dir.path().join(job.to_string()).join("3.2.out")).unwrap();
         assert_eq!(out.trim(), "3 2 w7");
 
         let a = assignment(crate::client::cmd_task(vec!["/nonexistent/prog".into()]).kind);
-        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default());
+        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default(), &mut no_py());
         assert!(matches!(r.outcome, Outcome::Err { error, .. } if error.contains("cannot run")));
     }
 }

@@ -146,6 +146,7 @@ fn worker_options(config: &Config, a: &WorkerArgs) -> Result<crate::worker::Work
         max_frame: config.scheduler.max_frame,
         work_dir,
         nanny: nanny_slot_from_env(),
+        python: a.python.clone().unwrap_or_else(|| config.worker.python.clone()),
     })
 }
 
@@ -192,6 +193,9 @@ async fn start_nanny(
     }
     if let Some(r) = &a.worker.resources {
         worker_args.extend(["--resources".into(), r.clone()]);
+    }
+    if let Some(p) = &a.worker.python {
+        worker_args.extend(["--python".into(), p.clone()]);
     }
     // --gpus: each worker gets its own share, as --gpus and CUDA_VISIBLE_DEVICES.
     let per_slot: Vec<crate::actors::nanny::SlotExtra> = if w.gpus.is_empty() {
@@ -261,6 +265,7 @@ async fn local(config: &Config, config_path: Option<&Path>, a: LocalArgs) -> Res
             work_dir: Some(dir.join("jobs").display().to_string()),
             resources: None,
             gpus: None,
+            python: a.python.clone(),
         },
     };
     let nanny = match start_nanny(config, config_path, &nanny_args).await {
