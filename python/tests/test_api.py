@@ -163,16 +163,27 @@ def test_as_completed_and_wait(client):
     assert called.wait(5)
 
 
-def test_cancel(client):
-    f = client.submit(slow, 1, 30, pure=False)
+def started(path, seconds):
+    open(path, "w").close()
+    time.sleep(seconds)
+    return seconds
+
+
+def test_cancel(client, tmp_path):
+    assert client.gather(client.map(inc, range(4))) == [1, 2, 3, 4]
+    path = tmp_path / "started"
+    f = client.submit(started, str(path), 30, pure=False)
     g = client.submit(inc, f)
+    deadline = time.monotonic() + 30
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
     f.cancel()
     assert f.status == "cancelled" and f.cancelled()
     with pytest.raises(FutureCancelledError):
         f.result(5)
     with pytest.raises(Exception):
         g.result(30)
-    assert client.submit(inc, 1).result(30) == 2
+    assert client.submit(inc, 100).result(30) == 101
 
 
 def test_bad_input_is_a_clear_error_and_changes_nothing(client):
