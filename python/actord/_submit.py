@@ -56,9 +56,15 @@ def _plain(obj: Any, depth: int = 0) -> bool:
     if depth > 4:
         return False
     if t is tuple or t is list:
-        return all(_plain(x, depth + 1) for x in obj)
+        for x in obj:
+            if type(x) not in _SCALARS and not _plain(x, depth + 1):
+                return False
+        return True
     if t is dict:
-        return all(type(k) in _SCALARS and _plain(v, depth + 1) for k, v in obj.items())
+        for k, v in obj.items():
+            if type(k) not in _SCALARS or (type(v) not in _SCALARS and not _plain(v, depth + 1)):
+                return False
+        return True
     return False
 
 
@@ -91,10 +97,10 @@ def _replace(obj: Any, deps: Dict[str, int], states: List[TaskState]) -> Any:
     return obj
 
 
-def dump_args(args: tuple, kwargs: dict, what: str) -> bytes:
+def dump_args(args: tuple, kwargs: dict, what: str, plain: Optional[bool] = None) -> bytes:
     payload = (args, kwargs)
     try:
-        if _plain(payload):
+        if _plain(payload) if plain is None else plain:
             return pickle.dumps(payload, protocol=5)
         return _payload.dumps(payload)
     except Exception as e:
@@ -106,7 +112,10 @@ class JobBuilder:
 
     def __init__(self, client, name: str):
         self.client = client
-        self.id = uuid.uuid4().bytes
+        u = uuid.uuid4()
+        self.id = u.bytes
+        self.hex = u.hex
+        self._last: tuple = (None, None)
         self.name = name
         self.functions: List[bytes] = []
         self._func_idx: Dict[bytes, int] = {}
@@ -116,11 +125,14 @@ class JobBuilder:
 
     def function(self, func: Any) -> tuple:
         """(index in the function table, digest) of `func`."""
+        if self._last[0] is func:
+            return self._last[1]
         blob, digest = pickle_function(func)
         i = self._func_idx.get(digest)
         if i is None:
             i = self._func_idx[digest] = len(self.functions)
             self.functions.append(blob)
+        self._last = (func, (i, digest))
         return i, digest
 
     def existing(self, key: str) -> Optional[TaskState]:
@@ -136,12 +148,12 @@ class JobBuilder:
         """The task `func(*args, **kwargs)`, or the existing task of the same key."""
         fi, digest = self.function(func)
         dep_states: List[TaskState] = []
-        if not _plain((args, kwargs)):
+        plain = _plain(args) and (not kwargs or _plain(kwargs))
+        if not plain:
             index: Dict[str, int] = {}
             args = _replace(args, index, dep_states)
             kwargs = _replace(kwargs, index, dep_states)
-        what = f"{prefix} (task {len(self.specs)} of this submission)"
-        blob = dump_args(args, kwargs, what)
+        blob = dump_args(args, kwargs, f"{prefix} (task {len(self.specs)} of this submission)", plain or None)
         if key is None:
             if pure:
                 h = hashlib.md5(digest)
@@ -150,7 +162,7 @@ class JobBuilder:
                     h.update(d.key.encode())
                 key = f"{prefix}-{h.hexdigest()}"
             else:
-                key = f"{prefix}-{uuid.uuid4().hex}"
+                key = f"{prefix}-{self.hex}-{len(self.specs)}"
         else:
             key = str(key)
         found = self.existing(key)
