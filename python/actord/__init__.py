@@ -1,0 +1,1 @@
+"""actord: a fault-tolerant, Dask-style distributed task system (Python side)."""
