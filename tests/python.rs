@@ -199,3 +199,93 @@ print(json.dumps(r.gather(job), default=repr))
     let error = error_of(&v[1]);
     assert!(error.contains("over the limit of 4.0 KiB (worker.max_result)"), "{error}");
 }
+
+#[test]
+fn a_canceled_py_task_stops_its_executor_and_the_next_task_gets_a_new_one() {
+    let c = cluster(1, venv_python(), None);
+    let v = py(
+        &c,
+        r#"
+import uuid
+def sleeper(d):
+    with open(os.path.join(d, "pid.tmp"), "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(os.path.join(d, "pid.tmp"), os.path.join(d, "pid"))
+    time.sleep(60)
+job = r.submit([{"func": 0, "args": (D,)}], [sleeper])
+print(json.dumps({"job": job.hex(), "uuid": str(uuid.UUID(bytes=job))}))
+"#,
+    );
+    let mark = c.path("pid");
+    assert!(wait_until(Duration::from_secs(60), || mark.exists()), "the task never started");
+    let pid: i32 = std::fs::read_to_string(&mark).unwrap().trim().parse().unwrap();
+    let out = c.run(&["ctl", "cancel", v["uuid"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let job = v["job"].as_str().unwrap();
+    let res = py(&c, &format!("print(json.dumps(r.gather(bytes.fromhex('{job}'))))"));
+    assert!(error_of(&res[0]).contains("cancel"), "{res}");
+    assert!(wait_until(Duration::from_secs(10), || !pid_alive(pid)), "the executor still runs");
+    let next = py(&c, "job = r.submit([{'func': 0, 'args': (2,)}], [lambda x: os.getpid()])\nprint(json.dumps(r.gather(job)))");
+    assert_eq!(next[0][0], "ok", "{next}");
+    assert_ne!(next[0][1], pid, "a new executor");
+}
+
+#[test]
+fn a_restarted_scheduler_replays_the_function_table_and_the_py_job_completes_once() {
+    let mut c = cluster(2, venv_python(), Some("[scheduler]\nreclaim_grace = \"1s\"\n"));
+    let v = py(
+        &c,
+        r#"
+def step(d, i):
+    with open(os.path.join(d, "marks"), "a") as f:
+        f.write(f"start {i}\n")
+    time.sleep(0.1)
+    with open(os.path.join(d, "marks"), "a") as f:
+        f.write(f"end {i} {os.getpid()}\n")
+    return i * i
+job = r.submit([{"func": 0, "args": (D, i)} for i in range(40)], [step])
+print(json.dumps({"job": job.hex()}))
+"#,
+    );
+    let marks = c.path("marks");
+    let ends = |s: &str| s.lines().filter(|l| l.starts_with("end ")).count();
+    assert!(
+        wait_until(Duration::from_secs(60), || ends(&std::fs::read_to_string(&marks).unwrap_or_default())
+            >= 6),
+        "tasks never finished"
+    );
+    c.kill_scheduler();
+    c.restart_scheduler();
+    // A new worker process knows no functions: the tasks it runs need the
+    // function table the new scheduler replayed from its journal.
+    let out = c.run(&["wait", "--workers", "2", "--timeout", "30s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before: std::collections::HashSet<String> = pids_of(&std::fs::read_to_string(&marks).unwrap());
+    let victim = c.worker_pids()[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let job = v["job"].as_str().unwrap();
+    let res = py(&c, &format!("print(json.dumps(r.gather(bytes.fromhex('{job}'))))"));
+    let res = res.as_array().unwrap();
+    assert_eq!(res.len(), 40);
+    for (i, o) in res.iter().enumerate() {
+        assert_eq!(o[0], "ok", "{o}");
+        assert_eq!(o[1], (i * i) as i64);
+    }
+    let text = std::fs::read_to_string(&marks).unwrap();
+    for i in 0..40 {
+        let n = text.lines().filter(|l| l.starts_with(&format!("end {i} "))).count();
+        assert_eq!(n, 1, "task {i} finished {n} times:\n{text}");
+    }
+    let after = pids_of(&text);
+    assert!(after.len() > before.len(), "no task ran in the restarted worker:\n{text}");
+}
+
+/// The executor pids in the `end` marks.
+fn pids_of(marks: &str) -> std::collections::HashSet<String> {
+    marks
+        .lines()
+        .filter_map(|l| l.strip_prefix("end "))
+        .filter_map(|l| l.split(' ').nth(1))
+        .map(String::from)
+        .collect()
+}
