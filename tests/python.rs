@@ -185,7 +185,7 @@ fn a_missing_interpreter_or_one_that_cannot_import_actord_is_a_clear_task_error(
 }
 
 #[test]
-fn a_py_result_over_max_result_is_a_clear_task_error() {
+fn a_py_result_over_max_result_or_a_function_that_cannot_be_unpickled_is_a_clear_task_error() {
     let c = cluster(1, venv_python(), Some("[worker]\nmax_result = \"4KiB\"\n"));
     let v = py(
         &c,
@@ -198,6 +198,18 @@ print(json.dumps(r.gather(job), default=repr))
     assert_eq!(v[0][0], "ok", "{v}");
     let error = error_of(&v[1]);
     assert!(error.contains("over the limit of 4.0 KiB (worker.max_result)"), "{error}");
+
+    let v = py(
+        &c,
+        "job = r.submit([{'func': 0}, {'func': 0}], [b'not a pickle'])\nprint(json.dumps(r.gather(job)))",
+    );
+    for o in v.as_array().unwrap() {
+        let error = error_of(o);
+        assert!(
+            error.starts_with("FunctionNotLoadable: the task's function cannot be unpickled here"),
+            "{error}"
+        );
+    }
 }
 
 #[test]

@@ -90,12 +90,28 @@ class _Output:
                 self._reopen(fd)
 
 
+class FunctionNotLoadable(Exception):
+    """The task's function cannot be unpickled in this executor."""
+
+
+def _unloadable(exc: BaseException):
+    message = f"the task's function cannot be unpickled here: {type(exc).__name__}: {exc}"
+
+    def fail(*_a, **_kw):
+        raise FunctionNotLoadable(message)
+
+    return fail
+
+
 def _run(req, functions):
     fkey, fpickle, args, inputs, _out, _err, clear = req
     if clear:
         functions.clear()
     if fpickle is not None:
-        functions[fkey] = pickle.loads(fpickle)
+        try:
+            functions[fkey] = pickle.loads(fpickle)
+        except Exception as exc:  # every task of that function fails the same way
+            functions[fkey] = _unloadable(exc)
     func = functions[fkey]
     a, kw = pickle.loads(args)
     if inputs:

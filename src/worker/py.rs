@@ -131,7 +131,7 @@ impl PySlot {
         ctl.lock().running.insert(tid, exec.child.id());
         let deadline = a.time_limit_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
         let answer = match exec.stdin.write_all(&frame).and_then(|_| exec.stdin.flush()) {
-            Ok(()) => read_frame(&mut exec.stdout, deadline, limit),
+            Ok(()) => read_frame(&mut exec.stdout, &mut exec.child, deadline, limit),
             Err(_) => Err(ReadEnd::Eof),
         };
         ctl.lock().running.remove(&tid);
@@ -235,7 +235,7 @@ impl PySlot {
             format!("cannot start {what}: {e}; set worker.python or --python to a Python 3 interpreter")
         })?;
         let (stdin, mut stdout) = (child.stdin.take().expect("piped"), child.stdout.take().expect("piped"));
-        match read_frame(&mut stdout, Some(Instant::now() + START_TIMEOUT), 1 << 16) {
+        match read_frame(&mut stdout, &mut child, Some(Instant::now() + START_TIMEOUT), 1 << 16) {
             Ok(_) => {
                 tracing::info!(slot = self.slot, pid = child.id(), python = %python.display(), "Python executor started");
                 Ok(Executor { child, stdin, stdout, loaded: FxHashSet::default(), scratch })
@@ -321,37 +321,58 @@ fn framed(body: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Reads one length-prefixed frame, waiting at most until `deadline`.
-fn read_frame(r: &mut ChildStdout, deadline: Option<Instant>, limit: usize) -> Result<Vec<u8>, ReadEnd> {
+/// How often a slot waiting for a long task checks that its executor still
+/// lives (a process it forked may hold the pipe open after it died).
+const ALIVE_CHECK: Duration = Duration::from_secs(1);
+
+/// Reads one length-prefixed frame from the executor, waiting at most until
+/// `deadline`; its death ends the wait even if the pipe stays open.
+fn read_frame(
+    r: &mut ChildStdout,
+    child: &mut Child,
+    deadline: Option<Instant>,
+    limit: usize,
+) -> Result<Vec<u8>, ReadEnd> {
     let mut head = [0u8; 4];
-    read_exact(r, &mut head, deadline)?;
+    read_exact(r, child, &mut head, deadline)?;
     let n = u32::from_be_bytes(head) as usize;
     if n > limit {
         return Err(ReadEnd::TooLarge(n));
     }
     let mut body = vec![0u8; n];
-    read_exact(r, &mut body, deadline)?;
+    read_exact(r, child, &mut body, deadline)?;
     Ok(body)
 }
 
-fn read_exact(r: &mut ChildStdout, mut buf: &mut [u8], deadline: Option<Instant>) -> Result<(), ReadEnd> {
+fn read_exact(
+    r: &mut ChildStdout,
+    child: &mut Child,
+    mut buf: &mut [u8],
+    deadline: Option<Instant>,
+) -> Result<(), ReadEnd> {
     while !buf.is_empty() {
-        if let Some(d) = deadline {
-            let left = d.saturating_duration_since(Instant::now());
-            let mut fds = [libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-            let ms = left.as_millis().min(i32::MAX as u128) as i32;
-            // SAFETY: one valid pollfd for the duration of the call.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
-            if ready == 0 {
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(ALIVE_CHECK),
+            None => ALIVE_CHECK,
+        };
+        let mut fds = [libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, wait.as_millis() as i32) };
+        if ready == 0 {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(ReadEnd::TimedOut);
             }
-            if ready < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(ReadEnd::Io(e));
+            if !matches!(child.try_wait(), Ok(None)) {
+                return Err(ReadEnd::Eof);
             }
+            continue;
+        }
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(ReadEnd::Io(e));
         }
         match r.read(buf) {
             Ok(0) => return Err(ReadEnd::Eof),
