@@ -237,9 +237,15 @@ print(json.dumps({"job": job.hex(), "uuid": str(uuid.UUID(bytes=job))}))
     let res = py(&c, &format!("print(json.dumps(r.gather(bytes.fromhex('{job}'))))"));
     assert!(error_of(&res[0]).contains("cancel"), "{res}");
     assert!(wait_until(Duration::from_secs(10), || !pid_alive(pid)), "the executor still runs");
+    // Scratch files of executors of workers gone from this host are removed
+    // when an executor starts (the pid is above any pid_max).
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let stale = c.path("actord-jobs/.executors").join(format!("{host}-4194305-0.err"));
+    std::fs::write(&stale, "old").unwrap();
     let next = py(&c, "job = r.submit([{'func': 0, 'args': (2,)}], [lambda x: os.getpid()])\nprint(json.dumps(r.gather(job)))");
     assert_eq!(next[0][0], "ok", "{next}");
     assert_ne!(next[0][1], pid, "a new executor");
+    assert!(!stale.exists(), "stale scratch file left behind");
 }
 
 #[test]

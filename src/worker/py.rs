@@ -202,7 +202,9 @@ impl PySlot {
         let python = interpreter(&self.opts.python);
         let dir = self.opts.work_dir.join(".executors");
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let scratch = dir.join(format!("{}-{}", std::process::id(), self.slot));
+        let host = crate::util::hostname();
+        remove_stale_scratch(&dir, &host);
+        let scratch = dir.join(format!("{host}-{}-{}", std::process::id(), self.slot));
         let err_path = with_ext(&scratch, "err");
         let err = std::fs::File::create(&err_path)
             .map_err(|e| format!("cannot create {}: {e}", err_path.display()))?;
@@ -278,6 +280,21 @@ impl PySlot {
             status
         } else {
             format!("{status}: {tail}")
+        }
+    }
+}
+
+/// Removes the scratch files left by executors of workers of this host that
+/// are gone (`<host>-<pid>-<slot>.out|.err`; other hosts may share the dir).
+fn remove_stale_scratch(dir: &Path, host: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = format!("{host}-");
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
