@@ -67,6 +67,7 @@ def unpicklable(x):
     import threading
     return threading.Lock()
 def slow(x): time.sleep(30)
+def env(x): return [os.environ[k] for k in ("ACTORD_JOB", "ACTORD_TASK", "ACTORD_ATTEMPT", "ACTORD_WORKER")]
 n = 300
 tasks = [{"func": 0, "args": (i,)} for i in range(n)]
 tasks.append({"func": 1, "args": (Dep(0), [Dep(1)][0]), "kwargs": {"k": Dep(2)}, "deps": [0, 1, 2]})
@@ -78,13 +79,14 @@ chain0 = len(tasks)
 tasks.append({"func": 0, "args": (0,)})
 for k in range(1, 100):
     tasks.append({"func": 0, "args": (Dep(0),), "deps": [chain0 + k - 1]})
-job = r.submit(tasks, [inc, add, shout, fail, unpicklable, slow])
+tasks.append({"func": 6, "args": (0,), "key": "the-env"})
+job = r.submit(tasks, [inc, add, shout, fail, unpicklable, slow, env])
 res = r.gather(job)
 print(json.dumps({"job": job.hex(), "res": res}, default=repr))
 "#,
     );
     let res = v["res"].as_array().unwrap();
-    assert_eq!(res.len(), 300 + 5 + 100);
+    assert_eq!(res.len(), 300 + 5 + 100 + 1);
     for (i, o) in res[..300].iter().enumerate() {
         assert_eq!(o[0], "ok", "{o}");
         assert_eq!(o[1], i as i64 + 1);
@@ -101,6 +103,11 @@ print(json.dumps({"job": job.hex(), "res": res}, default=repr))
     assert!(unp.contains("cannot be pickled"), "{unp}");
     assert!(error_of(&res[304]).contains("time limit exceeded (300 ms)"), "{}", res[304]);
     assert_eq!(res[404][1], 100, "the chain's last link");
+    let env = &res[405][1];
+    assert_eq!(env[1], "the-env", "{env}");
+    assert_eq!(env[2], "1", "{env}");
+    assert!(env[3].as_str().unwrap().starts_with('w'), "{env}");
+    assert_eq!(env[0].as_str().unwrap().replace('-', ""), v["job"].as_str().unwrap(), "{env}");
     // The printing task's stdout and stderr are in the job directory.
     let job = &v["job"].as_str().unwrap();
     let uuid = format!("{}-{}-{}-{}-{}", &job[0..8], &job[8..12], &job[12..16], &job[16..20], &job[20..]);

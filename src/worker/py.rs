@@ -92,7 +92,14 @@ impl PySlot {
     }
 
     /// Runs one py task; the flag says its executor died under it.
-    pub fn run(&mut self, a: &Assignment, func: u32, args: &Bytes, ctl: &Control) -> (Outcome, bool) {
+    pub fn run(
+        &mut self,
+        a: &Assignment,
+        func: u32,
+        args: &Bytes,
+        worker: crate::ids::WorkerId,
+        ctl: &Control,
+    ) -> (Outcome, bool) {
         let tid = a.task;
         let Some((key, pickle)) = self.functions.get(tid.job, func) else {
             return (
@@ -113,6 +120,9 @@ impl PySlot {
         }
         let send_pickle = exec.loaded.insert(key);
         let (out, err) = output_paths(&self.opts.work_dir, a);
+        let task_name = a.key.clone().unwrap_or_else(|| tid.idx.to_string());
+        // The task's environment, as for cmd tasks: ACTORD_JOB, _TASK, _ATTEMPT, _WORKER.
+        let env = (tid.job.to_string(), task_name, a.attempt, worker.to_string());
         let req = (
             key,
             send_pickle.then_some(&pickle),
@@ -121,6 +131,7 @@ impl PySlot {
             out.to_string_lossy(),
             err.to_string_lossy(),
             clear,
+            env,
         );
         let frame = match rmp_serde::to_vec(&req) {
             Ok(body) => framed(&body),
