@@ -3,7 +3,7 @@
 //! started again after it dies; the function table entries the scheduler sent.
 
 use super::{too_large, Control, CANCEL_GRACE};
-use crate::ids::{JobId, TaskId};
+use crate::ids::JobId;
 use crate::protocol::{Assignment, Outcome, PyFunction};
 use bytes::Bytes;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -146,8 +146,26 @@ impl PySlot {
             Err(_) => Err(ReadEnd::Eof),
         };
         ctl.lock().running.remove(&tid);
+        self.ended(a, answer, ctl)
+    }
+
+    /// What the attempt's answer (or its absence) means; a stopped or dead
+    /// executor is replaced at the next task.
+    fn ended(&mut self, a: &Assignment, answer: Result<Vec<u8>, ReadEnd>, ctl: &Control) -> (Outcome, bool) {
+        let tid = a.task;
         match answer {
-            Ok(body) => (self.answer(tid, &body), false),
+            Ok(body) => match self.answer(&body) {
+                Ok(outcome) => (outcome, false),
+                Err(why) => {
+                    self.stop(a);
+                    (
+                        Outcome::err(format!(
+                            "task {tid}: unreadable answer from its Python executor: {why}"
+                        )),
+                        false,
+                    )
+                }
+            },
             Err(ReadEnd::TimedOut) => {
                 self.stop(a);
                 let limit = a.time_limit_ms.unwrap_or(0);
@@ -182,17 +200,14 @@ impl PySlot {
         }
     }
 
-    fn answer(&self, tid: TaskId, body: &[u8]) -> Outcome {
+    fn answer(&self, body: &[u8]) -> Result<Outcome, &'static str> {
         use rmpv::Value;
-        let bad = |why: &str| {
-            Outcome::err(format!("task {tid}: unreadable answer from its Python executor: {why}"))
-        };
         let Ok(Value::Array(items)) = rmpv::decode::read_value(&mut &body[..]) else {
-            return bad("not an array");
+            return Err("not an array");
         };
-        match items.as_slice() {
+        Ok(match items.as_slice() {
             [Value::Integer(k), Value::Binary(pickled)] if k.as_u64() == Some(0) => {
-                let Some(result) = msgpack_bin(pickled) else { return bad("a result over 4 GiB") };
+                let result = msgpack_bin(pickled).ok_or("a result over 4 GiB")?;
                 Outcome::Ok { result: result.into() }
             }
             [Value::Integer(k), Value::String(error), exc] if k.as_u64() == Some(1) => Outcome::Err {
@@ -205,8 +220,8 @@ impl PySlot {
             [Value::Integer(k), Value::Integer(size)] if k.as_u64() == Some(2) => {
                 too_large(size.as_u64().unwrap_or(u64::MAX), self.opts.max_result)
             }
-            _ => bad("unexpected shape"),
-        }
+            _ => return Err("unexpected shape"),
+        })
     }
 
     fn start(&mut self) -> Result<Executor, String> {
