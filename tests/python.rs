@@ -253,6 +253,19 @@ print(json.dumps({"job": job.hex(), "uuid": str(uuid.UUID(bytes=job))}))
     assert_eq!(next[0][0], "ok", "{next}");
     assert_ne!(next[0][1], pid, "a new executor");
     assert!(!stale.exists(), "stale scratch file left behind");
+
+    // An executor that dies between tasks is replaced without counting
+    // against the next task (one kill would fail it here).
+    let idle = next[0][1].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(idle), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !pid_alive(idle)), "the executor survived kill -9");
+    let script =
+        "job = r.submit([{'func': 0, 'args': (3,), 'max_worker_kills': 1}], [lambda x: os.getpid()])\n\
+                  print(json.dumps(r.gather(job)))";
+    let after = py(&c, script);
+    assert_eq!(after[0][0], "ok", "{after}");
+    assert_eq!(after[0][2], 1, "one attempt: {after}");
+    assert_ne!(after[0][1], idle);
 }
 
 #[test]

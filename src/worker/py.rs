@@ -107,25 +107,67 @@ impl PySlot {
                 false,
             );
         };
-        if self.exec.is_none() {
-            match self.start() {
-                Ok(e) => self.exec = Some(e),
-                Err(error) => return (Outcome::err(format!("task {tid}: {error}")), false),
+        // An executor that died between tasks, or could not take this one,
+        // is replaced: the task had not started.
+        let mut answer = Err(ReadEnd::Eof);
+        for first_try in [true, false] {
+            if let Some(e) = self.exec.as_mut() {
+                if !matches!(e.child.try_wait(), Ok(None)) {
+                    self.discard("it died between tasks");
+                }
             }
+            if self.exec.is_none() {
+                match self.start() {
+                    Ok(e) => self.exec = Some(e),
+                    Err(error) => return (Outcome::err(format!("task {tid}: {error}")), false),
+                }
+            }
+            let frame = match self.request(a, key, &pickle, args, worker) {
+                Ok(f) => f,
+                Err(e) => return (Outcome::err(format!("task {tid}: cannot encode it: {e}")), false),
+            };
+            let limit = self.frame_limit();
+            let exec = self.exec.as_mut().expect("started above");
+            ctl.lock().running.insert(tid, exec.child.id());
+            let deadline = a.time_limit_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+            match exec.stdin.write_all(&frame).and_then(|_| exec.stdin.flush()) {
+                Ok(()) => answer = read_frame(&mut exec.stdout, &mut exec.child, deadline, limit),
+                Err(e) if first_try => {
+                    ctl.lock().running.remove(&tid);
+                    self.discard(&format!("it could not take a task ({e})"));
+                    continue;
+                }
+                Err(_) => {}
+            }
+            break;
         }
-        let exec = self.exec.as_mut().expect("started above");
+        ctl.lock().running.remove(&tid);
+        self.ended(a, answer, ctl)
+    }
+
+    /// The request frame for one task; the function's pickle goes along
+    /// the first time this executor runs it.
+    fn request(
+        &mut self,
+        a: &Assignment,
+        key: u64,
+        pickle: &Bytes,
+        args: &Bytes,
+        worker: crate::ids::WorkerId,
+    ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        let exec = self.exec.as_mut().expect("started by the caller");
         let clear = exec.loaded.len() >= MAX_LOADED && !exec.loaded.contains(&key);
         if clear {
             exec.loaded.clear();
         }
         let send_pickle = exec.loaded.insert(key);
         let (out, err) = output_paths(&self.opts.work_dir, a);
-        let task_name = a.key.clone().unwrap_or_else(|| tid.idx.to_string());
+        let task_name = a.key.clone().unwrap_or_else(|| a.task.idx.to_string());
         // The task's environment, as for cmd tasks: ACTORD_JOB, _TASK, _ATTEMPT, _WORKER.
-        let env = (tid.job.to_string(), task_name, a.attempt, worker.to_string());
+        let env = (a.task.job.to_string(), task_name, a.attempt, worker.to_string());
         let req = (
             key,
-            send_pickle.then_some(&pickle),
+            send_pickle.then_some(pickle),
             args,
             &a.inputs,
             out.to_string_lossy(),
@@ -133,20 +175,16 @@ impl PySlot {
             clear,
             env,
         );
-        let frame = match rmp_serde::to_vec(&req) {
-            Ok(body) => framed(&body),
-            Err(e) => return (Outcome::err(format!("task {tid}: cannot encode it: {e}")), false),
-        };
-        let limit = self.frame_limit();
-        let exec = self.exec.as_mut().expect("started above");
-        ctl.lock().running.insert(tid, exec.child.id());
-        let deadline = a.time_limit_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-        let answer = match exec.stdin.write_all(&frame).and_then(|_| exec.stdin.flush()) {
-            Ok(()) => read_frame(&mut exec.stdout, &mut exec.child, deadline, limit),
-            Err(_) => Err(ReadEnd::Eof),
-        };
-        ctl.lock().running.remove(&tid);
-        self.ended(a, answer, ctl)
+        Ok(framed(&rmp_serde::to_vec(&req)?))
+    }
+
+    /// Ends an executor that runs no task (its scratch output is dropped).
+    fn discard(&mut self, why: &str) {
+        if let Some(mut exec) = self.exec.take() {
+            drop(exec.stdin);
+            let status = terminate(&mut exec.child);
+            tracing::warn!(slot = self.slot, pid = exec.child.id(), %status, reason = why, "Python executor replaced");
+        }
     }
 
     /// What the attempt's answer (or its absence) means; a stopped or dead
