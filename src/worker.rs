@@ -737,7 +737,7 @@ fn run_task(
             run_cmd(argv, env, *discard_output, work_dir, worker, &a, ctl)
         }
         TaskKind::Py { func, args } => {
-            let (outcome, died) = py.run(&a, *func, args, ctl);
+            let (outcome, died) = py.run(&a, *func, args, worker, ctl);
             executor_died = died;
             outcome
         }

@@ -5,7 +5,8 @@ Started by the worker as `python -m actord.executor --scratch PREFIX
 stdout (4-byte big-endian length + msgpack); the task's own prints go to
 PREFIX.out / PREFIX.err, moved to the task's files when it wrote anything.
 
-Request:  [fkey, pickle or None, args, inputs, out_path, err_path, clear]
+Request:  [fkey, pickle or None, args, inputs, out_path, err_path, clear,
+           [job, task, attempt, worker]]  (set as ACTORD_JOB, _TASK, _ATTEMPT, _WORKER)
 Response: [0, pickled result] | [1, error text, pickled exception or None]
           | [2, size of a result over --max-result]
 """
@@ -90,12 +91,42 @@ class _Output:
                 self._reopen(fd)
 
 
+class FunctionNotLoadable(Exception):
+    """The task's function cannot be unpickled in this executor."""
+
+
+def _unloadable(exc: BaseException):
+    message = f"the task's function cannot be unpickled here: {type(exc).__name__}: {exc}"
+
+    def fail(*_a, **_kw):
+        raise FunctionNotLoadable(message)
+
+    return fail
+
+
+_ENV_NAMES = ("ACTORD_JOB", "ACTORD_TASK", "ACTORD_ATTEMPT", "ACTORD_WORKER")
+_env_now = [None, None, None, None]
+
+
+def _set_env(values):
+    """The task's ACTORD_* variables (only those that changed are set)."""
+    for k, v in enumerate(values):
+        v = str(v)
+        if _env_now[k] != v:
+            os.environ[_ENV_NAMES[k]] = v
+            _env_now[k] = v
+
+
 def _run(req, functions):
-    fkey, fpickle, args, inputs, _out, _err, clear = req
+    fkey, fpickle, args, inputs, _out, _err, clear, env = req
+    _set_env(env)
     if clear:
         functions.clear()
     if fpickle is not None:
-        functions[fkey] = pickle.loads(fpickle)
+        try:
+            functions[fkey] = pickle.loads(fpickle)
+        except Exception as exc:  # every task of that function fails the same way
+            functions[fkey] = _unloadable(exc)
     func = functions[fkey]
     a, kw = pickle.loads(args)
     if inputs:

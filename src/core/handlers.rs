@@ -589,9 +589,10 @@ fn executor_died(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
     if task.killed.len() as u32 >= max_kills {
         let names: Vec<String> = task.killed.iter().map(|w| w.to_string()).collect();
         let error = format!(
-            "task {} killed its Python executor {} times (on {}); giving up. Last: {why}",
+            "task {} killed its Python executor {} time{} (on {}); giving up. Last: {why}",
             r.task,
             names.len(),
+            if names.len() == 1 { "" } else { "s" },
             names.join(", ")
         );
         graph::complete(core, now, r.task, Outcome::err(error), false, out);

@@ -156,8 +156,9 @@ pub enum Outcome {
     Err {
         error: String,
         /// The pickled Python exception of a failed `py` task, when it could
-        /// be pickled; the client raises it again.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// be pickled; the client raises it again. Always sent (nil for
+        /// other errors), so a client can read it without checking.
+        #[serde(default)]
         exception: Option<Bytes>,
     },
 }

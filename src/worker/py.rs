@@ -3,7 +3,7 @@
 //! started again after it dies; the function table entries the scheduler sent.
 
 use super::{too_large, Control, CANCEL_GRACE};
-use crate::ids::{JobId, TaskId};
+use crate::ids::JobId;
 use crate::protocol::{Assignment, Outcome, PyFunction};
 use bytes::Bytes;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -92,7 +92,14 @@ impl PySlot {
     }
 
     /// Runs one py task; the flag says its executor died under it.
-    pub fn run(&mut self, a: &Assignment, func: u32, args: &Bytes, ctl: &Control) -> (Outcome, bool) {
+    pub fn run(
+        &mut self,
+        a: &Assignment,
+        func: u32,
+        args: &Bytes,
+        worker: crate::ids::WorkerId,
+        ctl: &Control,
+    ) -> (Outcome, bool) {
         let tid = a.task;
         let Some((key, pickle)) = self.functions.get(tid.job, func) else {
             return (
@@ -100,43 +107,103 @@ impl PySlot {
                 false,
             );
         };
-        if self.exec.is_none() {
-            match self.start() {
-                Ok(e) => self.exec = Some(e),
-                Err(error) => return (Outcome::err(format!("task {tid}: {error}")), false),
+        // An executor that died between tasks, or could not take this one,
+        // is replaced: the task had not started.
+        let mut answer = Err(ReadEnd::Eof);
+        for first_try in [true, false] {
+            if let Some(e) = self.exec.as_mut() {
+                if !matches!(e.child.try_wait(), Ok(None)) {
+                    self.discard("it died between tasks");
+                }
             }
+            if self.exec.is_none() {
+                match self.start() {
+                    Ok(e) => self.exec = Some(e),
+                    Err(error) => return (Outcome::err(format!("task {tid}: {error}")), false),
+                }
+            }
+            let frame = match self.request(a, key, &pickle, args, worker) {
+                Ok(f) => f,
+                Err(e) => return (Outcome::err(format!("task {tid}: cannot encode it: {e}")), false),
+            };
+            let limit = self.frame_limit();
+            let exec = self.exec.as_mut().expect("started above");
+            ctl.lock().running.insert(tid, exec.child.id());
+            let deadline = a.time_limit_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+            match exec.stdin.write_all(&frame).and_then(|_| exec.stdin.flush()) {
+                Ok(()) => answer = read_frame(&mut exec.stdout, &mut exec.child, deadline, limit),
+                Err(e) if first_try => {
+                    ctl.lock().running.remove(&tid);
+                    self.discard(&format!("it could not take a task ({e})"));
+                    continue;
+                }
+                Err(_) => {}
+            }
+            break;
         }
-        let exec = self.exec.as_mut().expect("started above");
+        ctl.lock().running.remove(&tid);
+        self.ended(a, answer, ctl)
+    }
+
+    /// The request frame for one task; the function's pickle goes along
+    /// the first time this executor runs it.
+    fn request(
+        &mut self,
+        a: &Assignment,
+        key: u64,
+        pickle: &Bytes,
+        args: &Bytes,
+        worker: crate::ids::WorkerId,
+    ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        let exec = self.exec.as_mut().expect("started by the caller");
         let clear = exec.loaded.len() >= MAX_LOADED && !exec.loaded.contains(&key);
         if clear {
             exec.loaded.clear();
         }
         let send_pickle = exec.loaded.insert(key);
         let (out, err) = output_paths(&self.opts.work_dir, a);
+        let task_name = a.key.clone().unwrap_or_else(|| a.task.idx.to_string());
+        // The task's environment, as for cmd tasks: ACTORD_JOB, _TASK, _ATTEMPT, _WORKER.
+        let env = (a.task.job.to_string(), task_name, a.attempt, worker.to_string());
         let req = (
             key,
-            send_pickle.then_some(&pickle),
+            send_pickle.then_some(pickle),
             args,
             &a.inputs,
             out.to_string_lossy(),
             err.to_string_lossy(),
             clear,
+            env,
         );
-        let frame = match rmp_serde::to_vec(&req) {
-            Ok(body) => framed(&body),
-            Err(e) => return (Outcome::err(format!("task {tid}: cannot encode it: {e}")), false),
-        };
-        let limit = self.frame_limit();
-        let exec = self.exec.as_mut().expect("started above");
-        ctl.lock().running.insert(tid, exec.child.id());
-        let deadline = a.time_limit_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-        let answer = match exec.stdin.write_all(&frame).and_then(|_| exec.stdin.flush()) {
-            Ok(()) => read_frame(&mut exec.stdout, deadline, limit),
-            Err(_) => Err(ReadEnd::Eof),
-        };
-        ctl.lock().running.remove(&tid);
+        Ok(framed(&rmp_serde::to_vec(&req)?))
+    }
+
+    /// Ends an executor that runs no task (its scratch output is dropped).
+    fn discard(&mut self, why: &str) {
+        if let Some(mut exec) = self.exec.take() {
+            drop(exec.stdin);
+            let status = terminate(&mut exec.child);
+            tracing::warn!(slot = self.slot, pid = exec.child.id(), %status, reason = why, "Python executor replaced");
+        }
+    }
+
+    /// What the attempt's answer (or its absence) means; a stopped or dead
+    /// executor is replaced at the next task.
+    fn ended(&mut self, a: &Assignment, answer: Result<Vec<u8>, ReadEnd>, ctl: &Control) -> (Outcome, bool) {
+        let tid = a.task;
         match answer {
-            Ok(body) => (self.answer(tid, &body), false),
+            Ok(body) => match self.answer(&body) {
+                Ok(outcome) => (outcome, false),
+                Err(why) => {
+                    self.stop(a);
+                    (
+                        Outcome::err(format!(
+                            "task {tid}: unreadable answer from its Python executor: {why}"
+                        )),
+                        false,
+                    )
+                }
+            },
             Err(ReadEnd::TimedOut) => {
                 self.stop(a);
                 let limit = a.time_limit_ms.unwrap_or(0);
@@ -171,17 +238,14 @@ impl PySlot {
         }
     }
 
-    fn answer(&self, tid: TaskId, body: &[u8]) -> Outcome {
+    fn answer(&self, body: &[u8]) -> Result<Outcome, &'static str> {
         use rmpv::Value;
-        let bad = |why: &str| {
-            Outcome::err(format!("task {tid}: unreadable answer from its Python executor: {why}"))
-        };
         let Ok(Value::Array(items)) = rmpv::decode::read_value(&mut &body[..]) else {
-            return bad("not an array");
+            return Err("not an array");
         };
-        match items.as_slice() {
+        Ok(match items.as_slice() {
             [Value::Integer(k), Value::Binary(pickled)] if k.as_u64() == Some(0) => {
-                let Some(result) = msgpack_bin(pickled) else { return bad("a result over 4 GiB") };
+                let result = msgpack_bin(pickled).ok_or("a result over 4 GiB")?;
                 Outcome::Ok { result: result.into() }
             }
             [Value::Integer(k), Value::String(error), exc] if k.as_u64() == Some(1) => Outcome::Err {
@@ -194,15 +258,17 @@ impl PySlot {
             [Value::Integer(k), Value::Integer(size)] if k.as_u64() == Some(2) => {
                 too_large(size.as_u64().unwrap_or(u64::MAX), self.opts.max_result)
             }
-            _ => bad("unexpected shape"),
-        }
+            _ => return Err("unexpected shape"),
+        })
     }
 
     fn start(&mut self) -> Result<Executor, String> {
         let python = interpreter(&self.opts.python);
         let dir = self.opts.work_dir.join(".executors");
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let scratch = dir.join(format!("{}-{}", std::process::id(), self.slot));
+        let host = crate::util::hostname();
+        remove_stale_scratch(&dir, &host);
+        let scratch = dir.join(format!("{host}-{}-{}", std::process::id(), self.slot));
         let err_path = with_ext(&scratch, "err");
         let err = std::fs::File::create(&err_path)
             .map_err(|e| format!("cannot create {}: {e}", err_path.display()))?;
@@ -235,7 +301,7 @@ impl PySlot {
             format!("cannot start {what}: {e}; set worker.python or --python to a Python 3 interpreter")
         })?;
         let (stdin, mut stdout) = (child.stdin.take().expect("piped"), child.stdout.take().expect("piped"));
-        match read_frame(&mut stdout, Some(Instant::now() + START_TIMEOUT), 1 << 16) {
+        match read_frame(&mut stdout, &mut child, Some(Instant::now() + START_TIMEOUT), 1 << 16) {
             Ok(_) => {
                 tracing::info!(slot = self.slot, pid = child.id(), python = %python.display(), "Python executor started");
                 Ok(Executor { child, stdin, stdout, loaded: FxHashSet::default(), scratch })
@@ -282,6 +348,21 @@ impl PySlot {
     }
 }
 
+/// Removes the scratch files left by executors of workers of this host that
+/// are gone (`<host>-<pid>-<slot>.out|.err`; other hosts may share the dir).
+fn remove_stale_scratch(dir: &Path, host: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = format!("{host}-");
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// `<work_dir>/<job>/<idx>.<attempt>.out|.err`, as for cmd tasks.
 fn output_paths(work_dir: &Path, a: &Assignment) -> (PathBuf, PathBuf) {
     let dir = work_dir.join(a.task.job.to_string());
@@ -321,37 +402,58 @@ fn framed(body: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Reads one length-prefixed frame, waiting at most until `deadline`.
-fn read_frame(r: &mut ChildStdout, deadline: Option<Instant>, limit: usize) -> Result<Vec<u8>, ReadEnd> {
+/// How often a slot waiting for a long task checks that its executor still
+/// lives (a process it forked may hold the pipe open after it died).
+const ALIVE_CHECK: Duration = Duration::from_secs(1);
+
+/// Reads one length-prefixed frame from the executor, waiting at most until
+/// `deadline`; its death ends the wait even if the pipe stays open.
+fn read_frame(
+    r: &mut ChildStdout,
+    child: &mut Child,
+    deadline: Option<Instant>,
+    limit: usize,
+) -> Result<Vec<u8>, ReadEnd> {
     let mut head = [0u8; 4];
-    read_exact(r, &mut head, deadline)?;
+    read_exact(r, child, &mut head, deadline)?;
     let n = u32::from_be_bytes(head) as usize;
     if n > limit {
         return Err(ReadEnd::TooLarge(n));
     }
     let mut body = vec![0u8; n];
-    read_exact(r, &mut body, deadline)?;
+    read_exact(r, child, &mut body, deadline)?;
     Ok(body)
 }
 
-fn read_exact(r: &mut ChildStdout, mut buf: &mut [u8], deadline: Option<Instant>) -> Result<(), ReadEnd> {
+fn read_exact(
+    r: &mut ChildStdout,
+    child: &mut Child,
+    mut buf: &mut [u8],
+    deadline: Option<Instant>,
+) -> Result<(), ReadEnd> {
     while !buf.is_empty() {
-        if let Some(d) = deadline {
-            let left = d.saturating_duration_since(Instant::now());
-            let mut fds = [libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-            let ms = left.as_millis().min(i32::MAX as u128) as i32;
-            // SAFETY: one valid pollfd for the duration of the call.
-            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
-            if ready == 0 {
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(ALIVE_CHECK),
+            None => ALIVE_CHECK,
+        };
+        let mut fds = [libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, wait.as_millis() as i32) };
+        if ready == 0 {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(ReadEnd::TimedOut);
             }
-            if ready < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(ReadEnd::Io(e));
+            if !matches!(child.try_wait(), Ok(None)) {
+                return Err(ReadEnd::Eof);
             }
+            continue;
+        }
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(ReadEnd::Io(e));
         }
         match r.read(buf) {
             Ok(0) => return Err(ReadEnd::Eof),

@@ -54,7 +54,7 @@ class Raw:
                 spec["deps"] = [{"job": None, "key": str(d)} for d in t["deps"]]
             specs.append(spec)
         self.send({"Submit": {"job": job, "name": name, "tasks": specs,
-                              "functions": [dumps(f) for f in functions]}})
+                              "functions": [f if isinstance(f, bytes) else dumps(f) for f in functions]}})
         reply = self.recv()
         if "Submitted" not in reply:
             raise RuntimeError(reply)
