@@ -10,7 +10,10 @@
 #
 # Rows: map (noop map), chain (noop chain), tree (noop tree), darts-small,
 # darts (the tutorial's size); actord-only rows: cmd (/bin/true array),
-# million (one 1M-task job), restart (1k, 100k and 1M-task journals).
+# million (one 1M-task job), restart (1k, 100k and 1M-task journals); Python
+# rows (bench/python: peers/dask's noop.py and darts.py on the Python client,
+# py tasks in the workers' executors): py-map, py-chain, py-darts-small,
+# py-darts (the tutorial's size).
 #
 # Env: PEERS (default: ../shared/peers beside this checkout), OUT (where the
 # JSON lines go, default bench/results.jsonl; "" = nowhere).
@@ -19,7 +22,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 PEERS="${PEERS:-$(dirname "$ROOT")/shared/peers}"
 OUT="${OUT-$HERE/results.jsonl}"
-ALL=(map chain tree darts-small darts cmd million restart)
+ALL=(map chain tree darts-small darts cmd million restart py-map py-chain py-darts-small py-darts)
 ROWS=("$@")
 [[ ${#ROWS[@]} -gt 0 ]] || ROWS=("${ALL[@]}")
 for r in "${ROWS[@]}"; do
@@ -27,14 +30,16 @@ for r in "${ROWS[@]}"; do
 done
 if [[ -n "${QUICK:-}" ]]; then
   MAP=(10000 2000) CHAIN=(1000 200) TREE=(1000 200) MILLION=100000 RESTART=(1000 10000) TUTORIAL=(100 0.05)
+  PYMAP=2000 PYCHAIN=200
 else
   # actord size, Dask size (Dask at the actord size would take minutes per row)
   MAP=(100000 10000) CHAIN=(10000 1000) TREE=(10000 1000) MILLION=1000000 RESTART=(1000 100000 1000000)
   TUTORIAL=(100 1.0)
+  PYMAP=10000 PYCHAIN=1000
 fi
 [[ -x "$PEERS/dask/run.sh" ]] || { echo "no Dask harness at $PEERS/dask (set PEERS)" >&2; exit 2; }
 "$PEERS/dask/setup.sh" >&2
-(cd "$ROOT" && cargo build --release --benches >&2)
+(cd "$ROOT" && cargo build --release --benches --bins >&2)
 
 LINES=$(mktemp)
 trap 'rm -f "$LINES"' EXIT
@@ -43,6 +48,14 @@ actord() { # row, bench args...
   echo "== actord $row: $*" >&2
   local line
   line=$(cd "$ROOT" && cargo bench -q --bench cluster -- "$@" | tail -1)
+  echo "$row actord $line" >>"$LINES"
+  echo "$line"
+}
+pyactord() { # row, bench/python/run.sh args...
+  local row="$1"; shift
+  echo "== actord-py $row: $*" >&2
+  local line
+  line=$("$HERE/python/run.sh" --workers 2 --threads 1 "$@" | tail -1)
   echo "$row actord $line" >>"$LINES"
   echo "$line"
 }
@@ -68,6 +81,14 @@ for r in "${ROWS[@]}"; do
     cmd) actord cmd cmd --n 10000 --repeat 1 ;;
     million) actord million million --n "$MILLION" ;;
     restart) for n in "${RESTART[@]}"; do actord restart restart --n "$n"; done ;;
+    py-map) pyactord py-map noop --n "$PYMAP"; dask py-map noop --n "$PYMAP" ;;
+    py-chain) pyactord py-chain noop --variant chain --n "$PYCHAIN"; dask py-chain noop --variant chain --n "$PYCHAIN" ;;
+    py-darts-small)
+      pyactord py-darts-small darts --inputs 20 --scale 0.01
+      dask py-darts-small darts --inputs 20 --scale 0.01 --rng private --out /dev/null ;;
+    py-darts)
+      pyactord py-darts darts --inputs "${TUTORIAL[0]}" --scale "${TUTORIAL[1]}"
+      dask py-darts darts --inputs "${TUTORIAL[0]}" --scale "${TUTORIAL[1]}" --out /dev/null ;;
   esac
 done
 [[ -z "$OUT" ]] || sed 's/^[^ ]* [^ ]* //' "$LINES" >>"$OUT"

@@ -39,7 +39,7 @@ struct Counting {
 impl Effects for Counting {
     fn to_worker(&mut self, conn: ConnId, msg: ToWorker) {
         match msg {
-            ToWorker::Assign { tasks } => self.assigned.extend(tasks.into_iter().map(|t| (conn, t))),
+            ToWorker::Assign { tasks, .. } => self.assigned.extend(tasks.into_iter().map(|t| (conn, t))),
             _ => self.other += 1,
         }
     }
@@ -89,7 +89,13 @@ fn drive(tasks: Vec<TaskSpec>) -> usize {
             let reports: Vec<TaskReport> = assigned
                 .iter()
                 .filter(|(c, _)| *c == conn)
-                .map(|(_, a)| TaskReport { task: a.task, attempt: a.attempt, outcome: ok(1), micros: 1 })
+                .map(|(_, a)| TaskReport {
+                    task: a.task,
+                    attempt: a.attempt,
+                    outcome: ok(1),
+                    micros: 1,
+                    executor_died: false,
+                })
                 .collect();
             if reports.is_empty() {
                 continue;
@@ -145,6 +151,7 @@ fn assignments(n: usize) -> ToWorker {
                 has_dependents: false,
             })
             .collect(),
+        functions: vec![],
     }
 }
 
@@ -158,6 +165,7 @@ fn reports(n: usize) -> FromWorker {
                 attempt: 1,
                 outcome: ok(i as i64),
                 micros: 3,
+                executor_died: false,
             })
             .collect(),
     }

@@ -63,7 +63,7 @@ pub struct Gathered {
 impl Gathered {
     pub fn failed(&self) -> impl Iterator<Item = (u32, &str)> {
         self.outcomes.iter().filter_map(|o| match &o.outcome {
-            Outcome::Err { error } => Some((o.idx, error.as_str())),
+            Outcome::Err { error, .. } => Some((o.idx, error.as_str())),
             _ => None,
         })
     }
@@ -78,7 +78,7 @@ pub fn decode_outcome<T: DeserializeOwned>(o: &TaskOutcome) -> Result<T, ClientE
     match &o.outcome {
         Outcome::Ok { result } => rmp_serde::from_slice(result)
             .map_err(|e| ClientError::Protocol(format!("result of task {}: {e}", o.idx))),
-        Outcome::Err { error } => Err(ClientError::TaskFailed { idx: o.idx, error: error.clone() }),
+        Outcome::Err { error, .. } => Err(ClientError::TaskFailed { idx: o.idx, error: error.clone() }),
     }
 }
 
@@ -175,7 +175,7 @@ impl Client {
         name: &str,
         tasks: Vec<TaskSpec>,
     ) -> Result<JobHandle, ClientError> {
-        let msg = FromClient::Submit { job, name: name.into(), tasks };
+        let msg = FromClient::Submit { job, name: name.into(), tasks, functions: Vec::new() };
         loop {
             // Resubmitting the same job id after a lost reply is harmless.
             let attempt = async {

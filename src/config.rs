@@ -55,6 +55,7 @@ pub struct WorkerConfig {
     pub max_result: u64,
     #[serde(deserialize_with = "de_size")]
     pub max_error: u64,
+    pub python: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -1,6 +1,9 @@
-//! A worker process: T slot threads run `fn` and `cmd` tasks; one
-//! connection task feeds them assignments and sends their reports back in
-//! batches. Survives a lost scheduler for up to `death_timeout`.
+//! A worker process: T slot threads run `fn`, `cmd` and `py` tasks (`py`
+//! in a Python executor per slot, see `py`); one connection task feeds them
+//! assignments and sends their reports back in batches. Survives a lost
+//! scheduler for up to `death_timeout`.
+
+mod py;
 
 use crate::functions::{Registry, TaskCtx};
 use crate::ids::{TaskId, WorkerId};
@@ -38,6 +41,8 @@ pub struct WorkerOptions {
     pub gpus: Vec<String>,
     /// The nanny slot this worker runs in, told to the scheduler.
     pub nanny: Option<crate::protocol::NannySlot>,
+    /// The interpreter of the Python executors that run `py` tasks.
+    pub python: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +72,14 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
     control.lock().free_gpus = opts.gpus.clone();
     control.lock().max_result = opts.max_result;
     control.lock().max_error = opts.max_error;
+    let functions = Arc::new(py::Functions::default());
+    let py_opts = py::PyOptions {
+        python: opts.python.clone(),
+        work_dir: opts.work_dir.clone(),
+        max_result: opts.max_result,
+    };
     for slot in 0..opts.threads.max(1) {
+        let mut py = py::PySlot::new(py_opts.clone(), functions.clone(), slot);
         let ctl = control.clone();
         let rx = task_rx.clone();
         let tx = report_tx.clone();
@@ -83,8 +95,14 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
                     let mut next = Some(a);
                     while let Some(a) = next.take() {
                         let (task, keep) = (a.task, a.has_dependents);
-                        let report =
-                            run_task(&reg, &work_dir, WorkerId(wid.load(Ordering::Relaxed)), a, &ctl);
+                        let report = run_task(
+                            &reg,
+                            &work_dir,
+                            WorkerId(wid.load(Ordering::Relaxed)),
+                            a,
+                            &ctl,
+                            &mut py,
+                        );
                         // A function past its time limit was reported failed already.
                         let expired = ctl.take_expired(task);
                         let result = match &report.outcome {
@@ -139,8 +157,14 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
             }
         };
         backoff = Duration::from_millis(50);
-        let mut slots =
-            Slots { tx: &task_tx, rx: &task_rx, reports: &mut report_rx, ctl: &control, pinned: &pinned };
+        let mut slots = Slots {
+            tx: &task_tx,
+            rx: &task_rx,
+            reports: &mut report_rx,
+            ctl: &control,
+            pinned: &pinned,
+            functions: &functions,
+        };
         book.reconnected(&mut slots);
         let end = session(&opts, &registry, conn, slots, &worker_id, &mut book, &mut term).await;
         match end {
@@ -329,8 +353,9 @@ impl Control {
                 out.push(TaskReport {
                     task: t,
                     attempt,
-                    outcome: Outcome::Err { error },
+                    outcome: Outcome::err(error),
                     micros: limit * 1000,
+                    executor_died: false,
                 });
             }
         }
@@ -372,6 +397,7 @@ struct Slots<'a> {
     reports: &'a mut mpsc::UnboundedReceiver<TaskReport>,
     ctl: &'a Arc<Control>,
     pinned: &'a std::sync::Mutex<Pinned>,
+    functions: &'a py::Functions,
 }
 
 impl Slots<'_> {
@@ -501,13 +527,11 @@ impl Book {
                 // here: a report that cannot be sent must not become a
                 // reconnect loop, so it becomes an error that fits.
                 let r = &mut reports[0];
-                r.outcome = Outcome::Err {
-                    error: format!(
-                        "the report of this task is {}, too large for a frame of at most {} (scheduler.max_frame): lower worker.max_result",
-                        crate::util::format_size(bytes as u64),
-                        crate::util::format_size(self.max_frame as u64)
-                    ),
-                };
+                r.outcome = Outcome::err(format!(
+                    "the report of this task is {}, too large for a frame of at most {} (scheduler.max_frame): lower worker.max_result",
+                    crate::util::format_size(bytes as u64),
+                    crate::util::format_size(self.max_frame as u64)
+                ));
             }
             let batch = self.next_batch;
             self.next_batch += 1;
@@ -525,7 +549,7 @@ impl Book {
 fn report_size(r: &TaskReport) -> usize {
     let payload = match &r.outcome {
         Outcome::Ok { result } => result.len(),
-        Outcome::Err { error, .. } => error.len(),
+        Outcome::Err { error, exception } => error.len() + exception.as_ref().map_or(0, |e| e.len()),
     };
     payload.saturating_add(64)
 }
@@ -535,16 +559,25 @@ fn report_size(r: &TaskReport) -> usize {
 /// (0: no limit.)
 pub fn cap_outcome(outcome: Outcome, max_result: u64, max_error: u64) -> Outcome {
     match outcome {
-        Outcome::Ok { result } if max_result > 0 && result.len() as u64 > max_result => Outcome::Err {
-            error: format!(
-                "the result is {}, over the limit of {} (worker.max_result): return less, or write it to a file",
-                crate::util::format_size(result.len() as u64),
-                crate::util::format_size(max_result)
-            ),
+        Outcome::Ok { result } if max_result > 0 && result.len() as u64 > max_result => {
+            too_large(result.len() as u64, max_result)
+        }
+        Outcome::Err { error, exception } => Outcome::Err {
+            error: cap_error(error, max_error),
+            // A pickled exception that large is dropped; its text stays.
+            exception: exception.filter(|e| max_error == 0 || e.len() as u64 <= max_error),
         },
-        Outcome::Err { error } => Outcome::Err { error: cap_error(error, max_error) },
         ok => ok,
     }
+}
+
+/// The error of a result over `worker.max_result`.
+pub(crate) fn too_large(size: u64, max: u64) -> Outcome {
+    Outcome::err(format!(
+        "the result is {}, over the limit of {} (worker.max_result): return less, or write it to a file",
+        crate::util::format_size(size),
+        crate::util::format_size(max)
+    ))
 }
 
 fn cap_error(mut error: String, max: u64) -> String {
@@ -620,7 +653,8 @@ async fn session(
                         worker_id.store(worker.0, Ordering::Relaxed);
                         tracing::info!(worker = %worker, slots = opts.threads, "registered with the scheduler");
                     }
-                    Ok(ToWorker::Assign { tasks }) => {
+                    Ok(ToWorker::Assign { tasks, functions }) => {
+                        slots.functions.add(functions);
                         // Pins first, so that none misses a result its input
                         // produces while this frame is being handed out.
                         let (pins, plain): (Vec<_>, Vec<_>) =
@@ -727,7 +761,7 @@ async fn drain(
             }
             frame = next_frame(stream) => match frame.map(|f| decode::<ToWorker>(&f)) {
                 // Sent before the scheduler saw `Draining`: hand them back too.
-                Ok(Ok(ToWorker::Assign { tasks })) => {
+                Ok(Ok(ToWorker::Assign { tasks, .. })) => {
                     let returned: Vec<TaskId> = tasks.iter().map(|t| t.task).collect();
                     if send(sink, &FromWorker::Draining { returned }).await.is_err() {
                         return;
@@ -753,17 +787,20 @@ fn run_task(
     worker: WorkerId,
     a: Assignment,
     ctl: &Control,
+    py: &mut py::PySlot,
 ) -> TaskReport {
     let start = Instant::now();
     if ctl.take_canceled(a.task) {
-        let outcome = Outcome::Err { error: "canceled".into() };
-        return TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 0 };
+        let outcome = Outcome::err("canceled");
+        return TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 0, executor_died: false };
     }
+    let mut executor_died = false;
     let outcome = match &a.kind {
         TaskKind::Fn { name, args } => match registry.get(name) {
-            None => Outcome::Err {
-                error: format!("unknown function {name:?}; this worker has: {}", registry.names().join(", ")),
-            },
+            None => Outcome::err(format!(
+                "unknown function {name:?}; this worker has: {}",
+                registry.names().join(", ")
+            )),
             Some(f) => {
                 let ctx = TaskCtx { task: a.task, attempt: a.attempt };
                 let args = with_inputs(args, &a.inputs);
@@ -775,15 +812,18 @@ fn run_task(
                 ctl.lock().deadlines.remove(&a.task);
                 match result {
                     Ok(Ok(result)) => Outcome::Ok { result: result.into() },
-                    Ok(Err(error)) => Outcome::Err { error },
-                    Err(panic) => {
-                        Outcome::Err { error: format!("{name} panicked: {}", panic_message(&panic)) }
-                    }
+                    Ok(Err(error)) => Outcome::err(error),
+                    Err(panic) => Outcome::err(format!("{name} panicked: {}", panic_message(&panic))),
                 }
             }
         },
         TaskKind::Cmd { argv, env, discard_output } => {
             run_cmd(argv, env, *discard_output, work_dir, worker, &a, ctl)
+        }
+        TaskKind::Py { func, args } => {
+            let (outcome, died) = py.run(&a, *func, args, worker, ctl);
+            executor_died = died;
+            outcome
         }
     };
     let (max_result, max_error) = {
@@ -791,7 +831,13 @@ fn run_task(
         (c.max_result, c.max_error)
     };
     let outcome = cap_outcome(outcome, max_result, max_error);
-    TaskReport { task: a.task, attempt: a.attempt, outcome, micros: start.elapsed().as_micros() as u64 }
+    TaskReport {
+        task: a.task,
+        attempt: a.attempt,
+        outcome,
+        micros: start.elapsed().as_micros() as u64,
+        executor_died,
+    }
 }
 
 /// The arguments a function with dependencies is called with: with no args
@@ -918,7 +964,7 @@ fn run_cmd(
     use std::os::unix::process::CommandExt;
     let dir = work_dir.join(&job);
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        return Outcome::Err { error: format!("cannot create {}: {e}", dir.display()) };
+        return Outcome::err(format!("cannot create {}: {e}", dir.display()));
     }
     let out_path = dir.join(format!("{}.{attempt}.out", task.idx));
     let err_path = dir.join(format!("{}.{attempt}.err", task.idx));
@@ -930,9 +976,7 @@ fn run_cmd(
     };
     let (out, err): (std::process::Stdio, std::process::Stdio) = match files {
         Ok(f) => f,
-        Err(e) => {
-            return Outcome::Err { error: format!("cannot create output files in {}: {e}", dir.display()) }
-        }
+        Err(e) => return Outcome::err(format!("cannot create output files in {}: {e}", dir.display())),
     };
     let mut cmd = std::process::Command::new(&argv[0]);
     for (k, v) in env {
@@ -956,7 +1000,7 @@ fn run_cmd(
         let path = dir.join(format!("{}.{attempt}.input{k}.json", task.idx));
         let text = crate::util::msgpack_to_json(input).to_string();
         if let Err(e) = std::fs::write(&path, text) {
-            return Outcome::Err { error: format!("cannot write {}: {e}", path.display()) };
+            return Outcome::err(format!("cannot write {}: {e}", path.display()));
         }
         cmd.env(format!("ACTORD_INPUT_{k}"), &path);
     }
@@ -977,7 +1021,7 @@ fn run_cmd(
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Outcome::Err { error: format!("cannot run {:?}: {e}", argv[0]) },
+        Err(e) => return Outcome::err(format!("cannot run {:?}: {e}", argv[0])),
     };
     ctl.lock().running.insert(task, child.id());
     let waited = match a.time_limit_ms {
@@ -986,17 +1030,18 @@ fn run_cmd(
     };
     ctl.lock().running.remove(&task);
     if let Ok(None) = waited {
-        return Outcome::Err {
-            error: format!("time limit exceeded ({limit} ms)", limit = a.time_limit_ms.unwrap_or(0)),
-        };
+        return Outcome::err(format!(
+            "time limit exceeded ({limit} ms)",
+            limit = a.time_limit_ms.unwrap_or(0)
+        ));
     }
     let waited = waited.map(|s| s.expect("checked above"));
     if ctl.take_canceled(task) {
-        return Outcome::Err { error: "canceled".into() };
+        return Outcome::err("canceled");
     }
     let status = match waited {
         Ok(s) => s,
-        Err(e) => return Outcome::Err { error: format!("waiting for {:?} failed: {e}", argv[0]) },
+        Err(e) => return Outcome::err(format!("waiting for {:?} failed: {e}", argv[0])),
     };
     if status.success() {
         let result = if discard_output {
@@ -1010,7 +1055,7 @@ fn run_cmd(
         };
         match rmp_serde::to_vec_named(&result) {
             Ok(b) => Outcome::Ok { result: b.into() },
-            Err(e) => Outcome::Err { error: e.to_string() },
+            Err(e) => Outcome::err(e.to_string()),
         }
     } else {
         let tail = std::fs::read(&err_path)
@@ -1026,7 +1071,7 @@ fn run_cmd(
                 format!("killed by signal {}", status.signal().unwrap_or(0))
             }
         };
-        Outcome::Err { error: format!("{:?} failed with {how}: {tail}", argv[0]) }
+        Outcome::err(format!("{:?} failed with {how}: {tail}", argv[0]))
     }
 }
 
@@ -1034,6 +1079,12 @@ fn run_cmd(
 mod tests {
     use super::*;
     use crate::ids::{JobId, TaskId};
+
+    /// A slot's Python side, for tests that run no py task.
+    fn no_py() -> py::PySlot {
+        let opts = py::PyOptions { python: "python3".into(), work_dir: "/nonexistent".into(), max_result: 0 };
+        py::PySlot::new(opts, Default::default(), 0)
+    }
 
     fn assignment(kind: TaskKind) -> Assignment {
         Assignment {
@@ -1095,11 +1146,11 @@ mod tests {
         ctl.lock().max_result = 1000;
         let small =
             assignment(TaskKind::Fn { name: "big".into(), args: rmp_serde::to_vec(&10usize).unwrap() });
-        assert!(run_task(&reg, dir.path(), WorkerId(1), small, &ctl).outcome.is_ok());
+        assert!(run_task(&reg, dir.path(), WorkerId(1), small, &ctl, &mut no_py()).outcome.is_ok());
         let big =
             assignment(TaskKind::Fn { name: "big".into(), args: rmp_serde::to_vec(&5000usize).unwrap() });
-        match run_task(&reg, dir.path(), WorkerId(1), big, &ctl).outcome {
-            Outcome::Err { error } => assert!(error.contains("over the limit of 1000 B"), "{error}"),
+        match run_task(&reg, dir.path(), WorkerId(1), big, &ctl, &mut no_py()).outcome {
+            Outcome::Err { error, .. } => assert!(error.contains("over the limit of 1000 B"), "{error}"),
             other => panic!("{other:?}"),
         }
     }
@@ -1110,8 +1161,8 @@ mod tests {
         reg.register("explode", |_: (), _| -> Result<(), String> { panic!("kaboom") });
         let dir = tempfile::tempdir().unwrap();
         let a = assignment(TaskKind::Fn { name: "explode".into(), args: rmp_serde::to_vec(&()).unwrap() });
-        let r = run_task(&reg, dir.path(), WorkerId(1), a, &Control::default());
-        assert_eq!(r.outcome, Outcome::Err { error: "explode panicked: kaboom".into() });
+        let r = run_task(&reg, dir.path(), WorkerId(1), a, &Control::default(), &mut no_py());
+        assert_eq!(r.outcome, Outcome::err("explode panicked: kaboom"));
         assert_eq!(r.attempt, 2);
     }
 
@@ -1121,14 +1172,14 @@ mod tests {
         let argv = ["sh", "-c", "echo $ACTORD_TASK $ACTORD_ATTEMPT $ACTORD_WORKER"];
         let a = assignment(crate::client::cmd_task(argv.iter().map(|s| s.to_string()).collect()).kind);
         let job = a.task.job;
-        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default());
+        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default(), &mut no_py());
         assert!(r.outcome.is_ok(), "{:?}", r.outcome);
         let out = std::fs::read_to_string(dir.path().join(job.to_string()).join("3.2.out")).unwrap();
         assert_eq!(out.trim(), "3 2 w7");
 
         let a = assignment(crate::client::cmd_task(vec!["/nonexistent/prog".into()]).kind);
-        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default());
-        assert!(matches!(r.outcome, Outcome::Err { error } if error.contains("cannot run")));
+        let r = run_task(&Registry::empty(), dir.path(), WorkerId(7), a, &Control::default(), &mut no_py());
+        assert!(matches!(r.outcome, Outcome::Err { error, .. } if error.contains("cannot run")));
     }
 }
 

@@ -61,7 +61,7 @@ fn decode_all(frame: &[u8]) {
 fn arb_outcome() -> impl Strategy<Value = Outcome> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..64).prop_map(|r| Outcome::Ok { result: Bytes::from(r) }),
-        ".{0,40}".prop_map(|error| Outcome::Err { error }),
+        ".{0,40}".prop_map(Outcome::err),
     ]
 }
 
@@ -95,6 +95,7 @@ fn arb_from_worker() -> impl Strategy<Value = FromWorker> {
             attempt,
             outcome,
             micros,
+            executor_died: false,
         },
     );
     prop_oneof![
@@ -108,7 +109,12 @@ fn arb_from_worker() -> impl Strategy<Value = FromWorker> {
 fn arb_from_client() -> impl Strategy<Value = FromClient> {
     prop_oneof![
         ("[a-z]{0,8}", prop::collection::vec(arb_task_spec(), 0..6)).prop_map(|(name, tasks)| {
-            FromClient::Submit { job: actord::ids::JobId(uuid::Uuid::new_v4()), name, tasks }
+            FromClient::Submit {
+                job: actord::ids::JobId(uuid::Uuid::new_v4()),
+                name,
+                tasks,
+                functions: vec![],
+            }
         }),
         Just(FromClient::Status),
         Just(FromClient::Workers),
@@ -189,15 +195,18 @@ proptest! {
 #[test]
 fn a_declared_length_is_not_believed() {
     let job = actord::ids::JobId(uuid::Uuid::new_v4());
-    let mut frame = encode(&FromClient::Submit { job, name: String::new(), tasks: vec![] }).unwrap().to_vec();
-    assert_eq!(frame.pop(), Some(0x90), "ends with the empty task array");
+    let mut frame =
+        encode(&FromClient::Submit { job, name: String::new(), tasks: vec![], functions: vec![] })
+            .unwrap()
+            .to_vec();
+    assert_eq!(frame.pop(), Some(0x90), "ends with the empty function table");
     frame.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
     let (ok, peak) = peak_during(|| decode::<FromClient>(&frame).is_ok());
     assert!(!ok);
     assert!(peak < 4096, "{peak} bytes allocated for a {}-byte frame", frame.len());
     // The allocator does count: a real submission allocates.
     let tasks = vec![TaskSpec::new(TaskKind::Fn { name: "inc".into(), args: vec![1] }); 100];
-    let frame = encode(&FromClient::Submit { job, name: "x".into(), tasks }).unwrap();
+    let frame = encode(&FromClient::Submit { job, name: "x".into(), tasks, functions: vec![] }).unwrap();
     let (ok, peak) = peak_during(|| decode::<FromClient>(&frame).is_ok());
     assert!(ok && peak > 100 * std::mem::size_of::<TaskSpec>(), "{peak}");
 }

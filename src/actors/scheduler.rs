@@ -284,8 +284,8 @@ fn handle_msg(
                 }
             },
             SchedMsg::Client { conn, msg } => match msg {
-                FromClient::Submit { job, name, tasks } => {
-                    core::on_submit(core, fx, now, conn, job, name, tasks)
+                FromClient::Submit { job, name, tasks, functions } => {
+                    core::on_submit_job(core, fx, now, conn, core::SubmitMsg { job, name, tasks, functions })
                 }
                 FromClient::Watch { job } => core::on_watch(core, fx, conn, job),
                 FromClient::Workers => core::on_list_workers(core, fx, now, conn),

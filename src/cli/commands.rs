@@ -155,6 +155,7 @@ fn worker_options(config: &Config, a: &WorkerArgs) -> Result<crate::worker::Work
         max_frame: config.scheduler.max_frame,
         work_dir,
         nanny: nanny_slot_from_env(),
+        python: a.python.clone().unwrap_or_else(|| config.worker.python.clone()),
     })
 }
 
@@ -201,6 +202,9 @@ async fn start_nanny(
     }
     if let Some(r) = &a.worker.resources {
         worker_args.extend(["--resources".into(), r.clone()]);
+    }
+    if let Some(p) = &a.worker.python {
+        worker_args.extend(["--python".into(), p.clone()]);
     }
     // --gpus: each worker gets its own share, as --gpus and CUDA_VISIBLE_DEVICES.
     let per_slot: Vec<crate::actors::nanny::SlotExtra> = if w.gpus.is_empty() {
@@ -270,6 +274,7 @@ async fn local(config: &Config, config_path: Option<&Path>, a: LocalArgs) -> Res
             work_dir: Some(dir.join("jobs").display().to_string()),
             resources: None,
             gpus: None,
+            python: a.python.clone(),
         },
     };
     let nanny = match start_nanny(config, config_path, &nanny_args).await {
@@ -404,7 +409,7 @@ async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode,
             let o = client.outcome(&crate::client::TaskFuture { job, idx }).await?;
             let (doc, code) = match &o.outcome {
                 Outcome::Ok { result } => (crate::util::msgpack_to_json(result), 0),
-                Outcome::Err { error } => {
+                Outcome::Err { error, .. } => {
                     eprintln!("task {key} failed: {error}");
                     (serde_json::json!({"key": key, "attempts": o.attempts, "error": error}), 1)
                 }
@@ -960,7 +965,7 @@ async fn gather(config: &Config, c: &Connect, job: JobId, out: Option<&str>) -> 
     for o in &gathered.outcomes {
         match &o.outcome {
             Outcome::Ok { result } => results.push(crate::util::msgpack_to_json(result)),
-            Outcome::Err { error } => {
+            Outcome::Err { error, .. } => {
                 results.push(serde_json::Value::Null);
                 failures.push(serde_json::json!({"task": o.idx, "attempts": o.attempts, "error": error}));
             }

@@ -83,7 +83,10 @@ pub struct WorkerArgs {
     /// How long to keep trying to reach a lost scheduler, e.g. 60s [config: worker.death_timeout].
     #[arg(long, value_name = "DURATION")]
     pub death_timeout: Option<String>,
-    /// Directory for `cmd` task output [default: beside the scheduler file, in actord-jobs/].
+    /// Interpreter of the Python executors that run `py` tasks [config: worker.python].
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<String>,
+    /// Directory for `cmd` and `py` task output [default: beside the scheduler file, in actord-jobs/].
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<String>,
     /// What this worker has beyond its slots, e.g. gpus=2,mem=64GiB.
@@ -123,6 +126,9 @@ pub struct LocalArgs {
     /// No journal: keep everything in memory.
     #[arg(long, conflicts_with = "journal")]
     pub no_journal: bool,
+    /// Interpreter of the workers' Python executors [config: worker.python].
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<String>,
     #[command(subcommand)]
     pub job: ClientCommand,
 }

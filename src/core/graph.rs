@@ -189,7 +189,7 @@ pub fn complete(
             canceled,
         });
         let reason = match &outcome {
-            Outcome::Err { error } => Some(error.clone()),
+            Outcome::Err { error, .. } => Some(error.clone()),
             Outcome::Ok { .. } => None,
         };
         let told = set_outcome(core, now, tid, outcome, canceled);
@@ -201,7 +201,7 @@ pub fn complete(
             for d in job.tasks[tid.idx as usize].dependents.clone() {
                 if core.find_task(d).is_some_and(|t| t.outcome.is_none()) {
                     let error = format!("dependency {name} {how}");
-                    queue.push((d, Outcome::Err { error }, false));
+                    queue.push((d, Outcome::err(error), false));
                 }
             }
         }

@@ -6,8 +6,8 @@ use super::{Core, Effects, Job, NannyRecord, Task, TaskState, Worker};
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use crate::persistence::Record;
 use crate::protocol::{
-    Assignment, NannyInfo, Outcome, SlotInfo, SlotState, TaskOutcome, TaskReport, TaskSpec, ToClient,
-    ToNanny, ToWorker, WorkerInfo,
+    Assignment, NannyInfo, Outcome, PyFunction, SlotInfo, SlotState, TaskKind, TaskOutcome, TaskReport,
+    TaskSpec, ToClient, ToNanny, ToWorker, WorkerInfo,
 };
 use rustc_hash::FxHashMap as HashMap;
 
@@ -58,6 +58,7 @@ pub fn on_worker_joined(
             rss_kib: 0,
             resources: w.resources,
             used: Default::default(),
+            functions_sent: Default::default(),
         },
     );
     core.worker_by_conn.insert(conn, id);
@@ -127,7 +128,7 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
                 names.len(),
                 names.join(", ")
             );
-            graph::complete(core, now, tid, Outcome::Err { error }, false, &mut failed);
+            graph::complete(core, now, tid, Outcome::err(error), false, &mut failed);
         } else {
             requeue(core, tid, false);
         }
@@ -236,7 +237,8 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
 
 /// Checks a submission before anything is changed and resolves its
 /// dependencies; `Err` is the one-line message for the client.
-fn validate_submit(core: &Core, job: JobId, tasks: &[TaskSpec]) -> Result<Vec<Vec<TaskId>>, String> {
+fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<TaskId>>, String> {
+    let tasks = &msg.tasks;
     if tasks.is_empty() {
         return Err("a job needs at least one task".into());
     }
@@ -251,12 +253,28 @@ fn validate_submit(core: &Core, job: JobId, tasks: &[TaskSpec]) -> Result<Vec<Ve
             crate::protocol::TaskKind::Cmd { argv, .. } if argv.is_empty() => {
                 return Err(format!("task {i}: empty argv"))
             }
+            crate::protocol::TaskKind::Py { func, .. } if *func as usize >= msg.functions.len() => {
+                return Err(format!(
+                    "task {i}: function {func} is not in the job's function table ({} entries)",
+                    msg.functions.len()
+                ))
+            }
             _ => {}
         }
     }
     graph::resolve(core, job, tasks)
 }
 
+/// A job as a client submits it.
+pub struct SubmitMsg {
+    pub job: JobId,
+    pub name: String,
+    pub tasks: Vec<TaskSpec>,
+    /// The function table of its `py` tasks (`TaskKind::Py::func` indexes it).
+    pub functions: Vec<bytes::Bytes>,
+}
+
+/// A job with no `py` tasks (see `on_submit_job`).
 pub fn on_submit(
     core: &mut Core,
     fx: &mut impl Effects,
@@ -266,7 +284,13 @@ pub fn on_submit(
     name: String,
     tasks: Vec<TaskSpec>,
 ) {
+    on_submit_job(core, fx, now, conn, SubmitMsg { job, name, tasks, functions: Vec::new() });
+}
+
+pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, msg: SubmitMsg) {
+    let job = msg.job;
     if let Some(existing) = core.jobs.get(&job) {
+        let tasks = &msg.tasks;
         // A resubmission after a lost reply: same job, nothing new to do.
         if existing.tasks.len() == tasks.len() {
             fx.to_client(conn, ToClient::Submitted { job, tasks: tasks.len() as u32 });
@@ -280,7 +304,7 @@ pub fn on_submit(
         }
         return;
     }
-    let deps = match validate_submit(core, job, &tasks) {
+    let deps = match validate_submit(core, job, &msg) {
         Ok(deps) => deps,
         Err(message) => {
             fx.to_client(conn, ToClient::Error { job: Some(job), message });
@@ -288,12 +312,20 @@ pub fn on_submit(
         }
     };
     let seq = core.next_job_seq;
-    fx.journal(Record::JobSubmitted { job, seq, name: name.clone(), tasks: tasks.clone() });
+    let SubmitMsg { name, tasks, functions, .. } = msg;
+    fx.journal(Record::JobSubmitted {
+        job,
+        seq,
+        name: name.clone(),
+        tasks: tasks.clone(),
+        functions: functions.clone(),
+    });
     let doomed = insert_job(core, now, job, seq, name, tasks, deps);
+    core.jobs.get_mut(&job).expect("just inserted").functions = functions;
     // Tasks that depend on a task of an earlier job that already failed.
     let mut failed = Completed::default();
     for (tid, error) in doomed {
-        graph::complete(core, now, tid, Outcome::Err { error }, false, &mut failed);
+        graph::complete(core, now, tid, Outcome::err(error), false, &mut failed);
     }
     let n = core.jobs[&job].tasks.len() as u32;
     tracing::info!(job = %job, tasks = n, "job submitted");
@@ -353,6 +385,7 @@ fn insert_job(
             seq,
             done_at: None,
             keys,
+            functions: Vec::new(),
         },
     );
     let mut doomed = Vec::new();
@@ -366,7 +399,7 @@ fn insert_job(
             };
             match &dep.outcome {
                 Some(Outcome::Ok { .. }) => {}
-                Some(Outcome::Err { error }) => {
+                Some(Outcome::Err { error, .. }) => {
                     let error = error.clone();
                     let name = graph::task_name(&core.jobs[&d.job], d.idx);
                     doomed.push((tid, format!("dependency {name} failed: {error}")));
@@ -513,6 +546,10 @@ pub fn on_reports(
                 Some(avg) => avg * 0.9 + sample * 0.1,
             });
         }
+        if r.executor_died {
+            executor_died(core, now, wid, r, &mut completed);
+            continue;
+        }
         let backoff = core.config.retry_backoff_us;
         let task = core.get_task_mut(r.task);
         let held_elsewhere = matches!(task.state, TaskState::Assigned(h) if Some(h) != wid);
@@ -552,6 +589,38 @@ pub fn on_reports(
         tell_stale(core, fx, conn);
     }
     schedule(core, fx);
+}
+
+/// An attempt killed the Python executor running it: counted like a worker
+/// death for that task (it runs again, on any worker, with a new attempt),
+/// and the task fails once it has killed `max_worker_kills` processes.
+fn executor_died(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport, out: &mut Completed) {
+    let default_kills = core.config.max_worker_kills;
+    let task = core.get_task_mut(r.task);
+    let Some(wid) = wid.filter(|w| task.state == TaskState::Assigned(*w)) else {
+        return; // not this worker's attempt any more
+    };
+    let max_kills = task.max_worker_kills.unwrap_or(default_kills).max(1);
+    task.killed.push(wid);
+    let why = match &r.outcome {
+        Outcome::Err { error, .. } => error.clone(),
+        Outcome::Ok { .. } => "it died".into(),
+    };
+    tracing::warn!(task = %r.task, worker = %wid, kills = task.killed.len(), error = ?why, "task killed its Python executor");
+    if task.killed.len() as u32 >= max_kills {
+        let names: Vec<String> = task.killed.iter().map(|w| w.to_string()).collect();
+        let error = format!(
+            "task {} killed its Python executor {} time{} (on {}); giving up. Last: {why}",
+            r.task,
+            names.len(),
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", ")
+        );
+        graph::complete(core, now, r.task, Outcome::err(error), false, out);
+    } else {
+        requeue(core, r.task, false);
+        out.cancels.extend(unpin_dependents(core, r.task));
+    }
 }
 
 /// Hands ready tasks to workers with free capacity, spreading them one at
@@ -611,12 +680,33 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
     }
     for (wid, _, batch) in free {
         if !batch.is_empty() {
-            fx.to_worker(core.workers[&wid].conn, ToWorker::Assign { tasks: batch });
+            let functions = functions_to_send(core, wid, &batch);
+            fx.to_worker(core.workers[&wid].conn, ToWorker::Assign { tasks: batch, functions });
         }
     }
     if core.ready.is_empty() {
         steal(core, fx);
     }
+}
+
+/// The function table entries `batch` needs that worker `wid` has not been
+/// sent on this connection (each goes to each worker connection once).
+fn functions_to_send(core: &mut Core, wid: WorkerId, batch: &[Assignment]) -> Vec<PyFunction> {
+    let mut out = Vec::new();
+    for a in batch {
+        let TaskKind::Py { func, .. } = a.kind else { continue };
+        let key = (a.task.job, func);
+        let w = core.workers.get_mut(&wid).expect("a registered worker");
+        if w.functions_sent.contains(&key) {
+            continue;
+        }
+        let pickle = core.jobs.get(&a.task.job).and_then(|j| j.functions.get(func as usize));
+        if let Some(pickle) = pickle {
+            w.functions_sent.insert(key);
+            out.push(PyFunction { job: a.task.job, func, pickle: pickle.clone() });
+        }
+    }
+    out
 }
 
 /// Hands one task to a worker: a new attempt, held there until reported.
@@ -864,7 +954,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
     let mut order = Vec::new();
     for r in records {
         match r {
-            Record::JobSubmitted { job, seq, name, tasks } => {
+            Record::JobSubmitted { job, seq, name, tasks, functions } => {
                 if !core.jobs.contains_key(&job) {
                     let deps = graph::resolve(core, job, &tasks).unwrap_or_else(|e| {
                         // e.g. a dependency on a job forgotten since: run without it.
@@ -873,6 +963,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                     });
                     // Failures it caused were journaled too, and come later.
                     let _ = insert_job(core, now, job, seq, name, tasks, deps);
+                    core.jobs.get_mut(&job).expect("just inserted").functions = functions;
                     order.push(job);
                 }
             }
@@ -940,6 +1031,11 @@ pub fn on_forget(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobI
 
 fn forget(core: &mut Core, fx: &mut impl Effects, job: JobId, why: &str) {
     if let Some(j) = core.jobs.remove(&job) {
+        if !j.functions.is_empty() {
+            for w in core.workers.values_mut() {
+                w.functions_sent.retain(|(jb, _)| *jb != job);
+            }
+        }
         fx.journal(Record::JobForgotten { job });
         tracing::info!(job = %job, tasks = j.tasks.len(), reason = why, "job forgotten");
     }
@@ -1091,7 +1187,7 @@ pub fn on_cancel(
         }
         n += 1;
         let error = "canceled".to_string();
-        graph::complete(core, now, tid, Outcome::Err { error }, true, &mut completed);
+        graph::complete(core, now, tid, Outcome::err(error), true, &mut completed);
     }
     for (wconn, tasks) in stop {
         fx.to_worker(wconn, ToWorker::Cancel { tasks });
@@ -1147,7 +1243,7 @@ pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
 /// where it runs, and its error or why it cannot be scheduled.
 fn describe_state(core: &Core, t: &Task) -> (&'static str, Option<WorkerId>, Option<String>) {
     let error = match &t.outcome {
-        Some(Outcome::Err { error }) => Some(error.clone()),
+        Some(Outcome::Err { error, .. }) => Some(error.clone()),
         _ => None,
     };
     match &t.state {
@@ -1394,7 +1490,7 @@ pub fn on_explain(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, 
         TaskState::Assigned(w) => format!("task {key} is on worker {w} (attempt {})", t.attempts),
         TaskState::Finished => format!("task {key} finished (attempt {})", t.attempts),
         TaskState::Failed | TaskState::Canceled => match &t.outcome {
-            Some(Outcome::Err { error }) => {
+            Some(Outcome::Err { error, .. }) => {
                 format!("task {key} failed after {} attempts: {error}", t.attempts)
             }
             _ => format!("task {key} failed"),

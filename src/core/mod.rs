@@ -6,6 +6,8 @@ mod graph;
 mod handlers;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_py;
 
 pub use graph::{key_index, task_name, ReadyEntry};
 pub use handlers::*;
@@ -115,6 +117,8 @@ pub struct Job {
     pub done_at: Option<u64>,
     /// Explicit task keys → index (tasks without one go by their index).
     pub keys: HashMap<String, u32>,
+    /// The function table of its `py` tasks (opaque pickles), by `func`.
+    pub functions: Vec<bytes::Bytes>,
 }
 
 impl Job {
@@ -142,6 +146,8 @@ pub struct Worker {
     /// What it has beyond its slots, and how much of it its tasks hold.
     pub resources: crate::protocol::Resources,
     pub used: crate::protocol::Resources,
+    /// Function table entries (job, func) sent to it on this connection.
+    pub functions_sent: HashSet<(JobId, u32)>,
 }
 
 /// A nanny connected to this scheduler, and what its slots are doing.

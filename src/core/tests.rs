@@ -6,12 +6,12 @@ use crate::protocol::{Assignment, TaskReport, TaskSpec};
 use bytes::Bytes;
 
 #[derive(Default)]
-struct TestFx {
-    workers: Vec<(ConnId, ToWorker)>,
-    clients: Vec<(ConnId, ToClient)>,
-    nannies: Vec<(ConnId, ToNanny)>,
-    journal: Vec<Record>,
-    closed: Vec<ConnId>,
+pub(super) struct TestFx {
+    pub(super) workers: Vec<(ConnId, ToWorker)>,
+    pub(super) clients: Vec<(ConnId, ToClient)>,
+    pub(super) nannies: Vec<(ConnId, ToNanny)>,
+    pub(super) journal: Vec<Record>,
+    pub(super) closed: Vec<ConnId>,
 }
 
 impl Effects for TestFx {
@@ -37,10 +37,10 @@ impl Effects for TestFx {
 }
 
 impl TestFx {
-    fn take_assignments(&mut self, conn: ConnId) -> Vec<Assignment> {
+    pub(super) fn take_assignments(&mut self, conn: ConnId) -> Vec<Assignment> {
         let mut out = Vec::new();
         self.workers.retain(|(c, m)| match m {
-            ToWorker::Assign { tasks } if *c == conn => {
+            ToWorker::Assign { tasks, .. } if *c == conn => {
                 out.extend(tasks.iter().cloned());
                 false
             }
@@ -58,7 +58,7 @@ fn inc_tasks(n: usize) -> Vec<TaskSpec> {
         .collect()
 }
 
-fn worker(slots: u32) -> NewWorker {
+pub(super) fn worker(slots: u32) -> NewWorker {
     NewWorker {
         slots,
         host: "h".into(),
@@ -70,19 +70,19 @@ fn worker(slots: u32) -> NewWorker {
     }
 }
 
-fn ok(v: i64) -> Outcome {
+pub(super) fn ok(v: i64) -> Outcome {
     Outcome::Ok { result: Bytes::from(rmp_serde::to_vec(&v).unwrap()) }
 }
 
 fn err(e: &str) -> Outcome {
-    Outcome::Err { error: e.into() }
+    Outcome::err(e)
 }
 
-fn report(a: &Assignment, outcome: Outcome) -> TaskReport {
-    TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 10 }
+pub(super) fn report(a: &Assignment, outcome: Outcome) -> TaskReport {
+    TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 10, executor_died: false }
 }
 
-const CLIENT: ConnId = ConnId(100);
+pub(super) const CLIENT: ConnId = ConnId(100);
 
 #[test]
 fn submit_assign_finish_and_watch() {
@@ -188,7 +188,7 @@ fn lost_worker_requeues_only_its_tasks_and_poison_task_fails() {
     let t = &core.jobs[&job].tasks[a1[0].task.idx as usize];
     assert_eq!(t.state, TaskState::Failed);
     match &t.outcome {
-        Some(Outcome::Err { error }) => {
+        Some(Outcome::Err { error, .. }) => {
             assert!(error.contains("w1") && error.contains("died"), "{error}")
         }
         other => panic!("expected failure, got {other:?}"),
@@ -244,6 +244,7 @@ fn prefetch_grows_with_short_tasks_and_stays_small_for_long_ones() {
         rss_kib: 0,
         resources: Default::default(),
         used: Default::default(),
+        functions_sent: Default::default(),
     };
     assert_eq!(w.capacity(&cfg), 4);
     w.avg_task_us = Some(1.0);
@@ -576,13 +577,15 @@ fn a_failure_fails_its_dependents_transitively() {
     )
     .unwrap();
     let a = fx.take_assignments(ConnId(1));
-    let boom = Outcome::Err { error: "boom".into() };
+    let boom = Outcome::err("boom");
     on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&a[0], boom)]);
     core.sanity_check();
     let j = &core.jobs[&job];
     assert_eq!(j.failed, 3);
     match &j.tasks[2].outcome {
-        Some(Outcome::Err { error }) => assert_eq!(error, "dependency b failed: dependency a failed: boom"),
+        Some(Outcome::Err { error, .. }) => {
+            assert_eq!(error, "dependency b failed: dependency a failed: boom")
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(j.tasks[3].state, TaskState::Assigned(WorkerId(1)), "unrelated work goes on");
@@ -598,14 +601,7 @@ fn retries_come_back_after_a_backoff() {
     t.retries = 1;
     let job = submit(&mut core, &mut fx, vec![t]).unwrap();
     let a = fx.take_assignments(ConnId(1));
-    on_reports(
-        &mut core,
-        &mut fx,
-        10,
-        ConnId(1),
-        1,
-        vec![report(&a[0], Outcome::Err { error: "flaky".into() })],
-    );
+    on_reports(&mut core, &mut fx, 10, ConnId(1), 1, vec![report(&a[0], Outcome::err("flaky"))]);
     core.sanity_check();
     assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Delayed);
     on_tick(&mut core, &mut fx, 10 + backoff / 2);
@@ -619,7 +615,7 @@ fn retries_come_back_after_a_backoff() {
         20 + backoff,
         ConnId(1),
         2,
-        vec![report(&again[0], Outcome::Err { error: "again".into() })],
+        vec![report(&again[0], Outcome::err("again"))],
     );
     core.sanity_check();
     assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Failed, "out of retries");
@@ -652,7 +648,7 @@ fn cancel_stops_running_tasks_and_fails_dependents() {
     let j = &core.jobs[&job];
     assert_eq!(j.tasks[0].state, TaskState::Canceled);
     assert!(
-        matches!(&j.tasks[1].outcome, Some(Outcome::Err { error }) if error == "dependency a was canceled")
+        matches!(&j.tasks[1].outcome, Some(Outcome::Err { error, .. }) if error == "dependency a was canceled")
     );
     assert!(j.is_done());
     // Replay keeps it canceled.

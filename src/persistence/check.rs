@@ -120,14 +120,16 @@ impl Scan {
         let mut marks: BTreeMap<JobId, JobMark> = BTreeMap::new();
         for (job, ps) in self.complete() {
             let mut tasks = Vec::with_capacity(ps[0].2.total as usize);
+            let mut functions = Vec::new();
             for (_, _, p) in ps {
                 tasks.extend(p.tasks.iter().cloned());
+                functions.extend(p.functions.iter().cloned());
             }
             let (seq, name) = (ps[0].2.seq, ps[0].2.name.clone());
             let mark = marks.entry(*job).or_default();
             mark.records = ps.len() as u64;
             mark.set_name(&name);
-            jobs.push((seq, Record::JobSubmitted { job: *job, seq, name, tasks }));
+            jobs.push((seq, Record::JobSubmitted { job: *job, seq, name, tasks, functions }));
         }
         jobs.sort_by_key(|(seq, _)| *seq);
         let mut out: Vec<Record> = jobs.into_iter().map(|(_, r)| r).collect();

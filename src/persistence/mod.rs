@@ -68,7 +68,15 @@ pub struct DoneTask {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {
     /// `seq` orders jobs by submission across restarts.
-    JobSubmitted { job: JobId, seq: u64, name: String, tasks: Vec<TaskSpec> },
+    JobSubmitted {
+        job: JobId,
+        seq: u64,
+        name: String,
+        tasks: Vec<TaskSpec>,
+        /// The job's function table for its `py` tasks.
+        #[serde(default)]
+        functions: Vec<bytes::Bytes>,
+    },
     /// The first outcomes of some tasks of one job.
     TasksDone { job: JobId, done: Vec<DoneTask> },
     /// The job and its results are gone for good.
@@ -228,12 +236,7 @@ mod tests {
         let (a, b) = (JobId::new(), JobId::new());
         let done = |job, idx| Record::TasksDone {
             job,
-            done: vec![DoneTask {
-                idx,
-                attempt: 1,
-                outcome: Outcome::Err { error: "x".into() },
-                canceled: false,
-            }],
+            done: vec![DoneTask { idx, attempt: 1, outcome: Outcome::err("x"), canceled: false }],
         };
         let retry = Record::TasksRetried { job: a, idx: vec![0] };
         let merged =

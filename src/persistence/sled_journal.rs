@@ -20,6 +20,9 @@ pub struct JobPart {
     pub first: u32,
     pub total: u32,
     pub tasks: Vec<TaskSpec>,
+    /// The job's function table (`py` tasks), in its first part only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<bytes::Bytes>,
 }
 
 /// Who has the journal open, written beside it for the next one to read.
@@ -293,7 +296,7 @@ impl Journal for SledJournal {
         let mut done = sled::Batch::default();
         for r in records {
             match r {
-                Record::JobSubmitted { job, seq, name, tasks } => {
+                Record::JobSubmitted { job, seq, name, tasks, functions } => {
                     self.marks.entry(*job).or_default().set_name(name);
                     for (part, chunk) in tasks.chunks(TASKS_PER_PART).enumerate() {
                         let value = JobPart {
@@ -302,6 +305,7 @@ impl Journal for SledJournal {
                             first: (part * TASKS_PER_PART) as u32,
                             total: tasks.len() as u32,
                             tasks: chunk.to_vec(),
+                            functions: if part == 0 { functions.clone() } else { Vec::new() },
                         };
                         // Named fields: task specs leave out their defaults.
                         let bytes = rmp_serde::to_vec_named(&value)
@@ -384,7 +388,7 @@ mod tests {
     fn job(n: usize, seq: u64) -> (JobId, Record) {
         let job = JobId::new();
         let tasks = (0..n).map(|i| crate::client::cmd_task(vec![format!("t{i}")])).collect();
-        (job, Record::JobSubmitted { job, seq, name: "t".into(), tasks })
+        (job, Record::JobSubmitted { job, seq, name: "t".into(), tasks, functions: Vec::new() })
     }
 
     fn done(job: JobId, idx: u32) -> Record {

@@ -74,6 +74,10 @@ pub enum TaskKind {
         #[serde(default)]
         discard_output: bool,
     },
+    /// A Python callable run by the worker's Python executor: `func` indexes
+    /// the job's function table (`Submit::functions`), `args` is opaque to
+    /// Rust (the client's pickled arguments).
+    Py { func: u32, args: Bytes },
 }
 
 /// One task as a client submits it.
@@ -148,11 +152,14 @@ impl Dep {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     /// msgpack-encoded return value.
-    Ok {
-        result: Bytes,
-    },
+    Ok { result: Bytes },
     Err {
         error: String,
+        /// The pickled Python exception of a failed `py` task, when it could
+        /// be pickled; the client raises it again. Always sent (nil for
+        /// other errors), so a client can read it without checking.
+        #[serde(default)]
+        exception: Option<Bytes>,
     },
 }
 
@@ -160,6 +167,21 @@ impl Outcome {
     pub fn is_ok(&self) -> bool {
         matches!(self, Outcome::Ok { .. })
     }
+
+    /// A failure with no Python exception attached.
+    pub fn err(error: impl Into<String>) -> Outcome {
+        Outcome::Err { error: error.into(), exception: None }
+    }
+}
+
+/// One entry of a job's function table, sent to a worker the first time one
+/// of its tasks needs it on this connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PyFunction {
+    pub job: JobId,
+    pub func: u32,
+    /// The cloudpickled callable, opaque to Rust.
+    pub pickle: Bytes,
 }
 
 // ---- worker <-> scheduler ----
@@ -214,6 +236,10 @@ pub struct TaskReport {
     pub outcome: Outcome,
     /// Run time of the attempt, for the scheduler's prefetch estimate.
     pub micros: u64,
+    /// The attempt killed the process that ran it (its Python executor died
+    /// mid-task): counted like a worker death for this task, not as a failure.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub executor_died: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -224,6 +250,10 @@ pub enum ToWorker {
     /// Tasks to run, many per frame.
     Assign {
         tasks: Vec<Assignment>,
+        /// Functions of `py` tasks this worker connection has not been sent
+        /// yet, needed by `tasks`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        functions: Vec<PyFunction>,
     },
     Error {
         message: String,
@@ -295,7 +325,15 @@ pub struct Assignment {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum FromClient {
     /// A whole job; answered with `Submitted` once it is durable.
-    Submit { job: JobId, name: String, tasks: Vec<TaskSpec> },
+    Submit {
+        job: JobId,
+        name: String,
+        tasks: Vec<TaskSpec>,
+        /// The job's function table: one cloudpickled callable per entry,
+        /// indexed by `TaskKind::Py::func`.
+        #[serde(default)]
+        functions: Vec<Bytes>,
+    },
     /// Stream the job's outcomes: all finished so far, then each as it comes, then `JobDone`.
     Watch { job: JobId },
     /// List registered workers.

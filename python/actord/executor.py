@@ -1,0 +1,188 @@
+"""The Python executor: runs `py` tasks one at a time for one worker slot.
+
+Started by the worker as `python -m actord.executor --scratch PREFIX
+--max-result BYTES`. It speaks to the worker over its original stdin and
+stdout (4-byte big-endian length + msgpack); the task's own prints go to
+PREFIX.out / PREFIX.err, moved to the task's files when it wrote anything.
+
+Request:  [fkey, pickle or None, args, inputs, out_path, err_path, clear,
+           [job, task, attempt, worker]]  (set as ACTORD_JOB, _TASK, _ATTEMPT, _WORKER)
+Response: [0, pickled result] | [1, error text, pickled exception or None]
+          | [2, size of a result over --max-result]
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import struct
+import sys
+import traceback
+
+import cloudpickle
+import msgpack
+
+from actord._payload import substitute
+
+# How much of a traceback goes into a task's error.
+MAX_ERROR = 16_000
+
+
+class ResultNotPicklable(Exception):
+    """The task returned a value that cannot be pickled."""
+
+
+def _dumps_result(value):
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(value, protocol=5)
+    except Exception as e:
+        raise ResultNotPicklable(f"the task's result ({type(value).__name__}) cannot be pickled: {e}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    head = f"{type(exc).__name__}: {exc}"
+    tb = exc.__traceback__
+    # Leave out this module's own frames (the call of the function).
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    if len(text) > MAX_ERROR:
+        text = "…" + text[-MAX_ERROR:]
+    return f"{head}\n\n{text}"
+
+
+def _pickle_exception(exc: BaseException):
+    try:
+        b = cloudpickle.dumps(exc, protocol=5)
+        pickle.loads(b)  # an exception that cannot be rebuilt is no use to the client
+        return b
+    except Exception:
+        return None
+
+
+class _Output:
+    """The task's stdout (fd 1) and stderr (fd 2): scratch files, moved to
+    the task's own files after a task that wrote to them."""
+
+    def __init__(self, prefix: str):
+        self.paths = {1: prefix + ".out", 2: prefix + ".err"}
+        self._reopen(1)  # fd 2 is PREFIX.err already (the worker opened it)
+
+    def _reopen(self, fd: int):
+        new = os.open(self.paths[fd], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(new, fd)
+        os.close(new)
+
+    def settle(self, out_path: str, err_path: str):
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        for fd, dest in ((1, out_path), (2, err_path)):
+            if os.fstat(fd).st_size > 0:
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.replace(self.paths[fd], dest)
+                self._reopen(fd)
+
+
+class FunctionNotLoadable(Exception):
+    """The task's function cannot be unpickled in this executor."""
+
+
+def _unloadable(exc: BaseException):
+    message = f"the task's function cannot be unpickled here: {type(exc).__name__}: {exc}"
+
+    def fail(*_a, **_kw):
+        raise FunctionNotLoadable(message)
+
+    return fail
+
+
+_ENV_NAMES = ("ACTORD_JOB", "ACTORD_TASK", "ACTORD_ATTEMPT", "ACTORD_WORKER")
+_env_now = [None, None, None, None]
+
+
+def _set_env(values):
+    """The task's ACTORD_* variables (only those that changed are set)."""
+    for k, v in enumerate(values):
+        v = str(v)
+        if _env_now[k] != v:
+            os.environ[_ENV_NAMES[k]] = v
+            _env_now[k] = v
+
+
+def _run(req, functions):
+    fkey, fpickle, args, inputs, _out, _err, clear, env = req
+    _set_env(env)
+    if clear:
+        functions.clear()
+    if fpickle is not None:
+        try:
+            functions[fkey] = pickle.loads(fpickle)
+        except Exception as exc:  # every task of that function fails the same way
+            functions[fkey] = _unloadable(exc)
+    func = functions[fkey]
+    a, kw = pickle.loads(args)
+    if inputs:
+        values = [pickle.loads(msgpack.unpackb(i)) for i in inputs]
+        a, kw = substitute((a, kw), values)
+    return func(*a, **kw)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m actord.executor")
+    p.add_argument("--scratch", required=True)
+    p.add_argument("--max-result", type=int, default=0)
+    opts = p.parse_args(argv)
+    # Ctrl-C at a terminal reaches the whole process group: the worker drains
+    # on it, and this process finishes its task rather than raising in it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The protocol keeps the original pipes; the task gets the scratch files.
+    rfd, wfd = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    output = _Output(opts.scratch)
+    proto_in = os.fdopen(rfd, "rb", buffering=1 << 16)
+    packb, unpackb, pack_len = msgpack.packb, msgpack.unpackb, struct.Struct(">I").pack
+    max_result = opts.max_result
+
+    def send(obj):
+        b = packb(obj, use_bin_type=True)
+        data = pack_len(len(b)) + b
+        view = memoryview(data)
+        while view:
+            view = view[os.write(wfd, view):]
+
+    send(["ready", sys.version.split()[0]])
+    functions = {}
+    read = proto_in.read
+    while True:
+        head = read(4)
+        if len(head) < 4:
+            return 0  # the worker closed the pipe: its slot is gone
+        body = read(struct.unpack(">I", head)[0])
+        req = unpackb(body, raw=False)
+        try:
+            value = _run(req, functions)
+            result = _dumps_result(value)
+            if max_result and len(result) > max_result:
+                resp = [2, len(result)]
+            else:
+                resp = [0, result]
+        except BaseException as exc:  # the task's failure, whatever it is
+            resp = [1, _describe(exc), _pickle_exception(exc)]
+        output.settle(req[4], req[5])
+        send(resp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

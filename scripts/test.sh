@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, Rust and Python: `cargo test --locked`, then pytest on
+# python/tests/ against the freshly built target/debug/actord, in the
+# project's venv (scripts/venv.sh creates it). Arguments go to pytest.
+#   SKIP_CARGO=1 scripts/test.sh -k dask     only some Python tests
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$(scripts/venv.sh)"
+if [[ -z "${SKIP_CARGO:-}" ]]; then
+  cargo test --locked
+else
+  cargo build --locked
+fi
+export ACTORD_BIN="$ROOT/target/debug/actord"
+cd "$ROOT/python"
+"$VENV/bin/python" -m pytest -p no:cacheprovider -q "$@" tests </dev/null

@@ -1,0 +1,88 @@
+"""A minimal client speaking the wire protocol with msgpack alone, for the
+Rust integration tests of `py` tasks (tests/python.rs): submit a job of py
+tasks built with actord._payload, watch it, return its outcomes."""
+
+import json
+import pickle
+import socket
+import struct
+import uuid
+
+import msgpack
+
+from actord._payload import Dep, dumps
+
+
+class Raw:
+    def __init__(self, scheduler_file):
+        sf = json.load(open(scheduler_file))
+        host, port = sf["address"].removeprefix("tcp://").rsplit(":", 1)
+        self.s = socket.create_connection((host, int(port)), timeout=120)
+        self.send({"magic": "actord", "protocol": 1, "role": "Client", "secret": sf["secret"],
+                   "host": socket.gethostname(), "pid": 0, "epoch": sf.get("epoch", 0)})
+        reply = self.recv()
+        assert "Welcome" in reply, reply
+
+    def send(self, obj):
+        b = msgpack.packb(obj, use_bin_type=True)
+        self.s.sendall(struct.pack(">I", len(b)) + b)
+
+    def recv(self):
+        n = struct.unpack(">I", self._exact(4))[0]
+        return msgpack.unpackb(self._exact(n), raw=False)
+
+    def _exact(self, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = self.s.recv(n - len(buf))
+            if not chunk:
+                raise EOFError("the scheduler closed the connection")
+            buf += chunk
+        return buf
+
+    def submit(self, tasks, functions, name="py"):
+        """tasks: dicts with func (index), args (tuple), kwargs, deps (task
+        indices of this job, each replaced by Dep(i) where args say so)."""
+        job = uuid.uuid4().bytes
+        specs = []
+        for t in tasks:
+            spec = {"kind": {"Py": {"func": t["func"], "args": dumps((tuple(t.get("args", ())), t.get("kwargs", {})))}}}
+            for k in ("key", "time_limit_ms", "retries", "max_worker_kills"):
+                if k in t:
+                    spec[k] = t[k]
+            if t.get("deps"):
+                spec["deps"] = [{"job": None, "key": str(d)} for d in t["deps"]]
+            specs.append(spec)
+        self.send({"Submit": {"job": job, "name": name, "tasks": specs,
+                              "functions": [f if isinstance(f, bytes) else dumps(f) for f in functions]}})
+        reply = self.recv()
+        if "Submitted" not in reply:
+            raise RuntimeError(reply)
+        return job
+
+    def gather(self, job):
+        """Outcomes by index: ["ok", value] or ["err", error, exception repr]."""
+        self.send({"Watch": {"job": job}})
+        out = {}
+        while True:
+            m = self.recv()
+            if "Outcomes" in m:
+                for o in m["Outcomes"]["outcomes"]:
+                    out[o["idx"]] = (o["attempts"], o["outcome"])
+            elif "JobDone" in m:
+                break
+            elif "Error" in m:
+                raise RuntimeError(m)
+        res = []
+        for i in sorted(out):
+            attempts, o = out[i]
+            if "Ok" in o:
+                res.append(["ok", pickle.loads(msgpack.unpackb(o["Ok"]["result"])), attempts])
+            else:
+                e = o["Err"]
+                exc = e.get("exception")
+                res.append(["err", e["error"], repr(pickle.loads(exc)) if exc else None, attempts])
+        return res
+
+
+__all__ = ["Raw", "Dep"]
