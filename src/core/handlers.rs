@@ -39,6 +39,8 @@ pub fn on_worker_joined(
     core.stale_conns.remove(&conn);
     core.next_worker += 1;
     let id = WorkerId(core.next_worker);
+    let process = super::process_key(&w.host, w.pid);
+    core.conn_process.insert(conn, process);
     tracing::info!(worker = %id, host = %w.host, pid = w.pid, slots = w.slots, "worker registered");
     core.workers.insert(
         id,
@@ -56,6 +58,7 @@ pub fn on_worker_joined(
             rss_kib: 0,
             resources: w.resources,
             used: Default::default(),
+            process,
         },
     );
     core.worker_by_conn.insert(conn, id);
@@ -73,11 +76,14 @@ fn claim(core: &mut Core, id: WorkerId, running: Vec<(TaskId, u32)>) {
         let Some(task) = core.jobs.get_mut(&tid.job).and_then(|j| j.tasks.get_mut(tid.idx as usize)) else {
             continue;
         };
-        if task.state == TaskState::Ready {
+        // (An attempt voided by `ctl retry` would never count.)
+        if task.state == TaskState::Ready && attempt > task.void_attempts {
+            let w = core.workers.get_mut(&id).expect("just registered");
             task.state = TaskState::Assigned(id);
             task.attempts = task.attempts.max(attempt);
-            let req = task.resources.clone();
-            core.workers.get_mut(&id).expect("just registered").hold(tid, &req);
+            task.local_inputs.clear();
+            task.add_holder(w.process);
+            w.hold(tid, &task.resources);
             claimed += 1;
         }
     }
@@ -137,7 +143,7 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
 /// A task a worker no longer holds goes back in line: ready, or waiting if
 /// it was pinned there ahead of its inputs. `unstarted`: that attempt never
 /// began, so the next one keeps its number.
-fn requeue(core: &mut Core, tid: TaskId, unstarted: bool) {
+pub(super) fn requeue(core: &mut Core, tid: TaskId, unstarted: bool) {
     core.stealing.remove(&tid);
     let task = core.get_task_mut(tid);
     if unstarted {
@@ -159,6 +165,7 @@ pub fn on_connection_closed(core: &mut Core, fx: &mut impl Effects, now: u64, co
         on_worker_lost(core, fx, now, wid, "connection closed");
     }
     core.stale_conns.remove(&conn);
+    core.conn_process.remove(&conn);
     on_nanny_left(core, conn);
     for job in core.jobs.values_mut() {
         job.watchers.retain(|c| *c != conn);
@@ -336,6 +343,10 @@ fn insert_job(
             time_limit_ms: s.time_limit_ms,
             resources: s.resources,
             failures: 0,
+            local_inputs: Vec::new(),
+            // Replayed: an attempt may still run on a worker of the last run.
+            holders: if core.replaying { vec![super::ANY_PROCESS] } else { Vec::new() },
+            void_attempts: 0,
         });
     }
     let n = tasks.len();
@@ -455,8 +466,9 @@ pub(super) fn notify_watchers(
 }
 
 /// A batch of finished attempts from one worker. The first report of a task
-/// wins; reports for tasks that already have an outcome, or that this
-/// worker does not hold, are counted and dropped.
+/// wins; reports for tasks that already have an outcome are counted and
+/// dropped, and so are reports for tasks this worker process was never
+/// handed (nor reclaimed, nor may hold from before a restart).
 pub fn on_reports(
     core: &mut Core,
     fx: &mut impl Effects,
@@ -466,66 +478,35 @@ pub fn on_reports(
     reports: Vec<TaskReport>,
 ) {
     let wid = core.worker_by_conn.get(&conn).copied();
-    if wid.is_none() && !core.stale_conns.contains_key(&conn) {
+    let process = core.conn_process.get(&conn).copied();
+    let Some(process) = process.filter(|_| wid.is_some() || core.stale_conns.contains_key(&conn)) else {
         let message = "reports from a worker that has not registered".into();
         fx.to_worker(conn, ToWorker::Error { message });
         return;
+    };
+    if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
+        w.last_seen = now;
     }
     let mut completed = Completed::default();
-    let mut dropped = 0;
+    let (mut late, mut foreign) = (0u64, 0u64);
     for r in reports {
-        if !core.stealing.is_empty() {
-            core.stealing.remove(&r.task);
+        match core.find_task(r.task) {
+            Some(t) if !t.may_report(process, r.attempt) => foreign += 1,
+            Some(t) if t.outcome.is_none() => accept_report(core, now, wid, r, &mut completed),
+            _ => late += 1,
         }
-        let known = core.find_task(r.task).map(|t| t.outcome.is_none());
-        if known != Some(true) {
-            dropped += 1;
-            continue;
-        }
-        let req = core.find_task(r.task).map(|t| t.resources.clone()).unwrap_or_default();
-        if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
-            w.last_seen = now;
-            w.release(&r.task, &req);
-            let sample = r.micros as f64;
-            w.avg_task_us = Some(match w.avg_task_us {
-                None => sample,
-                Some(avg) => avg * 0.9 + sample * 0.1,
-            });
-        }
-        let backoff = core.config.retry_backoff_us;
-        let task = core.get_task_mut(r.task);
-        let held_elsewhere = matches!(task.state, TaskState::Assigned(h) if Some(h) != wid);
-        if !r.outcome.is_ok() && task.failures < task.retries {
-            if held_elsewhere {
-                continue; // a newer attempt runs elsewhere and will report
-            }
-            // Try again after a backoff that doubles with each failure.
-            task.failures += 1;
-            task.state = TaskState::Delayed;
-            let due = now + backoff.saturating_mul(1 << (task.failures - 1).min(10));
-            tracing::info!(task = %r.task, failures = task.failures, retries = task.retries, "task failed; retrying");
-            core.delayed.push((due, r.task));
-            completed.cancels.extend(unpin_dependents(core, r.task));
-            continue;
-        }
-        if let TaskState::Assigned(holder) = task.state {
-            if held_elsewhere {
-                // Another worker holds the current attempt; this late report
-                // still wins (first report recorded), so release the holder.
-                if let Some(h) = core.workers.get_mut(&holder) {
-                    h.release(&r.task, &req);
-                }
-            }
-        }
-        graph::complete(core, now, r.task, r.outcome, false, &mut completed);
     }
     // The frame is acknowledged once durable (or already recorded), so the
     // worker can forget its results.
     fx.to_worker(conn, ToWorker::Ack { batch });
     graph::flush_completed(core, fx, completed);
-    if dropped > 0 {
-        core.duplicate_reports += dropped;
-        tracing::info!(conn = %conn, dropped, "dropped late reports of tasks already recorded");
+    if late > 0 {
+        core.duplicate_reports = core.duplicate_reports.saturating_add(late);
+        tracing::info!(conn = %conn, dropped = late, "dropped late reports of tasks already recorded");
+    }
+    if foreign > 0 {
+        core.foreign_reports = core.foreign_reports.saturating_add(foreign);
+        tracing::warn!(conn = %conn, dropped = foreign, "dropped reports of tasks this worker was never given");
     }
     if wid.is_none() {
         tell_stale(core, fx, conn);
@@ -533,11 +514,56 @@ pub fn on_reports(
     schedule(core, fx);
 }
 
+/// Records one report of a task without an outcome from a process that may
+/// report it. A failure with retries left counts only from the worker that
+/// holds the task (otherwise the task is queued or runs elsewhere already).
+fn accept_report(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport, out: &mut Completed) {
+    let holder = match core.find_task(r.task).map(|t| &t.state) {
+        Some(TaskState::Assigned(h)) => Some(*h),
+        _ => None,
+    };
+    let mine = holder.is_some() && holder == wid;
+    if mine {
+        if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
+            let sample = r.micros as f64;
+            w.avg_task_us = Some(match w.avg_task_us {
+                None => sample,
+                Some(avg) => avg * 0.9 + sample * 0.1,
+            });
+        }
+    }
+    let backoff = core.config.retry_backoff_us;
+    let task = core.get_task_mut(r.task);
+    if !r.outcome.is_ok() && task.failures < task.retries {
+        if !mine {
+            return;
+        }
+        // Try again after a backoff that doubles with each failure.
+        task.failures += 1;
+        task.state = TaskState::Delayed;
+        let delay = backoff.saturating_mul(1 << (task.failures - 1).min(10));
+        tracing::info!(task = %r.task, failures = task.failures, retries = task.retries, "task failed; retrying");
+        core.delayed.push((now.saturating_add(delay), r.task));
+        if let Some(h) = holder {
+            core.unhold(h, r.task, false);
+        }
+        return;
+    }
+    // A late report of an earlier attempt also wins (first report recorded):
+    // the worker holding the current attempt lets it go.
+    if let Some(h) = holder {
+        core.unhold(h, r.task, mine && r.outcome.is_ok());
+    }
+    graph::complete(core, now, r.task, r.outcome, false, out);
+}
+
 /// Hands ready tasks to workers with free capacity, spreading them one at
 /// a time across workers (round robin), one `Assign` message per worker. A
 /// task that needs resources goes to a worker that has them free; if none
 /// has right now, it waits in the queue.
 pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
+    // Dropped pins first: the same task may be handed to the same worker below.
+    super::pins::send_unpinned(core, fx);
     if core.workers.is_empty() || core.hold_until.is_some() || core.stopping {
         return;
     }
@@ -586,7 +612,7 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
     // (no round trip through the scheduler per link of a chain).
     for (wid, room, batch) in &mut free {
         let roots: Vec<TaskId> = batch.iter().map(|a| a.task).collect();
-        pin(core, *wid, roots, room, batch);
+        super::pins::pin(core, *wid, roots, room, batch);
     }
     for (wid, _, batch) in free {
         if !batch.is_empty() {
@@ -599,7 +625,7 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
 }
 
 /// Hands one task to a worker: a new attempt, held there until reported.
-fn assign(
+pub(super) fn assign(
     core: &mut Core,
     wid: WorkerId,
     tid: TaskId,
@@ -608,10 +634,14 @@ fn assign(
 ) -> Assignment {
     core.next_assign_seq += 1;
     let seq = core.next_assign_seq;
+    let process = core.workers[&wid].process;
     let task = core.get_task_mut(tid);
-    task.attempts += 1;
+    // (A reclaiming worker may have claimed any attempt number.)
+    task.attempts = task.attempts.saturating_add(1);
     task.assigned_seq = seq;
     task.state = TaskState::Assigned(wid);
+    task.local_inputs = pending_inputs.iter().map(|(_, d)| *d).collect();
+    task.add_holder(process);
     let a = Assignment {
         task: tid,
         key: task.key.clone(),
@@ -625,139 +655,6 @@ fn assign(
     };
     core.workers.get_mut(&wid).expect("a registered worker").hold(tid, &a.resources);
     a
-}
-
-/// Pins, breadth first from `roots` (tasks held by `wid`), the dependents
-/// whose unfinished dependencies are all held by `wid`, while it has room;
-/// at most one per slot of each root, so that a fan-out still spreads
-/// across workers. Roots left unexplored wait in `pin_frontier`.
-fn pin(core: &mut Core, wid: WorkerId, roots: Vec<TaskId>, room: &mut usize, batch: &mut Vec<Assignment>) {
-    let slots = core.workers[&wid].slots.max(1) as usize;
-    // This round's roots (and what gets pinned behind them) first, then
-    // those left from earlier rounds; only the new ones are looked at when
-    // room runs out, so a long frontier costs nothing per round.
-    let mut queue: std::collections::VecDeque<TaskId> = roots.into();
-    let mut frontier = core.pin_frontier.remove(&wid).unwrap_or_default();
-    // Roots with a dependent that could be pinned but for room.
-    let worth = |core: &Core, t: TaskId| {
-        core.find_task(t).is_some_and(|t| t.dependents.iter().any(|d| pinnable(core, wid, *d).is_some()))
-    };
-    loop {
-        let (root, old) = match queue.pop_front() {
-            Some(r) => (r, false),
-            None => match frontier.pop_front() {
-                Some(r) => (r, true),
-                None => break,
-            },
-        };
-        let Some(r) = core.find_task(root).filter(|t| t.state == TaskState::Assigned(wid)) else { continue };
-        if *room == 0 {
-            if old || worth(core, root) {
-                frontier.push_front(root);
-            }
-            for t in queue {
-                if worth(core, t) {
-                    frontier.push_back(t);
-                }
-            }
-            break;
-        }
-        let mut pinned_here = 0;
-        for d in r.dependents.clone() {
-            if *room == 0 || pinned_here == slots {
-                break;
-            }
-            let Some(pending) = pinnable(core, wid, d) else { continue };
-            let dt = core.find_task(d).expect("pinnable task");
-            let inputs = dt
-                .deps
-                .iter()
-                .map(|x| match core.find_task(*x).and_then(|t| t.outcome.as_ref()) {
-                    Some(Outcome::Ok { result }) => result.clone(),
-                    _ => bytes::Bytes::new(),
-                })
-                .collect();
-            batch.push(assign(core, wid, d, inputs, pending));
-            *room -= 1;
-            pinned_here += 1;
-            queue.push_back(d);
-        }
-    }
-    // Bounded: forgetting old roots only loses chances to pin.
-    while frontier.len() > MAX_PIN_FRONTIER {
-        frontier.pop_front();
-    }
-    if !frontier.is_empty() {
-        core.pin_frontier.insert(wid, frontier);
-    }
-}
-
-/// Roots kept per worker for pinning once it has room again.
-const MAX_PIN_FRONTIER: usize = 65_536;
-
-/// A waiting task whose one unfinished dependency is held by `wid` (its
-/// other dependencies finished): the (position, task) of the input still to
-/// come; `None` otherwise. One, so that pinning follows chains without
-/// gathering whole subtrees of a reduction on one worker.
-fn pinnable(core: &Core, wid: WorkerId, tid: TaskId) -> Option<Vec<(u32, TaskId)>> {
-    let t = core.find_task(tid)?;
-    if t.state != TaskState::Waiting || !t.resources.is_empty() {
-        return None;
-    }
-    let mut pending = Vec::new();
-    for (i, d) in t.deps.iter().enumerate() {
-        let dep = core.find_task(*d)?;
-        match (&dep.outcome, &dep.state) {
-            (Some(Outcome::Ok { .. }), _) => {}
-            (None, TaskState::Assigned(w)) if *w == wid && pending.is_empty() => pending.push((i as u32, *d)),
-            _ => return None,
-        }
-    }
-    Some(pending)
-}
-
-/// `tid` will not produce its result where its pinned dependents wait for
-/// it (it failed, or moves): they go back to waiting, transitively, and
-/// their workers are told to drop them. Returns (worker, task) to tell.
-pub(super) fn unpin_dependents(core: &mut Core, tid: TaskId) -> Vec<(WorkerId, TaskId)> {
-    let mut out = Vec::new();
-    let mut stack = vec![tid];
-    while let Some(t) = stack.pop() {
-        let dependents = core.find_task(t).map(|t| t.dependents.clone()).unwrap_or_default();
-        for d in dependents {
-            let Some(task) = core.find_task(d) else { continue };
-            let TaskState::Assigned(w) = task.state else { continue };
-            if task.waiting == 0 {
-                continue;
-            }
-            release_pinned(core, w, d);
-            core.get_task_mut(d).state = TaskState::Waiting;
-            out.push((w, d));
-            stack.push(d);
-        }
-    }
-    out
-}
-
-/// A task pinned to worker `w` leaves it before it started: `w` no longer
-/// holds it, and that attempt does not count.
-pub(super) fn release_pinned(core: &mut Core, w: WorkerId, tid: TaskId) {
-    let req = core.find_task(tid).map(|t| t.resources.clone()).unwrap_or_default();
-    if let Some(wk) = core.workers.get_mut(&w) {
-        wk.release(&tid, &req);
-    }
-    let t = core.get_task_mut(tid);
-    t.attempts = t.attempts.saturating_sub(1);
-}
-
-/// Tells workers to drop tasks that are no longer theirs (grouped per worker).
-pub(super) fn send_cancels(core: &Core, fx: &mut impl Effects, mut list: Vec<(WorkerId, TaskId)>) {
-    list.sort();
-    for chunk in list.chunk_by(|a, b| a.0 == b.0) {
-        if let Some(w) = core.workers.get(&chunk[0].0) {
-            fx.to_worker(w.conn, ToWorker::Cancel { tasks: chunk.iter().map(|(_, t)| *t).collect() });
-        }
-    }
 }
 
 /// Least estimated work (µs per slot) queued on a worker for stealing from
@@ -822,10 +719,7 @@ pub fn on_released(core: &mut Core, fx: &mut impl Effects, conn: ConnId, tasks: 
         if task.state != TaskState::Assigned(wid) {
             continue;
         }
-        let req = task.resources.clone();
-        core.workers.get_mut(&wid).expect("registered worker").release(tid, &req);
-        let unpinned = unpin_dependents(core, *tid);
-        send_cancels(core, fx, unpinned);
+        core.unhold(wid, *tid, false);
         // That attempt never started: the next one keeps its number.
         requeue(core, *tid, true);
     }
@@ -928,25 +822,21 @@ fn forget(core: &mut Core, fx: &mut impl Effects, job: JobId, why: &str) {
 /// it keeps (and will report) the ones it runs.
 pub fn on_worker_draining(core: &mut Core, fx: &mut impl Effects, conn: ConnId, returned: Vec<TaskId>) {
     let Some(wid) = core.worker_by_conn.get(&conn).copied() else { return };
-    let w = core.workers.get_mut(&wid).expect("registered worker");
-    w.draining = true;
-    let mut back: Vec<TaskId> = Vec::new();
-    for t in returned {
-        let req =
-            core.jobs.get(&t.job).and_then(|j| j.tasks.get(t.idx as usize)).map(|t| t.resources.clone());
-        let w = core.workers.get_mut(&wid).expect("registered worker");
-        if w.release(&t, &req.unwrap_or_default()) {
-            back.push(t);
+    core.workers.get_mut(&wid).expect("registered worker").draining = true;
+    let mut back: Vec<TaskId> = returned
+        .into_iter()
+        .filter(|t| core.find_task(*t).is_some_and(|t| t.state == TaskState::Assigned(wid)))
+        .collect();
+    back.sort();
+    back.dedup();
+    for tid in &back {
+        // (One taken back as pinned behind another is requeued already.)
+        if core.unhold(wid, *tid, false) {
+            requeue(core, *tid, true); // it never started
         }
     }
     let w = &core.workers[&wid];
     tracing::info!(worker = %wid, returned = back.len(), running = w.assigned.len(), "worker draining");
-    back.sort();
-    for tid in back {
-        let unpinned = unpin_dependents(core, tid);
-        send_cancels(core, fx, unpinned);
-        requeue(core, tid, true); // it never started
-    }
     schedule(core, fx);
 }
 
@@ -1062,10 +952,8 @@ pub fn on_cancel(
             continue;
         }
         if let TaskState::Assigned(w) = task.state {
-            let req = task.resources.clone();
-            if let Some(worker) = core.workers.get_mut(&w) {
-                worker.release(&tid, &req);
-                stop.entry(worker.conn).or_default().push(tid);
+            if core.unhold(w, tid, false) {
+                stop.entry(core.workers[&w].conn).or_default().push(tid);
             }
         }
         n += 1;
@@ -1200,6 +1088,7 @@ pub(super) fn retry_tasks(core: &mut Core, job: JobId, idx: &[u32]) -> Vec<TaskI
         t.outcome = None;
         t.failures = 0;
         t.killed.clear();
+        t.void_attempts = t.attempts;
         j.failed -= 1;
         j.done_at = None;
         if t.waiting == 0 {

@@ -244,6 +244,7 @@ fn prefetch_grows_with_short_tasks_and_stays_small_for_long_ones() {
         rss_kib: 0,
         resources: Default::default(),
         used: Default::default(),
+        process: 0,
     };
     assert_eq!(w.capacity(&cfg), 4);
     w.avg_task_us = Some(1.0);
@@ -747,4 +748,65 @@ fn an_idle_worker_steals_queued_work_from_a_busy_one() {
     assert_eq!(moved.iter().map(|a| a.task).collect::<Vec<_>>(), asked, "to the idle worker");
     assert_eq!(moved[0].attempt, 1, "the given-back attempt never ran");
     assert!(core.stealing.is_empty());
+}
+
+/// Issue 12, defect 9: `a` and `b` (pinned behind `a`) move from a silent
+/// worker to a busy one; a steal of `a` is in flight when the silent worker
+/// reports `a` after all. `b` must not stay pinned to a worker that will
+/// never produce `a`: it runs somewhere with `a`'s result.
+#[test]
+fn a_pinned_task_is_not_stranded_when_its_input_finishes_elsewhere() {
+    let mut core = Core::default();
+    let timeout = core.config.heartbeat_timeout_us;
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let job = submit(&mut core, &mut fx, vec![keyed("a", &[]), keyed("b", &["a"])]).unwrap();
+    let on_w1 = fx.take_assignments(ConnId(1));
+    assert_eq!(on_w1.iter().map(|a| a.task.idx).collect::<Vec<_>>(), vec![0, 1], "b pinned behind a");
+    // w2 is busy with other work and known to run 10 ms tasks (room for 3).
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(2), worker(1));
+    core.workers.get_mut(&WorkerId(2)).unwrap().avg_task_us = Some(10_000.0);
+    submit(&mut core, &mut fx, vec![keyed("x", &[])]).unwrap();
+    assert_eq!(fx.take_assignments(ConnId(2)).len(), 1);
+    // w1 goes quiet and is declared lost: a and b move to w2, b pinned again.
+    on_heartbeat(&mut core, &mut fx, timeout, ConnId(2), 0);
+    on_tick(&mut core, &mut fx, timeout + 1);
+    core.sanity_check();
+    let on_w2 = fx.take_assignments(ConnId(2));
+    assert_eq!(on_w2.iter().map(|a| a.task.idx).collect::<Vec<_>>(), vec![0, 1]);
+    // A third worker joins: the scheduler asks w2 for a back.
+    on_worker_joined(&mut core, &mut fx, timeout + 2, ConnId(3), worker(1));
+    let a = on_w2[0].task;
+    assert!(fx
+        .workers
+        .iter()
+        .any(|(c, m)| *c == ConnId(2) && matches!(m, ToWorker::Steal { tasks } if tasks == &vec![a])));
+    fx.workers.clear();
+    // The stale w1 reports a first (it wins); then w2 gives a back.
+    on_reports(&mut core, &mut fx, timeout + 3, ConnId(1), 1, vec![report(&on_w1[0], ok(5))]);
+    core.sanity_check();
+    on_released(&mut core, &mut fx, ConnId(2), vec![a]);
+    core.sanity_check();
+    let b = TaskId { job, idx: 1 };
+    let given: Vec<(ConnId, Assignment)> = fx
+        .workers
+        .iter()
+        .filter_map(|(c, m)| match m {
+            ToWorker::Assign { tasks } => Some(tasks.iter().map(|t| (*c, t.clone())).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .filter(|(_, t)| t.task == b)
+        .collect();
+    assert_eq!(given.len(), 1, "b is handed out again: {:?}", core.jobs[&job].tasks[1].state);
+    assert!(given[0].1.pending_inputs.is_empty());
+    assert_eq!(given[0].1.inputs, vec![Bytes::from(rmp_serde::to_vec(&5i64).unwrap())]);
+    // Where it was pinned it is dropped, and it runs to the end.
+    assert!(fx
+        .workers
+        .iter()
+        .any(|(c, m)| *c == ConnId(2) && matches!(m, ToWorker::Cancel { tasks } if tasks.contains(&b))));
+    on_reports(&mut core, &mut fx, timeout + 4, given[0].0, 1, vec![report(&given[0].1, ok(6))]);
+    core.sanity_check();
+    assert!(core.jobs[&job].is_done());
 }
