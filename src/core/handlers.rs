@@ -14,6 +14,7 @@ use rustc_hash::FxHashMap as HashMap;
 /// Most outcomes sent to a watcher in one message when it catches up.
 const CATCH_UP_CHUNK: usize = 4096;
 
+#[derive(Clone)]
 pub struct NewWorker {
     pub slots: u32,
     pub host: String,
@@ -239,6 +240,13 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
     }
 }
 
+/// Most of one resource a task may ask for (far beyond any real machine, far
+/// below what could overflow the accounting of what workers hold).
+pub const MAX_RESOURCE_AMOUNT: u64 = u32::MAX as u64;
+
+/// Longest time limit a task may have: a year.
+pub const MAX_TIME_LIMIT_MS: u64 = 365 * 24 * 3600 * 1000;
+
 /// Checks a submission before anything is changed and resolves its
 /// dependencies; `Err` is the one-line message for the client.
 fn validate_submit(core: &Core, job: JobId, tasks: &[TaskSpec]) -> Result<Vec<Vec<TaskId>>, String> {
@@ -257,6 +265,16 @@ fn validate_submit(core: &Core, job: JobId, tasks: &[TaskSpec]) -> Result<Vec<Ve
                 return Err(format!("task {i}: empty argv"))
             }
             _ => {}
+        }
+        if let Some((k, n)) = t.resources.iter().find(|(_, n)| **n > MAX_RESOURCE_AMOUNT) {
+            return Err(format!(
+                "task {i}: resource {k:?} = {n} is out of range (at most {MAX_RESOURCE_AMOUNT})"
+            ));
+        }
+        if let Some(ms) = t.time_limit_ms.filter(|ms| *ms > MAX_TIME_LIMIT_MS) {
+            return Err(format!(
+                "task {i}: time limit {ms} ms is out of range (at most {MAX_TIME_LIMIT_MS} ms, a year)"
+            ));
         }
     }
     graph::resolve(core, job, tasks)
@@ -1191,7 +1209,7 @@ pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, extra: Status
         tasks_per_s: extra.tasks_per_s,
         draining: core.stopping,
         workers: core.workers.len() as u32,
-        slots: core.workers.values().map(|w| w.slots).sum(),
+        slots: core.workers.values().fold(0u32, |n, w| n.saturating_add(w.slots)),
         nannies: core.nannies.len() as u32,
         jobs: core.jobs.len() as u32,
         jobs_done: core.jobs.values().filter(|j| j.is_done()).count() as u32,
@@ -1201,6 +1219,7 @@ pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, extra: Status
         tasks_running: core.workers.values().map(|w| w.assigned.len() as u64).sum(),
         tasks_queued: 0,
         duplicate_reports: core.duplicate_reports,
+        foreign_reports: core.foreign_reports,
     };
     for j in core.jobs.values() {
         s.tasks += j.tasks.len() as u64;

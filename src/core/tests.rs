@@ -810,3 +810,123 @@ fn a_pinned_task_is_not_stranded_when_its_input_finishes_elsewhere() {
     core.sanity_check();
     assert!(core.jobs[&job].is_done());
 }
+
+/// Issue 12, defect 5: a worker reports only what it (or an earlier
+/// connection of its process) was handed; other reports are dropped and counted.
+#[test]
+fn reports_for_tasks_a_worker_never_held_are_dropped() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    let mut honest = worker(1);
+    honest.pid = 7;
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), honest.clone());
+    let job = submit(&mut core, &mut fx, inc_tasks(10)).unwrap();
+    let mine = fx.take_assignments(ConnId(1));
+    assert_eq!(mine.len(), 2);
+    // A peer that registers and reports every task of the job.
+    let mut hostile = worker(1);
+    hostile.pid = 666;
+    on_worker_joined(&mut core, &mut fx, 1, ConnId(9), hostile);
+    let given = fx.take_assignments(ConnId(9));
+    let forged: Vec<TaskReport> = (0..10)
+        .map(|idx| TaskReport { task: TaskId { job, idx }, attempt: 1, outcome: ok(666), micros: 1 })
+        .collect();
+    on_reports(&mut core, &mut fx, 2, ConnId(9), 1, forged);
+    core.sanity_check();
+    assert_eq!(core.foreign_reports, 8, "only the 2 it was handed count");
+    let j = &core.jobs[&job];
+    assert_eq!(j.finished, 2);
+    for a in &given {
+        assert_eq!(j.tasks[a.task.idx as usize].outcome, Some(ok(666)));
+    }
+    for a in &mine {
+        assert_eq!(
+            j.tasks[a.task.idx as usize].state,
+            TaskState::Assigned(WorkerId(1)),
+            "still the honest one's"
+        );
+    }
+    // The honest worker loses its connection and comes back on a new one:
+    // its reports of what it was handed before still count.
+    on_connection_closed(&mut core, &mut fx, 3, ConnId(1));
+    on_worker_joined(&mut core, &mut fx, 4, ConnId(2), honest);
+    on_reports(&mut core, &mut fx, 5, ConnId(2), 1, mine.iter().map(|a| report(a, ok(1))).collect());
+    core.sanity_check();
+    assert_eq!(core.foreign_reports, 8);
+    assert_eq!(core.jobs[&job].finished, 4);
+    let mut status = TestFx::default();
+    on_status(&core, &mut status, CLIENT, StatusExtra::default());
+    assert!(matches!(&status.clients[0].1, ToClient::Status { status } if status.foreign_reports == 8));
+
+    // After a restart any worker may hold an attempt from before: its report counts.
+    let mut restarted = Core::default();
+    replay(&mut restarted, 10, fx.journal.clone());
+    let mut fx2 = TestFx::default();
+    let mut other = worker(1);
+    other.pid = 8;
+    on_worker_joined(&mut restarted, &mut fx2, 11, ConnId(3), other);
+    let late = TaskReport { task: TaskId { job, idx: 9 }, attempt: 1, outcome: ok(9), micros: 1 };
+    on_reports(&mut restarted, &mut fx2, 12, ConnId(3), 1, vec![late]);
+    restarted.sanity_check();
+    assert_eq!(restarted.foreign_reports, 0);
+    assert_eq!(restarted.jobs[&job].tasks[9].outcome, Some(ok(9)));
+}
+
+/// Issue 12, defect 8: numbers a peer supplies never overflow: impossible
+/// ones are refused at submit, the others saturate.
+#[test]
+fn impossible_numbers_are_refused_and_huge_ones_do_not_overflow() {
+    let mut core = Core::new(CoreConfig { retry_backoff_us: u64::MAX / 2, ..Default::default() });
+    let mut fx = TestFx::default();
+    let mut t = keyed("g", &[]);
+    t.resources.insert("gpus".into(), u64::MAX);
+    let e = submit(&mut core, &mut fx, vec![t]).unwrap_err();
+    assert!(e.contains("\"gpus\"") && e.contains("out of range"), "{e}");
+    let mut t = keyed("t", &[]);
+    t.time_limit_ms = Some(u64::MAX);
+    let e = submit(&mut core, &mut fx, vec![t]).unwrap_err();
+    assert!(e.contains("time limit"), "{e}");
+    assert!(core.jobs.is_empty() && fx.journal.is_empty(), "nothing changed");
+
+    // Workers that claim everything: slots, resources and attempts at their maximum.
+    let mut big = worker(u32::MAX);
+    big.resources.insert("gpus".into(), u64::MAX);
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), big.clone());
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(2), big);
+    let tasks: Vec<TaskSpec> = (0..3)
+        .map(|i| {
+            let mut t = keyed(&format!("t{i}"), &[]);
+            t.resources.insert("gpus".into(), MAX_RESOURCE_AMOUNT);
+            t.retries = u32::MAX;
+            t.priority = if i == 0 { i32::MIN } else { i32::MAX };
+            t
+        })
+        .collect();
+    let job = submit(&mut core, &mut fx, tasks).unwrap();
+    core.sanity_check();
+    let mut given = fx.take_assignments(ConnId(1));
+    given.extend(fx.take_assignments(ConnId(2)));
+    assert_eq!(given.len(), 3);
+    let mut status = TestFx::default();
+    on_status(&core, &mut status, CLIENT, StatusExtra::default());
+    assert!(matches!(&status.clients[0].1, ToClient::Status { status } if status.slots == u32::MAX));
+    // A failure late in time: the doubled backoff saturates.
+    let a = given.iter().find(|a| a.task.idx == 0).unwrap();
+    let conn = if core.workers[&WorkerId(1)].assigned.contains(&a.task) { ConnId(1) } else { ConnId(2) };
+    on_reports(&mut core, &mut fx, u64::MAX - 5, conn, u64::MAX, vec![report(a, err("flaky"))]);
+    core.sanity_check();
+    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Delayed);
+    assert!(core.delayed.iter().all(|(due, _)| *due == u64::MAX));
+    assert!(fx.workers.iter().any(|(_, m)| matches!(m, ToWorker::Ack { batch: u64::MAX })));
+
+    // After a restart, a worker reclaims a task at attempt u32::MAX and dies.
+    let mut core = Core::default();
+    replay(&mut core, 0, fx.journal.clone());
+    let mut w = worker(1);
+    w.running = vec![(TaskId { job, idx: 1 }, u32::MAX)];
+    on_worker_joined(&mut core, &mut fx, 1, ConnId(3), w);
+    on_connection_closed(&mut core, &mut fx, 2, ConnId(3));
+    on_worker_joined(&mut core, &mut fx, 3, ConnId(4), worker(1));
+    core.sanity_check();
+    assert_eq!(core.jobs[&job].tasks[1].attempts, u32::MAX);
+}
