@@ -196,7 +196,9 @@ fn tell_stale(core: &mut Core, fx: &mut impl Effects, conn: ConnId) {
 
 /// Periodic check: workers silent for longer than the heartbeat timeout are
 /// lost (hung or stopped); their connection stays open, marked stale.
+/// Silence counts only while the scheduler itself runs (see `note_stall`).
 pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
+    note_stall(core, now);
     if !core.delayed.is_empty() {
         let (due, later): (Vec<_>, Vec<_>) = core.delayed.drain(..).partition(|(t, _)| *t <= now);
         core.delayed = later;
@@ -246,6 +248,33 @@ pub const MAX_RESOURCE_AMOUNT: u64 = u32::MAX as u64;
 
 /// Longest time limit a task may have: a year.
 pub const MAX_TIME_LIMIT_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// Ticks come a few times per heartbeat timeout (at most every second): a
+/// gap this long since the last one means the scheduler itself did not run
+/// (SIGSTOP, a suspended VM, a starved host). What its workers sent
+/// meanwhile is still unread, so their silence says nothing: the heartbeat
+/// clocks start again.
+/// Before the first tick, the last time it heard from a worker tells when
+/// it last ran.
+fn note_stall(core: &mut Core, now: u64) {
+    let threshold = (core.config.heartbeat_timeout_us / 2).max(MIN_STALL_US);
+    let heard = core.workers.values().map(|w| w.last_seen).max();
+    let ran = core.last_tick.max(heard);
+    if let Some(gap) = ran.map(|t| now.saturating_sub(t)).filter(|gap| *gap > threshold) {
+        for w in core.workers.values_mut() {
+            w.last_seen = w.last_seen.max(now);
+        }
+        tracing::warn!(
+            stalled_ms = gap / 1000,
+            workers = core.workers.len(),
+            "the scheduler did not run for a while (stopped or starved); heartbeat clocks restarted"
+        );
+    }
+    core.last_tick = Some(now);
+}
+
+/// Shortest gap between ticks taken for a stall (ticks come at least every 10 ms).
+const MIN_STALL_US: u64 = 50_000;
 
 /// Checks a submission before anything is changed and resolves its
 /// dependencies; `Err` is the one-line message for the client.

@@ -296,6 +296,7 @@ fn a_silent_worker_is_lost_and_its_late_reports_are_recorded_once() {
     on_heartbeat(&mut core, &mut fx, timeout, ConnId(2), 0);
     on_tick(&mut core, &mut fx, timeout / 2);
     assert_eq!(core.workers.len(), 2, "not yet");
+    on_tick(&mut core, &mut fx, timeout * 3 / 4);
     on_tick(&mut core, &mut fx, timeout + 1);
     core.sanity_check();
     assert_eq!(core.workers.len(), 1);
@@ -334,6 +335,9 @@ fn a_stale_report_that_comes_first_wins_and_releases_the_new_holder() {
     let job = JobId::new();
     on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), inc_tasks(1));
     let a1 = fx.take_assignments(ConnId(1));
+    for quarter in 1..4 {
+        on_tick(&mut core, &mut fx, timeout * quarter / 4);
+    }
     on_tick(&mut core, &mut fx, timeout + 1);
     on_worker_joined(&mut core, &mut fx, timeout + 1, ConnId(2), worker(1));
     let a2 = fx.take_assignments(ConnId(2));
@@ -929,4 +933,30 @@ fn impossible_numbers_are_refused_and_huge_ones_do_not_overflow() {
     on_worker_joined(&mut core, &mut fx, 3, ConnId(4), worker(1));
     core.sanity_check();
     assert_eq!(core.jobs[&job].tasks[1].attempts, u32::MAX);
+}
+
+/// Issue 12, defect 10: a scheduler that did not run for longer than the
+/// heartbeat timeout does not blame its workers; a worker silent while the
+/// scheduler runs is still lost.
+#[test]
+fn a_stalled_scheduler_restarts_the_heartbeat_clocks() {
+    let mut core = Core::default();
+    let timeout = core.config.heartbeat_timeout_us;
+    let tick = timeout / 4;
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(2), worker(1));
+    // Stopped for twice the timeout before its first tick came.
+    let woke = tick + 2 * timeout;
+    on_tick(&mut core, &mut fx, woke);
+    assert_eq!(core.workers.len(), 2, "nobody blamed for the scheduler's own stop");
+    // Worker 1 goes on beating, worker 2 stays silent while the scheduler runs.
+    let mut now = woke;
+    while now < woke + timeout + 2 * tick {
+        now += tick;
+        on_heartbeat(&mut core, &mut fx, now, ConnId(1), 0);
+        on_tick(&mut core, &mut fx, now);
+    }
+    core.sanity_check();
+    assert_eq!(core.workers.keys().copied().collect::<Vec<_>>(), vec![WorkerId(1)]);
 }
