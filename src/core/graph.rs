@@ -172,13 +172,16 @@ pub fn complete(
     let root = tid;
     let mut queue = vec![(tid, outcome, canceled)];
     while let Some((tid, outcome, canceled)) = queue.pop() {
+        // Reached twice (two failed dependencies): the first outcome stays.
+        if core.find_task(tid).is_none_or(|t| t.outcome.is_some()) {
+            continue;
+        }
         // A dependent pinned to a worker ahead of its inputs: drop it there.
         if let Some(TaskState::Assigned(w)) = core.find_task(tid).map(|t| t.state.clone()) {
             if tid != root {
-                core.unhold(w, tid, false);
+                core.unhold(w, tid, super::Leave::Elsewhere);
                 core.unpinned.push((w, tid));
-                let t = core.get_task_mut(tid);
-                t.attempts = t.attempts.saturating_sub(1); // it never started there
+                core.mark_dropped(w, tid);
             }
         }
         let attempt = core.find_task(tid).map_or(0, |t| t.attempts);

@@ -2,7 +2,7 @@
 //! `on_x(core, fx, now, …)`. `now` is microseconds on the host's clock.
 
 use super::graph::{self, Completed};
-use super::{Core, Effects, Job, NannyRecord, Task, TaskState, Worker};
+use super::{Core, Effects, Job, Leave, NannyRecord, Task, TaskState, Worker};
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use crate::persistence::Record;
 use crate::protocol::{
@@ -60,6 +60,7 @@ pub fn on_worker_joined(
             resources: w.resources,
             used: Default::default(),
             process,
+            dropped: Default::default(),
         },
     );
     core.worker_by_conn.insert(conn, id);
@@ -199,6 +200,10 @@ fn tell_stale(core: &mut Core, fx: &mut impl Effects, conn: ConnId) {
 /// Silence counts only while the scheduler itself runs (see `note_stall`).
 pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
     note_stall(core, now);
+    let timeout = core.config.heartbeat_timeout_us;
+    for w in core.workers.values_mut().filter(|w| !w.dropped.is_empty()) {
+        w.dropped.retain(|_, at| now.saturating_sub(*at) <= timeout);
+    }
     if !core.delayed.is_empty() {
         let (due, later): (Vec<_>, Vec<_>) = core.delayed.drain(..).partition(|(t, _)| *t <= now);
         core.delayed = later;
@@ -228,7 +233,6 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
             forget(core, fx, job, "retention period over");
         }
     }
-    let timeout = core.config.heartbeat_timeout_us;
     let silent: Vec<(WorkerId, ConnId, u64)> = core
         .workers
         .iter()
@@ -533,6 +537,11 @@ pub fn on_reports(
     };
     if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
         w.last_seen = now;
+        if !w.dropped.is_empty() {
+            for r in &reports {
+                w.dropped.remove(&r.task);
+            }
+        }
     }
     let mut completed = Completed::default();
     let (mut late, mut foreign) = (0u64, 0u64);
@@ -592,14 +601,19 @@ fn accept_report(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
         tracing::info!(task = %r.task, failures = task.failures, retries = task.retries, "task failed; retrying");
         core.delayed.push((now.saturating_add(delay), r.task));
         if let Some(h) = holder {
-            core.unhold(h, r.task, false);
+            core.unhold(h, r.task, Leave::Unproduced);
         }
         return;
     }
     // A late report of an earlier attempt also wins (first report recorded):
     // the worker holding the current attempt lets it go.
     if let Some(h) = holder {
-        core.unhold(h, r.task, mine && r.outcome.is_ok());
+        let how = match (mine, r.outcome.is_ok()) {
+            (true, true) => Leave::ResultHere,
+            (true, false) => Leave::Unproduced,
+            (false, _) => Leave::Elsewhere,
+        };
+        core.unhold(h, r.task, how);
     }
     graph::complete(core, now, r.task, r.outcome, false, out);
 }
@@ -638,7 +652,10 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
         // The next worker (round robin) with room that has what the task needs.
         let n = free.len();
         let pick = (0..n).map(|k| (next + k) % n).find(|&k| {
-            free[k].1 > 0 && (task.resources.is_empty() || core.workers[&free[k].0].fits(&task.resources))
+            let w = &core.workers[&free[k].0];
+            free[k].1 > 0
+                && (task.resources.is_empty() || w.fits(&task.resources))
+                && !w.dropped.contains_key(&tid)
         });
         let Some(k) = pick else {
             skipped.push(entry);
@@ -737,14 +754,22 @@ fn steal(core: &mut Core, fx: &mut impl Effects) {
         return;
     }
     let want = idle.min(queued.div_ceil(2));
-    let mut newest: Vec<(u64, TaskId)> = w
+    let takers: Vec<&Worker> =
+        core.workers.values().filter(|w| !w.draining && w.assigned.len() < w.slots as usize).collect();
+    let newest: Vec<(u64, TaskId)> = w
         .assigned
         .iter()
         .filter(|t| !core.stealing.contains(t))
-        // A pinned task waits for inputs produced there: it stays.
-        .filter(|t| core.find_task(**t).is_some_and(|t| t.waiting == 0))
+        // A pinned task waits for inputs produced there: it stays; and one
+        // that no idle worker has the resources for would only come back.
+        .filter(|t| {
+            core.find_task(**t).is_some_and(|t| {
+                t.waiting == 0 && (t.resources.is_empty() || takers.iter().any(|w| w.fits(&t.resources)))
+            })
+        })
         .map(|t| (core.find_task(*t).map_or(0, |t| t.assigned_seq), *t))
         .collect();
+    let mut newest = newest;
     newest.sort_unstable_by(|a, b| b.cmp(a));
     let tasks: Vec<TaskId> = newest.into_iter().take(want).map(|(_, t)| t).collect();
     if tasks.is_empty() {
@@ -766,7 +791,7 @@ pub fn on_released(core: &mut Core, fx: &mut impl Effects, conn: ConnId, tasks: 
         if task.state != TaskState::Assigned(wid) {
             continue;
         }
-        core.unhold(wid, *tid, false);
+        core.unhold(wid, *tid, Leave::Unproduced);
         // That attempt never started: the next one keeps its number.
         requeue(core, *tid, true);
     }
@@ -878,7 +903,7 @@ pub fn on_worker_draining(core: &mut Core, fx: &mut impl Effects, conn: ConnId, 
     back.dedup();
     for tid in &back {
         // (One taken back as pinned behind another is requeued already.)
-        if core.unhold(wid, *tid, false) {
+        if core.unhold(wid, *tid, Leave::Unproduced) {
             requeue(core, *tid, true); // it never started
         }
     }
@@ -999,7 +1024,7 @@ pub fn on_cancel(
             continue;
         }
         if let TaskState::Assigned(w) = task.state {
-            if core.unhold(w, tid, false) {
+            if core.unhold(w, tid, Leave::Elsewhere) {
                 stop.entry(core.workers[&w].conn).or_default().push(tid);
             }
         }
@@ -1125,8 +1150,8 @@ pub fn on_job(core: &Core, fx: &mut impl Effects, now: u64, conn: ConnId, job: J
 /// them wait for them again). Attempt numbers go on counting, so a late
 /// report of an earlier attempt is still told apart.
 pub(super) fn retry_tasks(core: &mut Core, job: JobId, idx: &[u32]) -> Vec<TaskId> {
-    let mut ready = Vec::new();
-    let Some(j) = core.jobs.get_mut(&job) else { return ready };
+    let Some(j) = core.jobs.get_mut(&job) else { return Vec::new() };
+    let mut again = Vec::new();
     for &i in idx {
         let Some(t) = j.tasks.get_mut(i as usize) else { continue };
         if !matches!(t.state, TaskState::Failed | TaskState::Canceled) {
@@ -1138,9 +1163,31 @@ pub(super) fn retry_tasks(core: &mut Core, job: JobId, idx: &[u32]) -> Vec<TaskI
         t.void_attempts = t.attempts;
         j.failed -= 1;
         j.done_at = None;
-        if t.waiting == 0 {
+        again.push(TaskId { job, idx: i });
+    }
+    // What each waits for now (its inputs may have been retried too, in this
+    // job or another), counted afresh: it is told when each one finishes.
+    let mut ready = Vec::new();
+    for &tid in &again {
+        let deps = core.find_task(tid).map(|t| t.deps.clone()).unwrap_or_default();
+        let mut waiting = 0;
+        for (k, d) in deps.iter().enumerate() {
+            let Some(dt) = core.jobs.get_mut(&d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {
+                continue;
+            };
+            if dt.outcome.is_none() {
+                waiting += 1;
+                let listed = dt.dependents.iter().filter(|x| **x == tid).count();
+                if listed < deps[..=k].iter().filter(|x| *x == d).count() {
+                    dt.dependents.push(tid);
+                }
+            }
+        }
+        let t = core.get_task_mut(tid);
+        t.waiting = waiting;
+        if waiting == 0 {
             t.state = TaskState::Ready;
-            ready.push(TaskId { job, idx: i });
+            ready.push(tid);
         } else {
             t.state = TaskState::Waiting;
         }
@@ -1152,11 +1199,30 @@ pub(super) fn retry_tasks(core: &mut Core, job: JobId, idx: &[u32]) -> Vec<TaskI
 pub fn on_retry(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
     let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
     let failed = |t: &Task| matches!(t.state, TaskState::Failed | TaskState::Canceled);
-    // A task that depends on a failed task of another job would wait forever.
-    let blocked = |t: &Task| t.deps.iter().any(|d| d.job != job && core.find_task(*d).is_some_and(failed));
-    let idx: Vec<u32> = (0..j.tasks.len() as u32)
-        .filter(|i| failed(&j.tasks[*i as usize]) && !blocked(&j.tasks[*i as usize]))
-        .collect();
+    let mut retry: rustc_hash::FxHashSet<u32> =
+        (0..j.tasks.len() as u32).filter(|i| failed(&j.tasks[*i as usize])).collect();
+    // A task whose input stays failed (a failed task of another job, or one
+    // of this job that stays failed for that reason) would run without it.
+    loop {
+        let stuck: Vec<u32> = retry
+            .iter()
+            .copied()
+            .filter(|i| {
+                j.tasks[*i as usize].deps.iter().any(|d| {
+                    let stays = d.job != job || !retry.contains(&d.idx);
+                    stays && core.find_task(*d).is_some_and(failed)
+                })
+            })
+            .collect();
+        if stuck.is_empty() {
+            break;
+        }
+        for i in stuck {
+            retry.remove(&i);
+        }
+    }
+    let mut idx: Vec<u32> = retry.into_iter().collect();
+    idx.sort_unstable();
     if idx.is_empty() {
         let message = format!("job {job} has no failed or canceled tasks");
         return fx.to_client(conn, ToClient::Done { message });

@@ -7,10 +7,13 @@ mod graph;
 mod handlers;
 mod pins;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 pub use graph::{key_index, task_name, ReadyEntry};
 pub use handlers::*;
+pub use pins::Leave;
 
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use crate::persistence::Record;
@@ -192,6 +195,10 @@ pub struct Worker {
     pub used: crate::protocol::Resources,
     /// Its process (`process_key`): whose earlier attempts it may report.
     pub process: u64,
+    /// Tasks it was told to drop (and when) that it may still hold and
+    /// report as canceled: none goes back to it meanwhile, as it knows tasks
+    /// by id, not by attempt. Cleared by a report, or after a heartbeat timeout.
+    pub dropped: HashMap<TaskId, u64>,
 }
 
 /// A nanny connected to this scheduler, and what its slots are doing.

@@ -14,9 +14,8 @@ impl Core {
     /// nobody asks for it back, and the tasks pinned there behind it
     /// (transitively) are taken back too: they wait again, or are ready if
     /// their inputs are all done, and the worker is told to drop them (sent
-    /// by `schedule`). `result_here`: the worker reported its result itself,
-    /// so what is pinned behind it runs there. False if `wid` did not hold it.
-    pub fn unhold(&mut self, wid: WorkerId, tid: TaskId, result_here: bool) -> bool {
+    /// by `schedule`). False if `wid` did not hold it.
+    pub fn unhold(&mut self, wid: WorkerId, tid: TaskId, how: Leave) -> bool {
         self.stealing.remove(&tid);
         let Some(task) = self.find_task(tid) else { return false };
         let req = task.resources.clone();
@@ -32,20 +31,51 @@ impl Core {
                 if dt.state != TaskState::Assigned(wid) || !dt.local_inputs.contains(&t) {
                     continue;
                 }
-                if result_here && t == tid {
+                if how == Leave::ResultHere && t == tid {
                     self.get_task_mut(d).local_inputs.retain(|x| *x != tid);
                     continue;
                 }
                 let req = dt.resources.clone();
                 self.workers.get_mut(&wid).expect("holds its pinned task").release(&d, &req);
                 self.stealing.remove(&d);
-                self.get_task_mut(d).local_inputs.clear();
-                requeue(self, d, true); // it never started there
+                // It may have started there (its input finished there) and
+                // will then report "canceled": that attempt no longer counts.
+                let task = self.get_task_mut(d);
+                task.local_inputs.clear();
+                task.void_attempts = task.void_attempts.max(task.attempts);
+                requeue(self, d, false);
                 self.unpinned.push((wid, d));
+                if how == Leave::Elsewhere {
+                    self.mark_dropped(wid, d);
+                }
                 stack.push(d);
             }
         }
         true
+    }
+}
+
+/// Why a task leaves a worker, for what was pinned there behind it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Leave {
+    /// It reported the task's result: what is pinned behind it runs there.
+    ResultHere,
+    /// It did not produce a result there (it failed there, or was given
+    /// back unstarted): nothing pinned behind it started there.
+    Unproduced,
+    /// Anything else (given back, canceled, finished by another worker):
+    /// what is pinned behind it may have started there, and is dropped.
+    Elsewhere,
+}
+
+impl Core {
+    /// `wid` may still hold a copy of `tid` that it will report as canceled:
+    /// nothing of `tid` goes back to it until then (see `Worker::dropped`).
+    pub fn mark_dropped(&mut self, wid: WorkerId, tid: TaskId) {
+        let now = self.last_tick.unwrap_or(0);
+        if let Some(w) = self.workers.get_mut(&wid) {
+            w.dropped.insert(tid, now);
+        }
     }
 }
 
@@ -145,7 +175,10 @@ const MAX_PIN_FRONTIER: usize = 65_536;
 /// gathering whole subtrees of a reduction on one worker.
 fn pinnable(core: &Core, wid: WorkerId, tid: TaskId) -> Option<Vec<(u32, TaskId)>> {
     let t = core.find_task(tid)?;
-    if t.state != TaskState::Waiting || !t.resources.is_empty() {
+    if t.state != TaskState::Waiting
+        || !t.resources.is_empty()
+        || core.workers[&wid].dropped.contains_key(&tid)
+    {
         return None;
     }
     let mut pending = Vec::new();

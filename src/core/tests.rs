@@ -245,6 +245,7 @@ fn prefetch_grows_with_short_tasks_and_stays_small_for_long_ones() {
         resources: Default::default(),
         used: Default::default(),
         process: 0,
+        dropped: Default::default(),
     };
     assert_eq!(w.capacity(&cfg), 4);
     w.avg_task_us = Some(1.0);
@@ -519,13 +520,13 @@ fn pinned_tasks_follow_their_inputs() {
         .workers
         .iter()
         .any(|(_, m)| matches!(m, ToWorker::Cancel { tasks } if tasks == &vec![first[1].task])));
-    // The retry runs; b is pinned again (same attempt number: it never ran),
-    // and c behind it now that the worker is known to be quick.
+    // The retry runs; b is pinned again (a new attempt: the dropped one is
+    // void), and c behind it now that the worker is known to be quick.
     on_tick(&mut core, &mut fx, 10_000_000);
     let again = fx.take_assignments(ConnId(1));
     assert_eq!(
         again.iter().map(|a| (a.task.idx, a.attempt)).collect::<Vec<_>>(),
-        vec![(0, 2), (1, 1), (2, 1)]
+        vec![(0, 2), (1, 2), (2, 1)]
     );
     core.sanity_check();
     // The worker dies: a is ready again, b waits.
