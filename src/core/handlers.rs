@@ -87,6 +87,10 @@ fn claim(core: &mut Core, id: WorkerId, running: Vec<(TaskId, u32)>) {
             task.add_holder(w.process);
             w.hold(tid, &task.resources);
             claimed += 1;
+        } else if task.outcome.is_none() {
+            // It runs an attempt that no longer counts: nothing more of
+            // that task goes to it until that one has reported.
+            core.mark_dropped(id, tid);
         }
     }
     if claimed > 0 {
@@ -578,7 +582,10 @@ fn accept_report(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
         Some(TaskState::Assigned(h)) => Some(*h),
         _ => None,
     };
-    let mine = holder.is_some() && holder == wid;
+    // The worker holding the attempt this report is of (an earlier one may
+    // come from it too, resent after a reconnect: that is not what it runs).
+    let mine =
+        holder.is_some() && holder == wid && core.find_task(r.task).is_some_and(|t| t.attempts == r.attempt);
     if mine {
         if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
             let sample = r.micros as f64;
