@@ -84,6 +84,7 @@ fn claim(core: &mut Core, id: WorkerId, running: Vec<(TaskId, u32)>) {
             task.state = TaskState::Assigned(id);
             task.attempts = task.attempts.max(attempt);
             task.local_inputs.clear();
+            task.repeat_here = false;
             task.add_holder(w.process);
             w.hold(tid, &task.resources);
             claimed += 1;
@@ -402,6 +403,7 @@ fn insert_job(
             // Replayed: an attempt may still run on a worker of the last run.
             holders: if core.replaying { vec![super::ANY_PROCESS] } else { Vec::new() },
             void_attempts: 0,
+            repeat_here: false,
         });
     }
     let n = tasks.len();
@@ -712,6 +714,7 @@ pub(super) fn assign(
     task.assigned_seq = seq;
     task.state = TaskState::Assigned(wid);
     task.local_inputs = pending_inputs.iter().map(|(_, d)| *d).collect();
+    task.repeat_here = task.holders.contains(&process);
     task.add_holder(process);
     let a = Assignment {
         task: tid,
@@ -1033,6 +1036,7 @@ pub fn on_cancel(
         if let TaskState::Assigned(w) = task.state {
             if core.unhold(w, tid, Leave::Elsewhere) {
                 stop.entry(core.workers[&w].conn).or_default().push(tid);
+                core.mark_dropped(w, tid); // it reports that copy as canceled
             }
         }
         n += 1;

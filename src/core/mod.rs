@@ -114,6 +114,9 @@ pub struct Task {
     /// Attempts up to this one were voided by `ctl retry`: late reports of
     /// them are dropped.
     pub void_attempts: u32,
+    /// Its worker was handed an earlier attempt too, whose result or copy it
+    /// may still hold (a worker knows tasks by id): nothing is pinned behind it.
+    pub repeat_here: bool,
 }
 
 /// Most worker processes remembered per task as holders of an attempt.

@@ -186,7 +186,9 @@ fn pinnable(core: &Core, wid: WorkerId, tid: TaskId) -> Option<Vec<(u32, TaskId)
         let dep = core.find_task(*d)?;
         match (&dep.outcome, &dep.state) {
             (Some(Outcome::Ok { .. }), _) => {}
-            (None, TaskState::Assigned(w)) if *w == wid && pending.is_empty() => pending.push((i as u32, *d)),
+            (None, TaskState::Assigned(w)) if *w == wid && pending.is_empty() && !dep.repeat_here => {
+                pending.push((i as u32, *d))
+            }
             _ => return None,
         }
     }
