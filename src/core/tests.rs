@@ -961,3 +961,128 @@ fn a_stalled_scheduler_restarts_the_heartbeat_clocks() {
     core.sanity_check();
     assert_eq!(core.workers.keys().copied().collect::<Vec<_>>(), vec![WorkerId(1)]);
 }
+
+/// Found by the simulation (seed 1): a task with two failed inputs got its
+/// failure counted twice, at submit (both inputs of an earlier job failed)
+/// and in a cascade (a → b, a → c, b → c).
+#[test]
+fn a_task_with_two_failed_inputs_fails_once() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(2));
+    let first = submit(&mut core, &mut fx, vec![keyed("x", &[]), keyed("y", &[])]).unwrap();
+    let a = fx.take_assignments(ConnId(1));
+    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, a.iter().map(|a| report(a, err("boom"))).collect());
+    let dep = |key: &str| crate::protocol::Dep { job: Some(first), key: key.into() };
+    let mut t = keyed("z", &[]);
+    t.deps = vec![dep("x"), dep("y")];
+    let second = submit(&mut core, &mut fx, vec![t]).unwrap();
+    core.sanity_check();
+    assert_eq!(core.jobs[&second].failed, 1);
+    let third =
+        submit(&mut core, &mut fx, vec![keyed("a", &[]), keyed("b", &["a"]), keyed("c", &["a", "b"])]);
+    let third = third.unwrap();
+    let a = fx.take_assignments(ConnId(1));
+    on_reports(&mut core, &mut fx, 2, ConnId(1), 2, vec![report(&a[0], err("boom"))]);
+    core.sanity_check();
+    assert_eq!(core.jobs[&third].failed, 3);
+}
+
+/// Found by the simulation (seeds 1 and 96): `ctl retry` counts afresh what
+/// a task waits for (an input of another job retried since), and leaves
+/// failed a task whose input stays failed.
+#[test]
+fn retry_waits_for_retried_inputs_and_skips_tasks_whose_input_stays_failed() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let first = submit(&mut core, &mut fx, vec![keyed("x", &[])]).unwrap();
+    let a = fx.take_assignments(ConnId(1));
+    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&a[0], err("boom"))]);
+    let mut y = keyed("y", &[]);
+    y.deps = vec![crate::protocol::Dep { job: Some(first), key: "x".into() }];
+    let second = submit(&mut core, &mut fx, vec![y, keyed("w", &["y"])]).unwrap();
+    assert_eq!(core.jobs[&second].failed, 2);
+    // Its input stays failed: neither y nor w (behind y) is retried.
+    on_retry(&mut core, &mut fx, CLIENT, second);
+    assert!(
+        matches!(fx.clients.pop(), Some((_, ToClient::Done { message })) if message.contains("no failed"))
+    );
+    core.sanity_check();
+    // x is retried first: now y waits for it, w for y.
+    on_retry(&mut core, &mut fx, CLIENT, first);
+    on_retry(&mut core, &mut fx, CLIENT, second);
+    core.sanity_check();
+    assert_eq!(core.jobs[&second].tasks[0].state, TaskState::Waiting);
+    assert_eq!(core.jobs[&second].tasks[1].state, TaskState::Waiting);
+    let x = fx.take_assignments(ConnId(1));
+    assert_eq!(x.iter().map(|a| a.task.job).collect::<Vec<_>>(), vec![first]);
+    on_reports(&mut core, &mut fx, 2, ConnId(1), 2, vec![report(&x[0], ok(1))]);
+    core.sanity_check();
+    assert_eq!(core.jobs[&second].tasks[0].state, TaskState::Assigned(WorkerId(1)), "y runs once x is done");
+}
+
+/// Found by the simulation (seed 2): an idle worker without the resources a
+/// queued task needs does not make the scheduler ask for it back (it would
+/// come straight back to the same worker, in an endless loop of messages).
+#[test]
+fn no_steal_of_a_task_no_idle_worker_could_run() {
+    let mut core = Core::default();
+    let mut fx = TestFx::default();
+    let mut gpu = worker(1);
+    gpu.resources.insert("gpus".into(), 2);
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), gpu);
+    core.workers.get_mut(&WorkerId(1)).unwrap().avg_task_us = Some(10_000.0);
+    let tasks: Vec<TaskSpec> = (0..3)
+        .map(|i| {
+            let mut t = keyed(&format!("g{i}"), &[]);
+            t.resources.insert("gpus".into(), 1);
+            t
+        })
+        .collect();
+    submit(&mut core, &mut fx, tasks).unwrap();
+    on_worker_joined(&mut core, &mut fx, 1, ConnId(2), worker(1));
+    assert!(!fx.workers.iter().any(|(_, m)| matches!(m, ToWorker::Steal { .. })));
+    assert!(core.stealing.is_empty());
+}
+
+/// Found by the simulation (seed 70): a pinned task taken back from a worker
+/// that may have started it (its input finished there) reports "canceled":
+/// that attempt is void and its number is not reused.
+#[test]
+fn a_taken_back_pinned_task_reporting_canceled_does_not_fail_it() {
+    let mut core = Core::default();
+    let timeout = core.config.heartbeat_timeout_us;
+    let mut fx = TestFx::default();
+    on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
+    let job = submit(&mut core, &mut fx, vec![keyed("a", &[]), keyed("b", &["a"])]).unwrap();
+    let on_w1 = fx.take_assignments(ConnId(1));
+    // w1 goes quiet; a and b move to w2, where b is pinned behind a.
+    for quarter in 1..4 {
+        on_tick(&mut core, &mut fx, timeout * quarter / 4);
+    }
+    on_tick(&mut core, &mut fx, timeout + 1);
+    on_worker_joined(&mut core, &mut fx, timeout + 1, ConnId(2), worker(1));
+    let on_w2 = fx.take_assignments(ConnId(2));
+    assert_eq!(on_w2.iter().map(|a| (a.task.idx, a.attempt)).collect::<Vec<_>>(), vec![(0, 2), (1, 2)]);
+    // The stale w1 reports a first: b is taken back from w2 (which ran a too
+    // and started b) and handed out again as a new attempt.
+    on_reports(&mut core, &mut fx, timeout + 2, ConnId(1), 1, vec![report(&on_w1[0], ok(5))]);
+    core.sanity_check();
+    let b = TaskId { job, idx: 1 };
+    assert!(fx
+        .workers
+        .iter()
+        .any(|(c, m)| *c == ConnId(2) && matches!(m, ToWorker::Cancel { tasks } if tasks == &vec![b])));
+    assert!(core.workers[&WorkerId(2)].dropped.contains_key(&b), "not handed back to w2 meanwhile");
+    // w2 reports its copy of b as canceled: ignored.
+    assert!(fx.take_assignments(ConnId(2)).is_empty());
+    let canceled = TaskReport { task: b, attempt: 2, outcome: err("canceled"), micros: 0 };
+    on_reports(&mut core, &mut fx, timeout + 3, ConnId(2), 1, vec![canceled]);
+    core.sanity_check();
+    assert!(core.jobs[&job].tasks[1].outcome.is_none());
+    assert!(!core.workers[&WorkerId(2)].dropped.contains_key(&b));
+    // Now it goes back to w2, as a new attempt.
+    let again = fx.take_assignments(ConnId(2));
+    assert_eq!(again.iter().map(|a| (a.task, a.attempt)).collect::<Vec<_>>(), vec![(b, 3)]);
+}
