@@ -86,7 +86,7 @@ impl Core {
         let t = self.find_task(id).expect("checked task");
         let w = self.workers.get(&wid).unwrap_or_else(|| panic!("{id} on gone {wid}"));
         assert!(w.assigned.contains(&id), "{id} on {wid}, which does not hold it");
-        assert!(t.may_report(w.process, t.attempts), "{wid} may not report {id}, which it holds");
+        assert!(t.may_report(w.process, t.held_attempt), "{wid} may not report {id}, which it holds");
         for d in &t.deps {
             // (A dependency of a job forgotten since counts as done.)
             let Some(dep) = self.find_task(*d) else { continue };

@@ -83,6 +83,7 @@ fn claim(core: &mut Core, id: WorkerId, running: Vec<(TaskId, u32)>) {
             let w = core.workers.get_mut(&id).expect("just registered");
             task.state = TaskState::Assigned(id);
             task.attempts = task.attempts.max(attempt);
+            task.held_attempt = attempt;
             task.local_inputs.clear();
             task.repeat_here = false;
             task.add_holder(w.process);
@@ -388,6 +389,7 @@ fn insert_job(
             kind: s.kind,
             state: TaskState::Ready,
             attempts: 0,
+            held_attempt: 0,
             assigned_seq: 0,
             killed: Vec::new(),
             outcome: None,
@@ -586,8 +588,9 @@ fn accept_report(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
     };
     // The worker holding the attempt this report is of (an earlier one may
     // come from it too, resent after a reconnect: that is not what it runs).
-    let mine =
-        holder.is_some() && holder == wid && core.find_task(r.task).is_some_and(|t| t.attempts == r.attempt);
+    let mine = holder.is_some()
+        && holder == wid
+        && core.find_task(r.task).is_some_and(|t| t.held_attempt == r.attempt);
     if mine {
         if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
             let sample = r.micros as f64;
@@ -711,6 +714,7 @@ pub(super) fn assign(
     let task = core.get_task_mut(tid);
     // (A reclaiming worker may have claimed any attempt number.)
     task.attempts = task.attempts.saturating_add(1);
+    task.held_attempt = task.attempts;
     task.assigned_seq = seq;
     task.state = TaskState::Assigned(wid);
     task.local_inputs = pending_inputs.iter().map(|(_, d)| *d).collect();

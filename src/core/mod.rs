@@ -85,6 +85,9 @@ pub struct Task {
     pub state: TaskState,
     /// Attempts handed out so far (the current one is `attempts`).
     pub attempts: u32,
+    /// The attempt its worker runs while `Assigned` (a reclaimed one may be
+    /// older than `attempts`).
+    pub held_attempt: u32,
     /// Order of its latest assignment among all assignments: tells which of
     /// a dead worker's tasks were running and which only queued.
     pub assigned_seq: u64,
