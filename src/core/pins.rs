@@ -38,15 +38,17 @@ impl Core {
                 let req = dt.resources.clone();
                 self.workers.get_mut(&wid).expect("holds its pinned task").release(&d, &req);
                 self.stealing.remove(&d);
-                // It may have started there (its input finished there) and
-                // will then report "canceled": that attempt no longer counts.
-                let task = self.get_task_mut(d);
-                task.local_inputs.clear();
-                task.void_attempts = task.void_attempts.max(task.attempts);
-                requeue(self, d, false);
+                self.get_task_mut(d).local_inputs.clear();
                 self.unpinned.push((wid, d));
                 if how == Leave::Elsewhere {
+                    // It may have started there (its input finished there)
+                    // and will report "canceled": that attempt is void.
+                    let task = self.get_task_mut(d);
+                    task.void_attempts = task.void_attempts.max(task.attempts);
                     self.mark_dropped(wid, d);
+                    requeue(self, d, false);
+                } else {
+                    requeue(self, d, true); // it never started there
                 }
                 stack.push(d);
             }
