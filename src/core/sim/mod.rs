@@ -237,7 +237,12 @@ impl Sim {
         let forged =
             TaskReport { task, attempt: 1, outcome: Outcome::Ok { result: FORGED.into() }, micros: 1 };
         event(format!("{conn} forges {task}"));
-        on_reports(&mut self.core, &mut self.fx, self.now, conn, u64::MAX, vec![forged]);
+        // Numbered as its own frames, so that its honest side goes on working.
+        let w = &mut self.workers[i];
+        let batch = w.next_batch;
+        w.next_batch += 1;
+        w.unacked.push((batch, Vec::new()));
+        on_reports(&mut self.core, &mut self.fx, self.now, conn, batch, vec![forged]);
     }
 }
 
