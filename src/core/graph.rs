@@ -3,7 +3,7 @@
 //! dependents, and the ready queue (priority, then submission order).
 
 use super::{Core, Effects, Job, TaskState};
-use crate::ids::{JobId, TaskId, WorkerId};
+use crate::ids::{JobId, TaskId};
 use crate::persistence::{DoneTask, Record};
 use crate::protocol::{Outcome, TaskOutcome, TaskSpec};
 use rustc_hash::FxHashMap as HashMap;
@@ -157,8 +157,6 @@ fn check_keys(specs: &[TaskSpec]) -> Result<(), String> {
 pub struct Completed {
     by_job: HashMap<JobId, Vec<TaskOutcome>>,
     done: HashMap<JobId, Vec<DoneTask>>,
-    /// Pinned tasks their workers must drop (a dependency failed).
-    pub cancels: Vec<(WorkerId, TaskId)>,
 }
 
 /// Records the first outcome of a task and everything it decides: on
@@ -174,11 +172,16 @@ pub fn complete(
     let root = tid;
     let mut queue = vec![(tid, outcome, canceled)];
     while let Some((tid, outcome, canceled)) = queue.pop() {
+        // Reached twice (two failed dependencies): the first outcome stays.
+        if core.find_task(tid).is_none_or(|t| t.outcome.is_some()) {
+            continue;
+        }
         // A dependent pinned to a worker ahead of its inputs: drop it there.
         if let Some(TaskState::Assigned(w)) = core.find_task(tid).map(|t| t.state.clone()) {
             if tid != root {
-                super::handlers::release_pinned(core, w, tid);
-                out.cancels.push((w, tid));
+                core.unhold(w, tid, super::Leave::Elsewhere);
+                core.unpinned.push((w, tid));
+                core.mark_dropped(w, tid);
             }
         }
         let attempt = core.find_task(tid).map_or(0, |t| t.attempts);
@@ -210,7 +213,7 @@ pub fn complete(
 
 /// Journals the step's outcomes (one record per job) and tells watchers.
 pub fn flush_completed(core: &mut Core, fx: &mut impl Effects, out: Completed) {
-    super::handlers::send_cancels(core, fx, out.cancels);
+    super::pins::send_unpinned(core, fx);
     for (job, done) in out.done {
         fx.journal(Record::TasksDone { job, done });
     }

@@ -2,7 +2,7 @@
 //! `on_x(core, fx, now, …)`. `now` is microseconds on the host's clock.
 
 use super::graph::{self, Completed};
-use super::{Core, Effects, Job, NannyRecord, Task, TaskState, Worker};
+use super::{Core, Effects, Job, Leave, NannyRecord, Task, TaskState, Worker};
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use crate::persistence::Record;
 use crate::protocol::{
@@ -16,6 +16,7 @@ const CATCH_UP_CHUNK: usize = 4096;
 /// ... and at most about this many bytes of results and errors per frame.
 const CATCH_UP_BYTES: usize = 16 << 20;
 
+#[derive(Clone)]
 pub struct NewWorker {
     pub slots: u32,
     pub host: String,
@@ -41,6 +42,8 @@ pub fn on_worker_joined(
     core.stale_conns.remove(&conn);
     core.next_worker += 1;
     let id = WorkerId(core.next_worker);
+    let process = super::process_key(&w.host, w.pid);
+    core.conn_process.insert(conn, process);
     tracing::info!(worker = %id, host = ?w.host, pid = w.pid, slots = w.slots, "worker registered");
     core.workers.insert(
         id,
@@ -59,6 +62,8 @@ pub fn on_worker_joined(
             resources: w.resources,
             used: Default::default(),
             functions_sent: Default::default(),
+            process,
+            dropped: Default::default(),
         },
     );
     core.worker_by_conn.insert(conn, id);
@@ -76,12 +81,21 @@ fn claim(core: &mut Core, id: WorkerId, running: Vec<(TaskId, u32)>) {
         let Some(task) = core.jobs.get_mut(&tid.job).and_then(|j| j.tasks.get_mut(tid.idx as usize)) else {
             continue;
         };
-        if task.state == TaskState::Ready {
+        // (An attempt voided by `ctl retry` would never count.)
+        if task.state == TaskState::Ready && attempt > task.void_attempts {
+            let w = core.workers.get_mut(&id).expect("just registered");
             task.state = TaskState::Assigned(id);
             task.attempts = task.attempts.max(attempt);
-            let req = task.resources.clone();
-            core.workers.get_mut(&id).expect("just registered").hold(tid, &req);
+            task.held_attempt = attempt;
+            task.local_inputs.clear();
+            task.repeat_here = false;
+            task.add_holder(w.process);
+            w.hold(tid, &task.resources);
             claimed += 1;
+        } else if task.outcome.is_none() {
+            // It runs an attempt that no longer counts: nothing more of
+            // that task goes to it until that one has reported.
+            core.mark_dropped(id, tid);
         }
     }
     if claimed > 0 {
@@ -140,7 +154,7 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
 /// A task a worker no longer holds goes back in line: ready, or waiting if
 /// it was pinned there ahead of its inputs. `unstarted`: that attempt never
 /// began, so the next one keeps its number.
-fn requeue(core: &mut Core, tid: TaskId, unstarted: bool) {
+pub(super) fn requeue(core: &mut Core, tid: TaskId, unstarted: bool) {
     core.stealing.remove(&tid);
     let task = core.get_task_mut(tid);
     if unstarted {
@@ -162,6 +176,7 @@ pub fn on_connection_closed(core: &mut Core, fx: &mut impl Effects, now: u64, co
         on_worker_lost(core, fx, now, wid, "connection closed");
     }
     core.stale_conns.remove(&conn);
+    core.conn_process.remove(&conn);
     on_nanny_left(core, conn);
     for job in core.jobs.values_mut() {
         job.watchers.retain(|c| *c != conn);
@@ -191,7 +206,13 @@ fn tell_stale(core: &mut Core, fx: &mut impl Effects, conn: ConnId) {
 
 /// Periodic check: workers silent for longer than the heartbeat timeout are
 /// lost (hung or stopped); their connection stays open, marked stale.
+/// Silence counts only while the scheduler itself runs (see `note_stall`).
 pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
+    note_stall(core, now);
+    let timeout = core.config.heartbeat_timeout_us;
+    for w in core.workers.values_mut().filter(|w| !w.dropped.is_empty()) {
+        w.dropped.retain(|_, at| now.saturating_sub(*at) <= timeout);
+    }
     if !core.delayed.is_empty() {
         let (due, later): (Vec<_>, Vec<_>) = core.delayed.drain(..).partition(|(t, _)| *t <= now);
         core.delayed = later;
@@ -221,7 +242,6 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
             forget(core, fx, job, "retention period over");
         }
     }
-    let timeout = core.config.heartbeat_timeout_us;
     let silent: Vec<(WorkerId, ConnId, u64)> = core
         .workers
         .iter()
@@ -234,6 +254,40 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
         on_worker_lost(core, fx, now, id, &why);
     }
 }
+
+/// Most of one resource a task may ask for (far beyond any real machine, far
+/// below what could overflow the accounting of what workers hold).
+pub const MAX_RESOURCE_AMOUNT: u64 = u32::MAX as u64;
+
+/// Longest time limit a task may have: a year.
+pub const MAX_TIME_LIMIT_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// Ticks come a few times per heartbeat timeout (at most every second): a
+/// gap this long since the last one means the scheduler itself did not run
+/// (SIGSTOP, a suspended VM, a starved host). What its workers sent
+/// meanwhile is still unread, so their silence says nothing: the heartbeat
+/// clocks start again.
+/// Before the first tick, the last time it heard from a worker tells when
+/// it last ran.
+fn note_stall(core: &mut Core, now: u64) {
+    let threshold = (core.config.heartbeat_timeout_us / 2).max(MIN_STALL_US);
+    let heard = core.workers.values().map(|w| w.last_seen).max();
+    let ran = core.last_tick.max(heard);
+    if let Some(gap) = ran.map(|t| now.saturating_sub(t)).filter(|gap| *gap > threshold) {
+        for w in core.workers.values_mut() {
+            w.last_seen = w.last_seen.max(now);
+        }
+        tracing::warn!(
+            stalled_ms = gap / 1000,
+            workers = core.workers.len(),
+            "the scheduler did not run for a while (stopped or starved); heartbeat clocks restarted"
+        );
+    }
+    core.last_tick = Some(now);
+}
+
+/// Shortest gap between ticks taken for a stall (ticks come at least every 10 ms).
+const MIN_STALL_US: u64 = 50_000;
 
 /// Checks a submission before anything is changed and resolves its
 /// dependencies; `Err` is the one-line message for the client.
@@ -260,6 +314,16 @@ fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<T
                 ))
             }
             _ => {}
+        }
+        if let Some((k, n)) = t.resources.iter().find(|(_, n)| **n > MAX_RESOURCE_AMOUNT) {
+            return Err(format!(
+                "task {i}: resource {k:?} = {n} is out of range (at most {MAX_RESOURCE_AMOUNT})"
+            ));
+        }
+        if let Some(ms) = t.time_limit_ms.filter(|ms| *ms > MAX_TIME_LIMIT_MS) {
+            return Err(format!(
+                "task {i}: time limit {ms} ms is out of range (at most {MAX_TIME_LIMIT_MS} ms, a year)"
+            ));
         }
     }
     graph::resolve(core, job, tasks)
@@ -359,6 +423,7 @@ fn insert_job(
             kind: s.kind,
             state: TaskState::Ready,
             attempts: 0,
+            held_attempt: 0,
             assigned_seq: 0,
             killed: Vec::new(),
             outcome: None,
@@ -370,6 +435,11 @@ fn insert_job(
             time_limit_ms: s.time_limit_ms,
             resources: s.resources,
             failures: 0,
+            local_inputs: Vec::new(),
+            // Replayed: an attempt may still run on a worker of the last run.
+            holders: if core.replaying { vec![super::ANY_PROCESS] } else { Vec::new() },
+            void_attempts: 0,
+            repeat_here: false,
         });
     }
     let n = tasks.len();
@@ -509,8 +579,9 @@ pub(super) fn notify_watchers(
 }
 
 /// A batch of finished attempts from one worker. The first report of a task
-/// wins; reports for tasks that already have an outcome, or that this
-/// worker does not hold, are counted and dropped.
+/// wins; reports for tasks that already have an outcome are counted and
+/// dropped, and so are reports for tasks this worker process was never
+/// handed (nor reclaimed, nor may hold from before a restart).
 pub fn on_reports(
     core: &mut Core,
     fx: &mut impl Effects,
@@ -520,70 +591,43 @@ pub fn on_reports(
     reports: Vec<TaskReport>,
 ) {
     let wid = core.worker_by_conn.get(&conn).copied();
-    if wid.is_none() && !core.stale_conns.contains_key(&conn) {
+    let process = core.conn_process.get(&conn).copied();
+    let Some(process) = process.filter(|_| wid.is_some() || core.stale_conns.contains_key(&conn)) else {
         let message = "reports from a worker that has not registered".into();
         fx.to_worker(conn, ToWorker::Error { message });
         return;
+    };
+    if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
+        w.last_seen = now;
+        if !w.dropped.is_empty() {
+            for r in &reports {
+                w.dropped.remove(&r.task);
+            }
+        }
     }
     let mut completed = Completed::default();
-    let mut dropped = 0;
+    let (mut late, mut foreign) = (0u64, 0u64);
     for r in reports {
-        if !core.stealing.is_empty() {
-            core.stealing.remove(&r.task);
-        }
-        let known = core.find_task(r.task).map(|t| t.outcome.is_none());
-        if known != Some(true) {
-            dropped += 1;
-            continue;
-        }
-        let req = core.find_task(r.task).map(|t| t.resources.clone()).unwrap_or_default();
-        if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
-            w.last_seen = now;
-            w.release(&r.task, &req);
-            let sample = r.micros as f64;
-            w.avg_task_us = Some(match w.avg_task_us {
-                None => sample,
-                Some(avg) => avg * 0.9 + sample * 0.1,
-            });
-        }
-        if r.executor_died {
-            executor_died(core, now, wid, r, &mut completed);
-            continue;
-        }
-        let backoff = core.config.retry_backoff_us;
-        let task = core.get_task_mut(r.task);
-        let held_elsewhere = matches!(task.state, TaskState::Assigned(h) if Some(h) != wid);
-        if !r.outcome.is_ok() && task.failures < task.retries {
-            if held_elsewhere {
-                continue; // a newer attempt runs elsewhere and will report
+        match core.find_task(r.task) {
+            Some(t) if !t.may_report(process, r.attempt) => foreign += 1,
+            Some(t) if t.outcome.is_none() && r.executor_died => {
+                executor_died(core, now, wid, r, &mut completed)
             }
-            // Try again after a backoff that doubles with each failure.
-            task.failures += 1;
-            task.state = TaskState::Delayed;
-            let due = now + backoff.saturating_mul(1 << (task.failures - 1).min(10));
-            tracing::info!(task = %r.task, failures = task.failures, retries = task.retries, "task failed; retrying");
-            core.delayed.push((due, r.task));
-            completed.cancels.extend(unpin_dependents(core, r.task));
-            continue;
+            Some(t) if t.outcome.is_none() => accept_report(core, now, wid, r, &mut completed),
+            _ => late += 1,
         }
-        if let TaskState::Assigned(holder) = task.state {
-            if held_elsewhere {
-                // Another worker holds the current attempt; this late report
-                // still wins (first report recorded), so release the holder.
-                if let Some(h) = core.workers.get_mut(&holder) {
-                    h.release(&r.task, &req);
-                }
-            }
-        }
-        graph::complete(core, now, r.task, r.outcome, false, &mut completed);
     }
     // The frame is acknowledged once durable (or already recorded), so the
     // worker can forget its results.
     fx.to_worker(conn, ToWorker::Ack { batch });
     graph::flush_completed(core, fx, completed);
-    if dropped > 0 {
-        core.duplicate_reports += dropped;
-        tracing::info!(conn = %conn, dropped, "dropped late reports of tasks already recorded");
+    if late > 0 {
+        core.duplicate_reports = core.duplicate_reports.saturating_add(late);
+        tracing::info!(conn = %conn, dropped = late, "dropped late reports of tasks already recorded");
+    }
+    if foreign > 0 {
+        core.foreign_reports = core.foreign_reports.saturating_add(foreign);
+        tracing::warn!(conn = %conn, dropped = foreign, "dropped reports of tasks this worker was never given");
     }
     if wid.is_none() {
         tell_stale(core, fx, conn);
@@ -597,7 +641,8 @@ pub fn on_reports(
 fn executor_died(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport, out: &mut Completed) {
     let default_kills = core.config.max_worker_kills;
     let task = core.get_task_mut(r.task);
-    let Some(wid) = wid.filter(|w| task.state == TaskState::Assigned(*w)) else {
+    let Some(wid) = wid.filter(|w| task.state == TaskState::Assigned(*w) && task.held_attempt == r.attempt)
+    else {
         return; // not this worker's attempt any more
     };
     let max_kills = task.max_worker_kills.unwrap_or(default_kills).max(1);
@@ -607,7 +652,10 @@ fn executor_died(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
         Outcome::Ok { .. } => "it died".into(),
     };
     tracing::warn!(task = %r.task, worker = %wid, kills = task.killed.len(), error = ?why, "task killed its Python executor");
-    if task.killed.len() as u32 >= max_kills {
+    let killed = task.killed.len() as u32;
+    core.unhold(wid, r.task, Leave::Unproduced);
+    if killed >= max_kills {
+        let task = core.get_task_mut(r.task);
         let names: Vec<String> = task.killed.iter().map(|w| w.to_string()).collect();
         let error = format!(
             "task {} killed its Python executor {} time{} (on {}); giving up. Last: {why}",
@@ -619,8 +667,59 @@ fn executor_died(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
         graph::complete(core, now, r.task, Outcome::err(error), false, out);
     } else {
         requeue(core, r.task, false);
-        out.cancels.extend(unpin_dependents(core, r.task));
     }
+}
+
+/// Records one report of a task without an outcome from a process that may
+/// report it. A failure with retries left counts only from the worker that
+/// holds the task (otherwise the task is queued or runs elsewhere already).
+fn accept_report(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport, out: &mut Completed) {
+    let holder = match core.find_task(r.task).map(|t| &t.state) {
+        Some(TaskState::Assigned(h)) => Some(*h),
+        _ => None,
+    };
+    // The worker holding the attempt this report is of (an earlier one may
+    // come from it too, resent after a reconnect: that is not what it runs).
+    let mine = holder.is_some()
+        && holder == wid
+        && core.find_task(r.task).is_some_and(|t| t.held_attempt == r.attempt);
+    if mine {
+        if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
+            let sample = r.micros as f64;
+            w.avg_task_us = Some(match w.avg_task_us {
+                None => sample,
+                Some(avg) => avg * 0.9 + sample * 0.1,
+            });
+        }
+    }
+    let backoff = core.config.retry_backoff_us;
+    let task = core.get_task_mut(r.task);
+    if !r.outcome.is_ok() && task.failures < task.retries {
+        if !mine {
+            return;
+        }
+        // Try again after a backoff that doubles with each failure.
+        task.failures += 1;
+        task.state = TaskState::Delayed;
+        let delay = backoff.saturating_mul(1 << (task.failures - 1).min(10));
+        tracing::info!(task = %r.task, failures = task.failures, retries = task.retries, "task failed; retrying");
+        core.delayed.push((now.saturating_add(delay), r.task));
+        if let Some(h) = holder {
+            core.unhold(h, r.task, Leave::Unproduced);
+        }
+        return;
+    }
+    // A late report of an earlier attempt also wins (first report recorded):
+    // the worker holding the current attempt lets it go.
+    if let Some(h) = holder {
+        let how = match (mine, r.outcome.is_ok()) {
+            (true, true) => Leave::ResultHere,
+            (true, false) => Leave::Unproduced,
+            (false, _) => Leave::Elsewhere,
+        };
+        core.unhold(h, r.task, how);
+    }
+    graph::complete(core, now, r.task, r.outcome, false, out);
 }
 
 /// Hands ready tasks to workers with free capacity, spreading them one at
@@ -628,6 +727,8 @@ fn executor_died(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
 /// task that needs resources goes to a worker that has them free; if none
 /// has right now, it waits in the queue.
 pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
+    // Dropped pins first: the same task may be handed to the same worker below.
+    super::pins::send_unpinned(core, fx);
     if core.workers.is_empty() || core.hold_until.is_some() || core.stopping {
         return;
     }
@@ -655,7 +756,10 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
         // The next worker (round robin) with room that has what the task needs.
         let n = free.len();
         let pick = (0..n).map(|k| (next + k) % n).find(|&k| {
-            free[k].1 > 0 && (task.resources.is_empty() || core.workers[&free[k].0].fits(&task.resources))
+            let w = &core.workers[&free[k].0];
+            free[k].1 > 0
+                && (task.resources.is_empty() || w.fits(&task.resources))
+                && !w.dropped.contains_key(&tid)
         });
         let Some(k) = pick else {
             skipped.push(entry);
@@ -676,7 +780,7 @@ pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
     // (no round trip through the scheduler per link of a chain).
     for (wid, room, batch) in &mut free {
         let roots: Vec<TaskId> = batch.iter().map(|a| a.task).collect();
-        pin(core, *wid, roots, room, batch);
+        super::pins::pin(core, *wid, roots, room, batch);
     }
     for (wid, _, batch) in free {
         if !batch.is_empty() {
@@ -710,7 +814,7 @@ fn functions_to_send(core: &mut Core, wid: WorkerId, batch: &[Assignment]) -> Ve
 }
 
 /// Hands one task to a worker: a new attempt, held there until reported.
-fn assign(
+pub(super) fn assign(
     core: &mut Core,
     wid: WorkerId,
     tid: TaskId,
@@ -719,10 +823,16 @@ fn assign(
 ) -> Assignment {
     core.next_assign_seq += 1;
     let seq = core.next_assign_seq;
+    let process = core.workers[&wid].process;
     let task = core.get_task_mut(tid);
-    task.attempts += 1;
+    // (A reclaiming worker may have claimed any attempt number.)
+    task.attempts = task.attempts.saturating_add(1);
+    task.held_attempt = task.attempts;
     task.assigned_seq = seq;
     task.state = TaskState::Assigned(wid);
+    task.local_inputs = pending_inputs.iter().map(|(_, d)| *d).collect();
+    task.repeat_here = task.holders.contains(&process);
+    task.add_holder(process);
     let a = Assignment {
         task: tid,
         key: task.key.clone(),
@@ -736,139 +846,6 @@ fn assign(
     };
     core.workers.get_mut(&wid).expect("a registered worker").hold(tid, &a.resources);
     a
-}
-
-/// Pins, breadth first from `roots` (tasks held by `wid`), the dependents
-/// whose unfinished dependencies are all held by `wid`, while it has room;
-/// at most one per slot of each root, so that a fan-out still spreads
-/// across workers. Roots left unexplored wait in `pin_frontier`.
-fn pin(core: &mut Core, wid: WorkerId, roots: Vec<TaskId>, room: &mut usize, batch: &mut Vec<Assignment>) {
-    let slots = core.workers[&wid].slots.max(1) as usize;
-    // This round's roots (and what gets pinned behind them) first, then
-    // those left from earlier rounds; only the new ones are looked at when
-    // room runs out, so a long frontier costs nothing per round.
-    let mut queue: std::collections::VecDeque<TaskId> = roots.into();
-    let mut frontier = core.pin_frontier.remove(&wid).unwrap_or_default();
-    // Roots with a dependent that could be pinned but for room.
-    let worth = |core: &Core, t: TaskId| {
-        core.find_task(t).is_some_and(|t| t.dependents.iter().any(|d| pinnable(core, wid, *d).is_some()))
-    };
-    loop {
-        let (root, old) = match queue.pop_front() {
-            Some(r) => (r, false),
-            None => match frontier.pop_front() {
-                Some(r) => (r, true),
-                None => break,
-            },
-        };
-        let Some(r) = core.find_task(root).filter(|t| t.state == TaskState::Assigned(wid)) else { continue };
-        if *room == 0 {
-            if old || worth(core, root) {
-                frontier.push_front(root);
-            }
-            for t in queue {
-                if worth(core, t) {
-                    frontier.push_back(t);
-                }
-            }
-            break;
-        }
-        let mut pinned_here = 0;
-        for d in r.dependents.clone() {
-            if *room == 0 || pinned_here == slots {
-                break;
-            }
-            let Some(pending) = pinnable(core, wid, d) else { continue };
-            let dt = core.find_task(d).expect("pinnable task");
-            let inputs = dt
-                .deps
-                .iter()
-                .map(|x| match core.find_task(*x).and_then(|t| t.outcome.as_ref()) {
-                    Some(Outcome::Ok { result }) => result.clone(),
-                    _ => bytes::Bytes::new(),
-                })
-                .collect();
-            batch.push(assign(core, wid, d, inputs, pending));
-            *room -= 1;
-            pinned_here += 1;
-            queue.push_back(d);
-        }
-    }
-    // Bounded: forgetting old roots only loses chances to pin.
-    while frontier.len() > MAX_PIN_FRONTIER {
-        frontier.pop_front();
-    }
-    if !frontier.is_empty() {
-        core.pin_frontier.insert(wid, frontier);
-    }
-}
-
-/// Roots kept per worker for pinning once it has room again.
-const MAX_PIN_FRONTIER: usize = 65_536;
-
-/// A waiting task whose one unfinished dependency is held by `wid` (its
-/// other dependencies finished): the (position, task) of the input still to
-/// come; `None` otherwise. One, so that pinning follows chains without
-/// gathering whole subtrees of a reduction on one worker.
-fn pinnable(core: &Core, wid: WorkerId, tid: TaskId) -> Option<Vec<(u32, TaskId)>> {
-    let t = core.find_task(tid)?;
-    if t.state != TaskState::Waiting || !t.resources.is_empty() {
-        return None;
-    }
-    let mut pending = Vec::new();
-    for (i, d) in t.deps.iter().enumerate() {
-        let dep = core.find_task(*d)?;
-        match (&dep.outcome, &dep.state) {
-            (Some(Outcome::Ok { .. }), _) => {}
-            (None, TaskState::Assigned(w)) if *w == wid && pending.is_empty() => pending.push((i as u32, *d)),
-            _ => return None,
-        }
-    }
-    Some(pending)
-}
-
-/// `tid` will not produce its result where its pinned dependents wait for
-/// it (it failed, or moves): they go back to waiting, transitively, and
-/// their workers are told to drop them. Returns (worker, task) to tell.
-pub(super) fn unpin_dependents(core: &mut Core, tid: TaskId) -> Vec<(WorkerId, TaskId)> {
-    let mut out = Vec::new();
-    let mut stack = vec![tid];
-    while let Some(t) = stack.pop() {
-        let dependents = core.find_task(t).map(|t| t.dependents.clone()).unwrap_or_default();
-        for d in dependents {
-            let Some(task) = core.find_task(d) else { continue };
-            let TaskState::Assigned(w) = task.state else { continue };
-            if task.waiting == 0 {
-                continue;
-            }
-            release_pinned(core, w, d);
-            core.get_task_mut(d).state = TaskState::Waiting;
-            out.push((w, d));
-            stack.push(d);
-        }
-    }
-    out
-}
-
-/// A task pinned to worker `w` leaves it before it started: `w` no longer
-/// holds it, and that attempt does not count.
-pub(super) fn release_pinned(core: &mut Core, w: WorkerId, tid: TaskId) {
-    let req = core.find_task(tid).map(|t| t.resources.clone()).unwrap_or_default();
-    if let Some(wk) = core.workers.get_mut(&w) {
-        wk.release(&tid, &req);
-    }
-    let t = core.get_task_mut(tid);
-    t.attempts = t.attempts.saturating_sub(1);
-}
-
-/// Tells workers to drop tasks that are no longer theirs (grouped per worker).
-pub(super) fn send_cancels(core: &Core, fx: &mut impl Effects, mut list: Vec<(WorkerId, TaskId)>) {
-    list.sort();
-    for chunk in list.chunk_by(|a, b| a.0 == b.0) {
-        if let Some(w) = core.workers.get(&chunk[0].0) {
-            fx.to_worker(w.conn, ToWorker::Cancel { tasks: chunk.iter().map(|(_, t)| *t).collect() });
-        }
-    }
 }
 
 /// Least estimated work (µs per slot) queued on a worker for stealing from
@@ -904,14 +881,22 @@ fn steal(core: &mut Core, fx: &mut impl Effects) {
         return;
     }
     let want = idle.min(queued.div_ceil(2));
-    let mut newest: Vec<(u64, TaskId)> = w
+    let takers: Vec<&Worker> =
+        core.workers.values().filter(|w| !w.draining && w.assigned.len() < w.slots as usize).collect();
+    let newest: Vec<(u64, TaskId)> = w
         .assigned
         .iter()
         .filter(|t| !core.stealing.contains(t))
-        // A pinned task waits for inputs produced there: it stays.
-        .filter(|t| core.find_task(**t).is_some_and(|t| t.waiting == 0))
+        // A pinned task waits for inputs produced there: it stays; and one
+        // that no idle worker has the resources for would only come back.
+        .filter(|t| {
+            core.find_task(**t).is_some_and(|t| {
+                t.waiting == 0 && (t.resources.is_empty() || takers.iter().any(|w| w.fits(&t.resources)))
+            })
+        })
         .map(|t| (core.find_task(*t).map_or(0, |t| t.assigned_seq), *t))
         .collect();
+    let mut newest = newest;
     newest.sort_unstable_by(|a, b| b.cmp(a));
     let tasks: Vec<TaskId> = newest.into_iter().take(want).map(|(_, t)| t).collect();
     if tasks.is_empty() {
@@ -933,10 +918,7 @@ pub fn on_released(core: &mut Core, fx: &mut impl Effects, conn: ConnId, tasks: 
         if task.state != TaskState::Assigned(wid) {
             continue;
         }
-        let req = task.resources.clone();
-        core.workers.get_mut(&wid).expect("registered worker").release(tid, &req);
-        let unpinned = unpin_dependents(core, *tid);
-        send_cancels(core, fx, unpinned);
+        core.unhold(wid, *tid, Leave::Unproduced);
         // That attempt never started: the next one keeps its number.
         requeue(core, *tid, true);
     }
@@ -1045,25 +1027,21 @@ fn forget(core: &mut Core, fx: &mut impl Effects, job: JobId, why: &str) {
 /// it keeps (and will report) the ones it runs.
 pub fn on_worker_draining(core: &mut Core, fx: &mut impl Effects, conn: ConnId, returned: Vec<TaskId>) {
     let Some(wid) = core.worker_by_conn.get(&conn).copied() else { return };
-    let w = core.workers.get_mut(&wid).expect("registered worker");
-    w.draining = true;
-    let mut back: Vec<TaskId> = Vec::new();
-    for t in returned {
-        let req =
-            core.jobs.get(&t.job).and_then(|j| j.tasks.get(t.idx as usize)).map(|t| t.resources.clone());
-        let w = core.workers.get_mut(&wid).expect("registered worker");
-        if w.release(&t, &req.unwrap_or_default()) {
-            back.push(t);
+    core.workers.get_mut(&wid).expect("registered worker").draining = true;
+    let mut back: Vec<TaskId> = returned
+        .into_iter()
+        .filter(|t| core.find_task(*t).is_some_and(|t| t.state == TaskState::Assigned(wid)))
+        .collect();
+    back.sort();
+    back.dedup();
+    for tid in &back {
+        // (One taken back as pinned behind another is requeued already.)
+        if core.unhold(wid, *tid, Leave::Unproduced) {
+            requeue(core, *tid, true); // it never started
         }
     }
     let w = &core.workers[&wid];
     tracing::info!(worker = %wid, returned = back.len(), running = w.assigned.len(), "worker draining");
-    back.sort();
-    for tid in back {
-        let unpinned = unpin_dependents(core, tid);
-        send_cancels(core, fx, unpinned);
-        requeue(core, tid, true); // it never started
-    }
     schedule(core, fx);
 }
 
@@ -1179,10 +1157,9 @@ pub fn on_cancel(
             continue;
         }
         if let TaskState::Assigned(w) = task.state {
-            let req = task.resources.clone();
-            if let Some(worker) = core.workers.get_mut(&w) {
-                worker.release(&tid, &req);
-                stop.entry(worker.conn).or_default().push(tid);
+            if core.unhold(w, tid, Leave::Elsewhere) {
+                stop.entry(core.workers[&w].conn).or_default().push(tid);
+                core.mark_dropped(w, tid); // it reports that copy as canceled
             }
         }
         n += 1;
@@ -1307,8 +1284,8 @@ pub fn on_job(core: &Core, fx: &mut impl Effects, now: u64, conn: ConnId, job: J
 /// them wait for them again). Attempt numbers go on counting, so a late
 /// report of an earlier attempt is still told apart.
 pub(super) fn retry_tasks(core: &mut Core, job: JobId, idx: &[u32]) -> Vec<TaskId> {
-    let mut ready = Vec::new();
-    let Some(j) = core.jobs.get_mut(&job) else { return ready };
+    let Some(j) = core.jobs.get_mut(&job) else { return Vec::new() };
+    let mut again = Vec::new();
     for &i in idx {
         let Some(t) = j.tasks.get_mut(i as usize) else { continue };
         if !matches!(t.state, TaskState::Failed | TaskState::Canceled) {
@@ -1317,11 +1294,34 @@ pub(super) fn retry_tasks(core: &mut Core, job: JobId, idx: &[u32]) -> Vec<TaskI
         t.outcome = None;
         t.failures = 0;
         t.killed.clear();
+        t.void_attempts = t.attempts;
         j.failed -= 1;
         j.done_at = None;
-        if t.waiting == 0 {
+        again.push(TaskId { job, idx: i });
+    }
+    // What each waits for now (its inputs may have been retried too, in this
+    // job or another), counted afresh: it is told when each one finishes.
+    let mut ready = Vec::new();
+    for &tid in &again {
+        let deps = core.find_task(tid).map(|t| t.deps.clone()).unwrap_or_default();
+        let mut waiting = 0;
+        for (k, d) in deps.iter().enumerate() {
+            let Some(dt) = core.jobs.get_mut(&d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {
+                continue;
+            };
+            if dt.outcome.is_none() {
+                waiting += 1;
+                let listed = dt.dependents.iter().filter(|x| **x == tid).count();
+                if listed < deps[..=k].iter().filter(|x| *x == d).count() {
+                    dt.dependents.push(tid);
+                }
+            }
+        }
+        let t = core.get_task_mut(tid);
+        t.waiting = waiting;
+        if waiting == 0 {
             t.state = TaskState::Ready;
-            ready.push(TaskId { job, idx: i });
+            ready.push(tid);
         } else {
             t.state = TaskState::Waiting;
         }
@@ -1333,11 +1333,30 @@ pub(super) fn retry_tasks(core: &mut Core, job: JobId, idx: &[u32]) -> Vec<TaskI
 pub fn on_retry(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
     let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
     let failed = |t: &Task| matches!(t.state, TaskState::Failed | TaskState::Canceled);
-    // A task that depends on a failed task of another job would wait forever.
-    let blocked = |t: &Task| t.deps.iter().any(|d| d.job != job && core.find_task(*d).is_some_and(failed));
-    let idx: Vec<u32> = (0..j.tasks.len() as u32)
-        .filter(|i| failed(&j.tasks[*i as usize]) && !blocked(&j.tasks[*i as usize]))
-        .collect();
+    let mut retry: rustc_hash::FxHashSet<u32> =
+        (0..j.tasks.len() as u32).filter(|i| failed(&j.tasks[*i as usize])).collect();
+    // A task whose input stays failed (a failed task of another job, or one
+    // of this job that stays failed for that reason) would run without it.
+    loop {
+        let stuck: Vec<u32> = retry
+            .iter()
+            .copied()
+            .filter(|i| {
+                j.tasks[*i as usize].deps.iter().any(|d| {
+                    let stays = d.job != job || !retry.contains(&d.idx);
+                    stays && core.find_task(*d).is_some_and(failed)
+                })
+            })
+            .collect();
+        if stuck.is_empty() {
+            break;
+        }
+        for i in stuck {
+            retry.remove(&i);
+        }
+    }
+    let mut idx: Vec<u32> = retry.into_iter().collect();
+    idx.sort_unstable();
     if idx.is_empty() {
         let message = format!("job {job} has no failed or canceled tasks");
         return fx.to_client(conn, ToClient::Done { message });
@@ -1419,7 +1438,7 @@ pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, extra: Status
         tasks_per_s: extra.tasks_per_s,
         draining: core.stopping,
         workers: core.workers.len() as u32,
-        slots: core.workers.values().map(|w| w.slots).sum(),
+        slots: core.workers.values().fold(0u32, |n, w| n.saturating_add(w.slots)),
         nannies: core.nannies.len() as u32,
         jobs: core.jobs.len() as u32,
         jobs_done: core.jobs.values().filter(|j| j.is_done()).count() as u32,
@@ -1429,6 +1448,7 @@ pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, extra: Status
         tasks_running: core.workers.values().map(|w| w.assigned.len() as u64).sum(),
         tasks_queued: 0,
         duplicate_reports: core.duplicate_reports,
+        foreign_reports: core.foreign_reports,
     };
     for j in core.jobs.values() {
         s.tasks += j.tasks.len() as u64;

@@ -2,8 +2,12 @@
 //! update `Core` and record what must happen in an `Effects` sink; the
 //! scheduler actor executes those effects (journal first, then messages).
 
+mod check;
 mod graph;
 mod handlers;
+mod pins;
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -11,6 +15,7 @@ mod tests_py;
 
 pub use graph::{key_index, task_name, ReadyEntry};
 pub use handlers::*;
+pub use pins::Leave;
 
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use crate::persistence::Record;
@@ -82,6 +87,9 @@ pub struct Task {
     pub state: TaskState,
     /// Attempts handed out so far (the current one is `attempts`).
     pub attempts: u32,
+    /// The attempt its worker runs while `Assigned` (a reclaimed one may be
+    /// older than `attempts`).
+    pub held_attempt: u32,
     /// Order of its latest assignment among all assignments: tells which of
     /// a dead worker's tasks were running and which only queued.
     pub assigned_seq: u64,
@@ -101,6 +109,55 @@ pub struct Task {
     pub failures: u32,
     pub time_limit_ms: Option<u64>,
     pub resources: crate::protocol::Resources,
+    /// Pinned ahead of its inputs: the dependencies its worker produces
+    /// itself and has not reported yet (each `Assigned` to that worker).
+    pub local_inputs: Vec<TaskId>,
+    /// Worker processes (see `process_key`) handed an attempt of it, or
+    /// reclaiming one: only their reports count. `ANY_PROCESS` after a
+    /// restart, when any worker may hold an attempt of the previous run.
+    pub holders: Vec<u64>,
+    /// Attempts up to this one were voided by `ctl retry`: late reports of
+    /// them are dropped.
+    pub void_attempts: u32,
+    /// Its worker was handed an earlier attempt too, whose result or copy it
+    /// may still hold (a worker knows tasks by id): nothing is pinned behind it.
+    pub repeat_here: bool,
+}
+
+/// Most worker processes remembered per task as holders of an attempt.
+pub const MAX_HOLDERS: usize = 8;
+
+/// A holder that stands for every worker process (a task replayed from the
+/// journal: an attempt may run anywhere since before the restart).
+pub const ANY_PROCESS: u64 = u64::MAX;
+
+/// A worker process, the same across its connections and registrations:
+/// its host and pid (distinct pids on one host never collide).
+pub fn process_key(host: &str, pid: u32) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    host.hash(&mut h);
+    pid.hash(&mut h);
+    h.finish().min(ANY_PROCESS - 1)
+}
+
+impl Task {
+    /// Whether a report from worker process `process` may be recorded.
+    pub fn may_report(&self, process: u64, attempt: u32) -> bool {
+        attempt > self.void_attempts && self.holders.iter().any(|h| *h == process || *h == ANY_PROCESS)
+    }
+
+    /// Remembers that worker process `process` got an attempt.
+    pub fn add_holder(&mut self, process: u64) {
+        if !self.holders.contains(&process) {
+            if self.holders.len() >= MAX_HOLDERS {
+                // Oldest first; a replayed task keeps accepting anyone.
+                let at = usize::from(self.holders[0] == ANY_PROCESS);
+                self.holders.remove(at.min(self.holders.len() - 1));
+            }
+            self.holders.push(process);
+        }
+    }
 }
 
 pub struct Job {
@@ -148,6 +205,12 @@ pub struct Worker {
     pub used: crate::protocol::Resources,
     /// Function table entries (job, func) sent to it on this connection.
     pub functions_sent: HashSet<(JobId, u32)>,
+    /// Its process (`process_key`): whose earlier attempts it may report.
+    pub process: u64,
+    /// Tasks it was told to drop (and when) that it may still hold and
+    /// report as canceled: none goes back to it meanwhile, as it knows tasks
+    /// by id, not by attempt. Cleared by a report, or after a heartbeat timeout.
+    pub dropped: HashMap<TaskId, u64>,
 }
 
 /// A nanny connected to this scheduler, and what its slots are doing.
@@ -162,7 +225,8 @@ impl Worker {
     /// Whether a task needing `req` fits next to what this worker holds now.
     pub fn fits(&self, req: &crate::protocol::Resources) -> bool {
         req.iter().all(|(k, n)| {
-            self.resources.get(k).copied().unwrap_or(0) >= self.used.get(k).copied().unwrap_or(0) + n
+            let used = self.used.get(k).copied().unwrap_or(0);
+            used.checked_add(*n).is_some_and(|total| total <= self.resources.get(k).copied().unwrap_or(0))
         })
     }
 
@@ -173,8 +237,9 @@ impl Worker {
 
     pub fn hold(&mut self, tid: TaskId, req: &crate::protocol::Resources) {
         if self.assigned.insert(tid) {
-            for (k, n) in req {
-                *self.used.entry(k.clone()).or_default() += n;
+            for (k, n) in req.iter().filter(|(_, n)| **n > 0) {
+                let u = self.used.entry(k.clone()).or_default();
+                *u = u.saturating_add(*n);
             }
         }
     }
@@ -187,6 +252,9 @@ impl Worker {
         for (k, n) in req {
             if let Some(u) = self.used.get_mut(k) {
                 *u = u.saturating_sub(*n);
+                if *u == 0 {
+                    self.used.remove(k);
+                }
             }
         }
         true
@@ -202,7 +270,7 @@ impl Worker {
             Some(avg) => ((cfg.prefetch_target_us as f64 / avg.max(1.0)) as u64)
                 .min(cfg.max_prefetch_per_slot as u64) as usize,
         };
-        self.slots as usize * (1 + per_slot)
+        (self.slots as usize).saturating_mul(1 + per_slot)
     }
 }
 
@@ -228,6 +296,15 @@ pub struct Core {
     pub next_worker: u64,
     /// Reports dropped because the task already had its outcome (record-once).
     pub duplicate_reports: u64,
+    /// Reports dropped because the reporting worker never held the task.
+    pub foreign_reports: u64,
+    /// The worker process behind each worker connection, registered or stale.
+    pub conn_process: HashMap<ConnId, u64>,
+    /// Pinned tasks taken back from their workers, to tell them (see `unhold`).
+    pub unpinned: Vec<(WorkerId, TaskId)>,
+    /// When the last tick ran: a tick much later than that means the
+    /// scheduler itself was stopped (see `on_tick`).
+    pub last_tick: Option<u64>,
     /// Connections whose worker was declared lost while the connection
     /// stayed open; `true` once told to re-register.
     pub stale_conns: HashMap<ConnId, bool>,
@@ -264,71 +341,5 @@ impl Core {
             Some(t) => t,
             None => panic!("task {id} is not in the core"),
         }
-    }
-
-    /// Asserts the invariants that tie the structures together.
-    pub fn sanity_check(&self) {
-        let mut assigned_total = 0;
-        for (wid, w) in &self.workers {
-            assert_eq!(self.worker_by_conn.get(&w.conn), Some(wid), "conn map of {wid}");
-            for t in &w.assigned {
-                let task = self.find_task(*t).unwrap_or_else(|| panic!("{wid} holds unknown {t}"));
-                assert_eq!(task.state, TaskState::Assigned(*wid), "{t} on {wid}");
-            }
-            assigned_total += w.assigned.len();
-        }
-        assert_eq!(self.worker_by_conn.len(), self.workers.len());
-        assert_eq!(self.nanny_by_conn.len(), self.nannies.len());
-        for (id, n) in &self.nannies {
-            assert_eq!(self.nanny_by_conn.get(&n.conn), Some(id), "conn map of nanny {id}");
-        }
-        let ready: HashSet<TaskId> = self.ready.iter().map(|e| e.task).collect();
-        let delayed: HashSet<TaskId> = self.delayed.iter().map(|(_, t)| *t).collect();
-        let mut n_assigned = 0;
-        for (jid, job) in &self.jobs {
-            let (mut fin, mut failed) = (0, 0);
-            for (idx, t) in job.tasks.iter().enumerate() {
-                let id = TaskId { job: *jid, idx: idx as u32 };
-                match &t.state {
-                    TaskState::Ready => assert!(ready.contains(&id), "{id} ready, not queued"),
-                    TaskState::Delayed => assert!(delayed.contains(&id), "{id} delayed, not scheduled"),
-                    TaskState::Waiting => {
-                        assert!(t.waiting > 0, "{id} waiting on nothing");
-                        let open = t
-                            .deps
-                            .iter()
-                            .filter(|d| self.find_task(**d).is_some_and(|d| d.outcome.is_none()));
-                        assert_eq!(open.count(), t.waiting as usize, "{id} waiting count");
-                    }
-                    TaskState::Canceled => {
-                        failed += 1;
-                        assert!(matches!(t.outcome, Some(Outcome::Err { .. })), "{id}");
-                    }
-                    TaskState::Assigned(wid) => {
-                        n_assigned += 1;
-                        let w = self.workers.get(wid).unwrap_or_else(|| panic!("{id} on gone {wid}"));
-                        assert!(w.assigned.contains(&id));
-                        // Pinned ahead of its inputs: they are all produced there.
-                        for d in &t.deps {
-                            let dep = self.find_task(*d).expect("dependency");
-                            assert!(
-                                dep.outcome.is_some() || dep.state == TaskState::Assigned(*wid),
-                                "{id} pinned to {wid}, its dependency {d} is not there"
-                            );
-                        }
-                    }
-                    TaskState::Finished => {
-                        fin += 1;
-                        assert!(matches!(t.outcome, Some(Outcome::Ok { .. })), "{id}");
-                    }
-                    TaskState::Failed => {
-                        failed += 1;
-                        assert!(matches!(t.outcome, Some(Outcome::Err { .. })), "{id}");
-                    }
-                }
-            }
-            assert_eq!((fin, failed), (job.finished, job.failed), "counts of job {jid:?}");
-        }
-        assert_eq!(n_assigned, assigned_total);
     }
 }

@@ -619,4 +619,7 @@ pub struct StatusInfo {
     /// Draining before a shutdown: no new tasks are handed out.
     #[serde(default)]
     pub draining: bool,
+    /// Reports dropped because the reporting worker was never handed the task.
+    #[serde(default)]
+    pub foreign_reports: u64,
 }
