@@ -2,7 +2,7 @@
 //! with history, tab completion (commands, job and worker ids) and
 //! reconnection when the scheduler restarts.
 
-use super::commands::run_ctl;
+use super::ctl::run_ctl;
 use super::{CliError, CtlCommand};
 use crate::client::Client;
 use clap::{CommandFactory, Parser};

@@ -73,6 +73,10 @@ pub enum TaskKind {
         /// Send stdout and stderr to /dev/null instead of files.
         #[serde(default)]
         discard_output: bool,
+        /// Directory to run in (absolute); `None`: the job's directory
+        /// under the worker's work dir.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
     },
 }
 
