@@ -668,7 +668,10 @@ async fn session(
                             return SessionEnd::Lost(e);
                         }
                     }
-                    Ok(ToWorker::Shutdown) => return SessionEnd::Shutdown,
+                    Ok(ToWorker::Shutdown) => {
+                        tracing::info!("the scheduler shuts down for good; exiting");
+                        return SessionEnd::Shutdown;
+                    }
                     Ok(ToWorker::Retire) => {
                         tracing::info!("retired by the scheduler: draining");
                         break;

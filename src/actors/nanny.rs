@@ -11,6 +11,8 @@ use futures::SinkExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -43,6 +45,9 @@ pub struct NannyOptions {
     /// A worker that dies sooner than this after starting is in a crash loop
     /// and backs off; one that lived longer is restarted at once.
     pub min_uptime: Duration,
+    /// Set when the scheduler said it shuts down for good and the nanny
+    /// stopped for that (not a failure).
+    pub dismissed: Arc<AtomicBool>,
 }
 
 /// A slot's own worker arguments and environment.
@@ -139,7 +144,13 @@ impl Actor for Nanny {
         opts: NannyOptions,
     ) -> Result<NannyState, ActorProcessingErr> {
         let (events, rx) = mpsc::unbounded_channel();
-        let link = tokio::spawn(link_loop(opts.scheduler_file.clone(), opts.workers, rx, myself.clone()));
+        let link = tokio::spawn(link_loop(
+            opts.scheduler_file.clone(),
+            opts.workers,
+            rx,
+            myself.clone(),
+            opts.dismissed.clone(),
+        ));
         let mut slots = Vec::new();
         for slot in 0..opts.workers {
             let actor = spawn_slot(&myself, &opts, slot).await?;
@@ -319,6 +330,7 @@ async fn link_loop(
     workers: u32,
     mut events: mpsc::UnboundedReceiver<SlotInfo>,
     nanny: ActorRef<NannyMsg>,
+    dismissed: Arc<AtomicBool>,
 ) {
     let mut slots: BTreeMap<u32, SlotInfo> = (0..workers)
         .map(|slot| (slot, SlotInfo { slot, state: SlotState::Running { pid: 0 }, restarts: 0 }))
@@ -380,6 +392,12 @@ async fn link_loop(
                         }
                         Ok(ToNanny::RetireWorker { slot }) => {
                             let _ = nanny.cast(NannyMsg::RetireWorker(slot));
+                        }
+                        Ok(ToNanny::Shutdown) => {
+                            tracing::info!("the scheduler shuts down for good; stopping the workers");
+                            dismissed.store(true, Ordering::SeqCst);
+                            let _ = nanny.cast(NannyMsg::Shutdown);
+                            return;
                         }
                         Ok(ToNanny::Error { message }) => tracing::warn!(message = ?message, "scheduler reports an error"),
                         Err(e) => tracing::warn!(error = %e, "ignoring a message this nanny does not understand"),
@@ -577,6 +595,7 @@ mod tests {
             memory_poll: Duration::from_secs(1),
             stop_grace: Duration::from_secs(5),
             min_uptime: Duration::from_secs(1),
+            dismissed: Default::default(),
         };
         let delays: Vec<u128> = (0..7).map(|n| backoff(&opts, n).as_millis()).collect();
         assert_eq!(delays, vec![0, 100, 200, 400, 800, 1000, 1000]);

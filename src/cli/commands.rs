@@ -14,6 +14,8 @@ use crate::util::{expand_path, parse_duration};
 use ractor::Actor;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub(super) fn usage(e: impl ToString) -> CliError {
@@ -57,7 +59,13 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
             let mut nanny = start_nanny(&config, config_path.as_deref(), &a).await?;
             tokio::select! {
                 _ = shutdown_signal() => tracing::info!("signal received; stopping workers"),
-                _ = nanny.1.stopped() => return Err(failed("the nanny stopped unexpectedly")),
+                dismissed = nanny.1.stopped() => {
+                    if !dismissed {
+                        return Err(failed("the nanny stopped unexpectedly"));
+                    }
+                    tracing::info!("the scheduler shut down for good; the nanny exits");
+                    return Ok(ExitCode::SUCCESS);
+                }
             }
             stop_nanny(nanny).await;
             Ok(ExitCode::SUCCESS)
@@ -167,11 +175,15 @@ fn nanny_slot_from_env() -> Option<crate::protocol::NannySlot> {
 
 pub(super) type NannyHandle = (ractor::ActorRef<NannyMsg>, NannyJoin);
 
-pub(super) struct NannyJoin(tokio::task::JoinHandle<()>);
+/// The nanny actor's task, and whether the scheduler dismissed it.
+pub(super) struct NannyJoin(tokio::task::JoinHandle<()>, Arc<AtomicBool>);
 
 impl NannyJoin {
-    async fn stopped(&mut self) {
+    /// Resolves when the nanny stops: `true` if the scheduler shut down
+    /// for good and told it to, `false` if it stopped by itself.
+    async fn stopped(&mut self) -> bool {
         let _ = (&mut self.0).await;
+        self.1.load(Ordering::SeqCst)
     }
 }
 
@@ -237,9 +249,11 @@ pub(super) async fn start_nanny(
         memory_poll: n.memory_poll,
         stop_grace: n.stop_grace,
         min_uptime: n.min_uptime,
+        dismissed: Default::default(),
     };
+    let dismissed = opts.dismissed.clone();
     let (nanny, join) = Actor::spawn(None, Nanny, opts).await.map_err(failed)?;
-    Ok((nanny, NannyJoin(join)))
+    Ok((nanny, NannyJoin(join, dismissed)))
 }
 
 pub(super) async fn stop_nanny((nanny, join): NannyHandle) {

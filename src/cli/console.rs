@@ -32,6 +32,20 @@ fn words() -> Vec<String> {
     words
 }
 
+/// What `help` prints: the console's commands, one line each.
+fn console_help() -> String {
+    let mut text = String::from("Commands (`help COMMAND` or `COMMAND --help` for its options):\n");
+    for c in Line::command().get_subcommands() {
+        let about = c.get_about().map(|a| a.to_string()).unwrap_or_default();
+        let first = about.split(". ").next().unwrap_or_default().trim_end_matches('.');
+        text.push_str(&format!("  {:<15} {first}\n", c.get_name()));
+    }
+    text.push_str("  help            This list\n");
+    text.push_str("  quit, exit      Leave the console (or Ctrl-D)\n");
+    text.push_str("Every command takes --json.");
+    text
+}
+
 /// Completes the first word from the commands, later words from the job and
 /// worker ids the scheduler knows.
 #[derive(Helper, Highlighter, Hinter, Validator)]
@@ -110,12 +124,16 @@ pub async fn run(mut client: Client) -> Result<ExitCode, CliError> {
         match line {
             "quit" | "exit" => break,
             "help" => {
-                println!("{}", Line::command().render_long_help());
+                outln!("{}", console_help());
                 continue;
             }
             _ => {}
         }
-        let words: Vec<&str> = line.split_whitespace().collect();
+        let mut words: Vec<&str> = line.split_whitespace().collect();
+        if words.len() == 2 && words[0] == "help" {
+            // `help tasks`: that command's own help, as `tasks --help`.
+            words = vec![words[1], "--help"];
+        }
         let (command, json) = match Line::try_parse_from(words) {
             Ok(l) => (l.command, l.json),
             Err(e) => {

@@ -122,8 +122,9 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
         }
         if task.killed.len() as u32 >= max_kills {
             let names: Vec<String> = task.killed.iter().map(|w| w.to_string()).collect();
+            let workers = if names.len() == 1 { "worker" } else { "workers" };
             let error = format!(
-                "task {tid} was running on {} workers that died ({}); giving up",
+                "task {tid} was running on {} {workers} that died ({}); giving up",
                 names.len(),
                 names.join(", ")
             );

@@ -252,7 +252,9 @@ pub enum ToWorker {
     Cancel {
         tasks: Vec<TaskId>,
     },
-    /// Finish nothing more and exit.
+    /// Finish nothing more and exit: the scheduler shuts down for good
+    /// (`ctl shutdown`; sent to workers without a nanny, whose nanny
+    /// gets `ToNanny::Shutdown` instead).
     Shutdown,
     /// Retire: hand back queued tasks, finish the running ones, then exit
     /// (as on SIGTERM). Sent to workers without a nanny; a nanny's worker is
@@ -487,6 +489,9 @@ pub enum ToNanny {
     RetireWorker {
         slot: u32,
     },
+    /// The scheduler shuts down for good (`ctl shutdown`): stop every
+    /// worker and exit, instead of waiting for another scheduler.
+    Shutdown,
     Error {
         message: String,
     },
