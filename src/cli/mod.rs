@@ -62,6 +62,11 @@ pub struct SchedulerArgs {
     /// Port to listen on; 0 picks a free one [config: scheduler.port].
     #[arg(long)]
     pub port: Option<u16>,
+    /// Address to write in the scheduler file for peers to dial, HOST or
+    /// HOST:PORT [default: the one listened on; with --host 0.0.0.0, an
+    /// address of this host's network interfaces].
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
     /// Journal directory (sled), replayed at start if it holds a journal
     /// [default: $SCRATCH/actord/journal, else $XDG_STATE_HOME/actord/journal,
     /// else ~/.local/state/actord/journal].
