@@ -288,3 +288,22 @@ fn ctl_shutdown_ends_the_whole_cluster_at_once() {
     assert!(wait_until(Duration::from_secs(10), || pids.iter().all(|p| !pid_alive(*p))), "workers gone");
     assert!(start.elapsed() < Duration::from_secs(10), "at once, not after a death timeout");
 }
+
+#[test]
+fn a_task_whose_worker_exceeds_the_memory_limit_says_so() {
+    let mut cluster = Cluster::scheduler_with_config(Some("[nanny]\nmemory_poll = \"50ms\"\n"));
+    cluster.spawn_nanny(1, 1, &["--memory-limit", "80MB"]);
+    let out = cluster.run(&["wait", "--workers", "1", "--timeout", "30s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let hog = "import time; b = b'x' * 200_000_000; time.sleep(60)";
+    let out = cluster.run(&["submit", "--max-worker-kills", "1", "--", "python3", "-c", hog]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cluster.run(&["gather", &stdout(&out)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("was running on 1 worker that died (w1); w1: it exceeded the memory limit"),
+        "{err}"
+    );
+    assert!(err.contains("over the limit of"), "{err}");
+}

@@ -65,6 +65,16 @@ pub enum NannyMsg {
     RetireWorker(u32),
     /// Stop every worker (SIGTERM, then SIGKILL after the grace), then the nanny.
     Shutdown,
+    /// A slot's worker is over the memory limit: tell the scheduler why
+    /// before it is killed (`done` once that is sent, or dropped).
+    OverMemory(OverMemory),
+}
+
+/// A worker about to be killed for its memory, on its way to the scheduler.
+pub struct OverMemory {
+    slot: u32,
+    reason: String,
+    done: tokio::sync::oneshot::Sender<()>,
 }
 
 pub struct Nanny;
@@ -93,6 +103,8 @@ pub struct NannyState {
     stopping: bool,
     /// Slot changes for the scheduler link.
     events: mpsc::UnboundedSender<SlotInfo>,
+    /// Workers about to be killed for their memory, for the scheduler link.
+    over_memory: mpsc::UnboundedSender<OverMemory>,
     link: tokio::task::JoinHandle<()>,
 }
 
@@ -144,10 +156,11 @@ impl Actor for Nanny {
         opts: NannyOptions,
     ) -> Result<NannyState, ActorProcessingErr> {
         let (events, rx) = mpsc::unbounded_channel();
+        let (over_memory, kills) = mpsc::unbounded_channel();
         let link = tokio::spawn(link_loop(
             opts.scheduler_file.clone(),
             opts.workers,
-            rx,
+            (rx, kills),
             myself.clone(),
             opts.dismissed.clone(),
         ));
@@ -166,7 +179,7 @@ impl Actor for Nanny {
             });
         }
         tracing::info!(workers = opts.workers, "nanny started its workers");
-        Ok(NannyState { opts, slots, stopping: false, events, link })
+        Ok(NannyState { opts, slots, stopping: false, events, over_memory, link })
     }
 
     async fn handle(
@@ -227,6 +240,9 @@ impl Actor for Nanny {
                     }
                     None => {}
                 }
+            }
+            NannyMsg::OverMemory(k) => {
+                let _ = st.over_memory.send(k);
             }
             NannyMsg::Shutdown => {
                 st.stopping = true;
@@ -328,7 +344,7 @@ impl Actor for Nanny {
 async fn link_loop(
     file: PathBuf,
     workers: u32,
-    mut events: mpsc::UnboundedReceiver<SlotInfo>,
+    (mut events, mut kills): (mpsc::UnboundedReceiver<SlotInfo>, mpsc::UnboundedReceiver<OverMemory>),
     nanny: ActorRef<NannyMsg>,
     dismissed: Arc<AtomicBool>,
 ) {
@@ -357,6 +373,8 @@ async fn link_loop(
                             Some(info) => { slots.insert(info.slot, info); }
                             None => return,
                         },
+                        // No scheduler to tell: let the kill go ahead.
+                        Some(k) = kills.recv() => drop(k),
                     }
                 }
                 backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -380,6 +398,15 @@ async fn link_loop(
                     slots.insert(info.slot, info.clone());
                     let Ok(frame) = encode(&FromNanny::Slot { info }) else { continue };
                     if sink.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+                Some(k) = kills.recv() => {
+                    let msg = FromNanny::OverMemory { slot: k.slot, reason: k.reason };
+                    let Ok(frame) = encode(&msg) else { continue };
+                    let sent = sink.send(frame).await;
+                    let _ = k.done.send(());
+                    if sent.is_err() {
                         break;
                     }
                 }
@@ -435,6 +462,7 @@ pub struct WorkerProcState {
     memory_limit: Option<u64>,
     /// Set when this actor killed the worker for its memory use.
     killed_for: Option<String>,
+    nanny: ActorRef<NannyMsg>,
     stop_grace: Duration,
 }
 
@@ -485,6 +513,7 @@ impl Actor for WorkerProc {
             memory_limit: args.memory_limit,
             killed_for: None,
             stop_grace: args.stop_grace,
+            nanny: args.nanny,
         })
     }
 
@@ -523,6 +552,12 @@ impl Actor for WorkerProc {
                         limit,
                         "worker over its memory limit; restarting it"
                     );
+                    // The scheduler hears why first, so the task's error says so.
+                    let (done, sent) = tokio::sync::oneshot::channel();
+                    let k = OverMemory { slot: st.slot, reason: reason.clone(), done };
+                    if st.nanny.cast(NannyMsg::OverMemory(k)).is_ok() {
+                        let _ = tokio::time::timeout(Duration::from_millis(500), sent).await;
+                    }
                     st.killed_for = Some(reason);
                     signal(st.pid, nix::sys::signal::Signal::SIGKILL);
                 }

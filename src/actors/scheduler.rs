@@ -343,6 +343,9 @@ fn handle_msg(
                     core::on_nanny_registered(core, fx, conn, host, pid, slots)
                 }
                 FromNanny::Slot { info } => core::on_nanny_slot(core, conn, info),
+                FromNanny::OverMemory { slot, reason } => {
+                    core::on_worker_over_memory(core, fx, now, conn, slot, &reason)
+                }
             },
             SchedMsg::Closed { conn } => {
                 st.sessions.remove(&conn);

@@ -474,6 +474,9 @@ pub enum FromNanny {
     Register { host: String, pid: u32, slots: Vec<SlotInfo> },
     /// A slot changed state.
     Slot { info: SlotInfo },
+    /// The worker of this slot is over the memory limit and is killed right
+    /// after this message: its running tasks fail (or retry) saying so.
+    OverMemory { slot: u32, reason: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
