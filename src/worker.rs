@@ -670,6 +670,7 @@ async fn session(
                     }
                     Ok(ToWorker::Shutdown) => {
                         tracing::info!("the scheduler shuts down for good; exiting");
+                        let _ = send(&mut sink, &FromWorker::Goodbye).await;
                         return SessionEnd::Shutdown;
                     }
                     Ok(ToWorker::Retire) => {

@@ -454,18 +454,16 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
 
 /// Shutting down for good (`ctl shutdown`), unlike a crash or SIGTERM:
 /// every nanny is told to stop its workers, every worker without a nanny
-/// to exit, and their connections are closed once that is sent.
+/// to exit; the process stops once they have hung up (at most FAREWELL_WAIT).
 fn farewell(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) {
     let nannies = st.core.nannies.values().map(|n| n.conn).filter(|c| st.sessions.contains_key(c));
     for conn in nannies.collect::<Vec<_>>() {
         st.outbox.to_nanny(conn, ToNanny::Shutdown);
-        st.outbox.close(conn);
         st.farewell.insert(conn);
     }
     let alone = st.core.workers.values().filter(|w| w.nanny.is_none()).map(|w| w.conn);
     for conn in alone.filter(|c| st.sessions.contains_key(c)).collect::<Vec<_>>() {
         st.outbox.to_worker(conn, ToWorker::Shutdown);
-        st.outbox.close(conn);
         st.farewell.insert(conn);
     }
     tracing::info!(

@@ -380,8 +380,8 @@ pub enum CtlCommand {
     },
     /// The journal: path, size on disk, records, flushes, last flush.
     Journal,
-    /// Stop the scheduler cleanly (its journal keeps everything; workers and
-    /// clients wait for the next one).
+    /// Stop the scheduler for good: its nannies and workers exit too (its
+    /// journal keeps everything for a scheduler started again on it).
     Shutdown {
         /// First stop handing out tasks and wait until the running ones have
         /// finished and are journaled.
