@@ -166,3 +166,15 @@ pub async fn run(mut client: Client) -> Result<ExitCode, CliError> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn help_lists_the_consoles_own_commands() {
+        let help = super::console_help();
+        for cmd in ["status", "tasks", "retry", "log-level", "quit"] {
+            assert!(help.lines().any(|l| l.trim_start().starts_with(cmd)), "{cmd}: {help}");
+        }
+        assert!(!help.contains("Usage: actord console"), "{help}");
+    }
+}
