@@ -206,8 +206,12 @@ async fn run_true(client: &mut Client, n: u64) -> Result<f64, String> {
     let t0 = Instant::now();
     let tasks = (0..n)
         .map(|i| {
-            let kind =
-                TaskKind::Cmd { argv: vec!["/bin/true".into()], env: Vec::new(), discard_output: true };
+            let kind = TaskKind::Cmd {
+                argv: vec!["/bin/true".into()],
+                env: Vec::new(),
+                discard_output: true,
+                cwd: None,
+            };
             TaskSpec { key: Some((i + 1).to_string()), ..TaskSpec::new(kind) }
         })
         .collect();

@@ -90,6 +90,18 @@ pub struct Client {
     pub timeout: Duration,
 }
 
+/// Whether the scheduler file was written on this host by a process that
+/// no longer exists (a pid reused since is taken for the writer: then the
+/// usual bounded wait tells).
+fn writer_is_gone(file: &SchedulerFile) -> bool {
+    use nix::errno::Errno;
+    if file.host != crate::util::hostname() || file.pid == 0 {
+        return false;
+    }
+    let Ok(pid) = i32::try_from(file.pid) else { return false };
+    matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(Errno::ESRCH))
+}
+
 /// A lost connection (as opposed to an answer we did not like): worth a reconnect.
 fn is_transport(e: &ClientError) -> bool {
     use crate::protocol::ConnError::*;
@@ -105,8 +117,16 @@ impl Client {
         Client::connect(&path, Duration::from_secs(60)).await
     }
 
-    /// Waits (bounded) for the scheduler file and for the scheduler to answer.
+    /// Waits (bounded) for the scheduler file and for the scheduler to
+    /// answer; a file whose writer ran on this host and is gone is reported
+    /// at once.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        Client::connect_with(path, timeout, true).await
+    }
+
+    /// `connect`; `fail_fast`: a file left by a scheduler that is gone is
+    /// an error at once, rather than waiting for a successor to rewrite it.
+    async fn connect_with(path: &Path, timeout: Duration, fail_fast: bool) -> Result<Client, ClientError> {
         let start = Instant::now();
         let mut said = false;
         loop {
@@ -117,6 +137,14 @@ impl Client {
                     "the scheduler named by {} ({}) has stopped: {why}; start it again with `actord scheduler`",
                     path.display(),
                     file.describe()
+                )));
+            }
+            if fail_fast && writer_is_gone(&file) {
+                return Err(ClientError::Connect(format!(
+                    "the scheduler that wrote {} (pid {}, started {}) is gone; start it again with `actord scheduler`",
+                    path.display(),
+                    file.pid,
+                    file.started
                 )));
             }
             let attempt = Conn::connect_epoch(
@@ -153,7 +181,8 @@ impl Client {
     /// restarted elsewhere), within `self.timeout`.
     pub async fn reconnect(&mut self) -> Result<(), ClientError> {
         tracing::warn!(scheduler = %self.file.address, "lost the scheduler; reconnecting");
-        let fresh = Client::connect(&self.path, self.timeout).await?;
+        // A restarted scheduler may not have rewritten the file yet: wait for it.
+        let fresh = Client::connect_with(&self.path, self.timeout, false).await?;
         self.conn = fresh.conn;
         self.file = fresh.file;
         tracing::info!(scheduler = %self.file.address, epoch = self.file.epoch, "reconnected");
@@ -428,7 +457,8 @@ impl Client {
             }
             if start.elapsed() >= timeout {
                 return Err(ClientError::Connect(format!(
-                    "only {have} of {n} workers registered within {timeout:?}"
+                    "only {have} of {n} workers registered within {:.1} s",
+                    timeout.as_secs_f64()
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -491,7 +521,7 @@ pub fn fn_task<A: Serialize>(func: &str, args: &A) -> Result<TaskSpec, ClientErr
 
 /// A `cmd` task running `argv`.
 pub fn cmd_task(argv: Vec<String>) -> TaskSpec {
-    TaskSpec::new(TaskKind::Cmd { argv, env: Vec::new(), discard_output: false })
+    TaskSpec::new(TaskKind::Cmd { argv, env: Vec::new(), discard_output: false, cwd: None })
 }
 
 /// A task graph to submit as one job: tasks named by key, each taking the

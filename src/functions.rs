@@ -39,12 +39,24 @@ impl Registry {
         R: Serialize,
         F: Fn(A, &TaskCtx) -> Result<R, String> + Send + Sync + 'static,
     {
+        self.register_expecting(name, "", f)
+    }
+
+    /// `register`, with what the arguments should be (e.g. `[a, b]: two
+    /// integers`) for the error a task with bad arguments gets.
+    pub fn register_expecting<A, R, F>(&mut self, name: &str, expects: &str, f: F) -> &mut Self
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A, &TaskCtx) -> Result<R, String> + Send + Sync + 'static,
+    {
         let fname = name.to_string();
+        let expects = expects.to_string();
         self.register_raw(
             name,
             Arc::new(move |args: &[u8], ctx: &TaskCtx| {
-                let a: A = rmp_serde::from_slice(args)
-                    .map_err(|e| format!("{fname}: bad arguments {}: {e}", describe_msgpack(args)))?;
+                let a: A =
+                    rmp_serde::from_slice(args).map_err(|_| bad_arguments::<A>(&fname, &expects, args))?;
                 let r = f(a, ctx)?;
                 rmp_serde::to_vec(&r).map_err(|e| format!("{fname}: cannot encode result: {e}"))
             }),
@@ -63,14 +75,16 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut r = Registry::empty();
         r.register("noop", |_: rmpv::Value, _| Ok(()));
-        r.register("inc", |x: i64, _| x.checked_add(1).ok_or_else(|| "inc: overflow".to_string()));
-        r.register("add", |(a, b): (i64, i64), _| {
+        r.register_expecting("inc", "x: an integer", |x: i64, _| {
+            x.checked_add(1).ok_or_else(|| "inc: overflow".to_string())
+        });
+        r.register_expecting("add", "[a, b]: two integers", |(a, b): (i64, i64), _| {
             a.checked_add(b).ok_or_else(|| "add: overflow".to_string())
         });
-        r.register("sum", |xs: Vec<i64>, _| {
+        r.register_expecting("sum", "[x, …]: an array of integers", |xs: Vec<i64>, _| {
             xs.iter().try_fold(0i64, |acc, x| acc.checked_add(*x)).ok_or_else(|| "sum: overflow".to_string())
         });
-        r.register("sleep", |ms: u64, _| {
+        r.register_expecting("sleep", "ms: milliseconds, a non-negative integer", |ms: u64, _| {
             std::thread::sleep(std::time::Duration::from_millis(ms));
             Ok(())
         });
@@ -85,11 +99,32 @@ impl Registry {
             tracing::error!("crash task: aborting the worker process on purpose");
             std::process::abort()
         });
-        r.register("darts", |(darts, seed): (u64, u64), _| {
-            Ok((crate::darts::throw_darts(darts, seed as u128), darts))
-        });
+        r.register_expecting(
+            "darts",
+            "[darts, seed]: two non-negative integers",
+            |(darts, seed): (u64, u64), _| Ok((crate::darts::throw_darts(darts, seed as u128), darts)),
+        );
         r
     }
+}
+
+/// Why `args` do not fit `A`, in serde's words (which value, expected as
+/// what), e.g. `add: bad arguments [1, "x"]: invalid type: string "x",
+/// expected i64 (add takes [a, b]: two integers)`. Only on failure: the
+/// fast path decodes straight from the bytes.
+fn bad_arguments<A: DeserializeOwned>(name: &str, expects: &str, args: &[u8]) -> String {
+    let why = match rmpv::decode::read_value(&mut &args[..]) {
+        Ok(v) => match rmpv::ext::from_value::<A>(v) {
+            Err(e) => {
+                let e = e.to_string();
+                e.strip_prefix("error while decoding value: ").map(str::to_string).unwrap_or(e)
+            }
+            Ok(_) => "they do not decode".into(),
+        },
+        Err(e) => e.to_string(),
+    };
+    let takes = if expects.is_empty() { String::new() } else { format!(" ({name} takes {expects})") };
+    format!("{name}: bad arguments {}: {why}{takes}", describe_msgpack(args))
 }
 
 /// Short description of msgpack bytes for error messages (`got "x"`).
@@ -129,7 +164,17 @@ mod tests {
             rmpv::Value::Array(vec![769.into(), 1000.into()])
         );
         let err = call(&r, "inc", &"seven").unwrap_err();
-        assert!(err.starts_with("inc: bad arguments (got \"seven\")"), "{err}");
+        assert_eq!(
+            err,
+            "inc: bad arguments (got \"seven\"): invalid type: string \"seven\", expected i64 (inc takes x: an integer)"
+        );
+        let err = call(&r, "add", &(1, "x")).unwrap_err();
+        assert!(
+            err.contains("invalid type: string \"x\", expected i64 (add takes [a, b]: two integers)"),
+            "{err}"
+        );
+        let err = call(&r, "add", &[1]).unwrap_err();
+        assert!(err.contains("invalid length 1"), "{err}");
         assert_eq!(call(&r, "fail", &"boom").unwrap_err(), "boom");
         assert!(call(&r, "inc", &i64::MAX).unwrap_err().contains("overflow"));
     }

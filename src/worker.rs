@@ -702,7 +702,11 @@ async fn session(
                             return SessionEnd::Lost(e);
                         }
                     }
-                    Ok(ToWorker::Shutdown) => return SessionEnd::Shutdown,
+                    Ok(ToWorker::Shutdown) => {
+                        tracing::info!("the scheduler shuts down for good; exiting");
+                        let _ = send(&mut sink, &FromWorker::Goodbye).await;
+                        return SessionEnd::Shutdown;
+                    }
                     Ok(ToWorker::Retire) => {
                         tracing::info!("retired by the scheduler: draining");
                         break;
@@ -817,7 +821,7 @@ fn run_task(
                 }
             }
         },
-        TaskKind::Cmd { argv, env, discard_output } => {
+        TaskKind::Cmd { argv, env, discard_output, .. } => {
             run_cmd(argv, env, *discard_output, work_dir, worker, &a, ctl)
         }
         TaskKind::Py { func, args } => {
@@ -962,10 +966,17 @@ fn run_cmd(
     let sub = |s: &str| placeholders(s, &task_name, attempt, &job, entry);
     let argv: Vec<String> = argv.iter().map(|s| sub(s)).collect();
     use std::os::unix::process::CommandExt;
+    // Absolute: the command runs in it (or in `cwd`), and its input and
+    // output paths must hold from there.
     let dir = work_dir.join(&job);
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return Outcome::err(format!("cannot create {}: {e}", dir.display()));
     }
+    let cwd = match &a.kind {
+        TaskKind::Cmd { cwd: Some(c), .. } => std::path::PathBuf::from(sub(c)),
+        _ => dir.clone(),
+    };
     let out_path = dir.join(format!("{}.{attempt}.out", task.idx));
     let err_path = dir.join(format!("{}.{attempt}.err", task.idx));
     let files = if discard_output {
@@ -1005,6 +1016,7 @@ fn run_cmd(
         cmd.env(format!("ACTORD_INPUT_{k}"), &path);
     }
     cmd.args(&argv[1..])
+        .current_dir(&cwd)
         .env("ACTORD_JOB", task.job.to_string())
         .env("ACTORD_TASK", &task_name)
         .env("ACTORD_ATTEMPT", attempt.to_string())
@@ -1021,6 +1033,9 @@ fn run_cmd(
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
+        Err(e) if !cwd.is_dir() => {
+            return Outcome::err(format!("cannot run {:?} in {}: {e}", argv[0], cwd.display()))
+        }
         Err(e) => return Outcome::err(format!("cannot run {:?}: {e}", argv[0])),
     };
     ctl.lock().running.insert(task, child.id());

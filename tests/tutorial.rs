@@ -179,7 +179,7 @@ fn clients_wait_for_a_scheduler_that_starts_later_and_name_a_stale_one() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     let pid = contents["pid"].as_i64().unwrap().to_string();
-    assert!(err.contains(&pid) && err.contains("is that scheduler still running"), "{err}");
+    assert!(err.contains(&pid) && err.contains("is gone"), "{err}");
 
     // Missing file and bad flags are one-line errors.
     let out = actord()

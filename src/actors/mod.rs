@@ -59,6 +59,9 @@ pub struct SchedulerOptions {
     pub commit_interval: std::time::Duration,
     /// Start on a damaged journal, keeping what is intact (`--journal-repair`).
     pub journal_repair: bool,
+    /// The address peers should dial, `HOST` or `HOST:PORT` (`--advertise`);
+    /// `None`: the bound address, or for a wildcard bind one of this host's.
+    pub advertise: Option<String>,
 }
 
 /// A running scheduler: its actors and what it wrote to its scheduler file.
@@ -91,20 +94,53 @@ fn random_secret() -> String {
     format!("{}{}", a.simple(), b.simple())
 }
 
-/// The address peers should dial: a wildcard bind advertises this host's
-/// own address (as resolved from its name), else loopback.
-fn advertised(local: std::net::SocketAddr) -> std::net::SocketAddr {
-    use std::net::ToSocketAddrs;
-    if !local.ip().is_unspecified() {
-        return local;
+/// The address peers should dial: `--advertise` if given (its port, else
+/// the bound one); a wildcard bind advertises an address of this host that
+/// others can reach — the host name's, if it is one of this host's
+/// interfaces and not loopback, else the first such interface address —
+/// and warns when there is only loopback.
+fn advertised(local: std::net::SocketAddr, advertise: Option<&str>) -> String {
+    use std::net::{IpAddr, ToSocketAddrs};
+    if let Some(a) = advertise {
+        let a = a.strip_prefix("tcp://").unwrap_or(a);
+        return if a.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !a.ends_with(']') {
+            a.to_string()
+        } else {
+            format!("{a}:{}", local.port())
+        };
     }
-    let ip = (crate::util::hostname().as_str(), local.port())
+    if !local.ip().is_unspecified() {
+        return local.to_string();
+    }
+    let mine = crate::util::interface_addrs();
+    let usable = |ip: &IpAddr| !ip.is_loopback() && mine.contains(ip);
+    let by_name = (crate::util::hostname().as_str(), local.port())
         .to_socket_addrs()
         .ok()
-        .and_then(|mut addrs| addrs.find(|a| a.is_ipv4() && !a.ip().is_loopback()))
-        .map(|a| a.ip())
-        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-    std::net::SocketAddr::new(ip, local.port())
+        .and_then(|mut addrs| addrs.find(|a| a.is_ipv4() && usable(&a.ip())))
+        .map(|a| a.ip());
+    let by_interface = || {
+        let v4 = mine.iter().find(|ip| ip.is_ipv4() && !ip.is_loopback() && !is_link_local(ip));
+        v4.or_else(|| mine.iter().find(|ip| !ip.is_loopback() && !is_link_local(ip))).copied()
+    };
+    match by_name.or_else(by_interface) {
+        Some(ip) => std::net::SocketAddr::new(ip, local.port()).to_string(),
+        None => {
+            tracing::warn!(
+                port = local.port(),
+                "listening on all interfaces, but this host has only loopback: advertising 127.0.0.1, \
+                 which workers on other nodes cannot reach (give --advertise ADDR)"
+            );
+            std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port()).to_string()
+        }
+    }
+}
+
+fn is_link_local(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
 }
 
 /// What the scheduler file left by the last run says about `journal`: the
@@ -157,7 +193,7 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
     let local = tcp.local_addr().map_err(|source| StartError::Bind { addr, source })?;
 
     let file = SchedulerFile {
-        address: format!("tcp://{}", advertised(local)),
+        address: format!("tcp://{}", advertised(local, opts.advertise.as_deref())),
         instance: uuid::Uuid::new_v4(),
         epoch,
         pid: std::process::id(),
@@ -256,5 +292,25 @@ impl SchedulerHandle {
             let _ = std::fs::remove_file(&self.path);
         }
         tracing::info!("scheduler stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_bind_advertises_an_address_of_this_host() {
+        let mine = crate::util::interface_addrs();
+        assert!(mine.contains(&std::net::Ipv4Addr::LOCALHOST.into()), "{mine:?}");
+        let addr: std::net::SocketAddr = advertised("0.0.0.0:5000".parse().unwrap(), None).parse().unwrap();
+        assert_eq!(addr.port(), 5000);
+        assert!(!addr.ip().is_unspecified());
+        let other = mine.iter().any(|ip| !ip.is_loopback() && !is_link_local(ip));
+        assert_eq!(!addr.ip().is_loopback(), other, "{addr} among {mine:?}");
+        assert!(addr.ip().is_loopback() || mine.contains(&addr.ip()));
+        assert_eq!(advertised("127.0.0.1:7".parse().unwrap(), None), "127.0.0.1:7");
+        assert_eq!(advertised("0.0.0.0:7".parse().unwrap(), Some("node7")), "node7:7");
+        assert_eq!(advertised("0.0.0.0:7".parse().unwrap(), Some("tcp://node7:8")), "node7:8");
     }
 }

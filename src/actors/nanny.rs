@@ -11,6 +11,8 @@ use futures::SinkExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -43,6 +45,9 @@ pub struct NannyOptions {
     /// A worker that dies sooner than this after starting is in a crash loop
     /// and backs off; one that lived longer is restarted at once.
     pub min_uptime: Duration,
+    /// Set when the scheduler said it shuts down for good and the nanny
+    /// stopped for that (not a failure).
+    pub dismissed: Arc<AtomicBool>,
 }
 
 /// A slot's own worker arguments and environment.
@@ -60,6 +65,16 @@ pub enum NannyMsg {
     RetireWorker(u32),
     /// Stop every worker (SIGTERM, then SIGKILL after the grace), then the nanny.
     Shutdown,
+    /// A slot's worker is over the memory limit: tell the scheduler why
+    /// before it is killed (`done` once that is sent, or dropped).
+    OverMemory(OverMemory),
+}
+
+/// A worker about to be killed for its memory, on its way to the scheduler.
+pub struct OverMemory {
+    slot: u32,
+    reason: String,
+    done: tokio::sync::oneshot::Sender<()>,
 }
 
 pub struct Nanny;
@@ -88,6 +103,8 @@ pub struct NannyState {
     stopping: bool,
     /// Slot changes for the scheduler link.
     events: mpsc::UnboundedSender<SlotInfo>,
+    /// Workers about to be killed for their memory, for the scheduler link.
+    over_memory: mpsc::UnboundedSender<OverMemory>,
     link: tokio::task::JoinHandle<()>,
 }
 
@@ -139,7 +156,14 @@ impl Actor for Nanny {
         opts: NannyOptions,
     ) -> Result<NannyState, ActorProcessingErr> {
         let (events, rx) = mpsc::unbounded_channel();
-        let link = tokio::spawn(link_loop(opts.scheduler_file.clone(), opts.workers, rx, myself.clone()));
+        let (over_memory, kills) = mpsc::unbounded_channel();
+        let link = tokio::spawn(link_loop(
+            opts.scheduler_file.clone(),
+            opts.workers,
+            (rx, kills),
+            myself.clone(),
+            opts.dismissed.clone(),
+        ));
         let mut slots = Vec::new();
         for slot in 0..opts.workers {
             let actor = spawn_slot(&myself, &opts, slot).await?;
@@ -155,7 +179,7 @@ impl Actor for Nanny {
             });
         }
         tracing::info!(workers = opts.workers, "nanny started its workers");
-        Ok(NannyState { opts, slots, stopping: false, events, link })
+        Ok(NannyState { opts, slots, stopping: false, events, over_memory, link })
     }
 
     async fn handle(
@@ -216,6 +240,9 @@ impl Actor for Nanny {
                     }
                     None => {}
                 }
+            }
+            NannyMsg::OverMemory(k) => {
+                let _ = st.over_memory.send(k);
             }
             NannyMsg::Shutdown => {
                 st.stopping = true;
@@ -317,8 +344,9 @@ impl Actor for Nanny {
 async fn link_loop(
     file: PathBuf,
     workers: u32,
-    mut events: mpsc::UnboundedReceiver<SlotInfo>,
+    (mut events, mut kills): (mpsc::UnboundedReceiver<SlotInfo>, mpsc::UnboundedReceiver<OverMemory>),
     nanny: ActorRef<NannyMsg>,
+    dismissed: Arc<AtomicBool>,
 ) {
     let mut slots: BTreeMap<u32, SlotInfo> = (0..workers)
         .map(|slot| (slot, SlotInfo { slot, state: SlotState::Running { pid: 0 }, restarts: 0 }))
@@ -345,6 +373,8 @@ async fn link_loop(
                             Some(info) => { slots.insert(info.slot, info); }
                             None => return,
                         },
+                        // No scheduler to tell: let the kill go ahead.
+                        Some(k) = kills.recv() => drop(k),
                     }
                 }
                 backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -371,6 +401,15 @@ async fn link_loop(
                         break;
                     }
                 }
+                Some(k) = kills.recv() => {
+                    let msg = FromNanny::OverMemory { slot: k.slot, reason: k.reason };
+                    let Ok(frame) = encode(&msg) else { continue };
+                    let sent = sink.send(frame).await;
+                    let _ = k.done.send(());
+                    if sent.is_err() {
+                        break;
+                    }
+                }
                 frame = next_frame(&mut stream) => {
                     let Ok(frame) = frame else { break };
                     match decode::<ToNanny>(&frame) {
@@ -380,6 +419,12 @@ async fn link_loop(
                         }
                         Ok(ToNanny::RetireWorker { slot }) => {
                             let _ = nanny.cast(NannyMsg::RetireWorker(slot));
+                        }
+                        Ok(ToNanny::Shutdown) => {
+                            tracing::info!("the scheduler shuts down for good; stopping the workers");
+                            dismissed.store(true, Ordering::SeqCst);
+                            let _ = nanny.cast(NannyMsg::Shutdown);
+                            return;
                         }
                         Ok(ToNanny::Error { message }) => tracing::warn!(message = ?message, "scheduler reports an error"),
                         Err(e) => tracing::warn!(error = %e, "ignoring a message this nanny does not understand"),
@@ -417,6 +462,7 @@ pub struct WorkerProcState {
     memory_limit: Option<u64>,
     /// Set when this actor killed the worker for its memory use.
     killed_for: Option<String>,
+    nanny: ActorRef<NannyMsg>,
     stop_grace: Duration,
 }
 
@@ -467,6 +513,7 @@ impl Actor for WorkerProc {
             memory_limit: args.memory_limit,
             killed_for: None,
             stop_grace: args.stop_grace,
+            nanny: args.nanny,
         })
     }
 
@@ -505,6 +552,12 @@ impl Actor for WorkerProc {
                         limit,
                         "worker over its memory limit; restarting it"
                     );
+                    // The scheduler hears why first, so the task's error says so.
+                    let (done, sent) = tokio::sync::oneshot::channel();
+                    let k = OverMemory { slot: st.slot, reason: reason.clone(), done };
+                    if st.nanny.cast(NannyMsg::OverMemory(k)).is_ok() {
+                        let _ = tokio::time::timeout(Duration::from_millis(500), sent).await;
+                    }
                     st.killed_for = Some(reason);
                     signal(st.pid, nix::sys::signal::Signal::SIGKILL);
                 }
@@ -577,6 +630,7 @@ mod tests {
             memory_poll: Duration::from_secs(1),
             stop_grace: Duration::from_secs(5),
             min_uptime: Duration::from_secs(1),
+            dismissed: Default::default(),
         };
         let delays: Vec<u128> = (0..7).map(|n| backoff(&opts, n).as_millis()).collect();
         assert_eq!(delays, vec![0, 100, 200, 400, 800, 1000, 1000]);

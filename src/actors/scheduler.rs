@@ -43,7 +43,13 @@ pub enum SchedMsg {
     FlushTimer,
     /// The journal flush of the group in flight is done (or failed).
     Flushed(Result<(), String>),
+    /// Shutting down: stop waiting for nannies and workers to hang up.
+    FarewellOver,
 }
+
+/// How long a scheduler shutting down for good waits for the nannies and
+/// workers it told so to hang up.
+const FAREWELL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Effects of the steps since the last flush, executed together.
 #[derive(Default)]
@@ -150,6 +156,9 @@ pub struct SchedulerState {
     /// An admin asked to stop: tell the process once the answer is out.
     shutdown_requested: bool,
     shutdown: Arc<tokio::sync::Notify>,
+    /// Connections told that the scheduler shuts down for good, until they
+    /// have closed: the process stops after that.
+    farewell: std::collections::HashSet<ConnId>,
     /// Group commit: flushes start at most once per `commit_interval`, so
     /// a stream of single results shares fsyncs.
     commit_interval: std::time::Duration,
@@ -223,6 +232,7 @@ impl Actor for SchedulerActor {
             epoch,
             shutdown_requested: false,
             shutdown: args.shutdown,
+            farewell: Default::default(),
             last_flush: None,
             flush_timer: false,
             started: std::time::Instant::now(),
@@ -299,8 +309,10 @@ fn handle_msg(
                 FromClient::Jobs => core::on_jobs(core, fx, conn),
                 FromClient::Shutdown => {
                     tracing::info!("shutdown requested");
-                    fx.to_client(conn, ToClient::Done { message: "the scheduler is stopping".into() });
+                    let message = "the scheduler is stopping; its workers and nannies exit".into();
+                    fx.to_client(conn, ToClient::Done { message });
                     st.shutdown_requested = true;
+                    farewell(&myself, st);
                 }
                 FromClient::Explain { job, key } => core::on_explain(core, fx, conn, job, key),
                 FromClient::Status => {
@@ -339,10 +351,20 @@ fn handle_msg(
                     core::on_nanny_registered(core, fx, conn, host, pid, slots)
                 }
                 FromNanny::Slot { info } => core::on_nanny_slot(core, conn, info),
+                FromNanny::OverMemory { slot, reason } => {
+                    core::on_worker_over_memory(core, fx, now, conn, slot, &reason)
+                }
             },
             SchedMsg::Closed { conn } => {
                 st.sessions.remove(&conn);
                 core::on_connection_closed(core, fx, now, conn);
+                if st.farewell.remove(&conn) {
+                    stop_if_done(st);
+                }
+            }
+            SchedMsg::FarewellOver => {
+                st.farewell.clear();
+                stop_if_done(st);
             }
             SchedMsg::Tick => {
                 core::on_tick(core, fx, now);
@@ -380,9 +402,8 @@ fn handle_msg(
             // Drained: stop once what is gathered is durable and sent.
             tracing::info!("drained: no task is running any more; stopping");
             st.shutdown_requested = true;
-            if st.in_flight.is_none() && st.outbox.is_empty() {
-                st.shutdown.notify_one();
-            }
+            farewell(&myself, st);
+            stop_if_done(st);
         }
         let waiting = st.in_flight.is_none() && !st.outbox.is_empty();
         if !st.flush_queued && (waiting || !st.outbox.urgent.is_empty()) {
@@ -447,8 +468,36 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
     Ok(())
 }
 
+/// Shutting down for good (`ctl shutdown`), unlike a crash or SIGTERM:
+/// every nanny is told to stop its workers, every worker without a nanny
+/// to exit; the process stops once they have hung up (at most FAREWELL_WAIT).
+fn farewell(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) {
+    let nannies = st.core.nannies.values().map(|n| n.conn).filter(|c| st.sessions.contains_key(c));
+    for conn in nannies.collect::<Vec<_>>() {
+        st.outbox.to_nanny(conn, ToNanny::Shutdown);
+        st.farewell.insert(conn);
+    }
+    let alone = st.core.workers.values().filter(|w| w.nanny.is_none()).map(|w| w.conn);
+    for conn in alone.filter(|c| st.sessions.contains_key(c)).collect::<Vec<_>>() {
+        st.outbox.to_worker(conn, ToWorker::Shutdown);
+        st.farewell.insert(conn);
+    }
+    tracing::info!(
+        told = st.farewell.len(),
+        "telling nannies and workers that this scheduler shuts down for good"
+    );
+    myself.send_after(FAREWELL_WAIT, || SchedMsg::FarewellOver);
+}
+
+/// Lets the process stop once a requested shutdown has nothing left to send.
+fn stop_if_done(st: &SchedulerState) {
+    if st.shutdown_requested && st.farewell.is_empty() && st.in_flight.is_none() && st.outbox.is_empty() {
+        st.shutdown.notify_one();
+    }
+}
+
 fn send(st: &SchedulerState, out: Outbox) {
-    if st.shutdown_requested {
+    if st.shutdown_requested && st.farewell.is_empty() {
         st.shutdown.notify_one();
     }
     for (conn, frames) in out.frames {

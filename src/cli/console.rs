@@ -2,7 +2,7 @@
 //! with history, tab completion (commands, job and worker ids) and
 //! reconnection when the scheduler restarts.
 
-use super::commands::run_ctl;
+use super::ctl::run_ctl;
 use super::{CliError, CtlCommand};
 use crate::client::Client;
 use clap::{CommandFactory, Parser};
@@ -30,6 +30,20 @@ fn words() -> Vec<String> {
         Line::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
     words.extend(["quit", "exit"].map(String::from));
     words
+}
+
+/// What `help` prints: the console's commands, one line each.
+fn console_help() -> String {
+    let mut text = String::from("Commands (`help COMMAND` or `COMMAND --help` for its options):\n");
+    for c in Line::command().get_subcommands() {
+        let about = c.get_about().map(|a| a.to_string()).unwrap_or_default();
+        let first = about.split(". ").next().unwrap_or_default().trim_end_matches('.');
+        text.push_str(&format!("  {:<15} {first}\n", c.get_name()));
+    }
+    text.push_str("  help            This list\n");
+    text.push_str("  quit, exit      Leave the console (or Ctrl-D)\n");
+    text.push_str("Every command takes --json.");
+    text
 }
 
 /// Completes the first word from the commands, later words from the job and
@@ -110,12 +124,16 @@ pub async fn run(mut client: Client) -> Result<ExitCode, CliError> {
         match line {
             "quit" | "exit" => break,
             "help" => {
-                println!("{}", Line::command().render_long_help());
+                outln!("{}", console_help());
                 continue;
             }
             _ => {}
         }
-        let words: Vec<&str> = line.split_whitespace().collect();
+        let mut words: Vec<&str> = line.split_whitespace().collect();
+        if words.len() == 2 && words[0] == "help" {
+            // `help tasks`: that command's own help, as `tasks --help`.
+            words = vec![words[1], "--help"];
+        }
         let (command, json) = match Line::try_parse_from(words) {
             Ok(l) => (l.command, l.json),
             Err(e) => {
@@ -147,4 +165,16 @@ pub async fn run(mut client: Client) -> Result<ExitCode, CliError> {
         let _ = editor.save_history(h);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn help_lists_the_consoles_own_commands() {
+        let help = super::console_help();
+        for cmd in ["status", "tasks", "retry", "log-level", "quit"] {
+            assert!(help.lines().any(|l| l.trim_start().starts_with(cmd)), "{cmd}: {help}");
+        }
+        assert!(!help.contains("Usage: actord console"), "{help}");
+    }
 }

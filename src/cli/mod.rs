@@ -9,7 +9,11 @@ macro_rules! outln {
 
 mod commands;
 mod console;
+mod ctl;
+mod graph;
 mod journal;
+mod local;
+mod submit;
 
 use crate::functions::Registry;
 use clap::{Args, Parser, Subcommand};
@@ -34,7 +38,9 @@ pub enum Command {
     /// Run one worker process (normally started by a nanny, or by srun).
     Worker(WorkerArgs),
     /// Run a whole cluster in this process (scheduler + nanny + workers),
-    /// run one client command against it, and tear it down.
+    /// run one client command against it, and tear it down. `submit` and
+    /// `map` wait for their job, as if `gather` followed, and exit with its
+    /// status.
     Local(LocalArgs),
     /// Interactive admin console: the `ctl` commands with history, tab
     /// completion, and reconnection when the scheduler restarts.
@@ -58,6 +64,11 @@ pub struct SchedulerArgs {
     /// Port to listen on; 0 picks a free one [config: scheduler.port].
     #[arg(long)]
     pub port: Option<u16>,
+    /// Address to write in the scheduler file for peers to dial, HOST or
+    /// HOST:PORT [default: the one listened on; with --host 0.0.0.0, an
+    /// address of this host's network interfaces].
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
     /// Journal directory (sled), replayed at start if it holds a journal
     /// [default: $SCRATCH/actord/journal, else $XDG_STATE_HOME/actord/journal,
     /// else ~/.local/state/actord/journal].
@@ -78,6 +89,9 @@ pub struct WorkerArgs {
     /// Task slots (threads) in this worker [config: worker.threads].
     #[arg(long, alias = "nthreads")]
     pub threads: Option<u32>,
+    /// Scheduler file to find the scheduler by [default:
+    /// $ACTORD_SCHEDULER_FILE, else $SCRATCH/actord/scheduler.json, else
+    /// ./actord-scheduler.json].
     #[arg(long, value_name = "FILE")]
     pub scheduler_file: Option<String>,
     /// How long to keep trying to reach a lost scheduler, e.g. 60s [config: worker.death_timeout].
@@ -129,6 +143,10 @@ pub struct LocalArgs {
     /// Interpreter of the workers' Python executors [config: worker.python].
     #[arg(long, value_name = "PATH")]
     pub python: Option<String>,
+    /// Where command tasks keep their output (<work-dir>/<job>/, also
+    /// where they run) [default: ./actord-jobs].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<String>,
     #[command(subcommand)]
     pub job: ClientCommand,
 }
@@ -138,7 +156,7 @@ pub struct LocalArgs {
 pub struct Connect {
     /// Scheduler file [default: $ACTORD_SCHEDULER_FILE, else
     /// $SCRATCH/actord/scheduler.json, else ./actord-scheduler.json].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub scheduler_file: Option<String>,
 }
 
@@ -150,6 +168,7 @@ pub enum ClientCommand {
     Wait {
         #[command(flatten)]
         connect: Connect,
+        /// How many workers must have registered.
         #[arg(long, default_value_t = 1)]
         workers: usize,
         /// Give up after this long, e.g. 60, 30s, 2m.
@@ -188,54 +207,13 @@ pub enum ClientCommand {
         job_id: Option<String>,
     },
     /// Submit a command (after --) or one function task; prints the job id.
-    Submit {
-        #[command(flatten)]
-        connect: Connect,
-        /// Run the command once per index, e.g. 1-200 ($ACTORD_TASK is the index).
-        #[arg(long, value_name = "RANGE")]
-        array: Option<String>,
-        /// Submit one function task instead of a command.
-        #[arg(long = "fn", value_name = "NAME", conflicts_with = "array")]
-        func: Option<String>,
-        /// JSON arguments of the function task.
-        #[arg(long, value_name = "JSON", requires = "func")]
-        args: Option<String>,
-        /// Fail a task once this many workers died while running it
-        /// [config: scheduler.max_worker_kills].
-        #[arg(long, value_name = "K")]
-        max_worker_kills: Option<u32>,
-        /// Use this job id (a uuid) instead of a new one: submitting again
-        /// with the same id is harmless.
-        #[arg(long, value_name = "UUID")]
-        job_id: Option<String>,
-        /// Submit a task graph from a JSON file (see the README: tasks with
-        /// key, fn + args or cmd, deps, priority, retries).
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["func", "array"])]
-        graph: Option<String>,
-        /// Priority of the task(s): higher runs first.
-        #[arg(long, allow_hyphen_values = true)]
-        priority: Option<i32>,
-        /// Retry a failed task this many times (with backoff) before it fails.
-        #[arg(long)]
-        retries: Option<u32>,
-        /// Stop an attempt that runs longer than this (e.g. 30s, 2m); it
-        /// fails with "time limit exceeded".
-        #[arg(long, value_name = "DURATION")]
-        time_limit: Option<String>,
-        /// What each task needs of its worker, e.g. gpus=1 (a task never runs
-        /// where that is not free).
-        #[arg(long, value_name = "LIST")]
-        resources: Option<String>,
-        #[command(flatten)]
-        cmd: CmdOptions,
-        /// The command and its arguments.
-        #[arg(last = true, value_name = "ARGV")]
-        argv: Vec<String>,
-    },
+    Submit(SubmitArgs),
     /// Wait for a job and write its results; exit 1 if any task failed.
     Gather {
         #[command(flatten)]
         connect: Connect,
+        /// Job id (a uuid), as submit or map printed it.
+        #[arg(value_name = "JOB")]
         job: String,
         /// Write {"results": [...], "failures": [...]} here as JSON (default: stdout).
         #[arg(long, value_name = "FILE")]
@@ -263,15 +241,62 @@ impl ClientCommand {
             ClientCommand::Wait { connect, .. }
             | ClientCommand::Darts { connect, .. }
             | ClientCommand::Map { connect, .. }
-            | ClientCommand::Submit { connect, .. }
+            | ClientCommand::Submit(SubmitArgs { connect, .. })
             | ClientCommand::Gather { connect, .. }
             | ClientCommand::Ctl { connect, .. } => connect,
         }
     }
 }
 
+/// `actord submit`: what to run and the options of every task.
+#[derive(Args, Debug, Clone)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub connect: Connect,
+    /// Run the command once per index, e.g. 1-200 ($ACTORD_TASK is the index).
+    #[arg(long, value_name = "RANGE")]
+    pub array: Option<String>,
+    /// Submit one function task instead of a command.
+    #[arg(long = "fn", value_name = "NAME", conflicts_with = "array")]
+    pub func: Option<String>,
+    /// JSON arguments of the function task.
+    #[arg(long, value_name = "JSON", requires = "func")]
+    pub args: Option<String>,
+    /// Fail a task once this many workers died while running it
+    /// [config: scheduler.max_worker_kills].
+    #[arg(long, value_name = "K")]
+    pub max_worker_kills: Option<u32>,
+    /// Use this job id (a uuid) instead of a new one: submitting again
+    /// with the same id is harmless.
+    #[arg(long, value_name = "UUID")]
+    pub job_id: Option<String>,
+    /// Submit a task graph from a JSON file (see the README: tasks with
+    /// key, fn + args or cmd, deps, priority, retries).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["func", "array"])]
+    pub graph: Option<String>,
+    /// Priority of the task(s): higher runs first.
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Retry a failed task this many times (with backoff) before it fails.
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// Stop an attempt that runs longer than this (e.g. 30s, 2m); it
+    /// fails with "time limit exceeded".
+    #[arg(long, value_name = "DURATION")]
+    pub time_limit: Option<String>,
+    /// What each task needs of its worker, e.g. gpus=1 (a task never runs
+    /// where that is not free).
+    #[arg(long, value_name = "LIST")]
+    pub resources: Option<String>,
+    #[command(flatten)]
+    pub cmd: CmdOptions,
+    /// The command and its arguments.
+    #[arg(last = true, value_name = "ARGV")]
+    pub argv: Vec<String>,
+}
+
 /// Options of command tasks.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone, Default, PartialEq)]
 pub struct CmdOptions {
     /// One task per line of FILE: `$ACTORD_ENTRY` (and `{entry}` in the
     /// command) is the line, `$ACTORD_TASK` its number from 1.
@@ -285,6 +310,10 @@ pub struct CmdOptions {
     /// `{task}`, `{attempt}`, `{job}`, `{entry}` allowed); repeatable.
     #[arg(long = "env", value_name = "NAME=VALUE")]
     pub env: Vec<String>,
+    /// Directory the command runs in [default: its job's directory,
+    /// <work-dir>/<job>/]; relative to where you submit.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -300,26 +329,46 @@ pub enum CtlCommand {
     /// Every job with its progress.
     Jobs,
     /// One job: tasks by state, timing, throughput.
-    Job { job: String },
+    Job {
+        /// Job id (a uuid), as submit, map or `actord ctl jobs` print it.
+        #[arg(value_name = "JOB")]
+        job: String,
+    },
     /// The tasks of a job: state (waiting, ready, unschedulable, retrying,
     /// running, finished, failed, canceled), attempts, worker, error.
     Tasks {
+        /// Job id (a uuid), as submit, map or `actord ctl jobs` print it.
+        #[arg(value_name = "JOB")]
         job: String,
-        /// Only tasks in this state.
+        /// Only tasks in this state: waiting, ready, unschedulable,
+        /// retrying, running, finished, failed or canceled.
         #[arg(long)]
         state: Option<String>,
     },
     /// Why a task is where it is: what it waits for, what it needs, how it ended.
-    Explain { job: String, key: String },
+    Explain {
+        /// Job id (a uuid), as submit, map or `actord ctl jobs` print it.
+        #[arg(value_name = "JOB")]
+        job: String,
+        /// The task's key, or its index in the job.
+        #[arg(value_name = "KEY")]
+        key: String,
+    },
     /// Cancel a job, or some of its tasks by key: running commands get
     /// SIGTERM (then SIGKILL), running functions are abandoned.
     Cancel {
+        /// Job id (a uuid), as submit, map or `actord ctl jobs` print it.
+        #[arg(value_name = "JOB")]
         job: String,
         /// Task keys (or indices); all unfinished tasks when none.
         keys: Vec<String>,
     },
     /// Run a job's failed and canceled tasks again (and their dependents).
-    Retry { job: String },
+    Retry {
+        /// Job id (a uuid), as submit, map or `actord ctl jobs` print it.
+        #[arg(value_name = "JOB")]
+        job: String,
+    },
     /// Ask a worker's nanny to restart it (its running tasks go to other workers).
     RestartWorker {
         /// Worker id as `actord ctl workers` shows it, e.g. w3.
@@ -332,11 +381,15 @@ pub enum CtlCommand {
         worker: String,
     },
     /// Drop a finished job and its results, here and in the journal.
-    Forget { job: String },
+    Forget {
+        /// Job id (a uuid), as submit, map or `actord ctl jobs` print it.
+        #[arg(value_name = "JOB")]
+        job: String,
+    },
     /// The journal: path, size on disk, records, flushes, last flush.
     Journal,
-    /// Stop the scheduler cleanly (its journal keeps everything; workers and
-    /// clients wait for the next one).
+    /// Stop the scheduler for good: its nannies and workers exit too (its
+    /// journal keeps everything for a scheduler started again on it).
     Shutdown {
         /// First stop handing out tasks and wait until the running ones have
         /// finished and are journaled.
@@ -345,7 +398,12 @@ pub enum CtlCommand {
     },
     /// Change the scheduler's log filter: a level (error, warn, info, debug,
     /// trace) or directives such as `actord=debug,sled=warn`.
-    LogLevel { level: String },
+    LogLevel {
+        /// A level (off, error, warn, info, debug, trace) or comma-separated
+        /// TARGET=LEVEL directives.
+        #[arg(value_name = "LEVEL")]
+        level: String,
+    },
 }
 
 /// Runs `actord` with the built-in functions.
@@ -356,6 +414,12 @@ pub fn main() -> ExitCode {
 /// Runs `actord` with `registry` as the worker's functions.
 pub fn main_with(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
+    // `local` speaks for its cluster (its workers inherit this): only
+    // warnings, unless the user asked for more. Still one thread here.
+    let quiet = std::env::var_os("ACTORD_LOG").is_none() && std::env::var_os("RUST_LOG").is_none();
+    if quiet && matches!(cli.command, Command::Local(_)) {
+        std::env::set_var("ACTORD_LOG", "warn");
+    }
     init_logging();
     // A worker funnels everything through one connection loop (its tasks run
     // on slot threads): one runtime thread avoids cross-thread wake-ups.

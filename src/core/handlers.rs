@@ -137,8 +137,11 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
         }
         if task.killed.len() as u32 >= max_kills {
             let names: Vec<String> = task.killed.iter().map(|w| w.to_string()).collect();
+            let workers = if names.len() == 1 { "worker" } else { "workers" };
+            // A death the scheduler was told the reason of says it.
+            let last = if why.starts_with("it exceeded") { format!("; {id}: {why}") } else { String::new() };
             let error = format!(
-                "task {tid} was running on {} workers that died ({}); giving up",
+                "task {tid} was running on {} {workers} that died ({}){last}; giving up",
                 names.len(),
                 names.join(", ")
             );
@@ -1075,6 +1078,25 @@ pub fn on_nanny_slot(core: &mut Core, conn: ConnId, info: SlotInfo) {
         Some(s) => *s = info,
         None => n.slots.push(info),
     }
+}
+
+/// A nanny kills the worker of `slot` for its memory: it is lost now, and
+/// the error of a task that gives up on it says why.
+pub fn on_worker_over_memory(
+    core: &mut Core,
+    fx: &mut impl Effects,
+    now: u64,
+    conn: ConnId,
+    slot: u32,
+    reason: &str,
+) {
+    let Some(n) = core.nanny_by_conn.get(&conn).and_then(|id| core.nannies.get(id)) else { return };
+    let at = crate::protocol::NannySlot { pid: n.pid, slot };
+    let Some(id) = core.workers.iter().find(|(_, w)| w.nanny.as_ref() == Some(&at)).map(|(id, _)| *id) else {
+        return;
+    };
+    let why = format!("it exceeded the memory limit ({reason})");
+    on_worker_lost(core, fx, now, id, &why);
 }
 
 pub fn on_nanny_left(core: &mut Core, conn: ConnId) {

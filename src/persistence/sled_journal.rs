@@ -195,6 +195,9 @@ impl SledJournal {
     /// high-water mark, and records this process as its holder.
     pub fn open_with(dir: &Path, opts: &OpenOptions) -> Result<Self, JournalError> {
         let err = |message: String| JournalError::Open { path: dir.to_path_buf(), message };
+        if dir.is_file() {
+            return Err(err("is a file, not a directory: give --journal a directory".into()));
+        }
         std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
         let mark = HighWater::read(dir);
         let Opened { db, trees: [meta, jobs, done, forgotten], epoch, scan } = open_and_scan(dir)?;

@@ -73,6 +73,10 @@ pub enum TaskKind {
         /// Send stdout and stderr to /dev/null instead of files.
         #[serde(default)]
         discard_output: bool,
+        /// Directory to run in (absolute); `None`: the job's directory
+        /// under the worker's work dir.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
     },
     /// A Python callable run by the worker's Python executor: `func` indexes
     /// the job's function table (`Submit::functions`), `args` is opaque to
@@ -278,7 +282,9 @@ pub enum ToWorker {
     Cancel {
         tasks: Vec<TaskId>,
     },
-    /// Finish nothing more and exit.
+    /// Finish nothing more and exit: the scheduler shuts down for good
+    /// (`ctl shutdown`; sent to workers without a nanny, whose nanny
+    /// gets `ToNanny::Shutdown` instead).
     Shutdown,
     /// Retire: hand back queued tasks, finish the running ones, then exit
     /// (as on SIGTERM). Sent to workers without a nanny; a nanny's worker is
@@ -506,6 +512,9 @@ pub enum FromNanny {
     Register { host: String, pid: u32, slots: Vec<SlotInfo> },
     /// A slot changed state.
     Slot { info: SlotInfo },
+    /// The worker of this slot is over the memory limit and is killed right
+    /// after this message: its running tasks fail (or retry) saying so.
+    OverMemory { slot: u32, reason: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -521,6 +530,9 @@ pub enum ToNanny {
     RetireWorker {
         slot: u32,
     },
+    /// The scheduler shuts down for good (`ctl shutdown`): stop every
+    /// worker and exit, instead of waiting for another scheduler.
+    Shutdown,
     Error {
         message: String,
     },
