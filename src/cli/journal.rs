@@ -27,19 +27,19 @@ pub fn run(c: JournalCommand) -> Result<ExitCode, CliError> {
     let expected = file.and_then(|f| crate::actors::expected_epoch(&f, &dir));
     let report =
         crate::persistence::verify(&dir, expected.as_ref()).map_err(|e| CliError::Failed(e.to_string()))?;
-    println!("journal   {}", report.dir.display());
-    println!("epoch     {}", report.epoch.map_or("none (no database)".into(), |e| e.to_string()));
-    println!("records   {} intact, in {} jobs", report.records, report.jobs);
+    outln!("journal   {}", report.dir.display());
+    outln!("epoch     {}", report.epoch.map_or("none (no database)".into(), |e| e.to_string()));
+    outln!("records   {} intact, in {} jobs", report.records, report.jobs);
     if !report.is_damaged() {
-        println!("status    OK");
+        outln!("status    OK");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("status    DAMAGED");
+    outln!("status    DAMAGED");
     for p in &report.problems {
-        println!("damage    {p}");
+        outln!("damage    {p}");
     }
     for j in report.jobs_affected() {
-        println!("affected  {j}");
+        outln!("affected  {j}");
     }
     eprintln!("actord: {}", report.message());
     Ok(ExitCode::from(1))
