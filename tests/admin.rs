@@ -221,8 +221,14 @@ fn shutdown_drain_waits_for_running_tasks_and_journals_them() {
     assert!(drain.log_text().contains("tasks still running"), "{}", drain.log_text());
     assert!(cluster.scheduler.wait_exit(Duration::from_secs(20)).is_some(), "the scheduler stopped");
 
-    // The next scheduler has the drained task's result; the queued job runs.
+    // Shut down for good: the nanny and its workers are gone too.
+    let mut nanny = cluster.nanny.take().expect("a nanny");
+    assert!(nanny.wait_exit(Duration::from_secs(20)).is_some(), "the nanny exits with its scheduler");
+
+    // The next scheduler has the drained task's result; the queued job runs
+    // on the workers started for it.
     cluster.restart_scheduler();
+    cluster.start_nanny(2, 1);
     let out = cluster.run(&["gather", &job]);
     assert!(out.status.success(), "{}", stderr(&out));
     let t = ctl_json(&cluster, &["tasks", &job]);

@@ -186,6 +186,21 @@ def test_cancel(client, tmp_path):
     assert client.submit(inc, 100).result(30) == 101
 
 
+def test_cancel_before_the_executor_is_up(make_cluster):
+    # A fresh cluster: the first py task starts each slot's executor, and a
+    # cancel arriving meanwhile must still stop the task, not leave it
+    # running with its slot held.
+    cluster = make_cluster(workers=1)
+    with cluster.client() as client:
+        f = client.submit(time.sleep, 30, pure=False)
+        f.cancel()
+        with pytest.raises(FutureCancelledError):
+            f.result(5)
+        start = time.monotonic()
+        assert client.submit(inc, 1).result(20) == 2
+        assert time.monotonic() - start < 20
+
+
 def test_bad_input_is_a_clear_error_and_changes_nothing(client):
     lock = threading.Lock()
     with pytest.raises(TypeError, match="cannot pickle function 'uses_lock'"):

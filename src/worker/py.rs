@@ -128,7 +128,15 @@ impl PySlot {
             };
             let limit = self.frame_limit();
             let exec = self.exec.as_mut().expect("started above");
-            ctl.lock().running.insert(tid, exec.child.id());
+            {
+                // A cancel that came while the executor started finds no
+                // pid to stop: it is seen here, under the same lock.
+                let mut st = ctl.lock();
+                if st.canceled.remove(&tid) {
+                    return (Outcome::err("canceled"), false);
+                }
+                st.running.insert(tid, exec.child.id());
+            }
             let deadline = a.time_limit_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
             match exec.stdin.write_all(&frame).and_then(|_| exec.stdin.flush()) {
                 Ok(()) => answer = read_frame(&mut exec.stdout, &mut exec.child, deadline, limit),
