@@ -102,6 +102,20 @@ fn writer_is_gone(file: &SchedulerFile) -> bool {
     matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(Errno::ESRCH))
 }
 
+/// How long a scheduler file naming a dead scheduler of this host may stay
+/// before a client says so: time for a scheduler being started to replace it.
+const DEAD_WRITER_GRACE: Duration = Duration::from_secs(3);
+
+/// What a client says about a file whose scheduler is gone.
+fn gone(path: &Path, file: &SchedulerFile) -> String {
+    format!(
+        "the scheduler that wrote {} (pid {}, started {}) is gone; start it again with `actord scheduler`",
+        path.display(),
+        file.pid,
+        file.started
+    )
+}
+
 /// A lost connection (as opposed to an answer we did not like): worth a reconnect.
 fn is_transport(e: &ClientError) -> bool {
     use crate::protocol::ConnError::*;
@@ -118,17 +132,30 @@ impl Client {
     }
 
     /// Waits (bounded) for the scheduler file and for the scheduler to
-    /// answer; a file whose writer ran on this host and is gone is reported
-    /// at once.
+    /// answer. A file whose writer ran on this host and is gone is reported
+    /// within `DEAD_WRITER_GRACE`, unless a starting scheduler replaces it
+    /// meanwhile.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
-        Client::connect_with(path, timeout, true).await
+        Client::connect_with(path, timeout, Some(DEAD_WRITER_GRACE)).await
     }
 
-    /// `connect`; `fail_fast`: a file left by a scheduler that is gone is
-    /// an error at once, rather than waiting for a successor to rewrite it.
-    async fn connect_with(path: &Path, timeout: Duration, fail_fast: bool) -> Result<Client, ClientError> {
+    /// `connect` for a scheduler that may still be starting (`actord
+    /// wait`): a dead writer's file is waited on for the whole timeout.
+    pub async fn connect_startup(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        Client::connect_with(path, timeout, None).await
+    }
+
+    /// `connect`; `grace`: how long a file left by a scheduler that is gone
+    /// may stay before that is the error (`None`: wait the whole timeout).
+    async fn connect_with(
+        path: &Path,
+        timeout: Duration,
+        grace: Option<Duration>,
+    ) -> Result<Client, ClientError> {
         let start = Instant::now();
         let mut said = false;
+        // Since when the file in place has named a dead scheduler.
+        let mut dead: Option<(uuid::Uuid, Instant)> = None;
         loop {
             let left = timeout.saturating_sub(start.elapsed());
             let file = wait_for_file(path, left).await.map_err(ClientError::Connect)?;
@@ -139,13 +166,15 @@ impl Client {
                     file.describe()
                 )));
             }
-            if fail_fast && writer_is_gone(&file) {
-                return Err(ClientError::Connect(format!(
-                    "the scheduler that wrote {} (pid {}, started {}) is gone; start it again with `actord scheduler`",
-                    path.display(),
-                    file.pid,
-                    file.started
-                )));
+            dead = match (writer_is_gone(&file), dead) {
+                (false, _) => None,
+                (true, Some((instance, since))) if instance == file.instance => Some((instance, since)),
+                (true, _) => Some((file.instance, Instant::now())),
+            };
+            if let (Some(grace), Some((_, since))) = (grace, dead) {
+                if since.elapsed() >= grace.min(timeout) {
+                    return Err(ClientError::Connect(gone(path, &file)));
+                }
             }
             let attempt = Conn::connect_epoch(
                 file.socket_addr(),
@@ -159,6 +188,9 @@ impl Client {
             match attempt {
                 Ok((conn, _)) => return Ok(Client { conn, file, path: path.to_path_buf(), timeout }),
                 Err(crate::protocol::ConnError::Rejected(e)) => return Err(ClientError::Scheduler(e)),
+                Err(_) if start.elapsed() >= timeout && dead.is_some() => {
+                    return Err(ClientError::Connect(gone(path, &file)))
+                }
                 Err(e) if start.elapsed() >= timeout => {
                     return Err(ClientError::Connect(format!(
                         "cannot reach the scheduler at {} named by {} ({}): {e}; is that scheduler still running?",
@@ -182,7 +214,7 @@ impl Client {
     pub async fn reconnect(&mut self) -> Result<(), ClientError> {
         tracing::warn!(scheduler = %self.file.address, "lost the scheduler; reconnecting");
         // A restarted scheduler may not have rewritten the file yet: wait for it.
-        let fresh = Client::connect_with(&self.path, self.timeout, false).await?;
+        let fresh = Client::connect_with(&self.path, self.timeout, None).await?;
         self.conn = fresh.conn;
         self.file = fresh.file;
         tracing::info!(scheduler = %self.file.address, epoch = self.file.epoch, "reconnected");

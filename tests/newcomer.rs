@@ -263,6 +263,15 @@ fn a_dead_schedulers_file_is_reported_at_once() {
         assert!(err.contains("is gone"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10), "{args:?} took {:?}", start.elapsed());
     }
+    // A scheduler started right after the client replaces the dead one's
+    // file in time: the client waits for it, as `actord scheduler & actord
+    // ctl status` in a script would.
+    let mut status = Proc::spawn("status", cluster.command(&["ctl", "status"]), cluster.dir.path());
+    let polling = || status.log_text().contains("waiting for the scheduler to answer");
+    assert!(wait_until(Duration::from_secs(10), polling), "{}", status.log_text());
+    cluster.restart_scheduler();
+    let done = status.wait_exit(Duration::from_secs(30)).expect("ctl status returns");
+    assert!(done.success(), "{}", status.log_text());
 }
 
 #[test]

@@ -276,11 +276,22 @@ pub(super) async fn connect(config: &Config, c: &Connect) -> Result<Client, CliE
 pub(super) async fn client_command(config: &Config, cmd: ClientCommand) -> Result<ExitCode, CliError> {
     match cmd {
         ClientCommand::Wait { connect: c, workers, timeout } => {
-            let timeout = parse_duration(&timeout).map_err(usage)?;
+            let timeout_flag = timeout;
+            let timeout = parse_duration(&timeout_flag).map_err(usage)?;
             let path = crate::schedfile::resolve_path(c.scheduler_file.as_deref()).map_err(usage)?;
             let start = Instant::now();
-            let mut client = Client::connect(&path, timeout).await?;
-            let have = client.wait_for_workers(workers, timeout.saturating_sub(start.elapsed())).await?;
+            let mut client = Client::connect_startup(&path, timeout).await?;
+            let have = match client.wait_for_workers(workers, timeout.saturating_sub(start.elapsed())).await {
+                Ok(have) => have,
+                // Say the --timeout as given, not what was left of it.
+                Err(crate::client::ClientError::Connect(_)) => {
+                    let have = client.workers().await.map(|w| w.len()).unwrap_or(0);
+                    return Err(failed(format!(
+                        "only {have} of {workers} workers registered within --timeout {timeout_flag}"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
             eprintln!("scheduler {} ready with {have} workers", client.file.address);
             Ok(ExitCode::SUCCESS)
         }
