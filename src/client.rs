@@ -382,7 +382,13 @@ impl Client {
 
     /// Stops the scheduler (its journal keeps everything for the next one).
     pub async fn shutdown(&mut self) -> Result<String, ClientError> {
-        self.conn.write(&FromClient::Shutdown).await?;
+        self.shutdown_with(FromClient::Shutdown).await
+    }
+
+    /// `Shutdown`, or `StopKeepingWorkers { drain: false }`: one request the
+    /// scheduler may not outlive long enough to answer.
+    pub async fn shutdown_with(&mut self, request: FromClient) -> Result<String, ClientError> {
+        self.conn.write(&request).await?;
         match self.expect_reply().await {
             Ok(ToClient::Done { message }) => Ok(message),
             // It may close the connection before the answer gets out.

@@ -201,8 +201,11 @@ fn shutdown_drain_waits_for_running_tasks_and_journals_them() {
     let mut cluster = Cluster::start_with_config(2, 1, CONFIG);
     let job = submit_cmd(&cluster, &gated(&cluster, "d"));
     assert!(wait_until(Duration::from_secs(20), || cluster.path("started-d").exists()));
-    let mut drain =
-        Proc::spawn("drain", cluster.command(&["ctl", "shutdown", "--drain"]), cluster.dir.path());
+    let mut drain = Proc::spawn(
+        "drain",
+        cluster.command(&["ctl", "shutdown", "--drain", "--keep-workers"]),
+        cluster.dir.path(),
+    );
     assert!(
         wait_until(Duration::from_secs(10), || ctl_json(&cluster, &["status"])["draining"] == true),
         "the scheduler says it is draining"

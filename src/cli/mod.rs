@@ -389,6 +389,10 @@ pub enum CtlCommand {
         /// finished and are journaled.
         #[arg(long)]
         drain: bool,
+        /// Stop only the scheduler: nannies and workers keep running and
+        /// wait for the next one (e.g. to move the scheduler elsewhere).
+        #[arg(long)]
+        keep_workers: bool,
     },
     /// Change the scheduler's log filter: a level (error, warn, info, debug,
     /// trace) or directives such as `actord=debug,sled=warn`.
