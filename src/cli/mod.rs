@@ -37,10 +37,10 @@ pub enum Command {
     Nanny(NannyArgs),
     /// Run one worker process (normally started by a nanny, or by srun).
     Worker(WorkerArgs),
-    /// Run a whole cluster in this process (scheduler + nanny + workers),
-    /// run one client command against it, and tear it down. `submit` and
-    /// `map` wait for their job, as if `gather` followed, and exit with its
-    /// status.
+    /// Run a whole cluster here for one client command, then tear it down.
+    ///
+    /// A scheduler, a nanny and its workers; `submit` and `map` wait for
+    /// their job, as if `gather` followed, and exit with its status.
     Local(LocalArgs),
     /// Interactive admin console: the `ctl` commands with history, tab
     /// completion, and reconnection when the scheduler restarts.
