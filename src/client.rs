@@ -90,31 +90,9 @@ pub struct Client {
     pub timeout: Duration,
 }
 
-/// Whether the scheduler file was written on this host by a process that
-/// no longer exists (a pid reused since is taken for the writer: then the
-/// usual bounded wait tells).
-fn writer_is_gone(file: &SchedulerFile) -> bool {
-    use nix::errno::Errno;
-    if file.host != crate::util::hostname() || file.pid == 0 {
-        return false;
-    }
-    let Ok(pid) = i32::try_from(file.pid) else { return false };
-    matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(Errno::ESRCH))
-}
-
 /// How long a scheduler file naming a dead scheduler of this host may stay
 /// before a client says so: time for a scheduler being started to replace it.
 const DEAD_WRITER_GRACE: Duration = Duration::from_secs(3);
-
-/// What a client says about a file whose scheduler is gone.
-fn gone(path: &Path, file: &SchedulerFile) -> String {
-    format!(
-        "the scheduler that wrote {} (pid {}, started {}) is gone; start it again with `actord scheduler`",
-        path.display(),
-        file.pid,
-        file.started
-    )
-}
 
 /// A lost connection (as opposed to an answer we did not like): worth a reconnect.
 fn is_transport(e: &ClientError) -> bool {
@@ -166,14 +144,14 @@ impl Client {
                     file.describe()
                 )));
             }
-            dead = match (writer_is_gone(&file), dead) {
+            dead = match (file.writer_is_gone(), dead) {
                 (false, _) => None,
                 (true, Some((instance, since))) if instance == file.instance => Some((instance, since)),
                 (true, _) => Some((file.instance, Instant::now())),
             };
             if let (Some(grace), Some((_, since))) = (grace, dead) {
                 if since.elapsed() >= grace.min(timeout) {
-                    return Err(ClientError::Connect(gone(path, &file)));
+                    return Err(ClientError::Connect(file.gone(path)));
                 }
             }
             let attempt = Conn::connect_epoch(
@@ -189,7 +167,7 @@ impl Client {
                 Ok((conn, _)) => return Ok(Client { conn, file, path: path.to_path_buf(), timeout }),
                 Err(crate::protocol::ConnError::Rejected(e)) => return Err(ClientError::Scheduler(e)),
                 Err(_) if start.elapsed() >= timeout && dead.is_some() => {
-                    return Err(ClientError::Connect(gone(path, &file)))
+                    return Err(ClientError::Connect(file.gone(path)))
                 }
                 Err(e) if start.elapsed() >= timeout => {
                     return Err(ClientError::Connect(format!(
@@ -382,7 +360,13 @@ impl Client {
 
     /// Stops the scheduler (its journal keeps everything for the next one).
     pub async fn shutdown(&mut self) -> Result<String, ClientError> {
-        self.conn.write(&FromClient::Shutdown).await?;
+        self.shutdown_with(FromClient::Shutdown).await
+    }
+
+    /// `Shutdown`, or `StopKeepingWorkers { drain: false }`: one request the
+    /// scheduler may not outlive long enough to answer.
+    pub async fn shutdown_with(&mut self, request: FromClient) -> Result<String, ClientError> {
+        self.conn.write(&request).await?;
         match self.expect_reply().await {
             Ok(ToClient::Done { message }) => Ok(message),
             // It may close the connection before the answer gets out.

@@ -40,6 +40,29 @@ impl SchedulerFile {
         format!("written by pid {} on {} at {}", self.pid, self.host, self.started)
     }
 
+    /// Whether this file was written on this host by a process that no
+    /// longer exists (a pid reused since is taken for the writer: then the
+    /// usual bounded wait tells).
+    pub fn writer_is_gone(&self) -> bool {
+        use nix::errno::Errno;
+        if self.host != crate::util::hostname() || self.pid == 0 {
+            return false;
+        }
+        let Ok(pid) = i32::try_from(self.pid) else { return false };
+        matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(Errno::ESRCH))
+    }
+
+    /// What a client says about this file, found at `path`, once its
+    /// scheduler is gone.
+    pub fn gone(&self, path: &Path) -> String {
+        format!(
+            "the scheduler that wrote {} (pid {}, started {}) is gone; start it again with `actord scheduler`",
+            path.display(),
+            self.pid,
+            self.started
+        )
+    }
+
     /// Writes to a temporary file beside `path`, then renames it into place.
     pub fn write_atomic(&self, path: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;

@@ -158,7 +158,7 @@ fn cancel_terminates_running_commands_and_fails_the_rest() {
     let out = cluster.run(&["ctl", "cancel", &job]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(cluster.scheduler.log_text().contains("admin request"), "cancel is logged with who asked");
-    assert!(stdout(&out).contains("canceled 5 tasks"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("canceled 5 tasks"), "the answer on stdout: {}", stdout(&out));
     let running = read_pids();
     assert!(
         wait_until(Duration::from_secs(10), || running.iter().all(|p| !pid_alive(*p))),

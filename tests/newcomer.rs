@@ -316,3 +316,25 @@ fn a_task_whose_worker_exceeds_the_memory_limit_says_so() {
     );
     assert!(err.contains("over the limit of"), "{err}");
 }
+
+#[test]
+fn shutdown_drain_ends_the_cluster_too_unless_told_to_keep_the_workers() {
+    let mut cluster = Cluster::start(1, 1);
+    let out = cluster.run(&["ctl", "shutdown", "--drain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("drained; the scheduler stopped"), "{}", stdout(&out));
+    let nanny = cluster.nanny.as_mut().unwrap();
+    let status = nanny.wait_exit(Duration::from_secs(15)).expect("the nanny exits after a drain");
+    assert!(status.success(), "{}", nanny.log_text());
+
+    let mut cluster = Cluster::start(1, 1);
+    let pids = cluster.worker_pids();
+    let out = cluster.run(&["ctl", "shutdown", "--keep-workers"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("its workers wait for the next one"), "{}", stdout(&out));
+    assert!(cluster.scheduler.wait_exit(Duration::from_secs(15)).is_some(), "the scheduler stops");
+    cluster.restart_scheduler();
+    let out = cluster.run(&["wait", "--workers", "1", "--timeout", "30s"]);
+    assert!(out.status.success(), "the same workers come back: {}", stderr(&out));
+    assert_eq!(cluster.worker_pids(), pids);
+}

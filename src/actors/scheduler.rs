@@ -159,6 +159,8 @@ pub struct SchedulerState {
     /// Connections told that the scheduler shuts down for good, until they
     /// have closed: the process stops after that.
     farewell: std::collections::HashSet<ConnId>,
+    /// `shutdown --keep-workers`: stop without telling anyone.
+    keep_workers: bool,
     /// Group commit: flushes start at most once per `commit_interval`, so
     /// a stream of single results shares fsyncs.
     commit_interval: std::time::Duration,
@@ -233,6 +235,7 @@ impl Actor for SchedulerActor {
             shutdown_requested: false,
             shutdown: args.shutdown,
             farewell: Default::default(),
+            keep_workers: false,
             last_flush: None,
             flush_timer: false,
             started: std::time::Instant::now(),
@@ -314,6 +317,17 @@ fn handle_msg(
                     st.shutdown_requested = true;
                     farewell(&myself, st);
                 }
+                FromClient::StopKeepingWorkers { drain: false } => {
+                    tracing::info!("shutdown requested; workers wait for the next scheduler");
+                    let message = "the scheduler is stopping; its workers wait for the next one".into();
+                    fx.to_client(conn, ToClient::Done { message });
+                    st.keep_workers = true;
+                    st.shutdown_requested = true;
+                }
+                FromClient::StopKeepingWorkers { drain: true } => {
+                    st.keep_workers = true;
+                    drain_and_stop(core, fx, conn);
+                }
                 FromClient::Explain { job, key } => core::on_explain(core, fx, conn, job, key),
                 FromClient::Status => {
                     let extra = st.status_extra();
@@ -326,15 +340,7 @@ fn handle_msg(
                     let journal = st.journal_info();
                     st.outbox.to_client(conn, ToClient::Journal { journal });
                 }
-                FromClient::DrainAndShutdown => {
-                    tracing::info!("shutdown requested: draining first");
-                    core::on_drain(core, fx);
-                    let message = format!(
-                        "draining: no new tasks; the scheduler stops once {} assigned tasks have finished",
-                        core.assigned_count()
-                    );
-                    fx.to_client(conn, ToClient::Done { message });
-                }
+                FromClient::DrainAndShutdown => drain_and_stop(core, fx, conn),
                 FromClient::LogLevel { level } => {
                     let reply = match crate::util::set_log_level(&level) {
                         Ok(()) => {
@@ -402,7 +408,9 @@ fn handle_msg(
             // Drained: stop once what is gathered is durable and sent.
             tracing::info!("drained: no task is running any more; stopping");
             st.shutdown_requested = true;
-            farewell(&myself, st);
+            if !st.keep_workers {
+                farewell(&myself, st);
+            }
             stop_if_done(st);
         }
         let waiting = st.in_flight.is_none() && !st.outbox.is_empty();
@@ -466,6 +474,18 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
     });
     st.in_flight = Some(out);
     Ok(())
+}
+
+/// `shutdown --drain`: hand out nothing more; the scheduler stops once the
+/// running tasks are reported and journaled.
+fn drain_and_stop(core: &mut Core, fx: &mut Outbox, conn: ConnId) {
+    tracing::info!("shutdown requested: draining first");
+    core::on_drain(core, fx);
+    let message = format!(
+        "draining: no new tasks; the scheduler stops once {} assigned tasks have finished",
+        core.assigned_count()
+    );
+    fx.to_client(conn, ToClient::Done { message });
 }
 
 /// Shutting down for good (`ctl shutdown`), unlike a crash or SIGTERM:

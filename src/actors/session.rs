@@ -277,6 +277,10 @@ async fn read_loop(
                         FromClient::Retry { job } => (Some(format!("retry {job}")), true),
                         FromClient::Shutdown => (Some("shutdown".into()), true),
                         FromClient::DrainAndShutdown => (Some("shutdown --drain".into()), true),
+                        FromClient::StopKeepingWorkers { drain } => {
+                            let drain = if *drain { " --drain" } else { "" };
+                            (Some(format!("shutdown{drain} --keep-workers")), true)
+                        }
                         FromClient::LogLevel { level } => (Some(format!("log-level {level}")), true),
                         FromClient::Status => (Some("status".into()), false),
                         FromClient::Workers => (Some("workers".into()), false),

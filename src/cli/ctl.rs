@@ -4,6 +4,7 @@
 use super::commands::{failed, parse_job_id, usage};
 use super::{CliError, CtlCommand};
 use crate::client::Client;
+use crate::protocol::FromClient;
 use std::process::ExitCode;
 
 /// Every state `ctl tasks --state` may name (as the scheduler reports them).
@@ -149,9 +150,19 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             }
             print_done(&message, json)
         }
-        CtlCommand::Shutdown { drain: false } => print_done(&client.shutdown().await?, json),
-        CtlCommand::Shutdown { drain: true } => {
-            let message = client.admin(crate::protocol::FromClient::DrainAndShutdown).await?;
+        CtlCommand::Shutdown { drain: false, keep_workers } => {
+            let request = match keep_workers {
+                true => FromClient::StopKeepingWorkers { drain: false },
+                false => FromClient::Shutdown,
+            };
+            print_done(&client.shutdown_with(request).await?, json)
+        }
+        CtlCommand::Shutdown { drain: true, keep_workers } => {
+            let request = match keep_workers {
+                true => FromClient::StopKeepingWorkers { drain: true },
+                false => FromClient::DrainAndShutdown,
+            };
+            let message = client.admin(request).await?;
             eprintln!("{message}");
             // Until the scheduler goes away: say what is still running.
             let mut last = None;
@@ -253,7 +264,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
         }
         CtlCommand::Retry { job } => {
             let job = parse_job_id(Some(&job))?;
-            print_done(&client.admin(crate::protocol::FromClient::Retry { job }).await?, json)
+            print_done(&client.admin(FromClient::Retry { job }).await?, json)
         }
         CtlCommand::Forget { job } => {
             let id = parse_job_id(Some(&job))?;
@@ -265,7 +276,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
         }
         CtlCommand::RetireWorker { worker } => {
             let worker = parse_worker_id(&worker)?;
-            print_done(&client.admin(crate::protocol::FromClient::RetireWorker { worker }).await?, json)
+            print_done(&client.admin(FromClient::RetireWorker { worker }).await?, json)
         }
         CtlCommand::Journal => {
             let j = client.journal().await?;
@@ -282,7 +293,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             })
         }
         CtlCommand::LogLevel { level } => {
-            print_done(&client.admin(crate::protocol::FromClient::LogLevel { level }).await?, json)
+            print_done(&client.admin(FromClient::LogLevel { level }).await?, json)
         }
     }
 }

@@ -37,10 +37,10 @@ pub enum Command {
     Nanny(NannyArgs),
     /// Run one worker process (normally started by a nanny, or by srun).
     Worker(WorkerArgs),
-    /// Run a whole cluster in this process (scheduler + nanny + workers),
-    /// run one client command against it, and tear it down. `submit` and
-    /// `map` wait for their job, as if `gather` followed, and exit with its
-    /// status.
+    /// Run a whole cluster here for one client command, then tear it down.
+    ///
+    /// A scheduler, a nanny and its workers; `submit` and `map` wait for
+    /// their job, as if `gather` followed, and exit with its status.
     Local(LocalArgs),
     /// Interactive admin console: the `ctl` commands with history, tab
     /// completion, and reconnection when the scheduler restarts.
@@ -395,6 +395,10 @@ pub enum CtlCommand {
         /// finished and are journaled.
         #[arg(long)]
         drain: bool,
+        /// Stop only the scheduler: nannies and workers keep running and
+        /// wait for the next one (e.g. to move the scheduler elsewhere).
+        #[arg(long)]
+        keep_workers: bool,
     },
     /// Change the scheduler's log filter: a level (error, warn, info, debug,
     /// trace) or directives such as `actord=debug,sled=warn`.

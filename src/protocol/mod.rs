@@ -354,7 +354,8 @@ pub enum FromClient {
     Tasks { job: JobId },
     /// Every job with its progress; answered with `Jobs`.
     Jobs,
-    /// Stop the scheduler (as SIGTERM does); answered with `Done`.
+    /// Stop the scheduler for good: nannies and workers are told to exit;
+    /// answered with `Done`.
     Shutdown,
     /// Why a task is where it is (waiting on what, needing what); answered with `Done`.
     Explain { job: JobId, key: String },
@@ -377,8 +378,12 @@ pub enum FromClient {
     /// The journal: path, size, records, last flush; answered with `Journal`.
     Journal,
     /// Stop handing out tasks, wait for the running ones to finish and be
-    /// journaled, then stop; answered with `Done` at once.
+    /// journaled, then stop as `Shutdown` does; answered with `Done` at once.
     DrainAndShutdown,
+    /// Stop the scheduler only (`Shutdown` or, with `drain`,
+    /// `DrainAndShutdown`), as SIGTERM does: nannies and workers keep
+    /// waiting for the next scheduler; answered with `Done`.
+    StopKeepingWorkers { drain: bool },
     /// Change the scheduler's log filter (e.g. `debug`, `actord=trace`);
     /// answered with `Done`.
     LogLevel { level: String },
