@@ -52,12 +52,13 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             let workers = client.workers().await?;
             show(workers, json, |workers| {
                 outln!(
-                    "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} RESOURCES",
+                    "{:<11} {:<20} {:>8} {:>6} {:>8} {:>7} {:>12} {:<12} {:>10}  {:<9} RESOURCES",
                     "ID",
                     "HOST",
                     "PID",
                     "SLOTS",
                     "RUNNING",
+                    "QUEUED",
                     "NANNY:SLOT",
                     "HEARD",
                     "RSS",
@@ -71,12 +72,13 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
                     let resources: Vec<String> =
                         w.resources.iter().map(|(k, n)| format!("{k}={n}")).collect();
                     outln!(
-                        "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} {}",
+                        "{:<11} {:<20} {:>8} {:>6} {:>8} {:>7} {:>12} {:<12} {:>10}  {:<9} {}",
                         w.id.to_string(),
                         w.host,
                         w.pid,
                         w.slots,
                         w.running,
+                        w.queued,
                         nanny,
                         ago(w.last_heard_ms),
                         rss,
@@ -127,10 +129,11 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             outln!("workers    {} ({} slots), {} nannies", s.workers, s.slots, s.nannies);
             outln!("jobs       {} ({} done)", s.jobs, s.jobs_done);
             outln!(
-                "tasks      {} finished, {} failed, {} running, {} queued (of {})",
+                "tasks      {} finished, {} failed, {} running, {} queued on workers, {} waiting for one (of {})",
                 s.tasks_finished,
                 s.tasks_failed,
                 s.tasks_running,
+                s.tasks_prefetched,
                 s.tasks_queued,
                 s.tasks
             );
@@ -156,9 +159,10 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             // Until the scheduler goes away: say what is still running.
             let mut last = None;
             while let Ok(s) = client.status().await {
-                if last != Some(s.tasks_running) {
-                    eprintln!("{} tasks still running", s.tasks_running);
-                    last = Some(s.tasks_running);
+                let left = s.tasks_running.saturating_add(s.tasks_prefetched);
+                if last != Some(left) {
+                    eprintln!("{left} tasks still running or queued on workers");
+                    last = Some(left);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }

@@ -9,7 +9,7 @@ use crate::protocol::{
     Assignment, NannyInfo, Outcome, PyFunction, SlotInfo, SlotState, TaskKind, TaskOutcome, TaskReport,
     TaskSpec, ToClient, ToNanny, ToWorker, WorkerInfo,
 };
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// Most outcomes sent to a watcher in one message when it catches up.
 const CATCH_UP_CHUNK: usize = 4096;
@@ -216,24 +216,7 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
     for w in core.workers.values_mut().filter(|w| !w.dropped.is_empty()) {
         w.dropped.retain(|_, at| now.saturating_sub(*at) <= timeout);
     }
-    if !core.delayed.is_empty() {
-        let (due, later): (Vec<_>, Vec<_>) = core.delayed.drain(..).partition(|(t, _)| *t <= now);
-        core.delayed = later;
-        for (_, tid) in due {
-            if core.find_task(tid).is_some_and(|t| t.state == TaskState::Delayed) {
-                core.get_task_mut(tid).state = TaskState::Ready;
-                core.push_ready(tid);
-            }
-        }
-        schedule(core, fx);
-    }
-    if core.hold_until.is_some_and(|t| now >= t) {
-        core.hold_until = None;
-        let unclaimed =
-            core.jobs.values().flat_map(|j| &j.tasks).filter(|t| t.state == TaskState::Ready).count();
-        tracing::info!(requeued = unclaimed, "grace period over: unclaimed tasks go to any worker");
-        schedule(core, fx);
-    }
+    on_deadline(core, fx, now);
     if let Some(retention) = core.config.retention_us {
         let expired: Vec<JobId> = core
             .jobs
@@ -289,6 +272,30 @@ fn note_stall(core: &mut Core, now: u64) {
     core.last_tick = Some(now);
 }
 
+/// Releases the retries whose backoff is over and ends the reclaim grace
+/// period once due: on every tick, and when the actor's timer for
+/// `Core::next_deadline` fires.
+pub fn on_deadline(core: &mut Core, fx: &mut impl Effects, now: u64) {
+    if !core.delayed.is_empty() {
+        let (due, later): (Vec<_>, Vec<_>) = core.delayed.drain(..).partition(|(t, _)| *t <= now);
+        core.delayed = later;
+        for (_, tid) in due {
+            if core.find_task(tid).is_some_and(|t| t.state == TaskState::Delayed) {
+                core.get_task_mut(tid).state = TaskState::Ready;
+                core.push_ready(tid);
+            }
+        }
+        schedule(core, fx);
+    }
+    if core.hold_until.is_some_and(|t| now >= t) {
+        core.hold_until = None;
+        let unclaimed =
+            core.jobs.values().flat_map(|j| &j.tasks).filter(|t| t.state == TaskState::Ready).count();
+        tracing::info!(requeued = unclaimed, "grace period over: unclaimed tasks go to any worker");
+        schedule(core, fx);
+    }
+}
+
 /// Shortest gap between ticks taken for a stall (ticks come at least every 10 ms).
 const MIN_STALL_US: u64 = 50_000;
 
@@ -302,6 +309,8 @@ fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<T
     if tasks.len() > u32::MAX as usize {
         return Err("too many tasks in one job".into());
     }
+    // Function names found on some worker (each is looked up once).
+    let mut known = HashSet::default();
     for (i, t) in tasks.iter().enumerate() {
         match &t.kind {
             crate::protocol::TaskKind::Fn { name, .. } if name.is_empty() => {
@@ -318,6 +327,11 @@ fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<T
             }
             _ => {}
         }
+        if let crate::protocol::TaskKind::Fn { name, .. } = &t.kind {
+            if known.insert(name.as_str()) {
+                unknown_function(core, i, name)?;
+            }
+        }
         if let Some((k, n)) = t.resources.iter().find(|(_, n)| **n > MAX_RESOURCE_AMOUNT) {
             return Err(format!(
                 "task {i}: resource {k:?} = {n} is out of range (at most {MAX_RESOURCE_AMOUNT})"
@@ -330,6 +344,40 @@ fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<T
         }
     }
     graph::resolve(core, job, tasks)
+}
+
+/// Refuses a function no registered worker has (with no worker registered
+/// yet, any name is taken: the workers to come may have it).
+fn unknown_function(core: &Core, i: usize, name: &str) -> Result<(), String> {
+    if core.workers.is_empty() || core.workers.values().any(|w| w.functions.iter().any(|f| f == name)) {
+        return Ok(());
+    }
+    let mut known: Vec<&str> =
+        core.workers.values().flat_map(|w| w.functions.iter().map(String::as_str)).collect();
+    known.sort_unstable();
+    known.dedup();
+    let list = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+    Err(format!("task {i}: no registered worker has function {name:?} (they have: {list})"))
+}
+
+/// A digest of a submission's tasks and functions, the same for the same
+/// submission in any process (it survives restarts through the journal).
+pub fn submission_digest(tasks: &[TaskSpec], functions: &[bytes::Bytes]) -> u64 {
+    use std::hash::Hasher;
+    struct HashWriter(rustc_hash::FxHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = HashWriter(rustc_hash::FxHasher::default());
+    // Writing into a hasher cannot fail; specs always serialize.
+    let _ = rmp_serde::encode::write_named(&mut w, &(tasks, functions));
+    w.0.finish()
 }
 
 /// A job as a client submits it.
@@ -359,11 +407,12 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
     if let Some(existing) = core.jobs.get(&job) {
         let tasks = &msg.tasks;
         // A resubmission after a lost reply: same job, nothing new to do.
-        if existing.tasks.len() == tasks.len() {
+        if existing.digest == submission_digest(tasks, &msg.functions) {
             fx.to_client(conn, ToClient::Submitted { job, tasks: tasks.len() as u32 });
         } else {
             let message = format!(
-                "job {job} already exists with {} tasks (this submission has {})",
+                "job {job} exists with other tasks ({} tasks; this submission has {}): \
+                 choose another job id, or forget the job first",
                 existing.tasks.len(),
                 tasks.len()
             );
@@ -387,8 +436,11 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
         tasks: tasks.clone(),
         functions: functions.clone(),
     });
+    let digest = submission_digest(&tasks, &functions);
     let doomed = insert_job(core, now, job, seq, name, tasks, deps);
-    core.jobs.get_mut(&job).expect("just inserted").functions = functions;
+    let j = core.jobs.get_mut(&job).expect("just inserted");
+    j.functions = functions;
+    j.digest = digest;
     // Tasks that depend on a task of an earlier job that already failed.
     let mut failed = Completed::default();
     for (tid, error) in doomed {
@@ -459,6 +511,7 @@ fn insert_job(
             done_at: None,
             keys,
             functions: Vec::new(),
+            digest: 0,
         },
     );
     let mut doomed = Vec::new();
@@ -543,12 +596,14 @@ pub fn on_list_workers(core: &Core, fx: &mut impl Effects, now: u64, conn: ConnI
     let workers = core
         .workers
         .iter()
-        .map(|(id, w)| WorkerInfo {
+        .map(|(id, w)| (id, w, Core::running_queued(w)))
+        .map(|(id, w, (running, queued))| WorkerInfo {
             id: *id,
             host: w.host.clone(),
             pid: w.pid,
             slots: w.slots,
-            running: w.assigned.len() as u32,
+            running,
+            queued,
             nanny: w.nanny.clone(),
             resources: w.resources.clone(),
             last_heard_ms: now.saturating_sub(w.last_seen) / 1000,
@@ -947,8 +1002,11 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                         vec![Vec::new(); tasks.len()]
                     });
                     // Failures it caused were journaled too, and come later.
+                    let digest = submission_digest(&tasks, &functions);
                     let _ = insert_job(core, now, job, seq, name, tasks, deps);
-                    core.jobs.get_mut(&job).expect("just inserted").functions = functions;
+                    let j = core.jobs.get_mut(&job).expect("just inserted");
+                    j.functions = functions;
+                    j.digest = digest;
                     order.push(job);
                 }
             }
@@ -1467,7 +1525,8 @@ pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, extra: Status
         tasks: 0,
         tasks_finished: 0,
         tasks_failed: 0,
-        tasks_running: core.workers.values().map(|w| w.assigned.len() as u64).sum(),
+        tasks_running: core.workers.values().map(|w| Core::running_queued(w).0 as u64).sum(),
+        tasks_prefetched: core.workers.values().map(|w| Core::running_queued(w).1 as u64).sum(),
         tasks_queued: 0,
         duplicate_reports: core.duplicate_reports,
         foreign_reports: core.foreign_reports,

@@ -12,6 +12,8 @@ mod sim;
 mod tests;
 #[cfg(test)]
 mod tests_py;
+#[cfg(test)]
+mod tests_submit;
 
 pub use graph::{key_index, task_name, ReadyEntry};
 pub use handlers::*;
@@ -176,6 +178,9 @@ pub struct Job {
     pub keys: HashMap<String, u32>,
     /// The function table of its `py` tasks (opaque pickles), by `func`.
     pub functions: Vec<bytes::Bytes>,
+    /// Digest of the tasks and functions it was submitted with: tells a
+    /// resubmission after a lost reply from another job under the same id.
+    pub digest: u64,
 }
 
 impl Job {
@@ -325,6 +330,31 @@ pub struct Core {
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
         Core { config, ..Default::default() }
+    }
+
+    /// Worker ids of journal epoch `epoch` start past those of all earlier
+    /// epochs, so that an id never names two processes (`w1` at epoch 0,
+    /// `w4294967297` at epoch 1, ...).
+    pub fn start_epoch(&mut self, epoch: u64) {
+        self.next_worker = self.next_worker.max(epoch.saturating_mul(1 << 32).min(u64::MAX >> 1));
+    }
+
+    /// The earliest time something is due that no message will trigger: a
+    /// retry whose backoff is over, the end of the reclaim grace period.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let retry = self.delayed.iter().map(|(t, _)| *t).min();
+        match (retry, self.hold_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// How many of a worker's tasks run now (at most one per slot) and how
+    /// many wait in its queue.
+    pub fn running_queued(w: &Worker) -> (u32, u32) {
+        let held = w.assigned.len().min(u32::MAX as usize) as u32;
+        let running = held.min(w.slots);
+        (running, held - running)
     }
 
     /// Tasks handed to workers and not yet reported.

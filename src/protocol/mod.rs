@@ -461,7 +461,11 @@ pub struct WorkerInfo {
     pub host: String,
     pub pid: u32,
     pub slots: u32,
+    /// Tasks it runs now: at most one per slot.
     pub running: u32,
+    /// Tasks handed to it beyond those, waiting in its queue.
+    #[serde(default)]
+    pub queued: u32,
     /// Nanny pid and slot, for workers a nanny started.
     pub nanny: Option<NannySlot>,
     #[serde(default)]
@@ -615,7 +619,12 @@ pub struct StatusInfo {
     pub tasks: u64,
     pub tasks_finished: u64,
     pub tasks_failed: u64,
+    /// Tasks running on workers (at most one per slot).
     pub tasks_running: u64,
+    /// Tasks handed to workers beyond their slots, waiting in their queues.
+    #[serde(default)]
+    pub tasks_prefetched: u64,
+    /// Tasks ready and waiting for a worker.
     pub tasks_queued: u64,
     /// Late reports dropped by the record-once rule.
     pub duplicate_reports: u64,
