@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 /// Every state `ctl tasks --state` may name (as the scheduler reports them).
 pub const TASK_STATES: &[&str] =
-    &["waiting", "ready", "unschedulable", "retrying", "running", "finished", "failed", "canceled"];
+    &["waiting", "ready", "unschedulable", "retrying", "queued", "running", "finished", "failed", "canceled"];
 
 /// `--json` output of the ctl commands.
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
@@ -172,24 +172,26 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             let jobs = client.jobs().await?;
             show(jobs, json, |jobs| {
                 outln!(
-                    "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  STATE",
+                    "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  STATE",
                     "JOB",
                     "NAME",
                     "TASKS",
                     "DONE",
                     "FAILED",
-                    "RUNNING"
+                    "RUNNING",
+                    "QUEUED"
                 );
                 for j in jobs {
                     let state = if j.done_at.is_some() { "done" } else { "active" };
                     outln!(
-                        "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  {state}",
+                        "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {state}",
                         j.id.to_string(),
                         j.name,
                         j.tasks,
                         j.finished,
                         j.failed,
-                        j.running
+                        j.running,
+                        j.queued
                     );
                 }
             })

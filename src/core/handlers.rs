@@ -596,7 +596,7 @@ pub fn on_list_workers(core: &Core, fx: &mut impl Effects, now: u64, conn: ConnI
     let workers = core
         .workers
         .iter()
-        .map(|(id, w)| (id, w, Core::running_queued(w)))
+        .map(|(id, w)| (id, w, core.running_queued(w)))
         .map(|(id, w, (running, queued))| WorkerInfo {
             id: *id,
             host: w.host.clone(),
@@ -1277,12 +1277,13 @@ pub fn on_unwatch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: Job
 /// worker has is reported as unschedulable.
 pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
     let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
+    let running = core.running_tasks();
     let tasks = j
         .tasks
         .iter()
         .enumerate()
         .map(|(idx, t)| {
-            let (state, worker, error) = describe_state(core, t);
+            let (state, worker, error) = describe_state(core, &running, TaskId { job, idx: idx as u32 }, t);
             crate::protocol::TaskInfo {
                 idx: idx as u32,
                 key: t.key.clone(),
@@ -1298,7 +1299,12 @@ pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
 
 /// A task's state as operators see it (`ctl tasks`, `ctl job`): its name,
 /// where it runs, and its error or why it cannot be scheduled.
-fn describe_state(core: &Core, t: &Task) -> (&'static str, Option<WorkerId>, Option<String>) {
+fn describe_state(
+    core: &Core,
+    running: &HashSet<TaskId>,
+    tid: TaskId,
+    t: &Task,
+) -> (&'static str, Option<WorkerId>, Option<String>) {
     let error = match &t.outcome {
         Some(Outcome::Err { error, .. }) => Some(error.clone()),
         _ => None,
@@ -1315,21 +1321,27 @@ fn describe_state(core: &Core, t: &Task) -> (&'static str, Option<WorkerId>, Opt
         TaskState::Delayed => ("retrying", None, error),
         // Pinned to a worker ahead of inputs it produces itself.
         TaskState::Assigned(w) if t.waiting > 0 => ("waiting", Some(*w), error),
-        TaskState::Assigned(w) => ("running", Some(*w), error),
+        TaskState::Assigned(w) if running.contains(&tid) => ("running", Some(*w), error),
+        // Handed to a worker that is busy with older ones.
+        TaskState::Assigned(w) => ("queued", Some(*w), error),
         TaskState::Finished => ("finished", None, error),
         TaskState::Failed => ("failed", None, error),
         TaskState::Canceled => ("canceled", None, error),
     }
 }
 
-fn job_info(id: JobId, j: &Job) -> crate::protocol::JobInfo {
+fn job_info(id: JobId, j: &Job, running: &HashSet<TaskId>) -> crate::protocol::JobInfo {
+    let held = j.tasks.iter().filter(|t| matches!(t.state, TaskState::Assigned(_))).count() as u32;
+    let runs = running.iter().filter(|t| t.job == id).count();
+    let runs = (runs as u32).min(held);
     crate::protocol::JobInfo {
         id,
         name: j.name.clone(),
         tasks: j.tasks.len() as u32,
         finished: j.finished,
         failed: j.failed,
-        running: j.tasks.iter().filter(|t| matches!(t.state, TaskState::Assigned(_))).count() as u32,
+        running: runs,
+        queued: held - runs,
         submitted_at: j.submitted_at,
         done_at: j.done_at,
     }
@@ -1343,14 +1355,16 @@ fn no_job(fx: &mut impl Effects, conn: ConnId, job: JobId) {
 /// One job's progress by state, and its timing.
 pub fn on_job(core: &Core, fx: &mut impl Effects, now: u64, conn: ConnId, job: JobId) {
     let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
+    let running = core.running_tasks();
     let mut states = std::collections::BTreeMap::new();
-    for t in &j.tasks {
-        *states.entry(describe_state(core, t).0.to_string()).or_insert(0u32) += 1;
+    for (idx, t) in j.tasks.iter().enumerate() {
+        let state = describe_state(core, &running, TaskId { job, idx: idx as u32 }, t).0;
+        *states.entry(state.to_string()).or_insert(0u32) += 1;
     }
     let elapsed_s = j.done_at.unwrap_or(now).saturating_sub(j.submitted_at) as f64 / 1e6;
     let outcomes = (j.finished + j.failed) as f64;
     let detail = crate::protocol::JobDetail {
-        info: job_info(job, j),
+        info: job_info(job, j, &running),
         states,
         elapsed_s,
         tasks_per_s: if elapsed_s > 0.0 { outcomes / elapsed_s } else { 0.0 },
@@ -1494,7 +1508,9 @@ pub fn on_drain(core: &mut Core, fx: &mut impl Effects) {
 }
 
 pub fn on_jobs(core: &Core, fx: &mut impl Effects, conn: ConnId) {
-    let mut jobs: Vec<crate::protocol::JobInfo> = core.jobs.iter().map(|(id, j)| job_info(*id, j)).collect();
+    let running = core.running_tasks();
+    let mut jobs: Vec<crate::protocol::JobInfo> =
+        core.jobs.iter().map(|(id, j)| job_info(*id, j, &running)).collect();
     jobs.sort_by_key(|j| core.jobs[&j.id].seq);
     fx.to_client(conn, ToClient::Jobs { jobs });
 }
@@ -1525,12 +1541,17 @@ pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, extra: Status
         tasks: 0,
         tasks_finished: 0,
         tasks_failed: 0,
-        tasks_running: core.workers.values().map(|w| Core::running_queued(w).0 as u64).sum(),
-        tasks_prefetched: core.workers.values().map(|w| Core::running_queued(w).1 as u64).sum(),
+        tasks_running: 0,
+        tasks_prefetched: 0,
         tasks_queued: 0,
         duplicate_reports: core.duplicate_reports,
         foreign_reports: core.foreign_reports,
     };
+    for w in core.workers.values() {
+        let (running, queued) = core.running_queued(w);
+        s.tasks_running += running as u64;
+        s.tasks_prefetched += queued as u64;
+    }
     for j in core.jobs.values() {
         s.tasks += j.tasks.len() as u64;
         s.tasks_finished += j.finished as u64;

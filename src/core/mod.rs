@@ -349,12 +349,29 @@ impl Core {
         }
     }
 
-    /// How many of a worker's tasks run now (at most one per slot) and how
-    /// many wait in its queue.
-    pub fn running_queued(w: &Worker) -> (u32, u32) {
+    /// The tasks a worker runs now: it runs them in the order it got them,
+    /// one per slot, so the `slots` oldest it holds that wait for no input
+    /// (a pinned task waits for one it produces itself). The rest are queued.
+    pub fn running_on(&self, w: &Worker) -> Vec<TaskId> {
+        let mut held: Vec<(u64, TaskId)> = w
+            .assigned
+            .iter()
+            .filter_map(|tid| self.find_task(*tid).filter(|t| t.waiting == 0).map(|t| (t.assigned_seq, *tid)))
+            .collect();
+        held.sort_unstable();
+        held.into_iter().take(w.slots as usize).map(|(_, tid)| tid).collect()
+    }
+
+    /// How many of a worker's tasks run now and how many wait in its queue.
+    pub fn running_queued(&self, w: &Worker) -> (u32, u32) {
         let held = w.assigned.len().min(u32::MAX as usize) as u32;
-        let running = held.min(w.slots);
+        let running = (self.running_on(w).len() as u32).min(held);
         (running, held - running)
+    }
+
+    /// Every task running on some worker now (see `running_on`).
+    pub fn running_tasks(&self) -> HashSet<TaskId> {
+        self.workers.values().flat_map(|w| self.running_on(w)).collect()
     }
 
     /// Tasks handed to workers and not yet reported.

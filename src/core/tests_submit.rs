@@ -15,10 +15,12 @@ fn tasks_queued_on_a_worker_are_not_counted_as_running() {
     let mut fx = TestFx::default();
     on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
     on_worker_joined(&mut core, &mut fx, 0, ConnId(2), worker(2));
-    submit(&mut core, &mut fx, inc_tasks(9)).unwrap();
+    let job = submit(&mut core, &mut fx, inc_tasks(9)).unwrap();
     // No run-time estimate yet: each slot runs one and holds one more.
-    assert_eq!(fx.take_assignments(ConnId(1)).len(), 2);
-    assert_eq!(fx.take_assignments(ConnId(2)).len(), 4);
+    let on_w1 = fx.take_assignments(ConnId(1));
+    assert_eq!(on_w1.len(), 2);
+    let on_w2 = fx.take_assignments(ConnId(2));
+    assert_eq!(on_w2.len(), 4);
 
     on_list_workers(&core, &mut fx, 0, CLIENT);
     let ToClient::Workers { workers } = last_client(&mut fx) else { panic!("no worker list") };
@@ -31,6 +33,26 @@ fn tasks_queued_on_a_worker_are_not_counted_as_running() {
     assert_eq!(status.tasks_running, 3, "never more than the slots");
     assert_eq!(status.tasks_prefetched, 3);
     assert_eq!(status.tasks_queued, 3, "the rest waits for a worker");
+
+    on_jobs(&core, &mut fx, CLIENT);
+    let ToClient::Jobs { jobs } = last_client(&mut fx) else { panic!("no jobs") };
+    assert_eq!((jobs[0].running, jobs[0].queued), (3, 3));
+    on_tasks(&core, &mut fx, CLIENT, job);
+    let ToClient::Tasks { tasks, .. } = last_client(&mut fx) else { panic!("no tasks") };
+    let state = |a: &crate::protocol::Assignment| tasks[a.task.idx as usize].state.clone();
+    // Each worker runs the oldest it holds; the newer ones wait their turn.
+    let w1: Vec<String> = on_w1.iter().map(state).collect();
+    let w2: Vec<String> = on_w2.iter().map(state).collect();
+    assert_eq!(w1, ["running", "queued"]);
+    assert_eq!(w2, ["running", "running", "queued", "queued"]);
+    assert_eq!(tasks.iter().filter(|t| t.state == "ready").count(), 3);
+
+    // One finishes: the next in its worker's queue is the one running.
+    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&on_w1[0], super::tests::ok(1))]);
+    on_tasks(&core, &mut fx, CLIENT, job);
+    let ToClient::Tasks { tasks, .. } = last_client(&mut fx) else { panic!("no tasks") };
+    let state = |a: &crate::protocol::Assignment| tasks[a.task.idx as usize].state.as_str();
+    assert_eq!((state(&on_w1[0]), state(&on_w1[1])), ("finished", "running"));
     core.sanity_check();
 }
 

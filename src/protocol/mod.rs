@@ -600,8 +600,11 @@ pub struct JobInfo {
     pub tasks: u32,
     pub finished: u32,
     pub failed: u32,
-    /// Tasks assigned to workers now.
+    /// Tasks running on workers now (see `ctl workers`).
     pub running: u32,
+    /// Tasks handed to workers and waiting in their queues.
+    #[serde(default)]
+    pub queued: u32,
     /// Microseconds since the Unix epoch.
     pub submitted_at: u64,
     pub done_at: Option<u64>,
