@@ -198,7 +198,7 @@ fn one_sentence_answers_go_to_stdout_and_bad_states_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains(
-            "--state \"bogus\": expected one of waiting, ready, unschedulable, retrying, running, finished, failed, canceled"
+            "--state \"bogus\": expected one of waiting, ready, unschedulable, retrying, queued, running, finished, failed, canceled"
         ),
         "{}",
         stderr(&out)

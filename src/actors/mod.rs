@@ -185,6 +185,7 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
     }
     crate::core::begin_recovery(&mut core, now, opts.reclaim_grace.as_micros() as u64);
     let epoch = journal.epoch();
+    core.start_epoch(epoch);
 
     let addr = format!("{}:{}", opts.host, opts.port);
     let tcp = tokio::net::TcpListener::bind(&addr)

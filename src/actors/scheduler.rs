@@ -41,6 +41,8 @@ pub enum SchedMsg {
     Tick,
     /// The group-commit interval is over: flush what has gathered.
     FlushTimer,
+    /// `Core::next_deadline` is reached (a retry's backoff is over, ...).
+    Deadline,
     /// The journal flush of the group in flight is done (or failed).
     Flushed(Result<(), String>),
     /// Shutting down: stop waiting for nannies and workers to hang up.
@@ -167,6 +169,8 @@ pub struct SchedulerState {
     last_flush: Option<std::time::Instant>,
     /// A `Flush` is scheduled for when the interval is over.
     flush_timer: bool,
+    /// A `Deadline` is scheduled for this time (µs since the Unix epoch).
+    wake_at: Option<u64>,
     started: std::time::Instant,
     records_replayed: u64,
     records_appended: u64,
@@ -238,6 +242,7 @@ impl Actor for SchedulerActor {
             keep_workers: false,
             last_flush: None,
             flush_timer: false,
+            wake_at: None,
             started: std::time::Instant::now(),
             records_replayed: args.records_replayed,
             records_appended: 0,
@@ -372,6 +377,10 @@ fn handle_msg(
                 st.farewell.clear();
                 stop_if_done(st);
             }
+            SchedMsg::Deadline => {
+                st.wake_at = None;
+                core::on_deadline(core, fx, now);
+            }
             SchedMsg::Tick => {
                 core::on_tick(core, fx, now);
                 let t = std::time::Instant::now();
@@ -404,6 +413,7 @@ fn handle_msg(
                 return start_flush(&myself, st);
             }
         }
+        arm_deadline(&myself, st, now);
         if st.core.stopping && !st.shutdown_requested && st.core.assigned_count() == 0 {
             // Drained: stop once what is gathered is durable and sent.
             tracing::info!("drained: no task is running any more; stopping");
@@ -420,6 +430,18 @@ fn handle_msg(
         }
         Ok(())
     }
+}
+
+/// Schedules a `Deadline` for the core's next due time, unless one comes
+/// as early already: retries wait their backoff, not the next tick.
+fn arm_deadline(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState, now: u64) {
+    let Some(due) = st.core.next_deadline() else { return };
+    if st.wake_at.is_some_and(|at| at <= due) {
+        return;
+    }
+    st.wake_at = Some(due);
+    let wait = std::time::Duration::from_micros(due.saturating_sub(now));
+    myself.send_after(wait, || SchedMsg::Deadline);
 }
 
 /// Journal first: the records of a group are appended, then flushed off the

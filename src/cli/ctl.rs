@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 /// Every state `ctl tasks --state` may name (as the scheduler reports them).
 pub const TASK_STATES: &[&str] =
-    &["waiting", "ready", "unschedulable", "retrying", "running", "finished", "failed", "canceled"];
+    &["waiting", "ready", "unschedulable", "retrying", "queued", "running", "finished", "failed", "canceled"];
 
 /// `--json` output of the ctl commands.
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
@@ -53,12 +53,13 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             let workers = client.workers().await?;
             show(workers, json, |workers| {
                 outln!(
-                    "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} RESOURCES",
+                    "{:<11} {:<20} {:>8} {:>6} {:>8} {:>7} {:>12} {:<12} {:>10}  {:<9} RESOURCES",
                     "ID",
                     "HOST",
                     "PID",
                     "SLOTS",
                     "RUNNING",
+                    "QUEUED",
                     "NANNY:SLOT",
                     "HEARD",
                     "RSS",
@@ -72,12 +73,13 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
                     let resources: Vec<String> =
                         w.resources.iter().map(|(k, n)| format!("{k}={n}")).collect();
                     outln!(
-                        "{:<6} {:<20} {:>8} {:>6} {:>8} {:>12} {:<12} {:>10}  {:<9} {}",
+                        "{:<11} {:<20} {:>8} {:>6} {:>8} {:>7} {:>12} {:<12} {:>10}  {:<9} {}",
                         w.id.to_string(),
                         w.host,
                         w.pid,
                         w.slots,
                         w.running,
+                        w.queued,
                         nanny,
                         ago(w.last_heard_ms),
                         rss,
@@ -128,10 +130,11 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             outln!("workers    {} ({} slots), {} nannies", s.workers, s.slots, s.nannies);
             outln!("jobs       {} ({} done)", s.jobs, s.jobs_done);
             outln!(
-                "tasks      {} finished, {} failed, {} running, {} queued (of {})",
+                "tasks      {} finished, {} failed, {} running, {} queued on workers, {} waiting for one (of {})",
                 s.tasks_finished,
                 s.tasks_failed,
                 s.tasks_running,
+                s.tasks_prefetched,
                 s.tasks_queued,
                 s.tasks
             );
@@ -167,9 +170,10 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             // Until the scheduler goes away: say what is still running.
             let mut last = None;
             while let Ok(s) = client.status().await {
-                if last != Some(s.tasks_running) {
-                    eprintln!("{} tasks still running", s.tasks_running);
-                    last = Some(s.tasks_running);
+                let left = s.tasks_running.saturating_add(s.tasks_prefetched);
+                if last != Some(left) {
+                    eprintln!("{left} tasks still running or queued on workers");
+                    last = Some(left);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
@@ -179,24 +183,26 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
             let jobs = client.jobs().await?;
             show(jobs, json, |jobs| {
                 outln!(
-                    "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  STATE",
+                    "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  STATE",
                     "JOB",
                     "NAME",
                     "TASKS",
                     "DONE",
                     "FAILED",
-                    "RUNNING"
+                    "RUNNING",
+                    "QUEUED"
                 );
                 for j in jobs {
                     let state = if j.done_at.is_some() { "done" } else { "active" };
                     outln!(
-                        "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8}  {state}",
+                        "{:<36}  {:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {state}",
                         j.id.to_string(),
                         j.name,
                         j.tasks,
                         j.finished,
                         j.failed,
-                        j.running
+                        j.running,
+                        j.queued
                     );
                 }
             })

@@ -9,7 +9,7 @@ use crate::protocol::{
     Assignment, NannyInfo, Outcome, PyFunction, SlotInfo, SlotState, TaskKind, TaskOutcome, TaskReport,
     TaskSpec, ToClient, ToNanny, ToWorker, WorkerInfo,
 };
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// Most outcomes sent to a watcher in one message when it catches up.
 const CATCH_UP_CHUNK: usize = 4096;
@@ -216,24 +216,7 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
     for w in core.workers.values_mut().filter(|w| !w.dropped.is_empty()) {
         w.dropped.retain(|_, at| now.saturating_sub(*at) <= timeout);
     }
-    if !core.delayed.is_empty() {
-        let (due, later): (Vec<_>, Vec<_>) = core.delayed.drain(..).partition(|(t, _)| *t <= now);
-        core.delayed = later;
-        for (_, tid) in due {
-            if core.find_task(tid).is_some_and(|t| t.state == TaskState::Delayed) {
-                core.get_task_mut(tid).state = TaskState::Ready;
-                core.push_ready(tid);
-            }
-        }
-        schedule(core, fx);
-    }
-    if core.hold_until.is_some_and(|t| now >= t) {
-        core.hold_until = None;
-        let unclaimed =
-            core.jobs.values().flat_map(|j| &j.tasks).filter(|t| t.state == TaskState::Ready).count();
-        tracing::info!(requeued = unclaimed, "grace period over: unclaimed tasks go to any worker");
-        schedule(core, fx);
-    }
+    on_deadline(core, fx, now);
     if let Some(retention) = core.config.retention_us {
         let expired: Vec<JobId> = core
             .jobs
@@ -289,6 +272,30 @@ fn note_stall(core: &mut Core, now: u64) {
     core.last_tick = Some(now);
 }
 
+/// Releases the retries whose backoff is over and ends the reclaim grace
+/// period once due: on every tick, and when the actor's timer for
+/// `Core::next_deadline` fires.
+pub fn on_deadline(core: &mut Core, fx: &mut impl Effects, now: u64) {
+    if !core.delayed.is_empty() {
+        let (due, later): (Vec<_>, Vec<_>) = core.delayed.drain(..).partition(|(t, _)| *t <= now);
+        core.delayed = later;
+        for (_, tid) in due {
+            if core.find_task(tid).is_some_and(|t| t.state == TaskState::Delayed) {
+                core.get_task_mut(tid).state = TaskState::Ready;
+                core.push_ready(tid);
+            }
+        }
+        schedule(core, fx);
+    }
+    if core.hold_until.is_some_and(|t| now >= t) {
+        core.hold_until = None;
+        let unclaimed =
+            core.jobs.values().flat_map(|j| &j.tasks).filter(|t| t.state == TaskState::Ready).count();
+        tracing::info!(requeued = unclaimed, "grace period over: unclaimed tasks go to any worker");
+        schedule(core, fx);
+    }
+}
+
 /// Shortest gap between ticks taken for a stall (ticks come at least every 10 ms).
 const MIN_STALL_US: u64 = 50_000;
 
@@ -302,6 +309,8 @@ fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<T
     if tasks.len() > u32::MAX as usize {
         return Err("too many tasks in one job".into());
     }
+    // Function names found on some worker (each is looked up once).
+    let mut known = HashSet::default();
     for (i, t) in tasks.iter().enumerate() {
         match &t.kind {
             crate::protocol::TaskKind::Fn { name, .. } if name.is_empty() => {
@@ -318,6 +327,11 @@ fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<T
             }
             _ => {}
         }
+        if let crate::protocol::TaskKind::Fn { name, .. } = &t.kind {
+            if known.insert(name.as_str()) {
+                unknown_function(core, i, name)?;
+            }
+        }
         if let Some((k, n)) = t.resources.iter().find(|(_, n)| **n > MAX_RESOURCE_AMOUNT) {
             return Err(format!(
                 "task {i}: resource {k:?} = {n} is out of range (at most {MAX_RESOURCE_AMOUNT})"
@@ -330,6 +344,40 @@ fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<T
         }
     }
     graph::resolve(core, job, tasks)
+}
+
+/// Refuses a function no registered worker has (with no worker registered
+/// yet, any name is taken: the workers to come may have it).
+fn unknown_function(core: &Core, i: usize, name: &str) -> Result<(), String> {
+    if core.workers.is_empty() || core.workers.values().any(|w| w.functions.iter().any(|f| f == name)) {
+        return Ok(());
+    }
+    let mut known: Vec<&str> =
+        core.workers.values().flat_map(|w| w.functions.iter().map(String::as_str)).collect();
+    known.sort_unstable();
+    known.dedup();
+    let list = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+    Err(format!("task {i}: no registered worker has function {name:?} (they have: {list})"))
+}
+
+/// A digest of a submission's tasks and functions, the same for the same
+/// submission in any process (it survives restarts through the journal).
+pub fn submission_digest(tasks: &[TaskSpec], functions: &[bytes::Bytes]) -> u64 {
+    use std::hash::Hasher;
+    struct HashWriter(rustc_hash::FxHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = HashWriter(rustc_hash::FxHasher::default());
+    // Writing into a hasher cannot fail; specs always serialize.
+    let _ = rmp_serde::encode::write_named(&mut w, &(tasks, functions));
+    w.0.finish()
 }
 
 /// A job as a client submits it.
@@ -359,11 +407,12 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
     if let Some(existing) = core.jobs.get(&job) {
         let tasks = &msg.tasks;
         // A resubmission after a lost reply: same job, nothing new to do.
-        if existing.tasks.len() == tasks.len() {
+        if existing.digest == submission_digest(tasks, &msg.functions) {
             fx.to_client(conn, ToClient::Submitted { job, tasks: tasks.len() as u32 });
         } else {
             let message = format!(
-                "job {job} already exists with {} tasks (this submission has {})",
+                "job {job} exists with other tasks ({} tasks; this submission has {}): \
+                 choose another job id, or forget the job first",
                 existing.tasks.len(),
                 tasks.len()
             );
@@ -387,8 +436,11 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
         tasks: tasks.clone(),
         functions: functions.clone(),
     });
+    let digest = submission_digest(&tasks, &functions);
     let doomed = insert_job(core, now, job, seq, name, tasks, deps);
-    core.jobs.get_mut(&job).expect("just inserted").functions = functions;
+    let j = core.jobs.get_mut(&job).expect("just inserted");
+    j.functions = functions;
+    j.digest = digest;
     // Tasks that depend on a task of an earlier job that already failed.
     let mut failed = Completed::default();
     for (tid, error) in doomed {
@@ -459,6 +511,7 @@ fn insert_job(
             done_at: None,
             keys,
             functions: Vec::new(),
+            digest: 0,
         },
     );
     let mut doomed = Vec::new();
@@ -543,12 +596,14 @@ pub fn on_list_workers(core: &Core, fx: &mut impl Effects, now: u64, conn: ConnI
     let workers = core
         .workers
         .iter()
-        .map(|(id, w)| WorkerInfo {
+        .map(|(id, w)| (id, w, core.running_queued(w)))
+        .map(|(id, w, (running, queued))| WorkerInfo {
             id: *id,
             host: w.host.clone(),
             pid: w.pid,
             slots: w.slots,
-            running: w.assigned.len() as u32,
+            running,
+            queued,
             nanny: w.nanny.clone(),
             resources: w.resources.clone(),
             last_heard_ms: now.saturating_sub(w.last_seen) / 1000,
@@ -947,8 +1002,11 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                         vec![Vec::new(); tasks.len()]
                     });
                     // Failures it caused were journaled too, and come later.
+                    let digest = submission_digest(&tasks, &functions);
                     let _ = insert_job(core, now, job, seq, name, tasks, deps);
-                    core.jobs.get_mut(&job).expect("just inserted").functions = functions;
+                    let j = core.jobs.get_mut(&job).expect("just inserted");
+                    j.functions = functions;
+                    j.digest = digest;
                     order.push(job);
                 }
             }
@@ -1219,12 +1277,13 @@ pub fn on_unwatch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: Job
 /// worker has is reported as unschedulable.
 pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
     let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
+    let running = core.running_tasks();
     let tasks = j
         .tasks
         .iter()
         .enumerate()
         .map(|(idx, t)| {
-            let (state, worker, error) = describe_state(core, t);
+            let (state, worker, error) = describe_state(core, &running, TaskId { job, idx: idx as u32 }, t);
             crate::protocol::TaskInfo {
                 idx: idx as u32,
                 key: t.key.clone(),
@@ -1240,7 +1299,12 @@ pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
 
 /// A task's state as operators see it (`ctl tasks`, `ctl job`): its name,
 /// where it runs, and its error or why it cannot be scheduled.
-fn describe_state(core: &Core, t: &Task) -> (&'static str, Option<WorkerId>, Option<String>) {
+fn describe_state(
+    core: &Core,
+    running: &HashSet<TaskId>,
+    tid: TaskId,
+    t: &Task,
+) -> (&'static str, Option<WorkerId>, Option<String>) {
     let error = match &t.outcome {
         Some(Outcome::Err { error, .. }) => Some(error.clone()),
         _ => None,
@@ -1257,21 +1321,27 @@ fn describe_state(core: &Core, t: &Task) -> (&'static str, Option<WorkerId>, Opt
         TaskState::Delayed => ("retrying", None, error),
         // Pinned to a worker ahead of inputs it produces itself.
         TaskState::Assigned(w) if t.waiting > 0 => ("waiting", Some(*w), error),
-        TaskState::Assigned(w) => ("running", Some(*w), error),
+        TaskState::Assigned(w) if running.contains(&tid) => ("running", Some(*w), error),
+        // Handed to a worker that is busy with older ones.
+        TaskState::Assigned(w) => ("queued", Some(*w), error),
         TaskState::Finished => ("finished", None, error),
         TaskState::Failed => ("failed", None, error),
         TaskState::Canceled => ("canceled", None, error),
     }
 }
 
-fn job_info(id: JobId, j: &Job) -> crate::protocol::JobInfo {
+fn job_info(id: JobId, j: &Job, running: &HashSet<TaskId>) -> crate::protocol::JobInfo {
+    let held = j.tasks.iter().filter(|t| matches!(t.state, TaskState::Assigned(_))).count() as u32;
+    let runs = running.iter().filter(|t| t.job == id).count();
+    let runs = (runs as u32).min(held);
     crate::protocol::JobInfo {
         id,
         name: j.name.clone(),
         tasks: j.tasks.len() as u32,
         finished: j.finished,
         failed: j.failed,
-        running: j.tasks.iter().filter(|t| matches!(t.state, TaskState::Assigned(_))).count() as u32,
+        running: runs,
+        queued: held - runs,
         submitted_at: j.submitted_at,
         done_at: j.done_at,
     }
@@ -1285,14 +1355,16 @@ fn no_job(fx: &mut impl Effects, conn: ConnId, job: JobId) {
 /// One job's progress by state, and its timing.
 pub fn on_job(core: &Core, fx: &mut impl Effects, now: u64, conn: ConnId, job: JobId) {
     let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
+    let running = core.running_tasks();
     let mut states = std::collections::BTreeMap::new();
-    for t in &j.tasks {
-        *states.entry(describe_state(core, t).0.to_string()).or_insert(0u32) += 1;
+    for (idx, t) in j.tasks.iter().enumerate() {
+        let state = describe_state(core, &running, TaskId { job, idx: idx as u32 }, t).0;
+        *states.entry(state.to_string()).or_insert(0u32) += 1;
     }
     let elapsed_s = j.done_at.unwrap_or(now).saturating_sub(j.submitted_at) as f64 / 1e6;
     let outcomes = (j.finished + j.failed) as f64;
     let detail = crate::protocol::JobDetail {
-        info: job_info(job, j),
+        info: job_info(job, j, &running),
         states,
         elapsed_s,
         tasks_per_s: if elapsed_s > 0.0 { outcomes / elapsed_s } else { 0.0 },
@@ -1436,7 +1508,9 @@ pub fn on_drain(core: &mut Core, fx: &mut impl Effects) {
 }
 
 pub fn on_jobs(core: &Core, fx: &mut impl Effects, conn: ConnId) {
-    let mut jobs: Vec<crate::protocol::JobInfo> = core.jobs.iter().map(|(id, j)| job_info(*id, j)).collect();
+    let running = core.running_tasks();
+    let mut jobs: Vec<crate::protocol::JobInfo> =
+        core.jobs.iter().map(|(id, j)| job_info(*id, j, &running)).collect();
     jobs.sort_by_key(|j| core.jobs[&j.id].seq);
     fx.to_client(conn, ToClient::Jobs { jobs });
 }
@@ -1467,11 +1541,17 @@ pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, extra: Status
         tasks: 0,
         tasks_finished: 0,
         tasks_failed: 0,
-        tasks_running: core.workers.values().map(|w| w.assigned.len() as u64).sum(),
+        tasks_running: 0,
+        tasks_prefetched: 0,
         tasks_queued: 0,
         duplicate_reports: core.duplicate_reports,
         foreign_reports: core.foreign_reports,
     };
+    for w in core.workers.values() {
+        let (running, queued) = core.running_queued(w);
+        s.tasks_running += running as u64;
+        s.tasks_prefetched += queued as u64;
+    }
     for j in core.jobs.values() {
         s.tasks += j.tasks.len() as u64;
         s.tasks_finished += j.finished as u64;

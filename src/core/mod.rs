@@ -12,6 +12,8 @@ mod sim;
 mod tests;
 #[cfg(test)]
 mod tests_py;
+#[cfg(test)]
+mod tests_submit;
 
 pub use graph::{key_index, task_name, ReadyEntry};
 pub use handlers::*;
@@ -176,6 +178,9 @@ pub struct Job {
     pub keys: HashMap<String, u32>,
     /// The function table of its `py` tasks (opaque pickles), by `func`.
     pub functions: Vec<bytes::Bytes>,
+    /// Digest of the tasks and functions it was submitted with: tells a
+    /// resubmission after a lost reply from another job under the same id.
+    pub digest: u64,
 }
 
 impl Job {
@@ -325,6 +330,48 @@ pub struct Core {
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
         Core { config, ..Default::default() }
+    }
+
+    /// Worker ids of journal epoch `epoch` start past those of all earlier
+    /// epochs, so that an id never names two processes (`w1` at epoch 0,
+    /// `w4294967297` at epoch 1, ...).
+    pub fn start_epoch(&mut self, epoch: u64) {
+        self.next_worker = self.next_worker.max(epoch.saturating_mul(1 << 32).min(u64::MAX >> 1));
+    }
+
+    /// The earliest time something is due that no message will trigger: a
+    /// retry whose backoff is over, the end of the reclaim grace period.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let retry = self.delayed.iter().map(|(t, _)| *t).min();
+        match (retry, self.hold_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The tasks a worker runs now: it runs them in the order it got them,
+    /// one per slot, so the `slots` oldest it holds that wait for no input
+    /// (a pinned task waits for one it produces itself). The rest are queued.
+    pub fn running_on(&self, w: &Worker) -> Vec<TaskId> {
+        let mut held: Vec<(u64, TaskId)> = w
+            .assigned
+            .iter()
+            .filter_map(|tid| self.find_task(*tid).filter(|t| t.waiting == 0).map(|t| (t.assigned_seq, *tid)))
+            .collect();
+        held.sort_unstable();
+        held.into_iter().take(w.slots as usize).map(|(_, tid)| tid).collect()
+    }
+
+    /// How many of a worker's tasks run now and how many wait in its queue.
+    pub fn running_queued(&self, w: &Worker) -> (u32, u32) {
+        let held = w.assigned.len().min(u32::MAX as usize) as u32;
+        let running = (self.running_on(w).len() as u32).min(held);
+        (running, held - running)
+    }
+
+    /// Every task running on some worker now (see `running_on`).
+    pub fn running_tasks(&self) -> HashSet<TaskId> {
+        self.workers.values().flat_map(|w| self.running_on(w)).collect()
     }
 
     /// Tasks handed to workers and not yet reported.

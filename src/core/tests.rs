@@ -50,7 +50,7 @@ impl TestFx {
     }
 }
 
-fn inc_tasks(n: usize) -> Vec<TaskSpec> {
+pub(super) fn inc_tasks(n: usize) -> Vec<TaskSpec> {
     (0..n)
         .map(|i| {
             TaskSpec::new(TaskKind::Fn { name: "inc".into(), args: rmp_serde::to_vec(&(i as i64)).unwrap() })
@@ -432,14 +432,14 @@ fn finished_jobs_are_forgotten_after_the_retention_period() {
     core.sanity_check();
 }
 
-fn keyed(key: &str, deps: &[&str]) -> TaskSpec {
+pub(super) fn keyed(key: &str, deps: &[&str]) -> TaskSpec {
     let mut t = TaskSpec::new(TaskKind::Fn { name: "inc".into(), args: vec![0xc0] });
     t.key = Some(key.into());
     t.deps = deps.iter().map(|d| crate::protocol::Dep::key(*d)).collect();
     t
 }
 
-fn submit(core: &mut Core, fx: &mut TestFx, tasks: Vec<TaskSpec>) -> Result<JobId, String> {
+pub(super) fn submit(core: &mut Core, fx: &mut TestFx, tasks: Vec<TaskSpec>) -> Result<JobId, String> {
     let job = JobId::new();
     on_submit(core, fx, 0, CLIENT, job, "g".into(), tasks);
     match fx.clients.pop() {

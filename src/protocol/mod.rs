@@ -466,7 +466,11 @@ pub struct WorkerInfo {
     pub host: String,
     pub pid: u32,
     pub slots: u32,
+    /// Tasks it runs now: at most one per slot.
     pub running: u32,
+    /// Tasks handed to it beyond those, waiting in its queue.
+    #[serde(default)]
+    pub queued: u32,
     /// Nanny pid and slot, for workers a nanny started.
     pub nanny: Option<NannySlot>,
     #[serde(default)]
@@ -601,8 +605,11 @@ pub struct JobInfo {
     pub tasks: u32,
     pub finished: u32,
     pub failed: u32,
-    /// Tasks assigned to workers now.
+    /// Tasks running on workers now (see `ctl workers`).
     pub running: u32,
+    /// Tasks handed to workers and waiting in their queues.
+    #[serde(default)]
+    pub queued: u32,
     /// Microseconds since the Unix epoch.
     pub submitted_at: u64,
     pub done_at: Option<u64>,
@@ -620,7 +627,12 @@ pub struct StatusInfo {
     pub tasks: u64,
     pub tasks_finished: u64,
     pub tasks_failed: u64,
+    /// Tasks running on workers (at most one per slot).
     pub tasks_running: u64,
+    /// Tasks handed to workers beyond their slots, waiting in their queues.
+    #[serde(default)]
+    pub tasks_prefetched: u64,
+    /// Tasks ready and waiting for a worker.
     pub tasks_queued: u64,
     /// Late reports dropped by the record-once rule.
     pub duplicate_reports: u64,
