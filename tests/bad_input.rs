@@ -4,9 +4,7 @@
 mod common;
 
 use actord::protocol::conn::{decode, encode};
-use actord::protocol::{
-    Conn, FromClient, Hello, HelloReply, Role, ToClient, DEFAULT_MAX_FRAME, MAGIC, PROTOCOL_VERSION,
-};
+use actord::protocol::{Conn, Hello, HelloReply, Role, ToClient, DEFAULT_MAX_FRAME, MAGIC, PROTOCOL_VERSION};
 use actord::schedfile::SchedulerFile;
 use common::*;
 use std::time::Duration;
@@ -44,21 +42,6 @@ async fn rejected(s: &mut TcpStream) -> String {
         HelloReply::Rejected { error } => error,
         other => panic!("expected a rejection, got {other:?}"),
     }
-}
-
-/// After all the abuse, a well-behaved client still gets served.
-async fn still_serving(file: &SchedulerFile) {
-    let (mut conn, _) = Conn::connect(
-        file.socket_addr(),
-        Role::Client,
-        &file.secret,
-        DEFAULT_MAX_FRAME,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("scheduler still accepts clients");
-    conn.write(&FromClient::Workers).await.unwrap();
-    assert!(matches!(conn.read::<ToClient>().await.unwrap(), ToClient::Workers { .. }));
 }
 
 #[tokio::test]

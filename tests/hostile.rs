@@ -27,25 +27,6 @@ fn vm_mib(pid: i32, field: &str) -> u64 {
     kib / 1024
 }
 
-async fn client_conn(file: &SchedulerFile) -> Conn {
-    let (conn, _) = Conn::connect(
-        file.socket_addr(),
-        Role::Client,
-        &file.secret,
-        DEFAULT_MAX_FRAME,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("scheduler accepts clients");
-    conn
-}
-
-async fn still_serving(file: &SchedulerFile) {
-    let mut conn = client_conn(file).await;
-    conn.write(&FromClient::Workers).await.unwrap();
-    assert!(matches!(conn.read::<ToClient>().await.unwrap(), ToClient::Workers { .. }));
-}
-
 fn submit_and_gather(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
     let out = cluster.run(args);
     assert!(out.status.success(), "{args:?}: {}", stderr(&out));

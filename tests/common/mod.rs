@@ -245,3 +245,26 @@ pub fn stderr(o: &Output) -> String {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
+
+/// A client connection to the scheduler named by `file` (handshake done).
+pub async fn client_conn(file: &actord::schedfile::SchedulerFile) -> actord::protocol::Conn {
+    use actord::protocol::{Conn, Role, DEFAULT_MAX_FRAME};
+    let (conn, _) = Conn::connect(
+        file.socket_addr(),
+        Role::Client,
+        &file.secret,
+        DEFAULT_MAX_FRAME,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("scheduler accepts clients");
+    conn
+}
+
+/// After abuse, a well-behaved client still gets served.
+pub async fn still_serving(file: &actord::schedfile::SchedulerFile) {
+    use actord::protocol::{FromClient, ToClient};
+    let mut conn = client_conn(file).await;
+    conn.write(&FromClient::Workers).await.unwrap();
+    assert!(matches!(conn.read::<ToClient>().await.unwrap(), ToClient::Workers { .. }));
+}
