@@ -50,35 +50,36 @@ fn tidy(e: serde_json::Error) -> String {
 pub fn read_graph(path: &str) -> Result<(String, Vec<TaskSpec>), CliError> {
     let p = expand_path(path).map_err(CliError::Usage)?;
     let shown = p.display().to_string();
-    let bad = |m: String| CliError::Usage(format!("{shown}: {m}"));
-    let text = std::fs::read_to_string(&p).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let doc: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let text = std::fs::read_to_string(&p).map_err(|e| format!("cannot read it: {e}"));
+    text.and_then(|t| graph_from_json(&t)).map_err(|m| CliError::Usage(format!("{shown}: {m}")))
+}
+
+/// A graph document's name (default `graph`) and its tasks.
+pub fn graph_from_json(text: &str) -> Result<(String, Vec<TaskSpec>), String> {
+    let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let (name, tasks) = match doc {
         Value::Array(tasks) => (None, tasks),
         Value::Object(mut o) => {
             if let Some(k) = o.keys().find(|k| *k != "name" && *k != "tasks") {
-                return Err(bad(format!("unknown field {k:?} (expected name, tasks)")));
+                return Err(format!("unknown field {k:?} (expected name, tasks)"));
             }
             let name = match o.remove("name") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s),
-                Some(_) => return Err(bad("\"name\" must be a string".into())),
+                Some(_) => return Err("\"name\" must be a string".into()),
             };
             match o.remove("tasks") {
                 Some(Value::Array(tasks)) => (name, tasks),
-                Some(_) => return Err(bad("\"tasks\" must be an array of tasks".into())),
-                None => return Err(bad("no \"tasks\": expected {\"tasks\": [...]} or an array".into())),
+                Some(_) => return Err("\"tasks\" must be an array of tasks".into()),
+                None => return Err("no \"tasks\": expected {\"tasks\": [...]} or an array".into()),
             }
         }
-        _ => return Err(bad("expected {\"name\": …, \"tasks\": [...]} or an array of tasks".into())),
+        _ => return Err("expected {\"name\": …, \"tasks\": [...]} or an array of tasks".into()),
     };
     if tasks.is_empty() {
-        return Err(bad("the graph has no tasks".into()));
+        return Err("the graph has no tasks".into());
     }
-    let mut specs = Vec::with_capacity(tasks.len());
-    for (i, t) in tasks.into_iter().enumerate() {
-        specs.push(read_task(i, t).map_err(&bad)?);
-    }
+    let specs = tasks.into_iter().enumerate().map(|(i, t)| read_task(i, t)).collect::<Result<_, _>>()?;
     Ok((name.unwrap_or_else(|| "graph".into()), specs))
 }
 
@@ -172,10 +173,49 @@ mod tests {
     use super::*;
 
     fn read(text: &str) -> Result<Vec<TaskSpec>, String> {
+        graph_from_json(text).map(|(_, t)| t)
+    }
+
+    #[test]
+    fn a_file_error_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.json");
-        std::fs::write(&p, text).unwrap();
-        read_graph(p.to_str().unwrap()).map(|(_, t)| t).map_err(|e| e.to_string())
+        std::fs::write(&p, r#"{"name": "n", "tasks": [{"fn": "inc", "args": 1}]}"#).unwrap();
+        let (name, tasks) = read_graph(p.to_str().unwrap()).unwrap();
+        assert_eq!((name.as_str(), tasks.len()), ("n", 1));
+        let missing = dir.path().join("none.json");
+        let e = read_graph(missing.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: cannot read it", missing.display())), "{e}");
+    }
+
+    #[test]
+    fn a_graph_sets_every_field_of_its_tasks() {
+        let (name, t) = graph_from_json(
+            r#"[{"key": "a", "cmd": ["true"], "cwd": "/tmp", "priority": -2, "retries": 3,
+                "max_worker_kills": 1, "time_limit": "2s", "resources": {"gpus": 1}}]"#,
+        )
+        .unwrap();
+        assert_eq!(name, "graph");
+        let kind = TaskKind::Cmd {
+            argv: vec!["true".into()],
+            env: vec![],
+            discard_output: false,
+            cwd: Some("/tmp".into()),
+        };
+        let want = TaskSpec {
+            key: Some("a".into()),
+            kind,
+            max_worker_kills: Some(1),
+            deps: vec![],
+            priority: -2,
+            retries: 3,
+            time_limit_ms: Some(2000),
+            resources: [("gpus".to_string(), 1)].into(),
+        };
+        assert_eq!(t, vec![want]);
+        assert_eq!(graph_from_json("[]").unwrap_err(), "the graph has no tasks");
+        let e = graph_from_json(r#"[{"fn": "inc", "cmd": ["x"]}]"#).unwrap_err();
+        assert!(e.starts_with("task 0: needs either"), "{e}");
     }
 
     #[test]

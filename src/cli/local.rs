@@ -2,10 +2,10 @@
 //! nanny here, workers as child processes), then teardown. `submit` and
 //! `map` wait for their job, as if `gather` followed.
 
-use super::commands::{
-    client_command, connect, failed, gather_doc, report_failures, scheduler_options, shutdown_signal,
-    start_nanny, stop_nanny, usage, write_json,
-};
+use super::commands::{client_command, connect, failed, shutdown_signal, usage};
+use super::gather::{gather_doc, report_failures, write_json};
+use super::nanny::{start_nanny, stop_nanny};
+use super::scheduler::scheduler_options;
 use super::submit::{absolute_dir, prepare_map, prepare_submit, Prepared};
 use super::{CliError, ClientCommand, Connect, LocalArgs, NannyArgs, WorkerArgs};
 use crate::actors::start_scheduler;
@@ -47,7 +47,7 @@ fn prepare(job: &ClientCommand) -> Result<Option<Prepared>, CliError> {
         }
         ClientCommand::Submit(a) => Ok(Some(prepare_submit(a.clone())?)),
         ClientCommand::Darts { inputs, scale, .. } => {
-            super::commands::check_darts(*inputs, *scale)?;
+            super::darts::check_darts(*inputs, *scale)?;
             Ok(None)
         }
         _ => Ok(None),

@@ -10,10 +10,16 @@ macro_rules! outln {
 mod commands;
 mod console;
 mod ctl;
+mod darts;
+mod gather;
 mod graph;
 mod journal;
 mod local;
+mod nanny;
+mod scheduler;
 mod submit;
+mod table;
+mod worker;
 
 use crate::functions::Registry;
 use clap::{Args, Parser, Subcommand};

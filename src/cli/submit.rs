@@ -25,7 +25,7 @@ impl Prepared {
 /// `map NAME --inputs FILE`: one task per line.
 pub fn prepare_map(name: &str, inputs: &str, job_id: Option<&str>) -> Result<Prepared, CliError> {
     let id = parse_job_id(job_id)?;
-    let tasks = read_jsonl_tasks(name, inputs)?;
+    let tasks = tasks_from_jsonl(name, &read_inputs(inputs)?, inputs)?;
     Ok(Prepared { id, name: name.to_string(), tasks })
 }
 
@@ -94,24 +94,29 @@ fn absolute_program(argv0: &str) -> String {
     }
 }
 
-fn read_jsonl_tasks(name: &str, inputs: &str) -> Result<Vec<TaskSpec>, CliError> {
-    let text = if inputs == "-" {
-        std::io::read_to_string(std::io::stdin()).map_err(|e| usage(format!("cannot read stdin: {e}")))?
-    } else {
-        let path = expand_path(inputs).map_err(usage)?;
-        std::fs::read_to_string(&path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?
-    };
+/// The text of `--inputs`: a file, or stdin for `-`.
+fn read_inputs(inputs: &str) -> Result<String, CliError> {
+    if inputs == "-" {
+        return std::io::read_to_string(std::io::stdin())
+            .map_err(|e| usage(format!("cannot read stdin: {e}")));
+    }
+    let path = expand_path(inputs).map_err(usage)?;
+    std::fs::read_to_string(&path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))
+}
+
+/// One `fn` task per non-blank JSON line of `text`; errors name `source:line`.
+pub fn tasks_from_jsonl(name: &str, text: &str, source: &str) -> Result<Vec<TaskSpec>, CliError> {
     let mut tasks = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| usage(format!("{inputs}:{}: not JSON: {e}", i + 1)))?;
+            serde_json::from_str(line).map_err(|e| usage(format!("{source}:{}: not JSON: {e}", i + 1)))?;
         tasks.push(crate::client::fn_task(name, &v)?);
     }
     if tasks.is_empty() {
-        return Err(usage(format!("{inputs}: no inputs (one JSON value per line)")));
+        return Err(usage(format!("{source}: no inputs (one JSON value per line)")));
     }
     Ok(tasks)
 }
@@ -156,56 +161,176 @@ fn submit_tasks(
         if *opts != CmdOptions::default() {
             return Err(usage("--each-line, --output, --env and --cwd are for commands, not --fn"));
         }
-        let v: serde_json::Value = match args {
-            Some(a) => serde_json::from_str(a).map_err(|e| usage(format!("--args is not JSON: {e}")))?,
-            None => serde_json::Value::Null,
-        };
-        return Ok((f.clone(), vec![crate::client::fn_task(&f, &v)?]));
+        return Ok((f.clone(), vec![fn_task_from_flags(&f, args)?]));
     }
-    if argv.is_empty() {
-        return Err(usage(
-            "nothing to run: give a command after -- (e.g. actord submit -- hostname) or --fn NAME",
-        ));
-    }
-    let name = argv[0].clone();
-    let cwd = opts.cwd.as_deref().map(absolute_dir).transpose().map_err(usage)?;
-    let mut argv = argv;
-    if cwd.is_none() {
-        argv[0] = absolute_program(&argv[0]);
-    }
-    let discard_output = match opts.output.as_deref() {
-        None | Some("files") => false,
-        Some("none") => true,
-        Some(other) => return Err(usage(format!("--output {other:?}: expected files or none"))),
-    };
-    let mut env = Vec::with_capacity(opts.env.len());
-    for e in &opts.env {
-        match e.split_once('=') {
-            Some((k, v)) if !k.is_empty() => env.push((k.to_string(), v.to_string())),
-            _ => return Err(usage(format!("--env {e:?}: expected NAME=VALUE"))),
-        }
-    }
-    let cmd = |key: Option<String>, entry: Option<&str>| {
-        let mut env = env.clone();
-        if let Some(line) = entry {
-            env.push(("ACTORD_ENTRY".to_string(), line.to_string()));
-        }
-        let kind = TaskKind::Cmd { argv: argv.clone(), env, discard_output, cwd: cwd.clone() };
-        TaskSpec { key, ..TaskSpec::new(kind) }
-    };
-    let tasks: Vec<TaskSpec> = match (array, &opts.each_line) {
-        (Some(r), _) => parse_array(r)?.map(|i| cmd(Some(i.to_string()), None)).collect(),
+    let template = CmdTemplate::new(opts, argv)?;
+    let name = template.argv[0].clone();
+    let tasks = match (array, &opts.each_line) {
+        (Some(r), _) => template.array(parse_array(r)?),
         (None, Some(file)) => {
             let path = expand_path(file).map_err(usage)?;
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
-            let lines: Vec<&str> = text.lines().collect();
-            if lines.is_empty() {
-                return Err(usage(format!("{}: no lines", path.display())));
-            }
-            lines.iter().enumerate().map(|(n, line)| cmd(Some((n + 1).to_string()), Some(line))).collect()
+            template.each_line(&text).ok_or_else(|| usage(format!("{}: no lines", path.display())))?
         }
-        (None, None) => vec![cmd(None, None)],
+        (None, None) => vec![template.task(None, None)],
     };
     Ok((name, tasks))
+}
+
+/// `--fn NAME --args JSON`: one function task (`null` arguments without `--args`).
+pub fn fn_task_from_flags(func: &str, args: Option<&str>) -> Result<TaskSpec, CliError> {
+    let v: serde_json::Value = match args {
+        Some(a) => serde_json::from_str(a).map_err(|e| usage(format!("--args is not JSON: {e}")))?,
+        None => serde_json::Value::Null,
+    };
+    Ok(crate::client::fn_task(func, &v)?)
+}
+
+/// A command as `submit` was given it, checked: what every task of it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CmdTemplate {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub discard_output: bool,
+    pub cwd: Option<String>,
+}
+
+impl CmdTemplate {
+    /// Checks `--output` and `--env`; a relative program is made absolute
+    /// unless `--cwd` is given.
+    pub fn new(opts: &CmdOptions, mut argv: Vec<String>) -> Result<CmdTemplate, CliError> {
+        if argv.is_empty() {
+            return Err(usage(
+                "nothing to run: give a command after -- (e.g. actord submit -- hostname) or --fn NAME",
+            ));
+        }
+        let cwd = opts.cwd.as_deref().map(absolute_dir).transpose().map_err(usage)?;
+        if cwd.is_none() {
+            argv[0] = absolute_program(&argv[0]);
+        }
+        let discard_output = match opts.output.as_deref() {
+            None | Some("files") => false,
+            Some("none") => true,
+            Some(other) => return Err(usage(format!("--output {other:?}: expected files or none"))),
+        };
+        let mut env = Vec::with_capacity(opts.env.len());
+        for e in &opts.env {
+            match e.split_once('=') {
+                Some((k, v)) if !k.is_empty() => env.push((k.to_string(), v.to_string())),
+                _ => return Err(usage(format!("--env {e:?}: expected NAME=VALUE"))),
+            }
+        }
+        Ok(CmdTemplate { argv, env, discard_output, cwd })
+    }
+
+    /// One task, with its key and (for `--each-line`) its line as `ACTORD_ENTRY`.
+    pub fn task(&self, key: Option<String>, entry: Option<&str>) -> TaskSpec {
+        let mut env = self.env.clone();
+        if let Some(line) = entry {
+            env.push(("ACTORD_ENTRY".to_string(), line.to_string()));
+        }
+        let kind = TaskKind::Cmd {
+            argv: self.argv.clone(),
+            env,
+            discard_output: self.discard_output,
+            cwd: self.cwd.clone(),
+        };
+        TaskSpec { key, ..TaskSpec::new(kind) }
+    }
+
+    /// `--array A-B`: one task per index, keyed by it.
+    pub fn array(&self, range: std::ops::RangeInclusive<u64>) -> Vec<TaskSpec> {
+        range.map(|i| self.task(Some(i.to_string()), None)).collect()
+    }
+
+    /// `--each-line`: one task per line, keyed from 1; `None` if there is no line.
+    pub fn each_line(&self, text: &str) -> Option<Vec<TaskSpec>> {
+        let tasks: Vec<TaskSpec> = text
+            .lines()
+            .enumerate()
+            .map(|(n, line)| self.task(Some((n + 1).to_string()), Some(line)))
+            .collect();
+        (!tasks.is_empty()).then_some(tasks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn jsonl_skips_blank_lines_and_names_the_bad_one() {
+        let t = tasks_from_jsonl("inc", "1\n\n  \n[2, 3]\n", "in.jsonl").unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1], crate::client::fn_task("inc", &serde_json::json!([2, 3])).unwrap());
+        let e = tasks_from_jsonl("inc", "1\n{oops\n", "in.jsonl").unwrap_err().to_string();
+        assert!(e.starts_with("in.jsonl:2: not JSON"), "{e}");
+        let e = tasks_from_jsonl("inc", "\n \n", "-").unwrap_err().to_string();
+        assert_eq!(e, "-: no inputs (one JSON value per line)");
+    }
+
+    #[test]
+    fn arrays_are_inclusive_ranges_within_the_limit() {
+        assert_eq!(parse_array("1-200").unwrap(), 1..=200);
+        assert_eq!(parse_array(" 7 ").unwrap(), 7..=7);
+        for bad in ["5-1", "a-3", "", "1-"] {
+            let e = parse_array(bad).unwrap_err().to_string();
+            assert!(e.contains("expected a range like 1-200"), "{bad}: {e}");
+        }
+        let e = parse_array("0-1000000").unwrap_err().to_string();
+        assert!(e.contains("has 1000001 tasks"), "{e}");
+        assert!(parse_array("0-18446744073709551615").is_err(), "no overflow at u64::MAX");
+    }
+
+    #[test]
+    fn a_command_template_makes_keyed_tasks_per_index_or_line() {
+        let opts =
+            CmdOptions { env: vec!["A={task}".into()], output: Some("none".into()), ..Default::default() };
+        let t = CmdTemplate::new(&opts, argv(&["echo", "{entry}"])).unwrap();
+        let tasks = t.array(3..=4);
+        assert_eq!(tasks.iter().map(|t| t.key.clone().unwrap()).collect::<Vec<_>>(), ["3", "4"]);
+        let lines = t.each_line("x\ny z").unwrap();
+        assert_eq!(lines[1].key.as_deref(), Some("2"));
+        let TaskKind::Cmd { argv, env, discard_output, cwd } = &lines[1].kind else { panic!("{lines:?}") };
+        assert_eq!(argv, &["echo", "{entry}"]);
+        assert_eq!(env, &[("A".to_string(), "{task}".to_string()), ("ACTORD_ENTRY".into(), "y z".into())]);
+        assert!(*discard_output && cwd.is_none());
+        assert!(t.each_line("").is_none());
+    }
+
+    #[test]
+    fn bad_command_options_are_refused_with_the_flag() {
+        let bad_env = CmdOptions { env: vec!["=x".into()], ..Default::default() };
+        let e = CmdTemplate::new(&bad_env, argv(&["true"])).unwrap_err().to_string();
+        assert_eq!(e, "--env \"=x\": expected NAME=VALUE");
+        let bad_out = CmdOptions { output: Some("tty".into()), ..Default::default() };
+        let e = CmdTemplate::new(&bad_out, argv(&["true"])).unwrap_err().to_string();
+        assert!(e.starts_with("--output \"tty\""), "{e}");
+        let e = CmdTemplate::new(&CmdOptions::default(), vec![]).unwrap_err().to_string();
+        assert!(e.starts_with("nothing to run"), "{e}");
+    }
+
+    #[test]
+    fn a_relative_program_is_made_absolute_unless_a_cwd_is_given() {
+        let t = CmdTemplate::new(&CmdOptions::default(), argv(&["./run.sh"])).unwrap();
+        assert!(t.argv[0].starts_with('/') && t.argv[0].ends_with("/run.sh"), "{:?}", t.argv);
+        let t = CmdTemplate::new(&CmdOptions::default(), argv(&["hostname"])).unwrap();
+        assert_eq!(t.argv[0], "hostname");
+        let opts = CmdOptions { cwd: Some("/tmp".into()), ..Default::default() };
+        let t = CmdTemplate::new(&opts, argv(&["./run.sh"])).unwrap();
+        assert_eq!((t.argv[0].as_str(), t.cwd.as_deref()), ("./run.sh", Some("/tmp")));
+    }
+
+    #[test]
+    fn fn_flags_make_one_task_with_null_arguments_by_default() {
+        let t = fn_task_from_flags("inc", None).unwrap();
+        assert_eq!(t, crate::client::fn_task("inc", &serde_json::Value::Null).unwrap());
+        let e = fn_task_from_flags("inc", Some("{")).unwrap_err().to_string();
+        assert!(e.starts_with("--args is not JSON"), "{e}");
+    }
 }

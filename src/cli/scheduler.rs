@@ -1,0 +1,66 @@
+//! `actord scheduler`: the scheduler role, from its flags and configuration
+//! to a running scheduler stopped by a signal, an admin, or its own failure.
+
+use super::commands::{failed, shutdown_signal, usage};
+use super::{CliError, SchedulerArgs};
+use crate::actors::{start_scheduler, SchedulerOptions};
+use crate::config::Config;
+use crate::core::CoreConfig;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Runs the scheduler until SIGTERM/SIGINT or `ctl shutdown`; an error if it
+/// stopped by itself (e.g. its journal failed).
+pub async fn run(config: &Config, a: SchedulerArgs) -> Result<ExitCode, CliError> {
+    let journal = match a.no_journal {
+        true => None,
+        false => Some(crate::persistence::resolve_dir(a.journal.as_deref()).map_err(usage)?),
+    };
+    let mut opts = scheduler_options(config, a.scheduler_file.as_deref(), a.host, a.port, journal)?;
+    opts.journal_repair = a.journal_repair;
+    opts.advertise = a.advertise;
+    let mut handle = start_scheduler(opts).await.map_err(failed)?;
+    let asked = handle.shutdown_requested();
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("signal received; stopping"),
+        _ = asked => tracing::info!("stopping as an admin asked"),
+        _ = handle.stopped() => {
+            let reason = handle.fail().await;
+            return Err(failed(format!("the scheduler stopped: {reason}")));
+        }
+    }
+    handle.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The scheduler's options: the flags given, the configuration for the rest.
+pub(super) fn scheduler_options(
+    config: &Config,
+    file: Option<&str>,
+    host: Option<String>,
+    port: Option<u16>,
+    journal: Option<PathBuf>,
+) -> Result<SchedulerOptions, CliError> {
+    let c = &config.scheduler;
+    Ok(SchedulerOptions {
+        reclaim_grace: c.reclaim_grace,
+        commit_interval: c.commit_interval,
+        journal_repair: false,
+        advertise: None,
+        host: host.unwrap_or_else(|| c.host.clone()),
+        port: port.unwrap_or(c.port),
+        scheduler_file: crate::schedfile::resolve_path(file).map_err(usage)?,
+        journal,
+        max_frame: c.max_frame,
+        max_send_queue: usize::try_from(c.max_send_queue).unwrap_or(usize::MAX),
+        flush_timeout: c.flush_timeout,
+        core: CoreConfig {
+            prefetch_target_us: c.prefetch_target_us,
+            max_prefetch_per_slot: c.max_prefetch_per_slot,
+            max_worker_kills: c.max_worker_kills,
+            heartbeat_timeout_us: c.heartbeat_timeout.as_micros() as u64,
+            retry_backoff_us: c.retry_backoff.as_micros() as u64,
+            retention_us: c.retention.map(|r| r.as_micros() as u64),
+        },
+    })
+}
