@@ -218,7 +218,12 @@ fn journal_group_commit(bencher: Bencher, records: usize) {
         .map(|r| Record::TasksDone {
             job,
             done: (0..100)
-                .map(|i| DoneTask { idx: (r * 100 + i) as u32, attempt: 1, outcome: ok(1), canceled: false })
+                .map(|i| DoneTask {
+                    idx: (r * 100 + i) as u32,
+                    attempt: 1,
+                    outcome: ok(1).into(),
+                    canceled: false,
+                })
                 .collect(),
         })
         .collect();

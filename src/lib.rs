@@ -12,6 +12,7 @@ pub mod core;
 pub mod darts;
 pub mod functions;
 pub mod ids;
+pub mod journal_record;
 pub mod persistence;
 pub mod protocol;
 pub mod schedfile;

@@ -4,7 +4,7 @@
 
 use super::{Core, Effects, Job, TaskState};
 use crate::ids::{JobId, TaskId};
-use crate::persistence::{DoneTask, Record};
+use crate::journal_record::{DoneTask, Record};
 use crate::protocol::{Outcome, TaskOutcome, TaskSpec};
 use rustc_hash::FxHashMap as HashMap;
 use std::cmp::Ordering;
@@ -188,7 +188,7 @@ pub fn complete(
         out.done.entry(tid.job).or_default().push(DoneTask {
             idx: tid.idx,
             attempt,
-            outcome: outcome.clone(),
+            outcome: (&outcome).into(),
             canceled,
         });
         let reason = match &outcome {

@@ -4,7 +4,7 @@
 use super::graph::{self, Completed};
 use super::{Core, Effects, Job, Leave, NannyRecord, Task, TaskState, Worker};
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
-use crate::persistence::Record;
+use crate::journal_record::Record;
 use crate::protocol::{
     Assignment, NannyInfo, Outcome, PyFunction, SlotInfo, SlotState, TaskKind, TaskOutcome, TaskReport,
     TaskSpec, ToClient, ToNanny, ToWorker, WorkerInfo,
@@ -433,7 +433,7 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
         job,
         seq,
         name: name.clone(),
-        tasks: tasks.clone(),
+        tasks: tasks.iter().map(Into::into).collect(),
         functions: functions.clone(),
     });
     let digest = submission_digest(&tasks, &functions);
@@ -996,6 +996,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
         match r {
             Record::JobSubmitted { job, seq, name, tasks, functions } => {
                 if !core.jobs.contains_key(&job) {
+                    let tasks: Vec<TaskSpec> = tasks.into_iter().map(Into::into).collect();
                     let deps = graph::resolve(core, job, &tasks).unwrap_or_else(|e| {
                         // e.g. a dependency on a job forgotten since: run without it.
                         tracing::warn!(job = %job, error = %e, "journaled dependencies no longer resolve");
@@ -1016,7 +1017,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                     if core.find_task(tid).map(|t| t.outcome.is_none()) == Some(true) {
                         let t = core.get_task_mut(tid);
                         t.attempts = t.attempts.max(d.attempt);
-                        graph::set_outcome(core, now, tid, d.outcome, d.canceled);
+                        graph::set_outcome(core, now, tid, d.outcome.into(), d.canceled);
                     }
                 }
             }

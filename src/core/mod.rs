@@ -20,7 +20,7 @@ pub use handlers::*;
 pub use pins::Leave;
 
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
-use crate::persistence::Record;
+use crate::journal_record::Record;
 use crate::protocol::{Outcome, SlotInfo, TaskKind, ToClient, ToNanny, ToWorker};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::{BTreeMap, BinaryHeap};

@@ -99,7 +99,13 @@ fn each_function_goes_to_each_worker_connection_once_and_is_journaled() {
     // Replay restores the table.
     let mut replayed = Core::default();
     let functions = table.clone();
-    let record = Record::JobSubmitted { job, seq: 0, name: "py".into(), tasks: py_tasks(1, 1), functions };
+    let record = Record::JobSubmitted {
+        job,
+        seq: 0,
+        name: "py".into(),
+        tasks: py_tasks(1, 1).into_iter().map(Into::into).collect(),
+        functions,
+    };
     replay(&mut replayed, 0, vec![record]);
     assert_eq!(replayed.jobs[&job].functions, table);
     replayed.sanity_check();

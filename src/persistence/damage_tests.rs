@@ -31,12 +31,12 @@ fn raw(dir: &Path) -> sled::Db {
 
 fn job(name: &str) -> (JobId, Record) {
     let job = JobId::new();
-    let tasks = (0..3).map(|i| crate::client::cmd_task(vec![format!("t{i}")])).collect();
+    let tasks = (0..3).map(|i| crate::journal_record::TaskSpec::cmd(vec![format!("t{i}")])).collect();
     (job, Record::JobSubmitted { job, seq: 1, name: name.into(), tasks, functions: Vec::new() })
 }
 
 fn done(job: JobId, idx: u32) -> Record {
-    let outcome = crate::protocol::Outcome::Ok { result: bytes::Bytes::from(vec![idx as u8]) };
+    let outcome = crate::journal_record::Outcome::Ok { result: bytes::Bytes::from(vec![idx as u8]) };
     Record::TasksDone { job, done: vec![DoneTask { idx, attempt: 1, outcome, canceled: false }] }
 }
 

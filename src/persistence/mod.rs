@@ -40,51 +40,11 @@ mod hwm;
 mod sled_journal;
 
 pub use check::{Affected, Expected, Report};
-pub use sled_journal::{open_error_message, verify, OpenOptions, SledJournal};
+pub use sled_journal::{open_error_message, payloads, verify, OpenOptions, SledJournal};
 
-use crate::ids::JobId;
-use crate::protocol::{Outcome, TaskSpec};
-use serde::{Deserialize, Serialize};
+pub use crate::journal_record::{DoneTask, Record, JOURNAL_VERSION};
+
 use std::path::PathBuf;
-
-/// Bump when `Record`, `JobPart`, `DoneTask`, the framing or the mark change
-/// shape; opening a journal of another version is refused (no migration).
-/// 2: framed records (crc32 + lsn), tombstones, the high-water mark.
-pub const JOURNAL_VERSION: u32 = 2;
-
-/// One finished task in a `TasksDone` record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DoneTask {
-    pub idx: u32,
-    pub attempt: u32,
-    pub outcome: Outcome,
-    /// The failure is a cancellation.
-    #[serde(default)]
-    pub canceled: bool,
-}
-
-/// One journal record. Replay applies them through the core: every
-/// `JobSubmitted` (in submission order), then every `TasksDone`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Record {
-    /// `seq` orders jobs by submission across restarts.
-    JobSubmitted {
-        job: JobId,
-        seq: u64,
-        name: String,
-        tasks: Vec<TaskSpec>,
-        /// The job's function table for its `py` tasks.
-        #[serde(default)]
-        functions: Vec<bytes::Bytes>,
-    },
-    /// The first outcomes of some tasks of one job.
-    TasksDone { job: JobId, done: Vec<DoneTask> },
-    /// The job and its results are gone for good.
-    JobForgotten { job: JobId },
-    /// An operator asked to run these failed tasks again (`ctl retry`):
-    /// their outcomes so far are void, the next ones count.
-    TasksRetried { job: JobId, idx: Vec<u32> },
-}
 
 /// Merges adjacent `TasksDone` records of the same job (one group commit
 /// holds one per report frame): fewer, larger records to write and replay.
@@ -230,13 +190,20 @@ pub fn resolve_dir(flag: Option<&str>) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::JobId;
+    use crate::journal_record::Outcome;
 
     #[test]
     fn adjacent_results_of_one_job_merge_and_order_is_kept() {
         let (a, b) = (JobId::new(), JobId::new());
         let done = |job, idx| Record::TasksDone {
             job,
-            done: vec![DoneTask { idx, attempt: 1, outcome: Outcome::err("x"), canceled: false }],
+            done: vec![DoneTask {
+                idx,
+                attempt: 1,
+                outcome: Outcome::Err { error: "x".into(), exception: None },
+                canceled: false,
+            }],
         };
         let retry = Record::TasksRetried { job: a, idx: vec![0] };
         let merged =

@@ -5,7 +5,7 @@ use super::check::{quietly, Expected, Scan};
 use super::hwm::{self, HighWater, JobMark};
 use super::{frame, DoneTask, Journal, JournalError, Record, JOURNAL_VERSION};
 use crate::ids::JobId;
-use crate::protocol::TaskSpec;
+use crate::journal_record::TaskSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -292,6 +292,43 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, JournalError> {
     rmp_serde::to_vec(v).map_err(|e| JournalError::Write(e.to_string()))
 }
 
+/// A job's `jobs` values: its tasks in parts of at most `TASKS_PER_PART`,
+/// each as msgpack with named fields (task specs leave out their defaults).
+pub fn job_payloads(
+    seq: u64,
+    name: &str,
+    tasks: &[TaskSpec],
+    functions: &[bytes::Bytes],
+) -> Result<Vec<Vec<u8>>, JournalError> {
+    let mut out = Vec::with_capacity(tasks.len().div_ceil(TASKS_PER_PART));
+    for (part, chunk) in tasks.chunks(TASKS_PER_PART).enumerate() {
+        let value = JobPart {
+            seq,
+            name: name.to_string(),
+            first: (part * TASKS_PER_PART) as u32,
+            total: tasks.len() as u32,
+            tasks: chunk.to_vec(),
+            functions: if part == 0 { functions.to_vec() } else { Vec::new() },
+        };
+        out.push(rmp_serde::to_vec_named(&value).map_err(|e| JournalError::Write(e.to_string()))?);
+    }
+    Ok(out)
+}
+
+/// The payloads a record is written as, in order: one per `jobs` part for
+/// a submission, one `done` value for outcomes or a retry, and an empty
+/// tombstone for a forget.
+pub fn payloads(record: &Record) -> Result<Vec<Vec<u8>>, JournalError> {
+    match record {
+        Record::JobSubmitted { seq, name, tasks, functions, .. } => {
+            job_payloads(*seq, name, tasks, functions)
+        }
+        Record::TasksDone { done, .. } => Ok(vec![encode(done)?]),
+        Record::TasksRetried { idx, .. } => Ok(vec![encode(&DoneEntry::Retried(idx.clone()))?]),
+        Record::JobForgotten { .. } => Ok(vec![Vec::new()]),
+    }
+}
+
 impl Journal for SledJournal {
     fn append(&mut self, records: &[Record]) -> Result<(), JournalError> {
         let w = |e: sled::Error| JournalError::Write(e.to_string());
@@ -301,34 +338,19 @@ impl Journal for SledJournal {
             match r {
                 Record::JobSubmitted { job, seq, name, tasks, functions } => {
                     self.marks.entry(*job).or_default().set_name(name);
-                    for (part, chunk) in tasks.chunks(TASKS_PER_PART).enumerate() {
-                        let value = JobPart {
-                            seq: *seq,
-                            name: name.clone(),
-                            first: (part * TASKS_PER_PART) as u32,
-                            total: tasks.len() as u32,
-                            tasks: chunk.to_vec(),
-                            functions: if part == 0 { functions.clone() } else { Vec::new() },
-                        };
-                        // Named fields: task specs leave out their defaults.
-                        let bytes = rmp_serde::to_vec_named(&value)
-                            .map_err(|e| JournalError::Write(e.to_string()))?;
+                    for (part, bytes) in job_payloads(*seq, name, tasks, functions)?.iter().enumerate() {
                         let key = job_key(job, &(part as u32).to_be_bytes());
                         let lsn = self.next(job);
-                        jobs.insert(key.as_slice(), frame::frame(&key, lsn, &bytes));
+                        jobs.insert(key.as_slice(), frame::frame(&key, lsn, bytes));
                     }
                 }
-                Record::TasksDone { job, done: d } => {
+                Record::TasksDone { job, .. } | Record::TasksRetried { job, .. } => {
+                    // Retries in the same tree as outcomes, so that replay keeps the order.
                     let lsn = self.next(job);
                     let key = job_key(job, &lsn.to_be_bytes());
-                    done.insert(key.as_slice(), frame::frame(&key, lsn, &encode(d)?));
-                }
-                Record::TasksRetried { job, idx } => {
-                    // In the same tree, so that replay keeps the order.
-                    let lsn = self.next(job);
-                    let key = job_key(job, &lsn.to_be_bytes());
-                    let payload = encode(&DoneEntry::Retried(idx.clone()))?;
-                    done.insert(key.as_slice(), frame::frame(&key, lsn, &payload));
+                    for payload in payloads(r)? {
+                        done.insert(key.as_slice(), frame::frame(&key, lsn, &payload));
+                    }
                 }
                 Record::JobForgotten { job } => {
                     // Staged writes first, so a forget after them removes them too.
@@ -374,7 +396,7 @@ impl Journal for SledJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Outcome;
+    use crate::journal_record::Outcome;
 
     /// sled releases its lock from a background thread after a drop.
     fn reopen(dir: &Path) -> SledJournal {
@@ -390,7 +412,7 @@ mod tests {
 
     fn job(n: usize, seq: u64) -> (JobId, Record) {
         let job = JobId::new();
-        let tasks = (0..n).map(|i| crate::client::cmd_task(vec![format!("t{i}")])).collect();
+        let tasks = (0..n).map(|i| crate::journal_record::TaskSpec::cmd(vec![format!("t{i}")])).collect();
         (job, Record::JobSubmitted { job, seq, name: "t".into(), tasks, functions: Vec::new() })
     }
 

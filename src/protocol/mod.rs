@@ -6,6 +6,7 @@ mod client;
 pub mod conn;
 mod info;
 mod nanny;
+mod record;
 mod task;
 #[cfg(test)]
 mod wire_tests;

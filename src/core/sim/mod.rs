@@ -517,7 +517,7 @@ impl Sim {
                     for d in done {
                         let c = count.entry(TaskId { job: *job, idx: d.idx }).or_insert((0, None));
                         c.0 += 1;
-                        c.1 = Some(d.outcome.clone());
+                        c.1 = Some(d.outcome.clone().into());
                         assert!(c.0 == 1, "{job:?}@{} recorded twice", d.idx);
                     }
                 }
