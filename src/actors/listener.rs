@@ -1,6 +1,7 @@
-//! Accepts connections and spawns one linked session actor per connection.
-//! A session that fails is logged and never restarted: its peer reconnects.
-//! At most `MAX_HANDSHAKING` connections may be waiting to authenticate.
+//! Accepts connections (its `Acceptor` child waits on the socket) and spawns
+//! one linked session actor per connection. A session that fails is logged
+//! and never restarted: its peer reconnects. The acceptor failing fails the
+//! listener. At most `MAX_HANDSHAKING` connections may be waiting to authenticate.
 
 use super::scheduler::SchedMsg;
 use super::session::{Session, SessionArgs, SessionConfig};
@@ -39,7 +40,7 @@ pub struct ListenerState {
     scheduler: ActorRef<SchedMsg>,
     config: SessionConfig,
     next_conn: u64,
-    accept_task: tokio::task::JoinHandle<()>,
+    acceptor: ActorRef<AcceptorMsg>,
     handshaking: Arc<AtomicUsize>,
     /// When a refused connection was last logged (one line a second at most).
     last_refusal_log: Option<std::time::Instant>,
@@ -56,28 +57,13 @@ impl Actor for Listener {
         myself: ActorRef<ListenerMsg>,
         args: ListenerArgs,
     ) -> Result<ListenerState, ActorProcessingErr> {
-        let listener = args.listener;
-        let accept_task = tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, addr)) => {
-                        if myself.cast(ListenerMsg::Accepted(stream, addr)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        // e.g. EMFILE: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
+        let acceptor_args = AcceptorArgs { tcp: args.listener, listener: myself.clone() };
+        let (acceptor, _) = Actor::spawn_linked(None, Acceptor, acceptor_args, myself.get_cell()).await?;
         Ok(ListenerState {
             scheduler: args.scheduler,
             config: args.config,
             next_conn: 0,
-            accept_task,
+            acceptor,
             handshaking: Arc::new(AtomicUsize::new(0)),
             last_refusal_log: None,
             refused_since_log: 0,
@@ -117,7 +103,9 @@ impl Actor for Listener {
             config: st.config.clone(),
             handshaking,
         };
-        // The handshake runs in the session's pre_start: off this actor's loop.
+        // The handshake runs in the session's pre_start: off this actor's
+        // loop, in a task that ends once the session has started (linked
+        // here) or failed to.
         let cell = myself.get_cell();
         tokio::spawn(async move {
             if let Err(e) = Actor::spawn_linked(None, Session, args, cell).await {
@@ -131,21 +119,73 @@ impl Actor for Listener {
         &self,
         _myself: ActorRef<ListenerMsg>,
         evt: SupervisionEvent,
-        _st: &mut ListenerState,
-    ) -> Result<(), ActorProcessingErr> {
-        // Policy: sessions are never restarted; a failure is logged.
-        if let SupervisionEvent::ActorFailed(cell, err) = evt {
-            tracing::warn!(session = %cell.get_id(), error = %err, "session failed");
-        }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<ListenerMsg>,
         st: &mut ListenerState,
     ) -> Result<(), ActorProcessingErr> {
-        st.accept_task.abort();
+        // Policy: sessions are never restarted; a failure is logged. The
+        // acceptor ending ends the listener (its supervisor decides).
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) if cell.get_id() == st.acceptor.get_id() => {
+                Err(format!("accepting connections failed: {err}").into())
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) if cell.get_id() == st.acceptor.get_id() => {
+                Err("accepting connections stopped".into())
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                tracing::warn!(session = %cell.get_id(), error = %err, "session failed");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+pub enum AcceptorMsg {
+    Next,
+}
+
+/// Waits on the listening socket, one connection per message, and hands
+/// each to the listener (so the listener's own loop never blocks on accept).
+pub struct Acceptor;
+
+pub struct AcceptorArgs {
+    tcp: TcpListener,
+    listener: ActorRef<ListenerMsg>,
+}
+
+impl Actor for Acceptor {
+    type Msg = AcceptorMsg;
+    type State = AcceptorArgs;
+    type Arguments = AcceptorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AcceptorMsg>,
+        args: AcceptorArgs,
+    ) -> Result<AcceptorArgs, ActorProcessingErr> {
+        myself.cast(AcceptorMsg::Next)?;
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AcceptorMsg>,
+        _: AcceptorMsg,
+        st: &mut AcceptorArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        match st.tcp.accept().await {
+            Ok((stream, addr)) => {
+                if st.listener.cast(ListenerMsg::Accepted(stream, addr)).is_err() {
+                    myself.stop(Some("the listener stopped".into()));
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                // e.g. EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        myself.cast(AcceptorMsg::Next)?;
         Ok(())
     }
 }

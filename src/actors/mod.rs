@@ -3,10 +3,17 @@
 //!
 //! ```text
 //! scheduler process
-//!   SchedulerActor            owns Core + journal; effects: journal, then sends
-//!   Listener                  accepts TCP; supervisor of the sessions
-//!     ├─ Session (conn 1)     handshake, decode → SchedulerActor, write frames
-//!     └─ Session (conn n)     policy: never restarted (the peer reconnects);
+//!   Root                      supervisor of the two below; policy: never
+//!   │                         restarted — a failure (or either stopping by
+//!   │                         itself) is logged and ends the process with an
+//!   │                         error; a graceful stop stops Listener, then
+//!   │                         SchedulerActor (its last flush)
+//!   ├─ SchedulerActor         owns Core + journal; effects: journal, then sends
+//!   └─ Listener               supervisor of the acceptor and the sessions
+//!       ├─ Acceptor           waits on the socket; its failure fails Listener
+//!       ├─ Session (conn 1)   handshake, writes frames
+//!       │   └─ Reader         decode → SchedulerActor; a failure closes the session
+//!       └─ Session (conn n)   policy: never restarted (the peer reconnects);
 //!                             a failure is logged, the others carry on
 //! nanny process
 //!   Nanny                     supervisor of one actor per worker process
@@ -22,28 +29,29 @@
 //! worker process (not an actor tree): slot threads + one connection loop
 //! ```
 //!
-//! Stopping the root (`SchedulerHandle::stop`, `Nanny` stop) stops its
-//! children; a scheduler or listener that fails ends the process with an
-//! error instead of running on half-alive.
+//! Stopping the root (`Scheduler::serve` once its shutdown signal fires,
+//! `Nanny` stop) stops its children; a scheduler or listener that fails
+//! ends the process with an error instead of running on half-alive.
 
 pub mod listener;
 pub mod nanny;
+pub mod reader;
+pub mod root;
 pub mod scheduler;
 pub mod session;
 
 use crate::core::{Core, CoreConfig};
 use crate::persistence::{AnyJournal, Expected, Journal, MemJournal, OpenOptions, SledJournal};
 use crate::schedfile::SchedulerFile;
-use listener::{Listener, ListenerArgs};
 use ractor::{Actor, ActorRef};
-use scheduler::{SchedMsg, SchedulerActor, SchedulerArgs};
+use root::{Root, RootArgs};
+use scheduler::SchedulerArgs;
 use session::SessionConfig;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug)]
 pub struct SchedulerOptions {
-    pub host: String,
-    pub port: u16,
     pub scheduler_file: PathBuf,
     /// `None`: results are kept in memory only.
     pub journal: Option<PathBuf>,
@@ -64,16 +72,17 @@ pub struct SchedulerOptions {
     pub advertise: Option<String>,
 }
 
-/// A running scheduler: its actors and what it wrote to its scheduler file.
-pub struct SchedulerHandle {
+/// A started scheduler: its root supervisor and what it wrote to its
+/// scheduler file. `serve` runs it until its shutdown signal.
+pub struct Scheduler {
     pub file: SchedulerFile,
     pub path: PathBuf,
-    scheduler: ActorRef<SchedMsg>,
-    scheduler_join: tokio::task::JoinHandle<()>,
-    listener: ActorRef<listener::ListenerMsg>,
-    shutdown: std::sync::Arc<tokio::sync::Notify>,
-    /// Why the scheduler actor failed, once it has.
-    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    root: ActorRef<()>,
+    root_join: tokio::task::JoinHandle<()>,
+    /// Notified when an admin asked the scheduler to stop (`ctl shutdown`).
+    asked: Arc<tokio::sync::Notify>,
+    /// Why the scheduler or the listener failed, once one has.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,9 +160,36 @@ pub fn expected_epoch(file: &std::path::Path, journal: &std::path::Path) -> Opti
     (same && f.epoch > 0).then(|| (f.epoch, file.to_path_buf()))
 }
 
-/// Opens and replays the journal, listens, and writes the scheduler file
-/// once it is listening.
-pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, StartError> {
+/// Binds the scheduler's listening socket (`HOST:PORT`; port 0 picks one).
+pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr: addr.to_string(), source })
+}
+
+/// Why `run` returned an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The scheduler or the listener failed while serving.
+    #[error("the scheduler stopped: {0}")]
+    Failed(String),
+}
+
+/// Runs a scheduler on `listener` until `shutdown` resolves or an admin asks
+/// it to stop (`Ok`), or until it fails.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    opts: SchedulerOptions,
+) -> Result<(), RunError> {
+    let scheduler = start(listener, opts).await?;
+    scheduler.serve(shutdown).await.map_err(RunError::Failed)
+}
+
+/// The journal opened and replayed into a new core, ready for a new epoch.
+fn recover(opts: &SchedulerOptions) -> Result<(Core, AnyJournal, u64), StartError> {
     let journal = match &opts.journal {
         Some(dir) => {
             let opts = OpenOptions {
@@ -184,16 +220,13 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
         );
     }
     crate::core::begin_recovery(&mut core, now, opts.reclaim_grace.as_micros() as u64);
-    let epoch = journal.epoch();
-    core.start_epoch(epoch);
+    core.start_epoch(journal.epoch());
+    Ok((core, journal, n_records as u64))
+}
 
-    let addr = format!("{}:{}", opts.host, opts.port);
-    let tcp = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
-    let local = tcp.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-
-    let file = SchedulerFile {
+/// What the scheduler file says of this run.
+fn scheduler_file(opts: &SchedulerOptions, local: std::net::SocketAddr, epoch: u64) -> SchedulerFile {
+    SchedulerFile {
         address: format!("tcp://{}", advertised(local, opts.advertise.as_deref())),
         instance: uuid::Uuid::new_v4(),
         epoch,
@@ -205,68 +238,71 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
         version: env!("CARGO_PKG_VERSION").into(),
         secret: random_secret(),
         stopped: None,
-    };
-    let shutdown = std::sync::Arc::new(tokio::sync::Notify::new());
-    let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+    }
+}
+
+/// Opens and replays the journal, starts the root supervisor serving
+/// `listener`, and writes the scheduler file once it is listening.
+pub async fn start(
+    listener: tokio::net::TcpListener,
+    opts: SchedulerOptions,
+) -> Result<Scheduler, StartError> {
+    let local =
+        listener.local_addr().map_err(|source| StartError::Bind { addr: "the listener".into(), source })?;
+    let (core, journal, records_replayed) = recover(&opts)?;
+    let file = scheduler_file(&opts, local, journal.epoch());
+    let asked = Arc::new(tokio::sync::Notify::new());
+    let failure = Arc::new(Mutex::new(None));
     // Check heartbeats a few times per timeout.
     let tick =
         std::time::Duration::from_micros((opts.core.heartbeat_timeout_us / 4).clamp(10_000, 1_000_000));
-    let (scheduler, scheduler_join) = Actor::spawn(
-        None,
-        SchedulerActor,
-        SchedulerArgs {
-            core,
-            journal,
-            tick,
-            commit_interval: opts.commit_interval,
-            shutdown: shutdown.clone(),
-            records_replayed: n_records as u64,
-            max_send_queue: opts.max_send_queue,
-            failure: failure.clone(),
-            flush_timeout: opts.flush_timeout,
-        },
-    )
-    .await?;
-    let config = SessionConfig {
+    let scheduler = SchedulerArgs {
+        core,
+        journal,
+        tick,
+        commit_interval: opts.commit_interval,
+        shutdown: asked.clone(),
+        records_replayed,
+        max_send_queue: opts.max_send_queue,
+        failure: failure.clone(),
+        flush_timeout: opts.flush_timeout,
+    };
+    let session = SessionConfig {
         secret: file.secret.clone(),
         instance: file.instance,
         epoch: file.epoch,
         max_frame: opts.max_frame,
     };
-    let (listener, _) =
-        Actor::spawn(None, Listener, ListenerArgs { listener: tcp, scheduler: scheduler.clone(), config })
-            .await?;
-    file.write_atomic(&opts.scheduler_file)
-        .map_err(|source| StartError::File { path: opts.scheduler_file.clone(), source })?;
+    let args = RootArgs { scheduler, listener, session, failure: failure.clone() };
+    let (root, root_join) = Actor::spawn(None, Root, args).await?;
+    if let Err(source) = file.write_atomic(&opts.scheduler_file) {
+        root.stop(None);
+        let _ = root_join.await;
+        return Err(StartError::File { path: opts.scheduler_file.clone(), source });
+    }
     tracing::info!(address = %file.address, file = %opts.scheduler_file.display(), "scheduler listening");
-    Ok(SchedulerHandle {
-        file,
-        path: opts.scheduler_file,
-        scheduler,
-        scheduler_join,
-        listener,
-        shutdown,
-        failure,
-    })
+    Ok(Scheduler { file, path: opts.scheduler_file, root, root_join, asked, failure })
 }
 
-impl SchedulerHandle {
-    /// Resolves when an admin asked the scheduler to stop (`ctl shutdown`).
-    pub fn shutdown_requested(&self) -> impl std::future::Future<Output = ()> + 'static {
-        let notify = self.shutdown.clone();
-        async move { notify.notified().await }
+impl Scheduler {
+    /// Serves until `shutdown` resolves or an admin asks to stop (then stops
+    /// gracefully: `Ok`), or until the scheduler or the listener fails
+    /// (`Err`, with why, also written to the scheduler file).
+    pub async fn serve(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), String> {
+        let asked = self.asked.clone();
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutdown signal; stopping"),
+            _ = asked.notified() => tracing::info!("stopping as an admin asked"),
+            _ = &mut self.root_join => return Err(self.mark_failed()),
+        }
+        self.stop().await;
+        Ok(())
     }
 
-    /// Resolves when the scheduler actor stops (a journal failure, or `stop`).
-    pub async fn stopped(&mut self) {
-        let _ = (&mut self.scheduler_join).await;
-    }
-
-    /// After the scheduler actor failed: stops accepting and rewrites the
-    /// scheduler file (if still this run's) to say why, so clients tell
-    /// their user at once instead of waiting for an answer. Returns the reason.
-    pub async fn fail(self) -> String {
-        self.listener.stop(None);
+    /// After a failure: rewrites the scheduler file (if still this run's) to
+    /// say why, so clients tell their user at once instead of waiting for an
+    /// answer. Returns the reason.
+    fn mark_failed(&self) -> String {
         let reason = self
             .failure
             .lock()
@@ -283,12 +319,11 @@ impl SchedulerHandle {
         reason
     }
 
-    /// Stops accepting, stops the scheduler, and removes the scheduler file
-    /// if it is still this run's.
-    pub async fn stop(self) {
-        self.listener.stop(None);
-        self.scheduler.stop(None);
-        let _ = self.scheduler_join.await;
+    /// Stops the root (listener first, then the scheduler), and removes the
+    /// scheduler file if it is still this run's.
+    async fn stop(self) {
+        self.root.stop(None);
+        let _ = self.root_join.await;
         if SchedulerFile::read(&self.path).map(|f| f.instance) == Ok(self.file.instance) {
             let _ = std::fs::remove_file(&self.path);
         }

@@ -1,23 +1,22 @@
-//! One actor per accepted connection: performs the handshake, forwards
-//! decoded frames to the scheduler, and writes the frames it is given.
+//! One actor per accepted connection: performs the handshake, starts its
+//! reader (a linked child that forwards decoded frames to the scheduler),
+//! and writes the frames it is given.
 
+use super::reader::{Reader, ReaderArgs, ReaderMsg};
 use super::scheduler::SchedMsg;
 use crate::ids::ConnId;
-use crate::protocol::conn::{decode, encode, next_frame, ConnError, HANDSHAKE_MAX_FRAME};
-use crate::protocol::{
-    Conn, FromClient, FromNanny, FromWorker, Hello, HelloReply, Role, ToClient, ToNanny, ToWorker, MAGIC,
-    PROTOCOL_VERSION,
-};
+use crate::protocol::conn::HANDSHAKE_MAX_FRAME;
+use crate::protocol::{Conn, Hello, HelloReply, MAGIC, PROTOCOL_VERSION};
 use bytes::Bytes;
 use futures::SinkExt;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::conn::{FrameSink as Sink, FrameStream as Stream};
+use crate::protocol::conn::FrameSink as Sink;
 
 /// How long a new connection may take to say `Hello`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,7 +85,7 @@ pub struct SessionState {
     sink: Sink,
     queued: Arc<AtomicUsize>,
     abort: CancellationToken,
-    reader: Option<tokio::task::JoinHandle<()>>,
+    reader: Option<ActorRef<ReaderMsg>>,
     scheduler: ActorRef<SchedMsg>,
     /// Set once the handshake succeeded and the scheduler knows this session.
     connected: bool,
@@ -179,7 +178,15 @@ impl Actor for Session {
             }
         };
         let (stream, role, who) = stream;
-        let reader = tokio::spawn(read_loop(stream, role, args.conn, who, args.scheduler.clone(), myself));
+        let reader_args = ReaderArgs {
+            stream,
+            role,
+            conn: args.conn,
+            peer: who,
+            scheduler: args.scheduler.clone(),
+            session: myself.clone(),
+        };
+        let (reader, _) = Actor::spawn_linked(None, Reader, reader_args, myself.get_cell()).await?;
         Ok(SessionState {
             conn: args.conn,
             sink,
@@ -225,103 +232,33 @@ impl Actor for Session {
         Ok(())
     }
 
+    /// Policy: a reader that fails (it never should) closes its session;
+    /// the peer reconnects.
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        evt: SupervisionEvent,
+        st: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(_, err) = evt {
+            tracing::warn!(conn = %st.conn, error = %err, "connection reader failed; closing the connection");
+            myself.stop(Some("reader failed".into()));
+        }
+        Ok(())
+    }
+
     async fn post_stop(
         &self,
         _myself: ActorRef<SessionMsg>,
         st: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
+        // No frame of this connection reaches the scheduler after `Closed`.
         if let Some(r) = st.reader.take() {
-            r.abort();
+            let _ = r.kill_and_wait(None).await;
         }
         if st.connected {
             let _ = st.scheduler.cast(SchedMsg::Closed { conn: st.conn });
         }
         Ok(())
     }
-}
-
-/// Decodes frames for the role and forwards them; on a bad frame tells the
-/// peer why and closes this connection only.
-async fn read_loop(
-    mut stream: Stream,
-    role: Role,
-    conn: ConnId,
-    peer: String,
-    scheduler: ActorRef<SchedMsg>,
-    session: ActorRef<SessionMsg>,
-) {
-    let error = loop {
-        let frame = match next_frame(&mut stream).await {
-            Ok(f) => f,
-            Err(ConnError::Closed) => break None,
-            Err(e) => break Some(e.to_string()),
-        };
-        let sent = match role {
-            Role::Worker => match decode::<FromWorker>(&frame) {
-                Ok(msg) => scheduler.cast(SchedMsg::Worker { conn, msg }),
-                Err(e) => break Some(format!("bad worker message: {e}")),
-            },
-            Role::Client => match decode::<FromClient>(&frame) {
-                Ok(msg) => {
-                    // Admin requests are logged with who asked: those that
-                    // change things at info, those that only look at debug.
-                    let (what, changes) = match &msg {
-                        FromClient::Cancel { job, keys } => (Some(format!("cancel {job} {keys:?}")), true),
-                        FromClient::Forget { job } => (Some(format!("forget {job}")), true),
-                        FromClient::RestartWorker { worker } => {
-                            (Some(format!("restart-worker {worker}")), true)
-                        }
-                        FromClient::RetireWorker { worker } => {
-                            (Some(format!("retire-worker {worker}")), true)
-                        }
-                        FromClient::Retry { job } => (Some(format!("retry {job}")), true),
-                        FromClient::Shutdown => (Some("shutdown".into()), true),
-                        FromClient::DrainAndShutdown => (Some("shutdown --drain".into()), true),
-                        FromClient::StopKeepingWorkers { drain } => {
-                            let drain = if *drain { " --drain" } else { "" };
-                            (Some(format!("shutdown{drain} --keep-workers")), true)
-                        }
-                        FromClient::LogLevel { level } => (Some(format!("log-level {level}")), true),
-                        FromClient::Status => (Some("status".into()), false),
-                        FromClient::Workers => (Some("workers".into()), false),
-                        FromClient::Nannies => (Some("nannies".into()), false),
-                        FromClient::Jobs => (Some("jobs".into()), false),
-                        FromClient::Job { job } => (Some(format!("job {job}")), false),
-                        FromClient::Tasks { job } => (Some(format!("tasks {job}")), false),
-                        FromClient::Explain { job, key } => (Some(format!("explain {job} {key}")), false),
-                        FromClient::Journal => (Some("journal".into()), false),
-                        _ => (None, false),
-                    };
-                    match what {
-                        Some(what) if changes => {
-                            tracing::info!(who = ?peer, request = ?what, "admin request")
-                        }
-                        Some(what) => tracing::debug!(who = ?peer, request = ?what, "admin request"),
-                        None => {}
-                    }
-                    scheduler.cast(SchedMsg::Client { conn, msg })
-                }
-                Err(e) => break Some(format!("bad client message: {e}")),
-            },
-            Role::Nanny => match decode::<FromNanny>(&frame) {
-                Ok(msg) => scheduler.cast(SchedMsg::Nanny { conn, msg }),
-                Err(e) => break Some(format!("bad nanny message: {e}")),
-            },
-        };
-        if sent.is_err() {
-            break None; // the scheduler is stopping
-        }
-    };
-    if let Some(message) = error {
-        tracing::warn!(peer = ?peer, conn = %conn, error = ?message, "closing connection after a bad frame");
-        let reply = match role {
-            Role::Worker => encode(&ToWorker::Error { message }),
-            Role::Client => encode(&ToClient::Error { job: None, message }),
-            Role::Nanny => encode(&ToNanny::Error { message }),
-        };
-        if let Ok(bytes) = reply {
-            let _ = session.cast(SessionMsg::Frames(vec![bytes]));
-        }
-    }
-    let _ = session.cast(SessionMsg::Close);
 }

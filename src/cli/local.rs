@@ -8,7 +8,7 @@ use super::nanny::{start_nanny, stop_nanny};
 use super::scheduler::scheduler_options;
 use super::submit::{absolute_dir, prepare_map, prepare_submit, Prepared};
 use super::{CliError, ClientCommand, Connect, LocalArgs, NannyArgs, WorkerArgs};
-use crate::actors::start_scheduler;
+use crate::actors::bind;
 use crate::client::Client;
 use crate::config::Config;
 use crate::util::expand_path;
@@ -72,25 +72,19 @@ pub async fn local(config: &Config, config_path: Option<&Path>, a: LocalArgs) ->
         (Some(j), false) => Some(j),
         (None, false) => Some(dir.0.join("journal")),
     };
-    let opts = scheduler_options(config, Some(&file_str), Some("127.0.0.1".into()), Some(0), journal)?;
-    let scheduler = start_scheduler(opts).await.map_err(failed)?;
-    let nanny_args = NannyArgs {
-        workers: a.workers,
-        memory_limit: None,
-        worker: WorkerArgs {
-            threads: Some(a.threads),
-            scheduler_file: Some(file_str.clone()),
-            death_timeout: None,
-            work_dir: Some(work_dir.clone()),
-            resources: None,
-            gpus: None,
-            python: a.python.clone(),
-        },
-    };
-    let nanny = match start_nanny(config, config_path, &nanny_args).await {
+    let opts = scheduler_options(config, Some(&file_str), journal)?;
+    let listener = bind("127.0.0.1:0").await.map_err(failed)?;
+    let scheduler = crate::actors::start(listener, opts).await.map_err(failed)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = scheduler.serve(async {
+        let _ = stopped.await;
+    });
+    tokio::pin!(serving);
+    let nanny = match start_nanny(config, config_path, &nanny_args(&a, &file_str, &work_dir)).await {
         Ok(n) => n,
         Err(e) => {
-            scheduler.stop().await;
+            let _ = stop.send(());
+            let _ = serving.await;
             return Err(e);
         }
     };
@@ -103,23 +97,56 @@ pub async fn local(config: &Config, config_path: Option<&Path>, a: LocalArgs) ->
         let mut c = Client::connect(&file, config.client.timeout).await?;
         c.wait_for_workers(a.workers as usize, config.client.timeout).await
     };
-    let result = tokio::select! {
-        r = async {
-            ready.await?;
-            if terminal {
-                eprintln!("local cluster: {} workers × {} threads", a.workers, a.threads);
+    let job_run = async {
+        ready.await?;
+        if terminal {
+            eprintln!("local cluster: {} workers × {} threads", a.workers, a.threads);
+        }
+        match prepared {
+            Some(p) => run_job(config, &connect_to, p, &work_dir).await,
+            None => client_command(config, job).await,
+        }
+    };
+    tokio::pin!(job_run);
+    // The scheduler stopping as asked (`local ctl shutdown`) lets the
+    // command finish; failing ends it.
+    let mut served = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut job_run => break r,
+            _ = shutdown_signal() => break Err(failed("interrupted")),
+            r = &mut serving, if !served => {
+                served = true;
+                if let Err(reason) = r {
+                    break Err(failed(format!("the scheduler stopped: {reason}")));
+                }
             }
-            match prepared {
-                Some(p) => run_job(config, &connect_to, p, &work_dir).await,
-                None => client_command(config, job).await,
-            }
-        } => r,
-        _ = shutdown_signal() => Err(failed("interrupted")),
+        }
     };
     stop_nanny(nanny).await;
-    scheduler.stop().await;
+    if !served {
+        let _ = stop.send(());
+        let _ = serving.await;
+    }
     drop(dir);
     result
+}
+
+/// The nanny of the local cluster: its workers find the scheduler by `file`.
+fn nanny_args(a: &LocalArgs, file: &str, work_dir: &str) -> NannyArgs {
+    NannyArgs {
+        workers: a.workers,
+        memory_limit: None,
+        worker: WorkerArgs {
+            threads: Some(a.threads),
+            scheduler_file: Some(file.to_string()),
+            death_timeout: None,
+            work_dir: Some(work_dir.to_string()),
+            resources: None,
+            gpus: None,
+            python: a.python.clone(),
+        },
+    }
 }
 
 /// Submits, waits, and prints the results (functions) or a summary

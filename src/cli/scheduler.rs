@@ -1,9 +1,10 @@
 //! `actord scheduler`: the scheduler role, from its flags and configuration
-//! to a running scheduler stopped by a signal, an admin, or its own failure.
+//! to a bound listener and a scheduler run until a signal, an admin, or its
+//! own failure stops it.
 
 use super::commands::{failed, shutdown_signal, usage};
 use super::{CliError, SchedulerArgs};
-use crate::actors::{start_scheduler, SchedulerOptions};
+use crate::actors::{bind, SchedulerOptions};
 use crate::config::Config;
 use crate::core::CoreConfig;
 use std::path::PathBuf;
@@ -16,29 +17,24 @@ pub async fn run(config: &Config, a: SchedulerArgs) -> Result<ExitCode, CliError
         true => None,
         false => Some(crate::persistence::resolve_dir(a.journal.as_deref()).map_err(usage)?),
     };
-    let mut opts = scheduler_options(config, a.scheduler_file.as_deref(), a.host, a.port, journal)?;
+    let mut opts = scheduler_options(config, a.scheduler_file.as_deref(), journal)?;
     opts.journal_repair = a.journal_repair;
     opts.advertise = a.advertise;
-    let mut handle = start_scheduler(opts).await.map_err(failed)?;
-    let asked = handle.shutdown_requested();
-    tokio::select! {
-        _ = shutdown_signal() => tracing::info!("signal received; stopping"),
-        _ = asked => tracing::info!("stopping as an admin asked"),
-        _ = handle.stopped() => {
-            let reason = handle.fail().await;
-            return Err(failed(format!("the scheduler stopped: {reason}")));
-        }
-    }
-    handle.stop().await;
+    let listener = bind(&listen_addr(config, a.host, a.port)).await.map_err(failed)?;
+    crate::actors::run(listener, shutdown_signal(), opts).await.map_err(failed)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `HOST:PORT` to listen on: the flags, else the configuration's.
+pub(super) fn listen_addr(config: &Config, host: Option<String>, port: Option<u16>) -> String {
+    let host = host.unwrap_or_else(|| config.scheduler.host.clone());
+    format!("{host}:{}", port.unwrap_or(config.scheduler.port))
 }
 
 /// The scheduler's options: the flags given, the configuration for the rest.
 pub(super) fn scheduler_options(
     config: &Config,
     file: Option<&str>,
-    host: Option<String>,
-    port: Option<u16>,
     journal: Option<PathBuf>,
 ) -> Result<SchedulerOptions, CliError> {
     let c = &config.scheduler;
@@ -47,8 +43,6 @@ pub(super) fn scheduler_options(
         commit_interval: c.commit_interval,
         journal_repair: false,
         advertise: None,
-        host: host.unwrap_or_else(|| c.host.clone()),
-        port: port.unwrap_or(c.port),
         scheduler_file: crate::schedfile::resolve_path(file).map_err(usage)?,
         journal,
         max_frame: c.max_frame,
