@@ -1,4 +1,4 @@
-//! The scheduler's journal: versioned records, appended in groups and
+//! The scheduler's journal: versioned records (`journal_record`), appended in groups and
 //! flushed once per group (group commit), replayed into the core at start-up.
 //!
 //! On disk (sled, on a shared file system such as `$SCRATCH`), format 2:
