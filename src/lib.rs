@@ -15,5 +15,6 @@ pub mod ids;
 pub mod persistence;
 pub mod protocol;
 pub mod schedfile;
+pub mod security;
 pub mod util;
 pub mod worker;

@@ -62,6 +62,10 @@ pub struct SchedulerOptions {
     /// The address peers should dial, `HOST` or `HOST:PORT` (`--advertise`);
     /// `None`: the bound address, or for a wildcard bind one of this host's.
     pub advertise: Option<String>,
+    /// TLS, secret and certificate (`--no-tls`, `--insecure`, `--tls-cert`, …).
+    pub security: crate::security::SecurityArgs,
+    /// Open connections at most (`scheduler.max_connections`).
+    pub max_connections: usize,
 }
 
 /// A running scheduler: its actors and what it wrote to its scheduler file.
@@ -84,14 +88,10 @@ pub enum StartError {
     Bind { addr: String, source: std::io::Error },
     #[error("cannot write scheduler file {path}: {source}")]
     File { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
     #[error("cannot start actor: {0}")]
     Spawn(#[from] ractor::SpawnErr),
-}
-
-fn random_secret() -> String {
-    let a = uuid::Uuid::new_v4();
-    let b = uuid::Uuid::new_v4();
-    format!("{}{}", a.simple(), b.simple())
 }
 
 /// The address peers should dial: `--advertise` if given (its port, else
@@ -164,6 +164,7 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
         }
         None => AnyJournal::Mem(MemJournal::default()),
     };
+    let security = crate::security::ServerSecurity::prepare(&opts.security, opts.journal.as_deref())?;
     let t0 = std::time::Instant::now();
     let records = journal.replay()?;
     let n_records = records.len();
@@ -203,7 +204,9 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
         dashboard: None,
         started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         version: env!("CARGO_PKG_VERSION").into(),
-        secret: random_secret(),
+        secret: security.secret.clone(),
+        mode: security.mode,
+        tls_fingerprint: security.tls.as_ref().map(|t| t.fingerprint.clone()),
         stopped: None,
     };
     let shutdown = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -228,13 +231,18 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
     )
     .await?;
     let config = SessionConfig {
-        secret: file.secret.clone(),
+        security,
         instance: file.instance,
         epoch: file.epoch,
         max_frame: opts.max_frame,
     };
     let (listener, _) =
-        Actor::spawn(None, Listener, ListenerArgs { listener: tcp, scheduler: scheduler.clone(), config })
+        Actor::spawn(None, Listener, ListenerArgs {
+            listener: tcp,
+            scheduler: scheduler.clone(),
+            config,
+            max_connections: opts.max_connections,
+        })
             .await?;
     file.write_atomic(&opts.scheduler_file)
         .map_err(|source| StartError::File { path: opts.scheduler_file.clone(), source })?;

@@ -38,6 +38,7 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
             let mut opts = scheduler_options(&config, a.scheduler_file.as_deref(), a.host, a.port, journal)?;
             opts.journal_repair = a.journal_repair;
             opts.advertise = a.advertise;
+            opts.security = a.security;
             let mut handle = start_scheduler(opts).await.map_err(failed)?;
             let asked = handle.shutdown_requested();
             tokio::select! {
@@ -103,6 +104,8 @@ pub(super) fn scheduler_options(
         commit_interval: c.commit_interval,
         journal_repair: false,
         advertise: None,
+        security: Default::default(),
+        max_connections: c.max_connections,
         host: host.unwrap_or_else(|| c.host.clone()),
         port: port.unwrap_or(c.port),
         scheduler_file: crate::schedfile::resolve_path(file).map_err(usage)?,

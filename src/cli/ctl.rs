@@ -117,12 +117,14 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> Re
                 v["pid"] = f.pid.into();
                 v["host"] = f.host.clone().into();
                 v["started"] = f.started.clone().into();
+                v["security"] = f.mode.name().into();
                 print_json(&v)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let uptime = crate::util::format_duration(std::time::Duration::from_secs(s.uptime_s));
             outln!("scheduler  {} (pid {} on {}, up {uptime})", f.address, f.pid, f.host);
             outln!("epoch      {}", s.epoch);
+            outln!("security   {}", crate::security::describe(f.mode, f.tls_fingerprint.as_deref()));
             match &s.journal_path {
                 Some(p) => outln!("journal    {p} ({})", format_size(s.journal_bytes)),
                 None => outln!("journal    none (results in memory)"),
