@@ -47,7 +47,11 @@ impl SchedulerFile {
 
     /// What a peer needs from this file to connect.
     pub fn auth(&self) -> Credentials {
-        Credentials { mode: self.mode, secret: self.secret.clone(), fingerprint: self.tls_fingerprint.clone() }
+        Credentials {
+            mode: self.mode,
+            secret: self.secret.clone(),
+            fingerprint: self.tls_fingerprint.clone(),
+        }
     }
 
     pub fn describe(&self) -> String {

@@ -8,8 +8,8 @@ use actord::protocol::conn::{decode, encode, next_frame};
 use actord::protocol::{
     Conn, FromClient, Hello, HelloReply, Role, ToClient, DEFAULT_MAX_FRAME, MAGIC, PROTOCOL_VERSION,
 };
-use actord::security::handshake;
 use actord::schedfile::SchedulerFile;
+use actord::security::handshake;
 use common::*;
 use futures::SinkExt;
 use std::io::{BufRead, Read};

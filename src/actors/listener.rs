@@ -122,13 +122,23 @@ impl Actor for Listener {
         let ListenerMsg::Accepted(stream, addr) = msg;
         if st.open.fetch_add(1, Ordering::Relaxed) >= st.max_connections {
             st.open.fetch_sub(1, Ordering::Relaxed);
-            st.refuse(stream, addr, st.max_connections, "too many open connections (scheduler.max_connections): closing new ones");
+            st.refuse(
+                stream,
+                addr,
+                st.max_connections,
+                "too many open connections (scheduler.max_connections): closing new ones",
+            );
             return Ok(());
         }
         let established = Established(st.open.clone());
         if st.handshaking.fetch_add(1, Ordering::Relaxed) >= MAX_HANDSHAKING {
             st.handshaking.fetch_sub(1, Ordering::Relaxed);
-            st.refuse(stream, addr, MAX_HANDSHAKING, "too many connections waiting to authenticate: closing new ones");
+            st.refuse(
+                stream,
+                addr,
+                MAX_HANDSHAKING,
+                "too many connections waiting to authenticate: closing new ones",
+            );
             return Ok(());
         }
         let handshaking = Handshaking(st.handshaking.clone());

@@ -230,20 +230,19 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
         },
     )
     .await?;
-    let config = SessionConfig {
-        security,
-        instance: file.instance,
-        epoch: file.epoch,
-        max_frame: opts.max_frame,
-    };
-    let (listener, _) =
-        Actor::spawn(None, Listener, ListenerArgs {
+    let config =
+        SessionConfig { security, instance: file.instance, epoch: file.epoch, max_frame: opts.max_frame };
+    let (listener, _) = Actor::spawn(
+        None,
+        Listener,
+        ListenerArgs {
             listener: tcp,
             scheduler: scheduler.clone(),
             config,
             max_connections: opts.max_connections,
-        })
-            .await?;
+        },
+    )
+    .await?;
     file.write_atomic(&opts.scheduler_file)
         .map_err(|source| StartError::File { path: opts.scheduler_file.clone(), source })?;
     tracing::info!(address = %file.address, file = %opts.scheduler_file.display(), "scheduler listening");

@@ -103,7 +103,8 @@ impl Actor for Session {
         // The handshake frame limit and deadline hold until the peer has
         // proved it knows the secret: nothing else is read before that.
         let c = &args.config;
-        let accepted = crate::security::handshake::accept(args.stream, &c.security, c.epoch, c.instance).await;
+        let accepted =
+            crate::security::handshake::accept(args.stream, &c.security, c.epoch, c.instance).await;
         drop(args.handshaking);
         let queued = Arc::new(AtomicUsize::new(0));
         let abort = CancellationToken::new();

@@ -51,8 +51,14 @@ pub struct Hello {
 /// The scheduler's answer to `Hello`; after `Rejected` it closes the connection.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum HelloReply {
-    Welcome { protocol: u32, instance: Uuid, epoch: u64 },
-    Rejected { error: String },
+    Welcome {
+        protocol: u32,
+        instance: Uuid,
+        epoch: u64,
+    },
+    Rejected {
+        error: String,
+    },
     /// The scheduler's nonce and its proof of the secret (see
     /// `security::handshake`); the peer answers with `HelloProof`.
     Challenge {

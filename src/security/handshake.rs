@@ -117,7 +117,9 @@ async fn open(tcp: TcpStream, sec: &ServerSecurity) -> Result<Transport, String>
 /// Tells a plaintext peer why it is refused, reading what it sent first so
 /// that closing does not reset the connection before it reads the answer.
 async fn refuse_plain(mut tcp: TcpStream, error: &str) {
-    let Ok(frame) = crate::protocol::conn::encode(&HelloReply::Rejected { error: error.into() }) else { return };
+    let Ok(frame) = crate::protocol::conn::encode(&HelloReply::Rejected { error: error.into() }) else {
+        return;
+    };
     let mut out = (frame.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(&frame);
     let mut sink = vec![0u8; HANDSHAKE_MAX_FRAME];
@@ -235,7 +237,8 @@ pub async fn authenticate(
     if let HelloReply::Challenge { nonce: theirs, proof } = &reply {
         if auth.secret.is_empty() {
             return Err(ConnError::Rejected(
-                "the scheduler asks for authentication, but the scheduler file (insecure) has no secret".into(),
+                "the scheduler asks for authentication, but the scheduler file (insecure) has no secret"
+                    .into(),
             ));
         }
         let key = key(&auth.secret);

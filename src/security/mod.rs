@@ -84,7 +84,9 @@ impl SecurityArgs {
 pub fn describe(mode: Mode, fingerprint: Option<&str>) -> String {
     match mode {
         Mode::Tls => format!("TLS (certificate sha256 {}), authenticated", fingerprint.unwrap_or("?")),
-        Mode::NoTls => "plaintext (--no-tls), authenticated: task arguments and results cross in clear".into(),
+        Mode::NoTls => {
+            "plaintext (--no-tls), authenticated: task arguments and results cross in clear".into()
+        }
         Mode::Insecure => "WARNING: --insecure: neither encrypted nor authenticated; anyone who can reach \
                            the port can run commands on every worker"
             .into(),
@@ -148,8 +150,10 @@ pub struct Credentials {
 /// A secret-bearing file given by the user: private, and not empty.
 fn read_secret(path: &Path) -> Result<String, SecurityError> {
     perms::check_private_file(path, "secret file")?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SecurityError::File { path: path.to_path_buf(), message: format!("cannot read it: {e}") })?;
+    let text = std::fs::read_to_string(path).map_err(|e| SecurityError::File {
+        path: path.to_path_buf(),
+        message: format!("cannot read it: {e}"),
+    })?;
     let secret = text.trim().to_string();
     if secret.len() < 16 {
         return Err(SecurityError::File {

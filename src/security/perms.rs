@@ -23,8 +23,13 @@ pub fn mode(path: &Path) -> std::io::Result<u32> {
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecurityError> {
     let err = |e: std::io::Error| SecurityError::File { path: path.to_path_buf(), message: e.to_string() };
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
@@ -42,7 +47,10 @@ pub fn create_private_dir(dir: &Path) -> Result<(), SecurityError> {
 /// version may have been 0755 with 0644 files.
 pub fn make_private_tree(dir: &Path) -> Result<(), SecurityError> {
     create_private_dir(dir)?;
-    let err = |path: &Path, e: std::io::Error| SecurityError::File { path: path.to_path_buf(), message: e.to_string() };
+    let err = |path: &Path, e: std::io::Error| SecurityError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
         for entry in std::fs::read_dir(&d).map_err(|e| err(&d, e))? {
@@ -55,7 +63,8 @@ pub fn make_private_tree(dir: &Path) -> Result<(), SecurityError> {
             let m = meta.permissions().mode() & 0o7777;
             let want = if meta.is_dir() { 0o700 } else { m & 0o700 };
             if m != want {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want)).map_err(|e| err(&path, e))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want))
+                    .map_err(|e| err(&path, e))?;
             }
             if meta.is_dir() {
                 pending.push(path);
@@ -68,7 +77,8 @@ pub fn make_private_tree(dir: &Path) -> Result<(), SecurityError> {
 /// Refuses a file that carries a secret when its group or others may read
 /// or write it, naming the fix.
 pub fn check_private_file(path: &Path, what: &str) -> Result<(), SecurityError> {
-    let m = mode(path).map_err(|e| SecurityError::File { path: path.to_path_buf(), message: e.to_string() })?;
+    let m =
+        mode(path).map_err(|e| SecurityError::File { path: path.to_path_buf(), message: e.to_string() })?;
     if m & 0o077 != 0 {
         return Err(SecurityError::Exposed { what: what.to_string(), path: path.to_path_buf(), mode: m });
     }

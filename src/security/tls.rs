@@ -44,8 +44,10 @@ impl ServerTls {
     /// Loads `cert` and `key` (PEM files); the first certificate is the one pinned.
     pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, SecurityError> {
         let read = |path: &Path| {
-            std::fs::read(path)
-                .map_err(|e| SecurityError::File { path: path.to_path_buf(), message: format!("cannot read it: {e}") })
+            std::fs::read(path).map_err(|e| SecurityError::File {
+                path: path.to_path_buf(),
+                message: format!("cannot read it: {e}"),
+            })
         };
         ServerTls::from_pem(&read(cert)?, &read(key)?).map_err(|(which, message)| SecurityError::File {
             path: if which == "key" { key } else { cert }.to_path_buf(),
@@ -60,7 +62,8 @@ impl ServerTls {
             .map_err(|e| ("cert", format!("not a PEM certificate: {e}")))?;
         let first = certs.first().ok_or(("cert", "holds no certificate".to_string()))?;
         let fingerprint = fingerprint(first);
-        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| ("key", format!("not a PEM private key: {e}")))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key).map_err(|e| ("key", format!("not a PEM private key: {e}")))?;
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| ("cert", e.to_string()))?
@@ -138,7 +141,12 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -147,7 +155,12 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -162,7 +175,10 @@ pub async fn connect(tcp: TcpStream, fingerprint: &str) -> Result<Transport, std
         .with_safe_default_protocol_versions()
         .map_err(std::io::Error::other)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned { expected: fingerprint.to_ascii_lowercase(), provider }))
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            expected: fingerprint.to_ascii_lowercase(),
+            provider,
+        }))
         .with_no_client_auth();
     let name = ServerName::try_from(SERVER_NAME).map_err(std::io::Error::other)?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
@@ -176,7 +192,11 @@ pub enum Transport {
 }
 
 impl AsyncRead for Transport {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
