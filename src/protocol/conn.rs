@@ -193,6 +193,10 @@ pub fn value_len(buf: &[u8]) -> Result<usize, String> {
 
 /// Maps a codec error (e.g. an oversized frame) to a `ConnError`.
 fn read_err(e: std::io::Error) -> ConnError {
+    // A TLS peer that exits without close_notify has simply hung up.
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return ConnError::Closed;
+    }
     if e.kind() == std::io::ErrorKind::InvalidData {
         ConnError::Decode(e.to_string())
     } else {

@@ -48,6 +48,12 @@ fn transcript(label: &[u8], role: Role, client: &[u8], server: &[u8], fingerprin
     m
 }
 
+/// The proof a connecting peer sends: HMAC-SHA256 with the secret over the
+/// peer's transcript.
+pub fn peer_proof(secret: &str, role: Role, client: &[u8], server: &[u8], fingerprint: &str) -> Vec<u8> {
+    hmac::sign(&key(secret), &transcript(PEER_LABEL, role, client, server, fingerprint)).as_ref().to_vec()
+}
+
 fn key(secret: &str) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())
 }
@@ -250,8 +256,8 @@ pub async fn authenticate(
                     .into(),
             ));
         }
-        let ours = hmac::sign(&key, &transcript(PEER_LABEL, role, &nonce, theirs, fingerprint));
-        conn.write(&HelloProof { proof: ours.as_ref().to_vec() }).await?;
+        let proof = peer_proof(&auth.secret, role, &nonce, theirs, fingerprint);
+        conn.write(&HelloProof { proof }).await?;
         reply = conn.read().await?;
     } else if matches!(reply, HelloReply::Welcome { .. }) && auth.mode != Mode::Insecure {
         return Err(ConnError::Rejected(
