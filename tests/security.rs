@@ -405,3 +405,20 @@ fn a_second_local_user_can_read_nothing_actord_wrote() {
         assert!(!user.can_read(p), "{} can read {}", user.0, p.display());
     }
 }
+
+#[test]
+fn insecure_runs_jobs_and_says_so_in_the_log_and_in_status() {
+    let mut cluster = Cluster::scheduler_with(None, &["--insecure"]);
+    let file = SchedulerFile::read(&cluster.file).unwrap();
+    assert_eq!(
+        (file.mode, file.secret.as_str(), file.tls_fingerprint.as_deref()),
+        (Mode::Insecure, "", None)
+    );
+    assert!(cluster.scheduler.log_text().contains("running --insecure"));
+    cluster.start_nanny(1, 1);
+    let out = cluster.run(&["submit", "--fn", "inc", "--args", "41"]);
+    let out = cluster.run(&["gather", &stdout(&out)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = stdout(&cluster.run(&["ctl", "status"]));
+    assert!(status.contains("WARNING: --insecure"), "{status}");
+}
