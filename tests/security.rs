@@ -422,3 +422,52 @@ fn insecure_runs_jobs_and_says_so_in_the_log_and_in_status() {
     let status = stdout(&cluster.run(&["ctl", "status"]));
     assert!(status.contains("WARNING: --insecure"), "{status}");
 }
+
+#[test]
+fn a_certificate_of_ones_own_is_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["node7.example".into()]).unwrap().self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let (c, k) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+    let mut cluster = Cluster::scheduler_with(None, &["--tls-cert", c, "--tls-key", k]);
+    let file = SchedulerFile::read(&cluster.file).unwrap();
+    assert_eq!(
+        file.tls_fingerprint.as_deref(),
+        Some(actord::security::tls::fingerprint(cert.der()).as_str())
+    );
+    assert!(!cluster.path("journal/tls-cert.pem").exists(), "no self-signed one was made");
+    cluster.start_nanny(1, 1);
+    let out = cluster.run(&["submit", "--fn", "inc", "--args", "1"]);
+    assert!(cluster.run(&["gather", &stdout(&out)]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_are_capped() {
+    let cluster = Cluster::scheduler_with(Some("[scheduler]\nmax_connections = 3\n"), &[]);
+    let file = SchedulerFile::read(&cluster.file).unwrap();
+    let addr = file.socket_addr().to_string();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&addr, &file.auth()).await.unwrap());
+    }
+    let err = connect(&addr, &file.auth()).await.err().unwrap();
+    assert!(!err.contains("did not answer"), "closed at once, not left waiting: {err}");
+    log_has(&cluster, "too many open connections", 1);
+    drop(held.pop());
+    let ok = {
+        let mut ok = false;
+        for _ in 0..100 {
+            if connect(&addr, &file.auth()).await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ok
+    };
+    assert!(ok, "a connection gets in again once one closes");
+}
