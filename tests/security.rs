@@ -176,12 +176,15 @@ async fn legit_handshake(addr: &str, file: &SchedulerFile) -> (Vec<u8>, Vec<u8>)
     (nonce, proof)
 }
 
+/// Bytes recorded by a relay, shared with its copy tasks.
+type Log = Arc<Mutex<Vec<u8>>>;
+
 /// A TCP relay to `target` that records every byte, both ways, and each
 /// connection's client-to-scheduler bytes apart.
 struct Recorder {
     addr: String,
-    all: Arc<Mutex<Vec<u8>>>,
-    upstream: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    all: Log,
+    upstream: Arc<Mutex<Vec<Log>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -209,13 +212,9 @@ impl Recorder {
     }
 }
 
-type Tapped = (tokio::net::tcp::OwnedReadHalf, Arc<Mutex<Vec<u8>>>, Option<Arc<Mutex<Vec<u8>>>>);
+type Tapped = (tokio::net::tcp::OwnedReadHalf, Log, Option<Log>);
 
-fn tap(
-    s: TcpStream,
-    all: Arc<Mutex<Vec<u8>>>,
-    mine: Option<Arc<Mutex<Vec<u8>>>>,
-) -> (Tapped, tokio::net::tcp::OwnedWriteHalf) {
+fn tap(s: TcpStream, all: Log, mine: Option<Log>) -> (Tapped, tokio::net::tcp::OwnedWriteHalf) {
     let (r, w) = s.into_split();
     ((r, all, mine), w)
 }
