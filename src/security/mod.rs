@@ -139,12 +139,23 @@ impl ServerSecurity {
 }
 
 /// What a peer needs to connect: from the scheduler file.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Credentials {
     pub mode: Mode,
     pub secret: String,
     /// Hex SHA-256 of the scheduler's certificate (`Mode::Tls`).
     pub fingerprint: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret itself, so no log line can carry it.
+        f.debug_struct("Credentials")
+            .field("mode", &self.mode)
+            .field("secret", &if self.secret.is_empty() { "none" } else { "<redacted>" })
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
 }
 
 /// A secret-bearing file given by the user: private, and not empty.
