@@ -4,7 +4,7 @@
 //! line with the same field names as the Dask harness in peers/dask.
 //!
 //!   cargo bench --bench cluster -- noop --n 10000 [--workers 2] [--threads 1]
-//!         [--repeat 3] [--warmup 200] [--no-journal]
+//!         [--repeat 3] [--warmup 200] [--no-journal] [--tls | --no-tls | --insecure]
 //!
 //! CPU figures cover the timed repetitions only (from /proc, 10 ms ticks).
 //!
@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str =
     "usage: cluster noop|cmd|darts|million|respawn|restart [--variant map|chain|tree] [--n N] \
-     [--workers K] [--threads T] [--repeat R] [--warmup W] [--inputs I] [--scale S] [--no-journal]";
+     [--workers K] [--threads T] [--repeat R] [--warmup W] [--inputs I] [--scale S] [--no-journal] \
+     [--tls|--no-tls|--insecure]";
 
 struct Opts {
     workload: String,
@@ -37,6 +38,8 @@ struct Opts {
     /// darts: number of inputs (tasks) and dart-count scale (tutorial: 100, 1.0).
     inputs: usize,
     scale: f64,
+    /// The scheduler's security flag: "" (TLS, the default), --no-tls or --insecure.
+    security: &'static str,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -52,6 +55,7 @@ fn parse() -> Result<Opts, String> {
         variant: "map".into(),
         inputs: 100,
         scale: 1.0,
+        security: "",
     };
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -63,6 +67,9 @@ fn parse() -> Result<Opts, String> {
             "--warmup" => o.warmup = val("--warmup")?.parse().map_err(|e| format!("--warmup: {e}"))?,
             "--journal" => o.journal = true,
             "--no-journal" => o.journal = false,
+            "--tls" => o.security = "",
+            "--no-tls" => o.security = "--no-tls",
+            "--insecure" => o.security = "--insecure",
             "--variant" => o.variant = val("--variant")?,
             "--inputs" => o.inputs = val("--inputs")?.parse().map_err(|e| format!("--inputs: {e}"))?,
             "--scale" => o.scale = val("--scale")?.parse().map_err(|e| format!("--scale: {e}"))?,
@@ -314,6 +321,9 @@ async fn main() {
     } else {
         sargs.push("--no-journal");
     }
+    if !o.security.is_empty() {
+        sargs.push(o.security);
+    }
     let scheduler = spawn(dir.path(), "scheduler", &sargs);
     let (w, t) = (o.workers.to_string(), o.threads.to_string());
     let nanny =
@@ -398,6 +408,7 @@ async fn main() {
         "workers": o.workers,
         "threads_per_worker": o.threads,
         "journal": o.journal,
+        "security": if o.security.is_empty() { "tls" } else { o.security.trim_start_matches('-') },
         "repeat": o.repeat,
         "warmup": o.warmup,
         "wall_s": (wall * 1e4).round() / 1e4,

@@ -157,7 +157,7 @@ impl Client {
             let attempt = Conn::connect_epoch(
                 file.socket_addr(),
                 Role::Client,
-                &file.secret,
+                &file.auth(),
                 file.epoch,
                 DEFAULT_MAX_FRAME,
                 Duration::from_secs(5),
@@ -166,6 +166,14 @@ impl Client {
             match attempt {
                 Ok((conn, _)) => return Ok(Client { conn, file, path: path.to_path_buf(), timeout }),
                 Err(crate::protocol::ConnError::Rejected(e)) => return Err(ClientError::Scheduler(e)),
+                Err(crate::protocol::ConnError::Tls(e)) => {
+                    return Err(ClientError::Connect(format!(
+                        "refusing the scheduler at {} named by {}: {e}; someone else may be listening there, \
+                         or the file is stale",
+                        file.address,
+                        path.display()
+                    )))
+                }
                 Err(_) if start.elapsed() >= timeout && dead.is_some() => {
                     return Err(ClientError::Connect(file.gone(path)))
                 }

@@ -24,6 +24,7 @@ pub struct SchedulerConfig {
     pub max_frame: usize,
     #[serde(deserialize_with = "de_size")]
     pub max_send_queue: u64,
+    pub max_connections: usize,
     pub prefetch_target_us: u64,
     pub max_prefetch_per_slot: u32,
     pub max_worker_kills: u32,

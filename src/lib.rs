@@ -16,5 +16,6 @@ pub mod journal_record;
 pub mod persistence;
 pub mod protocol;
 pub mod schedfile;
+pub mod security;
 pub mod util;
 pub mod worker;

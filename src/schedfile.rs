@@ -1,6 +1,8 @@
 //! The scheduler file: how clients and workers find the scheduler (address,
-//! secret, who wrote it). Written atomically with mode 0600.
+//! secret, certificate fingerprint, who wrote it). Written atomically with
+//! mode 0600; read only when no one else can read it.
 
+use crate::security::{perms, Credentials, Mode};
 use crate::util::expand_path;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -22,8 +24,15 @@ pub struct SchedulerFile {
     /// RFC 3339.
     pub started: String,
     pub version: String,
-    /// Hex secret every connection must present in its handshake.
+    /// The secret both ends of every connection prove they know (never
+    /// sent); empty for a scheduler that runs `--insecure`.
     pub secret: String,
+    /// `tls` (the default), `no-tls` or `insecure`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Hex SHA-256 of the scheduler's TLS certificate, which peers pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
     /// Set by a scheduler that stopped itself (e.g. its journal's disk is
     /// full): why, and when. Clients report it instead of waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,6 +43,15 @@ impl SchedulerFile {
     /// `host:port` for `TcpStream::connect`.
     pub fn socket_addr(&self) -> &str {
         self.address.strip_prefix("tcp://").unwrap_or(&self.address)
+    }
+
+    /// What a peer needs from this file to connect.
+    pub fn auth(&self) -> Credentials {
+        Credentials {
+            mode: self.mode,
+            secret: self.secret.clone(),
+            fingerprint: self.tls_fingerprint.clone(),
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -77,7 +95,9 @@ impl SchedulerFile {
         std::fs::rename(&tmp, path)
     }
 
+    /// Reads and parses the file, refusing one that others may read or write.
     pub fn read(path: &Path) -> Result<SchedulerFile, String> {
+        perms::check_private_file(path, "scheduler file").map_err(|e| e.to_string())?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read scheduler file {}: {e}", path.display()))?;
         serde_json::from_str(&text)
@@ -111,6 +131,11 @@ pub async fn wait_for_file(path: &Path, timeout: Duration) -> Result<SchedulerFi
     let mut said = false;
     loop {
         if path.exists() {
+            if let Err(e @ crate::security::SecurityError::Exposed { .. }) =
+                perms::check_private_file(path, "scheduler file")
+            {
+                return Err(e.to_string());
+            }
             match SchedulerFile::read(path) {
                 Ok(f) => return Ok(f),
                 Err(e) if start.elapsed() >= timeout => return Err(e),
@@ -152,6 +177,8 @@ mod tests {
             started: "2026-01-01T00:00:00Z".into(),
             version: "0".into(),
             secret: "ab".into(),
+            mode: Mode::Tls,
+            tls_fingerprint: Some("cd".into()),
             stopped: None,
         };
         f.write_atomic(&path).unwrap();

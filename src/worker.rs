@@ -192,7 +192,7 @@ async fn connect(opts: &WorkerOptions, timeout: Duration) -> Result<(Conn, Sched
     let (conn, _) = Conn::connect_epoch(
         file.socket_addr(),
         Role::Worker,
-        &file.secret,
+        &file.auth(),
         file.epoch,
         opts.max_frame,
         Duration::from_secs(5).min(timeout.max(Duration::from_millis(100))),

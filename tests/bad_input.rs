@@ -11,12 +11,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn hello(secret: &str, protocol: u32) -> Hello {
+fn hello(protocol: u32) -> Hello {
     Hello {
         magic: MAGIC.into(),
         protocol,
         role: Role::Client,
-        secret: secret.into(),
+        nonce: vec![7; 32],
         host: "test".into(),
         pid: std::process::id(),
         user: "test".into(),
@@ -46,7 +46,8 @@ async fn rejected(s: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn garbage_oversized_wrong_version_and_wrong_secret_are_refused() {
-    let cluster = Cluster::scheduler_only();
+    // Plaintext, so that raw frames reach the handshake (tests/security.rs has TLS).
+    let cluster = Cluster::scheduler_with(None, &["--no-tls"]);
     let file = SchedulerFile::read(&cluster.file).unwrap();
     let addr = file.socket_addr().to_string();
 
@@ -64,19 +65,22 @@ async fn garbage_oversized_wrong_version_and_wrong_secret_are_refused() {
 
     // Another protocol version.
     let mut s = TcpStream::connect(&addr).await.unwrap();
-    send_raw_frame(&mut s, &encode(&hello(&file.secret, PROTOCOL_VERSION + 98)).unwrap()).await;
+    send_raw_frame(&mut s, &encode(&hello(PROTOCOL_VERSION + 98)).unwrap()).await;
     let err = rejected(&mut s).await;
     assert!(err.contains(&format!("protocol version {}", PROTOCOL_VERSION + 98)), "{err}");
 
-    // A wrong secret.
-    let mut s = TcpStream::connect(&addr).await.unwrap();
-    send_raw_frame(&mut s, &encode(&hello("0123", PROTOCOL_VERSION)).unwrap()).await;
-    let err = rejected(&mut s).await;
-    assert!(err.contains("authentication failed"), "{err}");
+    // A wrong secret: the scheduler's proof does not check out, so the peer hangs up.
+    let wrong = actord::security::Credentials { secret: "0123456789abcdef".into(), ..file.auth() };
+    let err = Conn::connect(&addr, Role::Client, &wrong, DEFAULT_MAX_FRAME, Duration::from_secs(5))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("could not prove it knows"), "{err}");
 
     // Garbage after a good handshake: an error message, then that connection closes.
     let (conn, _) =
-        Conn::connect(&addr, Role::Client, &file.secret, DEFAULT_MAX_FRAME, Duration::from_secs(5))
+        Conn::connect(&addr, Role::Client, &file.auth(), DEFAULT_MAX_FRAME, Duration::from_secs(5))
             .await
             .unwrap();
     let (mut sink, mut stream) = conn.into_split();

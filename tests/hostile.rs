@@ -5,8 +5,11 @@
 mod common;
 
 use actord::protocol::conn::{decode, encode, next_frame};
-use actord::protocol::{Conn, FromClient, Hello, HelloReply, Role, ToClient, DEFAULT_MAX_FRAME, MAGIC};
+use actord::protocol::{
+    Conn, FromClient, Hello, HelloReply, Role, ToClient, DEFAULT_MAX_FRAME, MAGIC, PROTOCOL_VERSION,
+};
 use actord::schedfile::SchedulerFile;
+use actord::security::handshake;
 use common::*;
 use futures::SinkExt;
 use std::io::{BufRead, Read};
@@ -64,7 +67,7 @@ fn a_huge_task_error_is_cut_short_and_later_jobs_finish() {
 /// length reserves nothing: 100 peers announcing 64 MiB frames cost nothing.
 #[tokio::test]
 async fn unauthenticated_peers_cannot_make_the_scheduler_allocate() {
-    let cluster = Cluster::scheduler_only();
+    let cluster = Cluster::scheduler_with(None, &["--no-tls"]);
     let file = SchedulerFile::read(&cluster.file).unwrap();
     let pid = cluster.scheduler.pid();
     // Reserved address space, not only touched pages: a reservation of the
@@ -123,7 +126,7 @@ async fn silent_connections_are_capped() {
         if let Ok((mut c, _)) = Conn::connect(
             file.socket_addr(),
             Role::Client,
-            &file.secret,
+            &file.auth(),
             DEFAULT_MAX_FRAME,
             Duration::from_secs(2),
         )
@@ -216,19 +219,20 @@ async fn a_variant_by_index_does_not_stop_the_scheduler() {
 /// A Hello whose fields hold newlines and escape sequences is logged escaped.
 #[tokio::test]
 async fn peer_strings_are_escaped_in_the_log() {
-    let cluster = Cluster::scheduler_only();
+    let cluster = Cluster::scheduler_with(None, &["--no-tls"]);
     let file = SchedulerFile::read(&cluster.file).unwrap();
     #[derive(serde::Serialize)]
     struct RawHello<'a> {
         magic: &'a str,
         protocol: u32,
         role: &'a str,
-        secret: &'a str,
+        #[serde(with = "serde_bytes")]
+        nonce: &'a [u8],
         host: &'a str,
         pid: u32,
     }
     let evil = "Client\n2099-01-01T00:00:00Z  INFO actord: \x1b[31mall workers lost";
-    let hello = RawHello { magic: MAGIC, protocol: 1, role: evil, secret: &file.secret, host: evil, pid: 1 };
+    let hello = RawHello { magic: MAGIC, protocol: 2, role: evil, nonce: &[7; 32], host: evil, pid: 1 };
     let mut s = TcpStream::connect(file.socket_addr()).await.unwrap();
     let payload = rmp_serde::to_vec_named(&hello).unwrap();
     s.write_u32(payload.len() as u32).await.unwrap();
@@ -245,25 +249,19 @@ async fn peer_strings_are_escaped_in_the_log() {
     // A well-formed Hello with such a host is accepted, and logged escaped too.
     let good = Hello {
         magic: MAGIC.into(),
-        protocol: 1,
+        protocol: PROTOCOL_VERSION,
         role: Role::Client,
-        secret: file.secret.clone(),
+        nonce: vec![9; 32],
         host: evil.into(),
         pid: 1,
         user: evil.into(),
         epoch: 0,
     };
-    let mut s = TcpStream::connect(file.socket_addr()).await.unwrap();
-    let payload = encode(&good).unwrap();
-    s.write_u32(payload.len() as u32).await.unwrap();
-    s.write_all(&payload).await.unwrap();
-    let len = s.read_u32().await.unwrap();
-    let mut buf = vec![0; len as usize];
-    s.read_exact(&mut buf).await.unwrap();
-    assert!(matches!(decode::<HelloReply>(&buf).unwrap(), HelloReply::Welcome { .. }));
-    let req = encode(&FromClient::Forget { job: actord::ids::JobId(uuid::Uuid::new_v4()) }).unwrap();
-    s.write_u32(req.len() as u32).await.unwrap();
-    s.write_all(&req).await.unwrap();
+    let auth = file.auth();
+    let conn = handshake::open_client(file.socket_addr(), &auth).await.unwrap();
+    let (mut conn, reply) = handshake::authenticate(conn, good, &auth, DEFAULT_MAX_FRAME).await.unwrap();
+    assert!(matches!(reply, HelloReply::Welcome { .. }));
+    conn.write(&FromClient::Forget { job: actord::ids::JobId(uuid::Uuid::new_v4()) }).await.unwrap();
     assert!(wait_until(Duration::from_secs(5), || cluster.scheduler.log_text().contains("admin request")));
     let log = cluster.scheduler.log_text();
     assert!(!log.contains('\x1b') && !log.lines().any(|l| l.starts_with("2099-01-01")), "{log}");
@@ -329,6 +327,8 @@ fn a_stopped_scheduler_is_reported_at_once() {
         started: "2026-12-01T00:00:00Z".into(),
         version: "0".into(),
         secret: "00".into(),
+        mode: Default::default(),
+        tls_fingerprint: None,
         stopped: Some("journal flush failed: No space left on device (os error 28)".into()),
     };
     file.write_atomic(&path).unwrap();

@@ -103,6 +103,7 @@ class Client:
         sf = _conn.read_scheduler_file(self._path, time.monotonic() + timeout) if self._path.exists() else {}
         sf = dict(sf, address=self._address)
         sf.setdefault("secret", os.environ.get("ACTORD_SECRET", ""))
+        sf.setdefault("tls_fingerprint", os.environ.get("ACTORD_TLS_FINGERPRINT", ""))
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -43,8 +43,9 @@ def wait_until(cond, timeout: float, what: str, interval: float = 0.02):
 class Cluster:
     """A scheduler with a journal and a nanny with `workers` × `threads` slots."""
 
-    def __init__(self, tmp: Path, workers: int = 2, threads: int = 1):
+    def __init__(self, tmp: Path, workers: int = 2, threads: int = 1, flags: tuple = ()):
         self.tmp = tmp
+        self.flags = tuple(flags)  # extra scheduler flags, e.g. ("--no-tls",)
         self.bin = actord_bin()
         self.sf = tmp / "scheduler.json"
         self.journal = tmp / "journal"
@@ -68,7 +69,8 @@ class Cluster:
     def start_scheduler(self) -> None:
         old = self.read_sf().get("epoch", -1) if self.sf.exists() else -1
         self.scheduler = self._spawn("scheduler", "scheduler", "--scheduler-file", str(self.sf),
-                                     "--host", "127.0.0.1", "--port", "0", "--journal", str(self.journal))
+                                     "--host", "127.0.0.1", "--port", "0", "--journal", str(self.journal),
+                                     *self.flags)
         wait_until(lambda: self.sf.exists() and self.read_sf().get("pid") == self.scheduler.pid
                    and self.read_sf().get("epoch", -1) > old, 30, "the scheduler file")
 
@@ -108,8 +110,8 @@ class Cluster:
 def make_cluster(tmp_path):
     made = []
 
-    def make(workers: int = 2, threads: int = 1, start: bool = True) -> Cluster:
-        c = Cluster(tmp_path / f"c{len(made)}", workers, threads)
+    def make(workers: int = 2, threads: int = 1, start: bool = True, flags: tuple = ()) -> Cluster:
+        c = Cluster(tmp_path / f"c{len(made)}", workers, threads, flags)
         c.tmp.mkdir()
         made.append(c)
         if start:

@@ -1,7 +1,8 @@
 //! Accepts connections (its `Acceptor` child waits on the socket) and spawns
 //! one linked session actor per connection. A session that fails is logged
 //! and never restarted: its peer reconnects. The acceptor failing fails the
-//! listener. At most `MAX_HANDSHAKING` connections may be waiting to authenticate.
+//! listener. At most `MAX_HANDSHAKING` connections may be waiting to
+//! authenticate, and at most `max_connections` be open at once.
 
 use super::scheduler::SchedMsg;
 use super::session::{Session, SessionArgs, SessionConfig};
@@ -24,6 +25,15 @@ impl Drop for Handshaking {
     }
 }
 
+/// Counts one open connection (from accept to close).
+pub struct Established(Arc<AtomicUsize>);
+
+impl Drop for Established {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub enum ListenerMsg {
     Accepted(TcpStream, std::net::SocketAddr),
 }
@@ -34,6 +44,8 @@ pub struct ListenerArgs {
     pub listener: TcpListener,
     pub scheduler: ActorRef<SchedMsg>,
     pub config: SessionConfig,
+    /// Open connections at most (`scheduler.max_connections`).
+    pub max_connections: usize,
 }
 
 pub struct ListenerState {
@@ -42,9 +54,24 @@ pub struct ListenerState {
     next_conn: u64,
     acceptor: ActorRef<AcceptorMsg>,
     handshaking: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    max_connections: usize,
     /// When a refused connection was last logged (one line a second at most).
     last_refusal_log: Option<std::time::Instant>,
     refused_since_log: u64,
+}
+
+impl ListenerState {
+    /// Closes a connection over a limit, logging at most one line a second.
+    fn refuse(&mut self, stream: TcpStream, addr: std::net::SocketAddr, limit: usize, why: &'static str) {
+        drop(stream);
+        self.refused_since_log += 1;
+        if self.last_refusal_log.is_none_or(|t| t.elapsed().as_secs() >= 1) {
+            tracing::warn!(peer = %addr, refused = self.refused_since_log, limit, "{why}");
+            self.last_refusal_log = Some(std::time::Instant::now());
+            self.refused_since_log = 0;
+        }
+    }
 }
 
 impl Actor for Listener {
@@ -65,6 +92,8 @@ impl Actor for Listener {
             next_conn: 0,
             acceptor,
             handshaking: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(AtomicUsize::new(0)),
+            max_connections: args.max_connections,
             last_refusal_log: None,
             refused_since_log: 0,
         })
@@ -77,20 +106,25 @@ impl Actor for Listener {
         st: &mut ListenerState,
     ) -> Result<(), ActorProcessingErr> {
         let ListenerMsg::Accepted(stream, addr) = msg;
+        if st.open.fetch_add(1, Ordering::Relaxed) >= st.max_connections {
+            st.open.fetch_sub(1, Ordering::Relaxed);
+            st.refuse(
+                stream,
+                addr,
+                st.max_connections,
+                "too many open connections (scheduler.max_connections): closing new ones",
+            );
+            return Ok(());
+        }
+        let established = Established(st.open.clone());
         if st.handshaking.fetch_add(1, Ordering::Relaxed) >= MAX_HANDSHAKING {
             st.handshaking.fetch_sub(1, Ordering::Relaxed);
-            drop(stream);
-            st.refused_since_log += 1;
-            if st.last_refusal_log.is_none_or(|t| t.elapsed().as_secs() >= 1) {
-                tracing::warn!(
-                    peer = %addr,
-                    refused = st.refused_since_log,
-                    limit = MAX_HANDSHAKING,
-                    "too many connections waiting to authenticate: closing new ones"
-                );
-                st.last_refusal_log = Some(std::time::Instant::now());
-                st.refused_since_log = 0;
-            }
+            st.refuse(
+                stream,
+                addr,
+                MAX_HANDSHAKING,
+                "too many connections waiting to authenticate: closing new ones",
+            );
             return Ok(());
         }
         let handshaking = Handshaking(st.handshaking.clone());
@@ -102,6 +136,7 @@ impl Actor for Listener {
             scheduler: st.scheduler.clone(),
             config: st.config.clone(),
             handshaking,
+            established,
         };
         // The handshake runs in the session's pre_start: off this actor's
         // loop, in a task that ends once the session has started (linked

@@ -70,6 +70,10 @@ pub struct SchedulerOptions {
     /// The address peers should dial, `HOST` or `HOST:PORT` (`--advertise`);
     /// `None`: the bound address, or for a wildcard bind one of this host's.
     pub advertise: Option<String>,
+    /// TLS, secret and certificate (`--no-tls`, `--insecure`, `--tls-cert`, …).
+    pub security: crate::security::SecurityArgs,
+    /// Open connections at most (`scheduler.max_connections`).
+    pub max_connections: usize,
 }
 
 /// A started scheduler: its root supervisor and what it wrote to its
@@ -93,14 +97,10 @@ pub enum StartError {
     Bind { addr: String, source: std::io::Error },
     #[error("cannot write scheduler file {path}: {source}")]
     File { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
     #[error("cannot start actor: {0}")]
     Spawn(#[from] ractor::SpawnErr),
-}
-
-fn random_secret() -> String {
-    let a = uuid::Uuid::new_v4();
-    let b = uuid::Uuid::new_v4();
-    format!("{}{}", a.simple(), b.simple())
 }
 
 /// The address peers should dial: `--advertise` if given (its port, else
@@ -225,7 +225,12 @@ fn recover(opts: &SchedulerOptions) -> Result<(Core, AnyJournal, u64), StartErro
 }
 
 /// What the scheduler file says of this run.
-fn scheduler_file(opts: &SchedulerOptions, local: std::net::SocketAddr, epoch: u64) -> SchedulerFile {
+fn scheduler_file(
+    opts: &SchedulerOptions,
+    local: std::net::SocketAddr,
+    epoch: u64,
+    security: &crate::security::ServerSecurity,
+) -> SchedulerFile {
     SchedulerFile {
         address: format!("tcp://{}", advertised(local, opts.advertise.as_deref())),
         instance: uuid::Uuid::new_v4(),
@@ -236,7 +241,9 @@ fn scheduler_file(opts: &SchedulerOptions, local: std::net::SocketAddr, epoch: u
         dashboard: None,
         started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         version: env!("CARGO_PKG_VERSION").into(),
-        secret: random_secret(),
+        secret: security.secret.clone(),
+        mode: security.mode,
+        tls_fingerprint: security.tls.as_ref().map(|t| t.fingerprint.clone()),
         stopped: None,
     }
 }
@@ -250,7 +257,8 @@ pub async fn start(
     let local =
         listener.local_addr().map_err(|source| StartError::Bind { addr: "the listener".into(), source })?;
     let (core, journal, records_replayed) = recover(&opts)?;
-    let file = scheduler_file(&opts, local, journal.epoch());
+    let security = crate::security::ServerSecurity::prepare(&opts.security, opts.journal.as_deref())?;
+    let file = scheduler_file(&opts, local, journal.epoch(), &security);
     let asked = Arc::new(tokio::sync::Notify::new());
     let failure = Arc::new(Mutex::new(None));
     // Check heartbeats a few times per timeout.
@@ -267,13 +275,10 @@ pub async fn start(
         failure: failure.clone(),
         flush_timeout: opts.flush_timeout,
     };
-    let session = SessionConfig {
-        secret: file.secret.clone(),
-        instance: file.instance,
-        epoch: file.epoch,
-        max_frame: opts.max_frame,
-    };
-    let args = RootArgs { scheduler, listener, session, failure: failure.clone() };
+    let session =
+        SessionConfig { security, instance: file.instance, epoch: file.epoch, max_frame: opts.max_frame };
+    let max_connections = opts.max_connections;
+    let args = RootArgs { scheduler, listener, session, max_connections, failure: failure.clone() };
     let (root, root_join) = Actor::spawn(None, Root, args).await?;
     if let Err(source) = file.write_atomic(&opts.scheduler_file) {
         root.stop(None);

@@ -355,7 +355,7 @@ async fn link_loop(
     loop {
         let connected = async {
             let f = crate::schedfile::wait_for_file(&file, Duration::from_secs(3600)).await?;
-            Conn::connect(f.socket_addr(), Role::Nanny, &f.secret, DEFAULT_MAX_FRAME, Duration::from_secs(5))
+            Conn::connect(f.socket_addr(), Role::Nanny, &f.auth(), DEFAULT_MAX_FRAME, Duration::from_secs(5))
                 .await
                 .map_err(|e| e.to_string())
         };

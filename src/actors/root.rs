@@ -16,6 +16,8 @@ pub struct RootArgs {
     pub scheduler: SchedulerArgs,
     pub listener: tokio::net::TcpListener,
     pub session: super::session::SessionConfig,
+    /// Open connections at most (`scheduler.max_connections`).
+    pub max_connections: usize,
     /// Why the process must stop, once a child failed (shared with the
     /// scheduler actor, which sets it first when its journal fails).
     pub failure: Arc<Mutex<Option<String>>>,
@@ -53,8 +55,12 @@ impl Actor for Root {
     async fn pre_start(&self, myself: ActorRef<()>, args: RootArgs) -> Result<RootState, ActorProcessingErr> {
         let (scheduler, _) =
             Actor::spawn_linked(None, SchedulerActor, args.scheduler, myself.get_cell()).await?;
-        let listener_args =
-            ListenerArgs { listener: args.listener, scheduler: scheduler.clone(), config: args.session };
+        let listener_args = ListenerArgs {
+            listener: args.listener,
+            scheduler: scheduler.clone(),
+            config: args.session,
+            max_connections: args.max_connections,
+        };
         let (listener, _) = Actor::spawn_linked(None, Listener, listener_args, myself.get_cell()).await?;
         Ok(RootState { scheduler, listener, failure: args.failure })
     }
@@ -127,6 +133,8 @@ mod tests {
             commit_interval: Duration::from_millis(1),
             journal_repair: false,
             advertise: None,
+            security: Default::default(),
+            max_connections: 64,
         }
     }
 

@@ -5,21 +5,16 @@
 use super::reader::{Reader, ReaderArgs, ReaderMsg};
 use super::scheduler::SchedMsg;
 use crate::ids::ConnId;
-use crate::protocol::conn::HANDSHAKE_MAX_FRAME;
-use crate::protocol::{Conn, Hello, HelloReply, MAGIC, PROTOCOL_VERSION};
+use crate::security::ServerSecurity;
 use bytes::Bytes;
 use futures::SinkExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::conn::FrameSink as Sink;
-
-/// How long a new connection may take to say `Hello`.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub enum SessionMsg {
     /// Frames to write, in order, with one flush.
@@ -33,7 +28,7 @@ pub struct Session;
 /// What the scheduler tells each session at start.
 #[derive(Clone)]
 pub struct SessionConfig {
-    pub secret: String,
+    pub security: ServerSecurity,
     pub instance: uuid::Uuid,
     pub epoch: u64,
     pub max_frame: usize,
@@ -47,6 +42,8 @@ pub struct SessionArgs {
     pub config: SessionConfig,
     /// Held until the handshake is over (either way).
     pub handshaking: super::listener::Handshaking,
+    /// Held while the connection is established.
+    pub established: super::listener::Established,
 }
 
 /// The scheduler's end of a session: where to send frames, and the bytes
@@ -82,39 +79,15 @@ impl SessionHandle {
 
 pub struct SessionState {
     conn: ConnId,
-    sink: Sink,
+    /// `None` for a connection refused in its handshake.
+    sink: Option<Sink>,
     queued: Arc<AtomicUsize>,
     abort: CancellationToken,
     reader: Option<ActorRef<ReaderMsg>>,
     scheduler: ActorRef<SchedMsg>,
     /// Set once the handshake succeeded and the scheduler knows this session.
     connected: bool,
-}
-
-fn check_hello(hello: &Hello, secret: &str, epoch: u64) -> Result<(), String> {
-    if hello.magic != MAGIC {
-        return Err(format!("not an actord peer (magic {:?})", hello.magic));
-    }
-    if hello.protocol != PROTOCOL_VERSION {
-        return Err(format!(
-            "protocol version {} is not supported: this scheduler speaks version {PROTOCOL_VERSION}; use the same actord version on both sides",
-            hello.protocol
-        ));
-    }
-    if !constant_time_eq(hello.secret.as_bytes(), secret.as_bytes()) {
-        return Err("authentication failed: the secret does not match the scheduler file's".into());
-    }
-    if hello.epoch > epoch {
-        return Err(format!(
-            "this scheduler (epoch {epoch}) has been replaced by a newer one (epoch {}): read the scheduler file again",
-            hello.epoch
-        ));
-    }
-    Ok(())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    _established: super::listener::Established,
 }
 
 impl Actor for Session {
@@ -127,60 +100,43 @@ impl Actor for Session {
         myself: ActorRef<SessionMsg>,
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
-        // A small frame limit until the peer has proved it knows the secret.
-        let mut conn = Conn::new(args.stream, HANDSHAKE_MAX_FRAME);
-        let hello: Result<Hello, String> =
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.read::<Hello>()).await {
-                Err(_) => Err(format!("no Hello within {HANDSHAKE_TIMEOUT:?}")),
-                Ok(Err(e)) => Err(format!("expected a Hello frame: {e}")),
-                Ok(Ok(h)) => check_hello(&h, &args.config.secret, args.config.epoch).map(|_| h),
-            };
+        // The handshake frame limit and deadline hold until the peer has
+        // proved it knows the secret: nothing else is read before that.
+        let c = &args.config;
+        let accepted =
+            crate::security::handshake::accept(args.stream, &c.security, c.epoch, c.instance).await;
         drop(args.handshaking);
         let queued = Arc::new(AtomicUsize::new(0));
         let abort = CancellationToken::new();
-        let (sink, stream) = match hello {
+        let (mut conn, hello) = match accepted {
             Err(error) => {
                 tracing::warn!(peer = %args.peer, error = ?error, "connection refused");
-                let _ = conn.write(&HelloReply::Rejected { error }).await;
-                let (sink, _) = conn.into_split();
                 myself.stop(Some("handshake refused".into()));
                 return Ok(SessionState {
                     conn: args.conn,
-                    sink,
+                    sink: None,
                     queued: Default::default(),
                     abort: CancellationToken::new(),
                     reader: None,
                     scheduler: args.scheduler,
                     connected: false,
+                    _established: args.established,
                 });
             }
-            Ok(hello) => {
-                tracing::debug!(peer = %args.peer, role = ?hello.role, host = ?hello.host, pid = hello.pid, "connection accepted");
-                let reply = HelloReply::Welcome {
-                    protocol: PROTOCOL_VERSION,
-                    instance: args.config.instance,
-                    epoch: args.config.epoch,
-                };
-                conn.write(&reply).await?;
-                conn.set_max_frame(args.config.max_frame);
-                args.scheduler.cast(SchedMsg::Connected {
-                    conn: args.conn,
-                    role: hello.role,
-                    session: SessionHandle {
-                        actor: myself.clone(),
-                        queued: queued.clone(),
-                        abort: abort.clone(),
-                    },
-                })?;
-                let (sink, stream) = conn.into_split();
-                let who = format!("{}@{} pid {} ({})", hello.user, hello.host, hello.pid, args.peer);
-                (sink, (stream, hello.role, who))
-            }
+            Ok(ok) => ok,
         };
-        let (stream, role, who) = stream;
+        tracing::debug!(peer = %args.peer, role = ?hello.role, host = ?hello.host, pid = hello.pid, "connection accepted");
+        conn.set_max_frame(args.config.max_frame);
+        args.scheduler.cast(SchedMsg::Connected {
+            conn: args.conn,
+            role: hello.role,
+            session: SessionHandle { actor: myself.clone(), queued: queued.clone(), abort: abort.clone() },
+        })?;
+        let (sink, stream) = conn.into_split();
+        let who = format!("{}@{} pid {} ({})", hello.user, hello.host, hello.pid, args.peer);
         let reader_args = ReaderArgs {
             stream,
-            role,
+            role: hello.role,
             conn: args.conn,
             peer: who,
             scheduler: args.scheduler.clone(),
@@ -189,12 +145,13 @@ impl Actor for Session {
         let (reader, _) = Actor::spawn_linked(None, Reader, reader_args, myself.get_cell()).await?;
         Ok(SessionState {
             conn: args.conn,
-            sink,
+            sink: Some(sink),
             queued,
             abort,
             reader: Some(reader),
             scheduler: args.scheduler,
             connected: true,
+            _established: args.established,
         })
     }
 
@@ -207,7 +164,7 @@ impl Actor for Session {
         match msg {
             SessionMsg::Frames(frames) => {
                 let bytes: usize = frames.iter().map(|f| f.len()).sum();
-                let sink = &mut st.sink;
+                let Some(sink) = st.sink.as_mut() else { return Ok(()) };
                 let write = async move {
                     for f in frames {
                         sink.feed(f).await?;
@@ -225,7 +182,9 @@ impl Actor for Session {
                 }
             }
             SessionMsg::Close => {
-                let _ = st.sink.close().await;
+                if let Some(sink) = st.sink.as_mut() {
+                    let _ = sink.close().await;
+                }
                 myself.stop(Some("closed by scheduler".into()));
             }
         }

@@ -84,6 +84,7 @@ async fn status(client: &mut Client, json: bool) -> Answer {
     v["pid"] = f.pid.into();
     v["host"] = f.host.clone().into();
     v["started"] = f.started.clone().into();
+    v["security"] = f.mode.name().into();
     print_json(&v)?;
     Ok(ExitCode::SUCCESS)
 }

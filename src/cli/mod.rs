@@ -88,6 +88,8 @@ pub struct SchedulerArgs {
     /// consistent again.
     #[arg(long, conflicts_with = "no_journal")]
     pub journal_repair: bool,
+    #[command(flatten)]
+    pub security: crate::security::SecurityArgs,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -20,6 +20,7 @@ pub async fn run(config: &Config, a: SchedulerArgs) -> Result<ExitCode, CliError
     let mut opts = scheduler_options(config, a.scheduler_file.as_deref(), journal)?;
     opts.journal_repair = a.journal_repair;
     opts.advertise = a.advertise;
+    opts.security = a.security;
     let listener = bind(&listen_addr(config, a.host, a.port)).await.map_err(failed)?;
     crate::actors::run(listener, shutdown_signal(), opts).await.map_err(failed)?;
     Ok(ExitCode::SUCCESS)
@@ -43,6 +44,8 @@ pub(super) fn scheduler_options(
         commit_interval: c.commit_interval,
         journal_repair: false,
         advertise: None,
+        security: Default::default(),
+        max_connections: c.max_connections,
         scheduler_file: crate::schedfile::resolve_path(file).map_err(usage)?,
         journal,
         max_frame: c.max_frame,

@@ -2,7 +2,9 @@
 //! `read`/`write`, and performs the handshake on both ends. Frames are
 //! 4-byte big-endian lengths followed by one msgpack value, decoded strictly.
 
-use super::{Hello, HelloReply, Role, MAGIC, PROTOCOL_VERSION};
+use super::{HelloReply, Role};
+use crate::security::tls::Transport;
+use crate::security::Credentials;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
@@ -26,6 +28,8 @@ pub enum ConnError {
     Encode(String),
     #[error("handshake refused: {0}")]
     Rejected(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("peer did not answer within {0:?}")]
     Timeout(Duration),
 }
@@ -92,9 +96,9 @@ impl Encoder<Bytes> for FrameCodec {
 }
 
 /// The write half of a split connection.
-pub type FrameSink = futures::stream::SplitSink<Framed<TcpStream, FrameCodec>, Bytes>;
+pub type FrameSink = futures::stream::SplitSink<Framed<Transport, FrameCodec>, Bytes>;
 /// The read half of a split connection.
-pub type FrameStream = futures::stream::SplitStream<Framed<TcpStream, FrameCodec>>;
+pub type FrameStream = futures::stream::SplitStream<Framed<Transport, FrameCodec>>;
 
 pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes, ConnError> {
     rmp_serde::to_vec_named(msg).map(Bytes::from).map_err(|e| ConnError::Encode(e.to_string()))
@@ -189,6 +193,10 @@ pub fn value_len(buf: &[u8]) -> Result<usize, String> {
 
 /// Maps a codec error (e.g. an oversized frame) to a `ConnError`.
 fn read_err(e: std::io::Error) -> ConnError {
+    // A TLS peer that exits without close_notify has simply hung up.
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return ConnError::Closed;
+    }
     if e.kind() == std::io::ErrorKind::InvalidData {
         ConnError::Decode(e.to_string())
     } else {
@@ -197,14 +205,22 @@ fn read_err(e: std::io::Error) -> ConnError {
 }
 
 pub struct Conn {
-    framed: Framed<TcpStream, FrameCodec>,
+    framed: Framed<Transport, FrameCodec>,
 }
 
 impl Conn {
-    /// A connection that accepts frames up to `max_frame` bytes.
+    /// A plaintext connection that accepts frames up to `max_frame` bytes.
     pub fn new(stream: TcpStream, max_frame: usize) -> Self {
         let _ = stream.set_nodelay(true);
-        Conn { framed: Framed::new(stream, FrameCodec::new(max_frame)) }
+        Conn::over(Transport::Plain(stream), max_frame)
+    }
+
+    /// A connection over `transport` (plain or TLS).
+    pub fn over(transport: Transport, max_frame: usize) -> Self {
+        // Large writes: many frames go out in few TLS records and syscalls.
+        let mut framed = Framed::with_capacity(transport, FrameCodec::new(max_frame), 64 << 10);
+        framed.set_backpressure_boundary(64 << 10);
+        Conn { framed }
     }
 
     /// Raises (or lowers) the frame limit, e.g. once the handshake succeeded.
@@ -234,45 +250,23 @@ impl Conn {
     pub async fn connect(
         addr: &str,
         role: Role,
-        secret: &str,
+        auth: &Credentials,
         max_frame: usize,
         timeout: Duration,
     ) -> Result<(Conn, HelloReply), ConnError> {
-        Conn::connect_epoch(addr, role, secret, 0, max_frame, timeout).await
+        Conn::connect_epoch(addr, role, auth, 0, max_frame, timeout).await
     }
 
     /// `connect`, saying which scheduler epoch the scheduler file named.
     pub async fn connect_epoch(
         addr: &str,
         role: Role,
-        secret: &str,
+        auth: &Credentials,
         epoch: u64,
         max_frame: usize,
         timeout: Duration,
     ) -> Result<(Conn, HelloReply), ConnError> {
-        let run = async {
-            let stream = TcpStream::connect(addr).await?;
-            let mut conn = Conn::new(stream, HANDSHAKE_MAX_FRAME);
-            conn.write(&Hello {
-                magic: MAGIC.into(),
-                protocol: PROTOCOL_VERSION,
-                role,
-                secret: secret.into(),
-                host: crate::util::hostname(),
-                pid: std::process::id(),
-                user: std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default(),
-                epoch,
-            })
-            .await?;
-            let reply: HelloReply = conn.read().await?;
-            match reply {
-                HelloReply::Rejected { error } => Err(ConnError::Rejected(error)),
-                ok => {
-                    conn.set_max_frame(max_frame);
-                    Ok((conn, ok))
-                }
-            }
-        };
+        let run = crate::security::handshake::connect(addr, role, auth, epoch, max_frame);
         tokio::time::timeout(timeout, run).await.map_err(|_| ConnError::Timeout(timeout))?
     }
 

@@ -23,7 +23,7 @@ pub use task::{Dep, Outcome, PyFunction, Resources, TaskKind, TaskSpec};
 pub use worker::{Assignment, FromWorker, NannySlot, TaskReport, ToWorker};
 
 /// Bump when any message below changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// First field of every `Hello`, so a stray connection is told apart at once.
 pub const MAGIC: &str = "actord";
 /// Default largest frame either side accepts (64 MiB).
@@ -43,8 +43,9 @@ pub struct Hello {
     pub magic: String,
     pub protocol: u32,
     pub role: Role,
-    /// The hex secret from the scheduler file: proves the peer may use this scheduler.
-    pub secret: String,
+    /// A fresh random nonce (32 bytes) that the scheduler's proof must cover.
+    #[serde(default, with = "serde_bytes")]
+    pub nonce: Vec<u8>,
     pub host: String,
     pub pid: u32,
     /// Who runs the peer ($USER), for the scheduler's log of admin requests.
@@ -59,6 +60,27 @@ pub struct Hello {
 /// The scheduler's answer to `Hello`; after `Rejected` it closes the connection.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum HelloReply {
-    Welcome { protocol: u32, instance: Uuid, epoch: u64 },
-    Rejected { error: String },
+    Welcome {
+        protocol: u32,
+        instance: Uuid,
+        epoch: u64,
+    },
+    Rejected {
+        error: String,
+    },
+    /// The scheduler's nonce and its proof of the secret (see
+    /// `security::handshake`); the peer answers with `HelloProof`.
+    Challenge {
+        #[serde(with = "serde_bytes")]
+        nonce: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
+    },
+}
+
+/// The connecting side's proof that it knows the secret.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HelloProof {
+    #[serde(with = "serde_bytes")]
+    pub proof: Vec<u8>,
 }

@@ -103,6 +103,8 @@ pub struct Cluster {
     pub nanny: Option<Proc>,
     /// Schedulers started after the first (names their logs).
     pub restarts: u32,
+    /// Extra flags every scheduler of this cluster gets (e.g. `--no-tls`).
+    pub scheduler_flags: Vec<String>,
 }
 
 impl Cluster {
@@ -112,6 +114,11 @@ impl Cluster {
 
     /// A scheduler whose processes all read `config` (TOML) on top of the defaults.
     pub fn scheduler_with_config(config: Option<&str>) -> Cluster {
+        Cluster::scheduler_with(config, &[])
+    }
+
+    /// A scheduler started with `flags` too (again at each restart).
+    pub fn scheduler_with(config: Option<&str>, flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("scheduler.json");
         let config = config.map(|text| {
@@ -125,13 +132,15 @@ impl Cluster {
         }
         cmd.args(["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file"]).arg(&file);
         cmd.arg("--journal").arg(dir.path().join("journal"));
+        cmd.args(flags);
         let scheduler = Proc::spawn("scheduler", cmd, dir.path());
         assert!(
             wait_until(Duration::from_secs(20), || file.exists()),
             "scheduler file never appeared:\n{}",
             scheduler.log_text()
         );
-        Cluster { dir, file, config, scheduler, nanny: None, restarts: 0 }
+        let scheduler_flags = flags.iter().map(|f| f.to_string()).collect();
+        Cluster { dir, file, config, scheduler, nanny: None, restarts: 0, scheduler_flags }
     }
 
     /// kill -9 of the scheduler (its file stays behind, as after a crash).
@@ -151,6 +160,7 @@ impl Cluster {
         }
         cmd.args(["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file"]).arg(&self.file);
         cmd.arg("--journal").arg(self.dir.path().join("journal"));
+        cmd.args(&self.scheduler_flags);
         let name = format!("scheduler-{}", self.restarts);
         let fresh = Proc::spawn(&name, cmd, self.dir.path());
         let file = self.file.clone();
@@ -252,7 +262,7 @@ pub async fn client_conn(file: &actord::schedfile::SchedulerFile) -> actord::pro
     let (conn, _) = Conn::connect(
         file.socket_addr(),
         Role::Client,
-        &file.secret,
+        &file.auth(),
         DEFAULT_MAX_FRAME,
         Duration::from_secs(5),
     )

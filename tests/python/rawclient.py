@@ -1,44 +1,28 @@
-"""A minimal client speaking the wire protocol with msgpack alone, for the
-Rust integration tests of `py` tasks (tests/python.rs): submit a job of py
-tasks built with actord._payload, watch it, return its outcomes."""
+"""A minimal client speaking the wire protocol with msgpack (over actord's
+connection: TLS and the handshake), for the Rust integration tests of `py`
+tasks (tests/python.rs): submit a job of py tasks built with
+actord._payload, watch it, return its outcomes."""
 
 import json
 import pickle
-import socket
-import struct
 import uuid
 
 import msgpack
 
+from actord._conn import Conn
 from actord._payload import Dep, dumps
 
 
 class Raw:
     def __init__(self, scheduler_file):
         sf = json.load(open(scheduler_file))
-        host, port = sf["address"].removeprefix("tcp://").rsplit(":", 1)
-        self.s = socket.create_connection((host, int(port)), timeout=120)
-        self.send({"magic": "actord", "protocol": 1, "role": "Client", "secret": sf["secret"],
-                   "host": socket.gethostname(), "pid": 0, "epoch": sf.get("epoch", 0)})
-        reply = self.recv()
-        assert "Welcome" in reply, reply
+        self.c = Conn.open(sf, timeout=120)
 
     def send(self, obj):
-        b = msgpack.packb(obj, use_bin_type=True)
-        self.s.sendall(struct.pack(">I", len(b)) + b)
+        self.c.send(obj)
 
     def recv(self):
-        n = struct.unpack(">I", self._exact(4))[0]
-        return msgpack.unpackb(self._exact(n), raw=False)
-
-    def _exact(self, n):
-        buf = b""
-        while len(buf) < n:
-            chunk = self.s.recv(n - len(buf))
-            if not chunk:
-                raise EOFError("the scheduler closed the connection")
-            buf += chunk
-        return buf
+        return self.c.recv()
 
     def submit(self, tasks, functions, name="py"):
         """tasks: dicts with func (index), args (tuple), kwargs, deps (task
