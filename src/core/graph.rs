@@ -5,39 +5,8 @@
 use super::{Core, Effects, Job, TaskState};
 use crate::ids::{JobId, TaskId};
 use crate::persistence::{DoneTask, Record};
-use crate::protocol::{Outcome, TaskOutcome, TaskSpec};
+use crate::protocol::{Outcome, TaskOutcome, TaskSpec, ToClient};
 use rustc_hash::FxHashMap as HashMap;
-use std::cmp::Ordering;
-
-/// An entry of the ready queue: higher priority first, then submission order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadyEntry {
-    pub priority: i32,
-    /// `(job seq << 32) | index`: submission order across jobs.
-    pub order: u64,
-    pub task: TaskId,
-}
-
-impl Ord for ReadyEntry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.priority.cmp(&other.priority).then_with(|| other.order.cmp(&self.order))
-    }
-}
-
-impl PartialOrd for ReadyEntry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Core {
-    /// Queues a task that is `Ready`.
-    pub fn push_ready(&mut self, tid: TaskId) {
-        let Some(job) = self.jobs.get(&tid.job) else { return };
-        let priority = job.tasks[tid.idx as usize].priority;
-        self.ready.push(ReadyEntry { priority, order: (job.seq << 32) | tid.idx as u64, task: tid });
-    }
-}
 
 /// The index of the task named `key` in `job`: its own key, or its index.
 pub fn key_index(job: &Job, key: &str) -> Option<u32> {
@@ -218,7 +187,7 @@ pub fn flush_completed(core: &mut Core, fx: &mut impl Effects, out: Completed) {
         fx.journal(Record::TasksDone { job, done });
     }
     for (job, outcomes) in out.by_job {
-        super::handlers::notify_watchers(core, fx, job, outcomes);
+        notify_watchers(core, fx, job, outcomes);
     }
 }
 
@@ -268,4 +237,26 @@ pub fn inputs(core: &Core, tid: TaskId) -> Vec<bytes::Bytes> {
             _ => None,
         })
         .collect()
+}
+
+pub(super) fn notify_watchers(
+    core: &mut Core,
+    fx: &mut impl Effects,
+    job: JobId,
+    outcomes: Vec<TaskOutcome>,
+) {
+    let Some(j) = core.jobs.get_mut(&job) else {
+        return;
+    };
+    let done = j.is_done();
+    let watchers = if done { std::mem::take(&mut j.watchers) } else { j.watchers.clone() };
+    for w in &watchers {
+        fx.to_client(*w, ToClient::Outcomes { job, outcomes: outcomes.clone() });
+        if done {
+            fx.to_client(*w, ToClient::JobDone { job, finished: j.finished, failed: j.failed });
+        }
+    }
+    if done {
+        tracing::info!(job = %job, finished = j.finished, failed = j.failed, "job finished");
+    }
 }

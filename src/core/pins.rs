@@ -2,7 +2,7 @@
 //! and the one way a task leaves a worker (`Core::unhold`), which takes back
 //! whatever was pinned there behind it.
 
-use super::handlers::{assign, requeue};
+use super::queue::{assign, requeue};
 use super::{Core, Effects, TaskState};
 use crate::ids::{TaskId, WorkerId};
 use crate::protocol::{Assignment, Outcome, ToWorker};

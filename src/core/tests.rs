@@ -2,7 +2,10 @@
 //! every step.
 
 use super::*;
+use crate::ids::{ConnId, JobId, TaskId, WorkerId};
+use crate::persistence::Record;
 use crate::protocol::{Assignment, TaskReport, TaskSpec};
+use crate::protocol::{Outcome, TaskKind, ToClient, ToNanny, ToWorker};
 use bytes::Bytes;
 
 #[derive(Default)]

@@ -3,7 +3,10 @@
 
 use super::tests::{ok, report, worker, TestFx, CLIENT};
 use super::*;
+use crate::ids::{ConnId, JobId};
+use crate::persistence::Record;
 use crate::protocol::{Assignment, PyFunction, TaskReport, TaskSpec};
+use crate::protocol::{Outcome, TaskKind, ToClient, ToWorker};
 use bytes::Bytes;
 
 fn py_tasks(n: usize, func: u32) -> Vec<TaskSpec> {

@@ -4,6 +4,8 @@
 
 use super::tests::{inc_tasks, keyed, report, submit, worker, TestFx, CLIENT};
 use super::*;
+use crate::ids::{ConnId, JobId, WorkerId};
+use crate::protocol::{Outcome, TaskKind, ToClient};
 
 fn last_client(fx: &mut TestFx) -> ToClient {
     fx.clients.pop().expect("an answer").1

@@ -9,7 +9,11 @@
 mod worker;
 
 use super::*;
+use crate::ids::{ConnId, JobId, TaskId};
+use crate::persistence::Record;
 use crate::protocol::{Dep, Resources, TaskReport, TaskSpec};
+use crate::protocol::{Outcome, TaskKind, ToClient, ToNanny, ToWorker};
+use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use worker::{Reply, SimWorker};

@@ -1,0 +1,89 @@
+//! The ready queue, and the two moves of a task between it and a worker:
+//! `assign` (a new attempt, held there) and `requeue` (back in line).
+
+use super::{Core, TaskState};
+use crate::ids::{TaskId, WorkerId};
+use crate::protocol::Assignment;
+use std::cmp::Ordering;
+
+/// A task a worker no longer holds goes back in line: ready, or waiting if
+/// it was pinned there ahead of its inputs. `unstarted`: that attempt never
+/// began, so the next one keeps its number.
+pub(super) fn requeue(core: &mut Core, tid: TaskId, unstarted: bool) {
+    core.stealing.remove(&tid);
+    let task = core.get_task_mut(tid);
+    if unstarted {
+        task.attempts = task.attempts.saturating_sub(1);
+    }
+    if task.waiting > 0 {
+        task.state = TaskState::Waiting;
+    } else {
+        task.state = TaskState::Ready;
+        core.push_ready(tid);
+    }
+}
+
+/// Hands one task to a worker: a new attempt, held there until reported.
+pub(super) fn assign(
+    core: &mut Core,
+    wid: WorkerId,
+    tid: TaskId,
+    inputs: Vec<bytes::Bytes>,
+    pending_inputs: Vec<(u32, TaskId)>,
+) -> Assignment {
+    core.next_assign_seq += 1;
+    let seq = core.next_assign_seq;
+    let process = core.workers[&wid].process;
+    let task = core.get_task_mut(tid);
+    // (A reclaiming worker may have claimed any attempt number.)
+    task.attempts = task.attempts.saturating_add(1);
+    task.held_attempt = task.attempts;
+    task.assigned_seq = seq;
+    task.state = TaskState::Assigned(wid);
+    task.local_inputs = pending_inputs.iter().map(|(_, d)| *d).collect();
+    task.repeat_here = task.holders.contains(&process);
+    task.add_holder(process);
+    let a = Assignment {
+        task: tid,
+        key: task.key.clone(),
+        attempt: task.attempts,
+        kind: task.kind.clone(),
+        inputs,
+        time_limit_ms: task.time_limit_ms,
+        resources: task.resources.clone(),
+        pending_inputs,
+        has_dependents: !task.dependents.is_empty(),
+    };
+    core.workers.get_mut(&wid).expect("a registered worker").hold(tid, &a.resources);
+    a
+}
+
+/// An entry of the ready queue: higher priority first, then submission order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadyEntry {
+    pub priority: i32,
+    /// `(job seq << 32) | index`: submission order across jobs.
+    pub order: u64,
+    pub task: TaskId,
+}
+
+impl Ord for ReadyEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.priority.cmp(&other.priority).then_with(|| other.order.cmp(&self.order))
+    }
+}
+
+impl PartialOrd for ReadyEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Core {
+    /// Queues a task that is `Ready`.
+    pub fn push_ready(&mut self, tid: TaskId) {
+        let Some(job) = self.jobs.get(&tid.job) else { return };
+        let priority = job.tasks[tid.idx as usize].priority;
+        self.ready.push(ReadyEntry { priority, order: (job.seq << 32) | tid.idx as u64, task: tid });
+    }
+}

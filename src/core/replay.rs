@@ -1,0 +1,63 @@
+//! Rebuilding the core from the journal, through the same state changes
+//! live events make.
+
+use super::admin::retry_tasks;
+use super::graph::{self};
+use super::submit::{insert_job, submission_digest};
+use super::{Core, TaskState};
+use crate::ids::TaskId;
+use crate::persistence::Record;
+
+/// Rebuilds the core from journal records, through the same state changes
+/// live events make. Tasks without an outcome end up queued again, in
+/// submission order.
+pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
+    core.replaying = true;
+    let mut order = Vec::new();
+    for r in records {
+        match r {
+            Record::JobSubmitted { job, seq, name, tasks, functions } => {
+                if !core.jobs.contains_key(&job) {
+                    let deps = graph::resolve(core, job, &tasks).unwrap_or_else(|e| {
+                        // e.g. a dependency on a job forgotten since: run without it.
+                        tracing::warn!(job = %job, error = %e, "journaled dependencies no longer resolve");
+                        vec![Vec::new(); tasks.len()]
+                    });
+                    // Failures it caused were journaled too, and come later.
+                    let digest = submission_digest(&tasks, &functions);
+                    let _ = insert_job(core, now, job, seq, name, tasks, deps);
+                    let j = core.jobs.get_mut(&job).expect("just inserted");
+                    j.functions = functions;
+                    j.digest = digest;
+                    order.push(job);
+                }
+            }
+            Record::TasksDone { job, done } => {
+                for d in done {
+                    let tid = TaskId { job, idx: d.idx };
+                    if core.find_task(tid).map(|t| t.outcome.is_none()) == Some(true) {
+                        let t = core.get_task_mut(tid);
+                        t.attempts = t.attempts.max(d.attempt);
+                        graph::set_outcome(core, now, tid, d.outcome, d.canceled);
+                    }
+                }
+            }
+            Record::JobForgotten { job } => {
+                core.jobs.remove(&job);
+            }
+            Record::TasksRetried { job, idx } => {
+                retry_tasks(core, job, &idx);
+            }
+        }
+    }
+    core.replaying = false;
+    core.ready.clear();
+    for job in order {
+        let Some(j) = core.jobs.get(&job) else { continue };
+        let ready: Vec<u32> =
+            (0..j.tasks.len() as u32).filter(|i| j.tasks[*i as usize].state == TaskState::Ready).collect();
+        for idx in ready {
+            core.push_ready(TaskId { job, idx });
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Jobs: submission (checked before anything changes), watching their
+//! outcomes, and forgetting them.
+
+use super::graph::{self, Completed};
+use super::schedule::schedule;
+use super::views::no_job;
+use super::{Core, Effects, Job, Task, TaskState};
+use crate::ids::{ConnId, JobId, TaskId};
+use crate::persistence::Record;
+use crate::protocol::{Outcome, TaskOutcome, TaskSpec, ToClient};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
+/// Most of one resource a task may ask for (far beyond any real machine, far
+/// below what could overflow the accounting of what workers hold).
+pub const MAX_RESOURCE_AMOUNT: u64 = u32::MAX as u64;
+
+/// Longest time limit a task may have: a year.
+pub const MAX_TIME_LIMIT_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// Checks a submission before anything is changed and resolves its
+/// dependencies; `Err` is the one-line message for the client.
+fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<TaskId>>, String> {
+    let tasks = &msg.tasks;
+    if tasks.is_empty() {
+        return Err("a job needs at least one task".into());
+    }
+    if tasks.len() > u32::MAX as usize {
+        return Err("too many tasks in one job".into());
+    }
+    // Function names found on some worker (each is looked up once).
+    let mut known = HashSet::default();
+    for (i, t) in tasks.iter().enumerate() {
+        match &t.kind {
+            crate::protocol::TaskKind::Fn { name, .. } if name.is_empty() => {
+                return Err(format!("task {i}: empty function name"))
+            }
+            crate::protocol::TaskKind::Cmd { argv, .. } if argv.is_empty() => {
+                return Err(format!("task {i}: empty argv"))
+            }
+            crate::protocol::TaskKind::Py { func, .. } if *func as usize >= msg.functions.len() => {
+                return Err(format!(
+                    "task {i}: function {func} is not in the job's function table ({} entries)",
+                    msg.functions.len()
+                ))
+            }
+            _ => {}
+        }
+        if let crate::protocol::TaskKind::Fn { name, .. } = &t.kind {
+            if known.insert(name.as_str()) {
+                unknown_function(core, i, name)?;
+            }
+        }
+        if let Some((k, n)) = t.resources.iter().find(|(_, n)| **n > MAX_RESOURCE_AMOUNT) {
+            return Err(format!(
+                "task {i}: resource {k:?} = {n} is out of range (at most {MAX_RESOURCE_AMOUNT})"
+            ));
+        }
+        if let Some(ms) = t.time_limit_ms.filter(|ms| *ms > MAX_TIME_LIMIT_MS) {
+            return Err(format!(
+                "task {i}: time limit {ms} ms is out of range (at most {MAX_TIME_LIMIT_MS} ms, a year)"
+            ));
+        }
+    }
+    graph::resolve(core, job, tasks)
+}
+
+/// Refuses a function no registered worker has (with no worker registered
+/// yet, any name is taken: the workers to come may have it).
+fn unknown_function(core: &Core, i: usize, name: &str) -> Result<(), String> {
+    if core.workers.is_empty() || core.workers.values().any(|w| w.functions.iter().any(|f| f == name)) {
+        return Ok(());
+    }
+    let mut known: Vec<&str> =
+        core.workers.values().flat_map(|w| w.functions.iter().map(String::as_str)).collect();
+    known.sort_unstable();
+    known.dedup();
+    let list = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+    Err(format!("task {i}: no registered worker has function {name:?} (they have: {list})"))
+}
+
+/// A digest of a submission's tasks and functions, the same for the same
+/// submission in any process (it survives restarts through the journal).
+pub fn submission_digest(tasks: &[TaskSpec], functions: &[bytes::Bytes]) -> u64 {
+    use std::hash::Hasher;
+    struct HashWriter(rustc_hash::FxHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = HashWriter(rustc_hash::FxHasher::default());
+    // Writing into a hasher cannot fail; specs always serialize.
+    let _ = rmp_serde::encode::write_named(&mut w, &(tasks, functions));
+    w.0.finish()
+}
+
+/// A job as a client submits it.
+pub struct SubmitMsg {
+    pub job: JobId,
+    pub name: String,
+    pub tasks: Vec<TaskSpec>,
+    /// The function table of its `py` tasks (`TaskKind::Py::func` indexes it).
+    pub functions: Vec<bytes::Bytes>,
+}
+
+/// A job with no `py` tasks (see `on_submit_job`).
+pub fn on_submit(
+    core: &mut Core,
+    fx: &mut impl Effects,
+    now: u64,
+    conn: ConnId,
+    job: JobId,
+    name: String,
+    tasks: Vec<TaskSpec>,
+) {
+    on_submit_job(core, fx, now, conn, SubmitMsg { job, name, tasks, functions: Vec::new() });
+}
+
+pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, msg: SubmitMsg) {
+    let job = msg.job;
+    if let Some(existing) = core.jobs.get(&job) {
+        let tasks = &msg.tasks;
+        // A resubmission after a lost reply: same job, nothing new to do.
+        if existing.digest == submission_digest(tasks, &msg.functions) {
+            fx.to_client(conn, ToClient::Submitted { job, tasks: tasks.len() as u32 });
+        } else {
+            let message = format!(
+                "job {job} exists with other tasks ({} tasks; this submission has {}): \
+                 choose another job id, or forget the job first",
+                existing.tasks.len(),
+                tasks.len()
+            );
+            fx.to_client(conn, ToClient::Error { job: Some(job), message });
+        }
+        return;
+    }
+    let deps = match validate_submit(core, job, &msg) {
+        Ok(deps) => deps,
+        Err(message) => {
+            fx.to_client(conn, ToClient::Error { job: Some(job), message });
+            return;
+        }
+    };
+    let seq = core.next_job_seq;
+    let SubmitMsg { name, tasks, functions, .. } = msg;
+    fx.journal(Record::JobSubmitted {
+        job,
+        seq,
+        name: name.clone(),
+        tasks: tasks.clone(),
+        functions: functions.clone(),
+    });
+    let digest = submission_digest(&tasks, &functions);
+    let doomed = insert_job(core, now, job, seq, name, tasks, deps);
+    let j = core.jobs.get_mut(&job).expect("just inserted");
+    j.functions = functions;
+    j.digest = digest;
+    // Tasks that depend on a task of an earlier job that already failed.
+    let mut failed = Completed::default();
+    for (tid, error) in doomed {
+        graph::complete(core, now, tid, Outcome::err(error), false, &mut failed);
+    }
+    let n = core.jobs[&job].tasks.len() as u32;
+    tracing::info!(job = %job, tasks = n, "job submitted");
+    fx.to_client(conn, ToClient::Submitted { job, tasks: n });
+    graph::flush_completed(core, fx, failed);
+    schedule(core, fx);
+}
+
+/// Adds a job: tasks whose dependencies are all finished are ready, the
+/// others wait. Returns the tasks that depend on an already failed task,
+/// with the error they fail with.
+pub(super) fn insert_job(
+    core: &mut Core,
+    now: u64,
+    job: JobId,
+    seq: u64,
+    name: String,
+    specs: Vec<TaskSpec>,
+    deps: Vec<Vec<TaskId>>,
+) -> Vec<(TaskId, String)> {
+    core.next_job_seq = core.next_job_seq.max(seq + 1);
+    let mut keys = HashMap::default();
+    let mut tasks: Vec<Task> = Vec::with_capacity(specs.len());
+    for (idx, (s, deps)) in specs.into_iter().zip(deps).enumerate() {
+        if let Some(k) = &s.key {
+            keys.insert(k.clone(), idx as u32);
+        }
+        tasks.push(Task {
+            key: s.key,
+            max_worker_kills: s.max_worker_kills,
+            kind: s.kind,
+            state: TaskState::Ready,
+            attempts: 0,
+            held_attempt: 0,
+            assigned_seq: 0,
+            killed: Vec::new(),
+            outcome: None,
+            deps,
+            dependents: Vec::new(),
+            waiting: 0,
+            priority: s.priority,
+            retries: s.retries,
+            time_limit_ms: s.time_limit_ms,
+            resources: s.resources,
+            failures: 0,
+            local_inputs: Vec::new(),
+            // Replayed: an attempt may still run on a worker of the last run.
+            holders: if core.replaying { vec![super::ANY_PROCESS] } else { Vec::new() },
+            void_attempts: 0,
+            repeat_here: false,
+        });
+    }
+    let n = tasks.len();
+    core.jobs.insert(
+        job,
+        Job {
+            name,
+            tasks,
+            finished: 0,
+            failed: 0,
+            watchers: Vec::new(),
+            submitted_at: now,
+            seq,
+            done_at: None,
+            keys,
+            functions: Vec::new(),
+            digest: 0,
+        },
+    );
+    let mut doomed = Vec::new();
+    for idx in 0..n as u32 {
+        let tid = TaskId { job, idx };
+        let deps = core.jobs[&job].tasks[idx as usize].deps.clone();
+        let mut waiting = 0;
+        for d in deps {
+            let Some(dep) = core.jobs.get_mut(&d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {
+                continue;
+            };
+            match &dep.outcome {
+                Some(Outcome::Ok { .. }) => {}
+                Some(Outcome::Err { error, .. }) => {
+                    let error = error.clone();
+                    let name = graph::task_name(&core.jobs[&d.job], d.idx);
+                    doomed.push((tid, format!("dependency {name} failed: {error}")));
+                }
+                None => {
+                    dep.dependents.push(tid);
+                    waiting += 1;
+                }
+            }
+        }
+        let task = &mut core.jobs.get_mut(&job).expect("just inserted").tasks[idx as usize];
+        task.waiting = waiting;
+        if waiting > 0 {
+            task.state = TaskState::Waiting;
+        } else if !core.replaying {
+            // (Replay builds the ready queue once, at its end.)
+            core.push_ready(tid);
+        }
+    }
+    doomed
+}
+
+/// Most outcomes sent to a watcher in one message when it catches up.
+const CATCH_UP_CHUNK: usize = 4096;
+/// ... and at most about this many bytes of results and errors per frame.
+const CATCH_UP_BYTES: usize = 16 << 20;
+
+pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
+    let Some(j) = core.jobs.get_mut(&job) else { return no_job(fx, conn, job) };
+    fx.to_client(conn, ToClient::Watching { job, tasks: j.tasks.len() as u32 });
+    if j.watchers.contains(&conn) {
+        // Watched already: its outcomes stream to this connection anyway.
+        return;
+    }
+    let done: Vec<TaskOutcome> = j
+        .tasks
+        .iter()
+        .enumerate()
+        .filter_map(|(idx, t)| {
+            t.outcome.as_ref().map(|o| TaskOutcome {
+                idx: idx as u32,
+                attempts: t.attempts,
+                outcome: o.clone(),
+            })
+        })
+        .collect();
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    for o in done {
+        let size = match &o.outcome {
+            Outcome::Ok { result } => result.len(),
+            Outcome::Err { error, .. } => error.len(),
+        };
+        if !chunk.is_empty() && (chunk.len() >= CATCH_UP_CHUNK || bytes.saturating_add(size) > CATCH_UP_BYTES)
+        {
+            fx.to_client(conn, ToClient::Outcomes { job, outcomes: std::mem::take(&mut chunk) });
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(size);
+        chunk.push(o);
+    }
+    if !chunk.is_empty() {
+        fx.to_client(conn, ToClient::Outcomes { job, outcomes: chunk });
+    }
+    if j.is_done() {
+        fx.to_client(conn, ToClient::JobDone { job, finished: j.finished, failed: j.failed });
+    } else {
+        j.watchers.push(conn);
+    }
+}
+
+pub fn on_unwatch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
+    if let Some(j) = core.jobs.get_mut(&job) {
+        j.watchers.retain(|c| *c != conn);
+    }
+    fx.to_client(conn, ToClient::Unwatched { job });
+}
+
+/// Drops a finished job and its results, here and in the journal.
+pub fn on_forget(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
+    let reply = match core.jobs.get(&job) {
+        None => Err(format!("no job {job} on this scheduler")),
+        Some(j) if !j.is_done() => Err(format!(
+            "job {job} still has {} unfinished tasks; only finished jobs can be forgotten",
+            j.tasks.len() - (j.finished + j.failed) as usize
+        )),
+        Some(_) => {
+            forget(core, fx, job, "forgotten by request");
+            Ok(format!("forgot job {job}"))
+        }
+    };
+    match reply {
+        Ok(message) => fx.to_client(conn, ToClient::Done { message }),
+        Err(message) => fx.to_client(conn, ToClient::Error { job: Some(job), message }),
+    }
+}
+
+pub(super) fn forget(core: &mut Core, fx: &mut impl Effects, job: JobId, why: &str) {
+    if let Some(j) = core.jobs.remove(&job) {
+        if !j.functions.is_empty() {
+            for w in core.workers.values_mut() {
+                w.functions_sent.retain(|(jb, _)| *jb != job);
+            }
+        }
+        fx.journal(Record::JobForgotten { job });
+        tracing::info!(job = %job, tasks = j.tasks.len(), reason = why, "job forgotten");
+    }
+}

@@ -1,0 +1,127 @@
+//! Tasks and jobs as the core keeps them: a task's state, attempts and
+//! holders; a job's tasks, keys and function table.
+
+use crate::ids::{ConnId, TaskId, WorkerId};
+use crate::protocol::{Outcome, TaskKind};
+use rustc_hash::FxHashMap as HashMap;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    /// Some dependencies have not finished yet.
+    Waiting,
+    Ready,
+    /// Failed, and waiting out its retry backoff.
+    Delayed,
+    Assigned(WorkerId),
+    Finished,
+    Failed,
+    Canceled,
+}
+
+pub struct Task {
+    pub key: Option<String>,
+    /// Per-task override of `CoreConfig::max_worker_kills`.
+    pub max_worker_kills: Option<u32>,
+    pub kind: TaskKind,
+    pub state: TaskState,
+    /// Attempts handed out so far (the current one is `attempts`).
+    pub attempts: u32,
+    /// The attempt its worker runs while `Assigned` (a reclaimed one may be
+    /// older than `attempts`).
+    pub held_attempt: u32,
+    /// Order of its latest assignment among all assignments: tells which of
+    /// a dead worker's tasks were running and which only queued.
+    pub assigned_seq: u64,
+    /// Workers lost while running this task, to stop a poison task.
+    pub killed: Vec<WorkerId>,
+    /// Set once, by the first report of any attempt.
+    pub outcome: Option<Outcome>,
+    /// Tasks whose results it takes, in order.
+    pub deps: Vec<TaskId>,
+    /// Tasks that take its result.
+    pub dependents: Vec<TaskId>,
+    /// Dependencies not finished yet.
+    pub waiting: u32,
+    pub priority: i32,
+    /// Failed attempts it may still retry, and failed attempts so far.
+    pub retries: u32,
+    pub failures: u32,
+    pub time_limit_ms: Option<u64>,
+    pub resources: crate::protocol::Resources,
+    /// Pinned ahead of its inputs: the dependencies its worker produces
+    /// itself and has not reported yet (each `Assigned` to that worker).
+    pub local_inputs: Vec<TaskId>,
+    /// Worker processes (see `process_key`) handed an attempt of it, or
+    /// reclaiming one: only their reports count. `ANY_PROCESS` after a
+    /// restart, when any worker may hold an attempt of the previous run.
+    pub holders: Vec<u64>,
+    /// Attempts up to this one were voided by `ctl retry`: late reports of
+    /// them are dropped.
+    pub void_attempts: u32,
+    /// Its worker was handed an earlier attempt too, whose result or copy it
+    /// may still hold (a worker knows tasks by id): nothing is pinned behind it.
+    pub repeat_here: bool,
+}
+
+/// Most worker processes remembered per task as holders of an attempt.
+pub const MAX_HOLDERS: usize = 8;
+
+/// A holder that stands for every worker process (a task replayed from the
+/// journal: an attempt may run anywhere since before the restart).
+pub const ANY_PROCESS: u64 = u64::MAX;
+
+/// A worker process, the same across its connections and registrations:
+/// its host and pid (distinct pids on one host never collide).
+pub fn process_key(host: &str, pid: u32) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    host.hash(&mut h);
+    pid.hash(&mut h);
+    h.finish().min(ANY_PROCESS - 1)
+}
+
+impl Task {
+    /// Whether a report from worker process `process` may be recorded.
+    pub fn may_report(&self, process: u64, attempt: u32) -> bool {
+        attempt > self.void_attempts && self.holders.iter().any(|h| *h == process || *h == ANY_PROCESS)
+    }
+
+    /// Remembers that worker process `process` got an attempt.
+    pub fn add_holder(&mut self, process: u64) {
+        if !self.holders.contains(&process) {
+            if self.holders.len() >= MAX_HOLDERS {
+                // Oldest first; a replayed task keeps accepting anyone.
+                let at = usize::from(self.holders[0] == ANY_PROCESS);
+                self.holders.remove(at.min(self.holders.len() - 1));
+            }
+            self.holders.push(process);
+        }
+    }
+}
+
+pub struct Job {
+    pub name: String,
+    pub tasks: Vec<Task>,
+    pub finished: u32,
+    pub failed: u32,
+    /// Connections that asked to see this job's outcomes as they come.
+    pub watchers: Vec<ConnId>,
+    pub submitted_at: u64,
+    /// Submission order across restarts (journaled).
+    pub seq: u64,
+    /// When its last task got its outcome.
+    pub done_at: Option<u64>,
+    /// Explicit task keys → index (tasks without one go by their index).
+    pub keys: HashMap<String, u32>,
+    /// The function table of its `py` tasks (opaque pickles), by `func`.
+    pub functions: Vec<bytes::Bytes>,
+    /// Digest of the tasks and functions it was submitted with: tells a
+    /// resubmission after a lost reply from another job under the same id.
+    pub digest: u64,
+}
+
+impl Job {
+    pub fn is_done(&self) -> bool {
+        (self.finished + self.failed) as usize == self.tasks.len()
+    }
+}

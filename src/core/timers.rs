@@ -1,0 +1,106 @@
+//! Events of time: the periodic tick (heartbeat timeouts, retention, the
+//! scheduler's own stalls) and deadlines (retries, the reclaim grace period).
+
+use super::lifecycle::on_worker_lost;
+use super::schedule::schedule;
+use super::submit::forget;
+use super::{Core, Effects, TaskState};
+use crate::ids::{ConnId, JobId, WorkerId};
+
+/// Periodic check: workers silent for longer than the heartbeat timeout are
+/// lost (hung or stopped); their connection stays open, marked stale.
+/// Silence counts only while the scheduler itself runs (see `note_stall`).
+pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
+    note_stall(core, now);
+    let timeout = core.config.heartbeat_timeout_us;
+    for w in core.workers.values_mut().filter(|w| !w.dropped.is_empty()) {
+        w.dropped.retain(|_, at| now.saturating_sub(*at) <= timeout);
+    }
+    on_deadline(core, fx, now);
+    if let Some(retention) = core.config.retention_us {
+        let expired: Vec<JobId> = core
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.done_at.is_some_and(|t| now.saturating_sub(t) > retention))
+            .map(|(id, _)| *id)
+            .collect();
+        for job in expired {
+            forget(core, fx, job, "retention period over");
+        }
+    }
+    let silent: Vec<(WorkerId, ConnId, u64)> = core
+        .workers
+        .iter()
+        .filter(|(_, w)| now.saturating_sub(w.last_seen) > timeout)
+        .map(|(id, w)| (*id, w.conn, now.saturating_sub(w.last_seen)))
+        .collect();
+    for (id, conn, quiet_us) in silent {
+        core.stale_conns.insert(conn, false);
+        let why = format!("no heartbeat for {:.1}s", quiet_us as f64 / 1e6);
+        on_worker_lost(core, fx, now, id, &why);
+    }
+}
+
+/// Ticks come a few times per heartbeat timeout (at most every second): a
+/// gap this long since the last one means the scheduler itself did not run
+/// (SIGSTOP, a suspended VM, a starved host). What its workers sent
+/// meanwhile is still unread, so their silence says nothing: the heartbeat
+/// clocks start again.
+/// Before the first tick, the last time it heard from a worker tells when
+/// it last ran.
+fn note_stall(core: &mut Core, now: u64) {
+    let threshold = (core.config.heartbeat_timeout_us / 2).max(MIN_STALL_US);
+    let heard = core.workers.values().map(|w| w.last_seen).max();
+    let ran = core.last_tick.max(heard);
+    if let Some(gap) = ran.map(|t| now.saturating_sub(t)).filter(|gap| *gap > threshold) {
+        for w in core.workers.values_mut() {
+            w.last_seen = w.last_seen.max(now);
+        }
+        tracing::warn!(
+            stalled_ms = gap / 1000,
+            workers = core.workers.len(),
+            "the scheduler did not run for a while (stopped or starved); heartbeat clocks restarted"
+        );
+    }
+    core.last_tick = Some(now);
+}
+
+/// Releases the retries whose backoff is over and ends the reclaim grace
+/// period once due: on every tick, and when the actor's timer for
+/// `Core::next_deadline` fires.
+pub fn on_deadline(core: &mut Core, fx: &mut impl Effects, now: u64) {
+    if !core.delayed.is_empty() {
+        let (due, later): (Vec<_>, Vec<_>) = core.delayed.drain(..).partition(|(t, _)| *t <= now);
+        core.delayed = later;
+        for (_, tid) in due {
+            if core.find_task(tid).is_some_and(|t| t.state == TaskState::Delayed) {
+                core.get_task_mut(tid).state = TaskState::Ready;
+                core.push_ready(tid);
+            }
+        }
+        schedule(core, fx);
+    }
+    if core.hold_until.is_some_and(|t| now >= t) {
+        core.hold_until = None;
+        let unclaimed =
+            core.jobs.values().flat_map(|j| &j.tasks).filter(|t| t.state == TaskState::Ready).count();
+        tracing::info!(requeued = unclaimed, "grace period over: unclaimed tasks go to any worker");
+        schedule(core, fx);
+    }
+}
+
+/// Shortest gap between ticks taken for a stall (ticks come at least every 10 ms).
+const MIN_STALL_US: u64 = 50_000;
+
+/// After a restart with unfinished tasks: hold scheduling for `grace_us` so
+/// workers that kept running can reconnect and reclaim their tasks first.
+pub fn begin_recovery(core: &mut Core, now: u64, grace_us: u64) {
+    if !core.ready.is_empty() && grace_us > 0 {
+        core.hold_until = Some(now + grace_us);
+        tracing::info!(
+            unfinished = core.ready.len(),
+            grace_ms = grace_us / 1000,
+            "waiting for workers to reclaim their running tasks"
+        );
+    }
+}
