@@ -101,10 +101,10 @@ impl Outbox {
 
 impl Effects for Outbox {
     fn to_worker(&mut self, conn: ConnId, msg: ToWorker) {
-        // Only an acknowledgement promises durability; a task handed out
-        // before its job is durable is at worst run for nothing.
-        let urgent = !matches!(msg, ToWorker::Ack { .. });
-        self.push(conn, &msg, urgent);
+        self.push(conn, &msg, true);
+    }
+    fn to_worker_after_flush(&mut self, conn: ConnId, msg: ToWorker) {
+        self.push(conn, &msg, false);
     }
     fn to_client(&mut self, conn: ConnId, msg: ToClient) {
         self.push(conn, &msg, false);
@@ -290,14 +290,14 @@ fn handle_msg(
                     core::on_worker_joined(core, fx, now, conn, w);
                 }
                 FromWorker::Reports { batch, reports } => {
-                    core::on_reports(core, fx, now, conn, batch, reports)
+                    core::on_reports(core, fx, now, conn, core::ReportsMsg { batch, reports })
                 }
                 FromWorker::Heartbeat { rss_kib } => core::on_heartbeat(core, fx, now, conn, rss_kib),
-                FromWorker::Draining { returned } => core::on_worker_draining(core, fx, conn, returned),
-                FromWorker::Released { tasks } => core::on_released(core, fx, conn, tasks),
+                FromWorker::Draining { returned } => core::on_worker_draining(core, conn, returned),
+                FromWorker::Released { tasks } => core::on_released(core, conn, tasks),
                 FromWorker::Goodbye => {
                     if let Some(w) = core.worker_by_conn.get(&conn).copied() {
-                        core::on_worker_lost(core, fx, now, w, core::GOODBYE);
+                        core::on_worker_lost(core, fx, now, w, core::LostWorkerReason::Goodbye);
                     }
                 }
             },
@@ -310,7 +310,9 @@ fn handle_msg(
                 FromClient::Nannies => core::on_list_nannies(core, fx, conn),
                 FromClient::RestartWorker { worker } => core::on_restart_worker(core, fx, conn, worker),
                 FromClient::Forget { job } => core::on_forget(core, fx, conn, job),
-                FromClient::Cancel { job, keys } => core::on_cancel(core, fx, now, conn, job, keys),
+                FromClient::Cancel { job, keys } => {
+                    core::on_cancel(core, fx, now, conn, core::CancelMsg { job, keys })
+                }
                 FromClient::Resolve { job, key } => core::on_resolve(core, fx, conn, job, key),
                 FromClient::Unwatch { job } => core::on_unwatch(core, fx, conn, job),
                 FromClient::Tasks { job } => core::on_tasks(core, fx, conn, job),
@@ -359,11 +361,11 @@ fn handle_msg(
             },
             SchedMsg::Nanny { conn, msg } => match msg {
                 FromNanny::Register { host, pid, slots } => {
-                    core::on_nanny_registered(core, fx, conn, host, pid, slots)
+                    core::on_nanny_registered(core, fx, conn, core::NannyMsg { host, pid, slots })
                 }
                 FromNanny::Slot { info } => core::on_nanny_slot(core, conn, info),
                 FromNanny::OverMemory { slot, reason } => {
-                    core::on_worker_over_memory(core, fx, now, conn, slot, &reason)
+                    core::on_worker_over_memory(core, fx, now, conn, core::OverMemoryMsg { slot, reason })
                 }
             },
             SchedMsg::Closed { conn } => {
@@ -379,7 +381,7 @@ fn handle_msg(
             }
             SchedMsg::Deadline => {
                 st.wake_at = None;
-                core::on_deadline(core, fx, now);
+                core::on_deadline(core, now);
             }
             SchedMsg::Tick => {
                 core::on_tick(core, fx, now);
@@ -413,6 +415,8 @@ fn handle_msg(
                 return start_flush(&myself, st);
             }
         }
+        // The one scheduling pass of this event, if a handler asked for it.
+        st.core.finish_step(&mut st.outbox);
         arm_deadline(&myself, st, now);
         if st.core.stopping && !st.shutdown_requested && st.core.assigned_count() == 0 {
             // Drained: stop once what is gathered is durable and sent.

@@ -2,7 +2,6 @@
 //! worker through its nanny; and the nannies' own events.
 
 use super::graph::{self, Completed};
-use super::schedule::schedule;
 use super::views::no_job;
 use super::{Core, Effects, Leave, NannyRecord, Task, TaskState};
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
@@ -10,14 +9,15 @@ use crate::persistence::Record;
 use crate::protocol::{Outcome, SlotInfo, SlotState, ToClient, ToNanny, ToWorker};
 use rustc_hash::FxHashMap as HashMap;
 
-pub fn on_nanny_registered(
-    core: &mut Core,
-    fx: &mut impl Effects,
-    conn: ConnId,
-    host: String,
-    pid: u32,
-    slots: Vec<SlotInfo>,
-) {
+/// A nanny says who it is and what its slots are doing.
+pub struct NannyMsg {
+    pub host: String,
+    pub pid: u32,
+    pub slots: Vec<SlotInfo>,
+}
+
+pub fn on_nanny_registered(core: &mut Core, fx: &mut impl Effects, conn: ConnId, msg: NannyMsg) {
+    let NannyMsg { host, pid, slots } = msg;
     let id = match core.nanny_by_conn.get(&conn) {
         Some(id) => *id,
         None => {
@@ -76,16 +76,17 @@ pub fn on_restart_worker(core: &mut Core, fx: &mut impl Effects, conn: ConnId, w
     }
 }
 
+/// `ctl cancel JOB [KEY…]`.
+pub struct CancelMsg {
+    pub job: JobId,
+    /// The tasks to cancel by key (or index); none: every unfinished one.
+    pub keys: Vec<String>,
+}
+
 /// Cancels unfinished tasks of a job (all, or those named by `keys`);
 /// running ones are stopped on their workers; dependents fail.
-pub fn on_cancel(
-    core: &mut Core,
-    fx: &mut impl Effects,
-    now: u64,
-    conn: ConnId,
-    job: JobId,
-    keys: Vec<String>,
-) {
+pub fn on_cancel(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, msg: CancelMsg) {
+    let CancelMsg { job, keys } = msg;
     let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
     let targets: Vec<u32> = if keys.is_empty() {
         (0..j.tasks.len() as u32).collect()
@@ -128,7 +129,7 @@ pub fn on_cancel(
     tracing::info!(job = %job, canceled = n, "tasks canceled");
     graph::flush_completed(core, fx, completed);
     fx.to_client(conn, ToClient::Done { message: format!("canceled {n} tasks of job {job}") });
-    schedule(core, fx);
+    core.ask_for_scheduling();
 }
 
 /// Puts failed and canceled tasks of a job back in line: ready if their
@@ -220,7 +221,7 @@ pub fn on_retry(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId
     for t in ready {
         core.push_ready(t);
     }
-    schedule(core, fx);
+    core.ask_for_scheduling();
     fx.to_client(conn, ToClient::Done { message: format!("retrying {} tasks of job {job}", idx.len()) });
 }
 

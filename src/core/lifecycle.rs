@@ -4,7 +4,6 @@
 use super::admin::on_nanny_left;
 use super::graph::{self, Completed};
 use super::queue::requeue;
-use super::schedule::schedule;
 use super::{Core, Effects, Leave, TaskState, Worker};
 use crate::ids::{ConnId, TaskId, WorkerId};
 use crate::protocol::{Outcome, ToWorker};
@@ -30,7 +29,7 @@ pub fn on_worker_joined(
 ) -> WorkerId {
     if let Some(old) = core.worker_by_conn.get(&conn).copied() {
         // Registering again on the same connection replaces the incarnation.
-        on_worker_lost(core, fx, now, old, "re-registered");
+        on_worker_lost(core, fx, now, old, LostWorkerReason::Reregistered);
     }
     core.stale_conns.remove(&conn);
     core.next_worker += 1;
@@ -62,7 +61,7 @@ pub fn on_worker_joined(
     core.worker_by_conn.insert(conn, id);
     fx.to_worker(conn, ToWorker::Registered { worker: id });
     claim(core, id, w.running);
-    schedule(core, fx);
+    core.ask_for_scheduling();
     id
 }
 
@@ -98,16 +97,16 @@ fn claim(core: &mut Core, id: WorkerId, running: Vec<(TaskId, u32)>) {
 
 /// A worker is gone (connection closed, or declared dead): its unreported
 /// tasks go back to the queue, except those that have now killed too many.
-pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: WorkerId, why: &str) {
+pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: WorkerId, why: LostWorkerReason) {
     let Some(w) = core.workers.remove(&id) else {
         return;
     };
     core.worker_by_conn.remove(&w.conn);
     core.pin_frontier.remove(&id);
-    if why == GOODBYE && w.assigned.is_empty() {
+    if why == LostWorkerReason::Goodbye && w.assigned.is_empty() {
         tracing::info!(worker = %id, "worker left");
     } else {
-        tracing::warn!(worker = %id, in_flight = w.assigned.len(), reason = why, "worker lost");
+        tracing::warn!(worker = %id, in_flight = w.assigned.len(), reason = %why, "worker lost");
     }
     // A worker runs its tasks in the order it got them: the `slots` oldest
     // unreported ones were running when it died; the rest were only queued.
@@ -116,7 +115,7 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
     lost.sort();
     let mut failed = Completed::default();
     // A worker that left on purpose killed nobody: its tasks just go back.
-    let died = why != GOODBYE;
+    let died = why != LostWorkerReason::Goodbye;
     for (n, (_, tid)) in lost.into_iter().enumerate() {
         core.stealing.remove(&tid);
         let default_kills = core.config.max_worker_kills;
@@ -132,7 +131,10 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
             let names: Vec<String> = task.killed.iter().map(|w| w.to_string()).collect();
             let workers = if names.len() == 1 { "worker" } else { "workers" };
             // A death the scheduler was told the reason of says it.
-            let last = if why.starts_with("it exceeded") { format!("; {id}: {why}") } else { String::new() };
+            let last = match &why {
+                LostWorkerReason::OverMemory { .. } => format!("; {id}: {why}"),
+                _ => String::new(),
+            };
             let error = format!(
                 "task {tid} was running on {} {workers} that died ({}){last}; giving up",
                 names.len(),
@@ -144,15 +146,44 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
         }
     }
     graph::flush_completed(core, fx, failed);
-    schedule(core, fx);
+    core.ask_for_scheduling();
 }
 
-/// The reason `on_worker_lost` gets when a worker said goodbye.
-pub const GOODBYE: &str = "worker shut down";
+/// Why a worker is gone; its `Display` is what logs and task errors say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LostWorkerReason {
+    /// It said goodbye (retired or drained): it killed none of its tasks.
+    Goodbye,
+    ConnectionClosed,
+    /// It registered again on the same connection: a new incarnation.
+    Reregistered,
+    /// Silent for longer than the heartbeat timeout (hung, or stopped).
+    HeartbeatTimeout {
+        quiet_us: u64,
+    },
+    /// Its nanny killed it for its memory (the nanny's words).
+    OverMemory {
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for LostWorkerReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LostWorkerReason::Goodbye => f.write_str("worker shut down"),
+            LostWorkerReason::ConnectionClosed => f.write_str("connection closed"),
+            LostWorkerReason::Reregistered => f.write_str("re-registered"),
+            LostWorkerReason::HeartbeatTimeout { quiet_us } => {
+                write!(f, "no heartbeat for {:.1}s", *quiet_us as f64 / 1e6)
+            }
+            LostWorkerReason::OverMemory { reason } => write!(f, "it exceeded the memory limit ({reason})"),
+        }
+    }
+}
 
 pub fn on_connection_closed(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId) {
     if let Some(wid) = core.worker_by_conn.get(&conn).copied() {
-        on_worker_lost(core, fx, now, wid, "connection closed");
+        on_worker_lost(core, fx, now, wid, LostWorkerReason::ConnectionClosed);
     }
     core.stale_conns.remove(&conn);
     core.conn_process.remove(&conn);
@@ -185,7 +216,7 @@ pub(super) fn tell_stale(core: &mut Core, fx: &mut impl Effects, conn: ConnId) {
 
 /// A worker stops taking work: the queued tasks it hands back go to others;
 /// it keeps (and will report) the ones it runs.
-pub fn on_worker_draining(core: &mut Core, fx: &mut impl Effects, conn: ConnId, returned: Vec<TaskId>) {
+pub fn on_worker_draining(core: &mut Core, conn: ConnId, returned: Vec<TaskId>) {
     let Some(wid) = core.worker_by_conn.get(&conn).copied() else { return };
     core.workers.get_mut(&wid).expect("registered worker").draining = true;
     let mut back: Vec<TaskId> = returned
@@ -202,7 +233,14 @@ pub fn on_worker_draining(core: &mut Core, fx: &mut impl Effects, conn: ConnId, 
     }
     let w = &core.workers[&wid];
     tracing::info!(worker = %wid, returned = back.len(), running = w.assigned.len(), "worker draining");
-    schedule(core, fx);
+    core.ask_for_scheduling();
+}
+
+/// A nanny's word that it killed the worker of one of its slots.
+pub struct OverMemoryMsg {
+    pub slot: u32,
+    /// What the nanny says of the memory it used (peer-supplied).
+    pub reason: String,
 }
 
 /// A nanny kills the worker of `slot` for its memory: it is lost now, and
@@ -212,14 +250,13 @@ pub fn on_worker_over_memory(
     fx: &mut impl Effects,
     now: u64,
     conn: ConnId,
-    slot: u32,
-    reason: &str,
+    msg: OverMemoryMsg,
 ) {
+    let OverMemoryMsg { slot, reason } = msg;
     let Some(n) = core.nanny_by_conn.get(&conn).and_then(|id| core.nannies.get(id)) else { return };
     let at = crate::protocol::NannySlot { pid: n.pid, slot };
     let Some(id) = core.workers.iter().find(|(_, w)| w.nanny.as_ref() == Some(&at)).map(|(id, _)| *id) else {
         return;
     };
-    let why = format!("it exceeded the memory limit ({reason})");
-    on_worker_lost(core, fx, now, id, &why);
+    on_worker_lost(core, fx, now, id, LostWorkerReason::OverMemory { reason });
 }

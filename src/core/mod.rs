@@ -17,7 +17,11 @@ mod state;
 mod submit;
 mod task;
 #[cfg(test)]
+mod testenv;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_faults;
 #[cfg(test)]
 mod tests_py;
 #[cfg(test)]
@@ -46,9 +50,20 @@ use crate::persistence::Record;
 use crate::protocol::{ToClient, ToNanny, ToWorker};
 
 /// Everything a handler may cause outside the core.
+/// The core says which messages wait for the step's records to be durable
+/// (as raft-rs's `Ready` marks its persisted messages): the sink obeys.
 pub trait Effects {
+    /// A message that promises nothing durable (an assignment, a steal, a
+    /// registration): sent at once. A task handed out before its job is
+    /// durable is at worst run for nothing.
     fn to_worker(&mut self, conn: ConnId, msg: ToWorker);
+    /// A message that promises what the step journaled (an acknowledgement:
+    /// the worker forgets those results): sent once the records are flushed.
+    fn to_worker_after_flush(&mut self, conn: ConnId, msg: ToWorker);
+    /// Replies and outcomes: a client may rely on any of them, so every one
+    /// is sent once the step's records are flushed.
     fn to_client(&mut self, conn: ConnId, msg: ToClient);
+    /// Nannies are promised nothing durable: sent at once.
     fn to_nanny(&mut self, conn: ConnId, msg: ToNanny);
     /// Appended and flushed before any message of the same step is sent.
     fn journal(&mut self, record: Record);

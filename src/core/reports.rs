@@ -4,23 +4,22 @@
 use super::graph::{self, Completed};
 use super::lifecycle::tell_stale;
 use super::queue::requeue;
-use super::schedule::schedule;
 use super::{Core, Effects, Leave, TaskState};
 use crate::ids::{ConnId, WorkerId};
 use crate::protocol::{Outcome, TaskReport, ToWorker};
+
+/// One frame of reports from a worker; acknowledged by `batch` once durable.
+pub struct ReportsMsg {
+    pub batch: u64,
+    pub reports: Vec<TaskReport>,
+}
 
 /// A batch of finished attempts from one worker. The first report of a task
 /// wins; reports for tasks that already have an outcome are counted and
 /// dropped, and so are reports for tasks this worker process was never
 /// handed (nor reclaimed, nor may hold from before a restart).
-pub fn on_reports(
-    core: &mut Core,
-    fx: &mut impl Effects,
-    now: u64,
-    conn: ConnId,
-    batch: u64,
-    reports: Vec<TaskReport>,
-) {
+pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, msg: ReportsMsg) {
+    let ReportsMsg { batch, reports } = msg;
     let wid = core.worker_by_conn.get(&conn).copied();
     let process = core.conn_process.get(&conn).copied();
     let Some(process) = process.filter(|_| wid.is_some() || core.stale_conns.contains_key(&conn)) else {
@@ -50,7 +49,7 @@ pub fn on_reports(
     }
     // The frame is acknowledged once durable (or already recorded), so the
     // worker can forget its results.
-    fx.to_worker(conn, ToWorker::Ack { batch });
+    fx.to_worker_after_flush(conn, ToWorker::Ack { batch });
     graph::flush_completed(core, fx, completed);
     if late > 0 {
         core.duplicate_reports = core.duplicate_reports.saturating_add(late);
@@ -63,7 +62,7 @@ pub fn on_reports(
     if wid.is_none() {
         tell_stale(core, fx, conn);
     }
-    schedule(core, fx);
+    core.ask_for_scheduling();
 }
 
 /// An attempt killed the Python executor running it: counted like a worker

@@ -7,11 +7,24 @@ use super::{Core, Effects, Leave, TaskState, Worker};
 use crate::ids::{ConnId, TaskId, WorkerId};
 use crate::protocol::{Assignment, PyFunction, TaskKind, ToWorker};
 
+impl Core {
+    /// Handlers only ask for a scheduling pass (see `Core::ask_for_scheduling`);
+    /// this runs it, once, at the end of each event: the actor calls it after
+    /// every message it hands to the core, as the tests and the simulation do.
+    pub fn finish_step(&mut self, fx: &mut impl Effects) {
+        if std::mem::take(&mut self.schedule_asked) {
+            schedule(self, fx);
+        } else {
+            super::pins::send_unpinned(self, fx);
+        }
+    }
+}
+
 /// Hands ready tasks to workers with free capacity, spreading them one at
 /// a time across workers (round robin), one `Assign` message per worker. A
 /// task that needs resources goes to a worker that has them free; if none
 /// has right now, it waits in the queue.
-pub fn schedule(core: &mut Core, fx: &mut impl Effects) {
+fn schedule(core: &mut Core, fx: &mut impl Effects) {
     // Dropped pins first: the same task may be handed to the same worker below.
     super::pins::send_unpinned(core, fx);
     if core.workers.is_empty() || core.hold_until.is_some() || core.stopping {
@@ -159,7 +172,7 @@ fn steal(core: &mut Core, fx: &mut impl Effects) {
 }
 
 /// A worker gave back queued tasks it was asked for: they go to others.
-pub fn on_released(core: &mut Core, fx: &mut impl Effects, conn: ConnId, tasks: Vec<TaskId>) {
+pub fn on_released(core: &mut Core, conn: ConnId, tasks: Vec<TaskId>) {
     let Some(wid) = core.worker_by_conn.get(&conn).copied() else { return };
     tracing::debug!(worker = %wid, given = tasks.len(), "worker gave back tasks");
     for tid in &tasks {
@@ -175,5 +188,5 @@ pub fn on_released(core: &mut Core, fx: &mut impl Effects, conn: ConnId, tasks: 
     // Asked-for tasks it did not give back had started (or run where they
     // were pinned): they stay in `stealing`, so nobody asks for them again
     // until they are reported.
-    schedule(core, fx);
+    core.ask_for_scheduling();
 }

@@ -52,11 +52,19 @@ pub struct Core {
     pub pin_frontier: HashMap<WorkerId, std::collections::VecDeque<TaskId>>,
     /// Inside `replay`: tasks are queued once, at its end.
     pub replaying: bool,
+    /// A handler asked for a scheduling pass: `finish_step` runs it.
+    pub schedule_asked: bool,
 }
 
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
         Core { config, ..Default::default() }
+    }
+
+    /// Something changed that may let tasks go to workers (a task became
+    /// ready, a worker got room): the pass runs once, in `finish_step`.
+    pub fn ask_for_scheduling(&mut self) {
+        self.schedule_asked = true;
     }
 
     /// Worker ids of journal epoch `epoch` start past those of all earlier

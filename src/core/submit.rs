@@ -2,7 +2,6 @@
 //! outcomes, and forgetting them.
 
 use super::graph::{self, Completed};
-use super::schedule::schedule;
 use super::views::no_job;
 use super::{Core, Effects, Job, Task, TaskState};
 use crate::ids::{ConnId, JobId, TaskId};
@@ -107,17 +106,11 @@ pub struct SubmitMsg {
     pub functions: Vec<bytes::Bytes>,
 }
 
-/// A job with no `py` tasks (see `on_submit_job`).
-pub fn on_submit(
-    core: &mut Core,
-    fx: &mut impl Effects,
-    now: u64,
-    conn: ConnId,
-    job: JobId,
-    name: String,
-    tasks: Vec<TaskSpec>,
-) {
-    on_submit_job(core, fx, now, conn, SubmitMsg { job, name, tasks, functions: Vec::new() });
+impl SubmitMsg {
+    /// A job with no `py` tasks.
+    pub fn new(job: JobId, name: String, tasks: Vec<TaskSpec>) -> SubmitMsg {
+        SubmitMsg { job, name, tasks, functions: Vec::new() }
+    }
 }
 
 pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, msg: SubmitMsg) {
@@ -168,7 +161,7 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
     tracing::info!(job = %job, tasks = n, "job submitted");
     fx.to_client(conn, ToClient::Submitted { job, tasks: n });
     graph::flush_completed(core, fx, failed);
-    schedule(core, fx);
+    core.ask_for_scheduling();
 }
 
 /// Adds a job: tasks whose dependencies are all finished are ready, the

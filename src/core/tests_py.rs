@@ -1,7 +1,8 @@
 //! Core tests of `py` tasks: the function table is checked at submit,
 //! journaled, sent once per worker connection; executor deaths count as kills.
 
-use super::tests::{ok, report, worker, TestFx, CLIENT};
+use super::testenv::step::{on_reports, on_submit_job, on_worker_joined};
+use super::testenv::{ok, report, worker, TestFx, CLIENT};
 use super::*;
 use crate::ids::{ConnId, JobId};
 use crate::persistence::Record;

@@ -2,7 +2,8 @@
 //! apart, worker ids across epochs, job-id conflicts, exact retry backoff
 //! and unknown function names refused at submit.
 
-use super::tests::{inc_tasks, keyed, report, submit, worker, TestFx, CLIENT};
+use super::testenv::step::{on_deadline, on_reports, on_submit, on_worker_joined};
+use super::testenv::{inc_tasks, keyed, report, submit, worker, TestFx, CLIENT};
 use super::*;
 use crate::ids::{ConnId, JobId, WorkerId};
 use crate::protocol::{Outcome, TaskKind, ToClient};
@@ -50,7 +51,7 @@ fn tasks_queued_on_a_worker_are_not_counted_as_running() {
     assert_eq!(tasks.iter().filter(|t| t.state == "ready").count(), 3);
 
     // One finishes: the next in its worker's queue is the one running.
-    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&on_w1[0], super::tests::ok(1))]);
+    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&on_w1[0], super::testenv::ok(1))]);
     on_tasks(&core, &mut fx, CLIENT, job);
     let ToClient::Tasks { tasks, .. } = last_client(&mut fx) else { panic!("no tasks") };
     let state = |a: &crate::protocol::Assignment| tasks[a.task.idx as usize].state.as_str();

@@ -1,8 +1,7 @@
 //! Events of time: the periodic tick (heartbeat timeouts, retention, the
 //! scheduler's own stalls) and deadlines (retries, the reclaim grace period).
 
-use super::lifecycle::on_worker_lost;
-use super::schedule::schedule;
+use super::lifecycle::{on_worker_lost, LostWorkerReason};
 use super::submit::forget;
 use super::{Core, Effects, TaskState};
 use crate::ids::{ConnId, JobId, WorkerId};
@@ -16,7 +15,7 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
     for w in core.workers.values_mut().filter(|w| !w.dropped.is_empty()) {
         w.dropped.retain(|_, at| now.saturating_sub(*at) <= timeout);
     }
-    on_deadline(core, fx, now);
+    on_deadline(core, now);
     if let Some(retention) = core.config.retention_us {
         let expired: Vec<JobId> = core
             .jobs
@@ -36,8 +35,7 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
         .collect();
     for (id, conn, quiet_us) in silent {
         core.stale_conns.insert(conn, false);
-        let why = format!("no heartbeat for {:.1}s", quiet_us as f64 / 1e6);
-        on_worker_lost(core, fx, now, id, &why);
+        on_worker_lost(core, fx, now, id, LostWorkerReason::HeartbeatTimeout { quiet_us });
     }
 }
 
@@ -68,7 +66,7 @@ fn note_stall(core: &mut Core, now: u64) {
 /// Releases the retries whose backoff is over and ends the reclaim grace
 /// period once due: on every tick, and when the actor's timer for
 /// `Core::next_deadline` fires.
-pub fn on_deadline(core: &mut Core, fx: &mut impl Effects, now: u64) {
+pub fn on_deadline(core: &mut Core, now: u64) {
     if !core.delayed.is_empty() {
         let (due, later): (Vec<_>, Vec<_>) = core.delayed.drain(..).partition(|(t, _)| *t <= now);
         core.delayed = later;
@@ -78,14 +76,14 @@ pub fn on_deadline(core: &mut Core, fx: &mut impl Effects, now: u64) {
                 core.push_ready(tid);
             }
         }
-        schedule(core, fx);
+        core.ask_for_scheduling();
     }
     if core.hold_until.is_some_and(|t| now >= t) {
         core.hold_until = None;
         let unclaimed =
             core.jobs.values().flat_map(|j| &j.tasks).filter(|t| t.state == TaskState::Ready).count();
         tracing::info!(requeued = unclaimed, "grace period over: unclaimed tasks go to any worker");
-        schedule(core, fx);
+        core.ask_for_scheduling();
     }
 }
 

@@ -8,6 +8,10 @@
 
 mod worker;
 
+use super::testenv::step::{
+    on_cancel, on_connection_closed, on_forget, on_heartbeat, on_released, on_reports, on_retire_worker,
+    on_retry, on_submit, on_tick, on_worker_draining, on_worker_joined, on_worker_lost,
+};
 use super::*;
 use crate::ids::{ConnId, JobId, TaskId};
 use crate::persistence::Record;
@@ -47,6 +51,9 @@ struct SimFx {
 
 impl Effects for SimFx {
     fn to_worker(&mut self, conn: ConnId, msg: ToWorker) {
+        self.workers.push((conn, msg));
+    }
+    fn to_worker_after_flush(&mut self, conn: ConnId, msg: ToWorker) {
         self.workers.push((conn, msg));
     }
     fn to_client(&mut self, _: ConnId, _: ToClient) {}
@@ -441,7 +448,13 @@ impl Sim {
                 if let Some(conn) = w.conn {
                     event(format!("{conn} says goodbye"));
                     if let Some(wid) = self.core.worker_by_conn.get(&conn).copied() {
-                        on_worker_lost(&mut self.core, &mut self.fx, self.now, wid, GOODBYE);
+                        on_worker_lost(
+                            &mut self.core,
+                            &mut self.fx,
+                            self.now,
+                            wid,
+                            LostWorkerReason::Goodbye,
+                        );
                     }
                     self.close(i);
                     self.workers.remove(i);
