@@ -11,7 +11,7 @@ impl Core {
     pub fn sanity_check(&self) {
         self.check_workers();
         let ready: HashSet<TaskId> = self.ready.iter().map(|e| e.task).collect();
-        let delayed: HashSet<TaskId> = self.delayed.iter().map(|(_, t)| *t).collect();
+        let delayed: HashSet<TaskId> = self.deadlines.retries().map(|(_, t)| t).collect();
         let mut n_assigned = 0;
         for (jid, job) in &self.jobs {
             let (mut fin, mut failed) = (0, 0);

@@ -213,6 +213,10 @@ pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, can
     let dependents = if ok { task.dependents.clone() } else { Vec::new() };
     if job.is_done() {
         job.done_at = Some(now);
+        if let Some(retention) = core.config.retention_us {
+            let at = now.saturating_add(retention).saturating_add(1);
+            core.deadlines.add(at, super::deadlines::Due::Retention(tid.job));
+        }
     }
     for d in dependents {
         let Some(t) = core.jobs.get_mut(&d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {

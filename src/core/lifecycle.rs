@@ -59,6 +59,8 @@ pub fn on_worker_joined(
         },
     );
     core.worker_by_conn.insert(conn, id);
+    let at = now.saturating_add(core.config.heartbeat_timeout_us).saturating_add(1);
+    core.deadlines.add(at, super::deadlines::Due::Heartbeat(id));
     fx.to_worker(conn, ToWorker::Registered { worker: id });
     claim(core, id, w.running);
     core.ask_for_scheduling();

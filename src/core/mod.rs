@@ -4,6 +4,7 @@
 
 mod admin;
 mod check;
+mod deadlines;
 mod graph;
 mod lifecycle;
 mod pins;

@@ -133,7 +133,7 @@ fn accept_report(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
         task.state = TaskState::Delayed;
         let delay = backoff.saturating_mul(1 << (task.failures - 1).min(10));
         tracing::info!(task = %r.task, failures = task.failures, retries = task.retries, "task failed; retrying");
-        core.delayed.push((now.saturating_add(delay), r.task));
+        core.deadlines.add(now.saturating_add(delay), super::deadlines::Due::Retry(r.task));
         if let Some(h) = holder {
             core.unhold(h, r.task, Leave::Unproduced);
         }

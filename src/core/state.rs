@@ -1,6 +1,7 @@
 //! `Core`: the scheduler's whole state, and the queries over it that
 //! handlers and views share.
 
+use super::deadlines::{Deadlines, Lane};
 use super::{CoreConfig, Job, NannyRecord, ReadyEntry, Task, Worker};
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -16,8 +17,8 @@ pub struct Core {
     /// Tasks waiting for a worker: highest priority, then submission order.
     /// Entries whose task is no longer `Ready` are skipped when popped.
     pub ready: BinaryHeap<ReadyEntry>,
-    /// Failed tasks waiting out their retry backoff: (due time, task).
-    pub delayed: Vec<(u64, TaskId)>,
+    /// Retries, the end of the grace period, retention, heartbeat timeouts.
+    pub deadlines: Deadlines,
     /// After a restart, nothing is scheduled until this time, so that workers
     /// can reclaim the tasks they kept running.
     pub hold_until: Option<u64>,
@@ -77,11 +78,7 @@ impl Core {
     /// The earliest time something is due that no message will trigger: a
     /// retry whose backoff is over, the end of the reclaim grace period.
     pub fn next_deadline(&self) -> Option<u64> {
-        let retry = self.delayed.iter().map(|(t, _)| *t).min();
-        match (retry, self.hold_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.deadlines.next(Lane::Wake)
     }
 
     /// The tasks a worker runs now: it runs them in the order it got them,

@@ -343,7 +343,7 @@ fn impossible_numbers_are_refused_and_huge_ones_do_not_overflow() {
     on_reports(&mut core, &mut fx, u64::MAX - 5, conn, u64::MAX, vec![report(a, err("flaky"))]);
     core.sanity_check();
     assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Delayed);
-    assert!(core.delayed.iter().all(|(due, _)| *due == u64::MAX));
+    assert!(core.deadlines.retries().all(|(due, _)| due == u64::MAX));
     assert!(fx.workers.iter().any(|(_, m)| matches!(m, ToWorker::Ack { batch: u64::MAX })));
 
     // After a restart, a worker reclaims a task at attempt u32::MAX and dies.

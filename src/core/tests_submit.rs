@@ -141,8 +141,13 @@ fn a_retry_is_due_exactly_after_its_backoff() {
     core.sanity_check();
 
     // The end of a reclaim grace period is a deadline too.
-    let held = Core { hold_until: Some(5), ..Default::default() };
+    let mut held = Core::default();
+    submit(&mut held, &mut TestFx::default(), vec![keyed("a", &[])]).unwrap();
+    begin_recovery(&mut held, 0, 5);
     assert_eq!(held.next_deadline(), Some(5));
+    on_deadline(&mut held, &mut TestFx::default(), 5);
+    assert_eq!(held.next_deadline(), None);
+    assert!(held.hold_until.is_none(), "the grace period is over");
 }
 
 #[test]

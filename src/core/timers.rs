@@ -1,6 +1,7 @@
 //! Events of time: the periodic tick (heartbeat timeouts, retention, the
 //! scheduler's own stalls) and deadlines (retries, the reclaim grace period).
 
+use super::deadlines::{Due, Lane};
 use super::lifecycle::{on_worker_lost, LostWorkerReason};
 use super::submit::forget;
 use super::{Core, Effects, TaskState};
@@ -16,26 +17,40 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
         w.dropped.retain(|_, at| now.saturating_sub(*at) <= timeout);
     }
     on_deadline(core, now);
-    if let Some(retention) = core.config.retention_us {
-        let expired: Vec<JobId> = core
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.done_at.is_some_and(|t| now.saturating_sub(t) > retention))
-            .map(|(id, _)| *id)
-            .collect();
-        for job in expired {
-            forget(core, fx, job, "retention period over");
+    let mut silent: Vec<(WorkerId, ConnId, u64)> = Vec::new();
+    for due in core.deadlines.take_due(Lane::Tick, now) {
+        match due {
+            Due::Retention(job) => expire(core, fx, now, job),
+            Due::Heartbeat(id) => {
+                let Some(w) = core.workers.get(&id) else { continue };
+                let quiet_us = now.saturating_sub(w.last_seen);
+                if quiet_us > timeout {
+                    silent.push((id, w.conn, quiet_us));
+                } else {
+                    // Heard from since: due again a timeout after that.
+                    let at = w.last_seen.saturating_add(timeout).saturating_add(1);
+                    core.deadlines.add(at, Due::Heartbeat(id));
+                }
+            }
+            Due::GraceOver | Due::Retry(_) => unreachable!("not in the tick lane: {due:?}"),
         }
     }
-    let silent: Vec<(WorkerId, ConnId, u64)> = core
-        .workers
-        .iter()
-        .filter(|(_, w)| now.saturating_sub(w.last_seen) > timeout)
-        .map(|(id, w)| (*id, w.conn, now.saturating_sub(w.last_seen)))
-        .collect();
+    silent.sort_unstable();
     for (id, conn, quiet_us) in silent {
         core.stale_conns.insert(conn, false);
         on_worker_lost(core, fx, now, id, LostWorkerReason::HeartbeatTimeout { quiet_us });
+    }
+}
+
+/// A finished job's retention entry came due: it is forgotten if it is
+/// still finished since then; finished again later (after a retry), it is
+/// due again from then.
+fn expire(core: &mut Core, fx: &mut impl Effects, now: u64, job: JobId) {
+    let Some(retention) = core.config.retention_us else { return };
+    match core.jobs.get(&job).and_then(|j| j.done_at) {
+        Some(t) if now.saturating_sub(t) > retention => forget(core, fx, job, "retention period over"),
+        Some(t) => core.deadlines.add(t.saturating_add(retention).saturating_add(1), Due::Retention(job)),
+        None => {} // running again: due once it finishes
     }
 }
 
@@ -67,23 +82,25 @@ fn note_stall(core: &mut Core, now: u64) {
 /// period once due: on every tick, and when the actor's timer for
 /// `Core::next_deadline` fires.
 pub fn on_deadline(core: &mut Core, now: u64) {
-    if !core.delayed.is_empty() {
-        let (due, later): (Vec<_>, Vec<_>) = core.delayed.drain(..).partition(|(t, _)| *t <= now);
-        core.delayed = later;
-        for (_, tid) in due {
-            if core.find_task(tid).is_some_and(|t| t.state == TaskState::Delayed) {
-                core.get_task_mut(tid).state = TaskState::Ready;
-                core.push_ready(tid);
+    for due in core.deadlines.take_due(Lane::Wake, now) {
+        match due {
+            Due::Retry(tid) => {
+                if core.find_task(tid).is_some_and(|t| t.state == TaskState::Delayed) {
+                    core.get_task_mut(tid).state = TaskState::Ready;
+                    core.push_ready(tid);
+                    core.ask_for_scheduling();
+                }
             }
+            Due::GraceOver if core.hold_until.is_some_and(|t| now >= t) => {
+                core.hold_until = None;
+                let unclaimed =
+                    core.jobs.values().flat_map(|j| &j.tasks).filter(|t| t.state == TaskState::Ready).count();
+                tracing::info!(requeued = unclaimed, "grace period over: unclaimed tasks go to any worker");
+                core.ask_for_scheduling();
+            }
+            Due::GraceOver => {}
+            Due::Retention(_) | Due::Heartbeat(_) => unreachable!("not in the wake lane: {due:?}"),
         }
-        core.ask_for_scheduling();
-    }
-    if core.hold_until.is_some_and(|t| now >= t) {
-        core.hold_until = None;
-        let unclaimed =
-            core.jobs.values().flat_map(|j| &j.tasks).filter(|t| t.state == TaskState::Ready).count();
-        tracing::info!(requeued = unclaimed, "grace period over: unclaimed tasks go to any worker");
-        core.ask_for_scheduling();
     }
 }
 
@@ -94,7 +111,9 @@ const MIN_STALL_US: u64 = 50_000;
 /// workers that kept running can reconnect and reclaim their tasks first.
 pub fn begin_recovery(core: &mut Core, now: u64, grace_us: u64) {
     if !core.ready.is_empty() && grace_us > 0 {
-        core.hold_until = Some(now + grace_us);
+        let until = now.saturating_add(grace_us);
+        core.hold_until = Some(until);
+        core.deadlines.add(until, Due::GraceOver);
         tracing::info!(
             unfinished = core.ready.len(),
             grace_ms = grace_us / 1000,
