@@ -171,12 +171,12 @@ pub async fn start_scheduler(opts: SchedulerOptions) -> Result<SchedulerHandle, 
     let now = crate::util::now_micros();
     crate::core::replay(&mut core, now, records);
     if let AnyJournal::Sled(j) = &journal {
-        let tasks: usize = core.jobs.values().map(|j| j.tasks.len()).sum();
+        let (jobs, tasks) = core.job_count();
         tracing::info!(
             journal = %j.dir().display(),
             epoch = j.epoch(),
             records = n_records,
-            jobs = core.jobs.len(),
+            jobs,
             tasks,
             bytes = j.size_on_disk(),
             ms = t0.elapsed().as_millis() as u64,

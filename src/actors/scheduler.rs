@@ -296,7 +296,7 @@ fn handle_msg(
                 FromWorker::Draining { returned } => core::on_worker_draining(core, conn, returned),
                 FromWorker::Released { tasks } => core::on_released(core, conn, tasks),
                 FromWorker::Goodbye => {
-                    if let Some(w) = core.worker_by_conn.get(&conn).copied() {
+                    if let Some(w) = core.worker_by_conn(conn) {
                         core::on_worker_lost(core, fx, now, w, core::LostWorkerReason::Goodbye);
                     }
                 }
@@ -386,7 +386,7 @@ fn handle_msg(
             SchedMsg::Tick => {
                 core::on_tick(core, fx, now);
                 let t = std::time::Instant::now();
-                st.throughput.push_back((t, st.core.outcomes_total));
+                st.throughput.push_back((t, st.core.outcomes_total()));
                 while st.throughput.len() > 2
                     && st.throughput.get(1).is_some_and(|(t1, _)| t.duration_since(*t1).as_secs() >= 10)
                 {
@@ -418,7 +418,7 @@ fn handle_msg(
         // The one scheduling pass of this event, if a handler asked for it.
         st.core.finish_step(&mut st.outbox);
         arm_deadline(&myself, st, now);
-        if st.core.stopping && !st.shutdown_requested && st.core.assigned_count() == 0 {
+        if st.core.is_stopping() && !st.shutdown_requested && st.core.assigned_count() == 0 {
             // Drained: stop once what is gathered is durable and sent.
             tracing::info!("drained: no task is running any more; stopping");
             st.shutdown_requested = true;
@@ -518,13 +518,12 @@ fn drain_and_stop(core: &mut Core, fx: &mut Outbox, conn: ConnId) {
 /// every nanny is told to stop its workers, every worker without a nanny
 /// to exit; the process stops once they have hung up (at most FAREWELL_WAIT).
 fn farewell(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) {
-    let nannies = st.core.nannies.values().map(|n| n.conn).filter(|c| st.sessions.contains_key(c));
-    for conn in nannies.collect::<Vec<_>>() {
+    let (nannies, alone) = st.core.farewell_conns();
+    for conn in nannies.into_iter().filter(|c| st.sessions.contains_key(c)) {
         st.outbox.to_nanny(conn, ToNanny::Shutdown);
         st.farewell.insert(conn);
     }
-    let alone = st.core.workers.values().filter(|w| w.nanny.is_none()).map(|w| w.conn);
-    for conn in alone.filter(|c| st.sessions.contains_key(c)).collect::<Vec<_>>() {
+    for conn in alone.into_iter().filter(|c| st.sessions.contains_key(c)) {
         st.outbox.to_worker(conn, ToWorker::Shutdown);
         st.farewell.insert(conn);
     }

@@ -52,7 +52,7 @@ pub fn on_nanny_left(core: &mut Core, conn: ConnId) {
 
 /// Forwards an operator's restart request to the worker's nanny.
 pub fn on_restart_worker(core: &mut Core, fx: &mut impl Effects, conn: ConnId, worker: WorkerId) {
-    let reply = match core.workers.get(&worker) {
+    let reply = match core.workers.find_worker(worker) {
         None => Err(format!("no worker {worker} (see `actord ctl workers`)")),
         Some(w) => match &w.nanny {
             None => Err(format!("worker {worker} (pid {} on {}) was not started by a nanny", w.pid, w.host)),
@@ -87,7 +87,7 @@ pub struct CancelMsg {
 /// running ones are stopped on their workers; dependents fail.
 pub fn on_cancel(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, msg: CancelMsg) {
     let CancelMsg { job, keys } = msg;
-    let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
+    let Some(j) = core.jobs.find_job(job) else { return no_job(fx, conn, job) };
     let targets: Vec<u32> = if keys.is_empty() {
         (0..j.tasks.len() as u32).collect()
     } else {
@@ -115,7 +115,7 @@ pub fn on_cancel(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId,
         }
         if let TaskState::Assigned(w) = task.state {
             if core.unhold(w, tid, Leave::Elsewhere) {
-                stop.entry(core.workers[&w].conn).or_default().push(tid);
+                stop.entry(core.workers.get_worker(w).conn).or_default().push(tid);
                 core.mark_dropped(w, tid); // it reports that copy as canceled
             }
         }
@@ -137,7 +137,7 @@ pub fn on_cancel(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId,
 /// them wait for them again). Attempt numbers go on counting, so a late
 /// report of an earlier attempt is still told apart.
 pub(super) fn retry_tasks(core: &mut Core, job: JobId, idx: &[u32]) -> Vec<TaskId> {
-    let Some(j) = core.jobs.get_mut(&job) else { return Vec::new() };
+    let Some(j) = core.jobs.find_job_mut(job) else { return Vec::new() };
     let mut again = Vec::new();
     for &i in idx {
         let Some(t) = j.tasks.get_mut(i as usize) else { continue };
@@ -159,7 +159,7 @@ pub(super) fn retry_tasks(core: &mut Core, job: JobId, idx: &[u32]) -> Vec<TaskI
         let deps = core.find_task(tid).map(|t| t.deps.clone()).unwrap_or_default();
         let mut waiting = 0;
         for (k, d) in deps.iter().enumerate() {
-            let Some(dt) = core.jobs.get_mut(&d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {
+            let Some(dt) = core.jobs.find_job_mut(d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {
                 continue;
             };
             if dt.outcome.is_none() {
@@ -184,7 +184,7 @@ pub(super) fn retry_tasks(core: &mut Core, job: JobId, idx: &[u32]) -> Vec<TaskI
 
 /// `ctl retry JOB`: runs the job's failed and canceled tasks again.
 pub fn on_retry(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
-    let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
+    let Some(j) = core.jobs.find_job(job) else { return no_job(fx, conn, job) };
     let failed = |t: &Task| matches!(t.state, TaskState::Failed | TaskState::Canceled);
     let mut retry: rustc_hash::FxHashSet<u32> =
         (0..j.tasks.len() as u32).filter(|i| failed(&j.tasks[*i as usize])).collect();
@@ -229,7 +229,7 @@ pub fn on_retry(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId
 /// tasks back, finishes the running ones and stops; a nanny's worker is
 /// retired through its nanny, which does not restart it.
 pub fn on_retire_worker(core: &mut Core, fx: &mut impl Effects, conn: ConnId, worker: WorkerId) {
-    let Some(w) = core.workers.get_mut(&worker) else {
+    let Some(w) = core.workers.find_worker_mut(worker) else {
         let message = format!("no worker {worker} (see `actord ctl workers`)");
         return fx.to_client(conn, ToClient::Error { job: None, message });
     };

@@ -55,8 +55,9 @@ impl Core {
 
     /// Connection maps, and what each worker holds and uses.
     fn check_workers(&self) {
-        for (wid, w) in &self.workers {
-            assert_eq!(self.worker_by_conn.get(&w.conn), Some(wid), "conn map of {wid}");
+        self.workers.check();
+        for (wid, w) in self.workers.iter() {
+            assert_eq!(self.workers.by_conn(w.conn), Some(*wid), "conn map of {wid}");
             assert_eq!(self.conn_process.get(&w.conn), Some(&w.process), "process of {wid}");
             let mut used = Resources::new();
             for t in &w.assigned {
@@ -69,10 +70,9 @@ impl Core {
             }
             assert_eq!(used, w.used, "resources in use on {wid}");
         }
-        assert_eq!(self.worker_by_conn.len(), self.workers.len());
         for c in self.stale_conns.keys() {
             assert!(self.conn_process.contains_key(c), "stale {c} of no process");
-            assert!(!self.worker_by_conn.contains_key(c), "stale {c} has a worker");
+            assert!(self.workers.by_conn(*c).is_none(), "stale {c} has a worker");
         }
         assert_eq!(self.nanny_by_conn.len(), self.nannies.len());
         for (id, n) in &self.nannies {
@@ -84,7 +84,7 @@ impl Core {
     /// and if it is pinned there ahead of its inputs, those are produced there.
     fn check_assigned(&self, id: TaskId, wid: WorkerId) {
         let t = self.find_task(id).expect("checked task");
-        let w = self.workers.get(&wid).unwrap_or_else(|| panic!("{id} on gone {wid}"));
+        let w = self.workers.find_worker(wid).unwrap_or_else(|| panic!("{id} on gone {wid}"));
         assert!(w.assigned.contains(&id), "{id} on {wid}, which does not hold it");
         assert!(t.may_report(w.process, t.held_attempt), "{wid} may not report {id}, which it holds");
         for d in &t.deps {

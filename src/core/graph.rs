@@ -44,7 +44,7 @@ pub fn resolve(core: &Core, job: JobId, specs: &[TaskSpec]) -> Result<Vec<Vec<Ta
         for d in &s.deps {
             match d.job {
                 Some(other) if other != job => {
-                    let Some(oj) = core.jobs.get(&other) else {
+                    let Some(oj) = core.jobs.find_job(other) else {
                         return Err(format!(
                             "task {i} depends on job {other}, which this scheduler does not know"
                         ));
@@ -167,7 +167,7 @@ pub fn complete(
         let told = set_outcome(core, now, tid, outcome, canceled);
         out.by_job.entry(tid.job).or_default().push(told);
         if let Some(error) = reason {
-            let job = &core.jobs[&tid.job];
+            let job = &core.jobs.get_job(tid.job);
             let name = task_name(job, tid.idx);
             let how = if canceled { "was canceled".to_string() } else { format!("failed: {error}") };
             for d in job.tasks[tid.idx as usize].dependents.clone() {
@@ -194,7 +194,7 @@ pub fn flush_completed(core: &mut Core, fx: &mut impl Effects, out: Completed) {
 /// Sets a task's outcome (live and in replay): state, counts, and, when it
 /// finished, the readiness of the tasks waiting for it.
 pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, canceled: bool) -> TaskOutcome {
-    let job = core.jobs.get_mut(&tid.job).expect("job of a live task");
+    let job = core.jobs.find_job_mut(tid.job).expect("job of a live task");
     let task = &mut job.tasks[tid.idx as usize];
     let ok = outcome.is_ok();
     task.state = match (ok, canceled) {
@@ -219,7 +219,7 @@ pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, can
         }
     }
     for d in dependents {
-        let Some(t) = core.jobs.get_mut(&d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {
+        let Some(t) = core.jobs.find_job_mut(d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {
             continue;
         };
         t.waiting = t.waiting.saturating_sub(1);
@@ -249,7 +249,7 @@ pub(super) fn notify_watchers(
     job: JobId,
     outcomes: Vec<TaskOutcome>,
 ) {
-    let Some(j) = core.jobs.get_mut(&job) else {
+    let Some(j) = core.jobs.find_job_mut(job) else {
         return;
     };
     let done = j.is_done();

@@ -27,7 +27,7 @@ pub fn on_worker_joined(
     conn: ConnId,
     w: NewWorker,
 ) -> WorkerId {
-    if let Some(old) = core.worker_by_conn.get(&conn).copied() {
+    if let Some(old) = core.workers.by_conn(conn) {
         // Registering again on the same connection replaces the incarnation.
         on_worker_lost(core, fx, now, old, LostWorkerReason::Reregistered);
     }
@@ -58,7 +58,6 @@ pub fn on_worker_joined(
             dropped: Default::default(),
         },
     );
-    core.worker_by_conn.insert(conn, id);
     let at = now.saturating_add(core.config.heartbeat_timeout_us).saturating_add(1);
     core.deadlines.add(at, super::deadlines::Due::Heartbeat(id));
     fx.to_worker(conn, ToWorker::Registered { worker: id });
@@ -72,12 +71,13 @@ pub fn on_worker_joined(
 fn claim(core: &mut Core, id: WorkerId, running: Vec<(TaskId, u32)>) {
     let mut claimed = 0;
     for (tid, attempt) in running {
-        let Some(task) = core.jobs.get_mut(&tid.job).and_then(|j| j.tasks.get_mut(tid.idx as usize)) else {
+        let Some(task) = core.jobs.find_job_mut(tid.job).and_then(|j| j.tasks.get_mut(tid.idx as usize))
+        else {
             continue;
         };
         // (An attempt voided by `ctl retry` would never count.)
         if task.state == TaskState::Ready && attempt > task.void_attempts {
-            let w = core.workers.get_mut(&id).expect("just registered");
+            let w = core.workers.find_worker_mut(id).expect("just registered");
             task.state = TaskState::Assigned(id);
             task.attempts = task.attempts.max(attempt);
             task.held_attempt = attempt;
@@ -100,10 +100,9 @@ fn claim(core: &mut Core, id: WorkerId, running: Vec<(TaskId, u32)>) {
 /// A worker is gone (connection closed, or declared dead): its unreported
 /// tasks go back to the queue, except those that have now killed too many.
 pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: WorkerId, why: LostWorkerReason) {
-    let Some(w) = core.workers.remove(&id) else {
+    let Some(w) = core.workers.remove(id) else {
         return;
     };
-    core.worker_by_conn.remove(&w.conn);
     core.pin_frontier.remove(&id);
     if why == LostWorkerReason::Goodbye && w.assigned.is_empty() {
         tracing::info!(worker = %id, "worker left");
@@ -184,7 +183,7 @@ impl std::fmt::Display for LostWorkerReason {
 }
 
 pub fn on_connection_closed(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId) {
-    if let Some(wid) = core.worker_by_conn.get(&conn).copied() {
+    if let Some(wid) = core.workers.by_conn(conn) {
         on_worker_lost(core, fx, now, wid, LostWorkerReason::ConnectionClosed);
     }
     core.stale_conns.remove(&conn);
@@ -196,7 +195,7 @@ pub fn on_connection_closed(core: &mut Core, fx: &mut impl Effects, now: u64, co
 }
 
 pub fn on_heartbeat(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, rss_kib: u64) {
-    if let Some(w) = core.worker_by_conn.get(&conn).and_then(|id| core.workers.get_mut(id)) {
+    if let Some(w) = core.workers.by_conn(conn).and_then(|id| core.workers.find_worker_mut(id)) {
         w.last_seen = now;
         w.rss_kib = rss_kib;
     } else {
@@ -219,8 +218,8 @@ pub(super) fn tell_stale(core: &mut Core, fx: &mut impl Effects, conn: ConnId) {
 /// A worker stops taking work: the queued tasks it hands back go to others;
 /// it keeps (and will report) the ones it runs.
 pub fn on_worker_draining(core: &mut Core, conn: ConnId, returned: Vec<TaskId>) {
-    let Some(wid) = core.worker_by_conn.get(&conn).copied() else { return };
-    core.workers.get_mut(&wid).expect("registered worker").draining = true;
+    let Some(wid) = core.workers.by_conn(conn) else { return };
+    core.workers.find_worker_mut(wid).expect("registered worker").draining = true;
     let mut back: Vec<TaskId> = returned
         .into_iter()
         .filter(|t| core.find_task(*t).is_some_and(|t| t.state == TaskState::Assigned(wid)))
@@ -233,7 +232,7 @@ pub fn on_worker_draining(core: &mut Core, conn: ConnId, returned: Vec<TaskId>) 
             requeue(core, *tid, true); // it never started
         }
     }
-    let w = &core.workers[&wid];
+    let w = &core.workers.get_worker(wid);
     tracing::info!(worker = %wid, returned = back.len(), running = w.assigned.len(), "worker draining");
     core.ask_for_scheduling();
 }

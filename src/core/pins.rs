@@ -19,7 +19,7 @@ impl Core {
         self.stealing.remove(&tid);
         let Some(task) = self.find_task(tid) else { return false };
         let req = task.resources.clone();
-        let Some(w) = self.workers.get_mut(&wid) else { return false };
+        let Some(w) = self.workers.find_worker_mut(wid) else { return false };
         if !w.release(&tid, &req) {
             return false;
         }
@@ -36,7 +36,7 @@ impl Core {
                     continue;
                 }
                 let req = dt.resources.clone();
-                self.workers.get_mut(&wid).expect("holds its pinned task").release(&d, &req);
+                self.workers.find_worker_mut(wid).expect("holds its pinned task").release(&d, &req);
                 self.stealing.remove(&d);
                 self.get_task_mut(d).local_inputs.clear();
                 self.unpinned.push((wid, d));
@@ -75,7 +75,7 @@ impl Core {
     /// nothing of `tid` goes back to it until then (see `Worker::dropped`).
     pub fn mark_dropped(&mut self, wid: WorkerId, tid: TaskId) {
         let now = self.last_tick.unwrap_or(0);
-        if let Some(w) = self.workers.get_mut(&wid) {
+        if let Some(w) = self.workers.find_worker_mut(wid) {
             w.dropped.insert(tid, now);
         }
     }
@@ -91,7 +91,7 @@ pub(super) fn send_unpinned(core: &mut Core, fx: &mut impl Effects) {
     list.sort();
     list.dedup();
     for chunk in list.chunk_by(|a, b| a.0 == b.0) {
-        if let Some(w) = core.workers.get(&chunk[0].0) {
+        if let Some(w) = core.workers.find_worker(chunk[0].0) {
             fx.to_worker(w.conn, ToWorker::Cancel { tasks: chunk.iter().map(|(_, t)| *t).collect() });
         }
     }
@@ -108,7 +108,7 @@ pub(super) fn pin(
     room: &mut usize,
     batch: &mut Vec<Assignment>,
 ) {
-    let slots = core.workers[&wid].slots.max(1) as usize;
+    let slots = core.workers.get_worker(wid).slots.max(1) as usize;
     // This round's roots (and what gets pinned behind them) first, then
     // those left from earlier rounds; only the new ones are looked at when
     // room runs out, so a long frontier costs nothing per round.
@@ -179,7 +179,7 @@ fn pinnable(core: &Core, wid: WorkerId, tid: TaskId) -> Option<Vec<(u32, TaskId)
     let t = core.find_task(tid)?;
     if t.state != TaskState::Waiting
         || !t.resources.is_empty()
-        || core.workers[&wid].dropped.contains_key(&tid)
+        || core.workers.get_worker(wid).dropped.contains_key(&tid)
     {
         return None;
     }

@@ -33,7 +33,7 @@ pub(super) fn assign(
 ) -> Assignment {
     core.next_assign_seq += 1;
     let seq = core.next_assign_seq;
-    let process = core.workers[&wid].process;
+    let process = core.workers.get_worker(wid).process;
     let task = core.get_task_mut(tid);
     // (A reclaiming worker may have claimed any attempt number.)
     task.attempts = task.attempts.saturating_add(1);
@@ -54,7 +54,7 @@ pub(super) fn assign(
         pending_inputs,
         has_dependents: !task.dependents.is_empty(),
     };
-    core.workers.get_mut(&wid).expect("a registered worker").hold(tid, &a.resources);
+    core.workers.find_worker_mut(wid).expect("a registered worker").hold(tid, &a.resources);
     a
 }
 
@@ -82,7 +82,7 @@ impl PartialOrd for ReadyEntry {
 impl Core {
     /// Queues a task that is `Ready`.
     pub fn push_ready(&mut self, tid: TaskId) {
-        let Some(job) = self.jobs.get(&tid.job) else { return };
+        let Some(job) = self.jobs.find_job(tid.job) else { return };
         let priority = job.tasks[tid.idx as usize].priority;
         self.ready.push(ReadyEntry { priority, order: (job.seq << 32) | tid.idx as u64, task: tid });
     }

@@ -17,7 +17,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
     for r in records {
         match r {
             Record::JobSubmitted { job, seq, name, tasks, functions } => {
-                if !core.jobs.contains_key(&job) {
+                if !core.jobs.contains(job) {
                     let deps = graph::resolve(core, job, &tasks).unwrap_or_else(|e| {
                         // e.g. a dependency on a job forgotten since: run without it.
                         tracing::warn!(job = %job, error = %e, "journaled dependencies no longer resolve");
@@ -26,7 +26,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                     // Failures it caused were journaled too, and come later.
                     let digest = submission_digest(&tasks, &functions);
                     let _ = insert_job(core, now, job, seq, name, tasks, deps);
-                    let j = core.jobs.get_mut(&job).expect("just inserted");
+                    let j = core.jobs.find_job_mut(job).expect("just inserted");
                     j.functions = functions;
                     j.digest = digest;
                     order.push(job);
@@ -43,7 +43,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                 }
             }
             Record::JobForgotten { job } => {
-                core.jobs.remove(&job);
+                core.jobs.remove(job);
             }
             Record::TasksRetried { job, idx } => {
                 retry_tasks(core, job, &idx);
@@ -53,7 +53,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
     core.replaying = false;
     core.ready.clear();
     for job in order {
-        let Some(j) = core.jobs.get(&job) else { continue };
+        let Some(j) = core.jobs.find_job(job) else { continue };
         let ready: Vec<u32> =
             (0..j.tasks.len() as u32).filter(|i| j.tasks[*i as usize].state == TaskState::Ready).collect();
         for idx in ready {

@@ -20,14 +20,14 @@ pub struct ReportsMsg {
 /// handed (nor reclaimed, nor may hold from before a restart).
 pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, msg: ReportsMsg) {
     let ReportsMsg { batch, reports } = msg;
-    let wid = core.worker_by_conn.get(&conn).copied();
+    let wid = core.workers.by_conn(conn);
     let process = core.conn_process.get(&conn).copied();
     let Some(process) = process.filter(|_| wid.is_some() || core.stale_conns.contains_key(&conn)) else {
         let message = "reports from a worker that has not registered".into();
         fx.to_worker(conn, ToWorker::Error { message });
         return;
     };
-    if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
+    if let Some(w) = wid.and_then(|id| core.workers.find_worker_mut(id)) {
         w.last_seen = now;
         if !w.dropped.is_empty() {
             for r in &reports {
@@ -114,7 +114,7 @@ fn accept_report(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
         && holder == wid
         && core.find_task(r.task).is_some_and(|t| t.held_attempt == r.attempt);
     if mine {
-        if let Some(w) = wid.and_then(|id| core.workers.get_mut(&id)) {
+        if let Some(w) = wid.and_then(|id| core.workers.find_worker_mut(id)) {
             let sample = r.micros as f64;
             w.avg_task_us = Some(match w.avg_task_us {
                 None => sample,

@@ -41,7 +41,7 @@ fn schedule(core: &mut Core, fx: &mut impl Effects) {
         .collect();
     // The least loaded workers pick first (an idle one before a busy one).
     free.sort_by_key(|(id, _, _)| {
-        let w = &core.workers[id];
+        let w = core.workers.get_worker(*id);
         (w.assigned.len() * 1024 / w.slots.max(1) as usize, *id)
     });
     let mut skipped = Vec::new();
@@ -54,7 +54,7 @@ fn schedule(core: &mut Core, fx: &mut impl Effects) {
         // The next worker (round robin) with room that has what the task needs.
         let n = free.len();
         let pick = (0..n).map(|k| (next + k) % n).find(|&k| {
-            let w = &core.workers[&free[k].0];
+            let w = core.workers.get_worker(free[k].0);
             free[k].1 > 0
                 && (task.resources.is_empty() || w.fits(&task.resources))
                 && !w.dropped.contains_key(&tid)
@@ -83,7 +83,7 @@ fn schedule(core: &mut Core, fx: &mut impl Effects) {
     for (wid, _, batch) in free {
         if !batch.is_empty() {
             let functions = functions_to_send(core, wid, &batch);
-            fx.to_worker(core.workers[&wid].conn, ToWorker::Assign { tasks: batch, functions });
+            fx.to_worker(core.workers.get_worker(wid).conn, ToWorker::Assign { tasks: batch, functions });
         }
     }
     if core.ready.is_empty() {
@@ -98,11 +98,11 @@ fn functions_to_send(core: &mut Core, wid: WorkerId, batch: &[Assignment]) -> Ve
     for a in batch {
         let TaskKind::Py { func, .. } = a.kind else { continue };
         let key = (a.task.job, func);
-        let w = core.workers.get_mut(&wid).expect("a registered worker");
+        let w = core.workers.find_worker_mut(wid).expect("a registered worker");
         if w.functions_sent.contains(&key) {
             continue;
         }
-        let pickle = core.jobs.get(&a.task.job).and_then(|j| j.functions.get(func as usize));
+        let pickle = core.jobs.find_job(a.task.job).and_then(|j| j.functions.get(func as usize));
         if let Some(pickle) = pickle {
             w.functions_sent.insert(key);
             out.push(PyFunction { job: a.task.job, func, pickle: pickle.clone() });
@@ -173,7 +173,7 @@ fn steal(core: &mut Core, fx: &mut impl Effects) {
 
 /// A worker gave back queued tasks it was asked for: they go to others.
 pub fn on_released(core: &mut Core, conn: ConnId, tasks: Vec<TaskId>) {
-    let Some(wid) = core.worker_by_conn.get(&conn).copied() else { return };
+    let Some(wid) = core.workers.by_conn(conn) else { return };
     tracing::debug!(worker = %wid, given = tasks.len(), "worker gave back tasks");
     for tid in &tasks {
         core.stealing.remove(tid);

@@ -2,59 +2,59 @@
 //! handlers and views share.
 
 use super::deadlines::{Deadlines, Lane};
-use super::{CoreConfig, Job, NannyRecord, ReadyEntry, Task, Worker};
-use crate::ids::{ConnId, JobId, TaskId, WorkerId};
+use super::maps::{TaskMap, WorkerMap};
+use super::{CoreConfig, NannyRecord, ReadyEntry, Task, Worker};
+use crate::ids::{ConnId, TaskId, WorkerId};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::{BTreeMap, BinaryHeap};
 
 /// The scheduler's whole state.
 #[derive(Default)]
 pub struct Core {
-    pub config: CoreConfig,
-    pub jobs: HashMap<JobId, Job>,
-    pub workers: BTreeMap<WorkerId, Worker>,
-    pub worker_by_conn: HashMap<ConnId, WorkerId>,
+    pub(super) config: CoreConfig,
+    pub(super) jobs: TaskMap,
+    pub(super) workers: WorkerMap,
     /// Tasks waiting for a worker: highest priority, then submission order.
     /// Entries whose task is no longer `Ready` are skipped when popped.
-    pub ready: BinaryHeap<ReadyEntry>,
+    pub(super) ready: BinaryHeap<ReadyEntry>,
     /// Retries, the end of the grace period, retention, heartbeat timeouts.
-    pub deadlines: Deadlines,
+    pub(super) deadlines: Deadlines,
     /// After a restart, nothing is scheduled until this time, so that workers
     /// can reclaim the tasks they kept running.
-    pub hold_until: Option<u64>,
-    pub next_job_seq: u64,
+    pub(super) hold_until: Option<u64>,
+    pub(super) next_job_seq: u64,
     /// Tasks some worker was asked to give back (work stealing).
-    pub stealing: HashSet<TaskId>,
-    pub next_assign_seq: u64,
-    pub next_worker: u64,
+    pub(super) stealing: HashSet<TaskId>,
+    pub(super) next_assign_seq: u64,
+    pub(super) next_worker: u64,
     /// Reports dropped because the task already had its outcome (record-once).
-    pub duplicate_reports: u64,
+    pub(super) duplicate_reports: u64,
     /// Reports dropped because the reporting worker never held the task.
-    pub foreign_reports: u64,
+    pub(super) foreign_reports: u64,
     /// The worker process behind each worker connection, registered or stale.
-    pub conn_process: HashMap<ConnId, u64>,
+    pub(super) conn_process: HashMap<ConnId, u64>,
     /// Pinned tasks taken back from their workers, to tell them (see `unhold`).
-    pub unpinned: Vec<(WorkerId, TaskId)>,
+    pub(super) unpinned: Vec<(WorkerId, TaskId)>,
     /// When the last tick ran: a tick much later than that means the
     /// scheduler itself was stopped (see `on_tick`).
-    pub last_tick: Option<u64>,
+    pub(super) last_tick: Option<u64>,
     /// Connections whose worker was declared lost while the connection
     /// stayed open; `true` once told to re-register.
-    pub stale_conns: HashMap<ConnId, bool>,
-    pub nannies: BTreeMap<u64, NannyRecord>,
-    pub nanny_by_conn: HashMap<ConnId, u64>,
-    pub next_nanny: u64,
+    pub(super) stale_conns: HashMap<ConnId, bool>,
+    pub(super) nannies: BTreeMap<u64, NannyRecord>,
+    pub(super) nanny_by_conn: HashMap<ConnId, u64>,
+    pub(super) next_nanny: u64,
     /// Outcomes recorded since start-up (replay included): for throughput.
-    pub outcomes_total: u64,
+    pub(super) outcomes_total: u64,
     /// Draining for a shutdown: no task is handed out any more.
-    pub stopping: bool,
+    pub(super) stopping: bool,
     /// Tasks on a worker whose dependents may still be pinned there once it
     /// has room (see `schedule`).
-    pub pin_frontier: HashMap<WorkerId, std::collections::VecDeque<TaskId>>,
+    pub(super) pin_frontier: HashMap<WorkerId, std::collections::VecDeque<TaskId>>,
     /// Inside `replay`: tasks are queued once, at its end.
-    pub replaying: bool,
+    pub(super) replaying: bool,
     /// A handler asked for a scheduling pass: `finish_step` runs it.
-    pub schedule_asked: bool,
+    pub(super) schedule_asked: bool,
 }
 
 impl Core {
@@ -112,13 +112,46 @@ impl Core {
     }
 
     pub fn find_task(&self, id: TaskId) -> Option<&Task> {
-        self.jobs.get(&id.job)?.tasks.get(id.idx as usize)
+        self.jobs.find_task(id)
+    }
+
+    pub fn get_task(&self, id: TaskId) -> &Task {
+        self.jobs.get_task(id)
     }
 
     pub fn get_task_mut(&mut self, id: TaskId) -> &mut Task {
-        match self.jobs.get_mut(&id.job).and_then(|j| j.tasks.get_mut(id.idx as usize)) {
-            Some(t) => t,
-            None => panic!("task {id} is not in the core"),
-        }
+        self.jobs.get_task_mut(id)
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// The worker registered on `conn`, if any.
+    pub fn worker_by_conn(&self, conn: ConnId) -> Option<WorkerId> {
+        self.workers.by_conn(conn)
+    }
+
+    /// Outcomes recorded since start-up (replay included): for throughput.
+    pub fn outcomes_total(&self) -> u64 {
+        self.outcomes_total
+    }
+
+    /// Draining for a shutdown (`ctl shutdown --drain`).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Jobs, and tasks over all jobs.
+    pub fn job_count(&self) -> (usize, usize) {
+        (self.jobs.len(), self.jobs.values().map(|j| j.tasks.len()).sum())
+    }
+
+    /// The connections of the nannies, and of the workers no nanny started:
+    /// whom to tell when the scheduler shuts down for good.
+    pub fn farewell_conns(&self) -> (Vec<ConnId>, Vec<ConnId>) {
+        let nannies = self.nannies.values().map(|n| n.conn).collect();
+        let alone = self.workers.values().filter(|w| w.nanny.is_none()).map(|w| w.conn).collect();
+        (nannies, alone)
     }
 }

@@ -115,7 +115,7 @@ impl SubmitMsg {
 
 pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, msg: SubmitMsg) {
     let job = msg.job;
-    if let Some(existing) = core.jobs.get(&job) {
+    if let Some(existing) = core.jobs.find_job(job) {
         let tasks = &msg.tasks;
         // A resubmission after a lost reply: same job, nothing new to do.
         if existing.digest == submission_digest(tasks, &msg.functions) {
@@ -149,7 +149,7 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
     });
     let digest = submission_digest(&tasks, &functions);
     let doomed = insert_job(core, now, job, seq, name, tasks, deps);
-    let j = core.jobs.get_mut(&job).expect("just inserted");
+    let j = core.jobs.find_job_mut(job).expect("just inserted");
     j.functions = functions;
     j.digest = digest;
     // Tasks that depend on a task of an earlier job that already failed.
@@ -157,7 +157,7 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
     for (tid, error) in doomed {
         graph::complete(core, now, tid, Outcome::err(error), false, &mut failed);
     }
-    let n = core.jobs[&job].tasks.len() as u32;
+    let n = core.jobs.get_job(job).tasks.len() as u32;
     tracing::info!(job = %job, tasks = n, "job submitted");
     fx.to_client(conn, ToClient::Submitted { job, tasks: n });
     graph::flush_completed(core, fx, failed);
@@ -228,17 +228,18 @@ pub(super) fn insert_job(
     let mut doomed = Vec::new();
     for idx in 0..n as u32 {
         let tid = TaskId { job, idx };
-        let deps = core.jobs[&job].tasks[idx as usize].deps.clone();
+        let deps = core.jobs.get_job(job).tasks[idx as usize].deps.clone();
         let mut waiting = 0;
         for d in deps {
-            let Some(dep) = core.jobs.get_mut(&d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {
+            let Some(dep) = core.jobs.find_job_mut(d.job).and_then(|j| j.tasks.get_mut(d.idx as usize))
+            else {
                 continue;
             };
             match &dep.outcome {
                 Some(Outcome::Ok { .. }) => {}
                 Some(Outcome::Err { error, .. }) => {
                     let error = error.clone();
-                    let name = graph::task_name(&core.jobs[&d.job], d.idx);
+                    let name = graph::task_name(core.jobs.get_job(d.job), d.idx);
                     doomed.push((tid, format!("dependency {name} failed: {error}")));
                 }
                 None => {
@@ -247,7 +248,7 @@ pub(super) fn insert_job(
                 }
             }
         }
-        let task = &mut core.jobs.get_mut(&job).expect("just inserted").tasks[idx as usize];
+        let task = &mut core.jobs.find_job_mut(job).expect("just inserted").tasks[idx as usize];
         task.waiting = waiting;
         if waiting > 0 {
             task.state = TaskState::Waiting;
@@ -265,7 +266,7 @@ const CATCH_UP_CHUNK: usize = 4096;
 const CATCH_UP_BYTES: usize = 16 << 20;
 
 pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
-    let Some(j) = core.jobs.get_mut(&job) else { return no_job(fx, conn, job) };
+    let Some(j) = core.jobs.find_job_mut(job) else { return no_job(fx, conn, job) };
     fx.to_client(conn, ToClient::Watching { job, tasks: j.tasks.len() as u32 });
     if j.watchers.contains(&conn) {
         // Watched already: its outcomes stream to this connection anyway.
@@ -309,7 +310,7 @@ pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId
 }
 
 pub fn on_unwatch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
-    if let Some(j) = core.jobs.get_mut(&job) {
+    if let Some(j) = core.jobs.find_job_mut(job) {
         j.watchers.retain(|c| *c != conn);
     }
     fx.to_client(conn, ToClient::Unwatched { job });
@@ -317,7 +318,7 @@ pub fn on_unwatch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: Job
 
 /// Drops a finished job and its results, here and in the journal.
 pub fn on_forget(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
-    let reply = match core.jobs.get(&job) {
+    let reply = match core.jobs.find_job(job) {
         None => Err(format!("no job {job} on this scheduler")),
         Some(j) if !j.is_done() => Err(format!(
             "job {job} still has {} unfinished tasks; only finished jobs can be forgotten",
@@ -335,7 +336,7 @@ pub fn on_forget(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobI
 }
 
 pub(super) fn forget(core: &mut Core, fx: &mut impl Effects, job: JobId, why: &str) {
-    if let Some(j) = core.jobs.remove(&job) {
+    if let Some(j) = core.jobs.remove(job) {
         if !j.functions.is_empty() {
             for w in core.workers.values_mut() {
                 w.functions_sent.retain(|(jb, _)| *jb != job);

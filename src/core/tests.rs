@@ -52,7 +52,7 @@ fn submit_assign_finish_and_watch() {
     assert!(fx.workers.iter().all(|(_, m)| matches!(m, ToWorker::Ack { .. })));
     assert_eq!(fx.workers.len(), 2);
     assert_eq!(fx.after_flush, 2, "each batch's acknowledgement waits for the journal flush");
-    assert!(core.jobs[&job].watchers.is_empty());
+    assert!(core.jobs.get_job(job).watchers.is_empty());
 
     // A late watcher gets everything at once.
     on_watch(&mut core, &mut fx, ConnId(101), job);
@@ -75,7 +75,7 @@ fn duplicate_reports_are_recorded_once() {
     core.sanity_check();
     assert_eq!(fx.journal.len(), journaled, "second report not journaled");
     assert_eq!(core.duplicate_reports, 1);
-    assert_eq!(core.jobs[&job].tasks[0].outcome, Some(ok(7)));
+    assert_eq!(core.jobs.get_job(job).tasks[0].outcome, Some(ok(7)));
 }
 
 #[test]
@@ -114,7 +114,7 @@ fn lost_worker_requeues_only_its_tasks_and_poison_task_fails() {
         assert_eq!(current.len(), 1);
     }
     let _ = current;
-    let t = &core.jobs[&job].tasks[a1[0].task.idx as usize];
+    let t = &core.jobs.get_job(job).tasks[a1[0].task.idx as usize];
     assert_eq!(t.state, TaskState::Failed);
     match &t.outcome {
         Some(Outcome::Err { error, .. }) => {
@@ -203,7 +203,7 @@ fn replay_restores_outcomes_and_requeues_the_rest() {
     let mut restored = Core::default();
     replay(&mut restored, 5, fx.journal.clone());
     restored.sanity_check();
-    let j = &restored.jobs[&job];
+    let j = &restored.jobs.get_job(job);
     assert_eq!(j.finished, 1);
     assert_eq!(j.tasks[a[0].task.idx as usize].outcome, Some(ok(1)));
     assert_eq!(restored.ready.len(), 2);
@@ -243,7 +243,7 @@ fn a_silent_worker_is_lost_and_its_late_reports_are_recorded_once() {
     on_heartbeat(&mut core, &mut fx, timeout + 4, ConnId(1), 0);
     core.sanity_check();
     assert_eq!(core.duplicate_reports, 1);
-    assert_eq!(core.jobs[&job].tasks[a1[0].task.idx as usize].outcome, Some(ok(10)));
+    assert_eq!(core.jobs.get_job(job).tasks[a1[0].task.idx as usize].outcome, Some(ok(10)));
     let told: Vec<_> = fx
         .workers
         .iter()
@@ -275,10 +275,10 @@ fn a_stale_report_that_comes_first_wins_and_releases_the_new_holder() {
     assert_eq!(a2[0].task, a1[0].task);
     on_reports(&mut core, &mut fx, timeout + 2, ConnId(1), 1, vec![report(&a1[0], ok(5))]);
     core.sanity_check();
-    assert!(core.workers[&WorkerId(2)].assigned.is_empty());
+    assert!(core.workers.get_worker(WorkerId(2)).assigned.is_empty());
     on_reports(&mut core, &mut fx, timeout + 3, ConnId(2), 1, vec![report(&a2[0], ok(6))]);
     core.sanity_check();
-    assert_eq!(core.jobs[&job].tasks[0].outcome, Some(ok(5)));
+    assert_eq!(core.jobs.get_job(job).tasks[0].outcome, Some(ok(5)));
     assert_eq!(core.duplicate_reports, 1);
 }
 
@@ -293,7 +293,7 @@ fn a_task_can_set_its_own_worker_kill_limit() {
     on_submit(&mut core, &mut fx, 0, CLIENT, job, "j".into(), tasks);
     on_connection_closed(&mut core, &mut fx, 1, ConnId(1));
     core.sanity_check();
-    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Failed);
+    assert_eq!(core.jobs.get_job(job).tasks[0].state, TaskState::Failed);
 }
 
 #[test]
@@ -311,9 +311,9 @@ fn only_running_tasks_are_blamed_when_a_worker_dies() {
     assert_eq!(fx.take_assignments(ConnId(1)).len(), 2);
     on_connection_closed(&mut core, &mut fx, 1, ConnId(1));
     core.sanity_check();
-    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Failed, "the running task is blamed");
-    assert_eq!(core.jobs[&job].tasks[1].state, TaskState::Ready, "the queued one is not");
-    assert!(core.jobs[&job].tasks[1].killed.is_empty());
+    assert_eq!(core.jobs.get_job(job).tasks[0].state, TaskState::Failed, "the running task is blamed");
+    assert_eq!(core.jobs.get_job(job).tasks[1].state, TaskState::Ready, "the queued one is not");
+    assert!(core.jobs.get_job(job).tasks[1].killed.is_empty());
 }
 
 #[test]
@@ -331,7 +331,7 @@ fn after_a_restart_tasks_wait_for_claims_then_go_to_anyone() {
     w.running = vec![(a[1].task, a[1].attempt)];
     let wid = on_worker_joined(&mut core, &mut fx2, 20, ConnId(7), w);
     core.sanity_check();
-    assert_eq!(core.jobs[&job].tasks[1].state, TaskState::Assigned(wid));
+    assert_eq!(core.jobs.get_job(job).tasks[1].state, TaskState::Assigned(wid));
     assert!(fx2.take_assignments(ConnId(7)).is_empty(), "held during the grace period");
     on_tick(&mut core, &mut fx2, 500);
     assert!(fx2.take_assignments(ConnId(7)).is_empty());
@@ -352,9 +352,9 @@ fn finished_jobs_are_forgotten_after_the_retention_period() {
     let a = fx.take_assignments(ConnId(1));
     on_reports(&mut core, &mut fx, 50, ConnId(1), 1, vec![report(&a[0], ok(1))]);
     on_tick(&mut core, &mut fx, 100);
-    assert!(core.jobs.contains_key(&job), "kept within the retention period");
+    assert!(core.jobs.contains(job), "kept within the retention period");
     on_tick(&mut core, &mut fx, 151);
-    assert!(!core.jobs.contains_key(&job));
+    assert!(!core.jobs.contains(job));
     assert!(matches!(fx.journal.last(), Some(Record::JobForgotten { job: j }) if *j == job));
     core.sanity_check();
 }
@@ -394,7 +394,7 @@ fn a_diamond_runs_in_dependency_order_with_results_as_inputs() {
     assert_eq!(last[0].inputs, vec![mp(11), mp(12)], "d takes b's and c's results, in deps order");
     on_reports(&mut core, &mut fx, 3, ConnId(1), 3, vec![report(&last[0], ok(23))]);
     core.sanity_check();
-    assert!(core.jobs[&job].is_done());
+    assert!(core.jobs.get_job(job).is_done());
 
     // Two one-slot workers: a's dependents are not all pinned behind it.
     let mut core = Core::default();
@@ -410,7 +410,7 @@ fn a_diamond_runs_in_dependency_order_with_results_as_inputs() {
     let c = fx.take_assignments(ConnId(2));
     assert_eq!(c.iter().map(|a| a.task.idx).collect::<Vec<_>>(), vec![2], "c goes to the idle worker");
     assert_eq!(c[0].inputs, vec![Bytes::from(rmp_serde::to_vec(&10i64).unwrap())]);
-    assert_eq!(core.jobs[&job].tasks[3].state, TaskState::Waiting, "d's inputs come from two workers");
+    assert_eq!(core.jobs.get_job(job).tasks[3].state, TaskState::Waiting, "d's inputs come from two workers");
 }
 
 /// A pinned task goes back to waiting when the task it waits for fails
@@ -428,7 +428,7 @@ fn pinned_tasks_follow_their_inputs() {
     // a fails once: b is unpinned (the worker is told to drop it) and waits again.
     on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&first[0], err("flaky"))]);
     core.sanity_check();
-    assert_eq!(core.jobs[&job].tasks[1].state, TaskState::Waiting);
+    assert_eq!(core.jobs.get_job(job).tasks[1].state, TaskState::Waiting);
     assert!(fx
         .workers
         .iter()
@@ -438,13 +438,13 @@ fn pinned_tasks_follow_their_inputs() {
     on_tick(&mut core, &mut fx, 10_000_000);
     let again = fx.take_assignments(ConnId(1));
     assert_eq!(again.iter().map(|a| (a.task.idx, a.attempt)).collect::<Vec<_>>(), vec![(0, 2)]);
-    assert!(core.jobs[&job].tasks[0].repeat_here);
+    assert!(core.jobs.get_job(job).tasks[0].repeat_here);
     core.sanity_check();
     // The worker dies: a is ready again, b waits.
     on_worker_lost(&mut core, &mut fx, 11_000_000, WorkerId(1), LostWorkerReason::ConnectionClosed);
     core.sanity_check();
-    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Ready);
-    assert_eq!(core.jobs[&job].tasks[1].state, TaskState::Waiting);
+    assert_eq!(core.jobs.get_job(job).tasks[0].state, TaskState::Ready);
+    assert_eq!(core.jobs.get_job(job).tasks[1].state, TaskState::Waiting);
     // On a new worker a fails for good: b and c fail with it, b is dropped there.
     on_worker_joined(&mut core, &mut fx, 12_000_000, ConnId(2), worker(1));
     let third = fx.take_assignments(ConnId(2));
@@ -456,13 +456,13 @@ fn pinned_tasks_follow_their_inputs() {
     fx.workers.clear();
     on_reports(&mut core, &mut fx, 13_000_000, ConnId(2), 1, vec![report(&third[0], err("broken"))]);
     core.sanity_check();
-    let j = &core.jobs[&job];
+    let j = &core.jobs.get_job(job);
     assert!(j.is_done() && j.failed == 3, "{}", j.failed);
     assert!(fx
         .workers
         .iter()
         .any(|(_, m)| matches!(m, ToWorker::Cancel { tasks } if tasks == &vec![third[1].task])));
-    assert!(core.workers[&WorkerId(2)].assigned.is_empty());
+    assert!(core.workers.get_worker(WorkerId(2)).assigned.is_empty());
 }
 
 #[test]
@@ -496,7 +496,7 @@ fn a_failure_fails_its_dependents_transitively() {
     let boom = Outcome::err("boom");
     on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&a[0], boom)]);
     core.sanity_check();
-    let j = &core.jobs[&job];
+    let j = &core.jobs.get_job(job);
     assert_eq!(j.failed, 3);
     match &j.tasks[2].outcome {
         Some(Outcome::Err { error, .. }) => {

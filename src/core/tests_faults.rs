@@ -23,7 +23,7 @@ fn retries_come_back_after_a_backoff() {
     let a = fx.take_assignments(ConnId(1));
     on_reports(&mut core, &mut fx, 10, ConnId(1), 1, vec![report(&a[0], Outcome::err("flaky"))]);
     core.sanity_check();
-    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Delayed);
+    assert_eq!(core.jobs.get_job(job).tasks[0].state, TaskState::Delayed);
     on_tick(&mut core, &mut fx, 10 + backoff / 2);
     assert!(fx.take_assignments(ConnId(1)).is_empty(), "still backing off");
     on_tick(&mut core, &mut fx, 10 + backoff);
@@ -38,7 +38,7 @@ fn retries_come_back_after_a_backoff() {
         vec![report(&again[0], Outcome::err("again"))],
     );
     core.sanity_check();
-    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Failed, "out of retries");
+    assert_eq!(core.jobs.get_job(job).tasks[0].state, TaskState::Failed, "out of retries");
 }
 
 #[test]
@@ -65,7 +65,7 @@ fn cancel_stops_running_tasks_and_fails_dependents() {
     assert!(fx.workers.iter().any(
         |(c, m)| *c == ConnId(1) && matches!(m, ToWorker::Cancel { tasks } if tasks == &vec![a[0].task])
     ));
-    let j = &core.jobs[&job];
+    let j = &core.jobs.get_job(job);
     assert_eq!(j.tasks[0].state, TaskState::Canceled);
     assert!(
         matches!(&j.tasks[1].outcome, Some(Outcome::Err { error, .. }) if error == "dependency a was canceled")
@@ -75,8 +75,8 @@ fn cancel_stops_running_tasks_and_fails_dependents() {
     let mut again = Core::default();
     replay(&mut again, 9, fx.journal.clone());
     again.sanity_check();
-    assert_eq!(again.jobs[&job].tasks[0].state, TaskState::Canceled);
-    assert_eq!(again.jobs[&job].failed, 2);
+    assert_eq!(again.jobs.get_job(job).tasks[0].state, TaskState::Canceled);
+    assert_eq!(again.jobs.get_job(job).failed, 2);
 }
 
 #[test]
@@ -100,7 +100,7 @@ fn a_chain_replays_into_the_same_state() {
     let mut again = Core::default();
     replay(&mut again, 9, fx.journal.clone());
     again.sanity_check();
-    let states: Vec<TaskState> = again.jobs[&job].tasks.iter().map(|t| t.state.clone()).collect();
+    let states: Vec<TaskState> = again.jobs.get_job(job).tasks.iter().map(|t| t.state.clone()).collect();
     assert_eq!(states[..3], [TaskState::Finished, TaskState::Finished, TaskState::Finished]);
     assert_eq!(states[3], TaskState::Ready);
     assert_eq!(states[4], TaskState::Waiting);
@@ -127,7 +127,7 @@ fn resources_are_never_oversubscribed() {
     on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&got[0], ok(1))]);
     let next = fx.take_assignments(ConnId(1));
     assert_eq!(next.len(), 1, "a GPU came free");
-    assert_eq!(core.workers[&WorkerId(1)].used.get("gpus"), Some(&2));
+    assert_eq!(core.workers.get_worker(WorkerId(1)).used.get("gpus"), Some(&2));
     core.sanity_check();
 }
 
@@ -136,7 +136,7 @@ fn an_idle_worker_steals_queued_work_from_a_busy_one() {
     let mut core = Core::default();
     let mut fx = TestFx::default();
     on_worker_joined(&mut core, &mut fx, 0, ConnId(1), worker(1));
-    core.workers.get_mut(&WorkerId(1)).unwrap().avg_task_us = Some(1.0); // looked fast: big prefetch
+    core.workers.find_worker_mut(WorkerId(1)).unwrap().avg_task_us = Some(1.0); // looked fast: big prefetch
     submit(&mut core, &mut fx, (0..6).map(|i| keyed(&format!("s{i}"), &[])).collect()).unwrap();
     assert_eq!(fx.take_assignments(ConnId(1)).len(), 6, "all prefetched by the one worker");
     let steals = |fx: &TestFx| fx.workers.iter().filter(|(_, m)| matches!(m, ToWorker::Steal { .. })).count();
@@ -144,7 +144,7 @@ fn an_idle_worker_steals_queued_work_from_a_busy_one() {
     assert_eq!(steals(&fx), 0, "5 µs of queued work: not worth a round trip");
     on_worker_lost(&mut core, &mut fx, 1, WorkerId(2), LostWorkerReason::Goodbye);
     // The tasks turn out slow: now an idle worker takes some.
-    core.workers.get_mut(&WorkerId(1)).unwrap().avg_task_us = Some(500_000.0);
+    core.workers.find_worker_mut(WorkerId(1)).unwrap().avg_task_us = Some(500_000.0);
     on_worker_joined(&mut core, &mut fx, 1, ConnId(2), worker(1));
     let asked: Vec<TaskId> = fx
         .workers
@@ -180,7 +180,7 @@ fn a_pinned_task_is_not_stranded_when_its_input_finishes_elsewhere() {
     assert_eq!(on_w1.iter().map(|a| a.task.idx).collect::<Vec<_>>(), vec![0, 1], "b pinned behind a");
     // w2 is busy with other work and known to run 10 ms tasks (room for 3).
     on_worker_joined(&mut core, &mut fx, 0, ConnId(2), worker(1));
-    core.workers.get_mut(&WorkerId(2)).unwrap().avg_task_us = Some(10_000.0);
+    core.workers.find_worker_mut(WorkerId(2)).unwrap().avg_task_us = Some(10_000.0);
     submit(&mut core, &mut fx, vec![keyed("x", &[])]).unwrap();
     assert_eq!(fx.take_assignments(ConnId(2)).len(), 1);
     // w1 goes quiet and is declared lost: a and b move to w2, b pinned again.
@@ -213,7 +213,7 @@ fn a_pinned_task_is_not_stranded_when_its_input_finishes_elsewhere() {
         .flatten()
         .filter(|(_, t)| t.task == b)
         .collect();
-    assert_eq!(given.len(), 1, "b is handed out again: {:?}", core.jobs[&job].tasks[1].state);
+    assert_eq!(given.len(), 1, "b is handed out again: {:?}", core.jobs.get_job(job).tasks[1].state);
     assert!(given[0].1.pending_inputs.is_empty());
     assert_eq!(given[0].1.inputs, vec![Bytes::from(rmp_serde::to_vec(&5i64).unwrap())]);
     // Where it was pinned it is dropped, and it runs to the end.
@@ -223,7 +223,7 @@ fn a_pinned_task_is_not_stranded_when_its_input_finishes_elsewhere() {
         .any(|(c, m)| *c == ConnId(2) && matches!(m, ToWorker::Cancel { tasks } if tasks.contains(&b))));
     on_reports(&mut core, &mut fx, timeout + 4, given[0].0, 1, vec![report(&given[0].1, ok(6))]);
     core.sanity_check();
-    assert!(core.jobs[&job].is_done());
+    assert!(core.jobs.get_job(job).is_done());
 }
 
 /// Issue 12, defect 5: a worker reports only what it (or an earlier
@@ -255,7 +255,7 @@ fn reports_for_tasks_a_worker_never_held_are_dropped() {
     on_reports(&mut core, &mut fx, 2, ConnId(9), 1, forged);
     core.sanity_check();
     assert_eq!(core.foreign_reports, 8, "only the 2 it was handed count");
-    let j = &core.jobs[&job];
+    let j = &core.jobs.get_job(job);
     assert_eq!(j.finished, 2);
     for a in &given {
         assert_eq!(j.tasks[a.task.idx as usize].outcome, Some(ok(666)));
@@ -274,7 +274,7 @@ fn reports_for_tasks_a_worker_never_held_are_dropped() {
     on_reports(&mut core, &mut fx, 5, ConnId(2), 1, mine.iter().map(|a| report(a, ok(1))).collect());
     core.sanity_check();
     assert_eq!(core.foreign_reports, 8);
-    assert_eq!(core.jobs[&job].finished, 4);
+    assert_eq!(core.jobs.get_job(job).finished, 4);
     let mut status = TestFx::default();
     on_status(&core, &mut status, CLIENT, StatusExtra::default());
     assert!(matches!(&status.clients[0].1, ToClient::Status { status } if status.foreign_reports == 8));
@@ -296,7 +296,7 @@ fn reports_for_tasks_a_worker_never_held_are_dropped() {
     on_reports(&mut restarted, &mut fx2, 12, ConnId(3), 1, vec![late]);
     restarted.sanity_check();
     assert_eq!(restarted.foreign_reports, 0);
-    assert_eq!(restarted.jobs[&job].tasks[9].outcome, Some(ok(9)));
+    assert_eq!(restarted.jobs.get_job(job).tasks[9].outcome, Some(ok(9)));
 }
 
 /// Issue 12, defect 8: numbers a peer supplies never overflow: impossible
@@ -339,10 +339,11 @@ fn impossible_numbers_are_refused_and_huge_ones_do_not_overflow() {
     assert!(matches!(&status.clients[0].1, ToClient::Status { status } if status.slots == u32::MAX));
     // A failure late in time: the doubled backoff saturates.
     let a = given.iter().find(|a| a.task.idx == 0).unwrap();
-    let conn = if core.workers[&WorkerId(1)].assigned.contains(&a.task) { ConnId(1) } else { ConnId(2) };
+    let conn =
+        if core.workers.get_worker(WorkerId(1)).assigned.contains(&a.task) { ConnId(1) } else { ConnId(2) };
     on_reports(&mut core, &mut fx, u64::MAX - 5, conn, u64::MAX, vec![report(a, err("flaky"))]);
     core.sanity_check();
-    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Delayed);
+    assert_eq!(core.jobs.get_job(job).tasks[0].state, TaskState::Delayed);
     assert!(core.deadlines.retries().all(|(due, _)| due == u64::MAX));
     assert!(fx.workers.iter().any(|(_, m)| matches!(m, ToWorker::Ack { batch: u64::MAX })));
 
@@ -355,7 +356,7 @@ fn impossible_numbers_are_refused_and_huge_ones_do_not_overflow() {
     on_connection_closed(&mut core, &mut fx, 2, ConnId(3));
     on_worker_joined(&mut core, &mut fx, 3, ConnId(4), worker(1));
     core.sanity_check();
-    assert_eq!(core.jobs[&job].tasks[1].attempts, u32::MAX);
+    assert_eq!(core.jobs.get_job(job).tasks[1].attempts, u32::MAX);
 }
 
 /// Issue 12, defect 10: a scheduler that did not run for longer than the
@@ -400,14 +401,14 @@ fn a_task_with_two_failed_inputs_fails_once() {
     t.deps = vec![dep("x"), dep("y")];
     let second = submit(&mut core, &mut fx, vec![t]).unwrap();
     core.sanity_check();
-    assert_eq!(core.jobs[&second].failed, 1);
+    assert_eq!(core.jobs.get_job(second).failed, 1);
     let third =
         submit(&mut core, &mut fx, vec![keyed("a", &[]), keyed("b", &["a"]), keyed("c", &["a", "b"])]);
     let third = third.unwrap();
     let a = fx.take_assignments(ConnId(1));
     on_reports(&mut core, &mut fx, 2, ConnId(1), 2, vec![report(&a[0], err("boom"))]);
     core.sanity_check();
-    assert_eq!(core.jobs[&third].failed, 3);
+    assert_eq!(core.jobs.get_job(third).failed, 3);
 }
 
 /// Found by the simulation (seeds 1 and 96): `ctl retry` counts afresh what
@@ -424,7 +425,7 @@ fn retry_waits_for_retried_inputs_and_skips_tasks_whose_input_stays_failed() {
     let mut y = keyed("y", &[]);
     y.deps = vec![crate::protocol::Dep { job: Some(first), key: "x".into() }];
     let second = submit(&mut core, &mut fx, vec![y, keyed("w", &["y"])]).unwrap();
-    assert_eq!(core.jobs[&second].failed, 2);
+    assert_eq!(core.jobs.get_job(second).failed, 2);
     // Its input stays failed: neither y nor w (behind y) is retried.
     on_retry(&mut core, &mut fx, CLIENT, second);
     assert!(
@@ -435,13 +436,17 @@ fn retry_waits_for_retried_inputs_and_skips_tasks_whose_input_stays_failed() {
     on_retry(&mut core, &mut fx, CLIENT, first);
     on_retry(&mut core, &mut fx, CLIENT, second);
     core.sanity_check();
-    assert_eq!(core.jobs[&second].tasks[0].state, TaskState::Waiting);
-    assert_eq!(core.jobs[&second].tasks[1].state, TaskState::Waiting);
+    assert_eq!(core.jobs.get_job(second).tasks[0].state, TaskState::Waiting);
+    assert_eq!(core.jobs.get_job(second).tasks[1].state, TaskState::Waiting);
     let x = fx.take_assignments(ConnId(1));
     assert_eq!(x.iter().map(|a| a.task.job).collect::<Vec<_>>(), vec![first]);
     on_reports(&mut core, &mut fx, 2, ConnId(1), 2, vec![report(&x[0], ok(1))]);
     core.sanity_check();
-    assert_eq!(core.jobs[&second].tasks[0].state, TaskState::Assigned(WorkerId(1)), "y runs once x is done");
+    assert_eq!(
+        core.jobs.get_job(second).tasks[0].state,
+        TaskState::Assigned(WorkerId(1)),
+        "y runs once x is done"
+    );
 }
 
 /// Found by the simulation (seed 2): an idle worker without the resources a
@@ -454,7 +459,7 @@ fn no_steal_of_a_task_no_idle_worker_could_run() {
     let mut gpu = worker(1);
     gpu.resources.insert("gpus".into(), 2);
     on_worker_joined(&mut core, &mut fx, 0, ConnId(1), gpu);
-    core.workers.get_mut(&WorkerId(1)).unwrap().avg_task_us = Some(10_000.0);
+    core.workers.find_worker_mut(WorkerId(1)).unwrap().avg_task_us = Some(10_000.0);
     let tasks: Vec<TaskSpec> = (0..3)
         .map(|i| {
             let mut t = keyed(&format!("g{i}"), &[]);
@@ -496,15 +501,15 @@ fn a_taken_back_pinned_task_reporting_canceled_does_not_fail_it() {
         .workers
         .iter()
         .any(|(c, m)| *c == ConnId(2) && matches!(m, ToWorker::Cancel { tasks } if tasks == &vec![b])));
-    assert!(core.workers[&WorkerId(2)].dropped.contains_key(&b), "not handed back to w2 meanwhile");
+    assert!(core.workers.get_worker(WorkerId(2)).dropped.contains_key(&b), "not handed back to w2 meanwhile");
     // w2 reports its copy of b as canceled: ignored.
     assert!(fx.take_assignments(ConnId(2)).is_empty());
     let canceled =
         TaskReport { task: b, attempt: 2, outcome: err("canceled"), micros: 0, executor_died: false };
     on_reports(&mut core, &mut fx, timeout + 3, ConnId(2), 1, vec![canceled]);
     core.sanity_check();
-    assert!(core.jobs[&job].tasks[1].outcome.is_none());
-    assert!(!core.workers[&WorkerId(2)].dropped.contains_key(&b));
+    assert!(core.jobs.get_job(job).tasks[1].outcome.is_none());
+    assert!(!core.workers.get_worker(WorkerId(2)).dropped.contains_key(&b));
     // Now it goes back to w2, as a new attempt.
     let again = fx.take_assignments(ConnId(2));
     assert_eq!(again.iter().map(|a| (a.task, a.attempt)).collect::<Vec<_>>(), vec![(b, 3)]);

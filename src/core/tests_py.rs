@@ -105,7 +105,7 @@ fn each_function_goes_to_each_worker_connection_once_and_is_journaled() {
     let functions = table.clone();
     let record = Record::JobSubmitted { job, seq: 0, name: "py".into(), tasks: py_tasks(1, 1), functions };
     replay(&mut replayed, 0, vec![record]);
-    assert_eq!(replayed.jobs[&job].functions, table);
+    assert_eq!(replayed.jobs.get_job(job).functions, table);
     replayed.sanity_check();
 }
 
@@ -133,7 +133,7 @@ fn a_task_that_kills_its_executor_runs_again_then_fails_naming_it() {
         on_reports(&mut core, &mut fx, 1, ConnId(1), u64::from(attempt), vec![died]);
         core.sanity_check();
     }
-    let t = &core.jobs[&job].tasks[0];
+    let t = &core.jobs.get_job(job).tasks[0];
     assert_eq!(t.state, TaskState::Failed);
     match &t.outcome {
         Some(Outcome::Err { error, .. }) => {

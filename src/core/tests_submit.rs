@@ -137,7 +137,7 @@ fn a_retry_is_due_exactly_after_its_backoff() {
     let t2 = 2_000 + backoff;
     on_reports(&mut core, &mut fx, t2, ConnId(1), 2, vec![report(&again[0], Outcome::err("flaky"))]);
     assert_eq!(core.next_deadline(), Some(t2 + 2 * backoff));
-    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Delayed);
+    assert_eq!(core.jobs.get_job(job).tasks[0].state, TaskState::Delayed);
     core.sanity_check();
 
     // The end of a reclaim grace period is a deadline too.

@@ -22,7 +22,7 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
         match due {
             Due::Retention(job) => expire(core, fx, now, job),
             Due::Heartbeat(id) => {
-                let Some(w) = core.workers.get(&id) else { continue };
+                let Some(w) = core.workers.find_worker(id) else { continue };
                 let quiet_us = now.saturating_sub(w.last_seen);
                 if quiet_us > timeout {
                     silent.push((id, w.conn, quiet_us));
@@ -47,7 +47,7 @@ pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
 /// due again from then.
 fn expire(core: &mut Core, fx: &mut impl Effects, now: u64, job: JobId) {
     let Some(retention) = core.config.retention_us else { return };
-    match core.jobs.get(&job).and_then(|j| j.done_at) {
+    match core.jobs.find_job(job).and_then(|j| j.done_at) {
         Some(t) if now.saturating_sub(t) > retention => forget(core, fx, job, "retention period over"),
         Some(t) => core.deadlines.add(t.saturating_add(retention).saturating_add(1), Due::Retention(job)),
         None => {} // running again: due once it finishes

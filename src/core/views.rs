@@ -39,7 +39,7 @@ pub fn on_list_nannies(core: &Core, fx: &mut impl Effects, conn: ConnId) {
 }
 
 pub fn on_resolve(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, key: String) {
-    let reply = match core.jobs.get(&job) {
+    let reply = match core.jobs.find_job(job) {
         None => ToClient::Error { job: Some(job), message: format!("no job {job} on this scheduler") },
         Some(j) => match graph::key_index(j, &key) {
             Some(idx) => ToClient::Resolved { job, key, idx },
@@ -52,7 +52,7 @@ pub fn on_resolve(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, 
 /// Every task of a job with its state; a ready task that needs resources no
 /// worker has is reported as unschedulable.
 pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
-    let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
+    let Some(j) = core.jobs.find_job(job) else { return no_job(fx, conn, job) };
     let running = core.running_tasks();
     let tasks = j
         .tasks
@@ -130,7 +130,7 @@ pub(super) fn no_job(fx: &mut impl Effects, conn: ConnId, job: JobId) {
 
 /// One job's progress by state, and its timing.
 pub fn on_job(core: &Core, fx: &mut impl Effects, now: u64, conn: ConnId, job: JobId) {
-    let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
+    let Some(j) = core.jobs.find_job(job) else { return no_job(fx, conn, job) };
     let running = core.running_tasks();
     let mut states = std::collections::BTreeMap::new();
     for (idx, t) in j.tasks.iter().enumerate() {
@@ -153,7 +153,7 @@ pub fn on_jobs(core: &Core, fx: &mut impl Effects, conn: ConnId) {
     let running = core.running_tasks();
     let mut jobs: Vec<crate::protocol::JobInfo> =
         core.jobs.iter().map(|(id, j)| job_info(*id, j, &running)).collect();
-    jobs.sort_by_key(|j| core.jobs[&j.id].seq);
+    jobs.sort_by_key(|j| core.jobs.get_job(j.id).seq);
     fx.to_client(conn, ToClient::Jobs { jobs });
 }
 
@@ -206,7 +206,7 @@ pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, extra: Status
 /// Says in words why a task is in its state: what it waits for, what it
 /// needs that no worker has, where it runs, how it ended.
 pub fn on_explain(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, key: String) {
-    let Some(j) = core.jobs.get(&job) else { return no_job(fx, conn, job) };
+    let Some(j) = core.jobs.find_job(job) else { return no_job(fx, conn, job) };
     let Some(idx) = graph::key_index(j, &key) else {
         fx.to_client(
             conn,
@@ -215,7 +215,7 @@ pub fn on_explain(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, 
         return;
     };
     let t = &j.tasks[idx as usize];
-    let name = |d: &TaskId| match core.jobs.get(&d.job) {
+    let name = |d: &TaskId| match core.jobs.find_job(d.job) {
         Some(dj) if d.job == job => graph::task_name(dj, d.idx),
         Some(dj) => format!("{}@{}", d.job, graph::task_name(dj, d.idx)),
         None => d.to_string(),

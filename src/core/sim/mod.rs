@@ -281,8 +281,8 @@ impl Sim {
                     if !t.deps.contains(&d) {
                         t.deps.push(d);
                     }
-                } else if let Some(job) = self.pick_job().filter(|j| self.core.jobs.contains_key(j)) {
-                    let n = self.core.jobs[&job].tasks.len();
+                } else if let Some(job) = self.pick_job().filter(|j| self.core.jobs.contains(*j)) {
+                    let n = self.core.jobs.get_job(job).tasks.len();
                     t.deps.push(Dep { job: Some(job), key: format!("t{}", self.rng.usize(..n)) });
                 }
             }
@@ -307,9 +307,9 @@ impl Sim {
 
     fn submit(&mut self) {
         if self.rng.u8(..6) == 0 {
-            if let Some(job) = self.pick_job().filter(|j| self.core.jobs.contains_key(j)) {
+            if let Some(job) = self.pick_job().filter(|j| self.core.jobs.contains(*j)) {
                 // A resubmission after a lost reply: nothing changes.
-                let tasks = self.core.jobs[&job].tasks.len();
+                let tasks = self.core.jobs.get_job(job).tasks.len();
                 let specs = vec![TaskSpec::new(TaskKind::Fn { name: "inc".into(), args: vec![] }); tasks];
                 event(format!("resubmit {job:?}"));
                 return on_submit(&mut self.core, &mut self.fx, self.now, CLIENT, job, "again".into(), specs);
@@ -322,7 +322,7 @@ impl Sim {
             tasks.iter().map(|t| t.deps.iter().map(|d| d.key.clone()).collect::<Vec<_>>()).collect();
         event(format!("submit {job:?}, {n} tasks, deps {deps:?}"));
         on_submit(&mut self.core, &mut self.fx, self.now, CLIENT, job, "sim".into(), tasks);
-        if self.core.jobs.contains_key(&job) {
+        if self.core.jobs.contains(job) {
             self.jobs.push((job, n));
             self.fresh.push((job, n));
         }
@@ -333,7 +333,7 @@ impl Sim {
         let (core, fx, now) = (&mut self.core, &mut self.fx, self.now);
         match self.rng.u8(..8) {
             0 | 1 => {
-                let keys = match core.jobs.get(&job) {
+                let keys = match core.jobs.find_job(job) {
                     Some(j) if self.rng.bool() => vec![format!("t{}", self.rng.usize(..j.tasks.len()))],
                     _ => vec![],
                 };
@@ -447,7 +447,7 @@ impl Sim {
             if w.draining && !w.hung && w.queue.is_empty() && w.unsent.is_empty() && w.unacked.is_empty() {
                 if let Some(conn) = w.conn {
                     event(format!("{conn} says goodbye"));
-                    if let Some(wid) = self.core.worker_by_conn.get(&conn).copied() {
+                    if let Some(wid) = self.core.workers.by_conn(conn) {
                         on_worker_lost(
                             &mut self.core,
                             &mut self.fx,
