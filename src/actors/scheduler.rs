@@ -484,6 +484,9 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
     out.records = crate::persistence::coalesce(std::mem::take(&mut out.records));
     st.journal.append(&out.records)?;
     st.records_appended += out.records.len() as u64;
+    // Appended: what the records hold (a job's task specs) need not wait
+    // in memory for the flush.
+    out.records = Vec::new();
     let flush = st.journal.flusher();
     let me = myself.clone();
     let limit = st.flush_timeout;

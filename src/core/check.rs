@@ -63,7 +63,7 @@ impl Core {
             for t in &w.assigned {
                 let task = self.find_task(*t).unwrap_or_else(|| panic!("{wid} holds unknown {t}"));
                 assert_eq!(task.state, TaskState::Assigned(*wid), "{t} on {wid}");
-                for (k, n) in task.resources.iter().filter(|(_, n)| **n > 0) {
+                for (k, n) in task.shape.resources.iter().filter(|(_, n)| **n > 0) {
                     let u = used.entry(k.clone()).or_default();
                     *u = u.saturating_add(*n);
                 }

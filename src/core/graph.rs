@@ -14,13 +14,13 @@ pub fn key_index(job: &Job, key: &str) -> Option<u32> {
         return Some(*i);
     }
     let i: u32 = key.parse().ok()?;
-    let t = job.tasks.get(i as usize)?;
-    t.key.is_none().then_some(i)
+    job.tasks.get(i as usize)?;
+    job.key(i).is_none().then_some(i)
 }
 
 /// The name a task goes by in messages: its key, or its index.
 pub fn task_name(job: &Job, idx: u32) -> String {
-    job.tasks[idx as usize].key.clone().unwrap_or_else(|| idx.to_string())
+    job.key(idx).map_or_else(|| idx.to_string(), str::to_string)
 }
 
 /// Resolves every task's dependencies to task ids; refuses duplicate keys,
@@ -210,7 +210,7 @@ pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, can
     task.outcome = Some(outcome.clone());
     let attempts = task.attempts;
     core.outcomes_total += 1;
-    let dependents = if ok { task.dependents.clone() } else { Vec::new() };
+    let dependents = if ok { task.dependents.to_vec() } else { Vec::new() };
     if job.is_done() {
         job.done_at = Some(now);
         if let Some(retention) = core.config.retention_us {

@@ -84,7 +84,7 @@ fn claim(core: &mut Core, id: WorkerId, running: Vec<(TaskId, u32)>) {
             task.local_inputs.clear();
             task.repeat_here = false;
             task.add_holder(w.process);
-            w.hold(tid, &task.resources);
+            w.hold(tid, &task.shape.resources);
             claimed += 1;
         } else if task.outcome.is_none() {
             // It runs an attempt that no longer counts: nothing more of
@@ -124,7 +124,7 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
         if task.outcome.is_some() {
             continue; // pinned there, and failed with a dependency given up on above
         }
-        let max_kills = task.max_worker_kills.unwrap_or(default_kills).max(1);
+        let max_kills = task.shape.max_worker_kills.unwrap_or(default_kills).max(1);
         if died && n < w.slots as usize {
             task.killed.push(id);
         }

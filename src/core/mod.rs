@@ -4,6 +4,7 @@
 
 mod admin;
 mod check;
+mod compact;
 mod deadlines;
 mod graph;
 mod lifecycle;

@@ -18,7 +18,7 @@ impl Core {
     pub fn unhold(&mut self, wid: WorkerId, tid: TaskId, how: Leave) -> bool {
         self.stealing.remove(&tid);
         let Some(task) = self.find_task(tid) else { return false };
-        let req = task.resources.clone();
+        let req = task.shape.resources.clone();
         let Some(w) = self.workers.find_worker_mut(wid) else { return false };
         if !w.release(&tid, &req) {
             return false;
@@ -35,7 +35,7 @@ impl Core {
                     self.get_task_mut(d).local_inputs.retain(|x| *x != tid);
                     continue;
                 }
-                let req = dt.resources.clone();
+                let req = dt.shape.resources.clone();
                 self.workers.find_worker_mut(wid).expect("holds its pinned task").release(&d, &req);
                 self.stealing.remove(&d);
                 self.get_task_mut(d).local_inputs.clear();
@@ -178,7 +178,7 @@ const MAX_PIN_FRONTIER: usize = 65_536;
 fn pinnable(core: &Core, wid: WorkerId, tid: TaskId) -> Option<Vec<(u32, TaskId)>> {
     let t = core.find_task(tid)?;
     if t.state != TaskState::Waiting
-        || !t.resources.is_empty()
+        || !t.shape.resources.is_empty()
         || core.workers.get_worker(wid).dropped.contains_key(&tid)
     {
         return None;

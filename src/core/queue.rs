@@ -41,16 +41,18 @@ pub(super) fn assign(
     task.assigned_seq = seq;
     task.state = TaskState::Assigned(wid);
     task.local_inputs = pending_inputs.iter().map(|(_, d)| *d).collect();
-    task.repeat_here = task.holders.contains(&process);
+    task.repeat_here = task.holders.contains(process);
     task.add_holder(process);
+    let job = core.jobs.get_job(tid.job);
+    let task = &job.tasks[tid.idx as usize];
     let a = Assignment {
         task: tid,
-        key: task.key.clone(),
+        key: job.key(tid.idx).map(str::to_string),
         attempt: task.attempts,
-        kind: task.kind.clone(),
+        kind: job.kind(tid.idx),
         inputs,
-        time_limit_ms: task.time_limit_ms,
-        resources: task.resources.clone(),
+        time_limit_ms: task.shape.time_limit_ms,
+        resources: task.shape.resources.clone(),
         pending_inputs,
         has_dependents: !task.dependents.is_empty(),
     };

@@ -3,7 +3,7 @@
 
 use super::admin::retry_tasks;
 use super::graph::{self};
-use super::submit::{insert_job, submission_digest};
+use super::submit::{insert_job, submission_digest, JobHead};
 use super::{Core, TaskState};
 use crate::ids::TaskId;
 use crate::persistence::Record;
@@ -25,8 +25,9 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                     });
                     // Failures it caused were journaled too, and come later.
                     let digest = submission_digest(&tasks, &functions);
-                    let _ = insert_job(core, now, job, seq, name, tasks, deps);
-                    let j = core.jobs.find_job_mut(job).expect("just inserted");
+                    let _ = insert_job(core, now, JobHead { job, seq, name }, &tasks, deps);
+                    drop(tasks);
+                    let j = core.jobs.get_job_mut(job);
                     j.functions = functions;
                     j.digest = digest;
                     order.push(job);

@@ -75,7 +75,7 @@ fn executor_died(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
     else {
         return; // not this worker's attempt any more
     };
-    let max_kills = task.max_worker_kills.unwrap_or(default_kills).max(1);
+    let max_kills = task.shape.max_worker_kills.unwrap_or(default_kills).max(1);
     task.killed.push(wid);
     let why = match &r.outcome {
         Outcome::Err { error, .. } => error.clone(),
@@ -124,7 +124,7 @@ fn accept_report(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
     }
     let backoff = core.config.retry_backoff_us;
     let task = core.get_task_mut(r.task);
-    if !r.outcome.is_ok() && task.failures < task.retries {
+    if !r.outcome.is_ok() && task.failures < task.shape.retries {
         if !mine {
             return;
         }
@@ -132,7 +132,7 @@ fn accept_report(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
         task.failures += 1;
         task.state = TaskState::Delayed;
         let delay = backoff.saturating_mul(1 << (task.failures - 1).min(10));
-        tracing::info!(task = %r.task, failures = task.failures, retries = task.retries, "task failed; retrying");
+        tracing::info!(task = %r.task, failures = task.failures, retries = task.shape.retries, "task failed; retrying");
         core.deadlines.add(now.saturating_add(delay), super::deadlines::Due::Retry(r.task));
         if let Some(h) = holder {
             core.unhold(h, r.task, Leave::Unproduced);

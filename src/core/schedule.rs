@@ -56,7 +56,7 @@ fn schedule(core: &mut Core, fx: &mut impl Effects) {
         let pick = (0..n).map(|k| (next + k) % n).find(|&k| {
             let w = core.workers.get_worker(free[k].0);
             free[k].1 > 0
-                && (task.resources.is_empty() || w.fits(&task.resources))
+                && (task.shape.resources.is_empty() || w.fits(&task.shape.resources))
                 && !w.dropped.contains_key(&tid)
         });
         let Some(k) = pick else {
@@ -154,7 +154,8 @@ fn steal(core: &mut Core, fx: &mut impl Effects) {
         // that no idle worker has the resources for would only come back.
         .filter(|t| {
             core.find_task(**t).is_some_and(|t| {
-                t.waiting == 0 && (t.resources.is_empty() || takers.iter().any(|w| w.fits(&t.resources)))
+                t.waiting == 0
+                    && (t.shape.resources.is_empty() || takers.iter().any(|w| w.fits(&t.shape.resources)))
             })
         })
         .map(|t| (core.find_task(*t).map_or(0, |t| t.assigned_seq), *t))

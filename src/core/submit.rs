@@ -1,17 +1,23 @@
 //! Jobs: submission (checked before anything changes), watching their
 //! outcomes, and forgetting them.
 
+use super::compact::{ArgsRef, Holders, RareVec};
 use super::graph::{self, Completed};
 use super::views::no_job;
-use super::{Core, Effects, Job, Task, TaskState};
+use super::{Core, Effects, Job, Shape, Task, TaskState};
 use crate::ids::{ConnId, JobId, TaskId};
 use crate::persistence::Record;
-use crate::protocol::{Outcome, TaskOutcome, TaskSpec, ToClient};
+use crate::protocol::{Outcome, TaskKind, TaskOutcome, TaskSpec, ToClient};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::sync::Arc;
 
 /// Most of one resource a task may ask for (far beyond any real machine, far
 /// below what could overflow the accounting of what workers hold).
 pub const MAX_RESOURCE_AMOUNT: u64 = u32::MAX as u64;
+
+/// Most bytes of arguments one job's tasks may have in all (their arena
+/// is indexed by `u32`; a submission is one frame, far smaller anyway).
+pub const MAX_JOB_ARGS: u64 = u32::MAX as u64;
 
 /// Longest time limit a task may have: a year.
 pub const MAX_TIME_LIMIT_MS: u64 = 365 * 24 * 3600 * 1000;
@@ -28,6 +34,7 @@ fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<T
     }
     // Function names found on some worker (each is looked up once).
     let mut known = HashSet::default();
+    let mut args_total = 0u64;
     for (i, t) in tasks.iter().enumerate() {
         match &t.kind {
             crate::protocol::TaskKind::Fn { name, .. } if name.is_empty() => {
@@ -48,6 +55,14 @@ fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<T
             if known.insert(name.as_str()) {
                 unknown_function(core, i, name)?;
             }
+        }
+        args_total = args_total.saturating_add(match &t.kind {
+            TaskKind::Fn { args, .. } => args.len() as u64,
+            TaskKind::Py { args, .. } => args.len() as u64,
+            TaskKind::Cmd { .. } => 0,
+        });
+        if args_total > MAX_JOB_ARGS {
+            return Err(format!("task {i}: the job's arguments exceed {MAX_JOB_ARGS} bytes in all"));
         }
         if let Some((k, n)) = t.resources.iter().find(|(_, n)| **n > MAX_RESOURCE_AMOUNT) {
             return Err(format!(
@@ -140,18 +155,14 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
     };
     let seq = core.next_job_seq;
     let SubmitMsg { name, tasks, functions, .. } = msg;
-    fx.journal(Record::JobSubmitted {
-        job,
-        seq,
-        name: name.clone(),
-        tasks: tasks.clone(),
-        functions: functions.clone(),
-    });
     let digest = submission_digest(&tasks, &functions);
-    let doomed = insert_job(core, now, job, seq, name, tasks, deps);
-    let j = core.jobs.find_job_mut(job).expect("just inserted");
-    j.functions = functions;
+    // The core keeps its compact records; the specs go to the journal.
+    let head = JobHead { job, seq, name: name.clone() };
+    let doomed = insert_job(core, now, head, &tasks, deps);
+    let j = core.jobs.get_job_mut(job);
+    j.functions = functions.clone();
     j.digest = digest;
+    fx.journal(Record::JobSubmitted { job, seq, name, tasks, functions });
     // Tasks that depend on a task of an earlier job that already failed.
     let mut failed = Completed::default();
     for (tid, error) in doomed {
@@ -170,44 +181,13 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
 pub(super) fn insert_job(
     core: &mut Core,
     now: u64,
-    job: JobId,
-    seq: u64,
-    name: String,
-    specs: Vec<TaskSpec>,
+    head: JobHead,
+    specs: &[TaskSpec],
     deps: Vec<Vec<TaskId>>,
 ) -> Vec<(TaskId, String)> {
+    let JobHead { job, seq, name } = head;
     core.next_job_seq = core.next_job_seq.max(seq + 1);
-    let mut keys = HashMap::default();
-    let mut tasks: Vec<Task> = Vec::with_capacity(specs.len());
-    for (idx, (s, deps)) in specs.into_iter().zip(deps).enumerate() {
-        if let Some(k) = &s.key {
-            keys.insert(k.clone(), idx as u32);
-        }
-        tasks.push(Task {
-            key: s.key,
-            max_worker_kills: s.max_worker_kills,
-            kind: s.kind,
-            state: TaskState::Ready,
-            attempts: 0,
-            held_attempt: 0,
-            assigned_seq: 0,
-            killed: Vec::new(),
-            outcome: None,
-            deps,
-            dependents: Vec::new(),
-            waiting: 0,
-            priority: s.priority,
-            retries: s.retries,
-            time_limit_ms: s.time_limit_ms,
-            resources: s.resources,
-            failures: 0,
-            local_inputs: Vec::new(),
-            // Replayed: an attempt may still run on a worker of the last run.
-            holders: if core.replaying { vec![super::ANY_PROCESS] } else { Vec::new() },
-            void_attempts: 0,
-            repeat_here: false,
-        });
-    }
+    let (tasks, args, keys, key_of) = compact_tasks(specs, deps, core.replaying);
     let n = tasks.len();
     core.jobs.insert(
         job,
@@ -221,6 +201,8 @@ pub(super) fn insert_job(
             seq,
             done_at: None,
             keys,
+            key_of,
+            args,
             functions: Vec::new(),
             digest: 0,
         },
@@ -228,27 +210,8 @@ pub(super) fn insert_job(
     let mut doomed = Vec::new();
     for idx in 0..n as u32 {
         let tid = TaskId { job, idx };
-        let deps = core.jobs.get_job(job).tasks[idx as usize].deps.clone();
-        let mut waiting = 0;
-        for d in deps {
-            let Some(dep) = core.jobs.find_job_mut(d.job).and_then(|j| j.tasks.get_mut(d.idx as usize))
-            else {
-                continue;
-            };
-            match &dep.outcome {
-                Some(Outcome::Ok { .. }) => {}
-                Some(Outcome::Err { error, .. }) => {
-                    let error = error.clone();
-                    let name = graph::task_name(core.jobs.get_job(d.job), d.idx);
-                    doomed.push((tid, format!("dependency {name} failed: {error}")));
-                }
-                None => {
-                    dep.dependents.push(tid);
-                    waiting += 1;
-                }
-            }
-        }
-        let task = &mut core.jobs.find_job_mut(job).expect("just inserted").tasks[idx as usize];
+        let waiting = wait_for_deps(core, tid, &mut doomed);
+        let task = core.get_task_mut(tid);
         task.waiting = waiting;
         if waiting > 0 {
             task.state = TaskState::Waiting;
@@ -258,6 +221,119 @@ pub(super) fn insert_job(
         }
     }
     doomed
+}
+
+/// Who a new job is: its id, submission order and name.
+pub(super) struct JobHead {
+    pub job: JobId,
+    pub seq: u64,
+    pub name: String,
+}
+
+type Compacted = (Vec<Task>, Vec<u8>, HashMap<String, u32>, HashMap<u32, String>);
+
+/// The tasks' records: what they share stored once (`Shape`), their
+/// arguments one after the other in one arena, keys out of line.
+fn compact_tasks(specs: &[TaskSpec], deps: Vec<Vec<TaskId>>, replaying: bool) -> Compacted {
+    let mut keys = HashMap::default();
+    let mut key_of = HashMap::default();
+    let mut args = Vec::new();
+    let mut shapes: Vec<Arc<Shape>> = Vec::new();
+    let mut tasks: Vec<Task> = Vec::with_capacity(specs.len());
+    for (idx, (s, deps)) in specs.iter().zip(deps).enumerate() {
+        if let Some(k) = &s.key {
+            keys.insert(k.clone(), idx as u32);
+            key_of.insert(idx as u32, k.clone());
+        }
+        let own: &[u8] = match &s.kind {
+            TaskKind::Fn { args, .. } => args,
+            TaskKind::Py { args, .. } => args,
+            TaskKind::Cmd { .. } => &[],
+        };
+        // (Submissions are checked to fit: at most `MAX_JOB_ARGS` bytes.)
+        let at = ArgsRef { start: args.len() as u32, len: own.len() as u32 };
+        args.extend_from_slice(own);
+        tasks.push(Task {
+            shape: shape_of(&mut shapes, s),
+            args: at,
+            state: TaskState::Ready,
+            attempts: 0,
+            held_attempt: 0,
+            assigned_seq: 0,
+            killed: RareVec::new(),
+            outcome: None,
+            deps: deps.into_boxed_slice(),
+            dependents: RareVec::new(),
+            waiting: 0,
+            priority: s.priority,
+            failures: 0,
+            local_inputs: RareVec::new(),
+            // Replayed: an attempt may still run on a worker of the last run.
+            holders: if replaying { Holders::one(super::ANY_PROCESS) } else { Holders::default() },
+            void_attempts: 0,
+            repeat_here: false,
+        });
+    }
+    (tasks, args, keys, key_of)
+}
+
+/// Most distinct shapes looked through for one the job has already: an
+/// array or a map has one; a job mixing many kinds stores some twice.
+const RECENT_SHAPES: usize = 8;
+
+/// The shape of task `s`, shared with an earlier task of the job if one of
+/// the last few shapes is the same.
+fn shape_of(shapes: &mut Vec<Arc<Shape>>, s: &TaskSpec) -> Arc<Shape> {
+    let kind = match &s.kind {
+        TaskKind::Fn { name, .. } => TaskKind::Fn { name: name.clone(), args: Vec::new() },
+        TaskKind::Py { func, .. } => TaskKind::Py { func: *func, args: bytes::Bytes::new() },
+        cmd @ TaskKind::Cmd { .. } => cmd.clone(),
+    };
+    let same = |sh: &Shape| {
+        sh.kind == kind
+            && sh.resources == s.resources
+            && sh.time_limit_ms == s.time_limit_ms
+            && sh.max_worker_kills == s.max_worker_kills
+            && sh.retries == s.retries
+    };
+    if let Some(sh) = shapes.iter().rev().find(|sh| same(sh)) {
+        return sh.clone();
+    }
+    let sh = Arc::new(Shape {
+        kind,
+        resources: s.resources.clone(),
+        time_limit_ms: s.time_limit_ms,
+        max_worker_kills: s.max_worker_kills,
+        retries: s.retries,
+    });
+    if shapes.len() >= RECENT_SHAPES {
+        shapes.remove(0);
+    }
+    shapes.push(sh.clone());
+    sh
+}
+
+/// Counts the unfinished dependencies of a new task (and becomes their
+/// dependent); one that failed dooms it.
+fn wait_for_deps(core: &mut Core, tid: TaskId, doomed: &mut Vec<(TaskId, String)>) -> u32 {
+    let mut waiting = 0;
+    for k in 0..core.get_task(tid).deps.len() {
+        let d = core.get_task(tid).deps[k];
+        let Some(dep) = core.jobs.find_task_mut(d) else { continue };
+        match &dep.outcome {
+            Some(Outcome::Ok { .. }) => {}
+            Some(Outcome::Err { error, .. }) => {
+                let error = error.clone();
+                let name = graph::task_name(core.jobs.get_job(d.job), d.idx);
+                doomed.push((tid, format!("dependency {name} failed: {error}")));
+            }
+            None => {
+                dep.dependents.push(tid);
+                waiting += 1;
+            }
+        }
+    }
+    waiting
 }
 
 /// Most outcomes sent to a watcher in one message when it catches up.

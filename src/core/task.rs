@@ -1,9 +1,12 @@
 //! Tasks and jobs as the core keeps them: a task's state, attempts and
-//! holders; a job's tasks, keys and function table.
+//! holders; a job's tasks, keys, shared shapes, argument arena and function
+//! table. A task's record is kept short: a million of them are common.
 
+use super::compact::{ArgsRef, Holders, RareVec};
 use crate::ids::{ConnId, TaskId, WorkerId};
-use crate::protocol::{Outcome, TaskKind};
+use crate::protocol::{Outcome, Resources, TaskKind};
 use rustc_hash::FxHashMap as HashMap;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskState {
@@ -18,11 +21,25 @@ pub enum TaskState {
     Canceled,
 }
 
-pub struct Task {
-    pub key: Option<String>,
+/// What the tasks of a job have in common, stored once per job and shared
+/// by every task submitted with it (an array or a map has one).
+#[derive(Debug, PartialEq)]
+pub struct Shape {
+    /// The task's kind without its own arguments (`Fn::args` and `Py::args`
+    /// are in the job's arena, see `Task::args`).
+    pub kind: TaskKind,
+    pub resources: Resources,
+    pub time_limit_ms: Option<u64>,
     /// Per-task override of `CoreConfig::max_worker_kills`.
     pub max_worker_kills: Option<u32>,
-    pub kind: TaskKind,
+    /// Failed attempts it may retry.
+    pub retries: u32,
+}
+
+pub struct Task {
+    pub shape: Arc<Shape>,
+    /// Its `Fn`/`Py` arguments in `Job::args`.
+    pub args: ArgsRef,
     pub state: TaskState,
     /// Attempts handed out so far (the current one is `attempts`).
     pub attempts: u32,
@@ -33,28 +50,25 @@ pub struct Task {
     /// a dead worker's tasks were running and which only queued.
     pub assigned_seq: u64,
     /// Workers lost while running this task, to stop a poison task.
-    pub killed: Vec<WorkerId>,
+    pub killed: RareVec<WorkerId>,
     /// Set once, by the first report of any attempt.
     pub outcome: Option<Outcome>,
     /// Tasks whose results it takes, in order.
-    pub deps: Vec<TaskId>,
+    pub deps: Box<[TaskId]>,
     /// Tasks that take its result.
-    pub dependents: Vec<TaskId>,
+    pub dependents: RareVec<TaskId>,
     /// Dependencies not finished yet.
     pub waiting: u32,
     pub priority: i32,
-    /// Failed attempts it may still retry, and failed attempts so far.
-    pub retries: u32,
+    /// Failed attempts so far.
     pub failures: u32,
-    pub time_limit_ms: Option<u64>,
-    pub resources: crate::protocol::Resources,
     /// Pinned ahead of its inputs: the dependencies its worker produces
     /// itself and has not reported yet (each `Assigned` to that worker).
-    pub local_inputs: Vec<TaskId>,
+    pub local_inputs: RareVec<TaskId>,
     /// Worker processes (see `process_key`) handed an attempt of it, or
     /// reclaiming one: only their reports count. `ANY_PROCESS` after a
     /// restart, when any worker may hold an attempt of the previous run.
-    pub holders: Vec<u64>,
+    pub holders: Holders,
     /// Attempts up to this one were voided by `ctl retry`: late reports of
     /// them are dropped.
     pub void_attempts: u32,
@@ -77,21 +91,22 @@ pub fn process_key(host: &str, pid: u32) -> u64 {
     let mut h = rustc_hash::FxHasher::default();
     host.hash(&mut h);
     pid.hash(&mut h);
-    h.finish().min(ANY_PROCESS - 1)
+    // (Never `ANY_PROCESS`, nor the one below it that marks no holder.)
+    h.finish().min(ANY_PROCESS - 2)
 }
 
 impl Task {
     /// Whether a report from worker process `process` may be recorded.
     pub fn may_report(&self, process: u64, attempt: u32) -> bool {
-        attempt > self.void_attempts && self.holders.iter().any(|h| *h == process || *h == ANY_PROCESS)
+        attempt > self.void_attempts && self.holders.iter().any(|h| h == process || h == ANY_PROCESS)
     }
 
     /// Remembers that worker process `process` got an attempt.
     pub fn add_holder(&mut self, process: u64) {
-        if !self.holders.contains(&process) {
+        if !self.holders.contains(process) {
             if self.holders.len() >= MAX_HOLDERS {
                 // Oldest first; a replayed task keeps accepting anyone.
-                let at = usize::from(self.holders[0] == ANY_PROCESS);
+                let at = usize::from(self.holders.get(0) == Some(ANY_PROCESS));
                 self.holders.remove(at.min(self.holders.len() - 1));
             }
             self.holders.push(process);
@@ -113,6 +128,10 @@ pub struct Job {
     pub done_at: Option<u64>,
     /// Explicit task keys → index (tasks without one go by their index).
     pub keys: HashMap<String, u32>,
+    /// ... and index → key, for the few tasks that have one.
+    pub key_of: HashMap<u32, String>,
+    /// The `Fn` and `Py` arguments of its tasks, one after the other.
+    pub args: Vec<u8>,
     /// The function table of its `py` tasks (opaque pickles), by `func`.
     pub functions: Vec<bytes::Bytes>,
     /// Digest of the tasks and functions it was submitted with: tells a
@@ -123,5 +142,23 @@ pub struct Job {
 impl Job {
     pub fn is_done(&self) -> bool {
         (self.finished + self.failed) as usize == self.tasks.len()
+    }
+
+    /// The key task `idx` was submitted with, if any.
+    pub fn key(&self, idx: u32) -> Option<&str> {
+        self.key_of.get(&idx).map(String::as_str)
+    }
+
+    /// Task `idx`'s kind with its arguments, as a worker gets it.
+    pub fn kind(&self, idx: u32) -> TaskKind {
+        let t = &self.tasks[idx as usize];
+        let args = &self.args[t.args.range()];
+        match &t.shape.kind {
+            TaskKind::Fn { name, .. } => TaskKind::Fn { name: name.clone(), args: args.to_vec() },
+            TaskKind::Py { func, .. } => {
+                TaskKind::Py { func: *func, args: bytes::Bytes::copy_from_slice(args) }
+            }
+            cmd @ TaskKind::Cmd { .. } => cmd.clone(),
+        }
     }
 }

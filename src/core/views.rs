@@ -62,7 +62,7 @@ pub fn on_tasks(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId) {
             let (state, worker, error) = describe_state(core, &running, TaskId { job, idx: idx as u32 }, t);
             crate::protocol::TaskInfo {
                 idx: idx as u32,
-                key: t.key.clone(),
+                key: j.key(idx as u32).map(str::to_string),
                 state: state.into(),
                 attempts: t.attempts,
                 worker,
@@ -87,9 +87,10 @@ fn describe_state(
     };
     match &t.state {
         TaskState::Ready
-            if !t.resources.is_empty() && !core.workers.values().any(|w| w.could_run(&t.resources)) =>
+            if !t.shape.resources.is_empty()
+                && !core.workers.values().any(|w| w.could_run(&t.shape.resources)) =>
         {
-            let need: Vec<String> = t.resources.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let need: Vec<String> = t.shape.resources.iter().map(|(k, n)| format!("{k}={n}")).collect();
             ("unschedulable", None, Some(format!("needs {}; no worker has that", need.join(","))))
         }
         TaskState::Waiting => ("waiting", None, error),
@@ -220,7 +221,7 @@ pub fn on_explain(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, 
         Some(dj) => format!("{}@{}", d.job, graph::task_name(dj, d.idx)),
         None => d.to_string(),
     };
-    let needs = || t.resources.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(",");
+    let needs = || t.shape.resources.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(",");
     let message = match &t.state {
         TaskState::Waiting => {
             let open: Vec<String> = t
@@ -240,11 +241,12 @@ pub fn on_explain(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, 
             format!("task {key} is ready; no worker is registered")
         }
         TaskState::Ready
-            if !t.resources.is_empty() && !core.workers.values().any(|w| w.could_run(&t.resources)) =>
+            if !t.shape.resources.is_empty()
+                && !core.workers.values().any(|w| w.could_run(&t.shape.resources)) =>
         {
             format!("task {key} is unschedulable: it needs {}; no worker has that", needs())
         }
-        TaskState::Ready if !t.resources.is_empty() => {
+        TaskState::Ready if !t.shape.resources.is_empty() => {
             format!("task {key} is ready and needs {}; it waits until a worker has that free", needs())
         }
         TaskState::Ready => {
