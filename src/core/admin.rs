@@ -1,6 +1,7 @@
 //! Operators' actions (`ctl`): cancel, retry, retire, drain, restart a
 //! worker through its nanny; and the nannies' own events.
 
+use super::compact::Stored;
 use super::graph::{self, Completed};
 use super::views::no_job;
 use super::{Core, Effects, Leave, NannyRecord, Task, TaskState};
@@ -144,7 +145,7 @@ pub(super) fn retry_tasks(core: &mut Core, job: JobId, idx: &[u32]) -> Vec<TaskI
         if !matches!(t.state, TaskState::Failed | TaskState::Canceled) {
             continue;
         }
-        t.outcome = None;
+        t.outcome = Stored::None;
         t.failures = 0;
         t.killed.clear();
         t.void_attempts = t.attempts;

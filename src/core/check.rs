@@ -3,7 +3,7 @@
 
 use super::{Core, TaskState};
 use crate::ids::{TaskId, WorkerId};
-use crate::protocol::{Outcome, Resources};
+use crate::protocol::Resources;
 use rustc_hash::FxHashSet as HashSet;
 
 impl Core {
@@ -27,7 +27,7 @@ impl Core {
                     }
                     TaskState::Canceled => {
                         failed += 1;
-                        assert!(matches!(t.outcome, Some(Outcome::Err { .. })), "{id}");
+                        assert!(t.outcome.is_err(), "{id}");
                     }
                     TaskState::Assigned(wid) => {
                         n_assigned += 1;
@@ -36,11 +36,11 @@ impl Core {
                     }
                     TaskState::Finished => {
                         fin += 1;
-                        assert!(matches!(t.outcome, Some(Outcome::Ok { .. })), "{id}");
+                        assert!(t.outcome.is_ok(), "{id}");
                     }
                     TaskState::Failed => {
                         failed += 1;
-                        assert!(matches!(t.outcome, Some(Outcome::Err { .. })), "{id}");
+                        assert!(t.outcome.is_err(), "{id}");
                     }
                 }
             }

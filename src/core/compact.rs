@@ -134,6 +134,74 @@ impl Holders {
     }
 }
 
+/// A task's outcome as its record keeps it: results in the job's arena,
+/// errors (rare) in the job's list of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stored {
+    #[default]
+    None,
+    Ok(ResultRef),
+    /// Index in `Job::errors`.
+    Err(u32),
+}
+
+impl Stored {
+    pub fn is_none(&self) -> bool {
+        *self == Stored::None
+    }
+
+    pub fn is_some(&self) -> bool {
+        !self.is_none()
+    }
+
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Stored::Ok(_))
+    }
+
+    pub fn is_err(&self) -> bool {
+        matches!(self, Stored::Err(_))
+    }
+}
+
+/// Where one result is in a `ResultArena`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResultRef {
+    chunk: u32,
+    start: u32,
+    len: u32,
+}
+
+/// Size of the chunks small results are packed into; a larger result gets
+/// a chunk of its own.
+const CHUNK: usize = 1 << 20;
+
+/// A job's results, packed one after the other in chunks: a few bytes per
+/// noop result instead of an allocation each.
+#[derive(Default)]
+pub struct ResultArena {
+    chunks: Vec<Vec<u8>>,
+}
+
+impl ResultArena {
+    pub fn push(&mut self, result: &[u8]) -> ResultRef {
+        let fits = |c: &Vec<u8>| c.capacity() - c.len() >= result.len();
+        if result.len() > CHUNK / 4 || !self.chunks.last().is_some_and(fits) {
+            let cap = if result.len() > CHUNK / 4 { result.len() } else { CHUNK };
+            self.chunks.push(Vec::with_capacity(cap));
+        }
+        let chunk = self.chunks.len() - 1;
+        let c = &mut self.chunks[chunk];
+        let start = c.len();
+        c.extend_from_slice(result);
+        // (A frame, and so a result, is far below 4 GiB; chunks are too.)
+        ResultRef { chunk: chunk as u32, start: start as u32, len: result.len() as u32 }
+    }
+
+    pub fn get(&self, r: ResultRef) -> &[u8] {
+        &self.chunks[r.chunk as usize][r.start as usize..(r.start + r.len) as usize]
+    }
+}
+
 /// A task's arguments in its job's arena (`Job::args`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ArgsRef {
@@ -169,7 +237,23 @@ mod tests {
     fn a_task_record_stays_small() {
         // A million of them are common: every byte here is a megabyte there.
         let size = std::mem::size_of::<super::super::Task>();
-        assert!(size <= 184, "Task is {size} bytes");
+        assert!(size <= 144, "Task is {size} bytes");
+    }
+
+    #[test]
+    fn results_pack_into_chunks_and_large_ones_get_their_own() {
+        let mut a = ResultArena::default();
+        let small: Vec<ResultRef> = (0..1000u32).map(|i| a.push(&i.to_le_bytes())).collect();
+        let big = a.push(&vec![7u8; CHUNK]);
+        let after = a.push(b"x");
+        assert_eq!(a.chunks.len(), 3, "the small ones share a chunk; the big one has its own");
+        for (i, r) in small.iter().enumerate() {
+            assert_eq!(a.get(*r), &(i as u32).to_le_bytes());
+        }
+        assert_eq!(a.get(big).len(), CHUNK);
+        assert_eq!(a.get(after), b"x");
+        let empty = a.push(b"");
+        assert_eq!(a.get(empty), b"");
     }
 
     #[test]

@@ -194,7 +194,8 @@ pub fn flush_completed(core: &mut Core, fx: &mut impl Effects, out: Completed) {
 /// Sets a task's outcome (live and in replay): state, counts, and, when it
 /// finished, the readiness of the tasks waiting for it.
 pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, canceled: bool) -> TaskOutcome {
-    let job = core.jobs.find_job_mut(tid.job).expect("job of a live task");
+    let job = core.jobs.get_job_mut(tid.job);
+    let stored = job.store(&outcome);
     let task = &mut job.tasks[tid.idx as usize];
     let ok = outcome.is_ok();
     task.state = match (ok, canceled) {
@@ -207,7 +208,7 @@ pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, can
     } else {
         job.failed += 1;
     }
-    task.outcome = Some(outcome.clone());
+    task.outcome = stored;
     let attempts = task.attempts;
     core.outcomes_total += 1;
     let dependents = if ok { task.dependents.to_vec() } else { Vec::new() };
@@ -236,7 +237,7 @@ pub fn inputs(core: &Core, tid: TaskId) -> Vec<bytes::Bytes> {
     let Some(task) = core.find_task(tid) else { return Vec::new() };
     task.deps
         .iter()
-        .filter_map(|d| match core.find_task(*d).and_then(|t| t.outcome.as_ref()) {
+        .filter_map(|d| match core.outcome(*d) {
             Some(Outcome::Ok { result }) => Some(result.clone()),
             _ => None,
         })

@@ -2,6 +2,7 @@
 //! and the one way a task leaves a worker (`Core::unhold`), which takes back
 //! whatever was pinned there behind it.
 
+use super::compact::Stored;
 use super::queue::{assign, requeue};
 use super::{Core, Effects, TaskState};
 use crate::ids::{TaskId, WorkerId};
@@ -148,8 +149,8 @@ pub(super) fn pin(
             let inputs = dt
                 .deps
                 .iter()
-                .map(|x| match core.find_task(*x).and_then(|t| t.outcome.as_ref()) {
-                    Some(Outcome::Ok { result }) => result.clone(),
+                .map(|x| match core.outcome(*x) {
+                    Some(Outcome::Ok { result }) => result,
                     _ => bytes::Bytes::new(),
                 })
                 .collect();
@@ -186,9 +187,9 @@ fn pinnable(core: &Core, wid: WorkerId, tid: TaskId) -> Option<Vec<(u32, TaskId)
     let mut pending = Vec::new();
     for (i, d) in t.deps.iter().enumerate() {
         let dep = core.find_task(*d)?;
-        match (&dep.outcome, &dep.state) {
-            (Some(Outcome::Ok { .. }), _) => {}
-            (None, TaskState::Assigned(w)) if *w == wid && pending.is_empty() && !dep.repeat_here => {
+        match (dep.outcome, &dep.state) {
+            (Stored::Ok(_), _) => {}
+            (Stored::None, TaskState::Assigned(w)) if *w == wid && pending.is_empty() && !dep.repeat_here => {
                 pending.push((i as u32, *d))
             }
             _ => return None,

@@ -123,6 +123,14 @@ impl Core {
         self.jobs.get_task_mut(id)
     }
 
+    /// A task's outcome, if it has one (its result is copied out of the arena).
+    pub fn outcome(&self, id: TaskId) -> Option<crate::protocol::Outcome> {
+        self.jobs
+            .find_job(id.job)
+            .filter(|j| (id.idx as usize) < j.tasks.len())
+            .and_then(|j| j.outcome(id.idx))
+    }
+
     pub fn config(&self) -> &CoreConfig {
         &self.config
     }

@@ -1,7 +1,7 @@
 //! Jobs: submission (checked before anything changes), watching their
 //! outcomes, and forgetting them.
 
-use super::compact::{ArgsRef, Holders, RareVec};
+use super::compact::{ArgsRef, Holders, RareVec, Stored};
 use super::graph::{self, Completed};
 use super::views::no_job;
 use super::{Core, Effects, Job, Shape, Task, TaskState};
@@ -203,6 +203,8 @@ pub(super) fn insert_job(
             keys,
             key_of,
             args,
+            results: Default::default(),
+            errors: Vec::new(),
             functions: Vec::new(),
             digest: 0,
         },
@@ -261,7 +263,7 @@ fn compact_tasks(specs: &[TaskSpec], deps: Vec<Vec<TaskId>>, replaying: bool) ->
             held_attempt: 0,
             assigned_seq: 0,
             killed: RareVec::new(),
-            outcome: None,
+            outcome: Stored::None,
             deps: deps.into_boxed_slice(),
             dependents: RareVec::new(),
             waiting: 0,
@@ -320,14 +322,14 @@ fn wait_for_deps(core: &mut Core, tid: TaskId, doomed: &mut Vec<(TaskId, String)
     for k in 0..core.get_task(tid).deps.len() {
         let d = core.get_task(tid).deps[k];
         let Some(dep) = core.jobs.find_task_mut(d) else { continue };
-        match &dep.outcome {
-            Some(Outcome::Ok { .. }) => {}
-            Some(Outcome::Err { error, .. }) => {
-                let error = error.clone();
-                let name = graph::task_name(core.jobs.get_job(d.job), d.idx);
+        match dep.outcome {
+            Stored::Ok(_) => {}
+            Stored::Err(_) => {
+                let dj = core.jobs.get_job(d.job);
+                let (name, error) = (graph::task_name(dj, d.idx), dj.error(d.idx).unwrap_or_default());
                 doomed.push((tid, format!("dependency {name} failed: {error}")));
             }
-            None => {
+            Stored::None => {
                 dep.dependents.push(tid);
                 waiting += 1;
             }
@@ -353,10 +355,10 @@ pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId
         .iter()
         .enumerate()
         .filter_map(|(idx, t)| {
-            t.outcome.as_ref().map(|o| TaskOutcome {
+            j.outcome(idx as u32).map(|outcome| TaskOutcome {
                 idx: idx as u32,
                 attempts: t.attempts,
-                outcome: o.clone(),
+                outcome,
             })
         })
         .collect();

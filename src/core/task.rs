@@ -2,7 +2,7 @@
 //! holders; a job's tasks, keys, shared shapes, argument arena and function
 //! table. A task's record is kept short: a million of them are common.
 
-use super::compact::{ArgsRef, Holders, RareVec};
+use super::compact::{ArgsRef, Holders, RareVec, ResultArena, Stored};
 use crate::ids::{ConnId, TaskId, WorkerId};
 use crate::protocol::{Outcome, Resources, TaskKind};
 use rustc_hash::FxHashMap as HashMap;
@@ -51,8 +51,8 @@ pub struct Task {
     pub assigned_seq: u64,
     /// Workers lost while running this task, to stop a poison task.
     pub killed: RareVec<WorkerId>,
-    /// Set once, by the first report of any attempt.
-    pub outcome: Option<Outcome>,
+    /// Set once, by the first report of any attempt (`Job::outcome` has it).
+    pub outcome: Stored,
     /// Tasks whose results it takes, in order.
     pub deps: Box<[TaskId]>,
     /// Tasks that take its result.
@@ -132,6 +132,9 @@ pub struct Job {
     pub key_of: HashMap<u32, String>,
     /// The `Fn` and `Py` arguments of its tasks, one after the other.
     pub args: Vec<u8>,
+    /// Its tasks' results, and their errors (with the pickled exception).
+    pub results: ResultArena,
+    pub errors: Vec<(String, Option<bytes::Bytes>)>,
     /// The function table of its `py` tasks (opaque pickles), by `func`.
     pub functions: Vec<bytes::Bytes>,
     /// Digest of the tasks and functions it was submitted with: tells a
@@ -142,6 +145,37 @@ pub struct Job {
 impl Job {
     pub fn is_done(&self) -> bool {
         (self.finished + self.failed) as usize == self.tasks.len()
+    }
+
+    /// Task `idx`'s outcome, if it has one.
+    pub fn outcome(&self, idx: u32) -> Option<Outcome> {
+        match self.tasks[idx as usize].outcome {
+            Stored::None => None,
+            Stored::Ok(r) => Some(Outcome::Ok { result: bytes::Bytes::copy_from_slice(self.results.get(r)) }),
+            Stored::Err(e) => {
+                let (error, exception) = self.errors[e as usize].clone();
+                Some(Outcome::Err { error, exception })
+            }
+        }
+    }
+
+    /// Task `idx`'s error, if it failed.
+    pub fn error(&self, idx: u32) -> Option<&str> {
+        match self.tasks[idx as usize].outcome {
+            Stored::Err(e) => Some(&self.errors[e as usize].0),
+            _ => None,
+        }
+    }
+
+    /// Keeps an outcome in the job's arena (or list of errors), for a task.
+    pub fn store(&mut self, outcome: &Outcome) -> Stored {
+        match outcome {
+            Outcome::Ok { result } => Stored::Ok(self.results.push(result)),
+            Outcome::Err { error, exception } => {
+                self.errors.push((error.clone(), exception.clone()));
+                Stored::Err((self.errors.len() - 1) as u32)
+            }
+        }
     }
 
     /// The key task `idx` was submitted with, if any.

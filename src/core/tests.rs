@@ -75,7 +75,7 @@ fn duplicate_reports_are_recorded_once() {
     core.sanity_check();
     assert_eq!(fx.journal.len(), journaled, "second report not journaled");
     assert_eq!(core.duplicate_reports, 1);
-    assert_eq!(core.jobs.get_job(job).tasks[0].outcome, Some(ok(7)));
+    assert_eq!(core.jobs.get_job(job).outcome(0), Some(ok(7)));
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn lost_worker_requeues_only_its_tasks_and_poison_task_fails() {
     let _ = current;
     let t = &core.jobs.get_job(job).tasks[a1[0].task.idx as usize];
     assert_eq!(t.state, TaskState::Failed);
-    match &t.outcome {
+    match &core.outcome(a1[0].task) {
         Some(Outcome::Err { error, .. }) => {
             assert!(error.contains("w1") && error.contains("died"), "{error}")
         }
@@ -205,7 +205,7 @@ fn replay_restores_outcomes_and_requeues_the_rest() {
     restored.sanity_check();
     let j = &restored.jobs.get_job(job);
     assert_eq!(j.finished, 1);
-    assert_eq!(j.tasks[a[0].task.idx as usize].outcome, Some(ok(1)));
+    assert_eq!(j.outcome(a[0].task.idx), Some(ok(1)));
     assert_eq!(restored.ready.len(), 2);
 }
 
@@ -243,7 +243,7 @@ fn a_silent_worker_is_lost_and_its_late_reports_are_recorded_once() {
     on_heartbeat(&mut core, &mut fx, timeout + 4, ConnId(1), 0);
     core.sanity_check();
     assert_eq!(core.duplicate_reports, 1);
-    assert_eq!(core.jobs.get_job(job).tasks[a1[0].task.idx as usize].outcome, Some(ok(10)));
+    assert_eq!(core.outcome(a1[0].task), Some(ok(10)));
     let told: Vec<_> = fx
         .workers
         .iter()
@@ -278,7 +278,7 @@ fn a_stale_report_that_comes_first_wins_and_releases_the_new_holder() {
     assert!(core.workers.get_worker(WorkerId(2)).assigned.is_empty());
     on_reports(&mut core, &mut fx, timeout + 3, ConnId(2), 1, vec![report(&a2[0], ok(6))]);
     core.sanity_check();
-    assert_eq!(core.jobs.get_job(job).tasks[0].outcome, Some(ok(5)));
+    assert_eq!(core.jobs.get_job(job).outcome(0), Some(ok(5)));
     assert_eq!(core.duplicate_reports, 1);
 }
 
@@ -498,7 +498,7 @@ fn a_failure_fails_its_dependents_transitively() {
     core.sanity_check();
     let j = &core.jobs.get_job(job);
     assert_eq!(j.failed, 3);
-    match &j.tasks[2].outcome {
+    match &j.outcome(2) {
         Some(Outcome::Err { error, .. }) => {
             assert_eq!(error, "dependency b failed: dependency a failed: boom")
         }

@@ -68,7 +68,7 @@ fn cancel_stops_running_tasks_and_fails_dependents() {
     let j = &core.jobs.get_job(job);
     assert_eq!(j.tasks[0].state, TaskState::Canceled);
     assert!(
-        matches!(&j.tasks[1].outcome, Some(Outcome::Err { error, .. }) if error == "dependency a was canceled")
+        matches!(&j.outcome(1), Some(Outcome::Err { error, .. }) if error == "dependency a was canceled")
     );
     assert!(j.is_done());
     // Replay keeps it canceled.
@@ -258,7 +258,7 @@ fn reports_for_tasks_a_worker_never_held_are_dropped() {
     let j = &core.jobs.get_job(job);
     assert_eq!(j.finished, 2);
     for a in &given {
-        assert_eq!(j.tasks[a.task.idx as usize].outcome, Some(ok(666)));
+        assert_eq!(j.outcome(a.task.idx), Some(ok(666)));
     }
     for a in &mine {
         assert_eq!(
@@ -296,7 +296,7 @@ fn reports_for_tasks_a_worker_never_held_are_dropped() {
     on_reports(&mut restarted, &mut fx2, 12, ConnId(3), 1, vec![late]);
     restarted.sanity_check();
     assert_eq!(restarted.foreign_reports, 0);
-    assert_eq!(restarted.jobs.get_job(job).tasks[9].outcome, Some(ok(9)));
+    assert_eq!(restarted.jobs.get_job(job).outcome(9), Some(ok(9)));
 }
 
 /// Issue 12, defect 8: numbers a peer supplies never overflow: impossible

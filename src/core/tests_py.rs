@@ -135,7 +135,7 @@ fn a_task_that_kills_its_executor_runs_again_then_fails_naming_it() {
     }
     let t = &core.jobs.get_job(job).tasks[0];
     assert_eq!(t.state, TaskState::Failed);
-    match &t.outcome {
+    match &core.jobs.get_job(job).outcome(0) {
         Some(Outcome::Err { error, .. }) => {
             assert!(error.contains("killed its Python executor 3 times"), "{error}");
             assert!(error.contains("SIGSEGV"), "{error}");

@@ -4,7 +4,7 @@
 use super::graph::{self};
 use super::{Core, Effects, Job, Task, TaskState};
 use crate::ids::{ConnId, JobId, TaskId, WorkerId};
-use crate::protocol::{NannyInfo, Outcome, ToClient, WorkerInfo};
+use crate::protocol::{NannyInfo, ToClient, WorkerInfo};
 use rustc_hash::FxHashSet as HashSet;
 
 pub fn on_list_workers(core: &Core, fx: &mut impl Effects, now: u64, conn: ConnId) {
@@ -81,10 +81,7 @@ fn describe_state(
     tid: TaskId,
     t: &Task,
 ) -> (&'static str, Option<WorkerId>, Option<String>) {
-    let error = match &t.outcome {
-        Some(Outcome::Err { error, .. }) => Some(error.clone()),
-        _ => None,
-    };
+    let error = core.jobs.get_job(tid.job).error(tid.idx).map(str::to_string);
     match &t.state {
         TaskState::Ready
             if !t.shape.resources.is_empty()
@@ -255,11 +252,9 @@ pub fn on_explain(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, 
         TaskState::Delayed => format!("task {key} failed {} times; retrying after a backoff", t.failures),
         TaskState::Assigned(w) => format!("task {key} is on worker {w} (attempt {})", t.attempts),
         TaskState::Finished => format!("task {key} finished (attempt {})", t.attempts),
-        TaskState::Failed | TaskState::Canceled => match &t.outcome {
-            Some(Outcome::Err { error, .. }) => {
-                format!("task {key} failed after {} attempts: {error}", t.attempts)
-            }
-            _ => format!("task {key} failed"),
+        TaskState::Failed | TaskState::Canceled => match j.error(idx) {
+            Some(error) => format!("task {key} failed after {} attempts: {error}", t.attempts),
+            None => format!("task {key} failed"),
         },
     };
     fx.to_client(conn, ToClient::Done { message });
