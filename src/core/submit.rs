@@ -286,13 +286,8 @@ const RECENT_SHAPES: usize = 8;
 /// The shape of task `s`, shared with an earlier task of the job if one of
 /// the last few shapes is the same.
 fn shape_of(shapes: &mut Vec<Arc<Shape>>, s: &TaskSpec) -> Arc<Shape> {
-    let kind = match &s.kind {
-        TaskKind::Fn { name, .. } => TaskKind::Fn { name: name.clone(), args: Vec::new() },
-        TaskKind::Py { func, .. } => TaskKind::Py { func: *func, args: bytes::Bytes::new() },
-        cmd @ TaskKind::Cmd { .. } => cmd.clone(),
-    };
     let same = |sh: &Shape| {
-        sh.kind == kind
+        same_kind(&sh.kind, &s.kind)
             && sh.resources == s.resources
             && sh.time_limit_ms == s.time_limit_ms
             && sh.max_worker_kills == s.max_worker_kills
@@ -301,6 +296,11 @@ fn shape_of(shapes: &mut Vec<Arc<Shape>>, s: &TaskSpec) -> Arc<Shape> {
     if let Some(sh) = shapes.iter().rev().find(|sh| same(sh)) {
         return sh.clone();
     }
+    let kind = match &s.kind {
+        TaskKind::Fn { name, .. } => TaskKind::Fn { name: name.clone(), args: Vec::new() },
+        TaskKind::Py { func, .. } => TaskKind::Py { func: *func, args: bytes::Bytes::new() },
+        cmd @ TaskKind::Cmd { .. } => cmd.clone(),
+    };
     let sh = Arc::new(Shape {
         kind,
         resources: s.resources.clone(),
@@ -313,6 +313,16 @@ fn shape_of(shapes: &mut Vec<Arc<Shape>>, s: &TaskSpec) -> Arc<Shape> {
     }
     shapes.push(sh.clone());
     sh
+}
+
+/// Whether a shape's kind is that of `kind`, but for its own arguments.
+fn same_kind(shape: &TaskKind, kind: &TaskKind) -> bool {
+    match (shape, kind) {
+        (TaskKind::Fn { name: a, .. }, TaskKind::Fn { name: b, .. }) => a == b,
+        (TaskKind::Py { func: a, .. }, TaskKind::Py { func: b, .. }) => a == b,
+        (a @ TaskKind::Cmd { .. }, b @ TaskKind::Cmd { .. }) => a == b,
+        _ => false,
+    }
 }
 
 /// Counts the unfinished dependencies of a new task (and becomes their
