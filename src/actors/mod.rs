@@ -28,6 +28,7 @@
 
 pub mod listener;
 pub mod nanny;
+mod outbox;
 pub mod scheduler;
 pub mod session;
 

@@ -15,12 +15,11 @@ use super::testenv::step::{
 use super::*;
 use crate::ids::{ConnId, JobId, TaskId};
 use crate::persistence::Record;
-use crate::protocol::{Dep, Resources, TaskReport, TaskSpec};
-use crate::protocol::{Outcome, TaskKind, ToClient, ToNanny, ToWorker};
+use crate::protocol::{Dep, Outcome, Resources, TaskKind, TaskReport, TaskSpec, ToWorker};
 use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use worker::{Reply, SimWorker};
+use worker::{Reply, SimFx, SimWorker};
 
 const TIMEOUT_US: u64 = 1_000_000;
 const TICK_US: u64 = TIMEOUT_US / 4;
@@ -41,27 +40,6 @@ fn event(s: String) {
         }
         e.push_back(s);
     });
-}
-
-#[derive(Default)]
-struct SimFx {
-    workers: Vec<(ConnId, ToWorker)>,
-    journal: Vec<Record>,
-}
-
-impl Effects for SimFx {
-    fn to_worker(&mut self, conn: ConnId, msg: ToWorker) {
-        self.workers.push((conn, msg));
-    }
-    fn to_worker_after_flush(&mut self, conn: ConnId, msg: ToWorker) {
-        self.workers.push((conn, msg));
-    }
-    fn to_client(&mut self, _: ConnId, _: ToClient) {}
-    fn to_nanny(&mut self, _: ConnId, _: ToNanny) {}
-    fn journal(&mut self, record: Record) {
-        self.journal.push(record);
-    }
-    fn close(&mut self, _: ConnId) {}
 }
 
 struct Sim {
