@@ -10,7 +10,7 @@ impl Core {
     /// Asserts the invariants that tie the structures together.
     pub fn sanity_check(&self) {
         self.check_workers();
-        let ready: HashSet<TaskId> = self.ready.iter().map(|e| e.task).collect();
+        let ready: HashSet<TaskId> = self.ready.iter().filter_map(|e| self.ready_task(e)).collect();
         let delayed: HashSet<TaskId> = self.deadlines.retries().map(|(_, t)| t).collect();
         let mut n_assigned = 0;
         for (jid, job) in &self.jobs {

@@ -23,12 +23,13 @@ pub fn task_name(job: &Job, idx: u32) -> String {
     job.key(idx).map_or_else(|| idx.to_string(), str::to_string)
 }
 
-/// Resolves every task's dependencies to task ids; refuses duplicate keys,
+/// Resolves every task's dependencies to task ids (none at all, for a job
+/// whose tasks have none: no list per task); refuses duplicate keys,
 /// unknown keys (or jobs), self-dependencies and cycles.
 pub fn resolve(core: &Core, job: JobId, specs: &[TaskSpec]) -> Result<Vec<Vec<TaskId>>, String> {
     if specs.iter().all(|s| s.deps.is_empty()) {
         check_keys(specs)?;
-        return Ok(vec![Vec::new(); specs.len()]);
+        return Ok(Vec::new());
     }
     let mut keys: HashMap<&str, u32> = HashMap::default();
     let idx_names: Vec<String> = (0..specs.len()).map(|i| i.to_string()).collect();

@@ -64,9 +64,9 @@ pub(super) fn assign(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadyEntry {
     pub priority: i32,
-    /// `(job seq << 32) | index`: submission order across jobs.
+    /// `(job seq << 32) | index`: submission order across jobs, and the task
+    /// (`Core::ready_task`), in 16 bytes an entry.
     pub order: u64,
-    pub task: TaskId,
 }
 
 impl Ord for ReadyEntry {
@@ -86,6 +86,12 @@ impl Core {
     pub fn push_ready(&mut self, tid: TaskId) {
         let Some(job) = self.jobs.find_job(tid.job) else { return };
         let priority = job.tasks[tid.idx as usize].priority;
-        self.ready.push(ReadyEntry { priority, order: (job.seq << 32) | tid.idx as u64, task: tid });
+        self.ready.push(ReadyEntry { priority, order: (job.seq << 32) | tid.idx as u64 });
+    }
+
+    /// The task a ready-queue entry stands for, if its job is still here.
+    pub(super) fn ready_task(&self, e: &ReadyEntry) -> Option<TaskId> {
+        let job = *self.job_by_seq.get(&(e.order >> 32))?;
+        Some(TaskId { job, idx: e.order as u32 })
     }
 }

@@ -21,7 +21,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                     let deps = graph::resolve(core, job, &tasks).unwrap_or_else(|e| {
                         // e.g. a dependency on a job forgotten since: run without it.
                         tracing::warn!(job = %job, error = %e, "journaled dependencies no longer resolve");
-                        vec![Vec::new(); tasks.len()]
+                        Vec::new()
                     });
                     // Failures it caused were journaled too, and come later.
                     let digest = submission_digest(&tasks, &functions);
@@ -44,7 +44,9 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                 }
             }
             Record::JobForgotten { job } => {
-                core.jobs.remove(job);
+                if let Some(j) = core.jobs.remove(job) {
+                    core.job_by_seq.remove(&j.seq);
+                }
             }
             Record::TasksRetried { job, idx } => {
                 retry_tasks(core, job, &idx);

@@ -49,8 +49,8 @@ fn schedule(core: &mut Core, fx: &mut impl Effects) {
     let mut open = free.len();
     while open > 0 {
         let Some(entry) = core.ready.pop() else { break };
-        let Some(task) = core.find_task(entry.task).filter(|t| t.state == TaskState::Ready) else { continue };
-        let tid = entry.task;
+        let Some(tid) = core.ready_task(&entry) else { continue };
+        let Some(task) = core.find_task(tid).filter(|t| t.state == TaskState::Ready) else { continue };
         // The next worker (round robin) with room that has what the task needs.
         let n = free.len();
         let pick = (0..n).map(|k| (next + k) % n).find(|&k| {

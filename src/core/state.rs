@@ -4,7 +4,7 @@
 use super::deadlines::{Deadlines, Lane};
 use super::maps::{TaskMap, WorkerMap};
 use super::{CoreConfig, NannyRecord, ReadyEntry, Task, Worker};
-use crate::ids::{ConnId, TaskId, WorkerId};
+use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::{BTreeMap, BinaryHeap};
 
@@ -17,6 +17,8 @@ pub struct Core {
     /// Tasks waiting for a worker: highest priority, then submission order.
     /// Entries whose task is no longer `Ready` are skipped when popped.
     pub(super) ready: BinaryHeap<ReadyEntry>,
+    /// Each job by its submission order (`ReadyEntry::order` names it so).
+    pub(super) job_by_seq: HashMap<u64, JobId>,
     /// Retries, the end of the grace period, retention, heartbeat timeouts.
     pub(super) deadlines: Deadlines,
     /// After a restart, nothing is scheduled until this time, so that workers

@@ -187,6 +187,7 @@ pub(super) fn insert_job(
 ) -> Vec<(TaskId, String)> {
     let JobHead { job, seq, name } = head;
     core.next_job_seq = core.next_job_seq.max(seq + 1);
+    core.job_by_seq.insert(seq, job);
     let (tasks, args, keys, key_of) = compact_tasks(specs, deps, core.replaying);
     let n = tasks.len();
     core.jobs.insert(
@@ -242,6 +243,8 @@ fn compact_tasks(specs: &[TaskSpec], deps: Vec<Vec<TaskId>>, replaying: bool) ->
     let mut args = Vec::new();
     let mut shapes: Vec<Arc<Shape>> = Vec::new();
     let mut tasks: Vec<Task> = Vec::with_capacity(specs.len());
+    // (No lists at all when no task has dependencies.)
+    let deps = deps.into_iter().chain(std::iter::repeat_with(Vec::new));
     for (idx, (s, deps)) in specs.iter().zip(deps).enumerate() {
         if let Some(k) = &s.key {
             keys.insert(k.clone(), idx as u32);
@@ -425,6 +428,7 @@ pub fn on_forget(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobI
 
 pub(super) fn forget(core: &mut Core, fx: &mut impl Effects, job: JobId, why: &str) {
     if let Some(j) = core.jobs.remove(job) {
+        core.job_by_seq.remove(&j.seq);
         if !j.functions.is_empty() {
             for w in core.workers.values_mut() {
                 w.functions_sent.retain(|(jb, _)| *jb != job);
