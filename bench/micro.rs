@@ -43,6 +43,9 @@ impl Effects for Counting {
             _ => self.other += 1,
         }
     }
+    fn to_worker_after_flush(&mut self, conn: ConnId, msg: ToWorker) {
+        self.to_worker(conn, msg);
+    }
     fn to_client(&mut self, _: ConnId, msg: ToClient) {
         black_box(msg);
         self.other += 1;
@@ -78,7 +81,8 @@ fn drive(tasks: Vec<TaskSpec>) -> usize {
     core::on_worker_joined(&mut core, &mut fx, 0, w1, new_worker());
     core::on_worker_joined(&mut core, &mut fx, 0, w2, new_worker());
     let job = JobId::new();
-    core::on_submit(&mut core, &mut fx, 1, client, job, "bench".into(), tasks);
+    core::on_submit_job(&mut core, &mut fx, 1, client, core::SubmitMsg::new(job, "bench".into(), tasks));
+    core.finish_step(&mut fx);
     core::on_watch(&mut core, &mut fx, client, job);
     let mut batch = [0u64; 3];
     let mut done = 0;
@@ -103,7 +107,9 @@ fn drive(tasks: Vec<TaskSpec>) -> usize {
             done += reports.len();
             batch[conn.0 as usize] += 1;
             now += 1;
-            core::on_reports(&mut core, &mut fx, now, conn, batch[conn.0 as usize], reports);
+            let msg = core::ReportsMsg { batch: batch[conn.0 as usize], reports };
+            core::on_reports(&mut core, &mut fx, now, conn, msg);
+            core.finish_step(&mut fx);
         }
     }
     done

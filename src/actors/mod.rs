@@ -35,6 +35,7 @@
 
 pub mod listener;
 pub mod nanny;
+mod outbox;
 pub mod reader;
 pub mod root;
 pub mod scheduler;
@@ -207,12 +208,12 @@ fn recover(opts: &SchedulerOptions) -> Result<(Core, AnyJournal, u64), StartErro
     let now = crate::util::now_micros();
     crate::core::replay(&mut core, now, records);
     if let AnyJournal::Sled(j) = &journal {
-        let tasks: usize = core.jobs.values().map(|j| j.tasks.len()).sum();
+        let (jobs, tasks) = core.job_count();
         tracing::info!(
             journal = %j.dir().display(),
             epoch = j.epoch(),
             records = n_records,
-            jobs = core.jobs.len(),
+            jobs,
             tasks,
             bytes = j.size_on_disk(),
             ms = t0.elapsed().as_millis() as u64,

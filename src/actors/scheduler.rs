@@ -2,11 +2,12 @@
 //! message through a core handler, then executes the effects — journal
 //! first (one flush per group), then one write per connection.
 
+use super::outbox::Outbox;
 use super::session::{SessionHandle, SessionMsg};
 use crate::core::{self, Core, Effects};
 use crate::ids::ConnId;
-use crate::persistence::{AnyJournal, Journal, Record};
-use crate::protocol::{conn::encode, FromClient, FromNanny, FromWorker, Role, ToClient, ToNanny, ToWorker};
+use crate::persistence::{AnyJournal, Journal};
+use crate::protocol::{FromClient, FromNanny, FromWorker, Role, ToClient, ToNanny, ToWorker};
 use crate::util::now_micros;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -52,73 +53,6 @@ pub enum SchedMsg {
 /// How long a scheduler shutting down for good waits for the nannies and
 /// workers it told so to hang up.
 const FAREWELL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Effects of the steps since the last flush, executed together.
-#[derive(Default)]
-pub struct Outbox {
-    records: Vec<Record>,
-    /// Messages that promise something (acknowledgements, replies, results):
-    /// sent once the group's records are durable.
-    frames: HashMap<ConnId, Vec<Bytes>>,
-    closes: Vec<ConnId>,
-    /// Messages that promise nothing (assignments, registrations): sent at
-    /// once, without waiting for the journal.
-    urgent: HashMap<ConnId, Vec<Bytes>>,
-    /// Bytes gathered per connection, and the most one may gather: a peer
-    /// that asks for more than that in one group (and does not read) is cut
-    /// off instead of growing the scheduler.
-    bytes: HashMap<ConnId, usize>,
-    limit: usize,
-    overflowed: Vec<ConnId>,
-}
-
-impl Outbox {
-    fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.frames.is_empty() && self.closes.is_empty()
-    }
-    fn new(limit: usize) -> Outbox {
-        Outbox { limit, ..Outbox::default() }
-    }
-    fn push<T: serde::Serialize>(&mut self, conn: ConnId, msg: &T, urgent: bool) {
-        let gathered = self.bytes.entry(conn).or_default();
-        if *gathered > self.limit {
-            return; // cut off already
-        }
-        let frames = if urgent { &mut self.urgent } else { &mut self.frames };
-        match encode(msg) {
-            Ok(b) => {
-                *gathered = gathered.saturating_add(b.len());
-                if *gathered > self.limit {
-                    self.overflowed.push(conn);
-                    return;
-                }
-                frames.entry(conn).or_default().push(b)
-            }
-            Err(e) => tracing::error!(conn = %conn, error = %e, "cannot encode a message"),
-        }
-    }
-}
-
-impl Effects for Outbox {
-    fn to_worker(&mut self, conn: ConnId, msg: ToWorker) {
-        // Only an acknowledgement promises durability; a task handed out
-        // before its job is durable is at worst run for nothing.
-        let urgent = !matches!(msg, ToWorker::Ack { .. });
-        self.push(conn, &msg, urgent);
-    }
-    fn to_client(&mut self, conn: ConnId, msg: ToClient) {
-        self.push(conn, &msg, false);
-    }
-    fn to_nanny(&mut self, conn: ConnId, msg: ToNanny) {
-        self.push(conn, &msg, true);
-    }
-    fn journal(&mut self, record: Record) {
-        self.records.push(record);
-    }
-    fn close(&mut self, conn: ConnId) {
-        self.closes.push(conn);
-    }
-}
 
 pub struct SchedulerActor;
 
@@ -191,6 +125,17 @@ impl SchedulerState {
             flushes: self.flushes,
             last_flush_ms_ago: self.last_flush_done.map(|t| t.elapsed().as_millis() as u64),
             epoch: self.epoch,
+        }
+    }
+
+    /// (time, outcomes so far) at each tick, for the last ten seconds or so.
+    fn note_throughput(&mut self) {
+        let t = std::time::Instant::now();
+        self.throughput.push_back((t, self.core.outcomes_total()));
+        while self.throughput.len() > 2
+            && self.throughput.get(1).is_some_and(|(t1, _)| t.duration_since(*t1).as_secs() >= 10)
+        {
+            self.throughput.pop_front();
         }
     }
 
@@ -284,88 +229,9 @@ fn handle_msg(
                 tracing::debug!(conn = %conn, ?role, "session connected");
                 st.sessions.insert(conn, session);
             }
-            SchedMsg::Worker { conn, msg } => match msg {
-                FromWorker::Register { slots, host, pid, functions, nanny, running, resources } => {
-                    let w = core::NewWorker { slots, host, pid, functions, nanny, running, resources };
-                    core::on_worker_joined(core, fx, now, conn, w);
-                }
-                FromWorker::Reports { batch, reports } => {
-                    core::on_reports(core, fx, now, conn, batch, reports)
-                }
-                FromWorker::Heartbeat { rss_kib } => core::on_heartbeat(core, fx, now, conn, rss_kib),
-                FromWorker::Draining { returned } => core::on_worker_draining(core, fx, conn, returned),
-                FromWorker::Released { tasks } => core::on_released(core, fx, conn, tasks),
-                FromWorker::Goodbye => {
-                    if let Some(w) = core.worker_by_conn.get(&conn).copied() {
-                        core::on_worker_lost(core, fx, now, w, core::GOODBYE);
-                    }
-                }
-            },
-            SchedMsg::Client { conn, msg } => match msg {
-                FromClient::Submit { job, name, tasks, functions } => {
-                    core::on_submit_job(core, fx, now, conn, core::SubmitMsg { job, name, tasks, functions })
-                }
-                FromClient::Watch { job } => core::on_watch(core, fx, conn, job),
-                FromClient::Workers => core::on_list_workers(core, fx, now, conn),
-                FromClient::Nannies => core::on_list_nannies(core, fx, conn),
-                FromClient::RestartWorker { worker } => core::on_restart_worker(core, fx, conn, worker),
-                FromClient::Forget { job } => core::on_forget(core, fx, conn, job),
-                FromClient::Cancel { job, keys } => core::on_cancel(core, fx, now, conn, job, keys),
-                FromClient::Resolve { job, key } => core::on_resolve(core, fx, conn, job, key),
-                FromClient::Unwatch { job } => core::on_unwatch(core, fx, conn, job),
-                FromClient::Tasks { job } => core::on_tasks(core, fx, conn, job),
-                FromClient::Jobs => core::on_jobs(core, fx, conn),
-                FromClient::Shutdown => {
-                    tracing::info!("shutdown requested");
-                    let message = "the scheduler is stopping; its workers and nannies exit".into();
-                    fx.to_client(conn, ToClient::Done { message });
-                    st.shutdown_requested = true;
-                    farewell(&myself, st);
-                }
-                FromClient::StopKeepingWorkers { drain: false } => {
-                    tracing::info!("shutdown requested; workers wait for the next scheduler");
-                    let message = "the scheduler is stopping; its workers wait for the next one".into();
-                    fx.to_client(conn, ToClient::Done { message });
-                    st.keep_workers = true;
-                    st.shutdown_requested = true;
-                }
-                FromClient::StopKeepingWorkers { drain: true } => {
-                    st.keep_workers = true;
-                    drain_and_stop(core, fx, conn);
-                }
-                FromClient::Explain { job, key } => core::on_explain(core, fx, conn, job, key),
-                FromClient::Status => {
-                    let extra = st.status_extra();
-                    core::on_status(&st.core, &mut st.outbox, conn, extra)
-                }
-                FromClient::Job { job } => core::on_job(core, fx, now, conn, job),
-                FromClient::Retry { job } => core::on_retry(core, fx, conn, job),
-                FromClient::RetireWorker { worker } => core::on_retire_worker(core, fx, conn, worker),
-                FromClient::Journal => {
-                    let journal = st.journal_info();
-                    st.outbox.to_client(conn, ToClient::Journal { journal });
-                }
-                FromClient::DrainAndShutdown => drain_and_stop(core, fx, conn),
-                FromClient::LogLevel { level } => {
-                    let reply = match crate::util::set_log_level(&level) {
-                        Ok(()) => {
-                            tracing::warn!(level = ?level, "log level changed");
-                            ToClient::Done { message: format!("log level is now {level:?}") }
-                        }
-                        Err(message) => ToClient::Error { job: None, message },
-                    };
-                    fx.to_client(conn, reply);
-                }
-            },
-            SchedMsg::Nanny { conn, msg } => match msg {
-                FromNanny::Register { host, pid, slots } => {
-                    core::on_nanny_registered(core, fx, conn, host, pid, slots)
-                }
-                FromNanny::Slot { info } => core::on_nanny_slot(core, conn, info),
-                FromNanny::OverMemory { slot, reason } => {
-                    core::on_worker_over_memory(core, fx, now, conn, slot, &reason)
-                }
-            },
+            SchedMsg::Worker { conn, msg } => worker_msg(core, fx, now, conn, msg),
+            SchedMsg::Client { conn, msg } => client_msg(&myself, st, now, conn, msg),
+            SchedMsg::Nanny { conn, msg } => nanny_msg(core, fx, now, conn, msg),
             SchedMsg::Closed { conn } => {
                 st.sessions.remove(&conn);
                 core::on_connection_closed(core, fx, now, conn);
@@ -379,17 +245,11 @@ fn handle_msg(
             }
             SchedMsg::Deadline => {
                 st.wake_at = None;
-                core::on_deadline(core, fx, now);
+                core::on_deadline(core, now);
             }
             SchedMsg::Tick => {
                 core::on_tick(core, fx, now);
-                let t = std::time::Instant::now();
-                st.throughput.push_back((t, st.core.outcomes_total));
-                while st.throughput.len() > 2
-                    && st.throughput.get(1).is_some_and(|(t1, _)| t.duration_since(*t1).as_secs() >= 10)
-                {
-                    st.throughput.pop_front();
-                }
+                st.note_throughput();
             }
             SchedMsg::Flush => {
                 st.flush_queued = false;
@@ -413,22 +273,127 @@ fn handle_msg(
                 return start_flush(&myself, st);
             }
         }
+        // The one scheduling pass of this event, if a handler asked for it.
+        st.core.finish_step(&mut st.outbox);
         arm_deadline(&myself, st, now);
-        if st.core.stopping && !st.shutdown_requested && st.core.assigned_count() == 0 {
-            // Drained: stop once what is gathered is durable and sent.
-            tracing::info!("drained: no task is running any more; stopping");
-            st.shutdown_requested = true;
-            if !st.keep_workers {
-                farewell(&myself, st);
-            }
-            stop_if_done(st);
-        }
+        stop_if_drained(&myself, st);
         let waiting = st.in_flight.is_none() && !st.outbox.is_empty();
         if !st.flush_queued && (waiting || !st.outbox.urgent.is_empty()) {
             st.flush_queued = true;
             myself.cast(SchedMsg::Flush)?;
         }
         Ok(())
+    }
+}
+
+/// `shutdown --drain`: once nothing runs any more, stop when what is
+/// gathered is durable and sent.
+fn stop_if_drained(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) {
+    if st.core.is_stopping() && !st.shutdown_requested && st.core.assigned_count() == 0 {
+        tracing::info!("drained: no task is running any more; stopping");
+        st.shutdown_requested = true;
+        if !st.keep_workers {
+            farewell(myself, st);
+        }
+        stop_if_done(st);
+    }
+}
+
+/// A worker's message, through its core handler.
+fn worker_msg(core: &mut Core, fx: &mut Outbox, now: u64, conn: ConnId, msg: FromWorker) {
+    match msg {
+        FromWorker::Register { slots, host, pid, functions, nanny, running, resources } => {
+            let w = core::NewWorker { slots, host, pid, functions, nanny, running, resources };
+            core::on_worker_joined(core, fx, now, conn, w);
+        }
+        FromWorker::Reports { batch, reports } => {
+            core::on_reports(core, fx, now, conn, core::ReportsMsg { batch, reports })
+        }
+        FromWorker::Heartbeat { rss_kib } => core::on_heartbeat(core, fx, now, conn, rss_kib),
+        FromWorker::Draining { returned } => core::on_worker_draining(core, conn, returned),
+        FromWorker::Released { tasks } => core::on_released(core, conn, tasks),
+        FromWorker::Goodbye => {
+            if let Some(w) = core.worker_by_conn(conn) {
+                core::on_worker_lost(core, fx, now, w, core::LostWorkerReason::Goodbye);
+            }
+        }
+    }
+}
+
+/// A client's (or an operator's) message: a core handler, or what the
+/// process itself answers (journal figures, shutdown, log level).
+fn client_msg(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState, now: u64, conn: ConnId, msg: FromClient) {
+    let (core, fx) = (&mut st.core, &mut st.outbox);
+    match msg {
+        FromClient::Submit { job, name, tasks, functions } => {
+            core::on_submit_job(core, fx, now, conn, core::SubmitMsg { job, name, tasks, functions })
+        }
+        FromClient::Watch { job } => core::on_watch(core, fx, conn, job),
+        FromClient::Workers => core::on_list_workers(core, fx, now, conn),
+        FromClient::Nannies => core::on_list_nannies(core, fx, conn),
+        FromClient::RestartWorker { worker } => core::on_restart_worker(core, fx, conn, worker),
+        FromClient::Forget { job } => core::on_forget(core, fx, conn, job),
+        FromClient::Cancel { job, keys } => {
+            core::on_cancel(core, fx, now, conn, core::CancelMsg { job, keys })
+        }
+        FromClient::Resolve { job, key } => core::on_resolve(core, fx, conn, job, key),
+        FromClient::Unwatch { job } => core::on_unwatch(core, fx, conn, job),
+        FromClient::Tasks { job } => core::on_tasks(core, fx, conn, job),
+        FromClient::Jobs => core::on_jobs(core, fx, conn),
+        FromClient::Shutdown => {
+            tracing::info!("shutdown requested");
+            let message = "the scheduler is stopping; its workers and nannies exit".into();
+            fx.to_client(conn, ToClient::Done { message });
+            st.shutdown_requested = true;
+            farewell(myself, st);
+        }
+        FromClient::StopKeepingWorkers { drain: false } => {
+            tracing::info!("shutdown requested; workers wait for the next scheduler");
+            let message = "the scheduler is stopping; its workers wait for the next one".into();
+            fx.to_client(conn, ToClient::Done { message });
+            st.keep_workers = true;
+            st.shutdown_requested = true;
+        }
+        FromClient::StopKeepingWorkers { drain: true } => {
+            st.keep_workers = true;
+            drain_and_stop(core, fx, conn);
+        }
+        FromClient::Explain { job, key } => core::on_explain(core, fx, conn, job, key),
+        FromClient::Status => {
+            let extra = st.status_extra();
+            core::on_status(&st.core, &mut st.outbox, conn, extra)
+        }
+        FromClient::Job { job } => core::on_job(core, fx, now, conn, job),
+        FromClient::Retry { job } => core::on_retry(core, fx, conn, job),
+        FromClient::RetireWorker { worker } => core::on_retire_worker(core, fx, conn, worker),
+        FromClient::Journal => {
+            let journal = st.journal_info();
+            st.outbox.to_client(conn, ToClient::Journal { journal });
+        }
+        FromClient::DrainAndShutdown => drain_and_stop(core, fx, conn),
+        FromClient::LogLevel { level } => {
+            let reply = match crate::util::set_log_level(&level) {
+                Ok(()) => {
+                    tracing::warn!(level = ?level, "log level changed");
+                    ToClient::Done { message: format!("log level is now {level:?}") }
+                }
+                Err(message) => ToClient::Error { job: None, message },
+            };
+            fx.to_client(conn, reply);
+        }
+    }
+}
+
+/// A nanny's message, through its core handler.
+fn nanny_msg(core: &mut Core, fx: &mut Outbox, now: u64, conn: ConnId, msg: FromNanny) {
+    match msg {
+        FromNanny::Register { host, pid, slots } => {
+            core::on_nanny_registered(core, fx, conn, core::NannyMsg { host, pid, slots })
+        }
+        FromNanny::Slot { info } => core::on_nanny_slot(core, conn, info),
+        FromNanny::OverMemory { slot, reason } => {
+            core::on_worker_over_memory(core, fx, now, conn, core::OverMemoryMsg { slot, reason })
+        }
     }
 }
 
@@ -480,6 +445,9 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
     out.records = crate::persistence::coalesce(std::mem::take(&mut out.records));
     st.journal.append(&out.records)?;
     st.records_appended += out.records.len() as u64;
+    // Appended: what the records hold (a job's task specs) need not wait
+    // in memory for the flush.
+    out.records = Vec::new();
     let flush = st.journal.flusher();
     let me = myself.clone();
     let limit = st.flush_timeout;
@@ -514,13 +482,12 @@ fn drain_and_stop(core: &mut Core, fx: &mut Outbox, conn: ConnId) {
 /// every nanny is told to stop its workers, every worker without a nanny
 /// to exit; the process stops once they have hung up (at most FAREWELL_WAIT).
 fn farewell(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) {
-    let nannies = st.core.nannies.values().map(|n| n.conn).filter(|c| st.sessions.contains_key(c));
-    for conn in nannies.collect::<Vec<_>>() {
+    let (nannies, alone) = st.core.farewell_conns();
+    for conn in nannies.into_iter().filter(|c| st.sessions.contains_key(c)) {
         st.outbox.to_nanny(conn, ToNanny::Shutdown);
         st.farewell.insert(conn);
     }
-    let alone = st.core.workers.values().filter(|w| w.nanny.is_none()).map(|w| w.conn);
-    for conn in alone.filter(|c| st.sessions.contains_key(c)).collect::<Vec<_>>() {
+    for conn in alone.into_iter().filter(|c| st.sessions.contains_key(c)) {
         st.outbox.to_worker(conn, ToWorker::Shutdown);
         st.farewell.insert(conn);
     }

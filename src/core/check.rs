@@ -3,15 +3,15 @@
 
 use super::{Core, TaskState};
 use crate::ids::{TaskId, WorkerId};
-use crate::protocol::{Outcome, Resources};
+use crate::protocol::Resources;
 use rustc_hash::FxHashSet as HashSet;
 
 impl Core {
     /// Asserts the invariants that tie the structures together.
     pub fn sanity_check(&self) {
         self.check_workers();
-        let ready: HashSet<TaskId> = self.ready.iter().map(|e| e.task).collect();
-        let delayed: HashSet<TaskId> = self.delayed.iter().map(|(_, t)| *t).collect();
+        let ready: HashSet<TaskId> = self.ready.iter().filter_map(|e| self.ready_task(e)).collect();
+        let delayed: HashSet<TaskId> = self.deadlines.retries().map(|(_, t)| t).collect();
         let mut n_assigned = 0;
         for (jid, job) in &self.jobs {
             let (mut fin, mut failed) = (0, 0);
@@ -27,7 +27,7 @@ impl Core {
                     }
                     TaskState::Canceled => {
                         failed += 1;
-                        assert!(matches!(t.outcome, Some(Outcome::Err { .. })), "{id}");
+                        assert!(t.outcome.is_err(), "{id}");
                     }
                     TaskState::Assigned(wid) => {
                         n_assigned += 1;
@@ -36,11 +36,11 @@ impl Core {
                     }
                     TaskState::Finished => {
                         fin += 1;
-                        assert!(matches!(t.outcome, Some(Outcome::Ok { .. })), "{id}");
+                        assert!(t.outcome.is_ok(), "{id}");
                     }
                     TaskState::Failed => {
                         failed += 1;
-                        assert!(matches!(t.outcome, Some(Outcome::Err { .. })), "{id}");
+                        assert!(t.outcome.is_err(), "{id}");
                     }
                 }
             }
@@ -55,24 +55,24 @@ impl Core {
 
     /// Connection maps, and what each worker holds and uses.
     fn check_workers(&self) {
-        for (wid, w) in &self.workers {
-            assert_eq!(self.worker_by_conn.get(&w.conn), Some(wid), "conn map of {wid}");
+        self.workers.check();
+        for (wid, w) in self.workers.iter() {
+            assert_eq!(self.workers.by_conn(w.conn), Some(*wid), "conn map of {wid}");
             assert_eq!(self.conn_process.get(&w.conn), Some(&w.process), "process of {wid}");
             let mut used = Resources::new();
             for t in &w.assigned {
                 let task = self.find_task(*t).unwrap_or_else(|| panic!("{wid} holds unknown {t}"));
                 assert_eq!(task.state, TaskState::Assigned(*wid), "{t} on {wid}");
-                for (k, n) in task.resources.iter().filter(|(_, n)| **n > 0) {
+                for (k, n) in task.shape.resources.iter().filter(|(_, n)| **n > 0) {
                     let u = used.entry(k.clone()).or_default();
                     *u = u.saturating_add(*n);
                 }
             }
             assert_eq!(used, w.used, "resources in use on {wid}");
         }
-        assert_eq!(self.worker_by_conn.len(), self.workers.len());
         for c in self.stale_conns.keys() {
             assert!(self.conn_process.contains_key(c), "stale {c} of no process");
-            assert!(!self.worker_by_conn.contains_key(c), "stale {c} has a worker");
+            assert!(self.workers.by_conn(*c).is_none(), "stale {c} has a worker");
         }
         assert_eq!(self.nanny_by_conn.len(), self.nannies.len());
         for (id, n) in &self.nannies {
@@ -84,7 +84,7 @@ impl Core {
     /// and if it is pinned there ahead of its inputs, those are produced there.
     fn check_assigned(&self, id: TaskId, wid: WorkerId) {
         let t = self.find_task(id).expect("checked task");
-        let w = self.workers.get(&wid).unwrap_or_else(|| panic!("{id} on gone {wid}"));
+        let w = self.workers.find_worker(wid).unwrap_or_else(|| panic!("{id} on gone {wid}"));
         assert!(w.assigned.contains(&id), "{id} on {wid}, which does not hold it");
         assert!(t.may_report(w.process, t.held_attempt), "{wid} may not report {id}, which it holds");
         for d in &t.deps {

@@ -5,39 +5,8 @@
 use super::{Core, Effects, Job, TaskState};
 use crate::ids::{JobId, TaskId};
 use crate::journal_record::{DoneTask, Record};
-use crate::protocol::{Outcome, TaskOutcome, TaskSpec};
+use crate::protocol::{Outcome, TaskOutcome, TaskSpec, ToClient};
 use rustc_hash::FxHashMap as HashMap;
-use std::cmp::Ordering;
-
-/// An entry of the ready queue: higher priority first, then submission order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadyEntry {
-    pub priority: i32,
-    /// `(job seq << 32) | index`: submission order across jobs.
-    pub order: u64,
-    pub task: TaskId,
-}
-
-impl Ord for ReadyEntry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.priority.cmp(&other.priority).then_with(|| other.order.cmp(&self.order))
-    }
-}
-
-impl PartialOrd for ReadyEntry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Core {
-    /// Queues a task that is `Ready`.
-    pub fn push_ready(&mut self, tid: TaskId) {
-        let Some(job) = self.jobs.get(&tid.job) else { return };
-        let priority = job.tasks[tid.idx as usize].priority;
-        self.ready.push(ReadyEntry { priority, order: (job.seq << 32) | tid.idx as u64, task: tid });
-    }
-}
 
 /// The index of the task named `key` in `job`: its own key, or its index.
 pub fn key_index(job: &Job, key: &str) -> Option<u32> {
@@ -45,21 +14,22 @@ pub fn key_index(job: &Job, key: &str) -> Option<u32> {
         return Some(*i);
     }
     let i: u32 = key.parse().ok()?;
-    let t = job.tasks.get(i as usize)?;
-    t.key.is_none().then_some(i)
+    job.tasks.get(i as usize)?;
+    job.key(i).is_none().then_some(i)
 }
 
 /// The name a task goes by in messages: its key, or its index.
 pub fn task_name(job: &Job, idx: u32) -> String {
-    job.tasks[idx as usize].key.clone().unwrap_or_else(|| idx.to_string())
+    job.key(idx).map_or_else(|| idx.to_string(), str::to_string)
 }
 
-/// Resolves every task's dependencies to task ids; refuses duplicate keys,
+/// Resolves every task's dependencies to task ids (none at all, for a job
+/// whose tasks have none: no list per task); refuses duplicate keys,
 /// unknown keys (or jobs), self-dependencies and cycles.
 pub fn resolve(core: &Core, job: JobId, specs: &[TaskSpec]) -> Result<Vec<Vec<TaskId>>, String> {
     if specs.iter().all(|s| s.deps.is_empty()) {
         check_keys(specs)?;
-        return Ok(vec![Vec::new(); specs.len()]);
+        return Ok(Vec::new());
     }
     let mut keys: HashMap<&str, u32> = HashMap::default();
     let idx_names: Vec<String> = (0..specs.len()).map(|i| i.to_string()).collect();
@@ -75,7 +45,7 @@ pub fn resolve(core: &Core, job: JobId, specs: &[TaskSpec]) -> Result<Vec<Vec<Ta
         for d in &s.deps {
             match d.job {
                 Some(other) if other != job => {
-                    let Some(oj) = core.jobs.get(&other) else {
+                    let Some(oj) = core.jobs.find_job(other) else {
                         return Err(format!(
                             "task {i} depends on job {other}, which this scheduler does not know"
                         ));
@@ -198,7 +168,7 @@ pub fn complete(
         let told = set_outcome(core, now, tid, outcome, canceled);
         out.by_job.entry(tid.job).or_default().push(told);
         if let Some(error) = reason {
-            let job = &core.jobs[&tid.job];
+            let job = &core.jobs.get_job(tid.job);
             let name = task_name(job, tid.idx);
             let how = if canceled { "was canceled".to_string() } else { format!("failed: {error}") };
             for d in job.tasks[tid.idx as usize].dependents.clone() {
@@ -218,14 +188,15 @@ pub fn flush_completed(core: &mut Core, fx: &mut impl Effects, out: Completed) {
         fx.journal(Record::TasksDone { job, done });
     }
     for (job, outcomes) in out.by_job {
-        super::handlers::notify_watchers(core, fx, job, outcomes);
+        notify_watchers(core, fx, job, outcomes);
     }
 }
 
 /// Sets a task's outcome (live and in replay): state, counts, and, when it
 /// finished, the readiness of the tasks waiting for it.
 pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, canceled: bool) -> TaskOutcome {
-    let job = core.jobs.get_mut(&tid.job).expect("job of a live task");
+    let job = core.jobs.get_job_mut(tid.job);
+    let stored = job.store(&outcome);
     let task = &mut job.tasks[tid.idx as usize];
     let ok = outcome.is_ok();
     task.state = match (ok, canceled) {
@@ -238,15 +209,19 @@ pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, can
     } else {
         job.failed += 1;
     }
-    task.outcome = Some(outcome.clone());
+    task.outcome = stored;
     let attempts = task.attempts;
     core.outcomes_total += 1;
-    let dependents = if ok { task.dependents.clone() } else { Vec::new() };
+    let dependents = if ok { task.dependents.to_vec() } else { Vec::new() };
     if job.is_done() {
         job.done_at = Some(now);
+        if let Some(retention) = core.config.retention_us {
+            let at = now.saturating_add(retention).saturating_add(1);
+            core.deadlines.add(at, super::deadlines::Due::Retention(tid.job));
+        }
     }
     for d in dependents {
-        let Some(t) = core.jobs.get_mut(&d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {
+        let Some(t) = core.jobs.find_job_mut(d.job).and_then(|j| j.tasks.get_mut(d.idx as usize)) else {
             continue;
         };
         t.waiting = t.waiting.saturating_sub(1);
@@ -263,9 +238,31 @@ pub fn inputs(core: &Core, tid: TaskId) -> Vec<bytes::Bytes> {
     let Some(task) = core.find_task(tid) else { return Vec::new() };
     task.deps
         .iter()
-        .filter_map(|d| match core.find_task(*d).and_then(|t| t.outcome.as_ref()) {
+        .filter_map(|d| match core.outcome(*d) {
             Some(Outcome::Ok { result }) => Some(result.clone()),
             _ => None,
         })
         .collect()
+}
+
+pub(super) fn notify_watchers(
+    core: &mut Core,
+    fx: &mut impl Effects,
+    job: JobId,
+    outcomes: Vec<TaskOutcome>,
+) {
+    let Some(j) = core.jobs.find_job_mut(job) else {
+        return;
+    };
+    let done = j.is_done();
+    let watchers = if done { std::mem::take(&mut j.watchers) } else { j.watchers.clone() };
+    for w in &watchers {
+        fx.to_client(*w, ToClient::Outcomes { job, outcomes: outcomes.clone() });
+        if done {
+            fx.to_client(*w, ToClient::JobDone { job, finished: j.finished, failed: j.failed });
+        }
+    }
+    if done {
+        tracing::info!(job = %job, finished = j.finished, failed = j.failed, "job finished");
+    }
 }

@@ -2,7 +2,8 @@
 //! and the one way a task leaves a worker (`Core::unhold`), which takes back
 //! whatever was pinned there behind it.
 
-use super::handlers::{assign, requeue};
+use super::compact::Stored;
+use super::queue::{assign, requeue};
 use super::{Core, Effects, TaskState};
 use crate::ids::{TaskId, WorkerId};
 use crate::protocol::{Assignment, Outcome, ToWorker};
@@ -18,8 +19,8 @@ impl Core {
     pub fn unhold(&mut self, wid: WorkerId, tid: TaskId, how: Leave) -> bool {
         self.stealing.remove(&tid);
         let Some(task) = self.find_task(tid) else { return false };
-        let req = task.resources.clone();
-        let Some(w) = self.workers.get_mut(&wid) else { return false };
+        let req = task.shape.resources.clone();
+        let Some(w) = self.workers.find_worker_mut(wid) else { return false };
         if !w.release(&tid, &req) {
             return false;
         }
@@ -35,8 +36,8 @@ impl Core {
                     self.get_task_mut(d).local_inputs.retain(|x| *x != tid);
                     continue;
                 }
-                let req = dt.resources.clone();
-                self.workers.get_mut(&wid).expect("holds its pinned task").release(&d, &req);
+                let req = dt.shape.resources.clone();
+                self.workers.find_worker_mut(wid).expect("holds its pinned task").release(&d, &req);
                 self.stealing.remove(&d);
                 self.get_task_mut(d).local_inputs.clear();
                 self.unpinned.push((wid, d));
@@ -75,7 +76,7 @@ impl Core {
     /// nothing of `tid` goes back to it until then (see `Worker::dropped`).
     pub fn mark_dropped(&mut self, wid: WorkerId, tid: TaskId) {
         let now = self.last_tick.unwrap_or(0);
-        if let Some(w) = self.workers.get_mut(&wid) {
+        if let Some(w) = self.workers.find_worker_mut(wid) {
             w.dropped.insert(tid, now);
         }
     }
@@ -91,7 +92,7 @@ pub(super) fn send_unpinned(core: &mut Core, fx: &mut impl Effects) {
     list.sort();
     list.dedup();
     for chunk in list.chunk_by(|a, b| a.0 == b.0) {
-        if let Some(w) = core.workers.get(&chunk[0].0) {
+        if let Some(w) = core.workers.find_worker(chunk[0].0) {
             fx.to_worker(w.conn, ToWorker::Cancel { tasks: chunk.iter().map(|(_, t)| *t).collect() });
         }
     }
@@ -108,7 +109,7 @@ pub(super) fn pin(
     room: &mut usize,
     batch: &mut Vec<Assignment>,
 ) {
-    let slots = core.workers[&wid].slots.max(1) as usize;
+    let slots = core.workers.get_worker(wid).slots.max(1) as usize;
     // This round's roots (and what gets pinned behind them) first, then
     // those left from earlier rounds; only the new ones are looked at when
     // room runs out, so a long frontier costs nothing per round.
@@ -148,8 +149,8 @@ pub(super) fn pin(
             let inputs = dt
                 .deps
                 .iter()
-                .map(|x| match core.find_task(*x).and_then(|t| t.outcome.as_ref()) {
-                    Some(Outcome::Ok { result }) => result.clone(),
+                .map(|x| match core.outcome(*x) {
+                    Some(Outcome::Ok { result }) => result,
                     _ => bytes::Bytes::new(),
                 })
                 .collect();
@@ -178,17 +179,17 @@ const MAX_PIN_FRONTIER: usize = 65_536;
 fn pinnable(core: &Core, wid: WorkerId, tid: TaskId) -> Option<Vec<(u32, TaskId)>> {
     let t = core.find_task(tid)?;
     if t.state != TaskState::Waiting
-        || !t.resources.is_empty()
-        || core.workers[&wid].dropped.contains_key(&tid)
+        || !t.shape.resources.is_empty()
+        || core.workers.get_worker(wid).dropped.contains_key(&tid)
     {
         return None;
     }
     let mut pending = Vec::new();
     for (i, d) in t.deps.iter().enumerate() {
         let dep = core.find_task(*d)?;
-        match (&dep.outcome, &dep.state) {
-            (Some(Outcome::Ok { .. }), _) => {}
-            (None, TaskState::Assigned(w)) if *w == wid && pending.is_empty() && !dep.repeat_here => {
+        match (dep.outcome, &dep.state) {
+            (Stored::Ok(_), _) => {}
+            (Stored::None, TaskState::Assigned(w)) if *w == wid && pending.is_empty() && !dep.repeat_here => {
                 pending.push((i as u32, *d))
             }
             _ => return None,

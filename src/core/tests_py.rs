@@ -1,9 +1,13 @@
 //! Core tests of `py` tasks: the function table is checked at submit,
 //! journaled, sent once per worker connection; executor deaths count as kills.
 
-use super::tests::{ok, report, worker, TestFx, CLIENT};
+use super::testenv::step::{on_reports, on_submit_job, on_worker_joined};
+use super::testenv::{ok, report, worker, TestFx, CLIENT};
 use super::*;
+use crate::ids::{ConnId, JobId};
+use crate::journal_record::Record;
 use crate::protocol::{Assignment, PyFunction, TaskReport, TaskSpec};
+use crate::protocol::{Outcome, TaskKind, ToClient, ToWorker};
 use bytes::Bytes;
 
 fn py_tasks(n: usize, func: u32) -> Vec<TaskSpec> {
@@ -107,7 +111,7 @@ fn each_function_goes_to_each_worker_connection_once_and_is_journaled() {
         functions,
     };
     replay(&mut replayed, 0, vec![record]);
-    assert_eq!(replayed.jobs[&job].functions, table);
+    assert_eq!(replayed.jobs.get_job(job).functions, table);
     replayed.sanity_check();
 }
 
@@ -135,9 +139,9 @@ fn a_task_that_kills_its_executor_runs_again_then_fails_naming_it() {
         on_reports(&mut core, &mut fx, 1, ConnId(1), u64::from(attempt), vec![died]);
         core.sanity_check();
     }
-    let t = &core.jobs[&job].tasks[0];
+    let t = &core.jobs.get_job(job).tasks[0];
     assert_eq!(t.state, TaskState::Failed);
-    match &t.outcome {
+    match &core.jobs.get_job(job).outcome(0) {
         Some(Outcome::Err { error, .. }) => {
             assert!(error.contains("killed its Python executor 3 times"), "{error}");
             assert!(error.contains("SIGSEGV"), "{error}");

@@ -2,8 +2,11 @@
 //! apart, worker ids across epochs, job-id conflicts, exact retry backoff
 //! and unknown function names refused at submit.
 
-use super::tests::{inc_tasks, keyed, report, submit, worker, TestFx, CLIENT};
+use super::testenv::step::{on_deadline, on_reports, on_submit, on_worker_joined};
+use super::testenv::{inc_tasks, keyed, report, submit, worker, TestFx, CLIENT};
 use super::*;
+use crate::ids::{ConnId, JobId, WorkerId};
+use crate::protocol::{Outcome, TaskKind, ToClient};
 
 fn last_client(fx: &mut TestFx) -> ToClient {
     fx.clients.pop().expect("an answer").1
@@ -48,7 +51,7 @@ fn tasks_queued_on_a_worker_are_not_counted_as_running() {
     assert_eq!(tasks.iter().filter(|t| t.state == "ready").count(), 3);
 
     // One finishes: the next in its worker's queue is the one running.
-    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&on_w1[0], super::tests::ok(1))]);
+    on_reports(&mut core, &mut fx, 1, ConnId(1), 1, vec![report(&on_w1[0], super::testenv::ok(1))]);
     on_tasks(&core, &mut fx, CLIENT, job);
     let ToClient::Tasks { tasks, .. } = last_client(&mut fx) else { panic!("no tasks") };
     let state = |a: &crate::protocol::Assignment| tasks[a.task.idx as usize].state.as_str();
@@ -134,12 +137,17 @@ fn a_retry_is_due_exactly_after_its_backoff() {
     let t2 = 2_000 + backoff;
     on_reports(&mut core, &mut fx, t2, ConnId(1), 2, vec![report(&again[0], Outcome::err("flaky"))]);
     assert_eq!(core.next_deadline(), Some(t2 + 2 * backoff));
-    assert_eq!(core.jobs[&job].tasks[0].state, TaskState::Delayed);
+    assert_eq!(core.jobs.get_job(job).tasks[0].state, TaskState::Delayed);
     core.sanity_check();
 
     // The end of a reclaim grace period is a deadline too.
-    let held = Core { hold_until: Some(5), ..Default::default() };
+    let mut held = Core::default();
+    submit(&mut held, &mut TestFx::default(), vec![keyed("a", &[])]).unwrap();
+    begin_recovery(&mut held, 0, 5);
     assert_eq!(held.next_deadline(), Some(5));
+    on_deadline(&mut held, &mut TestFx::default(), 5);
+    assert_eq!(held.next_deadline(), None);
+    assert!(held.hold_until.is_none(), "the grace period is over");
 }
 
 #[test]

@@ -8,11 +8,18 @@
 
 mod worker;
 
+use super::testenv::step::{
+    on_cancel, on_connection_closed, on_forget, on_heartbeat, on_released, on_reports, on_retire_worker,
+    on_retry, on_submit, on_tick, on_worker_draining, on_worker_joined, on_worker_lost,
+};
 use super::*;
-use crate::protocol::{Dep, Resources, TaskReport, TaskSpec};
+use crate::ids::{ConnId, JobId, TaskId};
+use crate::journal_record::Record;
+use crate::protocol::{Dep, Outcome, Resources, TaskKind, TaskReport, TaskSpec, ToWorker};
+use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use worker::{Reply, SimWorker};
+use worker::{Reply, SimFx, SimWorker};
 
 const TIMEOUT_US: u64 = 1_000_000;
 const TICK_US: u64 = TIMEOUT_US / 4;
@@ -33,24 +40,6 @@ fn event(s: String) {
         }
         e.push_back(s);
     });
-}
-
-#[derive(Default)]
-struct SimFx {
-    workers: Vec<(ConnId, ToWorker)>,
-    journal: Vec<Record>,
-}
-
-impl Effects for SimFx {
-    fn to_worker(&mut self, conn: ConnId, msg: ToWorker) {
-        self.workers.push((conn, msg));
-    }
-    fn to_client(&mut self, _: ConnId, _: ToClient) {}
-    fn to_nanny(&mut self, _: ConnId, _: ToNanny) {}
-    fn journal(&mut self, record: Record) {
-        self.journal.push(record);
-    }
-    fn close(&mut self, _: ConnId) {}
 }
 
 struct Sim {
@@ -270,8 +259,8 @@ impl Sim {
                     if !t.deps.contains(&d) {
                         t.deps.push(d);
                     }
-                } else if let Some(job) = self.pick_job().filter(|j| self.core.jobs.contains_key(j)) {
-                    let n = self.core.jobs[&job].tasks.len();
+                } else if let Some(job) = self.pick_job().filter(|j| self.core.jobs.contains(*j)) {
+                    let n = self.core.jobs.get_job(job).tasks.len();
                     t.deps.push(Dep { job: Some(job), key: format!("t{}", self.rng.usize(..n)) });
                 }
             }
@@ -296,9 +285,9 @@ impl Sim {
 
     fn submit(&mut self) {
         if self.rng.u8(..6) == 0 {
-            if let Some(job) = self.pick_job().filter(|j| self.core.jobs.contains_key(j)) {
+            if let Some(job) = self.pick_job().filter(|j| self.core.jobs.contains(*j)) {
                 // A resubmission after a lost reply: nothing changes.
-                let tasks = self.core.jobs[&job].tasks.len();
+                let tasks = self.core.jobs.get_job(job).tasks.len();
                 let specs = vec![TaskSpec::new(TaskKind::Fn { name: "inc".into(), args: vec![] }); tasks];
                 event(format!("resubmit {job:?}"));
                 return on_submit(&mut self.core, &mut self.fx, self.now, CLIENT, job, "again".into(), specs);
@@ -311,7 +300,7 @@ impl Sim {
             tasks.iter().map(|t| t.deps.iter().map(|d| d.key.clone()).collect::<Vec<_>>()).collect();
         event(format!("submit {job:?}, {n} tasks, deps {deps:?}"));
         on_submit(&mut self.core, &mut self.fx, self.now, CLIENT, job, "sim".into(), tasks);
-        if self.core.jobs.contains_key(&job) {
+        if self.core.jobs.contains(job) {
             self.jobs.push((job, n));
             self.fresh.push((job, n));
         }
@@ -322,7 +311,7 @@ impl Sim {
         let (core, fx, now) = (&mut self.core, &mut self.fx, self.now);
         match self.rng.u8(..8) {
             0 | 1 => {
-                let keys = match core.jobs.get(&job) {
+                let keys = match core.jobs.find_job(job) {
                     Some(j) if self.rng.bool() => vec![format!("t{}", self.rng.usize(..j.tasks.len()))],
                     _ => vec![],
                 };
@@ -436,8 +425,14 @@ impl Sim {
             if w.draining && !w.hung && w.queue.is_empty() && w.unsent.is_empty() && w.unacked.is_empty() {
                 if let Some(conn) = w.conn {
                     event(format!("{conn} says goodbye"));
-                    if let Some(wid) = self.core.worker_by_conn.get(&conn).copied() {
-                        on_worker_lost(&mut self.core, &mut self.fx, self.now, wid, GOODBYE);
+                    if let Some(wid) = self.core.workers.by_conn(conn) {
+                        on_worker_lost(
+                            &mut self.core,
+                            &mut self.fx,
+                            self.now,
+                            wid,
+                            LostWorkerReason::Goodbye,
+                        );
                     }
                     self.close(i);
                     self.workers.remove(i);
@@ -534,11 +529,10 @@ impl Sim {
                 let id = TaskId { job: *jid, idx: idx as u32 };
                 let (n, journaled) = count.get(&id).cloned().unwrap_or((0, None));
                 assert_eq!(n, 1, "{id} recorded {n} times");
-                assert_eq!(journaled.as_ref(), t.outcome.as_ref(), "{id}: journal and core disagree");
-                assert!(
-                    !matches!(&t.outcome, Some(Outcome::Ok { result }) if result == FORGED),
-                    "{id} forged"
-                );
+                let outcome = j.outcome(idx as u32);
+                assert_eq!(t.outcome.is_some(), outcome.is_some(), "{id}: record and outcome disagree");
+                assert_eq!(journaled, outcome, "{id}: journal and core disagree");
+                assert!(!matches!(&outcome, Some(Outcome::Ok { result }) if result == FORGED), "{id} forged");
             }
         }
     }

@@ -1,9 +1,11 @@
 //! The simulated worker process: what `src/worker.rs` does with each
 //! message (queue, pins, cancels, steals, re-registration, acknowledged
-//! reports), without threads or sockets.
+//! reports), without threads or sockets; and the simulation's effect sink.
 
+use crate::core::Effects;
 use crate::ids::{ConnId, TaskId, WorkerId};
-use crate::protocol::{Assignment, Outcome, Resources, TaskReport, ToWorker};
+use crate::journal_record::Record;
+use crate::protocol::{Assignment, Outcome, Resources, TaskReport, ToClient, ToNanny, ToWorker};
 use bytes::Bytes;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::VecDeque;
@@ -222,4 +224,27 @@ impl SimWorker {
         }
         out
     }
+}
+
+#[derive(Default)]
+/// The simulation's effect sink: messages to workers are routed, the
+/// journal is kept for restarts; the rest is dropped.
+pub(super) struct SimFx {
+    pub(super) workers: Vec<(ConnId, ToWorker)>,
+    pub(super) journal: Vec<Record>,
+}
+
+impl Effects for SimFx {
+    fn to_worker(&mut self, conn: ConnId, msg: ToWorker) {
+        self.workers.push((conn, msg));
+    }
+    fn to_worker_after_flush(&mut self, conn: ConnId, msg: ToWorker) {
+        self.workers.push((conn, msg));
+    }
+    fn to_client(&mut self, _: ConnId, _: ToClient) {}
+    fn to_nanny(&mut self, _: ConnId, _: ToNanny) {}
+    fn journal(&mut self, record: Record) {
+        self.journal.push(record);
+    }
+    fn close(&mut self, _: ConnId) {}
 }
