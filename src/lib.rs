@@ -13,7 +13,7 @@ pub mod darts;
 pub mod functions;
 pub mod ids;
 pub mod persistence;
+pub mod process;
 pub mod protocol;
 pub mod schedfile;
 pub mod util;
-pub mod worker;

@@ -53,7 +53,7 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
         }
         Command::Worker(a) => {
             let opts = worker_options(&config, &a)?;
-            crate::worker::run_worker(opts, registry).await.map_err(failed)?;
+            crate::actors::worker::run_worker(opts, registry).await.map_err(failed)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Nanny(a) => {
@@ -121,7 +121,7 @@ pub(super) fn scheduler_options(
     })
 }
 
-fn worker_options(config: &Config, a: &WorkerArgs) -> Result<crate::worker::WorkerOptions, CliError> {
+fn worker_options(config: &Config, a: &WorkerArgs) -> Result<crate::actors::worker::WorkerOptions, CliError> {
     let scheduler_file = crate::schedfile::resolve_path(a.scheduler_file.as_deref()).map_err(usage)?;
     let work_dir = match &a.work_dir {
         Some(d) => expand_path(d).map_err(usage)?,
@@ -153,7 +153,7 @@ fn worker_options(config: &Config, a: &WorkerArgs) -> Result<crate::worker::Work
     if !gpus.is_empty() {
         resources.insert("gpus".into(), gpus.len() as u64);
     }
-    Ok(crate::worker::WorkerOptions {
+    Ok(crate::actors::worker::WorkerOptions {
         resources,
         gpus,
         scheduler_file,

@@ -1,0 +1,70 @@
+//! What the `Worker` does with each message of the scheduler.
+
+use super::{stop_child, WorkerMsg, WorkerState};
+use crate::protocol::{Assignment, FromWorker, PyFunction, ToWorker};
+use ractor::ActorRef;
+
+pub(super) fn handle(myself: &ActorRef<WorkerMsg>, st: &mut WorkerState, frame: ToWorker) {
+    match frame {
+        ToWorker::Registered { worker } => {
+            st.worker = worker;
+            tracing::info!(worker = %worker, slots = st.opts.threads, "registered with the scheduler");
+        }
+        ToWorker::Assign { tasks, .. } if st.draining => {
+            // Sent before the scheduler saw `Draining`: hand them back too.
+            let returned = tasks.iter().map(|t| t.task).collect();
+            st.send(FromWorker::Draining { returned });
+        }
+        ToWorker::Assign { tasks, functions } => assign(st, tasks, functions),
+        ToWorker::Ack { batch } => {
+            let tasks = st.outbox.acked(batch);
+            if !st.book.pinned.results.is_empty() {
+                for t in tasks {
+                    st.book.pinned.results.remove(&t);
+                }
+            }
+        }
+        ToWorker::Steal { tasks } => {
+            let tasks = st.book.give_back(&tasks);
+            st.send(FromWorker::Released { tasks });
+        }
+        ToWorker::Cancel { tasks } => {
+            let (reports, kill) = st.book.cancel(tasks);
+            for r in reports {
+                st.report(myself, r);
+            }
+            for (task, pid) in kill {
+                stop_child(myself, task, pid);
+            }
+        }
+        ToWorker::Error { message } => tracing::warn!(message = ?message, "scheduler reports an error"),
+        ToWorker::Reregister { reason } => {
+            tracing::warn!(reason = ?reason, "registering again as a new worker");
+            // Queued tasks went to others; running ones finish and report.
+            st.book.drop_queued();
+            st.send(st.register());
+        }
+        ToWorker::Shutdown => {
+            tracing::info!("the scheduler shuts down for good; exiting");
+            let _ = myself.cast(WorkerMsg::Stop);
+            st.send(FromWorker::Goodbye);
+            st.online = false;
+        }
+        ToWorker::Retire => {
+            tracing::info!("retired by the scheduler: draining");
+            st.start_drain(myself);
+        }
+    }
+}
+
+/// New attempts: the py functions they need first, then pins (so that none
+/// misses a result its input produces meanwhile), then the queue.
+fn assign(st: &mut WorkerState, tasks: Vec<Assignment>, functions: Vec<PyFunction>) {
+    for PyFunction { job, func, pickle } in functions {
+        st.next_key += 1;
+        st.functions.insert((job, func), (st.next_key, pickle));
+    }
+    let (pins, plain): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| !t.pending_inputs.is_empty());
+    let ready: Vec<Assignment> = pins.into_iter().filter_map(|a| st.book.pinned.add(a)).collect();
+    st.enqueue(plain.into_iter().chain(ready));
+}

@@ -1,0 +1,183 @@
+//! One slot of a worker: the `Slot` actor owns a thread that takes attempts
+//! from the worker's ready queue and runs them (`exec_fn`, `exec_cmd`, `py`).
+//! A panic on that thread fails the actor, so the `Worker` supervising it
+//! reports the attempt failed and starts the slot again.
+
+use super::exec_cmd::{CmdCx, GpuPool};
+use super::outbox::cap_outcome;
+use super::py::{PyOptions, PySlot};
+use super::WorkerMsg;
+use crate::functions::Registry;
+use crate::ids::{TaskId, WorkerId};
+use crate::protocol::{Assignment, Outcome, TaskKind, TaskReport};
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// An attempt handed to the slots, with what they need to run it.
+pub(super) struct Run {
+    pub a: Assignment,
+    /// This worker's id when it was handed out (`ACTORD_WORKER`).
+    pub worker: WorkerId,
+    /// A py task's function: its key in the executors' cache and its pickle.
+    pub function: Option<(u64, Bytes)>,
+}
+
+/// An attempt a slot finished.
+pub(super) struct Done {
+    pub report: TaskReport,
+    /// Its result is an input of other tasks (kept for pins).
+    pub keep: bool,
+}
+
+/// What a slot says to its worker while it runs an attempt.
+pub(super) enum Running {
+    /// A child process runs the attempt (cmd, py): what a cancel stops.
+    Child { task: TaskId, pid: u32, cmd: bool },
+    /// A function with a time limit started.
+    Deadline { task: TaskId, attempt: u32, limit_ms: u64 },
+}
+
+/// A slot's thread panicked while it ran this attempt: the error its
+/// actor fails with, for the worker to report.
+#[derive(Debug, thiserror::Error)]
+#[error("slot {slot} panicked running {task} (attempt {attempt}): {message}")]
+pub(super) struct SlotPanic {
+    pub slot: u32,
+    pub task: TaskId,
+    pub attempt: u32,
+    pub keep: bool,
+    /// `NAME panicked: MESSAGE`, the task's error.
+    pub message: String,
+}
+
+/// What every slot shares (read-only, or channels).
+#[derive(Clone)]
+pub(super) struct SlotShared {
+    pub registry: Arc<Registry>,
+    pub queue: crossbeam_channel::Receiver<Run>,
+    pub worker: ActorRef<WorkerMsg>,
+    pub work_dir: PathBuf,
+    pub gpus: GpuPool,
+    pub py: PyOptions,
+    pub max_result: u64,
+    pub max_error: u64,
+}
+
+pub(super) struct SlotArgs {
+    pub slot: u32,
+    pub shared: SlotShared,
+}
+
+pub(super) enum SlotMsg {
+    /// The slot's thread panicked and ended.
+    Panicked(SlotPanic),
+}
+
+pub(super) struct Slot;
+
+impl Actor for Slot {
+    type Msg = SlotMsg;
+    type State = ();
+    type Arguments = SlotArgs;
+
+    async fn pre_start(&self, myself: ActorRef<SlotMsg>, args: SlotArgs) -> Result<(), ActorProcessingErr> {
+        let SlotArgs { slot, shared } = args;
+        std::thread::Builder::new()
+            .name(format!("slot-{slot}"))
+            .spawn(move || slot_thread(slot, shared, myself))
+            .map_err(|e| format!("cannot start the thread of slot {slot}: {e}"))?;
+        Ok(())
+    }
+
+    async fn handle(&self, _: ActorRef<SlotMsg>, msg: SlotMsg, _: &mut ()) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SlotMsg::Panicked(p) => Err(Box::new(p)),
+        }
+    }
+}
+
+/// The slot's thread: runs attempts until the queue closes or one panics.
+/// (Children it starts die with it: `crate::process`.)
+fn slot_thread(slot: u32, shared: SlotShared, me: ActorRef<SlotMsg>) {
+    let mut py = PySlot::new(shared.py.clone(), slot);
+    for run in shared.queue.iter() {
+        let (task, attempt, keep) = (run.a.task, run.a.attempt, run.a.has_dependents);
+        let what = match &run.a.kind {
+            TaskKind::Fn { name, .. } => name.clone(),
+            TaskKind::Cmd { .. } => "the command".into(),
+            TaskKind::Py { .. } => "the Python task".into(),
+        };
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(&shared, run, &mut py)));
+        match ran {
+            Ok(report) => {
+                if shared.worker.cast(WorkerMsg::Done(Done { report, keep })).is_err() {
+                    return;
+                }
+            }
+            Err(panic) => {
+                let message = format!("{what} panicked: {}", panic_message(&panic));
+                let _ = me.cast(SlotMsg::Panicked(SlotPanic { slot, task, attempt, keep, message }));
+                return;
+            }
+        }
+    }
+}
+
+/// Runs one attempt on the calling slot thread.
+fn run_task(shared: &SlotShared, run: Run, py: &mut PySlot) -> TaskReport {
+    let Run { a, worker, function } = run;
+    let start = Instant::now();
+    let tell = |r: Running| {
+        let _ = shared.worker.cast(WorkerMsg::Running(r));
+    };
+    let mut executor_died = false;
+    let outcome = match &a.kind {
+        TaskKind::Fn { name, args } => {
+            if let Some(limit_ms) = a.time_limit_ms {
+                tell(Running::Deadline { task: a.task, attempt: a.attempt, limit_ms });
+            }
+            super::exec_fn::run(&shared.registry, name, args, &a)
+        }
+        TaskKind::Cmd { .. } => {
+            let cx = CmdCx { work_dir: &shared.work_dir, worker, gpus: &shared.gpus };
+            super::exec_cmd::run(&cx, &a, &|pid| tell(Running::Child { task: a.task, pid, cmd: true }))
+        }
+        TaskKind::Py { func, args } => {
+            let started = |pid| tell(Running::Child { task: a.task, pid, cmd: false });
+            let (outcome, died) = py.run(&a, (*func, function.as_ref()), args, worker, &started);
+            executor_died = died;
+            outcome
+        }
+    };
+    TaskReport {
+        task: a.task,
+        attempt: a.attempt,
+        outcome: cap_outcome(outcome, shared.max_result, shared.max_error),
+        micros: start.elapsed().as_micros() as u64,
+        executor_died,
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".into()
+    }
+}
+
+/// The report of an attempt whose slot panicked.
+pub(super) fn panicked(p: &SlotPanic, max_error: u64) -> TaskReport {
+    TaskReport {
+        task: p.task,
+        attempt: p.attempt,
+        outcome: cap_outcome(Outcome::err(p.message.clone()), 0, max_error),
+        micros: 0,
+        executor_died: false,
+    }
+}
