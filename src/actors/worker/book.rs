@@ -195,3 +195,75 @@ impl Book {
         !self.held.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{JobId, WorkerId};
+    use crate::protocol::{Assignment, TaskKind};
+
+    fn run(job: JobId, idx: u32) -> Run {
+        let a = Assignment {
+            task: TaskId { job, idx },
+            key: None,
+            attempt: idx + 1,
+            kind: TaskKind::Cmd { argv: vec!["true".into()], env: vec![], discard_output: true, cwd: None },
+            inputs: vec![],
+            time_limit_ms: None,
+            resources: Default::default(),
+            pending_inputs: vec![],
+            has_dependents: false,
+        };
+        Run { a, worker: WorkerId(1), function: None }
+    }
+
+    fn done(task: TaskId, attempt: u32, outcome: Outcome) -> Done {
+        Done { report: TaskReport { task, attempt, outcome, micros: 1, executor_died: true }, keep: false }
+    }
+
+    #[test]
+    fn a_cancel_reports_queued_tasks_and_stops_running_children() {
+        let job = JobId::new();
+        let t = |idx| TaskId { job, idx };
+        let (mut book, slots) = Book::new();
+        for idx in 0..4 {
+            book.enqueue(run(job, idx));
+        }
+        // A slot took 0 and 1; 0 runs a child already, 1 not yet.
+        let (r0, r1) = (slots.try_recv().unwrap(), slots.try_recv().unwrap());
+        assert_eq!((r0.a.task, r1.a.task), (t(0), t(1)));
+        let now = Instant::now();
+        assert_eq!(book.running(Running::Child { task: t(0), pid: 100, cmd: true }, now), None);
+        let (reports, kill) = book.cancel(vec![t(0), t(1), t(2), t(9)]);
+        assert_eq!(reports.iter().map(|r| (r.task, r.attempt)).collect::<Vec<_>>(), vec![(t(2), 3)]);
+        assert_eq!(reports[0].outcome, Outcome::err("canceled"));
+        assert_eq!(kill, vec![(t(0), 100)]);
+        assert_eq!(slots.try_recv().map(|r| r.a.task).ok(), Some(t(3)), "the rest keeps its order");
+        // 1's child starts after the cancel: stopped at once.
+        assert_eq!(book.running(Running::Child { task: t(1), pid: 101, cmd: true }, now), Some((t(1), 101)));
+        assert!(book.runs_child(t(1), 101) && !book.runs_child(t(1), 7));
+        let ok = Outcome::Ok { result: bytes::Bytes::from_static(b"\xc0") };
+        let (report, _) = book.finished(done(t(0), 1, ok));
+        let report = report.unwrap();
+        assert_eq!((report.outcome, report.executor_died), (Outcome::err("canceled"), false));
+        assert!(!book.runs_child(t(0), 100));
+        assert_eq!(book.held.keys().copied().collect::<Vec<_>>(), vec![t(3)]);
+    }
+
+    #[test]
+    fn a_function_past_its_deadline_is_reported_once() {
+        let job = JobId::new();
+        let task = TaskId { job, idx: 0 };
+        let (mut book, _slots) = Book::new();
+        book.enqueue(run(job, 0));
+        let t0 = Instant::now();
+        book.running(Running::Deadline { task, attempt: 1, limit_ms: 50 }, t0);
+        assert!(book.expire(t0 + Duration::from_millis(49)).is_empty());
+        let late = book.expire(t0 + Duration::from_millis(50));
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].outcome, Outcome::err("time limit exceeded (50 ms)"));
+        assert!(!book.busy(), "no longer held");
+        let (report, _) = book.finished(done(task, 1, Outcome::err("late")));
+        assert!(report.is_none(), "its late report is dropped");
+    }
+}
