@@ -104,21 +104,22 @@ impl Actor for Slot {
 fn slot_thread(slot: u32, shared: SlotShared, me: ActorRef<SlotMsg>) {
     let mut py = PySlot::new(shared.py.clone(), slot);
     for run in shared.queue.iter() {
-        let (task, attempt, keep) = (run.a.task, run.a.attempt, run.a.has_dependents);
-        let what = match &run.a.kind {
-            TaskKind::Fn { name, .. } => name.clone(),
-            TaskKind::Cmd { .. } => "the command".into(),
-            TaskKind::Py { .. } => "the Python task".into(),
-        };
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(&shared, run, &mut py)));
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(&shared, &run, &mut py)));
         match ran {
             Ok(report) => {
+                let keep = run.a.has_dependents;
                 if shared.worker.cast(WorkerMsg::Done(Done { report, keep })).is_err() {
                     return;
                 }
             }
             Err(panic) => {
+                let what = match &run.a.kind {
+                    TaskKind::Fn { name, .. } => name.as_str(),
+                    TaskKind::Cmd { .. } => "the command",
+                    TaskKind::Py { .. } => "the Python task",
+                };
                 let message = format!("{what} panicked: {}", panic_message(&panic));
+                let (task, attempt, keep) = (run.a.task, run.a.attempt, run.a.has_dependents);
                 let _ = me.cast(SlotMsg::Panicked(SlotPanic { slot, task, attempt, keep, message }));
                 return;
             }
@@ -127,8 +128,9 @@ fn slot_thread(slot: u32, shared: SlotShared, me: ActorRef<SlotMsg>) {
 }
 
 /// Runs one attempt on the calling slot thread.
-fn run_task(shared: &SlotShared, run: Run, py: &mut PySlot) -> TaskReport {
+fn run_task(shared: &SlotShared, run: &Run, py: &mut PySlot) -> TaskReport {
     let Run { a, worker, function } = run;
+    let worker = *worker;
     let start = Instant::now();
     let tell = |r: Running| {
         let _ = shared.worker.cast(WorkerMsg::Running(r));
@@ -139,15 +141,15 @@ fn run_task(shared: &SlotShared, run: Run, py: &mut PySlot) -> TaskReport {
             if let Some(limit_ms) = a.time_limit_ms {
                 tell(Running::Deadline { task: a.task, attempt: a.attempt, limit_ms });
             }
-            super::exec_fn::run(&shared.registry, name, args, &a)
+            super::exec_fn::run(&shared.registry, name, args, a)
         }
         TaskKind::Cmd { .. } => {
             let cx = CmdCx { work_dir: &shared.work_dir, worker, gpus: &shared.gpus };
-            super::exec_cmd::run(&cx, &a, &|pid| tell(Running::Child { task: a.task, pid, cmd: true }))
+            super::exec_cmd::run(&cx, a, &|pid| tell(Running::Child { task: a.task, pid, cmd: true }))
         }
         TaskKind::Py { func, args } => {
             let started = |pid| tell(Running::Child { task: a.task, pid, cmd: false });
-            let (outcome, died) = py.run(&a, (*func, function.as_ref()), args, worker, &started);
+            let (outcome, died) = py.run(a, (*func, function.as_ref()), args, worker, &started);
             executor_died = died;
             outcome
         }
