@@ -2,7 +2,7 @@
 //! ready queue the slots take from, which are pinned, which run a child
 //! process, which functions have a deadline, which were canceled running.
 
-use super::pinned::Pinned;
+use super::pinned::{lock, Pins};
 use super::slot::{Done, Run, Running};
 use crate::ids::TaskId;
 use crate::protocol::{Outcome, TaskReport};
@@ -16,7 +16,8 @@ pub(super) struct Book {
     queue: crossbeam_channel::Sender<Run>,
     /// The queue's other end, to take back what no slot has started.
     queued: crossbeam_channel::Receiver<Run>,
-    pub pinned: Pinned,
+    /// Shared with the slots: they start the pins their results complete.
+    pub pins: Pins,
     /// Attempts running in a child process: its pid, and whether it is a
     /// command (canceled: reported `canceled` whatever its exit).
     children: FxHashMap<TaskId, (u32, bool)>,
@@ -36,7 +37,7 @@ impl Book {
             held: FxHashMap::default(),
             queue,
             queued: queued.clone(),
-            pinned: Pinned::default(),
+            pins: Pins::default(),
             children: FxHashMap::default(),
             canceling: FxHashSet::default(),
             deadlines: FxHashMap::default(),
@@ -76,7 +77,7 @@ impl Book {
         for t in &dropped {
             self.held.remove(t);
         }
-        dropped.extend(self.pinned.take_waiting());
+        dropped.extend(lock(&self.pins).take_waiting());
         dropped
     }
 
@@ -84,7 +85,7 @@ impl Book {
     /// scheduler's plan, the new one makes its own.
     pub(super) fn reconnected(&mut self) {
         self.drop_queued();
-        self.pinned.results.clear();
+        lock(&self.pins).results.clear();
     }
 
     /// The scheduler cancels these tasks: pinned ones not started are
@@ -92,11 +93,14 @@ impl Book {
     /// marked (their child gets SIGTERM: the pids returned). Only tasks held
     /// here are marked: a mark for another would cancel it if it came back.
     pub(super) fn cancel(&mut self, tasks: Vec<TaskId>) -> (Vec<TaskReport>, Vec<(TaskId, u32)>) {
-        let dropped = self.pinned.cancel(&tasks);
+        let (dropped, started) = {
+            let mut p = lock(&self.pins);
+            (p.cancel(&tasks), p.started.clone())
+        };
         let held: FxHashMap<TaskId, u32> = tasks
             .iter()
             .filter(|t| !dropped.contains(t))
-            .filter_map(|t| self.held.get(t).map(|a| (*t, *a)))
+            .filter_map(|t| self.held.get(t).or_else(|| started.get(t)).map(|a| (*t, *a)))
             .collect();
         let wanted: Vec<TaskId> = held.keys().copied().collect();
         let queued = self.give_back(&wanted);
@@ -121,7 +125,7 @@ impl Book {
 
     /// A slot says what an attempt runs as; a child of a task canceled
     /// meanwhile is returned to be stopped at once.
-    pub(super) fn running(&mut self, r: Running, now: Instant) -> Option<(TaskId, u32)> {
+    pub(super) fn started(&mut self, r: Running, now: Instant) -> Option<(TaskId, u32)> {
         match r {
             Running::Child { task, pid, cmd } => {
                 self.children.insert(task, (pid, cmd));
@@ -144,7 +148,7 @@ impl Book {
     /// reported already, past its time limit) and the pinned tasks it
     /// made ready.
     pub(super) fn finished(&mut self, done: Done) -> (Option<TaskReport>, Vec<crate::protocol::Assignment>) {
-        let Done { mut report, keep } = done;
+        let Done { mut report, keep, pins_done } = done;
         let task = report.task;
         self.held.remove(&task);
         self.deadlines.remove(&task);
@@ -162,7 +166,7 @@ impl Book {
             Outcome::Ok { result } if !expired => Some(result.clone()),
             _ => None,
         };
-        let ready = self.pinned.finished(task, result, keep);
+        let ready = if pins_done { Vec::new() } else { lock(&self.pins).finished(task, result, keep) };
         ((!expired).then_some(report), ready)
     }
 
@@ -192,7 +196,14 @@ impl Book {
 
     /// Whether an attempt is still to finish here.
     pub(super) fn busy(&self) -> bool {
-        !self.held.is_empty()
+        !self.held.is_empty() || !lock(&self.pins).started.is_empty()
+    }
+
+    /// The attempts running or queued here (for a registration).
+    pub(super) fn running(&self) -> Vec<(TaskId, u32)> {
+        let mut all = self.held.clone();
+        all.extend(lock(&self.pins).started.iter().map(|(t, a)| (*t, *a)));
+        all.into_iter().collect()
     }
 }
 
@@ -218,7 +229,8 @@ mod tests {
     }
 
     fn done(task: TaskId, attempt: u32, outcome: Outcome) -> Done {
-        Done { report: TaskReport { task, attempt, outcome, micros: 1, executor_died: true }, keep: false }
+        let report = TaskReport { task, attempt, outcome, micros: 1, executor_died: true };
+        Done { report, keep: false, pins_done: false }
     }
 
     #[test]
@@ -233,14 +245,14 @@ mod tests {
         let (r0, r1) = (slots.try_recv().unwrap(), slots.try_recv().unwrap());
         assert_eq!((r0.a.task, r1.a.task), (t(0), t(1)));
         let now = Instant::now();
-        assert_eq!(book.running(Running::Child { task: t(0), pid: 100, cmd: true }, now), None);
+        assert_eq!(book.started(Running::Child { task: t(0), pid: 100, cmd: true }, now), None);
         let (reports, kill) = book.cancel(vec![t(0), t(1), t(2), t(9)]);
         assert_eq!(reports.iter().map(|r| (r.task, r.attempt)).collect::<Vec<_>>(), vec![(t(2), 3)]);
         assert_eq!(reports[0].outcome, Outcome::err("canceled"));
         assert_eq!(kill, vec![(t(0), 100)]);
         assert_eq!(slots.try_recv().map(|r| r.a.task).ok(), Some(t(3)), "the rest keeps its order");
         // 1's child starts after the cancel: stopped at once.
-        assert_eq!(book.running(Running::Child { task: t(1), pid: 101, cmd: true }, now), Some((t(1), 101)));
+        assert_eq!(book.started(Running::Child { task: t(1), pid: 101, cmd: true }, now), Some((t(1), 101)));
         assert!(book.runs_child(t(1), 101) && !book.runs_child(t(1), 7));
         let ok = Outcome::Ok { result: bytes::Bytes::from_static(b"\xc0") };
         let (report, _) = book.finished(done(t(0), 1, ok));
@@ -257,7 +269,7 @@ mod tests {
         let (mut book, _slots) = Book::new();
         book.enqueue(run(job, 0));
         let t0 = Instant::now();
-        book.running(Running::Deadline { task, attempt: 1, limit_ms: 50 }, t0);
+        book.started(Running::Deadline { task, attempt: 1, limit_ms: 50 }, t0);
         assert!(book.expire(t0 + Duration::from_millis(49)).is_empty());
         let late = book.expire(t0 + Duration::from_millis(50));
         assert_eq!(late.len(), 1);

@@ -18,9 +18,10 @@ pub(super) fn handle(myself: &ActorRef<WorkerMsg>, st: &mut WorkerState, frame: 
         ToWorker::Assign { tasks, functions } => assign(st, tasks, functions),
         ToWorker::Ack { batch } => {
             let tasks = st.outbox.acked(batch);
-            if !st.book.pinned.results.is_empty() {
+            let mut pins = super::pinned::lock(&st.book.pins);
+            if !pins.results.is_empty() {
                 for t in tasks {
-                    st.book.pinned.results.remove(&t);
+                    pins.results.remove(&t);
                 }
             }
         }
@@ -65,6 +66,9 @@ fn assign(st: &mut WorkerState, tasks: Vec<Assignment>, functions: Vec<PyFunctio
         st.functions.insert((job, func), (st.next_key, pickle));
     }
     let (pins, plain): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| !t.pending_inputs.is_empty());
-    let ready: Vec<Assignment> = pins.into_iter().filter_map(|a| st.book.pinned.add(a)).collect();
+    let ready: Vec<Assignment> = {
+        let mut p = super::pinned::lock(&st.book.pins);
+        pins.into_iter().filter_map(|a| p.add(a)).collect()
+    };
     st.enqueue(plain.into_iter().chain(ready));
 }

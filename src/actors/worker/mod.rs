@@ -101,6 +101,8 @@ enum WorkerMsg {
     Done(Done),
     /// A slot says what an attempt runs as.
     Running(Running),
+    /// Pinned tasks a slot's result completed, beyond the one it runs itself.
+    Ready(Vec<crate::protocol::Assignment>),
     /// Send the reports gathered so far (queued behind the reports already
     /// in the mailbox, so that one frame carries them all).
     Flush,
@@ -165,6 +167,7 @@ impl Actor for Worker {
             worker: myself.clone(),
             work_dir: opts.work_dir.clone(),
             gpus: exec_cmd::GpuPool::new(&opts.gpus),
+            pins: book.pins.clone(),
             py: py::PyOptions {
                 python: opts.python.clone(),
                 work_dir: opts.work_dir.clone(),
@@ -216,10 +219,11 @@ impl Actor for Worker {
                 }
             }
             WorkerMsg::Running(r) => {
-                if let Some((task, pid)) = st.book.running(r, Instant::now()) {
+                if let Some((task, pid)) = st.book.started(r, Instant::now()) {
                     stop_child(&myself, task, pid);
                 }
             }
+            WorkerMsg::Ready(tasks) => st.enqueue(tasks),
             WorkerMsg::Flush => st.flush(),
             WorkerMsg::CheckLimits => {
                 for r in st.book.expire(Instant::now()) {
@@ -283,7 +287,7 @@ impl Actor for Worker {
             Some(p) => {
                 tracing::error!(slot, task = %p.task, error = ?p.message, "slot panicked: its task failed; restarting the slot");
                 let report = slot::panicked(p, st.opts.max_error);
-                let (report, ready) = st.book.finished(Done { report, keep: p.keep });
+                let (report, ready) = st.book.finished(Done { report, keep: p.keep, pins_done: false });
                 st.enqueue(ready);
                 if let Some(r) = report {
                     st.report(&myself, r);
@@ -315,7 +319,7 @@ impl WorkerState {
             pid: std::process::id(),
             functions: self.registry.names(),
             nanny: self.opts.nanny.clone(),
-            running: self.book.held.iter().map(|(t, a)| (*t, *a)).collect(),
+            running: self.book.running(),
             resources: self.opts.resources.clone(),
         }
     }

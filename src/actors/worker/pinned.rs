@@ -1,5 +1,7 @@
 //! The pins of one worker: tasks the scheduler placed here ahead of inputs
-//! this worker computes itself, and the local results they wait for.
+//! this worker computes itself, and the local results they wait for. The
+//! one table the `Worker` shares with its slots: the slot that finishes an
+//! input starts the pinned task it completes at once, without a round trip.
 
 use crate::ids::TaskId;
 use crate::protocol::Assignment;
@@ -8,7 +10,7 @@ use rustc_hash::FxHashMap;
 /// Tasks pinned to this worker ahead of inputs it produces itself (see
 /// `Assignment::pending_inputs`): a task finished here hands its result to
 /// the pinned tasks waiting for it, which start without a round trip
-/// through the scheduler.
+/// through the scheduler or the `Worker`.
 #[derive(Default)]
 pub(super) struct Pinned {
     /// Pinned tasks waiting for inputs: the assignment and how many are missing.
@@ -18,6 +20,15 @@ pub(super) struct Pinned {
     /// Results of tasks run here whose reports are not yet acknowledged
     /// (`None`: failed): a pin can arrive after its input is done.
     pub(super) results: FxHashMap<TaskId, Option<bytes::Bytes>>,
+    /// Pinned tasks a slot started, with their attempt, until they finish.
+    pub(super) started: FxHashMap<TaskId, u32>,
+}
+
+/// The pins, shared by the `Worker` and its slots (held only for a lookup).
+pub(super) type Pins = std::sync::Arc<std::sync::Mutex<Pinned>>;
+
+pub(super) fn lock(p: &Pins) -> std::sync::MutexGuard<'_, Pinned> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Pinned {
@@ -48,14 +59,15 @@ impl Pinned {
     }
 
     /// A task finished here (`result`: its result, `None` if it failed): the
-    /// pinned tasks it completes, ready to run. A failure drops those
-    /// waiting for it, transitively.
+    /// pinned tasks it completes, ready to run (the first is marked started,
+    /// for the caller to run). A failure drops those waiting for it, transitively.
     pub(super) fn finished(
         &mut self,
         task: TaskId,
         result: Option<bytes::Bytes>,
         keep: bool,
     ) -> Vec<Assignment> {
+        self.started.remove(&task);
         if keep {
             self.results.insert(task, result.clone());
         }
@@ -79,6 +91,9 @@ impl Pinned {
             if *missing == 0 {
                 ready.extend(self.waiting.remove(&t).map(|(a, _)| a));
             }
+        }
+        if let Some(first) = ready.first() {
+            self.started.insert(first.task, first.attempt);
         }
         ready
     }
@@ -139,11 +154,13 @@ mod tests {
         let ready = p.finished(t(0), Some(bytes::Bytes::from_static(b"a")), true);
         assert_eq!(ready.iter().map(|a| a.task).collect::<Vec<_>>(), vec![t(1)]);
         assert_eq!(ready[0].inputs, vec![bytes::Bytes::from_static(b"a")]);
+        assert!(p.started.contains_key(&t(1)), "the first one is run by the caller");
         let late = p.add(pin(3, vec![(0, 0)])).expect("its input is here already");
         assert_eq!(late.inputs, vec![bytes::Bytes::from_static(b"a")]);
         let ready = p.finished(t(1), Some(bytes::Bytes::from_static(b"b")), true);
         assert_eq!(ready[0].inputs, vec![bytes::Bytes::from_static(b"a"), bytes::Bytes::from_static(b"b")]);
         assert_eq!(ready.iter().map(|a| a.task).collect::<Vec<_>>(), vec![t(2)]);
+        assert!(p.started.contains_key(&t(2)) && !p.started.contains_key(&t(1)));
 
         // A failure drops what waits for it, transitively; a cancel drops one.
         let mut p = Pinned::default();

@@ -5,6 +5,7 @@
 
 use super::exec_cmd::{CmdCx, GpuPool};
 use super::outbox::cap_outcome;
+use super::pinned::{self, Pins};
 use super::py::{PyOptions, PySlot};
 use super::WorkerMsg;
 use crate::functions::Registry;
@@ -30,6 +31,8 @@ pub(super) struct Done {
     pub report: TaskReport,
     /// Its result is an input of other tasks (kept for pins).
     pub keep: bool,
+    /// The slot gave its result to the pins already.
+    pub pins_done: bool,
 }
 
 /// What a slot says to its worker while it runs an attempt.
@@ -61,6 +64,7 @@ pub(super) struct SlotShared {
     pub worker: ActorRef<WorkerMsg>,
     pub work_dir: PathBuf,
     pub gpus: GpuPool,
+    pub pins: Pins,
     pub py: PyOptions,
     pub max_result: u64,
     pub max_error: u64,
@@ -103,15 +107,18 @@ impl Actor for Slot {
 /// (Children it starts die with it: `crate::process`.)
 fn slot_thread(slot: u32, shared: SlotShared, me: ActorRef<SlotMsg>) {
     let mut py = PySlot::new(shared.py.clone(), slot);
-    for run in shared.queue.iter() {
+    let mut next: Option<Run> = None;
+    loop {
+        let run = match next.take() {
+            Some(run) => run,
+            None => match shared.queue.recv() {
+                Ok(run) => run,
+                Err(_) => return,
+            },
+        };
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(&shared, &run, &mut py)));
-        match ran {
-            Ok(report) => {
-                let keep = run.a.has_dependents;
-                if shared.worker.cast(WorkerMsg::Done(Done { report, keep })).is_err() {
-                    return;
-                }
-            }
+        let report = match ran {
+            Ok(report) => report,
             Err(panic) => {
                 let what = match &run.a.kind {
                     TaskKind::Fn { name, .. } => name.as_str(),
@@ -123,6 +130,25 @@ fn slot_thread(slot: u32, shared: SlotShared, me: ActorRef<SlotMsg>) {
                 let _ = me.cast(SlotMsg::Panicked(SlotPanic { slot, task, attempt, keep, message }));
                 return;
             }
+        };
+        let keep = run.a.has_dependents;
+        let result = match &report.outcome {
+            Outcome::Ok { result } => Some(result.clone()),
+            Outcome::Err { .. } => None,
+        };
+        let ready = pinned::lock(&shared.pins).finished(run.a.task, result, keep);
+        if shared.worker.cast(WorkerMsg::Done(Done { report, keep, pins_done: true })).is_err() {
+            return;
+        }
+        // The first pinned task this completes runs here at once (a py one
+        // goes by the Worker, which has its function).
+        let mut ready = ready.into_iter().peekable();
+        if ready.peek().is_some_and(|a| !matches!(a.kind, TaskKind::Py { .. })) {
+            next = ready.next().map(|a| Run { a, worker: run.worker, function: None });
+        }
+        let rest: Vec<Assignment> = ready.collect();
+        if !rest.is_empty() && shared.worker.cast(WorkerMsg::Ready(rest)).is_err() {
+            return;
         }
     }
 }

@@ -106,6 +106,7 @@ async fn one_slot(
         worker: probe.clone(),
         work_dir: dir.to_path_buf(),
         gpus: GpuPool::new(&[]),
+        pins: Default::default(),
         py: PyOptions { python: "python3".into(), work_dir: "/nonexistent".into(), max_result: 0 },
         max_result,
         max_error: 0,
