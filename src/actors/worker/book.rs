@@ -126,6 +126,14 @@ impl Book {
     /// A slot says what an attempt runs as; a child of a task canceled
     /// meanwhile is returned to be stopped at once.
     pub(super) fn started(&mut self, r: Running, now: Instant) -> Option<(TaskId, u32)> {
+        let task = match &r {
+            Running::Child { task, .. } | Running::Deadline { task, .. } => *task,
+        };
+        // Late news of an attempt already settled (its slot panicked): dropped.
+        let live = self.held.contains_key(&task) || self.canceling.contains(&task);
+        if !live && !lock(&self.pins).started.contains_key(&task) {
+            return None;
+        }
         match r {
             Running::Child { task, pid, cmd } => {
                 self.children.insert(task, (pid, cmd));
@@ -277,5 +285,8 @@ mod tests {
         assert!(!book.busy(), "no longer held");
         let (report, _) = book.finished(done(task, 1, Outcome::err("late")));
         assert!(report.is_none(), "its late report is dropped");
+        // News of a settled attempt changes nothing.
+        book.started(Running::Deadline { task, attempt: 1, limit_ms: 1 }, t0);
+        assert!(book.expire(t0 + Duration::from_secs(1)).is_empty());
     }
 }
