@@ -6,7 +6,10 @@
 //! (`crate::process`: `PR_SET_PDEATHSIG`, their own process group).
 
 mod link;
+mod msg;
 mod proc;
+
+pub use msg::{NannyMsg, OverMemory, ENV_NANNY_PID, ENV_NANNY_SLOT};
 
 pub use proc::tree_rss_bytes;
 use proc::{WorkerProc, WorkerProcArgs, WorkerProcMsg};
@@ -19,10 +22,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-/// Environment a nanny gives its workers: its pid and their slot.
-pub const ENV_NANNY_PID: &str = "ACTORD_NANNY_PID";
-pub const ENV_NANNY_SLOT: &str = "ACTORD_NANNY_SLOT";
 
 #[derive(Clone, Debug)]
 pub struct NannyOptions {
@@ -56,30 +55,6 @@ pub struct NannyOptions {
 
 /// A slot's own worker arguments and environment.
 pub type SlotExtra = (Vec<String>, Vec<(String, String)>);
-
-pub enum NannyMsg {
-    /// A worker process of this slot is up.
-    Started { slot: u32, pid: u32 },
-    /// The backoff of a slot is over: start its worker.
-    Respawn(u32),
-    /// An operator asked (through the scheduler) to restart this slot's worker.
-    RestartWorker(u32),
-    /// An operator asked to retire this slot's worker: SIGTERM (the worker
-    /// drains, however long its running tasks take), no restart.
-    RetireWorker(u32),
-    /// Stop every worker (SIGTERM, then SIGKILL after the grace), then the nanny.
-    Shutdown,
-    /// A slot's worker is over the memory limit: tell the scheduler why
-    /// before it is killed (`done` once that is sent, or dropped).
-    OverMemory(OverMemory),
-}
-
-/// A worker about to be killed for its memory, on its way to the scheduler.
-pub struct OverMemory {
-    slot: u32,
-    reason: String,
-    done: tokio::sync::oneshot::Sender<()>,
-}
 
 pub struct Nanny;
 

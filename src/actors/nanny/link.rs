@@ -1,7 +1,7 @@
 //! The nanny's link to the scheduler: registers the nanny, keeps the
 //! scheduler told about every slot, forwards the scheduler's requests.
 
-use super::{NannyMsg, OverMemory};
+use super::msg::{NannyMsg, OverMemory};
 use crate::protocol::conn::{decode, encode, next_frame};
 use crate::protocol::{Conn, FromNanny, Role, SlotInfo, SlotState, ToNanny, DEFAULT_MAX_FRAME};
 use futures::SinkExt;

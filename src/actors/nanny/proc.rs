@@ -2,7 +2,7 @@
 //! spawn helper, watches its exit and its memory, and stops it (SIGTERM,
 //! then SIGKILL after the grace) when the actor stops.
 
-use super::{NannyMsg, OverMemory, ENV_NANNY_PID, ENV_NANNY_SLOT};
+use super::msg::{NannyMsg, OverMemory, ENV_NANNY_PID, ENV_NANNY_SLOT};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::path::PathBuf;
 use std::time::Duration;

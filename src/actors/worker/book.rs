@@ -2,8 +2,8 @@
 //! ready queue the slots take from, which are pinned, which run a child
 //! process, which functions have a deadline, which were canceled running.
 
+use super::msg::{Done, Run, Running};
 use super::pinned::{lock, Pins};
-use super::slot::{Done, Run, Running};
 use crate::ids::TaskId;
 use crate::protocol::{Outcome, TaskReport};
 use rustc_hash::{FxHashMap, FxHashSet};

@@ -4,7 +4,7 @@
 //! heartbeats, and has its reader forward each decoded frame to the
 //! `Worker`. It stops when the connection is lost; the `Worker` decides.
 
-use super::{WorkerError, WorkerMsg};
+use super::msg::{WorkerError, WorkerMsg};
 use crate::protocol::conn::{decode, encode, next_frame, FrameSink, FrameStream};
 use crate::protocol::{Conn, FromWorker, Role, ToWorker};
 use crate::schedfile::{wait_for_file, SchedulerFile};

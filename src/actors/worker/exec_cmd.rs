@@ -2,7 +2,7 @@
 //! its output in files under the job's directory, its GPUs lent from the
 //! worker's pool.
 
-use super::CANCEL_GRACE;
+use super::msg::CANCEL_GRACE;
 use crate::ids::WorkerId;
 use crate::protocol::{Assignment, Outcome, TaskKind};
 use std::path::Path;

@@ -1,10 +1,17 @@
 //! What the `Worker` does with each message of the scheduler.
 
-use super::{stop_child, WorkerMsg, WorkerState};
+use super::msg::WorkerMsg;
+use super::{stop_child, WorkerState};
 use crate::protocol::{Assignment, FromWorker, PyFunction, ToWorker};
 use ractor::ActorRef;
 
-pub(super) fn handle(myself: &ActorRef<WorkerMsg>, st: &mut WorkerState, frame: ToWorker) {
+impl WorkerState {
+    pub(super) fn on_frame(&mut self, myself: &ActorRef<WorkerMsg>, frame: ToWorker) {
+        handle(myself, self, frame)
+    }
+}
+
+fn handle(myself: &ActorRef<WorkerMsg>, st: &mut WorkerState, frame: ToWorker) {
     match frame {
         ToWorker::Registered { worker } => {
             st.worker = worker;

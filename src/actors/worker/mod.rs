@@ -8,6 +8,7 @@ mod conn;
 mod exec_cmd;
 mod exec_fn;
 mod frames;
+mod msg;
 mod outbox;
 mod pinned;
 mod py;
@@ -15,18 +16,21 @@ mod slot;
 #[cfg(test)]
 mod tests;
 
+pub use msg::WorkerError;
 pub use outbox::cap_outcome;
 
 use crate::functions::Registry;
 use crate::ids::{JobId, WorkerId};
-use crate::protocol::{FromWorker, ToWorker};
+use crate::protocol::FromWorker;
 use book::Book;
 use bytes::Bytes;
 use conn::{ConnArgs, ConnMsg, Connection};
+use msg::SlotPanic;
+use msg::{Done, Run, WorkerMsg, CANCEL_GRACE};
 use outbox::Outbox;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use rustc_hash::FxHashMap;
-use slot::{Done, Running, Slot, SlotArgs, SlotMsg, SlotPanic, SlotShared};
+use slot::{Slot, SlotArgs, SlotMsg, SlotShared};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,18 +61,6 @@ pub struct WorkerOptions {
     pub python: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("no scheduler reachable for {0:?} (--death-timeout): {1}")]
-    SchedulerGone(Duration, String),
-    #[error("the worker failed: {0}")]
-    Failed(String),
-}
-
-/// How long a canceled command (or a stopped executor) has between SIGTERM
-/// and SIGKILL.
-const CANCEL_GRACE: Duration = Duration::from_secs(3);
-
 /// How often functions are checked against their time limit.
 const LIMITS_EVERY: Duration = Duration::from_millis(100);
 
@@ -90,30 +82,6 @@ pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), W
     };
     let _ = join.await;
     result
-}
-
-enum WorkerMsg {
-    /// The connection is through: register, send what is unacknowledged.
-    Connected { address: String },
-    /// A frame from the scheduler.
-    Frame(ToWorker),
-    /// A slot finished an attempt.
-    Done(Done),
-    /// A slot says what an attempt runs as.
-    Running(Running),
-    /// Pinned tasks a slot's result completed, beyond the one it runs itself.
-    Ready(Vec<crate::protocol::Assignment>),
-    /// Send the reports gathered so far (queued behind the reports already
-    /// in the mailbox, so that one frame carries them all).
-    Flush,
-    /// Fail functions past their time limit.
-    CheckLimits,
-    /// The grace of a canceled child is over.
-    KillChild { task: crate::ids::TaskId, pid: u32 },
-    /// SIGTERM or Ctrl-C: drain, then exit.
-    Stop,
-    /// The drain took too long: leave the rest to other workers.
-    DrainTimeout,
 }
 
 struct Worker;
@@ -210,7 +178,7 @@ impl Actor for Worker {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Connected { address } => st.connected(address),
-            WorkerMsg::Frame(frame) => frames::handle(&myself, st, frame),
+            WorkerMsg::Frame(frame) => st.on_frame(&myself, frame),
             WorkerMsg::Done(done) => {
                 let (report, ready) = st.book.finished(done);
                 st.enqueue(ready);
@@ -339,7 +307,7 @@ impl WorkerState {
                 }
                 _ => None,
             };
-            self.book.enqueue(slot::Run { a, worker: self.worker, function });
+            self.book.enqueue(Run { a, worker: self.worker, function });
         }
     }
 

@@ -2,8 +2,8 @@
 //! per worker slot, started on its first py task, kept for the next ones,
 //! started again after it dies (through the spawn helper).
 
+use super::msg::CANCEL_GRACE;
 use super::outbox::too_large;
-use super::CANCEL_GRACE;
 use crate::protocol::{Assignment, Outcome};
 use bytes::Bytes;
 use rustc_hash::FxHashSet;

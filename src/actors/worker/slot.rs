@@ -4,57 +4,16 @@
 //! reports the attempt failed and starts the slot again.
 
 use super::exec_cmd::{CmdCx, GpuPool};
+use super::msg::{Done, Run, Running, SlotPanic, WorkerMsg};
 use super::outbox::cap_outcome;
 use super::pinned::{self, Pins};
 use super::py::{PyOptions, PySlot};
-use super::WorkerMsg;
 use crate::functions::Registry;
-use crate::ids::{TaskId, WorkerId};
 use crate::protocol::{Assignment, Outcome, TaskKind, TaskReport};
-use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// An attempt handed to the slots, with what they need to run it.
-pub(super) struct Run {
-    pub a: Assignment,
-    /// This worker's id when it was handed out (`ACTORD_WORKER`).
-    pub worker: WorkerId,
-    /// A py task's function: its key in the executors' cache and its pickle.
-    pub function: Option<(u64, Bytes)>,
-}
-
-/// An attempt a slot finished.
-pub(super) struct Done {
-    pub report: TaskReport,
-    /// Its result is an input of other tasks (kept for pins).
-    pub keep: bool,
-    /// The slot gave its result to the pins already.
-    pub pins_done: bool,
-}
-
-/// What a slot says to its worker while it runs an attempt.
-pub(super) enum Running {
-    /// A child process runs the attempt (cmd, py): what a cancel stops.
-    Child { task: TaskId, pid: u32, cmd: bool },
-    /// A function with a time limit started.
-    Deadline { task: TaskId, attempt: u32, limit_ms: u64 },
-}
-
-/// A slot's thread panicked while it ran this attempt: the error its
-/// actor fails with, for the worker to report.
-#[derive(Debug, thiserror::Error)]
-#[error("slot {slot} panicked running {task} (attempt {attempt}): {message}")]
-pub(super) struct SlotPanic {
-    pub slot: u32,
-    pub task: TaskId,
-    pub attempt: u32,
-    pub keep: bool,
-    /// `NAME panicked: MESSAGE`, the task's error.
-    pub message: String,
-}
 
 /// What every slot shares (read-only, or channels).
 #[derive(Clone)]

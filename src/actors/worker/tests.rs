@@ -2,9 +2,9 @@
 //! report, and a panicking slot failing its actor with the attempt's error.
 
 use super::exec_cmd::GpuPool;
+use super::msg::{Run, SlotPanic, WorkerMsg};
 use super::py::PyOptions;
-use super::slot::{self, Run, Slot, SlotArgs, SlotPanic, SlotShared};
-use super::WorkerMsg;
+use super::slot::{self, Slot, SlotArgs, SlotShared};
 use crate::functions::Registry;
 use crate::ids::{JobId, TaskId, WorkerId};
 use crate::protocol::{Assignment, Outcome, TaskKind, TaskReport};
