@@ -33,7 +33,9 @@
 //!     │                       within death_timeout → the worker exits
 //!     ├─ Slot 0               owns a thread that takes attempts from the
 //!     │                       ready queue: fn, cmd (`crate::process`), py
-//!     │                       (a Python executor per slot)
+//!     │                       (a Python executor per slot); starts at once
+//!     │                       the pinned task its result completes (the
+//!     │                       pins: the one table shared with the Worker)
 //!     └─ Slot n               policy: a panic fails the slot; its attempt is
 //!                             reported failed with the panic's message and
 //!                             the slot restarted at once, logged
