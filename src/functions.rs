@@ -95,6 +95,14 @@ impl Registry {
                 other => format!("task failed on purpose (fail {other})"),
             })
         });
+        // Panics on purpose, for supervision tests: its slot fails, the
+        // task is reported failed, the slot is started again.
+        r.register("panic", |msg: rmpv::Value, _| -> Result<(), String> {
+            match msg {
+                rmpv::Value::String(s) => panic!("{}", s.into_str().unwrap_or_default()),
+                _ => panic!("task panicked on purpose (panic)"),
+            }
+        });
         r.register("crash", |_: rmpv::Value, _| -> Result<(), String> {
             tracing::error!("crash task: aborting the worker process on purpose");
             std::process::abort()

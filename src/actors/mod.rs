@@ -17,7 +17,8 @@
 //!                             a failure is logged, the others carry on
 //! nanny process
 //!   Nanny                     supervisor of one actor per worker process
-//!     ├─ WorkerProc (slot 0)  spawns `actord worker` (PDEATHSIG), watches its
+//!     ├─ WorkerProc (slot 0)  spawns `actord worker` (`crate::process`:
+//!     │                       PDEATHSIG, own process group), watches its
 //!     │                       exit and its memory
 //!     ├─ WorkerProc (slot n)  policy: restart at once; in a crash loop (deaths
 //!     │                       within min_uptime) back off, doubling; past
@@ -26,12 +27,32 @@
 //!     │                       restart is immediate and not counted
 //!     └─ (link task)          registers the nanny with the scheduler, reports
 //!                             slot changes, forwards restart requests
-//! worker process (not an actor tree): slot threads + one connection loop
+//! worker process
+//!   Worker                    owns the book of tasks (held, queued, pinned,
+//!     │                       canceled, deadlines) and the unacknowledged
+//!     │                       reports; supervisor of:
+//!     ├─ Connection           dials (re-reading the scheduler file, backoff
+//!     │                       50 ms doubling to 500 ms) until through or
+//!     │                       death_timeout; writes frames, heartbeats; its
+//!     │                       reader forwards decoded frames to the Worker.
+//!     │                       policy: lost → logged, dialed again at once
+//!     │                       (tasks keep running); failed to get through
+//!     │                       within death_timeout → the worker exits
+//!     ├─ Slot 0               owns a thread that takes attempts from the
+//!     │                       ready queue: fn, cmd (`crate::process`), py
+//!     │                       (a Python executor per slot); starts at once
+//!     │                       the pinned task its result completes (the
+//!     │                       pins: the one table shared with the Worker)
+//!     └─ Slot n               policy: a panic fails the slot; its attempt is
+//!                             reported failed with the panic's message and
+//!                             the slot restarted at once, logged
 //! ```
 //!
 //! Stopping the root (`Scheduler::serve` once its shutdown signal fires,
 //! `Nanny` stop) stops its children; a scheduler or listener that fails
-//! ends the process with an error instead of running on half-alive.
+//! ends the process with an error instead of running on half-alive. The
+//! `Worker`, once dismissed, drained or past its death timeout, lets its
+//! `Connection` write what is queued, stops its slots, and ends the process.
 
 pub mod listener;
 pub mod nanny;
@@ -40,6 +61,7 @@ pub mod reader;
 pub mod root;
 pub mod scheduler;
 pub mod session;
+pub mod worker;
 
 use crate::core::{Core, CoreConfig};
 use crate::persistence::{AnyJournal, Expected, Journal, MemJournal, OpenOptions, SledJournal};

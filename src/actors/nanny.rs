@@ -2,23 +2,26 @@
 //! `Nanny` actor, which restarts a slot whose process exits (at once, then
 //! with exponential backoff), gives up on a slot past its restart intensity,
 //! and restarts workers over the memory limit. A link task keeps the
-//! scheduler told about every slot. Workers die with the nanny
-//! (`PR_SET_PDEATHSIG`).
+//! scheduler told about every slot (`link`). Workers die with the nanny
+//! (`crate::process`: `PR_SET_PDEATHSIG`, their own process group).
 
-use crate::protocol::conn::{decode, encode, next_frame};
-use crate::protocol::{Conn, FromNanny, Role, SlotInfo, SlotState, ToNanny, DEFAULT_MAX_FRAME};
-use futures::SinkExt;
+mod link;
+mod msg;
+mod proc;
+
+pub use msg::{NannyMsg, OverMemory, ENV_NANNY_PID, ENV_NANNY_SLOT};
+
+pub use proc::tree_rss_bytes;
+use proc::{WorkerProc, WorkerProcArgs, WorkerProcMsg};
+
+use crate::protocol::{SlotInfo, SlotState};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-/// Environment a nanny gives its workers: its pid and their slot.
-pub const ENV_NANNY_PID: &str = "ACTORD_NANNY_PID";
-pub const ENV_NANNY_SLOT: &str = "ACTORD_NANNY_SLOT";
 
 #[derive(Clone, Debug)]
 pub struct NannyOptions {
@@ -52,30 +55,6 @@ pub struct NannyOptions {
 
 /// A slot's own worker arguments and environment.
 pub type SlotExtra = (Vec<String>, Vec<(String, String)>);
-
-pub enum NannyMsg {
-    /// A worker process of this slot is up.
-    Started { slot: u32, pid: u32 },
-    /// The backoff of a slot is over: start its worker.
-    Respawn(u32),
-    /// An operator asked (through the scheduler) to restart this slot's worker.
-    RestartWorker(u32),
-    /// An operator asked to retire this slot's worker: SIGTERM (the worker
-    /// drains, however long its running tasks take), no restart.
-    RetireWorker(u32),
-    /// Stop every worker (SIGTERM, then SIGKILL after the grace), then the nanny.
-    Shutdown,
-    /// A slot's worker is over the memory limit: tell the scheduler why
-    /// before it is killed (`done` once that is sent, or dropped).
-    OverMemory(OverMemory),
-}
-
-/// A worker about to be killed for its memory, on its way to the scheduler.
-pub struct OverMemory {
-    slot: u32,
-    reason: String,
-    done: tokio::sync::oneshot::Sender<()>,
-}
 
 pub struct Nanny;
 
@@ -157,7 +136,7 @@ impl Actor for Nanny {
     ) -> Result<NannyState, ActorProcessingErr> {
         let (events, rx) = mpsc::unbounded_channel();
         let (over_memory, kills) = mpsc::unbounded_channel();
-        let link = tokio::spawn(link_loop(
+        let link = tokio::spawn(link::link_loop(
             opts.scheduler_file.clone(),
             opts.workers,
             (rx, kills),
@@ -207,7 +186,7 @@ impl Actor for Nanny {
                         "retiring the worker as asked: it drains, then its slot stays empty"
                     );
                     s.retired = true;
-                    signal(s.pid as i32, nix::sys::signal::Signal::SIGTERM);
+                    crate::process::terminate(s.pid);
                 }
             }
             NannyMsg::Respawn(slot) => {
@@ -336,278 +315,6 @@ impl Actor for Nanny {
         st.link.abort();
         Ok(())
     }
-}
-
-/// Keeps the nanny registered with the scheduler: reconnects (re-reading
-/// the scheduler file) when it is lost, re-sends the slots' state, forwards
-/// slot changes and the scheduler's restart requests.
-async fn link_loop(
-    file: PathBuf,
-    workers: u32,
-    (mut events, mut kills): (mpsc::UnboundedReceiver<SlotInfo>, mpsc::UnboundedReceiver<OverMemory>),
-    nanny: ActorRef<NannyMsg>,
-    dismissed: Arc<AtomicBool>,
-) {
-    let mut slots: BTreeMap<u32, SlotInfo> = (0..workers)
-        .map(|slot| (slot, SlotInfo { slot, state: SlotState::Running { pid: 0 }, restarts: 0 }))
-        .collect();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let connected = async {
-            let f = crate::schedfile::wait_for_file(&file, Duration::from_secs(3600)).await?;
-            Conn::connect(f.socket_addr(), Role::Nanny, &f.auth(), DEFAULT_MAX_FRAME, Duration::from_secs(5))
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let mut conn = match connected.await {
-            Ok((c, _)) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "nanny cannot reach the scheduler yet");
-                // Apply slot changes meanwhile, so the next Register is current.
-                let wait = tokio::time::sleep(backoff);
-                tokio::pin!(wait);
-                loop {
-                    tokio::select! {
-                        _ = &mut wait => break,
-                        ev = events.recv() => match ev {
-                            Some(info) => { slots.insert(info.slot, info); }
-                            None => return,
-                        },
-                        // No scheduler to tell: let the kill go ahead.
-                        Some(k) = kills.recv() => drop(k),
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_millis(500));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        let register = FromNanny::Register {
-            host: crate::util::hostname(),
-            pid: std::process::id(),
-            slots: slots.values().cloned().collect(),
-        };
-        if conn.write(&register).await.is_err() {
-            continue;
-        }
-        let (mut sink, mut stream) = conn.into_split();
-        loop {
-            tokio::select! {
-                ev = events.recv() => {
-                    let Some(info) = ev else { return };
-                    slots.insert(info.slot, info.clone());
-                    let Ok(frame) = encode(&FromNanny::Slot { info }) else { continue };
-                    if sink.send(frame).await.is_err() {
-                        break;
-                    }
-                }
-                Some(k) = kills.recv() => {
-                    let msg = FromNanny::OverMemory { slot: k.slot, reason: k.reason };
-                    let Ok(frame) = encode(&msg) else { continue };
-                    let sent = sink.send(frame).await;
-                    let _ = k.done.send(());
-                    if sent.is_err() {
-                        break;
-                    }
-                }
-                frame = next_frame(&mut stream) => {
-                    let Ok(frame) = frame else { break };
-                    match decode::<ToNanny>(&frame) {
-                        Ok(ToNanny::Registered { nanny: id }) => tracing::info!(nanny = id, "nanny registered with the scheduler"),
-                        Ok(ToNanny::RestartWorker { slot }) => {
-                            let _ = nanny.cast(NannyMsg::RestartWorker(slot));
-                        }
-                        Ok(ToNanny::RetireWorker { slot }) => {
-                            let _ = nanny.cast(NannyMsg::RetireWorker(slot));
-                        }
-                        Ok(ToNanny::Shutdown) => {
-                            tracing::info!("the scheduler shuts down for good; stopping the workers");
-                            dismissed.store(true, Ordering::SeqCst);
-                            let _ = nanny.cast(NannyMsg::Shutdown);
-                            return;
-                        }
-                        Ok(ToNanny::Error { message }) => tracing::warn!(message = ?message, "scheduler reports an error"),
-                        Err(e) => tracing::warn!(error = %e, "ignoring a message this nanny does not understand"),
-                    }
-                }
-            }
-        }
-        tracing::warn!("nanny lost the scheduler; reconnecting (workers keep running)");
-    }
-}
-
-pub enum WorkerProcMsg {
-    Exited(String),
-    CheckMemory,
-}
-
-pub struct WorkerProc;
-
-pub struct WorkerProcArgs {
-    slot: u32,
-    exe: PathBuf,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    nanny: ActorRef<NannyMsg>,
-    memory_limit: Option<u64>,
-    memory_poll: Duration,
-    stop_grace: Duration,
-}
-
-pub struct WorkerProcState {
-    slot: u32,
-    pid: i32,
-    waiter: Option<tokio::task::JoinHandle<()>>,
-    exited: bool,
-    memory_limit: Option<u64>,
-    /// Set when this actor killed the worker for its memory use.
-    killed_for: Option<String>,
-    nanny: ActorRef<NannyMsg>,
-    stop_grace: Duration,
-}
-
-impl Actor for WorkerProc {
-    type Msg = WorkerProcMsg;
-    type State = WorkerProcState;
-    type Arguments = WorkerProcArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<WorkerProcMsg>,
-        args: WorkerProcArgs,
-    ) -> Result<WorkerProcState, ActorProcessingErr> {
-        let mut cmd = tokio::process::Command::new(&args.exe);
-        cmd.arg("worker")
-            .args(&args.args)
-            .env(ENV_NANNY_PID, std::process::id().to_string())
-            .env(ENV_NANNY_SLOT, args.slot.to_string())
-            .envs(args.env.iter().map(|(k, v)| (k, v)));
-        // SAFETY: prctl is async-signal-safe; the worker dies with its nanny.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child =
-            cmd.spawn().map_err(|e| format!("cannot start {} worker: {e}", args.exe.display()))?;
-        let pid = child.id().unwrap_or(0);
-        tracing::info!(slot = args.slot, pid, "worker process started");
-        let _ = args.nanny.cast(NannyMsg::Started { slot: args.slot, pid });
-        let me = myself.clone();
-        let waiter = tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(s) => s.to_string(),
-                Err(e) => format!("wait failed: {e}"),
-            };
-            let _ = me.cast(WorkerProcMsg::Exited(status));
-        });
-        if args.memory_limit.is_some() {
-            myself.send_interval(args.memory_poll, || WorkerProcMsg::CheckMemory);
-        }
-        Ok(WorkerProcState {
-            slot: args.slot,
-            pid: pid as i32,
-            waiter: Some(waiter),
-            exited: false,
-            memory_limit: args.memory_limit,
-            killed_for: None,
-            stop_grace: args.stop_grace,
-            nanny: args.nanny,
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<WorkerProcMsg>,
-        msg: WorkerProcMsg,
-        st: &mut WorkerProcState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            WorkerProcMsg::Exited(status) => {
-                st.exited = true;
-                let why = match st.killed_for.take() {
-                    Some(reason) => reason,
-                    None => format!("worker process {} exited: {status}", st.pid),
-                };
-                tracing::warn!(slot = st.slot, pid = st.pid, %status, "worker process exited");
-                myself.stop(Some(why));
-            }
-            WorkerProcMsg::CheckMemory => {
-                let (Some(limit), false) = (st.memory_limit, st.exited || st.killed_for.is_some()) else {
-                    return Ok(());
-                };
-                let rss = tree_rss_bytes(st.pid);
-                if rss > limit {
-                    let reason = format!(
-                        "worker process {} used {} of memory, over the limit of {}",
-                        st.pid,
-                        crate::util::format_size(rss),
-                        crate::util::format_size(limit)
-                    );
-                    tracing::warn!(
-                        slot = st.slot,
-                        pid = st.pid,
-                        rss,
-                        limit,
-                        "worker over its memory limit; restarting it"
-                    );
-                    // The scheduler hears why first, so the task's error says so.
-                    let (done, sent) = tokio::sync::oneshot::channel();
-                    let k = OverMemory { slot: st.slot, reason: reason.clone(), done };
-                    if st.nanny.cast(NannyMsg::OverMemory(k)).is_ok() {
-                        let _ = tokio::time::timeout(Duration::from_millis(500), sent).await;
-                    }
-                    st.killed_for = Some(reason);
-                    signal(st.pid, nix::sys::signal::Signal::SIGKILL);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<WorkerProcMsg>,
-        st: &mut WorkerProcState,
-    ) -> Result<(), ActorProcessingErr> {
-        let Some(mut waiter) = st.waiter.take() else { return Ok(()) };
-        if st.exited || st.pid <= 0 {
-            return Ok(());
-        }
-        signal(st.pid, nix::sys::signal::Signal::SIGTERM);
-        if tokio::time::timeout(st.stop_grace, &mut waiter).await.is_err() {
-            tracing::warn!(
-                slot = st.slot,
-                pid = st.pid,
-                "worker did not stop within the grace period; killing it"
-            );
-            signal(st.pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = waiter.await;
-        }
-        Ok(())
-    }
-}
-
-fn signal(pid: i32, sig: nix::sys::signal::Signal) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-}
-
-/// Resident memory of a process and all its descendants (cmd tasks), in bytes.
-pub fn tree_rss_bytes(pid: i32) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![pid];
-    while let Some(p) = stack.pop() {
-        total += crate::util::proc_rss_kib(&p.to_string()) * 1024;
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-            for t in tasks.flatten() {
-                if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
-                    stack.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-                }
-            }
-        }
-    }
-    total
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 /// Runs one worker process with `registry`'s functions until it is told to stop.
 pub async fn run(config: &Config, a: &WorkerArgs, registry: Registry) -> Result<ExitCode, CliError> {
     let opts = worker_options(config, a)?;
-    crate::worker::run_worker(opts, registry).await.map_err(failed)?;
+    crate::actors::worker::run_worker(opts, registry).await.map_err(failed)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -21,7 +21,7 @@ pub async fn run(config: &Config, a: &WorkerArgs, registry: Registry) -> Result<
 pub(super) fn worker_options(
     config: &Config,
     a: &WorkerArgs,
-) -> Result<crate::worker::WorkerOptions, CliError> {
+) -> Result<crate::actors::worker::WorkerOptions, CliError> {
     let scheduler_file = crate::schedfile::resolve_path(a.scheduler_file.as_deref()).map_err(usage)?;
     let work_dir = match &a.work_dir {
         Some(d) => expand_path(d).map_err(usage)?,
@@ -50,7 +50,7 @@ pub(super) fn worker_options(
     if !gpus.is_empty() {
         resources.insert("gpus".into(), gpus.len() as u64);
     }
-    Ok(crate::worker::WorkerOptions {
+    Ok(crate::actors::worker::WorkerOptions {
         resources,
         gpus,
         scheduler_file,

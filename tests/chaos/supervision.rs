@@ -198,6 +198,32 @@ fn a_stopped_worker_is_declared_lost_and_its_late_reports_are_recorded_once() {
     assert_eq!(again["finished"], 8);
 }
 
+/// A task that panics fails its slot: the worker reports the task failed
+/// with the panic's message, starts the slot again, and goes on serving
+/// with the same pid, on that slot too.
+#[test]
+fn a_panicking_slot_fails_its_task_and_the_worker_serves_on() {
+    let cluster = Cluster::start(1, 1);
+    let pids = cluster.worker_pids();
+    assert_eq!(pids.len(), 1);
+    let out = cluster.run(&["submit", "--fn", "panic", "--args", "\"boom\""]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cluster.run(&["gather", &stdout(&out)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = json(&out)["failures"][0]["error"].as_str().unwrap().to_string();
+    assert_eq!(err, "panic panicked: boom");
+
+    let inputs = cluster.path("in.jsonl");
+    std::fs::write(&inputs, (0..10).map(|i| format!("{i}\n")).collect::<String>()).unwrap();
+    let out = cluster.run(&["map", "inc", "--inputs", inputs.to_str().unwrap()]);
+    let out = cluster.run(&["gather", &stdout(&out)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["results"], serde_json::json!((1..=10).collect::<Vec<i64>>()));
+    assert_eq!(cluster.worker_pids(), pids, "the same worker process served on");
+    let log = cluster.nanny.as_ref().unwrap().log_text();
+    assert!(log.contains("slot panicked"), "{log}");
+}
+
 /// A task that crashes its worker every time fails after K worker deaths with
 /// an error naming them; the other tasks finish.
 #[test]

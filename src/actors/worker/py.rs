@@ -1,17 +1,16 @@
 //! `py` tasks: one persistent Python executor (`python -m actord.executor`)
 //! per worker slot, started on its first py task, kept for the next ones,
-//! started again after it dies; the function table entries the scheduler sent.
+//! started again after it dies (through the spawn helper).
 
-use super::{too_large, Control, CANCEL_GRACE};
-use crate::ids::JobId;
-use crate::protocol::{Assignment, Outcome, PyFunction};
+use super::msg::CANCEL_GRACE;
+use super::outbox::too_large;
+use crate::protocol::{Assignment, Outcome};
 use bytes::Bytes;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a new executor may take to import its package and say it is ready.
@@ -33,37 +32,9 @@ pub struct PyOptions {
     pub max_result: u64,
 }
 
-/// The function table entries this worker was sent, shared by the
-/// connection loop (which adds them before the tasks that need them) and
-/// the slots. Each gets a small key the executors cache the function under.
-#[derive(Default)]
-pub struct Functions(Mutex<FunctionsInner>);
-
-#[derive(Default)]
-struct FunctionsInner {
-    by_id: FxHashMap<(JobId, u32), (u64, Bytes)>,
-    next_key: u64,
-}
-
-impl Functions {
-    pub fn add(&self, functions: Vec<PyFunction>) {
-        let mut f = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for PyFunction { job, func, pickle } in functions {
-            f.next_key += 1;
-            let key = f.next_key;
-            f.by_id.insert((job, func), (key, pickle));
-        }
-    }
-
-    fn get(&self, job: JobId, func: u32) -> Option<(u64, Bytes)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).by_id.get(&(job, func)).cloned()
-    }
-}
-
 /// One slot's executor, started when a py task first needs it.
 pub struct PySlot {
     opts: PyOptions,
-    functions: Arc<Functions>,
     slot: u32,
     exec: Option<Executor>,
 }
@@ -87,21 +58,23 @@ enum ReadEnd {
 }
 
 impl PySlot {
-    pub fn new(opts: PyOptions, functions: Arc<Functions>, slot: u32) -> PySlot {
-        PySlot { opts, functions, slot, exec: None }
+    pub fn new(opts: PyOptions, slot: u32) -> PySlot {
+        PySlot { opts, slot, exec: None }
     }
 
-    /// Runs one py task; the flag says its executor died under it.
+    /// Runs one py task (`function`: its key and pickle, if the scheduler
+    /// sent it); `started` is told the executor's pid (for cancels). The
+    /// flag says its executor died under it.
     pub fn run(
         &mut self,
         a: &Assignment,
-        func: u32,
+        (func, function): (u32, Option<&(u64, Bytes)>),
         args: &Bytes,
         worker: crate::ids::WorkerId,
-        ctl: &Control,
+        started: &dyn Fn(u32),
     ) -> (Outcome, bool) {
         let tid = a.task;
-        let Some((key, pickle)) = self.functions.get(tid.job, func) else {
+        let Some((key, pickle)) = function.cloned() else {
             return (
                 Outcome::err(format!("task {tid}: function {func} of its job was never sent here")),
                 false,
@@ -128,20 +101,11 @@ impl PySlot {
             };
             let limit = self.frame_limit();
             let exec = self.exec.as_mut().expect("started above");
-            {
-                // A cancel that came while the executor started finds no
-                // pid to stop: it is seen here, under the same lock.
-                let mut st = ctl.lock();
-                if st.canceled.remove(&tid) {
-                    return (Outcome::err("canceled"), false);
-                }
-                st.running.insert(tid, exec.child.id());
-            }
+            started(exec.child.id());
             let deadline = a.time_limit_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
             match exec.stdin.write_all(&frame).and_then(|_| exec.stdin.flush()) {
                 Ok(()) => answer = read_frame(&mut exec.stdout, &mut exec.child, deadline, limit),
                 Err(e) if first_try => {
-                    ctl.lock().running.remove(&tid);
                     self.discard(&format!("it could not take a task ({e})"));
                     continue;
                 }
@@ -149,8 +113,7 @@ impl PySlot {
             }
             break;
         }
-        ctl.lock().running.remove(&tid);
-        self.ended(a, answer, ctl)
+        self.ended(a, answer)
     }
 
     /// The request frame for one task; the function's pickle goes along
@@ -197,7 +160,7 @@ impl PySlot {
 
     /// What the attempt's answer (or its absence) means; a stopped or dead
     /// executor is replaced at the next task.
-    fn ended(&mut self, a: &Assignment, answer: Result<Vec<u8>, ReadEnd>, ctl: &Control) -> (Outcome, bool) {
+    fn ended(&mut self, a: &Assignment, answer: Result<Vec<u8>, ReadEnd>) -> (Outcome, bool) {
         let tid = a.task;
         match answer {
             Ok(body) => match self.answer(&body) {
@@ -216,10 +179,6 @@ impl PySlot {
                 self.stop(a);
                 let limit = a.time_limit_ms.unwrap_or(0);
                 (Outcome::err(format!("time limit exceeded ({limit} ms)")), false)
-            }
-            Err(_) if ctl.take_canceled(tid) => {
-                self.stop(a);
-                (Outcome::err("canceled"), false)
             }
             Err(ReadEnd::TooLarge(n)) => {
                 self.stop(a);
@@ -296,14 +255,7 @@ impl PySlot {
             }
             cmd.env("PYTHONPATH", path);
         }
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe; the executor dies with this worker.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        crate::process::supervised(&mut cmd);
         let what = format!("the Python executor ({} -m actord.executor)", python.display());
         let mut child = cmd.spawn().map_err(|e| {
             format!("cannot start {what}: {e}; set worker.python or --python to a Python 3 interpreter")
@@ -473,26 +425,9 @@ fn read_exact(
     Ok(())
 }
 
-/// Ends an executor: SIGTERM, SIGKILL after `CANCEL_GRACE`; says how it ended.
+/// Ends an executor (the spawn helper's escalation); says how it ended.
 fn terminate(child: &mut Child) -> String {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let mut status = child.try_wait().ok().flatten();
-    if status.is_none() {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let grace = Instant::now() + CANCEL_GRACE;
-        while status.is_none() && Instant::now() < grace {
-            std::thread::sleep(Duration::from_millis(5));
-            status = child.try_wait().ok().flatten();
-        }
-    }
-    let status = match status {
-        Some(s) => Ok(s),
-        None => {
-            let _ = child.kill();
-            child.wait()
-        }
-    };
-    match status {
+    match crate::process::stop(child, CANCEL_GRACE) {
         Ok(s) => describe_exit(s),
         Err(e) => format!("could not be waited for ({e})"),
     }

@@ -1,0 +1,82 @@
+//! What the parts of a worker tell each other: the `Worker`'s messages and
+//! the attempts that travel between it and its slots; the worker's errors.
+
+use crate::ids::{TaskId, WorkerId};
+use crate::protocol::{Assignment, TaskReport, ToWorker};
+use bytes::Bytes;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("no scheduler reachable for {0:?} (--death-timeout): {1}")]
+    SchedulerGone(Duration, String),
+    #[error("the worker failed: {0}")]
+    Failed(String),
+}
+
+/// How long a canceled command (or a stopped executor) has between SIGTERM
+/// and SIGKILL.
+pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(3);
+
+pub(super) enum WorkerMsg {
+    /// The connection is through: register, send what is unacknowledged.
+    Connected { address: String },
+    /// A frame from the scheduler.
+    Frame(ToWorker),
+    /// A slot finished an attempt.
+    Done(Done),
+    /// A slot says what an attempt runs as.
+    Running(Running),
+    /// Pinned tasks a slot's result completed, beyond the one it runs itself.
+    Ready(Vec<Assignment>),
+    /// Send the reports gathered so far (queued behind the reports already
+    /// in the mailbox, so that one frame carries them all).
+    Flush,
+    /// Fail functions past their time limit.
+    CheckLimits,
+    /// The grace of a canceled child is over.
+    KillChild { task: TaskId, pid: u32 },
+    /// SIGTERM or Ctrl-C: drain, then exit.
+    Stop,
+    /// The drain took too long: leave the rest to other workers.
+    DrainTimeout,
+}
+
+/// An attempt handed to the slots, with what they need to run it.
+pub(super) struct Run {
+    pub a: Assignment,
+    /// This worker's id when it was handed out (`ACTORD_WORKER`).
+    pub worker: WorkerId,
+    /// A py task's function: its key in the executors' cache and its pickle.
+    pub function: Option<(u64, Bytes)>,
+}
+
+/// An attempt a slot finished.
+pub(super) struct Done {
+    pub report: TaskReport,
+    /// Its result is an input of other tasks (kept for pins).
+    pub keep: bool,
+    /// The slot gave its result to the pins already.
+    pub pins_done: bool,
+}
+
+/// What a slot says to its worker while it runs an attempt.
+pub(super) enum Running {
+    /// A child process runs the attempt (cmd, py): what a cancel stops.
+    Child { task: TaskId, pid: u32, cmd: bool },
+    /// A function with a time limit started.
+    Deadline { task: TaskId, attempt: u32, limit_ms: u64 },
+}
+
+/// A slot's thread panicked while it ran this attempt: the error its
+/// actor fails with, for the worker to report.
+#[derive(Debug, thiserror::Error)]
+#[error("slot {slot} panicked running {task} (attempt {attempt}): {message}")]
+pub(super) struct SlotPanic {
+    pub slot: u32,
+    pub task: TaskId,
+    pub attempt: u32,
+    pub keep: bool,
+    /// `NAME panicked: MESSAGE`, the task's error.
+    pub message: String,
+}

@@ -1,0 +1,170 @@
+//! One slot of a worker: the `Slot` actor owns a thread that takes attempts
+//! from the worker's ready queue and runs them (`exec_fn`, `exec_cmd`, `py`).
+//! A panic on that thread fails the actor, so the `Worker` supervising it
+//! reports the attempt failed and starts the slot again.
+
+use super::exec_cmd::{CmdCx, GpuPool};
+use super::msg::{Done, Run, Running, SlotPanic, WorkerMsg};
+use super::outbox::cap_outcome;
+use super::pinned::{self, Pins};
+use super::py::{PyOptions, PySlot};
+use crate::functions::Registry;
+use crate::protocol::{Assignment, Outcome, TaskKind, TaskReport};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What every slot shares (read-only, or channels).
+#[derive(Clone)]
+pub(super) struct SlotShared {
+    pub registry: Arc<Registry>,
+    pub queue: crossbeam_channel::Receiver<Run>,
+    pub worker: ActorRef<WorkerMsg>,
+    pub work_dir: PathBuf,
+    pub gpus: GpuPool,
+    pub pins: Pins,
+    pub py: PyOptions,
+    pub max_result: u64,
+    pub max_error: u64,
+}
+
+pub(super) struct SlotArgs {
+    pub slot: u32,
+    pub shared: SlotShared,
+}
+
+pub(super) enum SlotMsg {
+    /// The slot's thread panicked and ended.
+    Panicked(SlotPanic),
+}
+
+pub(super) struct Slot;
+
+impl Actor for Slot {
+    type Msg = SlotMsg;
+    type State = ();
+    type Arguments = SlotArgs;
+
+    async fn pre_start(&self, myself: ActorRef<SlotMsg>, args: SlotArgs) -> Result<(), ActorProcessingErr> {
+        let SlotArgs { slot, shared } = args;
+        std::thread::Builder::new()
+            .name(format!("slot-{slot}"))
+            .spawn(move || slot_thread(slot, shared, myself))
+            .map_err(|e| format!("cannot start the thread of slot {slot}: {e}"))?;
+        Ok(())
+    }
+
+    async fn handle(&self, _: ActorRef<SlotMsg>, msg: SlotMsg, _: &mut ()) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SlotMsg::Panicked(p) => Err(Box::new(p)),
+        }
+    }
+}
+
+/// The slot's thread: runs attempts until the queue closes or one panics.
+/// (Children it starts die with it: `crate::process`.)
+fn slot_thread(slot: u32, shared: SlotShared, me: ActorRef<SlotMsg>) {
+    let mut py = PySlot::new(shared.py.clone(), slot);
+    let mut next: Option<Run> = None;
+    loop {
+        let run = match next.take() {
+            Some(run) => run,
+            None => match shared.queue.recv() {
+                Ok(run) => run,
+                Err(_) => return,
+            },
+        };
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(&shared, &run, &mut py)));
+        let report = match ran {
+            Ok(report) => report,
+            Err(panic) => {
+                let what = match &run.a.kind {
+                    TaskKind::Fn { name, .. } => name.as_str(),
+                    TaskKind::Cmd { .. } => "the command",
+                    TaskKind::Py { .. } => "the Python task",
+                };
+                let message = format!("{what} panicked: {}", panic_message(&panic));
+                let (task, attempt, keep) = (run.a.task, run.a.attempt, run.a.has_dependents);
+                let _ = me.cast(SlotMsg::Panicked(SlotPanic { slot, task, attempt, keep, message }));
+                return;
+            }
+        };
+        let keep = run.a.has_dependents;
+        let result = match &report.outcome {
+            Outcome::Ok { result } => Some(result.clone()),
+            Outcome::Err { .. } => None,
+        };
+        let ready = pinned::lock(&shared.pins).finished(run.a.task, result, keep);
+        if shared.worker.cast(WorkerMsg::Done(Done { report, keep, pins_done: true })).is_err() {
+            return;
+        }
+        // The first pinned task this completes runs here at once (a py one
+        // goes by the Worker, which has its function).
+        let mut ready = ready.into_iter().peekable();
+        if ready.peek().is_some_and(|a| !matches!(a.kind, TaskKind::Py { .. })) {
+            next = ready.next().map(|a| Run { a, worker: run.worker, function: None });
+        }
+        let rest: Vec<Assignment> = ready.collect();
+        if !rest.is_empty() && shared.worker.cast(WorkerMsg::Ready(rest)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs one attempt on the calling slot thread.
+fn run_task(shared: &SlotShared, run: &Run, py: &mut PySlot) -> TaskReport {
+    let Run { a, worker, function } = run;
+    let worker = *worker;
+    let start = Instant::now();
+    let tell = |r: Running| {
+        let _ = shared.worker.cast(WorkerMsg::Running(r));
+    };
+    let mut executor_died = false;
+    let outcome = match &a.kind {
+        TaskKind::Fn { name, args } => {
+            if let Some(limit_ms) = a.time_limit_ms {
+                tell(Running::Deadline { task: a.task, attempt: a.attempt, limit_ms });
+            }
+            super::exec_fn::run(&shared.registry, name, args, a)
+        }
+        TaskKind::Cmd { .. } => {
+            let cx = CmdCx { work_dir: &shared.work_dir, worker, gpus: &shared.gpus };
+            super::exec_cmd::run(&cx, a, &|pid| tell(Running::Child { task: a.task, pid, cmd: true }))
+        }
+        TaskKind::Py { func, args } => {
+            let started = |pid| tell(Running::Child { task: a.task, pid, cmd: false });
+            let (outcome, died) = py.run(a, (*func, function.as_ref()), args, worker, &started);
+            executor_died = died;
+            outcome
+        }
+    };
+    TaskReport {
+        task: a.task,
+        attempt: a.attempt,
+        outcome: cap_outcome(outcome, shared.max_result, shared.max_error),
+        micros: start.elapsed().as_micros() as u64,
+        executor_died,
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".into()
+    }
+}
+
+/// The report of an attempt whose slot panicked.
+pub(super) fn panicked(p: &SlotPanic, max_error: u64) -> TaskReport {
+    TaskReport {
+        task: p.task,
+        attempt: p.attempt,
+        outcome: cap_outcome(Outcome::err(p.message.clone()), 0, max_error),
+        micros: 0,
+        executor_died: false,
+    }
+}
