@@ -55,6 +55,7 @@
 //! `Connection` write what is queued, stops its slots, and ends the process.
 
 pub mod listener;
+pub mod msgs;
 pub mod nanny;
 mod outbox;
 pub mod reader;
