@@ -4,7 +4,7 @@
 //! listener. At most `MAX_HANDSHAKING` connections may be waiting to
 //! authenticate, and at most `max_connections` be open at once.
 
-use super::scheduler::SchedMsg;
+use super::msgs::{Established, Handshaking, SchedMsg};
 use super::session::{Session, SessionArgs, SessionConfig};
 use crate::ids::ConnId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -15,24 +15,6 @@ use tokio::net::{TcpListener, TcpStream};
 /// Connections that have not finished their handshake, at most: more are
 /// closed at once, so unauthenticated peers cannot hold unbounded memory.
 pub const MAX_HANDSHAKING: usize = 256;
-
-/// Counts one connection in its handshake; dropping it ends the count.
-pub struct Handshaking(Arc<AtomicUsize>);
-
-impl Drop for Handshaking {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts one open connection (from accept to close).
-pub struct Established(Arc<AtomicUsize>);
-
-impl Drop for Established {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 pub enum ListenerMsg {
     Accepted(TcpStream, std::net::SocketAddr),

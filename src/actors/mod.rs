@@ -25,19 +25,23 @@
 //!     │                       max_restarts per restart_window leave the slot
 //!     │                       empty and report it failed; an operator's
 //!     │                       restart is immediate and not counted
-//!     └─ (link task)          registers the nanny with the scheduler, reports
-//!                             slot changes, forwards restart requests
+//!     └─ Link                 registers the nanny with the scheduler, reports
+//!                             slot changes, forwards restart requests;
+//!                             policy: failed → logged, a new link after 1 s
+//!                             told the slots' last state (workers run on);
+//!                             ended (dismissed) → stays ended
 //! worker process
 //!   Worker                    owns the book of tasks (held, queued, pinned,
 //!     │                       canceled, deadlines) and the unacknowledged
 //!     │                       reports; supervisor of:
 //!     ├─ Connection           dials (re-reading the scheduler file, backoff
-//!     │                       50 ms doubling to 500 ms) until through or
-//!     │                       death_timeout; writes frames, heartbeats; its
-//!     │                       reader forwards decoded frames to the Worker.
-//!     │                       policy: lost → logged, dialed again at once
-//!     │                       (tasks keep running); failed to get through
-//!     │                       within death_timeout → the worker exits
+//!     │   │                   50 ms doubling to 500 ms) until through or
+//!     │   │                   death_timeout; writes frames, heartbeats.
+//!     │   │                   policy: lost → logged, dialed again at once
+//!     │   │                   (tasks keep running); failed to get through
+//!     │   │                   within death_timeout → the worker exits
+//!     │   └─ ConnReader       decode → Worker; a failure drops the
+//!     │                       connection (logged), which is then lost
 //!     ├─ Slot 0               owns a thread that takes attempts from the
 //!     │                       ready queue: fn, cmd (`crate::process`), py
 //!     │                       (a Python executor per slot); starts at once
@@ -55,6 +59,7 @@
 //! `Connection` write what is queued, stops its slots, and ends the process.
 
 pub mod listener;
+pub mod msgs;
 pub mod nanny;
 mod outbox;
 pub mod reader;

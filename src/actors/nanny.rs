@@ -1,8 +1,8 @@
 //! The nanny: one `WorkerProc` actor per worker process, supervised by the
 //! `Nanny` actor, which restarts a slot whose process exits (at once, then
 //! with exponential backoff), gives up on a slot past its restart intensity,
-//! and restarts workers over the memory limit. A link task keeps the
-//! scheduler told about every slot (`link`). Workers die with the nanny
+//! and restarts workers over the memory limit. A linked `Link` actor keeps
+//! the scheduler told about every slot (`link`). Workers die with the nanny
 //! (`crate::process`: `PR_SET_PDEATHSIG`, their own process group).
 
 mod link;
@@ -11,17 +11,17 @@ mod proc;
 
 pub use msg::{NannyMsg, OverMemory, ENV_NANNY_PID, ENV_NANNY_SLOT};
 
+use link::LinkHandle;
 pub use proc::tree_rss_bytes;
 use proc::{WorkerProc, WorkerProcArgs, WorkerProcMsg};
 
 use crate::protocol::{SlotInfo, SlotState};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 #[derive(Clone, Debug)]
 pub struct NannyOptions {
@@ -76,22 +76,53 @@ struct Slot {
     retired: bool,
 }
 
+/// How long after its link failed the nanny starts a new one.
+const LINK_RESTART: Duration = Duration::from_secs(1);
+
 pub struct NannyState {
     opts: NannyOptions,
     slots: Vec<Slot>,
     stopping: bool,
-    /// Slot changes for the scheduler link.
-    events: mpsc::UnboundedSender<SlotInfo>,
-    /// Workers about to be killed for their memory, for the scheduler link.
-    over_memory: mpsc::UnboundedSender<OverMemory>,
-    link: tokio::task::JoinHandle<()>,
+    /// The scheduler link: slot changes and over-memory kills go there.
+    link: LinkHandle,
+    /// What the link was last told about each slot, for a new link.
+    told: BTreeMap<u32, SlotInfo>,
 }
 
 impl NannyState {
-    fn tell(&self, slot: u32, state: SlotState) {
+    fn tell(&mut self, slot: u32, state: SlotState) {
         let restarts = self.slots[slot as usize].total_restarts;
-        let _ = self.events.send(SlotInfo { slot, state, restarts });
+        let info = SlotInfo { slot, state, restarts };
+        self.told.insert(slot, info.clone());
+        let _ = self.link.events.send(info);
     }
+
+    /// A new scheduler link, knowing the slots as last told.
+    async fn restart_link(&mut self, myself: &ActorRef<NannyMsg>) -> Result<(), ActorProcessingErr> {
+        let slots = self.told.values().cloned().collect();
+        let file = self.opts.scheduler_file.clone();
+        // The old one is gone; should it not be, it must not talk for us.
+        self.link.actor.kill();
+        self.link = link::start(myself, file, slots, self.opts.dismissed.clone()).await?;
+        tracing::info!("nanny started a new scheduler link");
+        Ok(())
+    }
+}
+
+/// Policy: a link that ended by itself (the scheduler dismissed the nanny)
+/// stays ended; one that failed is started again after `LINK_RESTART`,
+/// knowing the slots as last told, while the workers keep running.
+fn link_ended(myself: &ActorRef<NannyMsg>, failed: bool, why: &str) {
+    if !failed {
+        tracing::debug!(reason = ?why, "the nanny's scheduler link ended");
+        return;
+    }
+    tracing::error!(
+        error = %why,
+        restart_in_ms = LINK_RESTART.as_millis() as u64,
+        "the nanny's scheduler link failed; starting a new one"
+    );
+    myself.send_after(LINK_RESTART, || NannyMsg::RestartLink);
 }
 
 async fn spawn_slot(
@@ -134,15 +165,16 @@ impl Actor for Nanny {
         myself: ActorRef<NannyMsg>,
         opts: NannyOptions,
     ) -> Result<NannyState, ActorProcessingErr> {
-        let (events, rx) = mpsc::unbounded_channel();
-        let (over_memory, kills) = mpsc::unbounded_channel();
-        let link = tokio::spawn(link::link_loop(
+        let told: BTreeMap<u32, SlotInfo> = (0..opts.workers)
+            .map(|slot| (slot, SlotInfo { slot, state: SlotState::Running { pid: 0 }, restarts: 0 }))
+            .collect();
+        let link = link::start(
+            &myself,
             opts.scheduler_file.clone(),
-            opts.workers,
-            (rx, kills),
-            myself.clone(),
+            told.values().cloned().collect(),
             opts.dismissed.clone(),
-        ));
+        )
+        .await?;
         let mut slots = Vec::new();
         for slot in 0..opts.workers {
             let actor = spawn_slot(&myself, &opts, slot).await?;
@@ -158,7 +190,7 @@ impl Actor for Nanny {
             });
         }
         tracing::info!(workers = opts.workers, "nanny started its workers");
-        Ok(NannyState { opts, slots, stopping: false, events, over_memory, link })
+        Ok(NannyState { opts, slots, stopping: false, link, told })
     }
 
     async fn handle(
@@ -221,8 +253,10 @@ impl Actor for Nanny {
                 }
             }
             NannyMsg::OverMemory(k) => {
-                let _ = st.over_memory.send(k);
+                let _ = st.link.over_memory.send(k);
             }
+            NannyMsg::RestartLink if !st.stopping => st.restart_link(&myself).await?,
+            NannyMsg::RestartLink => {}
             NannyMsg::Shutdown => {
                 st.stopping = true;
                 for slot in &mut st.slots {
@@ -243,12 +277,16 @@ impl Actor for Nanny {
         evt: SupervisionEvent,
         st: &mut NannyState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match evt {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_default()),
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+        let (cell, why, failed) = match evt {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_default(), false),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string(), true),
             _ => return Ok(()),
         };
         if st.stopping {
+            return Ok(());
+        }
+        if cell.get_id() == st.link.actor.get_id() {
+            link_ended(&myself, failed, &why);
             return Ok(());
         }
         let Some(idx) =
@@ -312,7 +350,7 @@ impl Actor for Nanny {
         _myself: ActorRef<NannyMsg>,
         st: &mut NannyState,
     ) -> Result<(), ActorProcessingErr> {
-        st.link.abort();
+        let _ = st.link.actor.kill_and_wait(None).await;
         Ok(())
     }
 }
@@ -321,14 +359,13 @@ impl Actor for Nanny {
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let opts = NannyOptions {
+    fn options(workers: u32, scheduler_file: PathBuf) -> NannyOptions {
+        NannyOptions {
             exe: PathBuf::new(),
             worker_args: vec![],
             per_slot: vec![],
-            workers: 1,
-            scheduler_file: PathBuf::new(),
+            workers,
+            scheduler_file,
             max_restarts: 5,
             restart_window: Duration::from_secs(30),
             backoff_base: Duration::from_millis(100),
@@ -338,9 +375,44 @@ mod tests {
             stop_grace: Duration::from_secs(5),
             min_uptime: Duration::from_secs(1),
             dismissed: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let opts = options(1, PathBuf::new());
         let delays: Vec<u128> = (0..7).map(|n| backoff(&opts, n).as_millis()).collect();
         assert_eq!(delays, vec![0, 100, 200, 400, 800, 1000, 1000]);
+    }
+
+    /// The scheduler link is a child actor of the nanny, and a new link
+    /// replaces the old one (which is stopped), still as its child.
+    #[tokio::test]
+    async fn the_link_is_a_child_and_a_new_one_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(0, dir.path().join("no-scheduler.json"));
+        let (nanny, handle) = Actor::spawn(None, Nanny, opts).await.unwrap();
+        let children = nanny.get_children();
+        assert_eq!(children.len(), 1, "the link is the nanny's only child");
+        let old = children[0].clone();
+        nanny.cast(NannyMsg::RestartLink).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = nanny.get_children();
+            if now.len() == 1 && now[0].get_id() != old.get_id() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new link: {:?}",
+                now.iter().map(|c| c.get_id()).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(old.get_status(), ractor::ActorStatus::Stopped);
+        nanny.stop(None);
+        handle.await.unwrap();
+        assert!(nanny.get_children().is_empty());
     }
 
     #[test]

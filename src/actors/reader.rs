@@ -2,8 +2,7 @@
 //! role and forwards them to the scheduler, one frame per message; on a bad
 //! frame it tells the peer why and closes this connection only.
 
-use super::scheduler::SchedMsg;
-use super::session::SessionMsg;
+use super::msgs::{SchedMsg, SessionMsg};
 use crate::ids::ConnId;
 use crate::protocol::conn::{decode, encode, next_frame, ConnError, FrameStream};
 use crate::protocol::{FromClient, FromNanny, FromWorker, Role, ToClient, ToNanny, ToWorker};

@@ -2,7 +2,8 @@
 //! the listener, and stops the process when either fails (no restart).
 
 use super::listener::{Listener, ListenerArgs, ListenerMsg};
-use super::scheduler::{SchedMsg, SchedulerActor, SchedulerArgs};
+use super::msgs::SchedMsg;
+use super::scheduler::{SchedulerActor, SchedulerArgs};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::{Arc, Mutex};
 

@@ -2,53 +2,17 @@
 //! message through a core handler, then executes the effects — journal
 //! first (one flush per group), then one write per connection.
 
+use super::msgs::{SchedMsg, SessionHandle, SessionMsg};
 use super::outbox::Outbox;
-use super::session::{SessionHandle, SessionMsg};
 use crate::core::{self, Core, Effects};
 use crate::ids::ConnId;
 use crate::persistence::{AnyJournal, Journal};
-use crate::protocol::{FromClient, FromNanny, FromWorker, Role, ToClient, ToNanny, ToWorker};
+use crate::protocol::{FromClient, FromNanny, FromWorker, ToClient, ToNanny, ToWorker};
 use crate::util::now_micros;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-pub enum SchedMsg {
-    /// A session finished its handshake; messages from it follow.
-    Connected {
-        conn: ConnId,
-        role: Role,
-        session: SessionHandle,
-    },
-    Worker {
-        conn: ConnId,
-        msg: FromWorker,
-    },
-    Client {
-        conn: ConnId,
-        msg: FromClient,
-    },
-    Nanny {
-        conn: ConnId,
-        msg: FromNanny,
-    },
-    Closed {
-        conn: ConnId,
-    },
-    /// Execute the effects gathered since the last flush.
-    Flush,
-    /// Periodic: check heartbeats.
-    Tick,
-    /// The group-commit interval is over: flush what has gathered.
-    FlushTimer,
-    /// `Core::next_deadline` is reached (a retry's backoff is over, ...).
-    Deadline,
-    /// The journal flush of the group in flight is done (or failed).
-    Flushed(Result<(), String>),
-    /// Shutting down: stop waiting for nannies and workers to hang up.
-    FarewellOver,
-}
 
 /// How long a scheduler shutting down for good waits for the nannies and
 /// workers it told so to hang up.

@@ -2,11 +2,10 @@
 //! reader (a linked child that forwards decoded frames to the scheduler),
 //! and writes the frames it is given.
 
+use super::msgs::{Established, Handshaking, SchedMsg, SessionHandle, SessionMsg};
 use super::reader::{Reader, ReaderArgs, ReaderMsg};
-use super::scheduler::SchedMsg;
 use crate::ids::ConnId;
 use crate::security::ServerSecurity;
-use bytes::Bytes;
 use futures::SinkExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,13 +14,6 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::conn::FrameSink as Sink;
-
-pub enum SessionMsg {
-    /// Frames to write, in order, with one flush.
-    Frames(Vec<Bytes>),
-    /// Write what is queued, then close.
-    Close,
-}
 
 pub struct Session;
 
@@ -41,40 +33,9 @@ pub struct SessionArgs {
     pub scheduler: ActorRef<SchedMsg>,
     pub config: SessionConfig,
     /// Held until the handshake is over (either way).
-    pub handshaking: super::listener::Handshaking,
+    pub handshaking: Handshaking,
     /// Held while the connection is established.
-    pub established: super::listener::Established,
-}
-
-/// The scheduler's end of a session: where to send frames, and the bytes
-/// queued for it but not yet written, so a peer that does not read cannot
-/// make the scheduler queue without bound.
-#[derive(Clone)]
-pub struct SessionHandle {
-    pub actor: ActorRef<SessionMsg>,
-    pub queued: Arc<AtomicUsize>,
-    /// Cancelled to drop the connection at once, even mid-write.
-    pub abort: CancellationToken,
-}
-
-impl SessionHandle {
-    /// Queues frames for writing; `false` (and nothing queued) if that would
-    /// put more than `limit` bytes in its queue: the caller cuts it off.
-    pub fn deliver(&self, frames: Vec<Bytes>, limit: usize) -> bool {
-        if self.abort.is_cancelled() {
-            return false;
-        }
-        let bytes: usize = frames.iter().map(|f| f.len()).sum();
-        let queued = self.queued.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
-        if queued > limit {
-            self.queued.fetch_sub(bytes, Ordering::Relaxed);
-            return false;
-        }
-        if self.actor.cast(SessionMsg::Frames(frames)).is_err() {
-            self.queued.fetch_sub(bytes, Ordering::Relaxed);
-        }
-        true
-    }
+    pub established: Established,
 }
 
 pub struct SessionState {
@@ -87,7 +48,7 @@ pub struct SessionState {
     scheduler: ActorRef<SchedMsg>,
     /// Set once the handshake succeeded and the scheduler knows this session.
     connected: bool,
-    _established: super::listener::Established,
+    _established: Established,
 }
 
 impl Actor for Session {

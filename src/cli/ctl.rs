@@ -1,7 +1,7 @@
 //! `actord ctl` and the console: one function per admin command over an
 //! open connection, answering with a table (see `table`), a sentence or JSON.
 
-use super::commands::{failed, parse_job_id, usage};
+use super::common::{failed, parse_job_id, usage};
 use super::{table, CliError, CtlCommand};
 use crate::client::Client;
 use crate::protocol::FromClient;

@@ -1,7 +1,7 @@
 //! `actord darts`: the tutorial's job — map `darts` over drawn inputs,
 //! gather, check the dart count, print π (and the run's figures as JSON).
 
-use super::commands::{connect, failed, usage};
+use super::common::{connect, failed, usage};
 use super::gather::{progress_bar, write_json};
 use super::{CliError, Connect};
 use crate::config::Config;

@@ -1,7 +1,7 @@
 //! `actord gather` and what `local` prints of a job: waiting for its
 //! outcomes (a progress bar on a terminal), the results document, exit codes.
 
-use super::commands::{connect, failed, usage};
+use super::common::{connect, failed, usage};
 use super::{CliError, Connect};
 use crate::config::Config;
 use crate::ids::JobId;

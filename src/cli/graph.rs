@@ -106,7 +106,7 @@ fn read_task(i: usize, v: Value) -> Result<TaskSpec, String> {
             crate::client::fn_task(&f, &args).map_err(|e| format!("{at}: {e}"))?.kind
         }
         (None, Some(argv)) if !argv.is_empty() && t.args.is_none() => {
-            let cwd = t.cwd.as_deref().map(super::submit::absolute_dir).transpose()?;
+            let cwd = t.cwd.as_deref().map(super::common::absolute_dir).transpose()?;
             TaskKind::Cmd { argv, env: Vec::new(), discard_output: false, cwd }
         }
         (Some(_), None) => return Err(format!("{at}: \"cwd\" is for \"cmd\" tasks, not \"fn\"")),

@@ -2,11 +2,12 @@
 //! nanny here, workers as child processes), then teardown. `submit` and
 //! `map` wait for their job, as if `gather` followed.
 
-use super::commands::{client_command, connect, failed, shutdown_signal, usage};
+use super::client_command::client_command;
+use super::common::{absolute_dir, connect, failed, shutdown_signal, usage};
 use super::gather::{gather_doc, report_failures, write_json};
 use super::nanny::{start_nanny, stop_nanny};
 use super::scheduler::scheduler_options;
-use super::submit::{absolute_dir, prepare_map, prepare_submit, Prepared};
+use super::submit::{prepare_map, prepare_submit, Prepared};
 use super::{CliError, ClientCommand, Connect, LocalArgs, NannyArgs, WorkerArgs};
 use crate::actors::bind;
 use crate::client::Client;

@@ -7,7 +7,9 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
 }
 
+mod client_command;
 mod commands;
+mod common;
 mod console;
 mod ctl;
 mod darts;

@@ -1,7 +1,7 @@
 //! `actord nanny`: the nanny role — the arguments its workers get, their
 //! GPU shares, and the nanny actor started, awaited and stopped.
 
-use super::commands::{failed, shutdown_signal, usage};
+use super::common::{failed, shutdown_signal, usage};
 use super::worker::worker_options;
 use super::{CliError, NannyArgs};
 use crate::actors::nanny::{Nanny, NannyMsg, NannyOptions, SlotExtra};

@@ -2,7 +2,7 @@
 //! to a bound listener and a scheduler run until a signal, an admin, or its
 //! own failure stops it.
 
-use super::commands::{failed, shutdown_signal, usage};
+use super::common::{failed, shutdown_signal, usage};
 use super::{CliError, SchedulerArgs};
 use crate::actors::{bind, SchedulerOptions};
 use crate::config::Config;

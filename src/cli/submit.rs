@@ -1,7 +1,7 @@
 //! What `submit` and `map` send: their tasks built from the command line
 //! (checked before anything connects, so `local` can refuse them first).
 
-use super::commands::{parse_job_id, usage};
+use super::common::{absolute_dir, parse_job_id, usage};
 use super::{CliError, CmdOptions, SubmitArgs};
 use crate::ids::JobId;
 use crate::protocol::{TaskKind, TaskSpec};
@@ -71,14 +71,6 @@ pub fn prepare_submit(a: SubmitArgs) -> Result<Prepared, CliError> {
         t.max_worker_kills = a.max_worker_kills;
     }
     Ok(Prepared { id, name, tasks })
-}
-
-/// A directory given on the command line, made absolute against where the
-/// command runs (a worker elsewhere has another current directory).
-pub fn absolute_dir(d: &str) -> Result<String, String> {
-    let p = expand_path(d)?;
-    let abs = std::path::absolute(&p).map_err(|e| format!("{d:?}: {e}"))?;
-    Ok(abs.display().to_string())
 }
 
 /// Without `--cwd`, a program named by a relative path (`./simulate.sh`,

@@ -1,7 +1,7 @@
 //! `actord worker`: the worker role, its options from flags, configuration
 //! and (when a nanny started it) the environment.
 
-use super::commands::{failed, usage};
+use super::common::{failed, usage};
 use super::{CliError, WorkerArgs};
 use crate::config::Config;
 use crate::functions::Registry;

@@ -3,7 +3,7 @@
 //! that drops what cannot be replayed.
 
 use super::hwm::{HighWater, JobMark};
-use super::sled_journal::{decode_done, decode_part, key_job, JobPart};
+use super::layout::{decode_done, decode_part, key_job, JobPart};
 use super::{frame, Record};
 use crate::ids::JobId;
 use std::collections::BTreeMap;

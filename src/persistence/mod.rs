@@ -37,6 +37,7 @@ mod check;
 mod damage_tests;
 mod frame;
 mod hwm;
+mod layout;
 mod sled_journal;
 
 pub use check::{Affected, Expected, Report};

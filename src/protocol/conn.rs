@@ -1,10 +1,8 @@
-//! A framed msgpack connection: hides the socket, exposes typed
-//! `read`/`write`, and performs the handshake on both ends. Frames are
-//! 4-byte big-endian lengths followed by one msgpack value, decoded strictly.
+//! A framed msgpack connection: hides the socket and exposes typed
+//! `read`/`write` (the handshake that opens one is `security::handshake`).
+//! Frames are 4-byte big-endian lengths followed by one msgpack value.
 
-use super::{HelloReply, Role};
 use crate::security::tls::Transport;
-use crate::security::Credentials;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
@@ -244,30 +242,6 @@ impl Conn {
     pub async fn write<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnError> {
         self.framed.send(encode(msg)?).await?;
         Ok(())
-    }
-
-    /// Connects and performs the client side of the handshake.
-    pub async fn connect(
-        addr: &str,
-        role: Role,
-        auth: &Credentials,
-        max_frame: usize,
-        timeout: Duration,
-    ) -> Result<(Conn, HelloReply), ConnError> {
-        Conn::connect_epoch(addr, role, auth, 0, max_frame, timeout).await
-    }
-
-    /// `connect`, saying which scheduler epoch the scheduler file named.
-    pub async fn connect_epoch(
-        addr: &str,
-        role: Role,
-        auth: &Credentials,
-        epoch: u64,
-        max_frame: usize,
-        timeout: Duration,
-    ) -> Result<(Conn, HelloReply), ConnError> {
-        let run = crate::security::handshake::connect(addr, role, auth, epoch, max_frame);
-        tokio::time::timeout(timeout, run).await.map_err(|_| ConnError::Timeout(timeout))?
     }
 
     pub fn into_split(self) -> (FrameSink, FrameStream) {

@@ -287,6 +287,34 @@ fn tls_error(e: std::io::Error) -> ConnError {
     }
 }
 
+/// The client side of `Conn`: it lives beside the handshake it runs, so
+/// `protocol::conn` (the framing) does not depend on `security`.
+impl Conn {
+    /// Connects and performs the client side of the handshake.
+    pub async fn connect(
+        addr: &str,
+        role: Role,
+        auth: &Credentials,
+        max_frame: usize,
+        timeout: Duration,
+    ) -> Result<(Conn, HelloReply), ConnError> {
+        Conn::connect_epoch(addr, role, auth, 0, max_frame, timeout).await
+    }
+
+    /// `connect`, saying which scheduler epoch the scheduler file named.
+    pub async fn connect_epoch(
+        addr: &str,
+        role: Role,
+        auth: &Credentials,
+        epoch: u64,
+        max_frame: usize,
+        timeout: Duration,
+    ) -> Result<(Conn, HelloReply), ConnError> {
+        let run = connect(addr, role, auth, epoch, max_frame);
+        tokio::time::timeout(timeout, run).await.map_err(|_| ConnError::Timeout(timeout))?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

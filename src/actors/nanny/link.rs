@@ -1,11 +1,12 @@
-//! The nanny's link to the scheduler: registers the nanny, keeps the
-//! scheduler told about every slot, forwards the scheduler's requests.
+//! The nanny's link to the scheduler, as the `Link` actor (the `Nanny`'s
+//! linked child): registers the nanny, keeps the scheduler told about every
+//! slot, forwards the scheduler's requests.
 
 use super::msg::{NannyMsg, OverMemory};
 use crate::protocol::conn::{decode, encode, next_frame};
-use crate::protocol::{Conn, FromNanny, Role, SlotInfo, SlotState, ToNanny, DEFAULT_MAX_FRAME};
+use crate::protocol::{Conn, FromNanny, Role, SlotInfo, ToNanny, DEFAULT_MAX_FRAME};
 use futures::SinkExt;
-use ractor::ActorRef;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,19 +14,80 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+pub(super) enum LinkMsg {
+    /// Run the link until the nanny is gone or the scheduler dismissed it.
+    Run,
+}
+
+/// The `Nanny`'s end of its link: the actor, and where slot changes and
+/// over-memory kills go.
+pub(super) struct LinkHandle {
+    pub actor: ActorRef<LinkMsg>,
+    pub events: mpsc::UnboundedSender<SlotInfo>,
+    pub over_memory: mpsc::UnboundedSender<OverMemory>,
+}
+
+pub(super) struct LinkActor;
+
+pub(super) struct LinkArgs {
+    file: PathBuf,
+    /// Every slot's last known state, sent on the first registration.
+    slots: Vec<SlotInfo>,
+    events: mpsc::UnboundedReceiver<SlotInfo>,
+    kills: mpsc::UnboundedReceiver<OverMemory>,
+    nanny: ActorRef<NannyMsg>,
+    dismissed: Arc<AtomicBool>,
+}
+
+/// Starts the link as a child of `nanny`, knowing the slots as `slots`.
+pub(super) async fn start(
+    nanny: &ActorRef<NannyMsg>,
+    file: PathBuf,
+    slots: Vec<SlotInfo>,
+    dismissed: Arc<AtomicBool>,
+) -> Result<LinkHandle, ActorProcessingErr> {
+    let (events, rx) = mpsc::unbounded_channel();
+    let (over_memory, kills) = mpsc::unbounded_channel();
+    let args = LinkArgs { file, slots, events: rx, kills, nanny: nanny.clone(), dismissed };
+    let (actor, _) = Actor::spawn_linked(None, LinkActor, args, nanny.get_cell()).await?;
+    Ok(LinkHandle { actor, events, over_memory })
+}
+
+impl Actor for LinkActor {
+    type Msg = LinkMsg;
+    /// Taken by the one `Run`.
+    type State = Option<LinkArgs>;
+    type Arguments = LinkArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<LinkMsg>,
+        args: LinkArgs,
+    ) -> Result<Option<LinkArgs>, ActorProcessingErr> {
+        myself.cast(LinkMsg::Run)?;
+        Ok(Some(args))
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<LinkMsg>,
+        _: LinkMsg,
+        st: &mut Option<LinkArgs>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(args) = st.take() {
+            link_loop(args).await;
+            myself.stop(Some("link done".into()));
+        }
+        Ok(())
+    }
+}
+
 /// Keeps the nanny registered with the scheduler: reconnects (re-reading
 /// the scheduler file) when it is lost, re-sends the slots' state, forwards
 /// slot changes and the scheduler's restart requests.
-pub(super) async fn link_loop(
-    file: PathBuf,
-    workers: u32,
-    (events, kills): (mpsc::UnboundedReceiver<SlotInfo>, mpsc::UnboundedReceiver<OverMemory>),
-    nanny: ActorRef<NannyMsg>,
-    dismissed: Arc<AtomicBool>,
-) {
-    let slots = (0..workers)
-        .map(|slot| (slot, SlotInfo { slot, state: SlotState::Running { pid: 0 }, restarts: 0 }))
-        .collect();
+async fn link_loop(args: LinkArgs) {
+    let LinkArgs { file, slots, events, kills, nanny, dismissed } = args;
+    let slots = slots.into_iter().map(|info| (info.slot, info)).collect();
     let mut link = Link { slots, events, kills, nanny, dismissed };
     let mut backoff = Duration::from_millis(100);
     loop {

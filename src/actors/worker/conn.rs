@@ -1,8 +1,9 @@
 //! A worker's connection to the scheduler, as the `Connection` actor: dials
 //! (re-reading the scheduler file, backing off) until it is through or the
 //! death timeout passes, then writes what the `Worker` gives it, sends
-//! heartbeats, and has its reader forward each decoded frame to the
-//! `Worker`. It stops when the connection is lost; the `Worker` decides.
+//! heartbeats, and has its reader (a linked child actor) forward each
+//! decoded frame to the `Worker`. It stops when the connection is lost; the
+//! `Worker` decides.
 
 use super::msg::{WorkerError, WorkerMsg};
 use crate::protocol::conn::{decode, encode, next_frame, FrameSink, FrameStream};
@@ -10,7 +11,7 @@ use crate::protocol::{Conn, FromWorker, Role, ToWorker};
 use crate::schedfile::{wait_for_file, SchedulerFile};
 use bytes::Bytes;
 use futures::SinkExt;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,7 @@ pub(super) struct ConnState {
     backoff: Duration,
     last_error: String,
     sink: Option<FrameSink>,
-    reader: Option<tokio::task::JoinHandle<()>>,
+    reader: Option<ActorRef<ReaderMsg>>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     /// Whether the worker has written anything yet (heartbeats wait for
     /// its registration).
@@ -115,8 +116,26 @@ impl Actor for Connection {
         if let Some(mut sink) = st.sink.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
         }
-        for task in [st.reader.take(), st.heartbeat.take()].into_iter().flatten() {
+        if let Some(r) = st.reader.take() {
+            let _ = r.kill_and_wait(None).await;
+        }
+        if let Some(task) = st.heartbeat.take() {
             task.abort();
+        }
+        Ok(())
+    }
+
+    /// Policy: a reader that fails (it never should) loses the connection,
+    /// logged; the `Worker` dials again as for any lost connection.
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ConnMsg>,
+        evt: SupervisionEvent,
+        st: &mut ConnState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(_, err) = evt {
+            tracing::warn!(scheduler = %st.address, error = %err, "connection reader failed; dropping the connection");
+            myself.stop(Some(format!("lost {}: its reader failed: {err}", st.address)));
         }
         Ok(())
     }
@@ -136,7 +155,9 @@ async fn dial(myself: &ActorRef<ConnMsg>, st: &mut ConnState) -> Result<(), Acto
             let (sink, stream) = conn.into_split();
             st.sink = Some(sink);
             st.address = file.address.clone();
-            st.reader = Some(tokio::spawn(read_loop(stream, st.args.worker.clone(), myself.clone())));
+            let args = ReaderArgs { stream, worker: st.args.worker.clone(), conn: myself.clone() };
+            let (reader, _) = Actor::spawn_linked(None, ConnReader, args, myself.get_cell()).await?;
+            st.reader = Some(reader);
             st.heartbeat = Some(myself.send_interval(st.args.heartbeat, || ConnMsg::Heartbeat));
             tracing::info!(scheduler = %file.address, "connected to the scheduler");
             st.args.worker.cast(WorkerMsg::Connected { address: file.address })?;
@@ -174,23 +195,59 @@ async fn write(myself: &ActorRef<ConnMsg>, st: &mut ConnState, frame: Bytes) {
     }
 }
 
-/// Forwards every frame to the worker until the connection ends.
-async fn read_loop(mut stream: FrameStream, worker: ActorRef<WorkerMsg>, conn: ActorRef<ConnMsg>) {
-    loop {
-        let frame = match next_frame(&mut stream).await {
+pub(super) enum ReaderMsg {
+    /// Read, decode and forward the next frame.
+    Next,
+}
+
+/// The `Connection`'s reader, its linked child: forwards every decoded
+/// frame to the `Worker` until the connection ends, then tells the
+/// `Connection` (`ReaderEnded`) and stops.
+pub(super) struct ConnReader;
+
+pub(super) struct ReaderArgs {
+    stream: FrameStream,
+    worker: ActorRef<WorkerMsg>,
+    conn: ActorRef<ConnMsg>,
+}
+
+impl Actor for ConnReader {
+    type Msg = ReaderMsg;
+    type State = ReaderArgs;
+    type Arguments = ReaderArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ReaderMsg>,
+        args: ReaderArgs,
+    ) -> Result<ReaderArgs, ActorProcessingErr> {
+        myself.cast(ReaderMsg::Next)?;
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ReaderMsg>,
+        _: ReaderMsg,
+        st: &mut ReaderArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let frame = match next_frame(&mut st.stream).await {
             Ok(f) => f,
             Err(e) => {
-                let _ = conn.cast(ConnMsg::ReaderEnded(e.to_string()));
-                return;
+                let _ = st.conn.cast(ConnMsg::ReaderEnded(e.to_string()));
+                myself.stop(Some("connection closed".into()));
+                return Ok(());
             }
         };
         match decode::<ToWorker>(&frame) {
             Ok(msg) => {
-                if worker.cast(WorkerMsg::Frame(msg)).is_err() {
-                    return;
+                if st.worker.cast(WorkerMsg::Frame(msg)).is_err() {
+                    myself.stop(Some("the worker is gone".into()));
+                    return Ok(());
                 }
             }
             Err(e) => tracing::warn!(error = %e, "ignoring a message this worker does not understand"),
         }
+        Ok(myself.cast(ReaderMsg::Next)?)
     }
 }

@@ -1,0 +1,52 @@
+//! The shapes of the values in the journal's trees (see the module above):
+//! job parts, keys under a job's uuid, and the `done` tree's entries.
+
+use super::{DoneTask, Record};
+use crate::ids::JobId;
+use crate::journal_record::TaskSpec;
+use serde::{Deserialize, Serialize};
+
+/// Most tasks per `jobs` value, so a huge job is written in pieces.
+pub const TASKS_PER_PART: usize = 65_536;
+
+#[derive(Serialize, Deserialize)]
+pub struct JobPart {
+    pub seq: u64,
+    pub name: String,
+    pub first: u32,
+    pub total: u32,
+    pub tasks: Vec<TaskSpec>,
+    /// The job's function table (`py` tasks), in its first part only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<bytes::Bytes>,
+}
+
+pub fn job_key(job: &JobId, suffix: &[u8]) -> Vec<u8> {
+    let mut k = job.0.as_bytes().to_vec();
+    k.extend_from_slice(suffix);
+    k
+}
+
+pub fn key_job(key: &[u8]) -> Option<JobId> {
+    Some(JobId(uuid::Uuid::from_slice(key.get(..16)?).ok()?))
+}
+
+pub fn decode_part(payload: &[u8]) -> Result<JobPart, String> {
+    rmp_serde::from_slice(payload).map_err(|e| format!("does not decode: {e}"))
+}
+
+/// Values of the `done` tree other than a batch of outcomes (a plain array).
+#[derive(Serialize, Deserialize)]
+pub enum DoneEntry {
+    Retried(Vec<u32>),
+}
+
+pub fn decode_done(job: JobId, payload: &[u8]) -> Result<Record, String> {
+    match rmp_serde::from_slice::<Vec<DoneTask>>(payload) {
+        Ok(done) => Ok(Record::TasksDone { job, done }),
+        Err(e) => match rmp_serde::from_slice::<DoneEntry>(payload) {
+            Ok(DoneEntry::Retried(idx)) => Ok(Record::TasksRetried { job, idx }),
+            Err(_) => Err(format!("does not decode: {e}")),
+        },
+    }
+}
