@@ -106,7 +106,9 @@ impl Drop for Proc {
 
 fn spawn(dir: &Path, name: &str, args: &[&str]) -> Proc {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_actord"))
+    // `ACTORD_BIN` runs another build (e.g. a kept copy of an earlier one).
+    let bin = std::env::var_os("ACTORD_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_actord").into());
+    let child = Command::new(bin)
         .args(args)
         .env("ACTORD_LOG", "warn")
         .stdin(Stdio::null())
@@ -340,7 +342,8 @@ async fn main() {
         drop(scheduler); // kill -9 (Proc's drop) and reap
         let t0 = Instant::now();
         let scheduler = spawn(dir.path(), "scheduler-2", &sargs);
-        let mut client = Client::connect(&file, Duration::from_secs(120)).await.expect("reconnect");
+        // (The killed scheduler's file stays until the new one replaces it.)
+        let mut client = Client::connect_startup(&file, Duration::from_secs(120)).await.expect("reconnect");
         client.workers().await.expect("answers");
         let ready = t0.elapsed().as_secs_f64();
         let rec = serde_json::json!({

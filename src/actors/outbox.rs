@@ -13,6 +13,9 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub struct Outbox {
     pub(super) records: Vec<Record>,
+    /// Records of this group appended already (a job's task specs are not
+    /// kept until the group's flush): the group still waits for the flush.
+    pub(super) staged: usize,
     /// Messages that promise something (acknowledgements, replies, results):
     /// sent once the group's records are durable.
     pub(super) frames: HashMap<ConnId, Vec<Bytes>>,
@@ -30,7 +33,7 @@ pub struct Outbox {
 
 impl Outbox {
     pub(super) fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.frames.is_empty() && self.closes.is_empty()
+        self.records.is_empty() && self.staged == 0 && self.frames.is_empty() && self.closes.is_empty()
     }
     pub(super) fn new(limit: usize) -> Outbox {
         Outbox { limit, ..Outbox::default() }

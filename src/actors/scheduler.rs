@@ -239,6 +239,7 @@ fn handle_msg(
         }
         // The one scheduling pass of this event, if a handler asked for it.
         st.core.finish_step(&mut st.outbox);
+        stage_submissions(st)?;
         arm_deadline(&myself, st, now);
         stop_if_drained(&myself, st);
         let waiting = st.in_flight.is_none() && !st.outbox.is_empty();
@@ -388,7 +389,7 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
     if st.in_flight.is_some() || st.outbox.is_empty() {
         return Ok(());
     }
-    if st.outbox.records.is_empty() {
+    if st.outbox.records.is_empty() && st.outbox.staged == 0 {
         let out = std::mem::replace(&mut st.outbox, Outbox::new(st.max_send_queue));
         send(st, out);
         return Ok(());
@@ -427,6 +428,21 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
         let _ = me.cast(SchedMsg::Flushed(result));
     });
     st.in_flight = Some(out);
+    Ok(())
+}
+
+/// Appends the group's records at once when they hold a submission, so
+/// that its task specs (the bulk of a large job's memory) are dropped now
+/// rather than kept until the group's flush starts; the group's messages
+/// still wait for that flush.
+fn stage_submissions(st: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
+    if !st.outbox.records.iter().any(|r| matches!(r, crate::persistence::Record::JobSubmitted { .. })) {
+        return Ok(());
+    }
+    let records = crate::persistence::coalesce(std::mem::take(&mut st.outbox.records));
+    st.journal.append(&records)?;
+    st.records_appended += records.len() as u64;
+    st.outbox.staged += records.len();
     Ok(())
 }
 

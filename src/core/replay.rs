@@ -16,7 +16,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
     let mut order = Vec::new();
     for r in records {
         match r {
-            Record::JobSubmitted { job, seq, name, tasks, functions } => {
+            Record::JobSubmitted { job, seq, name, tasks, functions, digest } => {
                 if !core.jobs.contains(job) {
                     let tasks: Vec<crate::protocol::TaskSpec> = tasks.into_iter().map(Into::into).collect();
                     let deps = graph::resolve(core, job, &tasks).unwrap_or_else(|e| {
@@ -25,7 +25,8 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                         Vec::new()
                     });
                     // Failures it caused were journaled too, and come later.
-                    let digest = submission_digest(&tasks, &functions);
+                    // (Journals written before the digest was kept: computed.)
+                    let digest = if digest != 0 { digest } else { submission_digest(&tasks, &functions) };
                     let _ = insert_job(core, now, JobHead { job, seq, name }, &tasks, deps);
                     drop(tasks);
                     let j = core.jobs.get_job_mut(job);

@@ -163,7 +163,7 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
     j.functions = functions.clone();
     j.digest = digest;
     let tasks = tasks.into_iter().map(Into::into).collect();
-    fx.journal(Record::JobSubmitted { job, seq, name, tasks, functions });
+    fx.journal(Record::JobSubmitted { job, seq, name, tasks, functions, digest });
     // Tasks that depend on a task of an earlier job that already failed.
     let mut failed = Completed::default();
     for (tid, error) in doomed {

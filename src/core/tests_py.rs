@@ -109,6 +109,7 @@ fn each_function_goes_to_each_worker_connection_once_and_is_journaled() {
         name: "py".into(),
         tasks: py_tasks(1, 1).into_iter().map(Into::into).collect(),
         functions,
+        digest: 0,
     };
     replay(&mut replayed, 0, vec![record]);
     assert_eq!(replayed.jobs.get_job(job).functions, table);

@@ -28,6 +28,11 @@ pub enum Record {
         /// The job's function table for its `py` tasks.
         #[serde(default)]
         functions: Vec<Bytes>,
+        /// The submission's digest (`core::submission_digest`), kept so
+        /// that replay need not recompute it; 0 when not known (journals
+        /// written before it was kept): replay computes it then.
+        #[serde(default)]
+        digest: u64,
     },
     /// The first outcomes of some tasks of one job.
     TasksDone { job: JobId, done: Vec<DoneTask> },

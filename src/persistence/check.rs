@@ -113,30 +113,43 @@ impl Scan {
         n
     }
 
+    /// How many records `into_live` returns, and how many of them are jobs.
+    pub fn live_counts(&self) -> (u64, usize) {
+        let complete: std::collections::BTreeSet<JobId> = self.complete().map(|(j, _)| *j).collect();
+        let done = self.done.iter().filter(|(_, _, r)| complete.contains(&r.job())).count();
+        ((complete.len() + done) as u64, complete.len())
+    }
+
     /// The replayable records (complete jobs by submission, then their
-    /// outcomes) and the mark of every job they hold.
-    pub fn live(&self) -> (Vec<Record>, BTreeMap<JobId, JobMark>) {
+    /// outcomes) and the mark of every job they hold. Consumes the scan:
+    /// the specs move into the records, never copied.
+    pub fn into_live(self) -> (Vec<Record>, BTreeMap<JobId, JobMark>) {
+        let complete: std::collections::BTreeSet<JobId> = self.complete().map(|(j, _)| *j).collect();
         let mut jobs: Vec<(u64, Record)> = Vec::new();
         let mut marks: BTreeMap<JobId, JobMark> = BTreeMap::new();
-        for (job, ps) in self.complete() {
-            let mut tasks = Vec::with_capacity(ps[0].2.total as usize);
-            let mut functions = Vec::new();
-            for (_, _, p) in ps {
-                tasks.extend(p.tasks.iter().cloned());
-                functions.extend(p.functions.iter().cloned());
+        for (job, ps) in self.parts {
+            if !complete.contains(&job) {
+                continue;
             }
-            let (seq, name) = (ps[0].2.seq, ps[0].2.name.clone());
-            let mark = marks.entry(*job).or_default();
+            let first = &ps[0].2;
+            let (seq, name, digest) = (first.seq, first.name.clone(), first.digest);
+            let mut tasks = Vec::with_capacity(first.total as usize);
+            let mut functions = Vec::new();
+            let mark = marks.entry(job).or_default();
             mark.records = ps.len() as u64;
             mark.set_name(&name);
-            jobs.push((seq, Record::JobSubmitted { job: *job, seq, name, tasks, functions }));
+            for (_, _, p) in ps {
+                tasks.extend(p.tasks);
+                functions.extend(p.functions);
+            }
+            jobs.push((seq, Record::JobSubmitted { job, seq, name, tasks, functions, digest }));
         }
         jobs.sort_by_key(|(seq, _)| *seq);
         let mut out: Vec<Record> = jobs.into_iter().map(|(_, r)| r).collect();
-        for (_, _, r) in &self.done {
+        for (_, _, r) in self.done {
             if let Some(mark) = marks.get_mut(&r.job()) {
                 mark.records += 1;
-                out.push(r.clone());
+                out.push(r);
             }
         }
         (out, marks)
@@ -215,11 +228,11 @@ pub fn compare(
     epoch: Option<u64>,
     expected: Option<&Expected>,
 ) -> Report {
-    let (live, _) = scan.live();
+    let (records, jobs) = scan.live_counts();
     let mut r = Report {
         dir: dir.to_path_buf(),
-        records: live.len() as u64,
-        jobs: live.iter().filter(|x| matches!(x, Record::JobSubmitted { .. })).count(),
+        records,
+        jobs,
         epoch,
         problems: scan.errors.clone(),
         affected: BTreeMap::new(),

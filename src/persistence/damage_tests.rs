@@ -32,7 +32,7 @@ fn raw(dir: &Path) -> sled::Db {
 fn job(name: &str) -> (JobId, Record) {
     let job = JobId::new();
     let tasks = (0..3).map(|i| crate::journal_record::TaskSpec::cmd(vec![format!("t{i}")])).collect();
-    (job, Record::JobSubmitted { job, seq: 1, name: name.into(), tasks, functions: Vec::new() })
+    (job, Record::JobSubmitted { job, seq: 1, name: name.into(), tasks, functions: Vec::new(), digest: 0 })
 }
 
 fn done(job: JobId, idx: u32) -> Record {

@@ -19,6 +19,13 @@ pub struct JobPart {
     /// The job's function table (`py` tasks), in its first part only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<bytes::Bytes>,
+    /// The submission's digest, in its first part only (absent: not known).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub digest: u64,
+}
+
+pub fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 pub fn job_key(job: &JobId, suffix: &[u8]) -> Vec<u8> {

@@ -7,7 +7,9 @@
 //!   sequence number (lsn, u64 BE, one counter for the whole journal, never
 //!   reused), then its payload (msgpack);
 //! - `meta`: `version` (u32 BE) and `epoch` (u64 BE, bumped at every open);
-//! - `jobs`: key `job uuid ++ part (u32 BE)` → a `JobPart` (≤ 65,536 tasks);
+//! - `jobs`: key `job uuid ++ part (u32 BE)` → a `JobPart` (≤ 65,536 tasks;
+//!   the first part also holds the function table and, since it is kept,
+//!   the submission's digest, absent in older journals);
 //! - `done`: key `job uuid ++ lsn (u64 BE)` → a batch of finished tasks
 //!   (`Vec<DoneTask>`), or a retry (`{"Retried": [idx]}`), in the order they
 //!   happened;

@@ -3,7 +3,7 @@
 
 use super::check::{quietly, Expected, Scan};
 use super::hwm::{self, HighWater, JobMark};
-use super::layout::{job_key, DoneEntry, JobPart, TASKS_PER_PART};
+use super::layout::{is_zero, job_key, DoneEntry, TASKS_PER_PART};
 use super::{frame, Journal, JournalError, Record, JOURNAL_VERSION};
 use crate::ids::JobId;
 use crate::journal_record::TaskSpec;
@@ -169,8 +169,8 @@ impl SledJournal {
         if dropped > 0 {
             tracing::warn!(journal = %dir.display(), records = dropped, "dropped unreplayable records");
         }
-        let (records, marks) = scan.live();
         let lsn = scan.max_lsn.max(mark.ok().flatten().map_or(0, |m| m.last_lsn));
+        let (records, marks) = scan.into_live();
         let epoch = epoch.map_or(0, |e| e + 1);
         let w = |e: sled::Error| err(e.to_string());
         meta.insert("version", &JOURNAL_VERSION.to_be_bytes()).map_err(w)?;
@@ -248,26 +248,57 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, JournalError> {
     rmp_serde::to_vec(v).map_err(|e| JournalError::Write(e.to_string()))
 }
 
-/// A job's `jobs` values: its tasks in parts of at most `TASKS_PER_PART`,
-/// each as msgpack with named fields (task specs leave out their defaults).
+/// A `JobPart` as written, borrowing the tasks (the same bytes: the same
+/// fields in the same order).
+#[derive(Serialize)]
+struct JobPartRef<'a> {
+    seq: u64,
+    name: &'a str,
+    first: u32,
+    total: u32,
+    tasks: &'a [TaskSpec],
+    #[serde(skip_serializing_if = "<[bytes::Bytes]>::is_empty")]
+    functions: &'a [bytes::Bytes],
+    #[serde(skip_serializing_if = "is_zero")]
+    digest: u64,
+}
+
+/// A job's `jobs` values, one at a time (each handed to `f` with its part
+/// number): its tasks in parts of at most `TASKS_PER_PART`, each as msgpack
+/// with named fields (task specs leave out their defaults).
+fn each_job_payload(
+    seq: u64,
+    name: &str,
+    tasks: &[TaskSpec],
+    functions: &[bytes::Bytes],
+    digest: u64,
+    mut f: impl FnMut(u32, Vec<u8>),
+) -> Result<(), JournalError> {
+    for (part, chunk) in tasks.chunks(TASKS_PER_PART).enumerate() {
+        let value = JobPartRef {
+            seq,
+            name,
+            first: (part * TASKS_PER_PART) as u32,
+            total: tasks.len() as u32,
+            tasks: chunk,
+            functions: if part == 0 { functions } else { &[] },
+            digest: if part == 0 { digest } else { 0 },
+        };
+        f(part as u32, rmp_serde::to_vec_named(&value).map_err(|e| JournalError::Write(e.to_string()))?);
+    }
+    Ok(())
+}
+
+/// A job's `jobs` values, all of them (see `each_job_payload`).
 pub fn job_payloads(
     seq: u64,
     name: &str,
     tasks: &[TaskSpec],
     functions: &[bytes::Bytes],
+    digest: u64,
 ) -> Result<Vec<Vec<u8>>, JournalError> {
     let mut out = Vec::with_capacity(tasks.len().div_ceil(TASKS_PER_PART));
-    for (part, chunk) in tasks.chunks(TASKS_PER_PART).enumerate() {
-        let value = JobPart {
-            seq,
-            name: name.to_string(),
-            first: (part * TASKS_PER_PART) as u32,
-            total: tasks.len() as u32,
-            tasks: chunk.to_vec(),
-            functions: if part == 0 { functions.to_vec() } else { Vec::new() },
-        };
-        out.push(rmp_serde::to_vec_named(&value).map_err(|e| JournalError::Write(e.to_string()))?);
-    }
+    each_job_payload(seq, name, tasks, functions, digest, |_, p| out.push(p))?;
     Ok(out)
 }
 
@@ -276,8 +307,8 @@ pub fn job_payloads(
 /// tombstone for a forget.
 pub fn payloads(record: &Record) -> Result<Vec<Vec<u8>>, JournalError> {
     match record {
-        Record::JobSubmitted { seq, name, tasks, functions, .. } => {
-            job_payloads(*seq, name, tasks, functions)
+        Record::JobSubmitted { seq, name, tasks, functions, digest, .. } => {
+            job_payloads(*seq, name, tasks, functions, *digest)
         }
         Record::TasksDone { done, .. } => Ok(vec![encode(done)?]),
         Record::TasksRetried { idx, .. } => Ok(vec![encode(&DoneEntry::Retried(idx.clone()))?]),
@@ -292,13 +323,14 @@ impl Journal for SledJournal {
         let mut done = sled::Batch::default();
         for r in records {
             match r {
-                Record::JobSubmitted { job, seq, name, tasks, functions } => {
+                Record::JobSubmitted { job, seq, name, tasks, functions, digest } => {
                     self.marks.entry(*job).or_default().set_name(name);
-                    for (part, bytes) in job_payloads(*seq, name, tasks, functions)?.iter().enumerate() {
-                        let key = job_key(job, &(part as u32).to_be_bytes());
+                    // Each part framed as soon as it is encoded.
+                    each_job_payload(*seq, name, tasks, functions, *digest, |part, bytes| {
+                        let key = job_key(job, &part.to_be_bytes());
                         let lsn = self.next(job);
-                        jobs.insert(key.as_slice(), frame::frame(&key, lsn, bytes));
-                    }
+                        jobs.insert(key.as_slice(), frame::frame(&key, lsn, &bytes));
+                    })?;
                 }
                 Record::TasksDone { job, .. } | Record::TasksRetried { job, .. } => {
                     // Retries in the same tree as outcomes, so that replay keeps the order.
@@ -341,7 +373,7 @@ impl Journal for SledJournal {
         if let Some(records) = self.opened.lock().ok().and_then(|mut o| o.take()) {
             return Ok(records);
         }
-        Ok(Scan::read(&self.jobs, &self.done, &self.forgotten).live().0)
+        Ok(Scan::read(&self.jobs, &self.done, &self.forgotten).into_live().0)
     }
 
     fn epoch(&self) -> u64 {
@@ -353,6 +385,7 @@ impl Journal for SledJournal {
 mod tests {
     use super::*;
     use crate::journal_record::{DoneTask, Outcome};
+    use crate::persistence::layout::decode_part;
 
     /// sled releases its lock from a background thread after a drop.
     fn reopen(dir: &Path) -> SledJournal {
@@ -369,7 +402,30 @@ mod tests {
     fn job(n: usize, seq: u64) -> (JobId, Record) {
         let job = JobId::new();
         let tasks = (0..n).map(|i| crate::journal_record::TaskSpec::cmd(vec![format!("t{i}")])).collect();
-        (job, Record::JobSubmitted { job, seq, name: "t".into(), tasks, functions: Vec::new() })
+        (
+            job,
+            Record::JobSubmitted {
+                job,
+                seq,
+                name: "t".into(),
+                tasks,
+                functions: Vec::new(),
+                digest: seq * 7,
+            },
+        )
+    }
+
+    #[test]
+    fn the_digest_is_kept_in_the_first_part_and_absent_when_not_known() {
+        let tasks: Vec<_> = (0..TASKS_PER_PART + 1).map(|_| TaskSpec::cmd(vec!["t".into()])).collect();
+        let parts = job_payloads(1, "j", &tasks, &[], 42).unwrap();
+        let digests: Vec<u64> = parts.iter().map(|p| decode_part(p).unwrap().digest).collect();
+        assert_eq!(digests, [42, 0]);
+        // Not known (0): the part has the bytes it had before digests were kept.
+        let old = job_payloads(1, "j", &tasks[..1], &[], 0).unwrap();
+        let new = job_payloads(1, "j", &tasks[..1], &[], 42).unwrap();
+        assert!(old[0].len() < new[0].len());
+        assert_eq!(decode_part(&old[0]).unwrap().digest, 0);
     }
 
     fn done(job: JobId, idx: u32) -> Record {
