@@ -1,4 +1,4 @@
-//! The simulated worker process: what `src/worker.rs` does with each
+//! The simulated worker process: what the worker (`src/actors/worker/`) does with each
 //! message (queue, pins, cancels, steals, re-registration, acknowledged
 //! reports), without threads or sockets; and the simulation's effect sink.
 
