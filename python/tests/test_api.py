@@ -13,6 +13,7 @@ import pytest
 
 import actord
 from actord import FutureCancelledError, RemoteTraceback, ResultError, as_completed, wait
+from conftest import wait_until
 
 # The workers cannot import this module: send its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -174,9 +175,7 @@ def test_cancel(client, tmp_path):
     path = tmp_path / "started"
     f = client.submit(started, str(path), 30, pure=False)
     g = client.submit(inc, f)
-    deadline = time.monotonic() + 30
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(path.exists, 30, "the task to start")
     f.cancel()
     assert f.status == "cancelled" and f.cancelled()
     with pytest.raises(FutureCancelledError):
