@@ -98,9 +98,9 @@ impl SchedulerFile {
     /// Reads and parses the file, refusing one that others may read or write.
     pub fn read(path: &Path) -> Result<SchedulerFile, String> {
         perms::check_private_file(path, "scheduler file").map_err(|e| e.to_string())?;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read scheduler file {}: {e}", path.display()))?;
-        serde_json::from_str(&text)
+        // A scheduler file is a few hundred bytes: a huge one is not read whole.
+        let bytes = perms::read_bounded(path, 1 << 16).map_err(|e| format!("scheduler file {e}"))?;
+        serde_json::from_slice(&bytes)
             .map_err(|e| format!("scheduler file {} is not valid: {e}", path.display()))
     }
 }

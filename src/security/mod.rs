@@ -158,12 +158,16 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// Bytes a secret file may hold at most.
+const MAX_SECRET_FILE: u64 = 4096;
+
 /// A secret-bearing file given by the user: private, and not empty.
 fn read_secret(path: &Path) -> Result<String, SecurityError> {
     perms::check_private_file(path, "secret file")?;
-    let text = std::fs::read_to_string(path).map_err(|e| SecurityError::File {
+    let bytes = perms::read_bounded(path, MAX_SECRET_FILE)?;
+    let text = String::from_utf8(bytes).map_err(|_| SecurityError::File {
         path: path.to_path_buf(),
-        message: format!("cannot read it: {e}"),
+        message: "is not text: a secret is printable characters (e.g. `openssl rand -hex 32`)".into(),
     })?;
     let secret = text.trim().to_string();
     if secret.len() < 16 {

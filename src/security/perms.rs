@@ -77,12 +77,31 @@ pub fn make_private_tree(dir: &Path) -> Result<(), SecurityError> {
 /// Refuses a file that carries a secret when its group or others may read
 /// or write it, naming the fix.
 pub fn check_private_file(path: &Path, what: &str) -> Result<(), SecurityError> {
-    let m =
-        mode(path).map_err(|e| SecurityError::File { path: path.to_path_buf(), message: e.to_string() })?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| SecurityError::File { path: path.to_path_buf(), message: e.to_string() })?;
+    if !meta.is_file() {
+        let message = format!("the {what} must be a regular file");
+        return Err(SecurityError::File { path: path.to_path_buf(), message });
+    }
+    let m = meta.permissions().mode() & 0o7777;
     if m & 0o077 != 0 {
         return Err(SecurityError::Exposed { what: what.to_string(), path: path.to_path_buf(), mode: m });
     }
     Ok(())
+}
+
+/// Reads at most `max` bytes of a file actord was given (a secret, a
+/// certificate, a scheduler file): a longer one is refused, not read whole.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, SecurityError> {
+    use std::io::Read;
+    let err = |message: String| SecurityError::File { path: path.to_path_buf(), message };
+    let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| err(format!("cannot read it: {e}")))?;
+    if bytes.len() as u64 > max {
+        return Err(err(format!("is over {max} bytes: not the file actord expects here")));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -115,5 +134,20 @@ mod tests {
         for (p, m) in [("", 0o700), ("blobs", 0o700), ("db", 0o600), ("blobs/1", 0o600)] {
             assert_eq!(mode(&root.join(p)).unwrap(), m, "{p}");
         }
+    }
+
+    #[test]
+    fn an_oversized_file_or_a_directory_is_refused_without_reading_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        write_private(&f, &[b'a'; 5000]).unwrap();
+        let err = read_bounded(&f, 4096).unwrap_err().to_string();
+        assert!(err.contains("is over 4096 bytes"), "{err}");
+        assert_eq!(read_bounded(&f, 5000).unwrap().len(), 5000);
+        let sub = dir.path().join("d");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let err = check_private_file(&sub, "secret file").unwrap_err().to_string();
+        assert!(err.contains("must be a regular file"), "{err}");
     }
 }

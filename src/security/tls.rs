@@ -43,12 +43,8 @@ pub struct ServerTls {
 impl ServerTls {
     /// Loads `cert` and `key` (PEM files); the first certificate is the one pinned.
     pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, SecurityError> {
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|e| SecurityError::File {
-                path: path.to_path_buf(),
-                message: format!("cannot read it: {e}"),
-            })
-        };
+        // PEM certificates and keys, chains included, are a few KiB.
+        let read = |path: &Path| super::perms::read_bounded(path, 1 << 20);
         ServerTls::from_pem(&read(cert)?, &read(key)?).map_err(|(which, message)| SecurityError::File {
             path: if which == "key" { key } else { cert }.to_path_buf(),
             message,
