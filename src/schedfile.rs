@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct SchedulerFile {
     /// `tcp://IP:PORT`
     pub address: String,
@@ -37,6 +37,27 @@ pub struct SchedulerFile {
     /// full): why, and when. Clients report it instead of waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+}
+
+/// Everything but the secret, which debug output must never show.
+impl std::fmt::Debug for SchedulerFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerFile")
+            .field("address", &self.address)
+            .field("instance", &self.instance)
+            .field("epoch", &self.epoch)
+            .field("pid", &self.pid)
+            .field("host", &self.host)
+            .field("journal", &self.journal)
+            .field("dashboard", &self.dashboard)
+            .field("started", &self.started)
+            .field("version", &self.version)
+            .field("secret", &if self.secret.is_empty() { "" } else { "<redacted>" })
+            .field("mode", &self.mode)
+            .field("tls_fingerprint", &self.tls_fingerprint)
+            .field("stopped", &self.stopped)
+            .finish()
+    }
 }
 
 impl SchedulerFile {
@@ -176,7 +197,7 @@ mod tests {
             dashboard: None,
             started: "2026-01-01T00:00:00Z".into(),
             version: "0".into(),
-            secret: "ab".into(),
+            secret: "0123456789abcdef-secret".into(),
             mode: Mode::Tls,
             tls_fingerprint: Some("cd".into()),
             stopped: None,
@@ -186,5 +207,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert_eq!(SchedulerFile::read(&path).unwrap(), f);
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temp left");
+        let shown = format!("{f:?}");
+        assert!(!shown.contains(&f.secret) && shown.contains("<redacted>"), "{shown}");
     }
 }
