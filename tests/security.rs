@@ -305,6 +305,11 @@ async fn without_tls_the_secret_still_never_crosses_and_a_replay_fails() {
     }
     assert_eq!(frames.len(), 2, "nothing served after the refusal");
     log_has(&cluster, "authentication failed", 1);
+    // A TLS client is told at once that this scheduler runs without TLS.
+    let tls = Credentials { mode: Mode::Tls, fingerprint: Some("00".repeat(32)), ..file.auth() };
+    let err = connect(file.socket_addr(), &tls).await.err().unwrap();
+    assert!(err.contains("the scheduler refused TLS"), "{err}");
+    log_has(&cluster, "the peer speaks TLS", 1);
     rec.task.abort();
 }
 

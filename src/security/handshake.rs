@@ -112,12 +112,28 @@ async fn open(tcp: TcpStream, sec: &ServerSecurity) -> Result<Transport, String>
             refuse_plain(tcp, error).await;
             Err(error.into())
         }
-        None if speaks_tls => Err(format!(
-            "the peer speaks TLS, but this scheduler runs {}: its scheduler file is not this scheduler's",
-            if sec.mode == Mode::Insecure { "--insecure" } else { "--no-tls" }
-        )),
+        None if speaks_tls => {
+            refuse_tls(tcp).await;
+            Err(format!(
+                "the peer speaks TLS, but this scheduler runs {}: its scheduler file is not this scheduler's",
+                if sec.mode == Mode::Insecure { "--insecure" } else { "--no-tls" }
+            ))
+        }
         None => Ok(Transport::Plain(tcp)),
     }
+}
+
+/// Answers a TLS peer of a plaintext scheduler with a fatal TLS alert
+/// (`protocol_version`), so that it fails at once instead of retrying.
+async fn refuse_tls(mut tcp: TcpStream) {
+    const ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 70];
+    let mut sink = vec![0u8; HANDSHAKE_MAX_FRAME];
+    let _ = tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut sink)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tcp.write_all(&ALERT).await?;
+        tcp.shutdown().await
+    })
+    .await;
 }
 
 /// Tells a plaintext peer why it is refused, reading what it sent first so
@@ -276,10 +292,18 @@ pub async fn authenticate(
     }
 }
 
-/// A certificate that is not the pinned one is named as such; other TLS
-/// failures (the scheduler is restarting) stay retryable.
+/// A certificate that is not the pinned one, or a scheduler that refuses TLS
+/// with an alert, is named as such; other TLS failures (the scheduler is
+/// restarting) stay retryable.
 fn tls_error(e: std::io::Error) -> ConnError {
     let text = e.to_string();
+    let alert = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    if let Some(rustls::Error::AlertReceived(what)) = alert {
+        return ConnError::Tls(format!(
+            "the scheduler refused TLS ({what:?}): it runs --no-tls or --insecure, \
+             so this scheduler file is not its own"
+        ));
+    }
     if text.contains("not the one the scheduler file pins") {
         ConnError::Tls(text)
     } else {
