@@ -48,6 +48,10 @@ pub struct NannyOptions {
     /// A worker that dies sooner than this after starting is in a crash loop
     /// and backs off; one that lived longer is restarted at once.
     pub min_uptime: Duration,
+    /// When its workers drain for the end of the allocation: a worker that
+    /// exits after that is not started again, and once none is left the
+    /// nanny exits (as dismissed).
+    pub drain_at: Option<std::time::SystemTime>,
     /// Set when the scheduler said it shuts down for good and the nanny
     /// stopped for that (not a failure).
     pub dismissed: Arc<AtomicBool>,
@@ -304,6 +308,17 @@ impl Actor for Nanny {
             st.tell(slot, SlotState::Retired);
             return Ok(());
         }
+        if opts.drain_at.is_some_and(|t| std::time::SystemTime::now() >= t) {
+            tracing::info!(slot, reason = %why, "worker exited as the allocation ends; not restarting it");
+            s.retired = true;
+            st.tell(slot, SlotState::Retired);
+            if st.slots.iter().all(|s| s.actor.is_none()) {
+                tracing::info!("every worker has left before the end of the allocation; the nanny exits");
+                st.opts.dismissed.store(true, std::sync::atomic::Ordering::SeqCst);
+                myself.stop(None);
+            }
+            return Ok(());
+        }
         // Policy: an asked-for restart is immediate and not counted; otherwise
         // restart at once, then with doubling delays while the slot keeps
         // dying; past `max_restarts` within `restart_window`, give up on it.
@@ -374,6 +389,7 @@ mod tests {
             memory_poll: Duration::from_secs(1),
             stop_grace: Duration::from_secs(5),
             min_uptime: Duration::from_secs(1),
+            drain_at: None,
             dismissed: Default::default(),
         }
     }
