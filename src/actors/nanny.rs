@@ -101,6 +101,19 @@ impl NannyState {
         let _ = self.link.events.send(info);
     }
 
+    /// Policy: a worker that exits once the allocation's end is near is
+    /// not started again; once none is left, the nanny exits (status 0).
+    fn left_at_walltime(&mut self, myself: &ActorRef<NannyMsg>, slot: u32, why: &str) {
+        tracing::info!(slot, reason = %why, "worker exited as the allocation ends; not restarting it");
+        self.slots[slot as usize].retired = true;
+        self.tell(slot, SlotState::Retired);
+        if self.slots.iter().all(|s| s.actor.is_none()) {
+            tracing::info!("every worker has left before the end of the allocation; the nanny exits");
+            self.opts.dismissed.store(true, std::sync::atomic::Ordering::SeqCst);
+            myself.stop(None);
+        }
+    }
+
     /// A new scheduler link, knowing the slots as last told.
     async fn restart_link(&mut self, myself: &ActorRef<NannyMsg>) -> Result<(), ActorProcessingErr> {
         let slots = self.told.values().cloned().collect();
@@ -309,14 +322,7 @@ impl Actor for Nanny {
             return Ok(());
         }
         if opts.drain_at.is_some_and(|t| std::time::SystemTime::now() >= t) {
-            tracing::info!(slot, reason = %why, "worker exited as the allocation ends; not restarting it");
-            s.retired = true;
-            st.tell(slot, SlotState::Retired);
-            if st.slots.iter().all(|s| s.actor.is_none()) {
-                tracing::info!("every worker has left before the end of the allocation; the nanny exits");
-                st.opts.dismissed.store(true, std::sync::atomic::Ordering::SeqCst);
-                myself.stop(None);
-            }
+            st.left_at_walltime(&myself, slot, &why);
             return Ok(());
         }
         // Policy: an asked-for restart is immediate and not counted; otherwise
