@@ -69,6 +69,7 @@ fn new_worker() -> NewWorker {
         nanny: None,
         running: vec![],
         resources: Default::default(),
+        ends_at: None,
     }
 }
 

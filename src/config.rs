@@ -57,6 +57,8 @@ pub struct WorkerConfig {
     #[serde(deserialize_with = "de_size")]
     pub max_error: u64,
     pub python: String,
+    #[serde(deserialize_with = "de_duration")]
+    pub walltime_margin: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -162,7 +164,7 @@ mod tests {
     #[test]
     fn defaults_parse_and_a_user_file_overrides_some_keys() {
         let c = Config::load(None).unwrap();
-        assert_eq!(c.worker.threads, 1);
+        assert_eq!(c.worker.threads, 0, "as many as the CPUs given");
         assert_eq!(c.worker.death_timeout, Duration::from_secs(60));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");

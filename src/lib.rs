@@ -18,4 +18,5 @@ pub mod process;
 pub mod protocol;
 pub mod schedfile;
 pub mod security;
+pub mod slurm;
 pub mod util;

@@ -85,6 +85,7 @@ fn arb_task_spec() -> impl Strategy<Value = TaskSpec> {
             retries,
             time_limit_ms,
             resources,
+            time_request_ms: None,
         })
 }
 

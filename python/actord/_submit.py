@@ -144,7 +144,8 @@ class JobBuilder:
         return s
 
     def add(self, func: Any, args: tuple, kwargs: dict, key: Optional[str], pure: bool, prefix: str,
-            priority: int = 0, retries: int = 0, resources: Optional[dict] = None) -> TaskState:
+            priority: int = 0, retries: int = 0, resources: Optional[dict] = None,
+            time_request: Optional[float] = None) -> TaskState:
         """The task `func(*args, **kwargs)`, or the existing task of the same key."""
         fi, digest = self.function(func)
         dep_states: List[TaskState] = []
@@ -169,10 +170,11 @@ class JobBuilder:
         if found is not None:
             return found
         return self.add_spec(key, {"Py": {"func": fi, "args": blob}}, dep_states, "py",
-                             priority, retries, resources)
+                             priority, retries, resources, time_request)
 
     def add_spec(self, key: str, kind: dict, dep_states: List[TaskState], result_kind: str,
-                 priority: int = 0, retries: int = 0, resources: Optional[dict] = None) -> TaskState:
+                 priority: int = 0, retries: int = 0, resources: Optional[dict] = None,
+                 time_request: Optional[float] = None) -> TaskState:
         spec: Dict[str, Any] = {"key": key, "kind": kind}
         if dep_states:
             spec["deps"] = [{"key": d.key} if d.job == self.id else {"job": d.job, "key": d.key}
@@ -183,6 +185,10 @@ class JobBuilder:
             spec["retries"] = int(retries)
         if resources:
             spec["resources"] = {str(k): int(v) for k, v in resources.items()}
+        if time_request is not None:
+            if not time_request >= 0:
+                raise ValueError(f"time_request must be a number of seconds >= 0, not {time_request!r}")
+            spec["time_request_ms"] = int(time_request * 1000)
         state = TaskState(key, self.id, len(self.specs), result_kind, dep_states)
         self.specs.append(spec)
         self.states.append(state)

@@ -307,18 +307,22 @@ class Client:
 
     def submit(self, func, *args, key: Optional[str] = None, pure: bool = True, retries: int = 0,
                priority: int = 0, resources: Optional[dict] = None, workers=None,
-               allow_other_workers: bool = False, **kwargs) -> Future:
+               allow_other_workers: bool = False, time_request: Optional[float] = None,
+               **kwargs) -> Future:
         """`func(*args, **kwargs)` as a task; futures in the arguments become
         dependencies. With `pure` the key is a token of the call, so the same
-        call twice is one task."""
+        call twice is one task. `time_request` (seconds): how long it is
+        expected to run; it goes only to a worker whose allocation lasts that long."""
         b = JobBuilder(self, func_name(func))
-        state = b.add(func, args, kwargs, key, pure, func_name(func), priority, retries, resources)
+        state = b.add(func, args, kwargs, key, pure, func_name(func), priority, retries, resources,
+                      time_request)
         self._submit_job(b)
         return Future(state, self)
 
     def map(self, func, *iterables: Iterable, key=None, pure: bool = True, retries: int = 0,
             priority: int = 0, resources: Optional[dict] = None, batch_size: Optional[int] = None,
-            workers=None, allow_other_workers: bool = False, **kwargs) -> List[Future]:
+            workers=None, allow_other_workers: bool = False, time_request: Optional[float] = None,
+            **kwargs) -> List[Future]:
         """`func` over the zipped iterables: one job per `batch_size` tasks
         (all in one job by default), the function sent once per job."""
         if not callable(func):
@@ -340,7 +344,8 @@ class Client:
             b = JobBuilder(self, prefix)
             for i in range(start, min(start + step, len(calls))):
                 k = keys[i] if keys is not None else None
-                s = b.add(func, calls[i], kwargs, k, pure, prefix, priority, retries, resources)
+                s = b.add(func, calls[i], kwargs, k, pure, prefix, priority, retries, resources,
+                          time_request)
                 futures.append(Future(s, self))
             self._submit_job(b)
         return futures

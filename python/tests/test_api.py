@@ -235,3 +235,18 @@ def test_finds_the_scheduler_file_like_the_cli(cluster, monkeypatch):
     monkeypatch.setenv("SCRATCH", str(cluster.tmp / "nowhere"))
     with pytest.raises(actord.ConnectError, match="nowhere/actord/scheduler.json"):
         actord.Client(timeout=0.2)
+
+
+def test_a_time_request_travels_with_the_task(client):
+    from actord._submit import JobBuilder
+    b = JobBuilder(client, "inc")
+    b.add(inc, (1,), {}, None, True, "inc", time_request=90)
+    assert b.specs[0]["time_request_ms"] == 90_000
+    plain = JobBuilder(client, "inc")
+    plain.add(inc, (1,), {}, None, True, "inc")
+    assert "time_request_ms" not in plain.specs[0], "left out when not asked for"
+    # Workers without an allocation end take any request.
+    assert client.submit(inc, 1, time_request=3600).result(30) == 2
+    assert client.gather(client.map(inc, [1, 2], time_request=0.5)) == [2, 3]
+    with pytest.raises(ValueError, match="time_request"):
+        client.submit(inc, 5, time_request=-1)

@@ -48,6 +48,10 @@ pub struct NannyOptions {
     /// A worker that dies sooner than this after starting is in a crash loop
     /// and backs off; one that lived longer is restarted at once.
     pub min_uptime: Duration,
+    /// When its workers drain for the end of the allocation: a worker that
+    /// exits after that is not started again, and once none is left the
+    /// nanny exits (as dismissed).
+    pub drain_at: Option<std::time::SystemTime>,
     /// Set when the scheduler said it shuts down for good and the nanny
     /// stopped for that (not a failure).
     pub dismissed: Arc<AtomicBool>,
@@ -95,6 +99,19 @@ impl NannyState {
         let info = SlotInfo { slot, state, restarts };
         self.told.insert(slot, info.clone());
         let _ = self.link.events.send(info);
+    }
+
+    /// Policy: a worker that exits once the allocation's end is near is
+    /// not started again; once none is left, the nanny exits (status 0).
+    fn left_at_walltime(&mut self, myself: &ActorRef<NannyMsg>, slot: u32, why: &str) {
+        tracing::info!(slot, reason = %why, "worker exited as the allocation ends; not restarting it");
+        self.slots[slot as usize].retired = true;
+        self.tell(slot, SlotState::Retired);
+        if self.slots.iter().all(|s| s.actor.is_none()) {
+            tracing::info!("every worker has left before the end of the allocation; the nanny exits");
+            self.opts.dismissed.store(true, std::sync::atomic::Ordering::SeqCst);
+            myself.stop(None);
+        }
     }
 
     /// A new scheduler link, knowing the slots as last told.
@@ -304,6 +321,10 @@ impl Actor for Nanny {
             st.tell(slot, SlotState::Retired);
             return Ok(());
         }
+        if opts.drain_at.is_some_and(|t| std::time::SystemTime::now() >= t) {
+            st.left_at_walltime(&myself, slot, &why);
+            return Ok(());
+        }
         // Policy: an asked-for restart is immediate and not counted; otherwise
         // restart at once, then with doubling delays while the slot keeps
         // dying; past `max_restarts` within `restart_window`, give up on it.
@@ -374,6 +395,7 @@ mod tests {
             memory_poll: Duration::from_secs(1),
             stop_grace: Duration::from_secs(5),
             min_uptime: Duration::from_secs(1),
+            drain_at: None,
             dismissed: Default::default(),
         }
     }

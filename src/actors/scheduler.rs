@@ -187,6 +187,7 @@ fn handle_msg(
 ) -> Result<(), ActorProcessingErr> {
     {
         let now = now_micros();
+        st.core.set_clock(now);
         let (core, fx) = (&mut st.core, &mut st.outbox);
         match msg {
             SchedMsg::Connected { conn, role, session } => {
@@ -267,8 +268,9 @@ fn stop_if_drained(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) {
 /// A worker's message, through its core handler.
 fn worker_msg(core: &mut Core, fx: &mut Outbox, now: u64, conn: ConnId, msg: FromWorker) {
     match msg {
-        FromWorker::Register { slots, host, pid, functions, nanny, running, resources } => {
-            let w = core::NewWorker { slots, host, pid, functions, nanny, running, resources };
+        FromWorker::Register { slots, host, pid, functions, nanny, running, resources, walltime_end_ms } => {
+            let ends_at = walltime_end_ms.map(|ms| ms.saturating_mul(1000));
+            let w = core::NewWorker { slots, host, pid, functions, nanny, running, resources, ends_at };
             core::on_worker_joined(core, fx, now, conn, w);
         }
         FromWorker::Reports { batch, reports } => {

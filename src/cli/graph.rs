@@ -28,6 +28,9 @@ struct GraphTask {
     max_worker_kills: Option<u32>,
     /// e.g. "30s", "2m".
     time_limit: Option<String>,
+    /// How long it is expected to run, e.g. "30s": it goes only to a
+    /// worker whose allocation lasts that long.
+    time_request: Option<String>,
     #[serde(default)]
     resources: crate::protocol::Resources,
 }
@@ -120,6 +123,12 @@ fn read_task(i: usize, v: Value) -> Result<TaskSpec, String> {
         .map(|d| parse_duration(d).map(|d| d.as_millis() as u64))
         .transpose()
         .map_err(|e| format!("{at}: \"time_limit\": {e}"))?;
+    let time_request_ms = t
+        .time_request
+        .as_deref()
+        .map(|d| parse_duration(d).map(|d| d.as_millis() as u64))
+        .transpose()
+        .map_err(|e| format!("{at}: \"time_request\": {e}"))?;
     Ok(TaskSpec {
         key,
         kind,
@@ -129,6 +138,7 @@ fn read_task(i: usize, v: Value) -> Result<TaskSpec, String> {
         retries: t.retries,
         resources: t.resources,
         time_limit_ms,
+        time_request_ms,
     })
 }
 
@@ -192,7 +202,7 @@ mod tests {
     fn a_graph_sets_every_field_of_its_tasks() {
         let (name, t) = graph_from_json(
             r#"[{"key": "a", "cmd": ["true"], "cwd": "/tmp", "priority": -2, "retries": 3,
-                "max_worker_kills": 1, "time_limit": "2s", "resources": {"gpus": 1}}]"#,
+                "max_worker_kills": 1, "time_limit": "2s", "time_request": "1m", "resources": {"gpus": 1}}]"#,
         )
         .unwrap();
         assert_eq!(name, "graph");
@@ -211,6 +221,7 @@ mod tests {
             retries: 3,
             time_limit_ms: Some(2000),
             resources: [("gpus".to_string(), 1)].into(),
+            time_request_ms: Some(60_000),
         };
         assert_eq!(t, vec![want]);
         assert_eq!(graph_from_json("[]").unwrap_err(), "the graph has no tasks");

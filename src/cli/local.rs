@@ -146,6 +146,9 @@ fn nanny_args(a: &LocalArgs, file: &str, work_dir: &str) -> NannyArgs {
             resources: None,
             gpus: None,
             python: a.python.clone(),
+            walltime_end: None,
+            lifetime: None,
+            walltime_margin: None,
         },
     }
 }

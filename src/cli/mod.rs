@@ -96,7 +96,10 @@ pub struct SchedulerArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// Task slots (threads) in this worker [config: worker.threads].
+    /// Task slots (threads) in each worker [default: config worker.threads
+    /// if set, else $SLURM_CPUS_PER_TASK, else $SLURM_CPUS_ON_NODE, else
+    /// this machine's CPU count; a nanny shares that out among its
+    /// --workers]. The log says which it took.
     #[arg(long, alias = "nthreads")]
     pub threads: Option<u32>,
     /// Scheduler file to find the scheduler by [default:
@@ -120,6 +123,20 @@ pub struct WorkerArgs {
     /// task asking for GPUs its own through CUDA_VISIBLE_DEVICES.
     #[arg(long, value_name = "LIST")]
     pub gpus: Option<String>,
+    /// When the allocation ends, in seconds since the Unix epoch [default:
+    /// $SLURM_JOB_END_TIME, else what squeue says of $SLURM_JOB_ID, else
+    /// none]. Tasks that would outlast it are not placed here; the worker
+    /// drains and leaves before it.
+    #[arg(long, value_name = "EPOCH_SECONDS", conflicts_with = "lifetime")]
+    pub walltime_end: Option<String>,
+    /// The allocation ends this long after the start, e.g. 2h (as
+    /// --walltime-end, for machines without Slurm).
+    #[arg(long, value_name = "DURATION")]
+    pub lifetime: Option<String>,
+    /// Drain this long before the allocation ends [default: config
+    /// worker.walltime_margin (30s), at most a tenth of the time left at start].
+    #[arg(long, value_name = "DURATION")]
+    pub walltime_margin: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -294,6 +311,11 @@ pub struct SubmitArgs {
     /// fails with "time limit exceeded".
     #[arg(long, value_name = "DURATION")]
     pub time_limit: Option<String>,
+    /// How long each task is expected to run (e.g. 30s, 2m): it goes only
+    /// to a worker whose allocation (walltime) lasts that long; nothing is
+    /// stopped for outlasting it [default: its --time-limit, if any].
+    #[arg(long, value_name = "DURATION")]
+    pub time_request: Option<String>,
     /// What each task needs of its worker, e.g. gpus=1 (a task never runs
     /// where that is not free).
     #[arg(long, value_name = "LIST")]

@@ -22,7 +22,7 @@ pub async fn run(config: &Config, config_path: Option<&Path>, a: &NannyArgs) -> 
             if !dismissed {
                 return Err(failed("the nanny stopped unexpectedly"));
             }
-            tracing::info!("the scheduler shut down for good; the nanny exits");
+            tracing::info!("the scheduler shut down for good, or the allocation ends; the nanny exits");
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -56,7 +56,7 @@ pub(super) async fn start_nanny(
     if a.workers == 0 {
         return Err(usage("--workers must be at least 1"));
     }
-    let w = worker_options(config, &a.worker)?;
+    let w = worker_options(config, &a.worker, a.workers)?;
     let exe = std::env::current_exe().map_err(|e| failed(format!("cannot find the actord binary: {e}")))?;
     let mut worker_args = vec![
         "--scheduler-file".to_string(),
@@ -77,6 +77,13 @@ pub(super) async fn start_nanny(
     if let Some(p) = &a.worker.python {
         worker_args.extend(["--python".into(), p.clone()]);
     }
+    // The end as the nanny learnt it, once: a respawned worker keeps it.
+    let drain_at = w.walltime_end.map(|end| {
+        let ms = crate::slurm::epoch_ms(end);
+        worker_args.extend(["--walltime-end".into(), format!("{}.{:03}", ms / 1000, ms % 1000)]);
+        worker_args.extend(["--walltime-margin".into(), format!("{}ms", w.walltime_margin.as_millis())]);
+        end.checked_sub(w.walltime_margin).unwrap_or(end)
+    });
     let per_slot = gpu_shares(&w.gpus, a.workers)?;
     let memory_limit = a.memory_limit.as_deref().map(crate::util::parse_size).transpose().map_err(usage)?;
     let n = &config.nanny;
@@ -94,6 +101,7 @@ pub(super) async fn start_nanny(
         memory_poll: n.memory_poll,
         stop_grace: n.stop_grace,
         min_uptime: n.min_uptime,
+        drain_at,
         dismissed: Default::default(),
     };
     let dismissed = opts.dismissed.clone();

@@ -51,6 +51,12 @@ pub fn prepare_submit(a: SubmitArgs) -> Result<Prepared, CliError> {
         .map(|d| parse_duration(d).map(|d| d.as_millis() as u64))
         .transpose()
         .map_err(usage)?;
+    let time_request_ms = a
+        .time_request
+        .as_deref()
+        .map(|d| parse_duration(d).map(|d| d.as_millis() as u64))
+        .transpose()
+        .map_err(usage)?;
     let resources = a.resources.as_deref().map(crate::util::parse_resources).transpose().map_err(usage)?;
     if a.max_worker_kills == Some(0) {
         return Err(usage("--max-worker-kills must be at least 1"));
@@ -64,6 +70,9 @@ pub fn prepare_submit(a: SubmitArgs) -> Result<Prepared, CliError> {
         }
         if time_limit_ms.is_some() {
             t.time_limit_ms = time_limit_ms;
+        }
+        if time_request_ms.is_some() {
+            t.time_request_ms = time_request_ms;
         }
         if let Some(r) = a.retries {
             t.retries = r;

@@ -11,16 +11,18 @@ use std::process::ExitCode;
 
 /// Runs one worker process with `registry`'s functions until it is told to stop.
 pub async fn run(config: &Config, a: &WorkerArgs, registry: Registry) -> Result<ExitCode, CliError> {
-    let opts = worker_options(config, a)?;
+    let opts = worker_options(config, a, 1)?;
     crate::actors::worker::run_worker(opts, registry).await.map_err(failed)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The worker's options; `--work-dir` defaults to `actord-jobs/` beside the
-/// scheduler file.
+/// scheduler file, and the threads to the CPUs given, shared among `share`
+/// workers (a nanny's).
 pub(super) fn worker_options(
     config: &Config,
     a: &WorkerArgs,
+    share: u32,
 ) -> Result<crate::actors::worker::WorkerOptions, CliError> {
     let scheduler_file = crate::schedfile::resolve_path(a.scheduler_file.as_deref()).map_err(usage)?;
     let work_dir = match &a.work_dir {
@@ -35,10 +37,8 @@ pub(super) fn worker_options(
         Some(d) => parse_duration(d).map_err(usage)?,
         None => config.worker.death_timeout,
     };
-    let threads = a.threads.unwrap_or(config.worker.threads);
-    if threads == 0 {
-        return Err(usage("--threads must be at least 1"));
-    }
+    let threads = threads(config, a.threads, share)?;
+    let (walltime_end, walltime_margin) = walltime(config, a)?;
     let mut resources = a
         .resources
         .as_deref()
@@ -64,7 +64,56 @@ pub(super) fn worker_options(
         work_dir,
         nanny: nanny_slot_from_env(),
         python: a.python.clone().unwrap_or_else(|| config.worker.python.clone()),
+        walltime_end,
+        walltime_margin,
     })
+}
+
+/// `--threads`, else the configuration's, else the CPUs Slurm (or this
+/// machine) gives, shared among `share` workers; logged with its source.
+fn threads(config: &Config, flag: Option<u32>, share: u32) -> Result<u32, CliError> {
+    let (threads, from) = match (flag, config.worker.threads) {
+        (Some(0), _) => return Err(usage("--threads must be at least 1")),
+        (Some(n), _) => (n, "--threads".to_string()),
+        (None, n) if n > 0 => (n, "config worker.threads".to_string()),
+        (None, _) => {
+            let (cpus, from) = crate::slurm::cpus(|k| std::env::var(k).ok());
+            let per = (cpus / share.max(1)).max(1);
+            let from =
+                if share > 1 { format!("{from} ({cpus}) shared by {share} workers") } else { from.into() };
+            (per, from)
+        }
+    };
+    tracing::info!(threads, from = %from, "threads per worker");
+    Ok(threads)
+}
+
+/// When the allocation ends, if it does, and how long before that to drain.
+fn walltime(
+    config: &Config,
+    a: &WorkerArgs,
+) -> Result<(Option<std::time::SystemTime>, std::time::Duration), CliError> {
+    let now = std::time::SystemTime::now();
+    let flag = match (&a.walltime_end, &a.lifetime) {
+        (Some(e), _) => {
+            Some(crate::slurm::parse_epoch(e).map_err(|m| usage(format!("--walltime-end: {m}")))?)
+        }
+        (None, Some(l)) => Some(now + parse_duration(l).map_err(|m| usage(format!("--lifetime: {m}")))?),
+        (None, None) => None,
+    };
+    let explicit = a
+        .walltime_margin
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|m| usage(format!("--walltime-margin: {m}")))?;
+    let Some((end, from)) = crate::slurm::allocation_end(flag, |k| std::env::var(k).ok()) else {
+        return Ok((None, std::time::Duration::ZERO));
+    };
+    let margin = crate::slurm::drain_margin(end, now, explicit, config.worker.walltime_margin);
+    let left_s = end.duration_since(now).unwrap_or_default().as_secs();
+    tracing::info!(from = %from, ends_in_s = left_s, drain_margin_ms = margin.as_millis() as u64, "the allocation ends");
+    Ok((Some(end), margin))
 }
 
 /// `--gpus 0,1`: the ids, blanks dropped.

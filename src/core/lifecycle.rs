@@ -18,6 +18,8 @@ pub struct NewWorker {
     /// Tasks the worker says it is running (after a reconnect).
     pub running: Vec<(TaskId, u32)>,
     pub resources: crate::protocol::Resources,
+    /// When its allocation ends, µs since the epoch (`None`: not known).
+    pub ends_at: Option<u64>,
 }
 
 pub fn on_worker_joined(
@@ -36,7 +38,8 @@ pub fn on_worker_joined(
     let id = WorkerId(core.next_worker);
     let process = super::process_key(&w.host, w.pid);
     core.conn_process.insert(conn, process);
-    tracing::info!(worker = %id, host = ?w.host, pid = w.pid, slots = w.slots, "worker registered");
+    let ends_in_s = w.ends_at.map(|end| end.saturating_sub(now) / 1_000_000);
+    tracing::info!(worker = %id, host = ?w.host, pid = w.pid, slots = w.slots, ends_in_s, "worker registered");
     core.workers.insert(
         id,
         Worker {
@@ -56,6 +59,7 @@ pub fn on_worker_joined(
             functions_sent: Default::default(),
             process,
             dropped: Default::default(),
+            ends_at: w.ends_at,
         },
     );
     let at = now.saturating_add(core.config.heartbeat_timeout_us).saturating_add(1);

@@ -29,6 +29,8 @@ mod tests_faults;
 mod tests_py;
 #[cfg(test)]
 mod tests_submit;
+#[cfg(test)]
+mod tests_walltime;
 mod timers;
 mod views;
 mod worker;

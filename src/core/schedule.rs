@@ -22,8 +22,9 @@ impl Core {
 
 /// Hands ready tasks to workers with free capacity, spreading them one at
 /// a time across workers (round robin), one `Assign` message per worker. A
-/// task that needs resources goes to a worker that has them free; if none
-/// has right now, it waits in the queue.
+/// task that needs resources goes to a worker that has them free, and one
+/// expected to run for a while (`Shape::expected_us`) to a worker whose
+/// allocation lasts that long; if none has right now, it waits in the queue.
 fn schedule(core: &mut Core, fx: &mut impl Effects) {
     // Dropped pins first: the same task may be handed to the same worker below.
     super::pins::send_unpinned(core, fx);
@@ -53,10 +54,12 @@ fn schedule(core: &mut Core, fx: &mut impl Effects) {
         let Some(task) = core.find_task(tid).filter(|t| t.state == TaskState::Ready) else { continue };
         // The next worker (round robin) with room that has what the task needs.
         let n = free.len();
+        let need = task.shape.expected_us();
         let pick = (0..n).map(|k| (next + k) % n).find(|&k| {
             let w = core.workers.get_worker(free[k].0);
             free[k].1 > 0
                 && (task.shape.resources.is_empty() || w.fits(&task.shape.resources))
+                && w.lasts(need, core.clock)
                 && !w.dropped.contains_key(&tid)
         });
         let Some(k) = pick else {
@@ -151,11 +154,15 @@ fn steal(core: &mut Core, fx: &mut impl Effects) {
         .iter()
         .filter(|t| !core.stealing.contains(t))
         // A pinned task waits for inputs produced there: it stays; and one
-        // that no idle worker has the resources for would only come back.
+        // that no idle worker has the resources or the time for would only come back.
         .filter(|t| {
             core.find_task(**t).is_some_and(|t| {
+                let need = t.shape.expected_us();
                 t.waiting == 0
-                    && (t.shape.resources.is_empty() || takers.iter().any(|w| w.fits(&t.shape.resources)))
+                    && takers.iter().any(|w| {
+                        (t.shape.resources.is_empty() || w.fits(&t.shape.resources))
+                            && w.lasts(need, core.clock)
+                    })
             })
         })
         .map(|t| (core.find_task(*t).map_or(0, |t| t.assigned_seq), *t))

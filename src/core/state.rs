@@ -57,6 +57,10 @@ pub struct Core {
     pub(super) replaying: bool,
     /// A handler asked for a scheduling pass: `finish_step` runs it.
     pub(super) schedule_asked: bool,
+    /// The time of the event being handled (µs since the epoch), as last
+    /// given by `set_clock`: what the scheduling pass compares workers'
+    /// allocation ends with.
+    pub(super) clock: u64,
 }
 
 impl Core {
@@ -68,6 +72,12 @@ impl Core {
     /// ready, a worker got room): the pass runs once, in `finish_step`.
     pub fn ask_for_scheduling(&mut self) {
         self.schedule_asked = true;
+    }
+
+    /// The time of the event about to be handled (the actor gives it, as it
+    /// gives `now` to handlers): workers' allocation ends are measured from it.
+    pub fn set_clock(&mut self, now: u64) {
+        self.clock = self.clock.max(now);
     }
 
     /// Worker ids of journal epoch `epoch` start past those of all earlier

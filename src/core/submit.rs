@@ -74,6 +74,11 @@ fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<T
                 "task {i}: time limit {ms} ms is out of range (at most {MAX_TIME_LIMIT_MS} ms, a year)"
             ));
         }
+        if let Some(ms) = t.time_request_ms.filter(|ms| *ms > MAX_TIME_LIMIT_MS) {
+            return Err(format!(
+                "task {i}: time request {ms} ms is out of range (at most {MAX_TIME_LIMIT_MS} ms, a year)"
+            ));
+        }
     }
     graph::resolve(core, job, tasks)
 }
@@ -294,6 +299,7 @@ fn shape_of(shapes: &mut Vec<Arc<Shape>>, s: &TaskSpec) -> Arc<Shape> {
         same_kind(&sh.kind, &s.kind)
             && sh.resources == s.resources
             && sh.time_limit_ms == s.time_limit_ms
+            && sh.time_request_ms == s.time_request_ms
             && sh.max_worker_kills == s.max_worker_kills
             && sh.retries == s.retries
     };
@@ -309,6 +315,7 @@ fn shape_of(shapes: &mut Vec<Arc<Shape>>, s: &TaskSpec) -> Arc<Shape> {
         kind,
         resources: s.resources.clone(),
         time_limit_ms: s.time_limit_ms,
+        time_request_ms: s.time_request_ms,
         max_worker_kills: s.max_worker_kills,
         retries: s.retries,
     });

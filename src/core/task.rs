@@ -30,6 +30,9 @@ pub struct Shape {
     pub kind: TaskKind,
     pub resources: Resources,
     pub time_limit_ms: Option<u64>,
+    /// How long an attempt is expected to run: it goes only to a worker
+    /// whose allocation lasts that long.
+    pub time_request_ms: Option<u64>,
     /// Per-task override of `CoreConfig::max_worker_kills`.
     pub max_worker_kills: Option<u32>,
     /// Failed attempts it may retry.
@@ -75,6 +78,14 @@ pub struct Task {
     /// Its worker was handed an earlier attempt too, whose result or copy it
     /// may still hold (a worker knows tasks by id): nothing is pinned behind it.
     pub repeat_here: bool,
+}
+
+impl Shape {
+    /// How long an attempt is expected to run (µs): its time request, else
+    /// its time limit; `None` when it has neither.
+    pub fn expected_us(&self) -> Option<u64> {
+        self.time_request_ms.or(self.time_limit_ms).map(|ms| ms.saturating_mul(1000))
+    }
 }
 
 /// Most worker processes remembered per task as holders of an attempt.

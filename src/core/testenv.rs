@@ -81,6 +81,7 @@ pub(super) fn worker(slots: u32) -> NewWorker {
         nanny: None,
         running: vec![],
         resources: Default::default(),
+        ends_at: None,
     }
 }
 

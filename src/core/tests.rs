@@ -176,6 +176,7 @@ fn prefetch_grows_with_short_tasks_and_stays_small_for_long_ones() {
         functions_sent: Default::default(),
         process: 0,
         dropped: Default::default(),
+        ends_at: None,
     };
     assert_eq!(w.capacity(&cfg), 4);
     w.avg_task_us = Some(1.0);

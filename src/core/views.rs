@@ -201,6 +201,11 @@ pub fn on_status(core: &Core, fx: &mut impl Effects, conn: ConnId, extra: Status
     fx.to_client(conn, ToClient::Status { status: s });
 }
 
+/// Whether no worker that takes tasks has `need_us` left in its allocation.
+fn outlasts_every_worker(core: &Core, need_us: Option<u64>) -> bool {
+    need_us.is_some() && !core.workers.values().any(|w| !w.draining && w.lasts(need_us, core.clock))
+}
+
 /// Says in words why a task is in its state: what it waits for, what it
 /// needs that no worker has, where it runs, how it ended.
 pub fn on_explain(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, key: String) {
@@ -245,6 +250,17 @@ pub fn on_explain(core: &Core, fx: &mut impl Effects, conn: ConnId, job: JobId, 
         }
         TaskState::Ready if !t.shape.resources.is_empty() => {
             format!("task {key} is ready and needs {}; it waits until a worker has that free", needs())
+        }
+        TaskState::Ready if outlasts_every_worker(core, t.shape.expected_us()) => {
+            let need_s = t.shape.expected_us().unwrap_or(0) / 1_000_000;
+            let longest = core.workers.values().filter(|w| !w.draining).filter_map(|w| w.ends_at).max();
+            let left = longest.map_or("none is left".into(), |end| {
+                format!("the longest has {}s left", end.saturating_sub(core.clock) / 1_000_000)
+            });
+            format!(
+                "task {key} is ready and expected to run {need_s}s (its time request, else its time \
+                 limit); no worker's allocation lasts that long ({left}): it waits for one that does"
+            )
         }
         TaskState::Ready => {
             format!("task {key} is ready, queued at priority {}; workers are busy", t.priority)

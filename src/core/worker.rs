@@ -33,6 +33,9 @@ pub struct Worker {
     /// report as canceled: none goes back to it meanwhile, as it knows tasks
     /// by id, not by attempt. Cleared by a report, or after a heartbeat timeout.
     pub dropped: HashMap<TaskId, u64>,
+    /// When its allocation ends (µs since the epoch; `None`: no end known):
+    /// it gets no task expected to run past that.
+    pub ends_at: Option<u64>,
 }
 
 /// A nanny connected to this scheduler, and what its slots are doing.
@@ -50,6 +53,15 @@ impl Worker {
             let used = self.used.get(k).copied().unwrap_or(0);
             used.checked_add(*n).is_some_and(|total| total <= self.resources.get(k).copied().unwrap_or(0))
         })
+    }
+
+    /// Whether an attempt expected to run `need_us` (`None`: unknown),
+    /// started at `now`, ends before this worker's allocation does.
+    pub fn lasts(&self, need_us: Option<u64>, now: u64) -> bool {
+        match (self.ends_at, need_us) {
+            (Some(end), Some(need)) => now.saturating_add(need) <= end,
+            _ => true,
+        }
     }
 
     /// Whether a task needing `req` could ever run here.

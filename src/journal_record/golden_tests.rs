@@ -32,6 +32,7 @@ fn wire_tasks() -> Vec<TaskSpec> {
         retries: 2,
         time_limit_ms: Some(1500),
         resources: [("gpus".to_string(), 1)].into(),
+        time_request_ms: None,
     };
     let plain_cmd = TaskSpec::new(TaskKind::Cmd {
         argv: vec!["true".into()],

@@ -95,6 +95,10 @@ pub struct TaskSpec {
     pub time_limit_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// Added after version 2 was fixed: left out when none, so older
+    /// journals read as they were and none of their bytes change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_request_ms: Option<u64>,
 }
 
 impl TaskSpec {
@@ -109,6 +113,7 @@ impl TaskSpec {
             retries: 0,
             time_limit_ms: None,
             resources: Resources::new(),
+            time_request_ms: None,
         }
     }
 

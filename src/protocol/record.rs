@@ -21,6 +21,7 @@ impl From<TaskSpec> for rec::TaskSpec {
             retries: t.retries,
             time_limit_ms: t.time_limit_ms,
             resources: t.resources,
+            time_request_ms: t.time_request_ms,
         }
     }
 }
@@ -36,6 +37,7 @@ impl From<rec::TaskSpec> for TaskSpec {
             retries: t.retries,
             time_limit_ms: t.time_limit_ms,
             resources: t.resources,
+            time_request_ms: t.time_request_ms,
         }
     }
 }
@@ -110,6 +112,7 @@ mod tests {
             max_worker_kills: Some(2),
             time_limit_ms: Some(9),
             resources: [("gpus".to_string(), 1)].into(),
+            time_request_ms: Some(7),
             ..TaskSpec::new(kind)
         };
         let back: TaskSpec = rec::TaskSpec::from(&spec).into();

@@ -66,6 +66,11 @@ pub struct TaskSpec {
     /// What one attempt needs of its worker beyond a slot (e.g. `gpus: 1`).
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// How long one attempt is expected to run (milliseconds): it goes only
+    /// to a worker whose allocation lasts that long (its time limit counts
+    /// when it has none). Unlike the limit, nothing is stopped for outlasting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_request_ms: Option<u64>,
 }
 
 fn is_zero_i32(v: &i32) -> bool {
@@ -87,6 +92,7 @@ impl TaskSpec {
             retries: 0,
             time_limit_ms: None,
             resources: Resources::new(),
+            time_request_ms: None,
         }
     }
 }

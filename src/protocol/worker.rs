@@ -25,6 +25,10 @@ pub enum FromWorker {
         /// What it has beyond its slots (e.g. `gpus: 2`).
         #[serde(default)]
         resources: Resources,
+        /// When its allocation ends (its walltime), milliseconds since the
+        /// Unix epoch: it is handed no task expected to run past that.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        walltime_end_ms: Option<u64>,
     },
     /// Finished attempts, many per frame.
     Reports {

@@ -60,7 +60,7 @@ fn handle(myself: &ActorRef<WorkerMsg>, st: &mut WorkerState, frame: ToWorker) {
         }
         ToWorker::Retire => {
             tracing::info!("retired by the scheduler: draining");
-            st.start_drain(myself);
+            st.start_drain(myself, st.opts.drain_timeout);
         }
     }
 }

@@ -59,10 +59,18 @@ pub struct WorkerOptions {
     pub nanny: Option<crate::protocol::NannySlot>,
     /// The interpreter of the Python executors that run `py` tasks.
     pub python: String,
+    /// When its allocation ends (`None`: not known): it tells the scheduler,
+    /// and drains `walltime_margin` before, to leave before the end.
+    pub walltime_end: Option<std::time::SystemTime>,
+    pub walltime_margin: Duration,
 }
 
 /// How often functions are checked against their time limit.
 const LIMITS_EVERY: Duration = Duration::from_millis(100);
+
+/// A worker draining for the end of its allocation leaves at the latest
+/// this long before the end (or half its margin, if that is shorter).
+const LEAVE_BEFORE_END: Duration = Duration::from_secs(1);
 
 /// Runs a worker until the scheduler dismisses it, it drains after SIGTERM
 /// or Ctrl-C, or no scheduler is reachable for `death_timeout`.
@@ -167,6 +175,11 @@ impl Actor for Worker {
         }
         st.conn = Some(spawn_conn(&myself, &st.opts).await?);
         myself.send_interval(LIMITS_EVERY, || WorkerMsg::CheckLimits);
+        if let Some(end) = st.opts.walltime_end {
+            let drain_at = end.checked_sub(st.opts.walltime_margin).unwrap_or(end);
+            let wait = drain_at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            myself.send_after(wait, || WorkerMsg::Walltime);
+        }
         Ok(st)
     }
 
@@ -205,9 +218,10 @@ impl Actor for Worker {
                     crate::process::kill(pid);
                 }
             }
-            WorkerMsg::Stop if st.online => st.start_drain(&myself),
+            WorkerMsg::Stop if st.online => st.start_drain(&myself, st.opts.drain_timeout),
             WorkerMsg::Stop if st.draining => {}
             WorkerMsg::Stop => st.finish(&myself, Ok(())).await,
+            WorkerMsg::Walltime => st.walltime(&myself),
             WorkerMsg::DrainTimeout => {
                 tracing::warn!(
                     running = st.book.held.len(),
@@ -289,6 +303,7 @@ impl WorkerState {
             nanny: self.opts.nanny.clone(),
             running: self.book.running(),
             resources: self.opts.resources.clone(),
+            walltime_end_ms: self.opts.walltime_end.map(crate::slurm::epoch_ms),
         }
     }
 
@@ -331,10 +346,24 @@ impl WorkerState {
         }
     }
 
+    /// The allocation ends soon: drain, and leave a moment before the end
+    /// whatever still runs (the scheduler placed nothing here expected to
+    /// run that long).
+    fn walltime(&mut self, myself: &ActorRef<WorkerMsg>) {
+        let Some(end) = self.opts.walltime_end else { return };
+        let left = end.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        let leave_in = left.saturating_sub(LEAVE_BEFORE_END.min(self.opts.walltime_margin / 2));
+        tracing::info!(
+            ends_in_ms = left.as_millis() as u64,
+            running = self.book.held.len(),
+            "the allocation ends soon: draining, to leave before it does"
+        );
+        self.start_drain(myself, leave_in);
+    }
+
     /// Clean stop: hand queued tasks back, finish and report the running
-    /// ones, wait for their acknowledgement (bounded by `drain_timeout`),
-    /// say goodbye.
-    fn start_drain(&mut self, myself: &ActorRef<WorkerMsg>) {
+    /// ones, wait for their acknowledgement (bounded by `within`), say goodbye.
+    fn start_drain(&mut self, myself: &ActorRef<WorkerMsg>, within: Duration) {
         if self.draining {
             return;
         }
@@ -346,7 +375,7 @@ impl WorkerState {
             "draining: finishing running tasks"
         );
         self.send(FromWorker::Draining { returned });
-        myself.send_after(self.opts.drain_timeout, || WorkerMsg::DrainTimeout);
+        myself.send_after(within, || WorkerMsg::DrainTimeout);
     }
 
     async fn goodbye(&mut self, myself: &ActorRef<WorkerMsg>) {

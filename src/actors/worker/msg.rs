@@ -40,6 +40,8 @@ pub(super) enum WorkerMsg {
     Stop,
     /// The drain took too long: leave the rest to other workers.
     DrainTimeout,
+    /// The allocation ends within the walltime margin: drain and leave.
+    Walltime,
 }
 
 /// An attempt handed to the slots, with what they need to run it.

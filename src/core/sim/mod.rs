@@ -109,6 +109,7 @@ impl Sim {
             nanny: None,
             running: w.running(),
             resources: w.resources.clone(),
+            ends_at: None,
         };
         event(format!("{conn} (pid {}) registers, running {:?}", w.pid, nw.running));
         on_worker_joined(&mut self.core, &mut self.fx, self.now, conn, nw);
