@@ -418,6 +418,13 @@ pub enum CtlCommand {
         #[arg(value_name = "LEVEL")]
         level: String,
     },
+    /// Change the number of worker processes the nannies run to N: new ones
+    /// start on the nannies with the fewest, or the least busy drain and stop.
+    Scale {
+        /// How many workers the nannies should run in all.
+        #[arg(value_name = "N")]
+        workers: u32,
+    },
 }
 
 /// Runs `actord` with the built-in functions.
