@@ -1,0 +1,44 @@
+#!/bin/bash
+# A job longer than one allocation: each allocation starts the scheduler on
+# the journal in $SCRATCH, queues its own successor (it starts when this
+# allocation ends, e.g. at its walltime), and the job goes on from what the
+# journal holds: finished tasks are not run again.
+#   sbatch examples/slurm/restart.sh
+# Environment: ACTORD (default `actord` on PATH), SCRATCH, ACTORD_HOST,
+# TASKS (how many tasks the job has, 200), TASK_SECONDS (each one's length, 5).
+#SBATCH -J actord_restart
+#SBATCH --ntasks=2
+#SBATCH --time=30
+set -euo pipefail
+ACTORD=${ACTORD:-actord}
+STATE=${SCRATCH:?set SCRATCH}/actord-restart
+mkdir -p "$STATE"
+export ACTORD_SCHEDULER_FILE=$STATE/scheduler.json
+
+# The successor, in case this allocation ends before the job does
+# (sbatch passes this environment on; $0 is Slurm's copy of this script).
+next=$(sbatch --parsable --dependency=afterany:"$SLURM_JOB_ID" "$0")
+echo "allocation $SLURM_JOB_ID; successor $next"
+
+# The scheduler replays the journal: the job, its finished tasks, its results.
+"$ACTORD" scheduler --journal "$STATE/journal" ${ACTORD_HOST:+--host "$ACTORD_HOST"} &
+srun -u -n "$SLURM_NTASKS" "$ACTORD" worker --threads 1 &
+"$ACTORD" wait --workers "$SLURM_NTASKS" --timeout 5m
+
+# The job's id is chosen once and kept in $SCRATCH; submitting the same job
+# again is answered as the first time (idempotent), so a crash between the
+# two lines loses nothing.
+[[ -s $STATE/job ]] || cat /proc/sys/kernel/random/uuid >"$STATE/job"
+job=$(<"$STATE/job")
+"$ACTORD" submit --job-id "$job" --array 1-"${TASKS:-200}" -- \
+  sh -c "sleep ${TASK_SECONDS:-5}; echo \$ACTORD_TASK" >/dev/null
+"$ACTORD" ctl job "$job"
+
+# Waits for the tasks still to run (the ones of earlier allocations are done).
+"$ACTORD" gather "$job" --out "$STATE/results.json"
+
+# Finished: the successor is not needed, and the cluster ends cleanly.
+scancel "$next"
+"$ACTORD" ctl shutdown
+wait
+echo "done: results in $STATE/results.json"
