@@ -1,6 +1,7 @@
 //! A real one-node Slurm (`scripts/slurm.sh`: munged, slurmctld, slurmd on
 //! this machine): `sbatch examples/slurm/batch.sh` computes π and ends its
-//! cluster; `actord alloc` submits an allocation for a backlog, whose
+//! cluster; `restart.sh` resumes its job in the allocation it queued after
+//! its own is cancelled; `actord alloc` submits an allocation for a backlog, whose
 //! nanny's workers join and run it, and cancels it once idle. Skipped, saying
 //! why, only where this machine cannot run Slurm (not root, apt-get fails).
 
@@ -109,6 +110,74 @@ fn batch_example(slurm: &Slurm, dir: &Path) {
     assert_eq!(results["results"].as_array().map(|r| r.len()), Some(8), "{results}");
 }
 
+/// An actord client command against the scheduler file `file`.
+fn client(file: &Path, args: &[&str]) -> std::process::Output {
+    let mut c = actord();
+    c.arg(args[0]).arg("--scheduler-file").arg(file).args(&args[1..]).stdin(Stdio::null());
+    c.output().unwrap()
+}
+
+/// The restart example: its first allocation is cancelled mid-job; the
+/// successor it queued resumes the job from the journal in $SCRATCH.
+fn restart_example(slurm: &Slurm, dir: &Path) {
+    let scratch = dir.join("scratch-restart");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let state = scratch.join("actord-restart");
+    let out = slurm
+        .command("sbatch")
+        .arg("--parsable")
+        .arg(format!("{ROOT}/examples/slurm/restart.sh"))
+        .current_dir(dir)
+        // The successors' sbatch reads it too (sbatch passes the environment on).
+        .env("SBATCH_OUTPUT", dir.join("restart-%j.out"))
+        .env("ACTORD", env!("CARGO_BIN_EXE_actord"))
+        .env("SCRATCH", &scratch)
+        .env("ACTORD_HOST", "127.0.0.1")
+        .env("TASKS", "6")
+        .env("TASK_SECONDS", "1")
+        .env_remove("ACTORD_SCHEDULER_FILE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sbatch: {}", String::from_utf8_lossy(&out.stderr));
+    let first = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let output =
+        |id: &str| std::fs::read_to_string(dir.join(format!("restart-{id}.out"))).unwrap_or_default();
+    let finished = || {
+        let Ok(job) = std::fs::read_to_string(state.join("job")) else { return 0 };
+        let out = client(&state.join("scheduler.json"), &["ctl", "job", job.trim(), "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["info"]["finished"].as_u64().unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(90), || finished() >= 2), "no progress:\n{}", output(&first));
+    let done_before = finished();
+    let out = slurm.command("scancel").arg(&first).output().unwrap();
+    assert!(out.status.success(), "scancel: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_until(Duration::from_secs(120), || slurm.jobs(None).is_empty()),
+        "the successor never finished (or left its own successor queued): {:?}\n{}",
+        slurm.jobs(None),
+        output(&first)
+    );
+    let second: String = output(&first)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("allocation {first}; successor ")))
+        .unwrap_or_else(|| panic!("no successor named:\n{}", output(&first)))
+        .to_string();
+    let text = output(&second);
+    assert!(text.contains("done: results in"), "the successor finished the job:\n{text}");
+    let resumed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("state")?.split(':').nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no `ctl job` state line:\n{text}"));
+    assert!(
+        resumed >= done_before,
+        "it resumed with {resumed} tasks done, {done_before} were before:\n{text}"
+    );
+    let results: Value = serde_json::from_slice(&std::fs::read(state.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["results"].as_array().map(|r| r.len()), Some(6), "{results}");
+    assert_eq!(results["failures"].as_array().map(|f| f.len()), Some(0), "{results}");
+}
+
 fn status(cluster: &Cluster) -> Value {
     let out = cluster.run(&["ctl", "status", "--json"]);
     assert!(out.status.success(), "ctl status: {}", stderr(&out));
@@ -176,5 +245,6 @@ fn batch_example_and_allocator_on_a_real_slurm() {
     let dir = tempfile::tempdir().unwrap();
     let Some(slurm) = Slurm::start(&dir.path().join("slurm")) else { return };
     batch_example(&slurm, dir.path());
+    restart_example(&slurm, dir.path());
     allocator(&slurm, dir.path());
 }
