@@ -1,6 +1,6 @@
 //! A real one-node Slurm (`scripts/slurm.sh`: munged, slurmctld, slurmd on
 //! this machine): `sbatch examples/slurm/batch.sh` computes π and ends its
-//! cluster; `restart.sh` resumes its job in the allocation it queued after
+//! cluster; `salloc … interactive.sh` does the same; `restart.sh` resumes its job in the allocation it queued after
 //! its own is cancelled; `actord alloc` submits an allocation for a backlog, whose
 //! nanny's workers join and run it, and cancels it once idle. Skipped, saying
 //! why, only where this machine cannot run Slurm (not root, apt-get fails).
@@ -142,6 +142,16 @@ fn restart_example(slurm: &Slurm, dir: &Path) {
     let first = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let output =
         |id: &str| std::fs::read_to_string(dir.join(format!("restart-{id}.out"))).unwrap_or_default();
+    // Every allocation's output, for a failure's message.
+    let all = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
+        names.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("restart-")));
+        names.sort();
+        names
+            .iter()
+            .map(|p| format!("== {}\n{}", p.display(), std::fs::read_to_string(p).unwrap_or_default()))
+            .collect::<String>()
+    };
     let finished = || {
         let Ok(job) = std::fs::read_to_string(state.join("job")) else { return 0 };
         let out = client(&state.join("scheduler.json"), &["ctl", "job", job.trim(), "--json"]);
@@ -156,15 +166,15 @@ fn restart_example(slurm: &Slurm, dir: &Path) {
         wait_until(Duration::from_secs(120), || slurm.jobs(None).is_empty()),
         "the successor never finished (or left its own successor queued): {:?}\n{}",
         slurm.jobs(None),
-        output(&first)
+        all()
     );
     let second: String = output(&first)
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("allocation {first}; successor ")))
+        .find_map(|l| l.strip_prefix(&format!("allocation {first} (1); successor ")))
         .unwrap_or_else(|| panic!("no successor named:\n{}", output(&first)))
         .to_string();
     let text = output(&second);
-    assert!(text.contains("done: results in"), "the successor finished the job:\n{text}");
+    assert!(text.contains("done: results in"), "the successor finished the job:\n{}", all());
     let resumed: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("state")?.split(':').nth(1)?.split_whitespace().next()?.parse().ok())
@@ -176,6 +186,31 @@ fn restart_example(slurm: &Slurm, dir: &Path) {
     let results: Value = serde_json::from_slice(&std::fs::read(state.join("results.json")).unwrap()).unwrap();
     assert_eq!(results["results"].as_array().map(|r| r.len()), Some(6), "{results}");
     assert_eq!(results["failures"].as_array().map(|f| f.len()), Some(0), "{results}");
+}
+
+/// The interactive steps, run by `salloc` as a user would type them in one.
+fn interactive_example(slurm: &Slurm, dir: &Path) {
+    let work = dir.join("interactive");
+    std::fs::create_dir_all(work.join("scratch")).unwrap();
+    let out = slurm
+        .command("salloc")
+        .args(["-n", "2", "bash", &format!("{ROOT}/examples/slurm/interactive.sh")])
+        .current_dir(&work)
+        .env("ACTORD", env!("CARGO_BIN_EXE_actord"))
+        .env("SCRATCH", work.join("scratch"))
+        .env("ACTORD_HOST", "127.0.0.1")
+        .env("DARTS_INPUTS", "4")
+        .env("DARTS_SCALE", "0.01")
+        .env_remove("ACTORD_SCHEDULER_FILE")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "salloc: {text}");
+    assert!(text.contains("dask test completed"), "{text}");
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(work.join("darts_output.json")).unwrap()).unwrap();
+    let pi = results["pi"].as_f64().unwrap_or_else(|| panic!("{results}"));
+    assert!((pi - std::f64::consts::PI).abs() < 0.1, "π ≈ {pi}");
 }
 
 fn status(cluster: &Cluster) -> Value {
@@ -245,6 +280,7 @@ fn batch_example_and_allocator_on_a_real_slurm() {
     let dir = tempfile::tempdir().unwrap();
     let Some(slurm) = Slurm::start(&dir.path().join("slurm")) else { return };
     batch_example(&slurm, dir.path());
+    interactive_example(&slurm, dir.path());
     restart_example(&slurm, dir.path());
     allocator(&slurm, dir.path());
 }

@@ -14,6 +14,8 @@ ACTORD=${ACTORD:-actord}
 RUN=${SCRATCH:?set SCRATCH}/actord/$SLURM_JOB_ID
 mkdir -p "$RUN"
 # Every actord command below finds the scheduler through this file.
+# Whatever happens, nothing this script started outlives it.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 export ACTORD_SCHEDULER_FILE=$RUN/scheduler.json
 
 # 1. The scheduler, on this (the batch) node; it writes the file once it listens.
