@@ -194,6 +194,47 @@ mod tests {
         assert_eq!(plan_scale(&n, &c, 3), ScalePlan::default());
     }
 
+    /// Through the core: a nanny with two workers is told to start one in
+    /// a new slot, then one of its workers is retired; a second `scale`
+    /// right after counts what the first asked for.
+    #[test]
+    fn on_scale_tells_the_nanny_and_counts_what_it_asked_for() {
+        use super::super::testenv::{step, worker, TestFx, CLIENT};
+        use crate::protocol::{NannySlot, SlotInfo};
+        let mut core = Core::new(Default::default());
+        let mut fx = TestFx::default();
+        let nconn = ConnId(7);
+        let running = |slot| SlotInfo { slot, state: SlotState::Running { pid: 10 + slot }, restarts: 0 };
+        let msg = super::super::NannyMsg { host: "h".into(), pid: 5, slots: vec![running(0), running(1)] };
+        super::super::on_nanny_registered(&mut core, &mut fx, nconn, msg);
+        let mut ids = vec![];
+        for slot in 0..2 {
+            let mut w = worker(1);
+            w.nanny = Some(NannySlot { pid: 5, slot });
+            ids.push(step::on_worker_joined(&mut core, &mut fx, 0, ConnId(20 + slot as u64), w));
+        }
+        fx.nannies.clear();
+        on_scale(&mut core, &mut fx, CLIENT, 3);
+        assert!(
+            matches!(&fx.nannies[..], [(c, ToNanny::StartWorkers { slots })] if *c == nconn && slots == &[2])
+        );
+        on_scale(&mut core, &mut fx, CLIENT, 3);
+        assert_eq!(fx.nannies.len(), 1, "the slot asked for counts already");
+        assert!(matches!(&fx.clients[1].1, ToClient::Done { message } if message == "already 3 workers"));
+        fx.nannies.clear();
+        on_scale(&mut core, &mut fx, CLIENT, 2);
+        assert!(
+            matches!(&fx.nannies[..], [(c, ToNanny::RetireWorker { slot: 1 })] if *c == nconn),
+            "{:?}",
+            fx.nannies
+        );
+        assert!(core.workers.find_worker(ids[1]).unwrap().draining, "it takes no new tasks");
+        on_scale(&mut core, &mut fx, CLIENT, 70_000);
+        assert!(
+            matches!(&fx.clients.last().unwrap().1, ToClient::Error { message, .. } if message.contains("at most"))
+        );
+    }
+
     #[test]
     fn no_nanny_means_nothing_to_start() {
         assert_eq!(plan_scale(&[], &[], 4), ScalePlan::default());
