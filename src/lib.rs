@@ -5,6 +5,7 @@
 //! `client` the Rust client; `cli` the `actord` command line.
 
 pub mod actors;
+pub mod alloc;
 pub mod cli;
 pub mod client;
 pub mod config;

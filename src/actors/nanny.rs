@@ -80,6 +80,24 @@ struct Slot {
     retired: bool,
 }
 
+impl Slot {
+    fn new(actor: Option<ActorRef<WorkerProcMsg>>) -> Slot {
+        Slot {
+            actor,
+            recent: VecDeque::new(),
+            total_restarts: 0,
+            requested: false,
+            started: Instant::now(),
+            quick_deaths: 0,
+            pid: 0,
+            retired: false,
+        }
+    }
+}
+
+/// The most slots a nanny keeps (`ctl scale` adds slots one past the last).
+const MAX_SLOTS: usize = crate::core::MAX_SCALE as usize;
+
 /// How long after its link failed the nanny starts a new one.
 const LINK_RESTART: Duration = Duration::from_secs(1);
 
@@ -123,6 +141,76 @@ impl NannyState {
         self.link = link::start(myself, file, slots, self.opts.dismissed.clone()).await?;
         tracing::info!("nanny started a new scheduler link");
         Ok(())
+    }
+
+    /// `ctl scale`: a retired slot gets a worker again (one still draining
+    /// is kept instead), a slot right after the last one is added.
+    async fn start_workers(
+        &mut self,
+        myself: &ActorRef<NannyMsg>,
+        slots: Vec<u32>,
+    ) -> Result<(), ActorProcessingErr> {
+        for slot in slots {
+            let idx = slot as usize;
+            if idx == self.slots.len() && idx < MAX_SLOTS {
+                self.slots.push(Slot::new(None));
+            }
+            let Some(s) = self.slots.get_mut(idx) else {
+                tracing::warn!(
+                    slot,
+                    slots = self.slots.len(),
+                    "asked to start a worker in a slot out of range"
+                );
+                continue;
+            };
+            if self.stopping || (s.actor.is_some() && !s.retired) {
+                continue;
+            }
+            s.retired = false;
+            let pid = s.pid;
+            if s.actor.is_some() {
+                // Still draining after a retire: it exits, and comes back at once.
+                s.requested = true;
+                self.tell(slot, SlotState::Running { pid });
+                continue;
+            }
+            s.recent.clear();
+            s.quick_deaths = 0;
+            s.actor = Some(spawn_slot(myself, &self.opts, slot).await?);
+            s.started = Instant::now();
+            tracing::info!(slot, "starting a worker as asked (scale)");
+            self.tell(slot, SlotState::Running { pid: 0 });
+        }
+        Ok(())
+    }
+
+    /// An operator retired a slot: its worker drains (SIGTERM) and is not
+    /// restarted; a slot without a worker process right now stays empty.
+    fn retire(&mut self, slot: u32) {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            tracing::warn!(slot, "retire asked for a slot this nanny does not have");
+            return;
+        };
+        if s.retired {
+            return;
+        }
+        s.retired = true;
+        s.requested = false;
+        match (&s.actor, s.pid) {
+            (Some(_), 0) => tracing::info!(slot, "retiring a worker that is starting: it stops once up"),
+            (Some(_), pid) => {
+                tracing::info!(
+                    slot,
+                    pid,
+                    "retiring the worker as asked: it drains, then its slot stays empty"
+                );
+                crate::process::terminate(pid);
+            }
+            (None, _) => {
+                tracing::info!(slot, "retiring an empty slot: it stays empty");
+                self.tell(slot, SlotState::Retired);
+            }
+        }
     }
 }
 
@@ -195,16 +283,7 @@ impl Actor for Nanny {
         let mut slots = Vec::new();
         for slot in 0..opts.workers {
             let actor = spawn_slot(&myself, &opts, slot).await?;
-            slots.push(Slot {
-                actor: Some(actor),
-                recent: VecDeque::new(),
-                total_restarts: 0,
-                requested: false,
-                started: Instant::now(),
-                quick_deaths: 0,
-                pid: 0,
-                retired: false,
-            });
+            slots.push(Slot::new(Some(actor)));
         }
         tracing::info!(workers = opts.workers, "nanny started its workers");
         Ok(NannyState { opts, slots, stopping: false, link, told })
@@ -218,29 +297,20 @@ impl Actor for Nanny {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             NannyMsg::Started { slot, pid } => {
-                if let Some(s) = st.slots.get_mut(slot as usize) {
-                    s.pid = pid;
-                }
-                st.tell(slot, SlotState::Running { pid })
-            }
-            NannyMsg::RetireWorker(slot) => {
-                let Some(s) = st.slots.get_mut(slot as usize) else {
-                    tracing::warn!(slot, "retire asked for a slot this nanny does not have");
-                    return Ok(());
-                };
-                if s.actor.is_some() && s.pid > 0 && !s.retired {
-                    tracing::info!(
-                        slot,
-                        pid = s.pid,
-                        "retiring the worker as asked: it drains, then its slot stays empty"
-                    );
-                    s.retired = true;
-                    crate::process::terminate(s.pid);
+                let Some(s) = st.slots.get_mut(slot as usize) else { return Ok(()) };
+                s.pid = pid;
+                if s.retired {
+                    // Retired while it started: it drains (it has nothing yet) and stops.
+                    crate::process::terminate(pid);
+                } else {
+                    st.tell(slot, SlotState::Running { pid })
                 }
             }
+            NannyMsg::StartWorkers(slots) => st.start_workers(&myself, slots).await?,
+            NannyMsg::RetireWorker(slot) => st.retire(slot),
             NannyMsg::Respawn(slot) => {
                 let s = &st.slots[slot as usize];
-                if !st.stopping && s.actor.is_none() {
+                if !st.stopping && s.actor.is_none() && !s.retired {
                     let actor = spawn_slot(&myself, &st.opts, slot).await?;
                     let s = &mut st.slots[slot as usize];
                     s.actor = Some(actor);

@@ -114,6 +114,7 @@ fn log_admin(peer: &str, msg: &FromClient) {
             (format!("shutdown{drain} --keep-workers"), true)
         }
         FromClient::LogLevel { level } => (format!("log-level {level}"), true),
+        FromClient::Scale { workers } => (format!("scale {workers}"), true),
         FromClient::Status => ("status".into(), false),
         FromClient::Workers => ("workers".into(), false),
         FromClient::Nannies => ("nannies".into(), false),

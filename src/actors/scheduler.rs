@@ -333,6 +333,7 @@ fn client_msg(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState, now: u64, co
         FromClient::Job { job } => core::on_job(core, fx, now, conn, job),
         FromClient::Retry { job } => core::on_retry(core, fx, conn, job),
         FromClient::RetireWorker { worker } => core::on_retire_worker(core, fx, conn, worker),
+        FromClient::Scale { workers } => core::on_scale(core, fx, conn, workers),
         FromClient::Journal => {
             let journal = st.journal_info();
             st.outbox.to_client(conn, ToClient::Journal { journal });

@@ -16,6 +16,7 @@ pub async fn run(cli: Cli, registry: Registry) -> Result<ExitCode, CliError> {
         Command::Worker(a) => super::worker::run(&config, &a, registry).await,
         Command::Nanny(a) => super::nanny::run(&config, config_path.as_deref(), &a).await,
         Command::Journal(c) => super::journal::run(c),
+        Command::Alloc(a) => super::alloc::run(&config, config_path.as_deref(), a).await,
         Command::Local(a) => super::local::local(&config, config_path.as_deref(), a).await,
         Command::Client(c) => client_command(&config, c).await,
         Command::Console(c) => {

@@ -63,6 +63,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> An
         C::Shutdown { drain: false, keep_workers } => shutdown(client, keep_workers, json).await,
         C::Shutdown { drain: true, keep_workers } => drain(client, keep_workers, json).await,
         C::LogLevel { level } => admin(client, FromClient::LogLevel { level }, json).await,
+        C::Scale { workers } => admin(client, FromClient::Scale { workers }, json).await,
     }
 }
 

@@ -7,6 +7,7 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
 }
 
+mod alloc;
 mod client_command;
 mod commands;
 mod common;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Offline journal tools.
     #[command(subcommand)]
     Journal(journal::JournalCommand),
+    /// Submit and cancel Slurm allocations that run `actord nanny`, as the
+    /// scheduler's backlog asks (min/max workers, idle timeout, walltime).
+    Alloc(alloc::AllocArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -439,6 +443,13 @@ pub enum CtlCommand {
         /// TARGET=LEVEL directives.
         #[arg(value_name = "LEVEL")]
         level: String,
+    },
+    /// Change the number of worker processes the nannies run to N: new ones
+    /// start on the nannies with the fewest, or the least busy drain and stop.
+    Scale {
+        /// How many workers the nannies should run in all.
+        #[arg(value_name = "N")]
+        workers: u32,
     },
 }
 

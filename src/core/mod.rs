@@ -13,6 +13,7 @@ mod pins;
 mod queue;
 mod replay;
 mod reports;
+mod scale;
 mod schedule;
 #[cfg(test)]
 mod sim;
@@ -43,6 +44,7 @@ pub use pins::Leave;
 pub use queue::ReadyEntry;
 pub use replay::*;
 pub use reports::*;
+pub use scale::{on_scale, plan_scale, Candidate, NannyView, ScalePlan, MAX_SCALE};
 pub use schedule::*;
 pub use state::*;
 pub use submit::*;

@@ -67,6 +67,10 @@ pub enum FromClient {
     /// Change the scheduler's log filter (e.g. `debug`, `actord=trace`);
     /// answered with `Done`.
     LogLevel { level: String },
+    /// Change the number of nanny-started worker processes to `workers`:
+    /// nannies start new ones, or retire (drain, then stop) the least busy;
+    /// answered with `Done`.
+    Scale { workers: u32 },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -59,6 +59,11 @@ pub enum ToNanny {
     Error {
         message: String,
     },
+    /// Start workers in these slots (`ctl scale`): each is a retired slot
+    /// of this nanny or the next one after its last.
+    StartWorkers {
+        slots: Vec<u32>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -94,4 +94,6 @@ fn nanny_both_ways() {
     };
     pinned(&FromNanny::Slot { info }, "81a4536c6f7481a4696e666f83a4736c6f7401a5737461746581aa52657374617274696e6782a5696e5f6d7332a96c6173745f65786974a87369676e616c2039a8726573746172747302");
     pinned(&ToNanny::RetireWorker { slot: 1 }, "81ac526574697265576f726b657281a4736c6f7401");
+    pinned(&ToNanny::StartWorkers { slots: vec![2, 3] }, "81ac5374617274576f726b65727381a5736c6f7473920203");
+    pinned(&FromClient::Scale { workers: 4 }, "81a55363616c6581a7776f726b65727304");
 }

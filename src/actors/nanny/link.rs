@@ -203,6 +203,9 @@ impl Link {
                 let _ = self.nanny.cast(NannyMsg::Shutdown);
                 return false;
             }
+            Ok(ToNanny::StartWorkers { slots }) => {
+                let _ = self.nanny.cast(NannyMsg::StartWorkers(slots));
+            }
             Ok(ToNanny::Error { message }) => {
                 tracing::warn!(message = ?message, "scheduler reports an error")
             }

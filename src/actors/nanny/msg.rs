@@ -15,6 +15,9 @@ pub enum NannyMsg {
     /// An operator asked to retire this slot's worker: SIGTERM (the worker
     /// drains, however long its running tasks take), no restart.
     RetireWorker(u32),
+    /// `ctl scale`: start workers in these slots (retired ones, or new
+    /// ones right after the last).
+    StartWorkers(Vec<u32>),
     /// The scheduler link failed a while ago: start a new one.
     RestartLink,
     /// Stop every worker (SIGTERM, then SIGKILL after the grace), then the nanny.
