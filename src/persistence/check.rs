@@ -133,15 +133,17 @@ impl Scan {
             }
             let first = &ps[0].2;
             let (seq, name, digest) = (first.seq, first.name.clone(), first.digest);
-            let mut tasks = Vec::with_capacity(first.total as usize);
+            let mut tasks = Vec::with_capacity(ps.len());
             let mut functions = Vec::new();
             let mark = marks.entry(job).or_default();
             mark.records = ps.len() as u64;
             mark.set_name(&name);
             for (_, _, p) in ps {
-                tasks.extend(p.tasks);
+                // Kept in their parts: no copy into one list.
+                tasks.push(p.tasks);
                 functions.extend(p.functions);
             }
+            let tasks = crate::journal_record::TaskList::Specs(tasks);
             jobs.push((seq, Record::JobSubmitted { job, seq, name, tasks, functions, digest }));
         }
         jobs.sort_by_key(|(seq, _)| *seq);

@@ -6,8 +6,7 @@ use crate::ids::JobId;
 use crate::journal_record::TaskSpec;
 use serde::{Deserialize, Serialize};
 
-/// Most tasks per `jobs` value, so a huge job is written in pieces.
-pub const TASKS_PER_PART: usize = 65_536;
+pub use crate::journal_record::TASKS_PER_PART;
 
 #[derive(Serialize, Deserialize)]
 pub struct JobPart {
