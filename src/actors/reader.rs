@@ -71,7 +71,8 @@ fn forward(st: &ReaderArgs, frame: &[u8]) -> Result<bool, String> {
         }
         Role::Client if super::submit_frame::is_submit(frame) => {
             // Straight into the job's compact records, off the scheduler's loop.
-            let msg = super::submit_frame::decode_submit(frame).map_err(|e| format!("bad client message: {e}"))?;
+            let msg =
+                super::submit_frame::decode_submit(frame).map_err(|e| format!("bad client message: {e}"))?;
             st.scheduler.cast(SchedMsg::Submit { conn, msg })
         }
         Role::Client => {

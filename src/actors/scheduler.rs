@@ -291,9 +291,13 @@ fn worker_msg(core: &mut Core, fx: &mut Outbox, now: u64, conn: ConnId, msg: Fro
 fn client_msg(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState, now: u64, conn: ConnId, msg: FromClient) {
     let (core, fx) = (&mut st.core, &mut st.outbox);
     match msg {
-        FromClient::Submit { job, name, tasks, functions } => {
-            core::on_submit_job(core, fx, now, conn, core::SubmitMsg::with_functions(job, name, tasks, functions))
-        }
+        FromClient::Submit { job, name, tasks, functions } => core::on_submit_job(
+            core,
+            fx,
+            now,
+            conn,
+            core::SubmitMsg::with_functions(job, name, tasks, functions),
+        ),
         FromClient::Watch { job } => core::on_watch(core, fx, conn, job),
         FromClient::Workers => core::on_list_workers(core, fx, now, conn),
         FromClient::Nannies => core::on_list_nannies(core, fx, conn),

@@ -133,7 +133,10 @@ mod tests {
 
     fn specs() -> Vec<TaskSpec> {
         vec![
-            TaskSpec { key: Some("a".into()), ..TaskSpec::new(TaskKind::Fn { name: "inc".into(), args: vec![1] }) },
+            TaskSpec {
+                key: Some("a".into()),
+                ..TaskSpec::new(TaskKind::Fn { name: "inc".into(), args: vec![1] })
+            },
             TaskSpec {
                 deps: vec![Dep::key("a")],
                 ..TaskSpec::new(TaskKind::Py { func: 0, args: bytes::Bytes::from_static(b"p") })

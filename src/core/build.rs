@@ -192,7 +192,9 @@ impl JobBuilder {
         let kind = match s.kind {
             rec::TaskKind::Fn { name, .. } => TaskKind::Fn { name, args: Vec::new() },
             rec::TaskKind::Py { func, .. } => TaskKind::Py { func, args: bytes::Bytes::new() },
-            rec::TaskKind::Cmd { argv, env, discard_output, cwd } => TaskKind::Cmd { argv, env, discard_output, cwd },
+            rec::TaskKind::Cmd { argv, env, discard_output, cwd } => {
+                TaskKind::Cmd { argv, env, discard_output, cwd }
+            }
         };
         let sh = Arc::new(Shape {
             kind,

@@ -123,13 +123,8 @@ fn check_keys(b: &JobBuilder) -> Result<(), String> {
     let clashes_with_index = |k: &str| {
         k.parse::<usize>().is_ok_and(|j| j < n && !b.key_of.contains_key(&(j as u32)) && j.to_string() == k)
     };
-    let first = b
-        .key_of
-        .iter()
-        .filter(|(_, k)| clashes_with_index(k))
-        .map(|(i, _)| *i)
-        .chain(b.first_dup_key)
-        .min();
+    let first =
+        b.key_of.iter().filter(|(_, k)| clashes_with_index(k)).map(|(i, _)| *i).chain(b.first_dup_key).min();
     match first {
         Some(i) => Err(format!("task key {:?} appears twice (task {i})", b.key_of[&i])),
         None => Ok(()),

@@ -26,11 +26,11 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
             Record::TasksDone { job, done } => {
                 for d in done {
                     let tid = TaskId { job, idx: d.idx };
-                    if core.find_task(tid).map(|t| t.outcome.is_none()) == Some(true) {
-                        let t = core.get_task_mut(tid);
-                        t.attempts = t.attempts.max(d.attempt);
-                        graph::set_outcome(core, now, tid, d.outcome.into(), d.canceled);
-                    }
+                    let Some(t) = core.jobs.find_task_mut(tid).filter(|t| t.outcome.is_none()) else {
+                        continue;
+                    };
+                    t.attempts = t.attempts.max(d.attempt);
+                    graph::set_outcome(core, now, tid, d.outcome.into(), d.canceled);
                 }
             }
             Record::JobForgotten { job } => {
@@ -57,7 +57,14 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
 
 /// A journaled job, built spec by spec from its record (each spec dropped
 /// as soon as it is compacted).
-fn replay_job(core: &mut Core, now: u64, head: JobHead, tasks: TaskList, functions: Vec<bytes::Bytes>, digest: u64) {
+fn replay_job(
+    core: &mut Core,
+    now: u64,
+    head: JobHead,
+    tasks: TaskList,
+    functions: Vec<bytes::Bytes>,
+    digest: u64,
+) {
     let job = head.job;
     // (Journals written before the digest was kept: computed.)
     let mut b = JobBuilder::new(tasks.len(), Build::Replay { digest: digest == 0 }, tasks.len());

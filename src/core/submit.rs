@@ -144,7 +144,12 @@ impl SubmitMsg {
     }
 
     /// A job of these specs and function table.
-    pub fn with_functions(job: JobId, name: String, tasks: Vec<TaskSpec>, functions: Vec<bytes::Bytes>) -> SubmitMsg {
+    pub fn with_functions(
+        job: JobId,
+        name: String,
+        tasks: Vec<TaskSpec>,
+        functions: Vec<bytes::Bytes>,
+    ) -> SubmitMsg {
         SubmitMsg { job, name, tasks: JobBuilder::from_specs(tasks), functions }
     }
 }

@@ -32,7 +32,10 @@ pub struct EncodedTasks {
 pub enum PartTasks<'a> {
     Specs(Vec<&'a TaskSpec>),
     /// `n` encoded specs.
-    Encoded { n: usize, bytes: &'a [u8] },
+    Encoded {
+        n: usize,
+        bytes: &'a [u8],
+    },
 }
 
 /// A writer that appends to a buffer and shows every write to `tap`.
@@ -173,7 +176,10 @@ mod tests {
 
     fn specs(n: usize) -> Vec<TaskSpec> {
         (0..n)
-            .map(|i| TaskSpec { key: (i % 3 == 0).then(|| format!("k{i}")), ..TaskSpec::cmd(vec![format!("t{i}")]) })
+            .map(|i| TaskSpec {
+                key: (i % 3 == 0).then(|| format!("k{i}")),
+                ..TaskSpec::cmd(vec![format!("t{i}")])
+            })
             .collect()
     }
 

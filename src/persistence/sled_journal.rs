@@ -512,7 +512,8 @@ mod tests {
             let mut enc = crate::journal_record::EncodedTasks::default();
             specs.iter().for_each(|s| enc.push(s, &mut |_| {}));
             let (enc, dec) = (TaskList::Encoded(enc), TaskList::from(specs));
-            for (fs, digest) in [(&functions[..], 9), (&[][..], 0), (&functions[..], 0), (&[][..], u64::MAX)] {
+            for (fs, digest) in [(&functions[..], 9), (&[][..], 0), (&functions[..], 0), (&[][..], u64::MAX)]
+            {
                 let a = job_payloads(3, "job", &enc, fs, digest).unwrap();
                 let b = job_payloads(3, "job", &dec, fs, digest).unwrap();
                 assert_eq!(a, b, "n = {n}");
