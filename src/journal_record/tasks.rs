@@ -177,7 +177,7 @@ mod tests {
     fn specs(n: usize) -> Vec<TaskSpec> {
         (0..n)
             .map(|i| TaskSpec {
-                key: (i % 3 == 0).then(|| format!("k{i}")),
+                key: i.is_multiple_of(3).then(|| format!("k{i}")),
                 ..TaskSpec::cmd(vec![format!("t{i}")])
             })
             .collect()

@@ -503,7 +503,7 @@ mod tests {
     #[test]
     fn parts_of_encoded_tasks_have_the_bytes_of_parts_of_decoded_ones() {
         let spec = |i: usize| TaskSpec {
-            key: (i % 5 == 0).then(|| format!("k{i}")),
+            key: i.is_multiple_of(5).then(|| format!("k{i}")),
             ..TaskSpec::cmd(vec![format!("t{i}")])
         };
         let functions = [bytes::Bytes::from_static(b"f")];
