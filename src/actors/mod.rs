@@ -66,6 +66,7 @@ pub mod reader;
 pub mod root;
 pub mod scheduler;
 pub mod session;
+mod submit_frame;
 pub mod worker;
 
 use crate::core::{Core, CoreConfig};

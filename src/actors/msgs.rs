@@ -29,6 +29,11 @@ pub enum SchedMsg {
         conn: ConnId,
         msg: FromNanny,
     },
+    /// A client's `Submit`, decoded into the job's compact records.
+    Submit {
+        conn: ConnId,
+        msg: crate::core::SubmitMsg,
+    },
     Closed {
         conn: ConnId,
     },

@@ -69,6 +69,12 @@ fn forward(st: &ReaderArgs, frame: &[u8]) -> Result<bool, String> {
             let msg = decode::<FromWorker>(frame).map_err(|e| format!("bad worker message: {e}"))?;
             st.scheduler.cast(SchedMsg::Worker { conn, msg })
         }
+        Role::Client if super::submit_frame::is_submit(frame) => {
+            // Straight into the job's compact records, off the scheduler's loop.
+            let msg =
+                super::submit_frame::decode_submit(frame).map_err(|e| format!("bad client message: {e}"))?;
+            st.scheduler.cast(SchedMsg::Submit { conn, msg })
+        }
         Role::Client => {
             let msg = decode::<FromClient>(frame).map_err(|e| format!("bad client message: {e}"))?;
             log_admin(&st.peer, &msg);

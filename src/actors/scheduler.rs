@@ -197,6 +197,7 @@ fn handle_msg(
             SchedMsg::Worker { conn, msg } => worker_msg(core, fx, now, conn, msg),
             SchedMsg::Client { conn, msg } => client_msg(&myself, st, now, conn, msg),
             SchedMsg::Nanny { conn, msg } => nanny_msg(core, fx, now, conn, msg),
+            SchedMsg::Submit { conn, msg } => core::on_submit_job(core, fx, now, conn, msg),
             SchedMsg::Closed { conn } => {
                 st.sessions.remove(&conn);
                 core::on_connection_closed(core, fx, now, conn);
@@ -292,9 +293,13 @@ fn worker_msg(core: &mut Core, fx: &mut Outbox, now: u64, conn: ConnId, msg: Fro
 fn client_msg(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState, now: u64, conn: ConnId, msg: FromClient) {
     let (core, fx) = (&mut st.core, &mut st.outbox);
     match msg {
-        FromClient::Submit { job, name, tasks, functions } => {
-            core::on_submit_job(core, fx, now, conn, core::SubmitMsg { job, name, tasks, functions })
-        }
+        FromClient::Submit { job, name, tasks, functions } => core::on_submit_job(
+            core,
+            fx,
+            now,
+            conn,
+            core::SubmitMsg::with_functions(job, name, tasks, functions),
+        ),
         FromClient::Watch { job } => core::on_watch(core, fx, conn, job),
         FromClient::Workers => core::on_list_workers(core, fx, now, conn),
         FromClient::Nannies => core::on_list_nannies(core, fx, conn),

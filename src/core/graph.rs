@@ -2,10 +2,11 @@
 //! refused), readiness as dependencies finish, failure propagating to
 //! dependents, and the ready queue (priority, then submission order).
 
+use super::build::JobBuilder;
 use super::{Core, Effects, Job, TaskState};
 use crate::ids::{JobId, TaskId};
 use crate::journal_record::{DoneTask, Record};
-use crate::protocol::{Outcome, TaskOutcome, TaskSpec, ToClient};
+use crate::protocol::{Outcome, TaskOutcome, ToClient};
 use rustc_hash::FxHashMap as HashMap;
 
 /// The index of the task named `key` in `job`: its own key, or its index.
@@ -23,26 +24,28 @@ pub fn task_name(job: &Job, idx: u32) -> String {
     job.key(idx).map_or_else(|| idx.to_string(), str::to_string)
 }
 
-/// Resolves every task's dependencies to task ids (none at all, for a job
-/// whose tasks have none: no list per task); refuses duplicate keys,
-/// unknown keys (or jobs), self-dependencies and cycles.
-pub fn resolve(core: &Core, job: JobId, specs: &[TaskSpec]) -> Result<Vec<Vec<TaskId>>, String> {
-    if specs.iter().all(|s| s.deps.is_empty()) {
-        check_keys(specs)?;
+/// Resolves the dependencies of the tasks that have any to task ids (none
+/// at all for a job whose tasks have none); refuses duplicate keys, unknown
+/// keys (or jobs), self-dependencies and cycles.
+pub fn resolve(core: &Core, job: JobId, b: &JobBuilder) -> Result<Vec<(u32, Vec<TaskId>)>, String> {
+    let n = b.len();
+    if b.pending.is_empty() {
+        check_keys(b)?;
         return Ok(Vec::new());
     }
+    let idx_names: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    let name = |i: usize| b.key_of.get(&(i as u32)).map_or(idx_names[i].as_str(), String::as_str);
     let mut keys: HashMap<&str, u32> = HashMap::default();
-    let idx_names: Vec<String> = (0..specs.len()).map(|i| i.to_string()).collect();
-    for (i, s) in specs.iter().enumerate() {
-        let name = s.key.as_deref().unwrap_or(&idx_names[i]);
-        if keys.insert(name, i as u32).is_some() {
-            return Err(format!("task key {name:?} appears twice (task {i})"));
+    for i in 0..n {
+        if keys.insert(name(i), i as u32).is_some() {
+            return Err(format!("task key {:?} appears twice (task {i})", name(i)));
         }
     }
-    let mut out = Vec::with_capacity(specs.len());
-    for (i, s) in specs.iter().enumerate() {
-        let mut deps = Vec::with_capacity(s.deps.len());
-        for d in &s.deps {
+    let mut out = Vec::with_capacity(b.pending.len());
+    for (i, ds) in &b.pending {
+        let i = *i as usize;
+        let mut deps = Vec::with_capacity(ds.len());
+        for d in ds {
             match d.job {
                 Some(other) if other != job => {
                     let Some(oj) = core.jobs.find_job(other) else {
@@ -72,54 +75,60 @@ pub fn resolve(core: &Core, job: JobId, specs: &[TaskSpec]) -> Result<Vec<Vec<Ta
                 }
             }
         }
-        out.push(deps);
+        out.push((i as u32, deps));
     }
-    // Kahn's algorithm over the edges inside this job: what is left is a cycle.
-    let mut indegree = vec![0u32; specs.len()];
-    let mut children: Vec<Vec<u32>> = vec![Vec::new(); specs.len()];
-    for (i, deps) in out.iter().enumerate() {
-        for d in deps.iter().filter(|d| d.job == job) {
-            indegree[i] += 1;
-            children[d.idx as usize].push(i as u32);
+    check_acyclic(job, n, &out, name)?;
+    Ok(out)
+}
+
+/// Kahn's algorithm over the edges inside this job: what is left is a cycle.
+fn check_acyclic<'a>(
+    job: JobId,
+    n: usize,
+    deps: &[(u32, Vec<TaskId>)],
+    name: impl Fn(usize) -> &'a str,
+) -> Result<(), String> {
+    let mut indegree = vec![0u32; n];
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::default();
+    for (i, ds) in deps {
+        for d in ds.iter().filter(|d| d.job == job) {
+            indegree[*i as usize] += 1;
+            children.entry(d.idx).or_default().push(*i);
         }
     }
-    let mut stack: Vec<u32> = (0..specs.len() as u32).filter(|i| indegree[*i as usize] == 0).collect();
+    let mut stack: Vec<u32> = (0..n as u32).filter(|i| indegree[*i as usize] == 0).collect();
     let mut seen = 0;
-    while let Some(n) = stack.pop() {
+    while let Some(t) = stack.pop() {
         seen += 1;
-        for c in &children[n as usize] {
+        for c in children.get(&t).into_iter().flatten() {
             indegree[*c as usize] -= 1;
             if indegree[*c as usize] == 0 {
                 stack.push(*c);
             }
         }
     }
-    if seen < specs.len() {
-        let mut in_cycle: Vec<&str> = (0..specs.len())
-            .filter(|i| indegree[*i] > 0)
-            .map(|i| specs[i].key.as_deref().unwrap_or(&idx_names[i]))
-            .collect();
+    if seen < n {
+        let mut in_cycle: Vec<&str> = (0..n).filter(|i| indegree[*i] > 0).map(name).collect();
         in_cycle.truncate(5);
         return Err(format!("the dependencies form a cycle (through {})", in_cycle.join(", ")));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Refuses duplicate names without building a map of every task's name:
 /// explicit keys must differ from each other and from the index of any task
 /// without a key.
-fn check_keys(specs: &[TaskSpec]) -> Result<(), String> {
-    let mut seen: HashMap<&str, u32> = HashMap::default();
-    for (i, s) in specs.iter().enumerate() {
-        let Some(k) = s.key.as_deref() else { continue };
-        let clash = seen.insert(k, i as u32).is_some()
-            || k.parse::<usize>()
-                .is_ok_and(|j| j < specs.len() && specs[j].key.is_none() && j.to_string() == k);
-        if clash {
-            return Err(format!("task key {k:?} appears twice (task {i})"));
-        }
+fn check_keys(b: &JobBuilder) -> Result<(), String> {
+    let n = b.len();
+    let clashes_with_index = |k: &str| {
+        k.parse::<usize>().is_ok_and(|j| j < n && !b.key_of.contains_key(&(j as u32)) && j.to_string() == k)
+    };
+    let first =
+        b.key_of.iter().filter(|(_, k)| clashes_with_index(k)).map(|(i, _)| *i).chain(b.first_dup_key).min();
+    match first {
+        Some(i) => Err(format!("task key {:?} appears twice (task {i})", b.key_of[&i])),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Outcomes of one step, journaled and told to watchers together.

@@ -3,6 +3,7 @@
 //! scheduler actor executes those effects (journal first, then messages).
 
 mod admin;
+mod build;
 mod check;
 mod compact;
 mod deadlines;
@@ -37,6 +38,7 @@ mod views;
 mod worker;
 
 pub use admin::*;
+pub use build::{Build, JobBuilder};
 pub use graph::{key_index, task_name};
 pub use lifecycle::*;
 pub use maps::{TaskMap, WorkerMap};

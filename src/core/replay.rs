@@ -2,11 +2,12 @@
 //! live events make.
 
 use super::admin::retry_tasks;
+use super::build::{Build, JobBuilder};
 use super::graph::{self};
-use super::submit::{insert_job, submission_digest, JobHead};
+use super::submit::{insert_job, JobHead};
 use super::{Core, TaskState};
 use crate::ids::TaskId;
-use crate::journal_record::Record;
+use crate::journal_record::{Record, TaskList};
 
 /// Rebuilds the core from journal records, through the same state changes
 /// live events make. Tasks without an outcome end up queued again, in
@@ -18,31 +19,18 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
         match r {
             Record::JobSubmitted { job, seq, name, tasks, functions, digest } => {
                 if !core.jobs.contains(job) {
-                    let tasks: Vec<crate::protocol::TaskSpec> = tasks.into_iter().map(Into::into).collect();
-                    let deps = graph::resolve(core, job, &tasks).unwrap_or_else(|e| {
-                        // e.g. a dependency on a job forgotten since: run without it.
-                        tracing::warn!(job = %job, error = %e, "journaled dependencies no longer resolve");
-                        Vec::new()
-                    });
-                    // Failures it caused were journaled too, and come later.
-                    // (Journals written before the digest was kept: computed.)
-                    let digest = if digest != 0 { digest } else { submission_digest(&tasks, &functions) };
-                    let _ = insert_job(core, now, JobHead { job, seq, name }, &tasks, deps);
-                    drop(tasks);
-                    let j = core.jobs.get_job_mut(job);
-                    j.functions = functions;
-                    j.digest = digest;
+                    replay_job(core, now, JobHead { job, seq, name }, tasks, functions, digest);
                     order.push(job);
                 }
             }
             Record::TasksDone { job, done } => {
                 for d in done {
                     let tid = TaskId { job, idx: d.idx };
-                    if core.find_task(tid).map(|t| t.outcome.is_none()) == Some(true) {
-                        let t = core.get_task_mut(tid);
-                        t.attempts = t.attempts.max(d.attempt);
-                        graph::set_outcome(core, now, tid, d.outcome.into(), d.canceled);
-                    }
+                    let Some(t) = core.jobs.find_task_mut(tid).filter(|t| t.outcome.is_none()) else {
+                        continue;
+                    };
+                    t.attempts = t.attempts.max(d.attempt);
+                    graph::set_outcome(core, now, tid, d.outcome.into(), d.canceled);
                 }
             }
             Record::JobForgotten { job } => {
@@ -65,4 +53,34 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
             core.push_ready(TaskId { job, idx });
         }
     }
+}
+
+/// A journaled job, built spec by spec from its record (each spec dropped
+/// as soon as it is compacted).
+fn replay_job(
+    core: &mut Core,
+    now: u64,
+    head: JobHead,
+    tasks: TaskList,
+    functions: Vec<bytes::Bytes>,
+    digest: u64,
+) {
+    let job = head.job;
+    // (Journals written before the digest was kept: computed.)
+    let mut b = JobBuilder::new(tasks.len(), Build::Replay { digest: digest == 0 }, tasks.len());
+    if let Err(e) = tasks.for_each(|s| b.push(s)) {
+        tracing::warn!(job = %job, error = %e, "a journaled job's tasks do not decode; it is left out");
+        return;
+    }
+    let digest = if digest != 0 { digest } else { b.digest(&functions) };
+    let deps = graph::resolve(core, job, &b).unwrap_or_else(|e| {
+        // e.g. a dependency on a job forgotten since: run without it.
+        tracing::warn!(job = %job, error = %e, "journaled dependencies no longer resolve");
+        Vec::new()
+    });
+    // Failures it caused were journaled too, and come later.
+    let _ = insert_job(core, now, head, b, deps);
+    let j = core.jobs.get_job_mut(job);
+    j.functions = functions;
+    j.digest = digest;
 }

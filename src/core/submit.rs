@@ -1,14 +1,15 @@
 //! Jobs: submission (checked before anything changes), watching their
 //! outcomes, and forgetting them.
 
-use super::compact::{ArgsRef, Holders, RareVec, Stored};
+use super::build::JobBuilder;
+use super::compact::Stored;
 use super::graph::{self, Completed};
 use super::views::no_job;
-use super::{Core, Effects, Job, Shape, Task, TaskState};
+use super::{Core, Effects, Job, Shape, TaskState};
 use crate::ids::{ConnId, JobId, TaskId};
-use crate::journal_record::Record;
+use crate::journal_record::{Record, TaskList};
 use crate::protocol::{Outcome, TaskKind, TaskOutcome, TaskSpec, ToClient};
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::FxHashSet as HashSet;
 use std::sync::Arc;
 
 /// Most of one resource a task may ask for (far beyond any real machine, far
@@ -24,63 +25,78 @@ pub const MAX_TIME_LIMIT_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// Checks a submission before anything is changed and resolves its
 /// dependencies; `Err` is the one-line message for the client.
-fn validate_submit(core: &Core, job: JobId, msg: &SubmitMsg) -> Result<Vec<Vec<TaskId>>, String> {
-    let tasks = &msg.tasks;
-    if tasks.is_empty() {
+fn validate_submit(
+    core: &Core,
+    job: JobId,
+    b: &JobBuilder,
+    functions: &[bytes::Bytes],
+) -> Result<Vec<(u32, Vec<TaskId>)>, String> {
+    if b.is_empty() {
         return Err("a job needs at least one task".into());
     }
-    if tasks.len() > u32::MAX as usize {
+    if b.len() > u32::MAX as usize {
         return Err("too many tasks in one job".into());
     }
     // Function names found on some worker (each is looked up once).
     let mut known = HashSet::default();
     let mut args_total = 0u64;
-    for (i, t) in tasks.iter().enumerate() {
-        match &t.kind {
-            crate::protocol::TaskKind::Fn { name, .. } if name.is_empty() => {
-                return Err(format!("task {i}: empty function name"))
-            }
-            crate::protocol::TaskKind::Cmd { argv, .. } if argv.is_empty() => {
-                return Err(format!("task {i}: empty argv"))
-            }
-            crate::protocol::TaskKind::Py { func, .. } if *func as usize >= msg.functions.len() => {
-                return Err(format!(
-                    "task {i}: function {func} is not in the job's function table ({} entries)",
-                    msg.functions.len()
-                ))
-            }
-            _ => {}
+    // (Tasks sharing a shape pass or fail its checks together.)
+    let mut last: Option<&Arc<Shape>> = None;
+    for (i, t) in b.tasks.iter().enumerate() {
+        let new_shape = !last.is_some_and(|l| Arc::ptr_eq(l, &t.shape));
+        if new_shape {
+            check_kind(core, i, &t.shape.kind, functions, &mut known)?;
         }
-        if let crate::protocol::TaskKind::Fn { name, .. } = &t.kind {
-            if known.insert(name.as_str()) {
-                unknown_function(core, i, name)?;
-            }
-        }
-        args_total = args_total.saturating_add(match &t.kind {
-            TaskKind::Fn { args, .. } => args.len() as u64,
-            TaskKind::Py { args, .. } => args.len() as u64,
-            TaskKind::Cmd { .. } => 0,
-        });
+        args_total = args_total.saturating_add(u64::from(t.args.len));
         if args_total > MAX_JOB_ARGS {
             return Err(format!("task {i}: the job's arguments exceed {MAX_JOB_ARGS} bytes in all"));
         }
-        if let Some((k, n)) = t.resources.iter().find(|(_, n)| **n > MAX_RESOURCE_AMOUNT) {
-            return Err(format!(
-                "task {i}: resource {k:?} = {n} is out of range (at most {MAX_RESOURCE_AMOUNT})"
-            ));
-        }
-        if let Some(ms) = t.time_limit_ms.filter(|ms| *ms > MAX_TIME_LIMIT_MS) {
-            return Err(format!(
-                "task {i}: time limit {ms} ms is out of range (at most {MAX_TIME_LIMIT_MS} ms, a year)"
-            ));
-        }
-        if let Some(ms) = t.time_request_ms.filter(|ms| *ms > MAX_TIME_LIMIT_MS) {
-            return Err(format!(
-                "task {i}: time request {ms} ms is out of range (at most {MAX_TIME_LIMIT_MS} ms, a year)"
-            ));
+        if new_shape {
+            check_limits(i, &t.shape)?;
+            last = Some(&t.shape);
         }
     }
-    graph::resolve(core, job, tasks)
+    graph::resolve(core, job, b)
+}
+
+/// A task's kind: a function name, an argv, a function table entry.
+fn check_kind<'a>(
+    core: &Core,
+    i: usize,
+    kind: &'a TaskKind,
+    functions: &[bytes::Bytes],
+    known: &mut HashSet<&'a str>,
+) -> Result<(), String> {
+    match kind {
+        TaskKind::Fn { name, .. } if name.is_empty() => Err(format!("task {i}: empty function name")),
+        TaskKind::Cmd { argv, .. } if argv.is_empty() => Err(format!("task {i}: empty argv")),
+        TaskKind::Py { func, .. } if *func as usize >= functions.len() => Err(format!(
+            "task {i}: function {func} is not in the job's function table ({} entries)",
+            functions.len()
+        )),
+        TaskKind::Fn { name, .. } if known.insert(name.as_str()) => unknown_function(core, i, name),
+        _ => Ok(()),
+    }
+}
+
+/// A task's resources, time limit and time request.
+fn check_limits(i: usize, shape: &Shape) -> Result<(), String> {
+    if let Some((k, n)) = shape.resources.iter().find(|(_, n)| **n > MAX_RESOURCE_AMOUNT) {
+        return Err(format!(
+            "task {i}: resource {k:?} = {n} is out of range (at most {MAX_RESOURCE_AMOUNT})"
+        ));
+    }
+    if let Some(ms) = shape.time_limit_ms.filter(|ms| *ms > MAX_TIME_LIMIT_MS) {
+        return Err(format!(
+            "task {i}: time limit {ms} ms is out of range (at most {MAX_TIME_LIMIT_MS} ms, a year)"
+        ));
+    }
+    if let Some(ms) = shape.time_request_ms.filter(|ms| *ms > MAX_TIME_LIMIT_MS) {
+        return Err(format!(
+            "task {i}: time request {ms} ms is out of range (at most {MAX_TIME_LIMIT_MS} ms, a year)"
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a function no registered worker has (with no worker registered
@@ -117,11 +133,11 @@ pub fn submission_digest(tasks: &[TaskSpec], functions: &[bytes::Bytes]) -> u64 
     w.0.finish()
 }
 
-/// A job as a client submits it.
+/// A job as a client submits it, its tasks already in their compact form.
 pub struct SubmitMsg {
     pub job: JobId,
     pub name: String,
-    pub tasks: Vec<TaskSpec>,
+    pub tasks: JobBuilder,
     /// The function table of its `py` tasks (`TaskKind::Py::func` indexes it).
     pub functions: Vec<bytes::Bytes>,
 }
@@ -129,29 +145,39 @@ pub struct SubmitMsg {
 impl SubmitMsg {
     /// A job with no `py` tasks.
     pub fn new(job: JobId, name: String, tasks: Vec<TaskSpec>) -> SubmitMsg {
-        SubmitMsg { job, name, tasks, functions: Vec::new() }
+        SubmitMsg::with_functions(job, name, tasks, Vec::new())
+    }
+
+    /// A job of these specs and function table.
+    pub fn with_functions(
+        job: JobId,
+        name: String,
+        tasks: Vec<TaskSpec>,
+        functions: Vec<bytes::Bytes>,
+    ) -> SubmitMsg {
+        SubmitMsg { job, name, tasks: JobBuilder::from_specs(tasks), functions }
     }
 }
 
 pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId, msg: SubmitMsg) {
     let job = msg.job;
+    let digest = msg.tasks.digest(&msg.functions);
     if let Some(existing) = core.jobs.find_job(job) {
-        let tasks = &msg.tasks;
+        let n = msg.tasks.len();
         // A resubmission after a lost reply: same job, nothing new to do.
-        if existing.digest == submission_digest(tasks, &msg.functions) {
-            fx.to_client(conn, ToClient::Submitted { job, tasks: tasks.len() as u32 });
+        if existing.digest == digest {
+            fx.to_client(conn, ToClient::Submitted { job, tasks: n as u32 });
         } else {
             let message = format!(
-                "job {job} exists with other tasks ({} tasks; this submission has {}): \
+                "job {job} exists with other tasks ({} tasks; this submission has {n}): \
                  choose another job id, or forget the job first",
                 existing.tasks.len(),
-                tasks.len()
             );
             fx.to_client(conn, ToClient::Error { job: Some(job), message });
         }
         return;
     }
-    let deps = match validate_submit(core, job, &msg) {
+    let deps = match validate_submit(core, job, &msg.tasks, &msg.functions) {
         Ok(deps) => deps,
         Err(message) => {
             fx.to_client(conn, ToClient::Error { job: Some(job), message });
@@ -159,16 +185,15 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
         }
     };
     let seq = core.next_job_seq;
-    let SubmitMsg { name, tasks, functions, .. } = msg;
-    let digest = submission_digest(&tasks, &functions);
-    // The core keeps its compact records; the specs go to the journal.
+    let SubmitMsg { name, mut tasks, functions, .. } = msg;
+    // The core keeps its compact records; the specs' bytes go to the journal.
+    let journaled = TaskList::Encoded(tasks.take_journal());
     let head = JobHead { job, seq, name: name.clone() };
-    let doomed = insert_job(core, now, head, &tasks, deps);
+    let doomed = insert_job(core, now, head, tasks, deps);
     let j = core.jobs.get_job_mut(job);
     j.functions = functions.clone();
     j.digest = digest;
-    let tasks = tasks.into_iter().map(Into::into).collect();
-    fx.journal(Record::JobSubmitted { job, seq, name, tasks, functions, digest });
+    fx.journal(Record::JobSubmitted { job, seq, name, tasks: journaled, functions, digest });
     // Tasks that depend on a task of an earlier job that already failed.
     let mut failed = Completed::default();
     for (tid, error) in doomed {
@@ -188,13 +213,16 @@ pub(super) fn insert_job(
     core: &mut Core,
     now: u64,
     head: JobHead,
-    specs: &[TaskSpec],
-    deps: Vec<Vec<TaskId>>,
+    b: JobBuilder,
+    deps: Vec<(u32, Vec<TaskId>)>,
 ) -> Vec<(TaskId, String)> {
     let JobHead { job, seq, name } = head;
     core.next_job_seq = core.next_job_seq.max(seq + 1);
     core.job_by_seq.insert(seq, job);
-    let (tasks, args, keys, key_of) = compact_tasks(specs, deps, core.replaying);
+    let JobBuilder { mut tasks, args, keys, key_of, .. } = b;
+    for (idx, d) in deps {
+        tasks[idx as usize].deps = d.into_boxed_slice();
+    }
     let n = tasks.len();
     core.jobs.insert(
         job,
@@ -219,13 +247,19 @@ pub(super) fn insert_job(
     let mut doomed = Vec::new();
     for idx in 0..n as u32 {
         let tid = TaskId { job, idx };
+        if core.get_task(tid).deps.is_empty() {
+            // (No dependencies: ready; replay builds the ready queue once, at its end.)
+            if !core.replaying {
+                core.push_ready(tid);
+            }
+            continue;
+        }
         let waiting = wait_for_deps(core, tid, &mut doomed);
         let task = core.get_task_mut(tid);
         task.waiting = waiting;
         if waiting > 0 {
             task.state = TaskState::Waiting;
         } else if !core.replaying {
-            // (Replay builds the ready queue once, at its end.)
             core.push_ready(tid);
         }
     }
@@ -237,103 +271,6 @@ pub(super) struct JobHead {
     pub job: JobId,
     pub seq: u64,
     pub name: String,
-}
-
-type Compacted = (Vec<Task>, Vec<u8>, HashMap<String, u32>, HashMap<u32, String>);
-
-/// The tasks' records: what they share stored once (`Shape`), their
-/// arguments one after the other in one arena, keys out of line.
-fn compact_tasks(specs: &[TaskSpec], deps: Vec<Vec<TaskId>>, replaying: bool) -> Compacted {
-    let mut keys = HashMap::default();
-    let mut key_of = HashMap::default();
-    let mut args = Vec::new();
-    let mut shapes: Vec<Arc<Shape>> = Vec::new();
-    let mut tasks: Vec<Task> = Vec::with_capacity(specs.len());
-    // (No lists at all when no task has dependencies.)
-    let deps = deps.into_iter().chain(std::iter::repeat_with(Vec::new));
-    for (idx, (s, deps)) in specs.iter().zip(deps).enumerate() {
-        if let Some(k) = &s.key {
-            keys.insert(k.clone(), idx as u32);
-            key_of.insert(idx as u32, k.clone());
-        }
-        let own: &[u8] = match &s.kind {
-            TaskKind::Fn { args, .. } => args,
-            TaskKind::Py { args, .. } => args,
-            TaskKind::Cmd { .. } => &[],
-        };
-        // (Submissions are checked to fit: at most `MAX_JOB_ARGS` bytes.)
-        let at = ArgsRef { start: args.len() as u32, len: own.len() as u32 };
-        args.extend_from_slice(own);
-        tasks.push(Task {
-            shape: shape_of(&mut shapes, s),
-            args: at,
-            state: TaskState::Ready,
-            attempts: 0,
-            held_attempt: 0,
-            assigned_seq: 0,
-            killed: RareVec::new(),
-            outcome: Stored::None,
-            deps: deps.into_boxed_slice(),
-            dependents: RareVec::new(),
-            waiting: 0,
-            priority: s.priority,
-            failures: 0,
-            local_inputs: RareVec::new(),
-            // Replayed: an attempt may still run on a worker of the last run.
-            holders: if replaying { Holders::one(super::ANY_PROCESS) } else { Holders::default() },
-            void_attempts: 0,
-            repeat_here: false,
-        });
-    }
-    (tasks, args, keys, key_of)
-}
-
-/// Most distinct shapes looked through for one the job has already: an
-/// array or a map has one; a job mixing many kinds stores some twice.
-const RECENT_SHAPES: usize = 8;
-
-/// The shape of task `s`, shared with an earlier task of the job if one of
-/// the last few shapes is the same.
-fn shape_of(shapes: &mut Vec<Arc<Shape>>, s: &TaskSpec) -> Arc<Shape> {
-    let same = |sh: &Shape| {
-        same_kind(&sh.kind, &s.kind)
-            && sh.resources == s.resources
-            && sh.time_limit_ms == s.time_limit_ms
-            && sh.time_request_ms == s.time_request_ms
-            && sh.max_worker_kills == s.max_worker_kills
-            && sh.retries == s.retries
-    };
-    if let Some(sh) = shapes.iter().rev().find(|sh| same(sh)) {
-        return sh.clone();
-    }
-    let kind = match &s.kind {
-        TaskKind::Fn { name, .. } => TaskKind::Fn { name: name.clone(), args: Vec::new() },
-        TaskKind::Py { func, .. } => TaskKind::Py { func: *func, args: bytes::Bytes::new() },
-        cmd @ TaskKind::Cmd { .. } => cmd.clone(),
-    };
-    let sh = Arc::new(Shape {
-        kind,
-        resources: s.resources.clone(),
-        time_limit_ms: s.time_limit_ms,
-        time_request_ms: s.time_request_ms,
-        max_worker_kills: s.max_worker_kills,
-        retries: s.retries,
-    });
-    if shapes.len() >= RECENT_SHAPES {
-        shapes.remove(0);
-    }
-    shapes.push(sh.clone());
-    sh
-}
-
-/// Whether a shape's kind is that of `kind`, but for its own arguments.
-fn same_kind(shape: &TaskKind, kind: &TaskKind) -> bool {
-    match (shape, kind) {
-        (TaskKind::Fn { name: a, .. }, TaskKind::Fn { name: b, .. }) => a == b,
-        (TaskKind::Py { func: a, .. }, TaskKind::Py { func: b, .. }) => a == b,
-        (a @ TaskKind::Cmd { .. }, b @ TaskKind::Cmd { .. }) => a == b,
-        _ => false,
-    }
 }
 
 /// Counts the unfinished dependencies of a new task (and becomes their

@@ -15,7 +15,7 @@ fn py_tasks(n: usize, func: u32) -> Vec<TaskSpec> {
 }
 
 fn submit(core: &mut Core, fx: &mut TestFx, job: JobId, tasks: Vec<TaskSpec>, functions: Vec<Bytes>) {
-    on_submit_job(core, fx, 0, CLIENT, SubmitMsg { job, name: "py".into(), tasks, functions });
+    on_submit_job(core, fx, 0, CLIENT, SubmitMsg::with_functions(job, "py".into(), tasks, functions));
 }
 
 /// Takes every `Assign` sent to `conn`: its tasks and its functions.

@@ -4,6 +4,9 @@
 
 #[cfg(test)]
 mod golden_tests;
+mod tasks;
+
+pub use tasks::{EncodedTasks, PartTasks, TaskList, TASKS_PER_PART};
 
 use crate::ids::JobId;
 use bytes::Bytes;
@@ -24,7 +27,7 @@ pub enum Record {
         job: JobId,
         seq: u64,
         name: String,
-        tasks: Vec<TaskSpec>,
+        tasks: TaskList,
         /// The job's function table for its `py` tasks.
         #[serde(default)]
         functions: Vec<Bytes>,

@@ -48,14 +48,36 @@ pub fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 }
 
 impl Scan {
+    /// Reads the trees, the jobs on a thread of their own beside the rest
+    /// (decoding is most of the time an open takes).
     pub fn read(jobs: &sled::Tree, done: &sled::Tree, forgotten: &sled::Tree) -> Scan {
-        let mut s = Scan::default();
-        s.read_tree("jobs", jobs, |s, k, lsn, payload| {
-            let job = key_job(k).ok_or("bad key")?;
-            let part = decode_part(payload)?;
-            s.parts.entry(job).or_default().push((lsn, k.into(), part));
-            Ok(())
+        let (mut s, rest) = std::thread::scope(|scope| {
+            let parts = scope.spawn(|| {
+                let mut s = Scan::default();
+                s.read_tree("jobs", jobs, |s, k, lsn, payload| {
+                    let job = key_job(k).ok_or("bad key")?;
+                    let part = decode_part(payload)?;
+                    s.parts.entry(job).or_default().push((lsn, k.into(), part));
+                    Ok(())
+                });
+                s
+            });
+            let rest = Scan::read_done(done, forgotten);
+            // (A panic in sled reading the jobs goes on here: `quietly` reports it.)
+            let s = parts.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (s, rest)
         });
+        s.done = rest.done;
+        s.tombstones = rest.tombstones;
+        s.bad.extend(rest.bad);
+        s.errors.extend(rest.errors);
+        s.max_lsn = s.max_lsn.max(rest.max_lsn);
+        s
+    }
+
+    /// The `done` and `forgotten` trees.
+    fn read_done(done: &sled::Tree, forgotten: &sled::Tree) -> Scan {
+        let mut s = Scan::default();
         s.read_tree("done", done, |s, k, lsn, payload| {
             let job = key_job(k).ok_or("bad key")?;
             s.done.push((lsn, k.into(), decode_done(job, payload)?));
@@ -133,15 +155,17 @@ impl Scan {
             }
             let first = &ps[0].2;
             let (seq, name, digest) = (first.seq, first.name.clone(), first.digest);
-            let mut tasks = Vec::with_capacity(first.total as usize);
+            let mut tasks = Vec::with_capacity(ps.len());
             let mut functions = Vec::new();
             let mark = marks.entry(job).or_default();
             mark.records = ps.len() as u64;
             mark.set_name(&name);
             for (_, _, p) in ps {
-                tasks.extend(p.tasks);
+                // Kept in their parts: no copy into one list.
+                tasks.push(p.tasks);
                 functions.extend(p.functions);
             }
+            let tasks = crate::journal_record::TaskList::Specs(tasks);
             jobs.push((seq, Record::JobSubmitted { job, seq, name, tasks, functions, digest }));
         }
         jobs.sort_by_key(|(seq, _)| *seq);

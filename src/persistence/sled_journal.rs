@@ -6,7 +6,7 @@ use super::hwm::{self, HighWater, JobMark};
 use super::layout::{is_zero, job_key, DoneEntry, TASKS_PER_PART};
 use super::{frame, Journal, JournalError, Record, JOURNAL_VERSION};
 use crate::ids::JobId;
-use crate::journal_record::TaskSpec;
+use crate::journal_record::{PartTasks, TaskList, TaskSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -256,11 +256,67 @@ struct JobPartRef<'a> {
     name: &'a str,
     first: u32,
     total: u32,
-    tasks: &'a [TaskSpec],
+    tasks: &'a [&'a TaskSpec],
     #[serde(skip_serializing_if = "<[bytes::Bytes]>::is_empty")]
     functions: &'a [bytes::Bytes],
     #[serde(skip_serializing_if = "is_zero")]
     digest: u64,
+}
+
+/// The fields of a `JobPart` but its tasks.
+struct PartHead<'a> {
+    seq: u64,
+    name: &'a str,
+    first: u32,
+    total: u32,
+    functions: &'a [bytes::Bytes],
+    digest: u64,
+}
+
+/// A part whose tasks are encoded already, written field by field with the
+/// bytes `JobPartRef` has for the same tasks.
+fn encode_part_raw(h: &PartHead, n: usize, tasks: &[u8]) -> Result<Vec<u8>, JournalError> {
+    let e = |e: &dyn std::fmt::Display| JournalError::Write(e.to_string());
+    let mut out = Vec::with_capacity(tasks.len() + 64);
+    let fields = 5 + u32::from(!h.functions.is_empty()) + u32::from(h.digest != 0);
+    // (At most 7 fields: a fixmap.)
+    out.push(0x80 | fields as u8);
+    let field = |out: &mut Vec<u8>, key: &str| rmp_serde::encode::write_named(out, key).map_err(|x| e(&x));
+    field(&mut out, "seq")?;
+    rmp_serde::encode::write_named(&mut out, &h.seq).map_err(|x| e(&x))?;
+    field(&mut out, "name")?;
+    rmp_serde::encode::write_named(&mut out, h.name).map_err(|x| e(&x))?;
+    field(&mut out, "first")?;
+    rmp_serde::encode::write_named(&mut out, &h.first).map_err(|x| e(&x))?;
+    field(&mut out, "total")?;
+    rmp_serde::encode::write_named(&mut out, &h.total).map_err(|x| e(&x))?;
+    field(&mut out, "tasks")?;
+    array_len(&mut out, n as u32);
+    out.extend_from_slice(tasks);
+    if !h.functions.is_empty() {
+        field(&mut out, "functions")?;
+        rmp_serde::encode::write_named(&mut out, h.functions).map_err(|x| e(&x))?;
+    }
+    if h.digest != 0 {
+        field(&mut out, "digest")?;
+        rmp_serde::encode::write_named(&mut out, &h.digest).map_err(|x| e(&x))?;
+    }
+    Ok(out)
+}
+
+/// A msgpack array header, as rmp writes it (the shortest form).
+fn array_len(out: &mut Vec<u8>, n: u32) {
+    match n {
+        0..=15 => out.push(0x90 | n as u8),
+        16..=0xffff => {
+            out.push(0xdc);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdd);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
 }
 
 /// A job's `jobs` values, one at a time (each handed to `f` with its part
@@ -269,22 +325,37 @@ struct JobPartRef<'a> {
 fn each_job_payload(
     seq: u64,
     name: &str,
-    tasks: &[TaskSpec],
+    tasks: &TaskList,
     functions: &[bytes::Bytes],
     digest: u64,
     mut f: impl FnMut(u32, Vec<u8>),
 ) -> Result<(), JournalError> {
-    for (part, chunk) in tasks.chunks(TASKS_PER_PART).enumerate() {
-        let value = JobPartRef {
+    let total = tasks.len() as u32;
+    for (part, chunk) in tasks.parts().into_iter().enumerate() {
+        let h = PartHead {
             seq,
             name,
             first: (part * TASKS_PER_PART) as u32,
-            total: tasks.len() as u32,
-            tasks: chunk,
+            total,
             functions: if part == 0 { functions } else { &[] },
             digest: if part == 0 { digest } else { 0 },
         };
-        f(part as u32, rmp_serde::to_vec_named(&value).map_err(|e| JournalError::Write(e.to_string()))?);
+        let bytes = match chunk {
+            PartTasks::Specs(specs) => {
+                let value = JobPartRef {
+                    seq: h.seq,
+                    name: h.name,
+                    first: h.first,
+                    total: h.total,
+                    tasks: &specs,
+                    functions: h.functions,
+                    digest: h.digest,
+                };
+                rmp_serde::to_vec_named(&value).map_err(|e| JournalError::Write(e.to_string()))?
+            }
+            PartTasks::Encoded { n, bytes } => encode_part_raw(&h, n, bytes)?,
+        };
+        f(part as u32, bytes);
     }
     Ok(())
 }
@@ -293,7 +364,7 @@ fn each_job_payload(
 pub fn job_payloads(
     seq: u64,
     name: &str,
-    tasks: &[TaskSpec],
+    tasks: &TaskList,
     functions: &[bytes::Bytes],
     digest: u64,
 ) -> Result<Vec<Vec<u8>>, JournalError> {
@@ -417,15 +488,37 @@ mod tests {
 
     #[test]
     fn the_digest_is_kept_in_the_first_part_and_absent_when_not_known() {
-        let tasks: Vec<_> = (0..TASKS_PER_PART + 1).map(|_| TaskSpec::cmd(vec!["t".into()])).collect();
+        let tasks: TaskList = (0..TASKS_PER_PART + 1).map(|_| TaskSpec::cmd(vec!["t".into()])).collect();
         let parts = job_payloads(1, "j", &tasks, &[], 42).unwrap();
         let digests: Vec<u64> = parts.iter().map(|p| decode_part(p).unwrap().digest).collect();
         assert_eq!(digests, [42, 0]);
         // Not known (0): the part has the bytes it had before digests were kept.
-        let old = job_payloads(1, "j", &tasks[..1], &[], 0).unwrap();
-        let new = job_payloads(1, "j", &tasks[..1], &[], 42).unwrap();
+        let one: TaskList = vec![TaskSpec::cmd(vec!["t".into()])].into();
+        let old = job_payloads(1, "j", &one, &[], 0).unwrap();
+        let new = job_payloads(1, "j", &one, &[], 42).unwrap();
         assert!(old[0].len() < new[0].len());
         assert_eq!(decode_part(&old[0]).unwrap().digest, 0);
+    }
+
+    #[test]
+    fn parts_of_encoded_tasks_have_the_bytes_of_parts_of_decoded_ones() {
+        let spec = |i: usize| TaskSpec {
+            key: i.is_multiple_of(5).then(|| format!("k{i}")),
+            ..TaskSpec::cmd(vec![format!("t{i}")])
+        };
+        let functions = [bytes::Bytes::from_static(b"f")];
+        for n in [1, 15, 16, 300, TASKS_PER_PART, TASKS_PER_PART + 1] {
+            let specs: Vec<TaskSpec> = (0..n).map(spec).collect();
+            let mut enc = crate::journal_record::EncodedTasks::default();
+            specs.iter().for_each(|s| enc.push(s, &mut |_| {}));
+            let (enc, dec) = (TaskList::Encoded(enc), TaskList::from(specs));
+            for (fs, digest) in [(&functions[..], 9), (&[][..], 0), (&functions[..], 0), (&[][..], u64::MAX)]
+            {
+                let a = job_payloads(3, "job", &enc, fs, digest).unwrap();
+                let b = job_payloads(3, "job", &dec, fs, digest).unwrap();
+                assert_eq!(a, b, "n = {n}");
+            }
+        }
     }
 
     fn done(job: JobId, idx: u32) -> Record {

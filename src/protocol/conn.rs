@@ -107,12 +107,28 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes, ConnError> {
 /// named: a variant by its name (a string, or a one-key map whose key is
 /// the name) or a struct by its field names — never by index.
 pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, ConnError> {
+    check_frame(frame)?;
+    rmp_serde::from_slice(frame).map_err(|e| ConnError::Decode(e.to_string()))
+}
+
+/// `decode` through a seed (a message decoded straight into its receiver's
+/// form), with the same checks first.
+pub fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
+    frame: &'de [u8],
+    seed: S,
+) -> Result<S::Value, ConnError> {
+    check_frame(frame)?;
+    let mut de = rmp_serde::Deserializer::from_read_ref(frame);
+    seed.deserialize(&mut de).map_err(|e| ConnError::Decode(e.to_string()))
+}
+
+/// Exactly one well-formed, named msgpack value.
+fn check_frame(frame: &[u8]) -> Result<(), ConnError> {
     let len = value_len(frame).map_err(ConnError::Decode)?;
     if len != frame.len() {
         return Err(ConnError::Decode(format!("{} trailing bytes after the message", frame.len() - len)));
     }
-    check_named(frame).map_err(ConnError::Decode)?;
-    rmp_serde::from_slice(frame).map_err(|e| ConnError::Decode(e.to_string()))
+    check_named(frame).map_err(ConnError::Decode)
 }
 
 /// The top-level value must be a string (a unit variant) or a map whose
