@@ -22,11 +22,14 @@ pub struct RootArgs {
     /// Why the process must stop, once a child failed (shared with the
     /// scheduler actor, which sets it first when its journal fails).
     pub failure: Arc<Mutex<Option<String>>>,
+    /// The status page's socket and what it shows, if it has one.
+    pub dashboard: Option<(std::net::TcpListener, crate::dashboard::page::PageInfo)>,
 }
 
 pub struct RootState {
     scheduler: ActorRef<SchedMsg>,
     listener: ActorRef<ListenerMsg>,
+    dashboard: Option<ActorCell>,
     failure: Arc<Mutex<Option<String>>>,
 }
 
@@ -36,6 +39,8 @@ impl RootState {
             "scheduler"
         } else if cell.get_id() == self.listener.get_id() {
             "listener"
+        } else if self.dashboard.as_ref().is_some_and(|d| d.get_id() == cell.get_id()) {
+            "status page"
         } else {
             "unknown child"
         }
@@ -63,7 +68,23 @@ impl Actor for Root {
             max_connections: args.max_connections,
         };
         let (listener, _) = Actor::spawn_linked(None, Listener, listener_args, myself.get_cell()).await?;
-        Ok(RootState { scheduler, listener, failure: args.failure })
+        let dashboard = match args.dashboard {
+            None => None,
+            Some((socket, info)) => {
+                let dash =
+                    crate::dashboard::DashboardArgs { listener: socket, scheduler: scheduler.clone(), info };
+                let spawned =
+                    Actor::spawn_linked(None, crate::dashboard::Dashboard, dash, myself.get_cell()).await;
+                match spawned {
+                    Ok((d, _)) => Some(d.get_cell()),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the status page cannot start; the scheduler runs without it");
+                        None
+                    }
+                }
+            }
+        };
+        Ok(RootState { scheduler, listener, dashboard, failure: args.failure })
     }
 
     async fn handle(&self, _: ActorRef<()>, _: (), _: &mut RootState) -> Result<(), ActorProcessingErr> {
@@ -73,7 +94,8 @@ impl Actor for Root {
     /// Policy: neither child is restarted. A failure, or a child stopping
     /// on its own, is logged and stops the root, so the process ends with
     /// an error instead of running half-alive (a restarted scheduler
-    /// replays the journal: that is the restart).
+    /// replays the journal: that is the restart). The status page is the
+    /// exception: its failure is logged, and the scheduler runs on without it.
     async fn handle_supervisor_evt(
         &self,
         myself: ActorRef<()>,
@@ -94,6 +116,11 @@ impl Actor for Root {
             }
             _ => "unknown child",
         };
+        if child == "status page" {
+            tracing::error!(error = %why, "the status page ended; the scheduler runs on without it");
+            st.dashboard = None;
+            return Ok(());
+        }
         tracing::error!(actor = child, error = %why, "a root child ended; the scheduler process stops");
         st.fail(why.clone());
         myself.stop(Some(why));
@@ -103,6 +130,9 @@ impl Actor for Root {
     /// Stops the children in order: no new connections, then the scheduler
     /// (which finishes its journal flush).
     async fn post_stop(&self, _: ActorRef<()>, st: &mut RootState) -> Result<(), ActorProcessingErr> {
+        if let Some(d) = st.dashboard.take() {
+            d.kill();
+        }
         for child in [st.listener.get_cell(), st.scheduler.get_cell()] {
             if child.get_status() < ractor::ActorStatus::Stopping
                 && child.stop_and_wait(None, Some(STOP_WAIT)).await.is_err()
@@ -136,6 +166,7 @@ mod tests {
             advertise: None,
             security: Default::default(),
             max_connections: 64,
+            dashboard: None,
         }
     }
 
@@ -172,6 +203,31 @@ mod tests {
         let reason = served.unwrap_err();
         assert_eq!(reason, "the scheduler stopped unexpectedly (test)");
         assert!(file.stopped.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_status_page_that_dies_leaves_the_scheduler_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = options(dir.path());
+        opts.dashboard =
+            Some(crate::dashboard::page::DashboardOptions { addr: "127.0.0.1:0".into(), explicit: true });
+        let scheduler = start(bind("127.0.0.1:0").await.unwrap(), opts).await.unwrap();
+        let url = scheduler.file.dashboard.clone().expect("the file names the page");
+        let children = scheduler.root.get_children();
+        assert_eq!(children.len(), 3, "the root links the page too");
+        let page =
+            children.iter().find(|c| c.is_message_type_of::<crate::dashboard::DashboardMsg>() == Some(true));
+        page.unwrap().kill();
+        let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let gone = async {
+            while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), gone).await.expect("the page stops serving");
+        let served =
+            tokio::time::timeout(Duration::from_millis(300), scheduler.serve(std::future::pending())).await;
+        assert!(served.is_err(), "the scheduler runs on: {served:?}");
     }
 
     #[tokio::test]

@@ -61,6 +61,8 @@ pub struct Core {
     /// given by `set_clock`: what the scheduling pass compares workers'
     /// allocation ends with.
     pub(super) clock: u64,
+    /// Bounded aggregates of the recent past, for the status page.
+    pub(super) history: super::history::History,
 }
 
 impl Core {
