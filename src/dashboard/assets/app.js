@@ -20,14 +20,19 @@ const fmtInt = (n) => (n ?? 0).toLocaleString("en-US");
 const fmtBytes = (b) => { if (!b) return "0 B"; const u = ["B", "KiB", "MiB", "GiB", "TiB"]; let i = 0; while (b >= 1024 && i < 4) { b /= 1024; i++; } return b.toFixed(i ? 1 : 0) + " " + u[i]; };
 const fmtDur = (ms) => { if (ms == null) return "–"; if (ms < 1000) return Math.round(ms) + " ms"; const s = ms / 1000; if (s < 120) return s.toFixed(1) + " s"; const m = s / 60; if (m < 120) return m.toFixed(1) + " min"; return (m / 60).toFixed(1) + " h"; };
 const fmtTime = (ms) => ms ? new Date(ms).toLocaleTimeString("en-GB") : "–";
-const colours = new Map();
+// A function's colour: its hash picks a slot in a palette of distinct
+// colours (the next free one on a clash), so a few functions never look alike.
+const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777",
+  "#65a30d", "#ea580c", "#4f46e5", "#0d9488", "#a16207", "#9333ea", "#be123c", "#475569", "#059669"];
+const colours = new Map(), taken = new Set();
 function colour(name) {
   let c = colours.get(name);
-  if (!c) {
-    let h = 0; for (const ch of name || "") h = (h * 31 + ch.charCodeAt(0)) >>> 0;
-    c = `hsl(${h % 360} 65% 48%)`;
-    if (colours.size < 1000) colours.set(name, c);
-  }
+  if (c) return c;
+  let h = 0; for (const ch of String(name ?? "")) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
+  c = PALETTE[h % PALETTE.length];
+  for (let i = 0; i < PALETTE.length && taken.has(c); i++) c = PALETTE[(h + i + 1) % PALETTE.length];
+  if (taken.has(c)) c = `hsl(${h % 360} 60% 45%)`;
+  if (colours.size < 1000) { colours.set(name, c); taken.add(c); }
   return c;
 }
 function setText(el, text) { if (el.textContent !== text) el.textContent = text; }
