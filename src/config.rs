@@ -40,6 +40,8 @@ pub struct SchedulerConfig {
     pub retry_backoff: Duration,
     #[serde(deserialize_with = "de_optional_duration")]
     pub retention: Option<Duration>,
+    /// The status page's address; "none" serves none.
+    pub dashboard: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

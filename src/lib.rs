@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod darts;
+pub mod dashboard;
 pub mod functions;
 pub mod ids;
 pub mod journal_record;

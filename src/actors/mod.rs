@@ -102,6 +102,8 @@ pub struct SchedulerOptions {
     pub security: crate::security::SecurityArgs,
     /// Open connections at most (`scheduler.max_connections`).
     pub max_connections: usize,
+    /// The status page (`--dashboard ADDR`); `None`: `--no-dashboard`.
+    pub dashboard: Option<crate::dashboard::DashboardOptions>,
 }
 
 /// A started scheduler: its root supervisor and what it wrote to its
@@ -129,6 +131,8 @@ pub enum StartError {
     Security(#[from] crate::security::SecurityError),
     #[error("cannot start actor: {0}")]
     Spawn(#[from] ractor::SpawnErr),
+    #[error(transparent)]
+    Dashboard(#[from] crate::dashboard::BindError),
 }
 
 /// The address peers should dial: `--advertise` if given (its port, else
@@ -249,7 +253,50 @@ fn recover(opts: &SchedulerOptions) -> Result<(Core, AnyJournal, u64), StartErro
     }
     crate::core::begin_recovery(&mut core, now, opts.reclaim_grace.as_micros() as u64);
     core.start_epoch(journal.epoch());
+    note_start(&mut core, now, &journal, n_records, t0.elapsed());
     Ok((core, journal, n_records as u64))
+}
+
+/// The status page's events of this start: the journal replayed, the
+/// scheduler started (or restarted, past the first epoch).
+fn note_start(core: &mut Core, now: u64, journal: &AnyJournal, records: usize, took: std::time::Duration) {
+    let (jobs, tasks) = core.job_count();
+    let host = crate::util::hostname();
+    let pid = std::process::id();
+    if let AnyJournal::Sled(j) = journal {
+        let text = format!(
+            "journal {} replayed: {records} records, {jobs} jobs, {tasks} tasks in {} ms",
+            j.dir().display(),
+            took.as_millis()
+        );
+        core.note_event(now, "journal-replayed", text);
+    }
+    let (kind, text) = match journal.epoch() {
+        0 => ("scheduler-started", format!("scheduler started on {host} (pid {pid})")),
+        e => ("scheduler-restarted", format!("scheduler restarted on {host} (pid {pid}), epoch {e}")),
+    };
+    core.note_event(now, kind, text);
+}
+
+/// What the status page bound to `socket` says of itself and its scheduler.
+fn page_info(
+    socket: &std::net::TcpListener,
+    file: &SchedulerFile,
+    security: &crate::security::ServerSecurity,
+) -> Result<crate::dashboard::PageInfo, StartError> {
+    let local =
+        socket.local_addr().map_err(|source| StartError::Bind { addr: "the status page".into(), source })?;
+    let insecure = security.mode == crate::security::Mode::Insecure;
+    Ok(crate::dashboard::PageInfo {
+        token: (!insecure).then(|| crate::dashboard::token(&security.secret)),
+        loopback: local.ip().is_loopback(),
+        url: format!("http://{}/", advertised(local, None)),
+        scheduler: file.address.clone(),
+        security: serde_json::to_value(security.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+    })
 }
 
 /// What the scheduler file says of this run.
@@ -284,9 +331,22 @@ pub async fn start(
 ) -> Result<Scheduler, StartError> {
     let local =
         listener.local_addr().map_err(|source| StartError::Bind { addr: "the listener".into(), source })?;
+    let dashboard = match &opts.dashboard {
+        Some(d) => crate::dashboard::bind(d)?,
+        None => None,
+    };
     let (core, journal, records_replayed) = recover(&opts)?;
     let security = crate::security::ServerSecurity::prepare(&opts.security, opts.journal.as_deref())?;
-    let file = scheduler_file(&opts, local, journal.epoch(), &security);
+    let mut file = scheduler_file(&opts, local, journal.epoch(), &security);
+    let dashboard = match dashboard {
+        Some(socket) => {
+            let info = page_info(&socket, &file, &security)?;
+            file.dashboard = Some(info.url.clone());
+            Some((socket, info))
+        }
+        None => None,
+    };
+    let link = dashboard.as_ref().map(|(_, info)| info.link());
     let asked = Arc::new(tokio::sync::Notify::new());
     let failure = Arc::new(Mutex::new(None));
     // Check heartbeats a few times per timeout.
@@ -306,7 +366,8 @@ pub async fn start(
     let session =
         SessionConfig { security, instance: file.instance, epoch: file.epoch, max_frame: opts.max_frame };
     let max_connections = opts.max_connections;
-    let args = RootArgs { scheduler, listener, session, max_connections, failure: failure.clone() };
+    let args =
+        RootArgs { scheduler, listener, session, max_connections, failure: failure.clone(), dashboard };
     let (root, root_join) = Actor::spawn(None, Root, args).await?;
     if let Err(source) = file.write_atomic(&opts.scheduler_file) {
         root.stop(None);
@@ -314,6 +375,9 @@ pub async fn start(
         return Err(StartError::File { path: opts.scheduler_file.clone(), source });
     }
     tracing::info!(address = %file.address, file = %opts.scheduler_file.display(), "scheduler listening");
+    if let Some(link) = link {
+        tracing::info!(link = %link, "status page");
+    }
     Ok(Scheduler { file, path: opts.scheduler_file, root, root_join, asked, failure })
 }
 

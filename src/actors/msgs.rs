@@ -44,6 +44,25 @@ pub enum SchedMsg {
     Flushed(Result<(), String>),
     /// Shutting down: stop waiting for nannies and workers to hang up.
     FarewellOver,
+    /// The status page asks for a view (read-only).
+    Dashboard {
+        query: DashQuery,
+        reply: tokio::sync::oneshot::Sender<DashAnswer>,
+    },
+}
+
+/// What the status page asks the scheduler actor for.
+#[derive(Debug)]
+pub enum DashQuery {
+    Snapshot,
+    Job(crate::ids::JobId),
+}
+
+/// The scheduler actor's answer to a `DashQuery`.
+pub enum DashAnswer {
+    Snapshot(Box<crate::core::Snapshot>),
+    /// `None`: no such job.
+    Job(Option<Box<crate::core::JobDetailView>>),
 }
 
 pub enum SessionMsg {

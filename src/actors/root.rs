@@ -22,11 +22,14 @@ pub struct RootArgs {
     /// Why the process must stop, once a child failed (shared with the
     /// scheduler actor, which sets it first when its journal fails).
     pub failure: Arc<Mutex<Option<String>>>,
+    /// The status page's socket and what it shows, if it has one.
+    pub dashboard: Option<(std::net::TcpListener, crate::dashboard::PageInfo)>,
 }
 
 pub struct RootState {
     scheduler: ActorRef<SchedMsg>,
     listener: ActorRef<ListenerMsg>,
+    dashboard: Option<ActorCell>,
     failure: Arc<Mutex<Option<String>>>,
 }
 
@@ -36,6 +39,8 @@ impl RootState {
             "scheduler"
         } else if cell.get_id() == self.listener.get_id() {
             "listener"
+        } else if self.dashboard.as_ref().is_some_and(|d| d.get_id() == cell.get_id()) {
+            "status page"
         } else {
             "unknown child"
         }
@@ -63,7 +68,23 @@ impl Actor for Root {
             max_connections: args.max_connections,
         };
         let (listener, _) = Actor::spawn_linked(None, Listener, listener_args, myself.get_cell()).await?;
-        Ok(RootState { scheduler, listener, failure: args.failure })
+        let dashboard = match args.dashboard {
+            None => None,
+            Some((socket, info)) => {
+                let dash =
+                    crate::dashboard::DashboardArgs { listener: socket, scheduler: scheduler.clone(), info };
+                let spawned =
+                    Actor::spawn_linked(None, crate::dashboard::Dashboard, dash, myself.get_cell()).await;
+                match spawned {
+                    Ok((d, _)) => Some(d.get_cell()),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the status page cannot start; the scheduler runs without it");
+                        None
+                    }
+                }
+            }
+        };
+        Ok(RootState { scheduler, listener, dashboard, failure: args.failure })
     }
 
     async fn handle(&self, _: ActorRef<()>, _: (), _: &mut RootState) -> Result<(), ActorProcessingErr> {
@@ -73,7 +94,8 @@ impl Actor for Root {
     /// Policy: neither child is restarted. A failure, or a child stopping
     /// on its own, is logged and stops the root, so the process ends with
     /// an error instead of running half-alive (a restarted scheduler
-    /// replays the journal: that is the restart).
+    /// replays the journal: that is the restart). The status page is the
+    /// exception: its failure is logged, and the scheduler runs on without it.
     async fn handle_supervisor_evt(
         &self,
         myself: ActorRef<()>,
@@ -94,6 +116,11 @@ impl Actor for Root {
             }
             _ => "unknown child",
         };
+        if child == "status page" {
+            tracing::error!(error = %why, "the status page ended; the scheduler runs on without it");
+            st.dashboard = None;
+            return Ok(());
+        }
         tracing::error!(actor = child, error = %why, "a root child ended; the scheduler process stops");
         st.fail(why.clone());
         myself.stop(Some(why));
@@ -103,6 +130,9 @@ impl Actor for Root {
     /// Stops the children in order: no new connections, then the scheduler
     /// (which finishes its journal flush).
     async fn post_stop(&self, _: ActorRef<()>, st: &mut RootState) -> Result<(), ActorProcessingErr> {
+        if let Some(d) = st.dashboard.take() {
+            d.kill();
+        }
         for child in [st.listener.get_cell(), st.scheduler.get_cell()] {
             if child.get_status() < ractor::ActorStatus::Stopping
                 && child.stop_and_wait(None, Some(STOP_WAIT)).await.is_err()
@@ -136,6 +166,7 @@ mod tests {
             advertise: None,
             security: Default::default(),
             max_connections: 64,
+            dashboard: None,
         }
     }
 

@@ -76,6 +76,9 @@ pub struct SchedulerState {
     last_flush_done: Option<std::time::Instant>,
     /// (time, outcomes so far) at each tick of the last ten seconds or so.
     throughput: std::collections::VecDeque<(std::time::Instant, u64)>,
+    /// How long the last journal flush took, and all of them (status page).
+    flush_latency: Option<std::time::Duration>,
+    flush_seconds_total: f64,
 }
 
 impl SchedulerState {
@@ -158,6 +161,8 @@ impl Actor for SchedulerActor {
             flushes: 0,
             last_flush_done: None,
             throughput: Default::default(),
+            flush_latency: None,
+            flush_seconds_total: 0.0,
         })
     }
 
@@ -207,6 +212,10 @@ fn handle_msg(
                 st.farewell.clear();
                 stop_if_done(st);
             }
+            SchedMsg::Dashboard { query, reply } => {
+                let _ = reply.send(dashboard_answer(st, now, query));
+                return Ok(());
+            }
             SchedMsg::Deadline => {
                 st.wake_at = None;
                 core::on_deadline(core, now);
@@ -231,6 +240,10 @@ fn handle_msg(
                 }
                 st.flushes += 1;
                 st.last_flush_done = Some(std::time::Instant::now());
+                if let Some(took) = st.last_flush.map(|t| t.elapsed()) {
+                    st.flush_latency = Some(took);
+                    st.flush_seconds_total += took.as_secs_f64();
+                }
                 if let Some(out) = st.in_flight.take() {
                     send(st, out);
                 }
@@ -239,6 +252,7 @@ fn handle_msg(
         }
         // The one scheduling pass of this event, if a handler asked for it.
         st.core.finish_step(&mut st.outbox);
+        st.outbox.records.extend(st.core.take_history().into_iter().map(crate::persistence::Record::History));
         stage_submissions(st)?;
         arm_deadline(&myself, st, now);
         stop_if_drained(&myself, st);
@@ -248,6 +262,34 @@ fn handle_msg(
             myself.cast(SchedMsg::Flush)?;
         }
         Ok(())
+    }
+}
+
+/// A view for the status page, with the process's own figures.
+fn dashboard_answer(st: &SchedulerState, now: u64, query: super::msgs::DashQuery) -> super::msgs::DashAnswer {
+    use super::msgs::{DashAnswer, DashQuery};
+    match query {
+        DashQuery::Job(job) => DashAnswer::Job(core::dashboard_job(&st.core, job).map(Box::new)),
+        DashQuery::Snapshot => {
+            let location = st.journal.location();
+            let system = core::SystemRow {
+                epoch: st.epoch,
+                uptime_ms: st.started.elapsed().as_millis() as u64,
+                started_at_ms: (now / 1000).saturating_sub(st.started.elapsed().as_millis() as u64),
+                journal_path: location.as_ref().map(|(p, _)| p.display().to_string()),
+                journal_bytes: location.map(|(_, b)| b).unwrap_or(0),
+                journal_records: st.records_replayed + st.records_appended,
+                last_flush_ms: st.last_flush_done.map(|t| t.elapsed().as_millis() as u64),
+                flush_latency_us: st.flush_latency.map(|d| d.as_micros() as u64),
+                flushes: st.flushes,
+                flush_seconds_total: st.flush_seconds_total,
+                connections: st.sessions.len() as u64,
+                draining: st.core.is_stopping(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            };
+            DashAnswer::Snapshot(Box::new(core::dashboard_snapshot(&st.core, now, system)))
+        }
     }
 }
 

@@ -73,7 +73,8 @@ pub async fn local(config: &Config, config_path: Option<&Path>, a: LocalArgs) ->
         (Some(j), false) => Some(j),
         (None, false) => Some(dir.0.join("journal")),
     };
-    let opts = scheduler_options(config, Some(&file_str), journal)?;
+    let mut opts = scheduler_options(config, Some(&file_str), journal)?;
+    opts.dashboard = super::scheduler::dashboard_options(config, &a.dashboard);
     let listener = bind("127.0.0.1:0").await.map_err(failed)?;
     let scheduler = crate::actors::start(listener, opts).await.map_err(failed)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

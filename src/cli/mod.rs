@@ -92,6 +92,21 @@ pub struct SchedulerArgs {
     pub journal_repair: bool,
     #[command(flatten)]
     pub security: crate::security::SecurityArgs,
+    #[command(flatten)]
+    pub dashboard: DashboardFlags,
+}
+
+/// The status page's flags (`actord scheduler`, `actord local`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct DashboardFlags {
+    /// Serve the status page on HOST:PORT (port 0 picks one); a busy
+    /// address given here is an error [config: scheduler.dashboard,
+    /// default 127.0.0.1:8787, where a busy port only warns].
+    #[arg(long, value_name = "ADDR")]
+    pub dashboard: Option<String>,
+    /// Serve no status page.
+    #[arg(long, conflicts_with = "dashboard")]
+    pub no_dashboard: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -150,6 +165,8 @@ pub struct LocalArgs {
     /// No journal: keep everything in memory.
     #[arg(long, conflicts_with = "journal")]
     pub no_journal: bool,
+    #[command(flatten)]
+    pub dashboard: DashboardFlags,
     /// Interpreter of the workers' Python executors [config: worker.python].
     #[arg(long, value_name = "PATH")]
     pub python: Option<String>,

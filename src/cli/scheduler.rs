@@ -21,9 +21,30 @@ pub async fn run(config: &Config, a: SchedulerArgs) -> Result<ExitCode, CliError
     opts.journal_repair = a.journal_repair;
     opts.advertise = a.advertise;
     opts.security = a.security;
+    opts.dashboard = dashboard_options(config, &a.dashboard);
     let listener = bind(&listen_addr(config, a.host, a.port)).await.map_err(failed)?;
     crate::actors::run(listener, shutdown_signal(), opts).await.map_err(failed)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The status page's address: the flag's, else the configuration's (a
+/// value other than the default counts as asked for); `None`: none.
+pub(super) fn dashboard_options(
+    config: &Config,
+    flags: &super::DashboardFlags,
+) -> Option<crate::dashboard::DashboardOptions> {
+    if flags.no_dashboard {
+        return None;
+    }
+    let (addr, explicit) = match &flags.dashboard {
+        Some(a) => (a.clone(), true),
+        None => {
+            let c = config.scheduler.dashboard.trim();
+            (c.to_string(), c != crate::dashboard::DEFAULT_ADDR)
+        }
+    };
+    let off = addr.is_empty() || addr.eq_ignore_ascii_case("none");
+    (!off).then_some(crate::dashboard::DashboardOptions { addr, explicit })
 }
 
 /// `HOST:PORT` to listen on: the flags, else the configuration's.
@@ -46,6 +67,7 @@ pub(super) fn scheduler_options(
         advertise: None,
         security: Default::default(),
         max_connections: c.max_connections,
+        dashboard: None,
         scheduler_file: crate::schedfile::resolve_path(file).map_err(usage)?,
         journal,
         max_frame: c.max_frame,

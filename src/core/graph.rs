@@ -215,6 +215,12 @@ pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, can
     let dependents = if ok { task.dependents.to_vec() } else { Vec::new() };
     if job.is_done() {
         job.done_at = Some(now);
+        let times = crate::journal_record::HistoryRecord::JobTimes {
+            job: tid.job,
+            submitted_at: job.submitted_at,
+            done_at: Some(now),
+        };
+        core.history.job_times(core.replaying, times);
         if let Some(retention) = core.config.retention_us {
             let at = now.saturating_add(retention).saturating_add(1);
             core.deadlines.add(at, super::deadlines::Due::Retention(tid.job));

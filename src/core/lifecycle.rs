@@ -37,6 +37,7 @@ pub fn on_worker_joined(
     let process = super::process_key(&w.host, w.pid);
     core.conn_process.insert(conn, process);
     tracing::info!(worker = %id, host = ?w.host, pid = w.pid, slots = w.slots, "worker registered");
+    note_joined(core, now, id, &w);
     core.workers.insert(
         id,
         Worker {
@@ -64,6 +65,28 @@ pub fn on_worker_joined(
     claim(core, id, w.running);
     core.ask_for_scheduling();
     id
+}
+
+/// The event of a worker's arrival: `worker-respawned` when its nanny
+/// slot's worker was lost before or has been restarted, else `worker-joined`.
+fn note_joined(core: &mut Core, now: u64, id: WorkerId, w: &NewWorker) {
+    let mut kind = "worker-joined";
+    let mut by = String::new();
+    if let Some(n) = &w.nanny {
+        let restarts = core
+            .nannies
+            .values()
+            .find(|r| r.pid == n.pid && r.host == w.host)
+            .and_then(|r| r.slots.iter().find(|s| s.slot == n.slot))
+            .map_or(0, |s| s.restarts);
+        let lost_before = core.history.lost.iter().any(|l| l.host == w.host && l.nanny.as_ref() == Some(n));
+        if restarts > 0 || lost_before {
+            kind = "worker-respawned";
+        }
+        by = format!(", nanny pid {} slot {} (restarts {restarts})", n.pid, n.slot);
+    }
+    let text = format!("{id} joined: {} pid {}, {} slots{by}", w.host, w.pid, w.slots);
+    core.history.event(now, core.replaying, kind, text);
 }
 
 /// A (re)connected worker keeps the tasks it is still running: those not
@@ -104,6 +127,24 @@ pub fn on_worker_lost(core: &mut Core, fx: &mut impl Effects, now: u64, id: Work
         return;
     };
     core.pin_frontier.remove(&id);
+    let (kind, text) = match why {
+        LostWorkerReason::Goodbye => {
+            ("worker-left", format!("{id} left ({} tasks in flight)", w.assigned.len()))
+        }
+        _ => ("worker-lost", format!("{id} lost: {why} ({} tasks in flight)", w.assigned.len())),
+    };
+    core.history.event(now, core.replaying, kind, text);
+    let (host, nanny) = (w.host.clone(), w.nanny.clone());
+    let gone = super::history::LostWorker {
+        id,
+        host,
+        pid: w.pid,
+        nanny,
+        slots: w.slots,
+        rss_kib: w.rss_kib,
+        at: now,
+    };
+    core.history.worker_lost(gone);
     if why == LostWorkerReason::Goodbye && w.assigned.is_empty() {
         tracing::info!(worker = %id, "worker left");
     } else {

@@ -5,8 +5,10 @@
 mod admin;
 mod check;
 mod compact;
+mod dashboard;
 mod deadlines;
 mod graph;
+mod history;
 mod lifecycle;
 mod maps;
 mod pins;
@@ -34,7 +36,9 @@ mod views;
 mod worker;
 
 pub use admin::*;
+pub use dashboard::*;
 pub use graph::{key_index, task_name};
+pub use history::{Event, History};
 pub use lifecycle::*;
 pub use maps::{TaskMap, WorkerMap};
 pub use pins::Leave;

@@ -6,7 +6,24 @@ use super::graph::{self};
 use super::submit::{insert_job, submission_digest, JobHead};
 use super::{Core, TaskState};
 use crate::ids::TaskId;
-use crate::journal_record::Record;
+use crate::journal_record::{HistoryRecord, Record};
+
+/// A journaled event goes back into the page's history; a job's timing
+/// back onto the job (its finish only if it is still finished: a retry
+/// after it opened it again).
+fn replay_history(core: &mut Core, h: HistoryRecord) {
+    match h {
+        HistoryRecord::Event { at, kind, text } => core.history.replayed(at, kind, text),
+        HistoryRecord::JobTimes { job, submitted_at, done_at } => {
+            if let Some(j) = core.jobs.find_job_mut(job) {
+                j.submitted_at = submitted_at;
+                if j.is_done() {
+                    j.done_at = done_at.or(j.done_at);
+                }
+            }
+        }
+    }
+}
 
 /// Rebuilds the core from journal records, through the same state changes
 /// live events make. Tasks without an outcome end up queued again, in
@@ -53,6 +70,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
             Record::TasksRetried { job, idx } => {
                 retry_tasks(core, job, &idx);
             }
+            Record::History(h) => replay_history(core, h),
         }
     }
     core.replaying = false;

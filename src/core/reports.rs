@@ -37,7 +37,11 @@ pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId
     }
     let mut completed = Completed::default();
     let (mut late, mut foreign) = (0u64, 0u64);
+    let mut bars = super::history::FrameBars::default();
     for r in reports {
+        if let Some(t) = core.find_task(r.task) {
+            bars.add(&t.shape, r.micros);
+        }
         match core.find_task(r.task) {
             Some(t) if !t.may_report(process, r.attempt) => foreign += 1,
             Some(t) if t.outcome.is_none() && r.executor_died => {
@@ -51,6 +55,10 @@ pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId
     // worker can forget its results.
     fx.to_worker_after_flush(conn, ToWorker::Ack { batch });
     graph::flush_completed(core, fx, completed);
+    if let Some((id, w)) = wid.and_then(|id| core.workers.find_worker(id).map(|w| (id, w.slots))) {
+        core.history.note_frame(now, id, w, bars);
+    }
+    core.history.sample(now, core.outcomes_total);
     if late > 0 {
         core.duplicate_reports = core.duplicate_reports.saturating_add(late);
         tracing::info!(conn = %conn, dropped = late, "dropped late reports of tasks already recorded");

@@ -57,6 +57,8 @@ pub struct Core {
     pub(super) replaying: bool,
     /// A handler asked for a scheduling pass: `finish_step` runs it.
     pub(super) schedule_asked: bool,
+    /// Bounded aggregates of the recent past, for the status page.
+    pub(super) history: super::history::History,
 }
 
 impl Core {

@@ -164,6 +164,8 @@ pub fn on_submit_job(core: &mut Core, fx: &mut impl Effects, now: u64, conn: Con
     j.digest = digest;
     let tasks = tasks.into_iter().map(Into::into).collect();
     fx.journal(Record::JobSubmitted { job, seq, name, tasks, functions, digest });
+    let times = crate::journal_record::HistoryRecord::JobTimes { job, submitted_at: now, done_at: None };
+    core.history.job_times(false, times);
     // Tasks that depend on a task of an earlier job that already failed.
     let mut failed = Completed::default();
     for (tid, error) in doomed {

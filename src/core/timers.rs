@@ -12,6 +12,7 @@ use crate::ids::{ConnId, JobId, WorkerId};
 /// Silence counts only while the scheduler itself runs (see `note_stall`).
 pub fn on_tick(core: &mut Core, fx: &mut impl Effects, now: u64) {
     note_stall(core, now);
+    core.history.sample(now, core.outcomes_total);
     let timeout = core.config.heartbeat_timeout_us;
     for w in core.workers.values_mut().filter(|w| !w.dropped.is_empty()) {
         w.dropped.retain(|_, at| now.saturating_sub(*at) <= timeout);

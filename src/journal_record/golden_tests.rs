@@ -5,7 +5,7 @@
 //! migration, or restore the bytes. `ACTORD_BLESS_GOLDEN=1` rewrites the
 //! file after an intended change.
 
-use super::{DoneTask, Record};
+use super::{DoneTask, HistoryRecord, Record};
 use crate::ids::JobId;
 use crate::persistence::payloads;
 use crate::protocol::{Dep, Outcome, TaskKind, TaskSpec};
@@ -69,6 +69,14 @@ fn records() -> Vec<(&'static str, Record)> {
         ("TasksDone", Record::TasksDone { job: job(), done: outcomes }),
         ("TasksRetried", Record::TasksRetried { job: job(), idx: vec![0, 2] }),
         ("JobForgotten", Record::JobForgotten { job: job() }),
+        (
+            "History",
+            Record::History(HistoryRecord::Event { at: 5, kind: "worker-lost".into(), text: "w1".into() }),
+        ),
+        (
+            "History",
+            Record::History(HistoryRecord::JobTimes { job: job(), submitted_at: 1, done_at: Some(2) }),
+        ),
     ]
 }
 
@@ -99,5 +107,5 @@ fn every_record_variant_keeps_its_bytes() {
         assert_eq!(got, want, "a journal record's bytes changed (see this file's comment)");
     }
     assert_eq!(golden.lines().count(), now.lines().count(), "{now}");
-    assert_eq!(golden.lines().count(), 4, "one payload per variant");
+    assert_eq!(golden.lines().count(), 6, "one payload per variant (two kinds of history record)");
 }

@@ -41,6 +41,20 @@ pub enum Record {
     /// An operator asked to run these failed tasks again (`ctl retry`):
     /// their outcomes so far are void, the next ones count.
     TasksRetried { job: JobId, idx: Vec<u32> },
+    /// What the status page shows of the past (events, per-job timing),
+    /// kept apart from the jobs' records and bounded (see `persistence`).
+    History(HistoryRecord),
+}
+
+/// A history record: journaled so that a restarted scheduler still shows
+/// what happened before it. Times are µs since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum HistoryRecord {
+    /// Something an operator wants to see afterwards: a worker joined, was
+    /// lost or respawned, the scheduler started, the journal was replayed.
+    Event { at: u64, kind: String, text: String },
+    /// When a job was submitted and when it finished (if it has).
+    JobTimes { job: JobId, submitted_at: u64, done_at: Option<u64> },
 }
 
 /// One finished task in a `TasksDone` record (written positionally: the

@@ -383,8 +383,12 @@ impl Report {
 }
 
 impl Record {
+    /// The job a record is kept under (nil for history records, which are
+    /// kept apart from every job's).
     pub fn job(&self) -> JobId {
         match self {
+            Record::History(crate::journal_record::HistoryRecord::JobTimes { job, .. }) => *job,
+            Record::History(_) => JobId(uuid::Uuid::nil()),
             Record::JobSubmitted { job, .. }
             | Record::TasksDone { job, .. }
             | Record::JobForgotten { job }

@@ -19,6 +19,9 @@
 //!   msgpack `[version, epoch, last_lsn, {job: [records, name]}]`, replaced
 //!   atomically (tmp, fsync, rename) after every flush, off the scheduler's
 //!   loop, with what the flush made durable;
+//! - `history` (`history.rs`): the status page's events (the last 1000)
+//!   and per-job timing, outside the checks above: damage there is logged
+//!   and skipped;
 //! - `holder.json` beside them: pid, host and start time of the scheduler
 //!   that has it open.
 //!
@@ -38,6 +41,7 @@ mod check;
 #[cfg(test)]
 mod damage_tests;
 mod frame;
+mod history;
 mod hwm;
 mod layout;
 mod sled_journal;
@@ -108,6 +112,10 @@ impl Journal for MemJournal {
                     Record::JobSubmitted { job: j, .. }
                     | Record::TasksDone { job: j, .. }
                     | Record::TasksRetried { job: j, .. } => j != job,
+                    Record::History(crate::journal_record::HistoryRecord::JobTimes { job: j, .. }) => {
+                        j != job
+                    }
+                    Record::History(_) => true,
                     Record::JobForgotten { .. } => false,
                 });
             } else {

@@ -34,6 +34,8 @@ pub struct SledJournal {
     jobs: sled::Tree,
     done: sled::Tree,
     forgotten: sled::Tree,
+    /// Events and per-job timing for the status page.
+    history: super::history::HistoryStore,
     epoch: u64,
     /// Sequence number of the last record written.
     lsn: u64,
@@ -170,7 +172,9 @@ impl SledJournal {
             tracing::warn!(journal = %dir.display(), records = dropped, "dropped unreplayable records");
         }
         let lsn = scan.max_lsn.max(mark.ok().flatten().map_or(0, |m| m.last_lsn));
-        let (records, marks) = scan.into_live();
+        let (mut records, marks) = scan.into_live();
+        let (history, past) = super::history::HistoryStore::open(&db).map_err(|e| err(e.to_string()))?;
+        records.extend(past);
         let epoch = epoch.map_or(0, |e| e + 1);
         let w = |e: sled::Error| err(e.to_string());
         meta.insert("version", &JOURNAL_VERSION.to_be_bytes()).map_err(w)?;
@@ -182,6 +186,7 @@ impl SledJournal {
             jobs,
             done,
             forgotten,
+            history,
             epoch,
             lsn,
             marks,
@@ -313,6 +318,7 @@ pub fn payloads(record: &Record) -> Result<Vec<Vec<u8>>, JournalError> {
         Record::TasksDone { done, .. } => Ok(vec![encode(done)?]),
         Record::TasksRetried { idx, .. } => Ok(vec![encode(&DoneEntry::Retried(idx.clone()))?]),
         Record::JobForgotten { .. } => Ok(vec![Vec::new()]),
+        Record::History(h) => Ok(vec![super::history::payload(h)?]),
     }
 }
 
@@ -345,7 +351,9 @@ impl Journal for SledJournal {
                     self.jobs.apply_batch(std::mem::take(&mut jobs)).map_err(w)?;
                     self.done.apply_batch(std::mem::take(&mut done)).map_err(w)?;
                     self.forget(job)?;
+                    self.history.forget(job)?;
                 }
+                Record::History(h) => self.history.append(h)?,
             }
         }
         self.jobs.apply_batch(jobs).map_err(w)?;

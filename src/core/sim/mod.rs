@@ -522,6 +522,7 @@ impl Sim {
                     }
                 }
                 Record::JobForgotten { job } => count.retain(|t, _| t.job != *job),
+                Record::History(_) => {}
             }
         }
         for (jid, j) in &self.core.jobs {
