@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::browser::Browser;
+use common::{stderr, stdout, Cluster};
 
 /// Launches Chromium, or says why this machine skips the test.
 macro_rules! browser_or_skip {
@@ -174,11 +175,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     (sorted[i.min(sorted.len() - 1)] * 10.0).round() / 10.0
 }
 
-/// Bounds for a page that stays usable: every update drawn well inside the
-/// 500 ms between snapshots (p95 under 50 ms, none over 250 ms on this
-/// shared 2-core machine), and the JS heap far below what makes a tab
-/// sluggish (200 MB; it holds one bounded snapshot at a time).
-const RENDER_MAX_MS: f64 = 250.0;
+/// Bounds for a page that stays usable (a snapshot comes every 500 ms): its
+/// own cost per update small (median under 25 ms), updates that feel
+/// immediate (p95 under 100 ms), none that stalls the tab (500 ms: wall
+/// time, which includes the renderer being preempted on a 2-core machine
+/// running 128 worker threads beside other work);
+/// and a JS heap far below what makes a tab sluggish (200 MB: the page keeps
+/// one bounded snapshot at a time).
+const RENDER_P50_MS: f64 = 25.0;
+const RENDER_P95_MS: f64 = 100.0;
+const RENDER_MAX_MS: f64 = 500.0;
 const HEAP_MAX_BYTES: f64 = 200e6;
 
 // ---- the page at the snapshot's bounds, fed by the test ----
@@ -325,5 +331,208 @@ fn page_draws_a_full_snapshot_on_every_view_within_bounds() {
     b.eval("document.getElementById('jd-retry').click()");
     assert!(b.wait_for("document.getElementById('jd-msg').textContent === 'retrying 100 tasks'", WAIT));
     b.screenshot("full-snapshot-job-detail");
+    assert!(b.errors.is_empty(), "page errors: {:?}", b.errors);
+}
+
+// ---- the page against real scheduler, nanny and worker processes ----
+
+/// A port free right now on 127.0.0.1, so that a restarted scheduler serves
+/// its page where the open page reconnects to.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The page's URL from the scheduler file (loopback: no token needed to read).
+fn page_url(c: &Cluster) -> String {
+    let text = std::fs::read_to_string(&c.file).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["dashboard"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no dashboard in the scheduler file: {text}"))
+        .to_string()
+}
+
+fn inputs(c: &Cluster, n: usize, line: &str) -> String {
+    let path = c.path("inputs.jsonl");
+    std::fs::write(&path, format!("{line}\n").repeat(n)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn page_follows_a_job_a_lost_worker_and_a_scheduler_restart() {
+    let port = free_port().to_string();
+    let mut c = Cluster::scheduler_with(None, &["--dashboard", &format!("127.0.0.1:{port}")]);
+    let url = page_url(&c);
+    assert!(url.contains(&port), "the page is served where asked: {url}");
+    let mut b = browser_or_skip!(1280, 1000);
+    b.navigate(&url);
+    assert!(b.wait_for("document.body.dataset.live === '1' && document.body.dataset.workers === '0'", WAIT));
+
+    // Workers join: the count on the page follows.
+    c.start_nanny(2, 2);
+    assert!(b.wait_for("document.body.dataset.workers === '2'", WAIT), "page never showed 2 workers");
+    assert_eq!(b.text("document.getElementById('n-slots').textContent"), "4");
+
+    // A job runs: its progress and the task stream move.
+    let file = inputs(&c, 600, "30");
+    let out = c.run(&["map", "sleep", "--inputs", &file]);
+    assert!(out.status.success(), "map: {}", stderr(&out));
+    let job = stdout(&out);
+    let row = format!("document.querySelector('#progress [data-job=\"{job}\"]')");
+    assert!(b.wait_for(&format!("{row} && +{row}.dataset.finished > 0"), WAIT), "no progress shown");
+    let first = num(&mut b, &format!("{row}.dataset.finished"));
+    let stream_end = num(&mut b, "document.getElementById('stream').dataset.lastEnd");
+    assert!(
+        b.wait_for(&format!("+{row}.dataset.finished > {first} + 20"), WAIT),
+        "progress stuck at {first}"
+    );
+    assert!(b.wait_for("+document.getElementById('stream').dataset.bars > 0", WAIT), "no task-stream bars");
+    assert!(
+        b.wait_for(&format!("+document.getElementById('stream').dataset.lastEnd > {stream_end}"), WAIT),
+        "the task stream never moved"
+    );
+    b.screenshot("status-running");
+
+    // kill -9 of a worker: shown as lost, then its replacement comes up.
+    b.eval("location.hash = '#workers'");
+    let rows = "[...document.querySelectorAll('#workers tbody tr')]";
+    assert!(b.wait_for(&format!("{rows}.filter(r => r.dataset.state === 'up').length === 2"), WAIT));
+    let victim = num(&mut b, &format!("{rows}.find(r => r.dataset.state === 'up').dataset.pid")) as i32;
+    assert!(victim > 0, "a worker pid on the page");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let lost = format!("{rows}.some(r => r.dataset.pid === '{victim}' && r.dataset.state === 'lost')");
+    assert!(b.wait_for(&lost, WAIT), "worker {victim} never shown as lost");
+    let respawned =
+        format!("{rows}.filter(r => r.dataset.state === 'up' && r.dataset.pid !== '{victim}').length === 2");
+    assert!(b.wait_for(&respawned, WAIT), "no replacement for worker {victim} shown");
+    b.screenshot("workers-after-kill");
+    b.eval("location.hash = '#status'");
+    assert!(b.wait_for("document.getElementById('n-lost').textContent === '1 lost'", WAIT));
+    b.screenshot("status-after-kill");
+    b.eval("location.hash = '#system'");
+    let event = |kind: &str| format!("document.querySelector('#events tr[data-kind=\"{kind}\"]') !== null");
+    assert!(b.wait_for(&event("worker-lost"), WAIT), "no worker-lost event shown");
+    assert!(b.wait_for(&event("worker-respawned"), WAIT), "no worker-respawned event shown");
+    let before = num(&mut b, "document.querySelectorAll('#events tbody tr').length");
+
+    // kill -9 of the scheduler: the page says so, and reconnects by itself to
+    // the restarted one (same journal, same page address).
+    c.kill_scheduler();
+    assert!(b.wait_for("document.body.dataset.live === '0'", WAIT), "page never noticed the scheduler died");
+    assert!(b.text("document.getElementById('conn').textContent").contains("reconnecting"));
+    b.screenshot("reconnecting");
+    c.restart_scheduler();
+    assert_eq!(page_url(&c), url, "the restarted scheduler serves its page at the same address");
+    assert!(
+        b.wait_for("document.body.dataset.live === '1' && document.body.dataset.epoch === '1'", WAIT),
+        "page never reconnected to the restarted scheduler:\n{}",
+        c.scheduler.log_text()
+    );
+    // What happened before the restart is still shown, from the journal.
+    assert!(b.wait_for(&event("scheduler-restarted"), WAIT), "no scheduler-restarted event");
+    assert!(b.wait_for(&event("worker-lost"), WAIT), "the worker-lost event did not survive the restart");
+    assert!(b.wait_for(&event("worker-respawned"), WAIT), "the respawn event did not survive the restart");
+    assert!(num(&mut b, "document.querySelectorAll('#events tbody tr').length") > before);
+    b.screenshot("system-after-restart");
+
+    // The job finishes on the restarted scheduler and the page says so.
+    let results = c.path("results.json").display().to_string();
+    let out = c.run(&["gather", &job, "--out", &results]);
+    assert!(out.status.success(), "gather: {}", stderr(&out));
+    b.eval("location.hash = '#status'");
+    assert!(b.wait_for(&format!("{row} && {row}.dataset.finished === '600'"), WAIT));
+    b.screenshot("status-done");
+    assert!(b.errors.is_empty(), "page errors: {:?}", b.errors);
+}
+
+/// Runs one `map noop` over `tasks` inputs to the end (gathered), turning
+/// the page through every view meanwhile; returns the wall time (s) and the
+/// largest JS heap seen.
+fn noop_round(c: &Cluster, b: &mut Browser, tasks: usize, round: usize) -> (f64, f64) {
+    let file = inputs(c, tasks, "null");
+    let start = std::time::Instant::now();
+    let out = c.run(&["map", "noop", "--inputs", &file]);
+    assert!(out.status.success(), "map: {}", stderr(&out));
+    let job = stdout(&out);
+    let results = c.path(&format!("results-{round}.json")).display().to_string();
+    let mut gather = common::Proc::spawn(
+        &format!("gather-{round}"),
+        c.command(&["gather", &job, "--out", &results]),
+        c.dir.path(),
+    );
+    let views = ["status", "workers", "jobs", "system"];
+    let (mut heap, mut samples) = (0f64, 0usize);
+    let done = loop {
+        if let Some(s) = gather.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "{tasks} noop tasks took over 300 s");
+        heap = heap.max(num(b, "document.body.dataset.heapBytes"));
+        samples += 1;
+        if samples % 5 == 0 {
+            b.eval(&format!("location.hash = '#{}'", views[(samples / 5) % views.len()]));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let wall = start.elapsed().as_secs_f64();
+    assert!(done.success(), "gather: {}", gather.log_text());
+    (wall, heap)
+}
+
+/// 128 worker slots (32 workers × 4 threads) and jobs of 100,000 noop tasks
+/// with the page open, until it has drawn at least 30 updates during jobs.
+#[test]
+fn page_stays_responsive_at_100k_tasks_and_128_slots() {
+    let (workers, threads) = (32u32, 4u32);
+    let tasks = 100_000usize;
+    let mut c = Cluster::scheduler_with(None, &["--dashboard", "127.0.0.1:0"]);
+    let url = page_url(&c);
+    let mut b = browser_or_skip!(1280, 1000);
+    b.navigate(&url);
+    c.start_nanny(workers, threads);
+    assert!(b.wait_for(&format!("document.body.dataset.workers === '{workers}'"), WAIT));
+    let lanes = format!("+document.getElementById('stream').dataset.lanes === {}", workers * threads);
+    assert!(b.wait_for(&lanes, WAIT), "not a lane per slot");
+
+    let (mut times, mut walls, mut heap_max) = (Vec::new(), Vec::new(), 0f64);
+    for round in 1..=20 {
+        let before = num(&mut b, "document.body.dataset.renders");
+        let (wall, heap) = noop_round(&c, &mut b, tasks, round);
+        // The renders of this round (the page keeps the last 600).
+        let during = (num(&mut b, "document.body.dataset.renders") - before).max(0.0) as usize;
+        let all = render_times(&mut b);
+        times.extend_from_slice(&all[all.len().saturating_sub(during)..]);
+        walls.push(wall);
+        heap_max = heap_max.max(heap);
+        if times.len() >= 30 {
+            break;
+        }
+    }
+    b.eval("location.hash = '#status'");
+    let all_done = format!("+document.body.dataset.finished === {}", tasks * walls.len());
+    assert!(b.wait_for(&all_done, WAIT), "page never showed all tasks finished");
+    heap_max = heap_max.max(num(&mut b, "document.body.dataset.heapBytes"));
+    b.screenshot("status-100k-tasks-128-slots");
+    b.eval("location.hash = '#workers'");
+    assert!(b.wait_for(&format!("document.querySelectorAll('#workers tbody tr').length === {workers}"), WAIT));
+    b.screenshot("workers-128-slots");
+
+    times.sort_by(f64::total_cmp);
+    walls.sort_by(f64::total_cmp);
+    let (p50, p95, max) = (percentile(&times, 0.5), percentile(&times, 0.95), percentile(&times, 1.0));
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "status-page", "tasks_per_job": tasks, "jobs": walls.len(), "workers": workers,
+            "threads_per_worker": threads, "slots": workers * threads, "wall_s_per_job": walls,
+            "renders": times.len(), "render_ms_p50": p50, "render_ms_p95": p95, "render_ms_max": max,
+            "heap_bytes_max": heap_max,
+        })
+    );
+    assert!(times.len() >= 30, "the page drew only {} updates during {} jobs", times.len(), walls.len());
+    assert!(p50 < RENDER_P50_MS, "render median {p50} ms (bound {RENDER_P50_MS})");
+    assert!(p95 < RENDER_P95_MS, "render p95 {p95} ms (bound {RENDER_P95_MS})");
+    assert!(max < RENDER_MAX_MS, "render max {max} ms (bound {RENDER_MAX_MS})");
+    assert!(heap_max > 0.0 && heap_max < HEAP_MAX_BYTES, "JS heap {heap_max} bytes (bound {HEAP_MAX_BYTES})");
     assert!(b.errors.is_empty(), "page errors: {:?}", b.errors);
 }

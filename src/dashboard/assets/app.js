@@ -91,8 +91,10 @@ const page = () => (location.hash || "#status").slice(1).split("/")[0] || "statu
 
 // ---- navigation ----
 let shownJob = null;      // job id whose detail is open
+let shownPage = null;
 function showPage() {
   const p = page();
+  if (p !== shownPage) { shownPage = p; window.scrollTo(0, 0); }
   for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== "page-" + p;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === p);
   const parts = location.hash.slice(1).split("/");
