@@ -60,6 +60,7 @@ pub async fn run_ctl(client: &mut Client, command: CtlCommand, json: bool) -> An
             admin(client, FromClient::RetireWorker { worker: parse_worker_id(&worker)? }, json).await
         }
         C::Journal => show(&client.journal().await?, json, table::journal),
+        C::Dashboard => dashboard(&client.file, json),
         C::Shutdown { drain: false, keep_workers } => shutdown(client, keep_workers, json).await,
         C::Shutdown { drain: true, keep_workers } => drain(client, keep_workers, json).await,
         C::LogLevel { level } => admin(client, FromClient::LogLevel { level }, json).await,
@@ -85,7 +86,24 @@ async fn status(client: &mut Client, json: bool) -> Answer {
     v["host"] = f.host.clone().into();
     v["started"] = f.started.clone().into();
     v["security"] = f.mode.name().into();
+    v["dashboard"] = f.dashboard.clone().into();
     print_json(&v)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ctl dashboard`: the page's link with its token, from the scheduler file.
+fn dashboard(f: &crate::schedfile::SchedulerFile, json: bool) -> Answer {
+    let Some(url) = &f.dashboard else {
+        return Err(failed(
+            "this scheduler serves no status page (started with --no-dashboard, or its address was taken)",
+        ));
+    };
+    let token = (f.mode != crate::security::Mode::Insecure).then(|| crate::dashboard::token(&f.secret));
+    let link = crate::dashboard::link(url, token.as_deref());
+    match json {
+        true => print_json(&serde_json::json!({ "url": url, "link": link, "token": token }))?,
+        false => outln!("{link}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

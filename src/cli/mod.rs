@@ -415,6 +415,9 @@ pub enum CtlCommand {
     },
     /// The journal: path, size on disk, records, flushes, last flush.
     Journal,
+    /// The status page's link, with its token (it lets whoever has it
+    /// retry and cancel jobs: share it as you would the scheduler file).
+    Dashboard,
     /// Stop the scheduler for good: its nannies and workers exit too (its
     /// journal keeps everything for a scheduler started again on it).
     Shutdown {

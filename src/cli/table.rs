@@ -89,6 +89,12 @@ pub fn status(f: &SchedulerFile, s: &StatusInfo) -> String {
     let uptime = crate::util::format_duration(std::time::Duration::from_secs(s.uptime_s));
     let _ = writeln!(out, "scheduler  {} (pid {} on {}, up {uptime})", f.address, f.pid, f.host);
     let _ = writeln!(out, "epoch      {}", s.epoch);
+    let _ = match &f.dashboard {
+        Some(url) => {
+            writeln!(out, "dashboard  {url} (`actord ctl dashboard` prints the link with its token)")
+        }
+        None => writeln!(out, "dashboard  none"),
+    };
     let _ = writeln!(out, "security   {}", crate::security::describe(f.mode, f.tls_fingerprint.as_deref()));
     let _ = match &s.journal_path {
         Some(p) => writeln!(out, "journal    {p} ({})", format_size(s.journal_bytes)),

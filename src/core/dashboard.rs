@@ -4,7 +4,8 @@
 
 use super::history::Bar;
 use super::{Core, Job, TaskState};
-use crate::ids::JobId;
+use crate::ids::{JobId, TaskId};
+use rustc_hash::FxHashSet as HashSet;
 use serde::Serialize;
 
 /// Jobs in a snapshot at most (the newest).
@@ -81,7 +82,10 @@ pub struct JobRow {
     pub name: String,
     pub total: u32,
     pub finished: u32,
+    /// Running on a worker now (at most one per slot).
     pub running: u32,
+    /// Handed to a worker that is busy with older ones.
+    pub queued: u32,
     pub ready: u32,
     pub waiting: u32,
     pub failed: u32,
@@ -230,7 +234,7 @@ fn workers(core: &Core, now: u64, snap: &mut Snapshot) {
 }
 
 /// A job's tasks by state, one pass over them.
-fn job_row(id: JobId, j: &Job) -> JobRow {
+fn job_row(id: JobId, j: &Job, running: &HashSet<TaskId>) -> JobRow {
     let mut row = JobRow {
         id: id.to_string(),
         name: j.name.clone(),
@@ -244,12 +248,15 @@ fn job_row(id: JobId, j: &Job) -> JobRow {
     if row.done && j.failed == 0 {
         return row; // nothing else to count
     }
-    for t in &j.tasks {
+    for (idx, t) in j.tasks.iter().enumerate() {
         match t.state {
             TaskState::Waiting => row.waiting += 1,
             TaskState::Ready | TaskState::Delayed => row.ready += 1,
             TaskState::Assigned(_) if t.waiting > 0 => row.waiting += 1,
-            TaskState::Assigned(_) => row.running += 1,
+            TaskState::Assigned(_) if running.contains(&TaskId { job: id, idx: idx as u32 }) => {
+                row.running += 1
+            }
+            TaskState::Assigned(_) => row.queued += 1,
             TaskState::Failed => row.failed += 1,
             TaskState::Canceled => row.canceled += 1,
             TaskState::Finished => {}
@@ -263,8 +270,9 @@ fn jobs(core: &Core, snap: &mut Snapshot) {
     order.sort_unstable();
     snap.totals.jobs = order.len() as u32;
     let skip = order.len().saturating_sub(SNAPSHOT_JOBS);
+    let running = core.running_tasks();
     for (n, (_, id)) in order.iter().enumerate() {
-        let row = job_row(*id, core.jobs.get_job(*id));
+        let row = job_row(*id, core.jobs.get_job(*id), &running);
         snap.totals.finished += u64::from(row.finished);
         snap.totals.failed += u64::from(row.failed);
         snap.totals.canceled += u64::from(row.canceled);
@@ -332,5 +340,5 @@ pub fn dashboard_job(core: &Core, job: JobId) -> Option<JobDetailView> {
             error: j.error(idx).unwrap_or("").to_string(),
         });
     }
-    Some(JobDetailView { job: job_row(job, j), failed_tasks })
+    Some(JobDetailView { job: job_row(job, j, &core.running_tasks()), failed_tasks })
 }
