@@ -219,7 +219,7 @@ fn full_snapshot(frame: u64) -> serde_json::Value {
         .collect();
     let jobs: Vec<_> = (0..500u64)
         .map(|j| json!({"id": format!("{j:08x}-0000-4000-8000-000000000000"), "name": format!("map {}", funcs[(j % 5) as usize]),
-            "total": 1000, "finished": (frame * 10 + j).min(1000), "running": 4, "ready": 10, "waiting": 20,
+            "total": 1000, "finished": (frame * 10 + j).min(1000), "running": 4, "queued": 3, "ready": 10, "waiting": 20,
             "failed": j % 4, "canceled": 0, "done": j < 400, "submitted_at_ms": now - 100_000, "finished_at_ms": if j < 400 { Some(now) } else { None }}))
         .collect();
     let throughput: Vec<_> =
@@ -287,7 +287,10 @@ fn page_draws_a_full_snapshot_on_every_view_within_bounds() {
     let site = Site::serve(Arc::new(feed));
     let mut b = browser_or_skip!(1280, 1000);
     b.navigate(&format!("http://{}/?token={FEED_TOKEN}#status", site.addr));
-    assert!(b.wait_for("+document.body.dataset.renders >= 4", WAIT), "no snapshot drawn");
+    if !b.wait_for("+document.body.dataset.renders >= 4", WAIT) {
+        let state = b.text("JSON.stringify([document.visibilityState, document.body.dataset])");
+        panic!("no snapshot drawn: {state} {:?}", b.errors);
+    }
     assert!(!b.text("location.href").contains(FEED_TOKEN), "the token is taken out of the address bar");
     assert_eq!(num(&mut b, "document.getElementById('stream').dataset.bars"), 2000.0);
     assert_eq!(num(&mut b, "document.getElementById('stream').dataset.lanes"), 128.0);

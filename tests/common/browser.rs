@@ -106,6 +106,9 @@ impl Browser {
         b.session = attached["sessionId"].as_str().expect("a session id").to_string();
         b.call("Page.enable", json!({}));
         b.call("Runtime.enable", json!({}));
+        // A page in front and focused, so that animation frames run.
+        b.call("Page.bringToFront", json!({}));
+        b.call("Emulation.setFocusEmulationEnabled", json!({"enabled": true}));
         Ok(b)
     }
 

@@ -231,7 +231,7 @@ function renderStream() {
   }
 }
 
-const STATES = ["finished", "running", "ready", "waiting", "failed", "canceled"];
+const STATES = ["finished", "running", "queued", "ready", "waiting", "failed", "canceled"];
 function makeBar() {
   const bar = document.createElement("div"); bar.className = "bar";
   for (const s of STATES) { const d = document.createElement("div"); d.className = "s-" + s; bar.appendChild(d); }
@@ -347,7 +347,7 @@ async function loadJob() {
     const sum = $("jd-summary");
     if (!sum.firstChild) { sum.append(makeBar(), document.createElement("p")); }
     fillBar(sum.firstChild, j);
-    setText(sum.lastChild, `${fmtInt(j.finished)} of ${fmtInt(j.total)} finished, ${fmtInt(j.running)} running, ` +
+    setText(sum.lastChild, `${fmtInt(j.finished)} of ${fmtInt(j.total)} finished, ${fmtInt(j.running)} running, ${fmtInt(j.queued)} queued, ` +
       `${fmtInt(j.failed)} failed, ${fmtInt(j.canceled)} canceled` + (j.done ? " · done" : ""));
     const failed = j.failed_tasks || [];
     syncRows($("jd-failed").tBodies[0], failed, (t) => t.task, (k) => rowOf(4, k, "task"), (tr, t) => {
