@@ -5,6 +5,7 @@
 //!
 //!   cargo bench --bench cluster -- noop --n 10000 [--workers 2] [--threads 1]
 //!         [--repeat 3] [--warmup 200] [--no-journal] [--tls | --no-tls | --insecure]
+//!         [--no-dashboard | --dashboard-open]
 //!
 //! CPU figures cover the timed repetitions only (from /proc, 10 ms ticks).
 //!
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 const USAGE: &str =
     "usage: cluster noop|cmd|darts|million|respawn|restart [--variant map|chain|tree] [--n N] \
      [--workers K] [--threads T] [--repeat R] [--warmup W] [--inputs I] [--scale S] [--no-journal] \
-     [--tls|--no-tls|--insecure]";
+     [--tls|--no-tls|--insecure] [--no-dashboard|--dashboard-open]";
 
 struct Opts {
     workload: String,
@@ -40,6 +41,10 @@ struct Opts {
     scale: f64,
     /// The scheduler's security flag: "" (TLS, the default), --no-tls or --insecure.
     security: &'static str,
+    /// The status page: "off" (--no-dashboard), "idle" (served, nobody
+    /// looking: the default) or "open" (--dashboard-open: a subscriber
+    /// reads /api/stream throughout the run).
+    dashboard: &'static str,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -56,6 +61,7 @@ fn parse() -> Result<Opts, String> {
         inputs: 100,
         scale: 1.0,
         security: "",
+        dashboard: "idle",
     };
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -70,6 +76,8 @@ fn parse() -> Result<Opts, String> {
             "--tls" => o.security = "",
             "--no-tls" => o.security = "--no-tls",
             "--insecure" => o.security = "--insecure",
+            "--no-dashboard" => o.dashboard = "off",
+            "--dashboard-open" => o.dashboard = "open",
             "--variant" => o.variant = val("--variant")?,
             "--inputs" => o.inputs = val("--inputs")?.parse().map_err(|e| format!("--inputs: {e}"))?,
             "--scale" => o.scale = val("--scale")?.parse().map_err(|e| format!("--scale: {e}"))?,
@@ -299,6 +307,31 @@ async fn run_tree(client: &mut Client, n: u64) -> Result<(u64, f64), String> {
     Ok((tasks, t0.elapsed().as_secs_f64()))
 }
 
+/// An open status page: a thread reading the scheduler's `/api/stream`
+/// (loopback, no token) for as long as the process runs; counts snapshots.
+fn watch_page(file: &Path) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    use std::io::{Read, Write};
+    let f: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file).expect("file")).expect("json");
+    let url = f["dashboard"].as_str().expect("the scheduler serves a page").to_string();
+    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = seen.clone();
+    std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(&addr).expect("the page answers");
+        s.write_all(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let events = buf[..n].windows(15).filter(|w| w == b"event: snapshot").count();
+            count.fetch_add(events as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    seen
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -325,6 +358,10 @@ async fn main() {
     }
     if !o.security.is_empty() {
         sargs.push(o.security);
+    }
+    match o.dashboard {
+        "off" => sargs.push("--no-dashboard"),
+        _ => sargs.extend(["--dashboard", "127.0.0.1:0"]),
     }
     let scheduler = spawn(dir.path(), "scheduler", &sargs);
     let (w, t) = (o.workers.to_string(), o.threads.to_string());
@@ -359,6 +396,7 @@ async fn main() {
         return;
     }
     let worker_pids: Vec<u32> = client.workers().await.expect("workers").iter().map(|w| w.pid).collect();
+    let watcher = (o.dashboard == "open").then(|| watch_page(&file));
     if o.warmup > 0 {
         run_map(&mut client, o.warmup).await.expect("warmup");
     }
@@ -401,6 +439,7 @@ async fn main() {
         _ => o.variant.as_str(),
     };
     let sched_rss = peak_rss_kib(scheduler.0.id());
+    let snapshots = watcher.map(|w| w.load(std::sync::atomic::Ordering::Relaxed));
     let mut rec = serde_json::json!({
         "system": "actord",
         "workload": o.workload,
@@ -425,6 +464,8 @@ async fn main() {
         "sched_peak_rss_kib": sched_rss,
         "sched_peak_rss_bytes_per_task": sched_rss * 1024 / n_tasks,
         "worker_peak_rss_kib": worker_pids.iter().map(|p| peak_rss_kib(*p)).max().unwrap_or(0),
+        "dashboard": o.dashboard,
+        "dashboard_snapshots_read": snapshots,
     });
     if o.workload == "darts" {
         let total: u64 = darts_inputs.iter().map(|(d, _)| d).sum();

@@ -9,6 +9,10 @@
 //!   │                         error; a graceful stop stops Listener, then
 //!   │                         SchedulerActor (its last flush)
 //!   ├─ SchedulerActor         owns Core + journal; effects: journal, then sends
+//!   ├─ Dashboard              the status page (`crate::dashboard`): its HTTP
+//!   │                         server and snapshot feed tasks; policy: never
+//!   │                         restarted — its failure is logged and the
+//!   │                         scheduler runs on without a page
 //!   └─ Listener               supervisor of the acceptor and the sessions
 //!       ├─ Acceptor           waits on the socket; its failure fails Listener
 //!       ├─ Session (conn 1)   handshake, writes frames
@@ -103,7 +107,7 @@ pub struct SchedulerOptions {
     /// Open connections at most (`scheduler.max_connections`).
     pub max_connections: usize,
     /// The status page (`--dashboard ADDR`); `None`: `--no-dashboard`.
-    pub dashboard: Option<crate::dashboard::DashboardOptions>,
+    pub dashboard: Option<crate::dashboard::page::DashboardOptions>,
 }
 
 /// A started scheduler: its root supervisor and what it wrote to its
@@ -132,7 +136,7 @@ pub enum StartError {
     #[error("cannot start actor: {0}")]
     Spawn(#[from] ractor::SpawnErr),
     #[error(transparent)]
-    Dashboard(#[from] crate::dashboard::BindError),
+    Dashboard(#[from] crate::dashboard::page::BindError),
 }
 
 /// The address peers should dial: `--advertise` if given (its port, else
@@ -283,12 +287,12 @@ fn page_info(
     socket: &std::net::TcpListener,
     file: &SchedulerFile,
     security: &crate::security::ServerSecurity,
-) -> Result<crate::dashboard::PageInfo, StartError> {
+) -> Result<crate::dashboard::page::PageInfo, StartError> {
     let local =
         socket.local_addr().map_err(|source| StartError::Bind { addr: "the status page".into(), source })?;
     let insecure = security.mode == crate::security::Mode::Insecure;
-    Ok(crate::dashboard::PageInfo {
-        token: (!insecure).then(|| crate::dashboard::token(&security.secret)),
+    Ok(crate::dashboard::page::PageInfo {
+        token: (!insecure).then(|| crate::dashboard::page::token(&security.secret)),
         loopback: local.ip().is_loopback(),
         url: format!("http://{}/", advertised(local, None)),
         scheduler: file.address.clone(),
@@ -332,7 +336,7 @@ pub async fn start(
     let local =
         listener.local_addr().map_err(|source| StartError::Bind { addr: "the listener".into(), source })?;
     let dashboard = match &opts.dashboard {
-        Some(d) => crate::dashboard::bind(d)?,
+        Some(d) => crate::dashboard::page::bind(d)?,
         None => None,
     };
     let (core, journal, records_replayed) = recover(&opts)?;

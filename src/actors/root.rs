@@ -23,7 +23,7 @@ pub struct RootArgs {
     /// scheduler actor, which sets it first when its journal fails).
     pub failure: Arc<Mutex<Option<String>>>,
     /// The status page's socket and what it shows, if it has one.
-    pub dashboard: Option<(std::net::TcpListener, crate::dashboard::PageInfo)>,
+    pub dashboard: Option<(std::net::TcpListener, crate::dashboard::page::PageInfo)>,
 }
 
 pub struct RootState {
@@ -203,6 +203,31 @@ mod tests {
         let reason = served.unwrap_err();
         assert_eq!(reason, "the scheduler stopped unexpectedly (test)");
         assert!(file.stopped.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_status_page_that_dies_leaves_the_scheduler_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = options(dir.path());
+        opts.dashboard =
+            Some(crate::dashboard::page::DashboardOptions { addr: "127.0.0.1:0".into(), explicit: true });
+        let scheduler = start(bind("127.0.0.1:0").await.unwrap(), opts).await.unwrap();
+        let url = scheduler.file.dashboard.clone().expect("the file names the page");
+        let children = scheduler.root.get_children();
+        assert_eq!(children.len(), 3, "the root links the page too");
+        let page =
+            children.iter().find(|c| c.is_message_type_of::<crate::dashboard::DashboardMsg>() == Some(true));
+        page.unwrap().kill();
+        let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let gone = async {
+            while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), gone).await.expect("the page stops serving");
+        let served =
+            tokio::time::timeout(Duration::from_millis(300), scheduler.serve(std::future::pending())).await;
+        assert!(served.is_err(), "the scheduler runs on: {served:?}");
     }
 
     #[tokio::test]

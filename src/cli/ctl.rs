@@ -98,8 +98,8 @@ fn dashboard(f: &crate::schedfile::SchedulerFile, json: bool) -> Answer {
             "this scheduler serves no status page (started with --no-dashboard, or its address was taken)",
         ));
     };
-    let token = (f.mode != crate::security::Mode::Insecure).then(|| crate::dashboard::token(&f.secret));
-    let link = crate::dashboard::link(url, token.as_deref());
+    let token = (f.mode != crate::security::Mode::Insecure).then(|| crate::dashboard::page::token(&f.secret));
+    let link = crate::dashboard::page::link(url, token.as_deref());
     match json {
         true => print_json(&serde_json::json!({ "url": url, "link": link, "token": token }))?,
         false => outln!("{link}"),

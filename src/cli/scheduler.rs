@@ -32,7 +32,7 @@ pub async fn run(config: &Config, a: SchedulerArgs) -> Result<ExitCode, CliError
 pub(super) fn dashboard_options(
     config: &Config,
     flags: &super::DashboardFlags,
-) -> Option<crate::dashboard::DashboardOptions> {
+) -> Option<crate::dashboard::page::DashboardOptions> {
     if flags.no_dashboard {
         return None;
     }
@@ -40,11 +40,11 @@ pub(super) fn dashboard_options(
         Some(a) => (a.clone(), true),
         None => {
             let c = config.scheduler.dashboard.trim();
-            (c.to_string(), c != crate::dashboard::DEFAULT_ADDR)
+            (c.to_string(), c != crate::dashboard::page::DEFAULT_ADDR)
         }
     };
     let off = addr.is_empty() || addr.eq_ignore_ascii_case("none");
-    (!off).then_some(crate::dashboard::DashboardOptions { addr, explicit })
+    (!off).then_some(crate::dashboard::page::DashboardOptions { addr, explicit })
 }
 
 /// `HOST:PORT` to listen on: the flags, else the configuration's.

@@ -2,15 +2,9 @@
 //! secret), and the rule — read-only requests from loopback to a page on
 //! loopback need none; everything else, and every action, needs it.
 
-use super::PageInfo;
+use super::page::PageInfo;
 use axum::http::{HeaderMap, Method};
 use std::net::SocketAddr;
-
-/// The page's token: hex HMAC-SHA256(secret, "actord dashboard").
-pub fn token(secret: &str) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    ring::hmac::sign(&key, b"actord dashboard").as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Whether two byte strings are equal, in time that depends on their
 /// lengths only.
@@ -57,6 +51,7 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dashboard::page::token;
 
     fn info(loopback: bool) -> PageInfo {
         PageInfo {
