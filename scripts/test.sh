@@ -2,11 +2,14 @@
 # The whole test suite, Rust and Python: `cargo test --locked`, then pytest on
 # python/tests/ against the freshly built target/debug/actord, in the
 # project's venv (scripts/venv.sh creates it). Arguments go to pytest.
+# The status page's tests need Chromium: scripts/chromium.sh installs it.
 #   SKIP_CARGO=1 scripts/test.sh -k dask     only some Python tests
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="$(scripts/venv.sh)"
+# Exit 3: it cannot be installed here; the browser tests then say they skip.
+scripts/chromium.sh >/dev/null || [[ $? == 3 ]]
 if [[ -z "${SKIP_CARGO:-}" ]]; then
   cargo test --locked
 else

@@ -3,6 +3,7 @@
 //! also when the test fails.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod netns;
 
 use std::path::{Path, PathBuf};
