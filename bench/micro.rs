@@ -99,6 +99,7 @@ fn drive(tasks: Vec<TaskSpec>) -> usize {
                     outcome: ok(1),
                     micros: 1,
                     executor_died: false,
+                    lost_inputs: Vec::new(),
                 })
                 .collect();
             if reports.is_empty() {
@@ -155,6 +156,7 @@ fn assignments(n: usize) -> ToWorker {
                 resources: Default::default(),
                 pending_inputs: vec![],
                 has_dependents: false,
+                stored_inputs: Vec::new(),
             })
             .collect(),
         functions: vec![],
@@ -172,6 +174,7 @@ fn reports(n: usize) -> FromWorker {
                 outcome: ok(i as i64),
                 micros: 3,
                 executor_died: false,
+                lost_inputs: Vec::new(),
             })
             .collect(),
     }

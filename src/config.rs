@@ -40,6 +40,9 @@ pub struct SchedulerConfig {
     pub retry_backoff: Duration,
     #[serde(deserialize_with = "de_optional_duration")]
     pub retention: Option<Duration>,
+    /// The results store; empty: `<journal dir>/results`.
+    #[serde(default)]
+    pub results_dir: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -54,6 +57,8 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     #[serde(deserialize_with = "de_size")]
     pub max_result: u64,
+    #[serde(deserialize_with = "de_size")]
+    pub inline_result: u64,
     #[serde(deserialize_with = "de_size")]
     pub max_error: u64,
     pub python: String,

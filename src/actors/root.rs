@@ -136,6 +136,7 @@ mod tests {
             advertise: None,
             security: Default::default(),
             max_connections: 64,
+            results_dir: None,
         }
     }
 

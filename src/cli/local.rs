@@ -146,6 +146,7 @@ fn nanny_args(a: &LocalArgs, file: &str, work_dir: &str) -> NannyArgs {
             resources: None,
             gpus: None,
             python: a.python.clone(),
+            results_dir: None,
         },
     }
 }

@@ -90,6 +90,11 @@ pub struct SchedulerArgs {
     /// consistent again.
     #[arg(long, conflicts_with = "no_journal")]
     pub journal_repair: bool,
+    /// The results store: where workers put results over
+    /// worker.inline_result [config: scheduler.results_dir; default:
+    /// results/ in the journal directory].
+    #[arg(long, value_name = "DIR")]
+    pub results_dir: Option<String>,
     #[command(flatten)]
     pub security: crate::security::SecurityArgs,
 }
@@ -120,6 +125,10 @@ pub struct WorkerArgs {
     /// task asking for GPUs its own through CUDA_VISIBLE_DEVICES.
     #[arg(long, value_name = "LIST")]
     pub gpus: Option<String>,
+    /// Where this host sees the results store, if not where the scheduler
+    /// file says (another mount point) [default: the scheduler's].
+    #[arg(long, value_name = "DIR")]
+    pub results_dir: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -8,6 +8,7 @@ mod compact;
 mod deadlines;
 mod graph;
 mod lifecycle;
+mod lost;
 mod maps;
 mod pins;
 mod queue;
@@ -27,6 +28,8 @@ mod tests;
 mod tests_faults;
 #[cfg(test)]
 mod tests_py;
+#[cfg(test)]
+mod tests_stored;
 #[cfg(test)]
 mod tests_submit;
 mod timers;

@@ -53,6 +53,9 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
             Record::TasksRetried { job, idx } => {
                 retry_tasks(core, job, &idx);
             }
+            Record::ResultsLost { job, idx } => {
+                super::lost::rerun_lost(core, job, &idx);
+            }
         }
     }
     core.replaying = false;

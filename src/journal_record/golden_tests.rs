@@ -44,6 +44,14 @@ fn wire_tasks() -> Vec<TaskSpec> {
     vec![full, plain_cmd, f, py]
 }
 
+fn stored() -> crate::protocol::StoredResult {
+    crate::protocol::StoredResult {
+        path: format!("{}/3-2.bin", job()),
+        size: 2 << 20,
+        checksum: "ab".repeat(32),
+    }
+}
+
 fn done(idx: u32, attempt: u32, outcome: Outcome, canceled: bool) -> DoneTask {
     DoneTask { idx, attempt, outcome: outcome.into(), canceled }
 }
@@ -67,8 +75,13 @@ fn records() -> Vec<(&'static str, Record)> {
     vec![
         ("JobSubmitted", submitted),
         ("TasksDone", Record::TasksDone { job: job(), done: outcomes }),
+        (
+            "TasksDone",
+            Record::TasksDone { job: job(), done: vec![done(3, 2, Outcome::Stored(stored()), false)] },
+        ),
         ("TasksRetried", Record::TasksRetried { job: job(), idx: vec![0, 2] }),
         ("JobForgotten", Record::JobForgotten { job: job() }),
+        ("ResultsLost", Record::ResultsLost { job: job(), idx: vec![1] }),
     ]
 }
 
@@ -99,5 +112,5 @@ fn every_record_variant_keeps_its_bytes() {
         assert_eq!(got, want, "a journal record's bytes changed (see this file's comment)");
     }
     assert_eq!(golden.lines().count(), now.lines().count(), "{now}");
-    assert_eq!(golden.lines().count(), 4, "one payload per variant");
+    assert_eq!(golden.lines().count(), 6, "one payload per variant (and a stored outcome)");
 }

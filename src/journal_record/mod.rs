@@ -41,6 +41,9 @@ pub enum Record {
     /// An operator asked to run these failed tasks again (`ctl retry`):
     /// their outcomes so far are void, the next ones count.
     TasksRetried { job: JobId, idx: Vec<u32> },
+    /// These finished tasks' stored results were found missing or corrupt
+    /// by a reader: their outcomes are void and they run again.
+    ResultsLost { job: JobId, idx: Vec<u32> },
 }
 
 /// One finished task in a `TasksDone` record (written positionally: the
@@ -66,11 +69,14 @@ pub enum Outcome {
         #[serde(default)]
         exception: Option<Bytes>,
     },
+    /// A result in the results store: its path relative to the store,
+    /// size and SHA-256 (hex). The bytes are never journaled.
+    Stored { path: String, size: u64, checksum: String },
 }
 
 impl Outcome {
     pub fn is_ok(&self) -> bool {
-        matches!(self, Outcome::Ok { .. })
+        matches!(self, Outcome::Ok { .. } | Outcome::Stored { .. })
     }
 }
 

@@ -107,7 +107,8 @@ impl Journal for MemJournal {
                 self.records.retain(|x| match x {
                     Record::JobSubmitted { job: j, .. }
                     | Record::TasksDone { job: j, .. }
-                    | Record::TasksRetried { job: j, .. } => j != job,
+                    | Record::TasksRetried { job: j, .. }
+                    | Record::ResultsLost { job: j, .. } => j != job,
                     Record::JobForgotten { .. } => false,
                 });
             } else {

@@ -67,6 +67,9 @@ pub enum FromClient {
     /// Change the scheduler's log filter (e.g. `debug`, `actord=trace`);
     /// answered with `Done`.
     LogLevel { level: String },
+    /// A piece (at most 1 MiB from `offset`) of a file of the results store,
+    /// for a peer that cannot see the store; answered with `StoredChunk`.
+    ReadStored { path: String, offset: u64 },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -130,6 +133,13 @@ pub enum ToClient {
     Error {
         job: Option<JobId>,
         message: String,
+    },
+    /// Answer to `ReadStored`: `data` from `offset` of a file of `total` bytes.
+    StoredChunk {
+        path: String,
+        offset: u64,
+        total: u64,
+        data: bytes::Bytes,
     },
 }
 
