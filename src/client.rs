@@ -522,7 +522,9 @@ impl Client {
                 return Err(corrupt(format!("the scheduler sent a piece ending at {end} of {total} bytes")));
             }
             if data.is_empty() {
-                data.reserve_exact(usize::try_from(total).map_err(|_| corrupt("too large".into()))?);
+                // (Grown as pieces come: a size a peer claims is not trusted with memory.)
+                let want = usize::try_from(total).map_err(|_| corrupt("too large".into()))?;
+                data.reserve_exact(want.min(64 << 20));
             }
             data.extend_from_slice(&chunk);
             if end == total {

@@ -5,7 +5,7 @@ through Dask distributed (chunks in worker memory). Starts and stops each
 cluster itself (by pid); prints one JSON line per system: wall-clock time of
 the compute alone, the value, and the scheduler's peak RSS (VmHWM).
 
-    .venv/bin/python bench/python/large_results.py --chunks 32 --chunk-mib 64
+    .venv/bin/python bench/python/large_results.py --chunks 32 --chunk-mib 64 [--no-fuse]
     ACTORD_BIN=target/debug/actord ... --systems actord
 """
 
@@ -21,7 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import dask
+
 ROOT = Path(__file__).resolve().parents[2]
+# `--no-fuse`: Dask's graph optimisation off, so each 64 MiB chunk is a task
+# result of its own that moves to its consumer (fused, the random chunks are
+# made inside the matmul tasks and only the 8 MiB blocks move).
+OPTIMIZE = True
 
 
 def vm_hwm_mib(pid: int) -> float:
@@ -67,7 +73,7 @@ def run_actord(tmp: Path, y) -> dict:
 
         with Client(scheduler_file=str(sf), set_as_default=False) as c:
             t0 = time.perf_counter()
-            value = float(y.compute(scheduler=c.get))
+            value = float(dask.compute(y, scheduler=c.get, optimize_graph=OPTIMIZE)[0])
             wall = time.perf_counter() - t0
         store = sum(f.stat().st_size for f in (tmp / "journal" / "results").glob("*/*.bin"))
         return {"system": "actord", "wall_s": round(wall, 2), "value": value,
@@ -98,7 +104,7 @@ def run_dask(tmp: Path, y) -> dict:
         with Client(scheduler_file=str(sf), set_as_default=False) as c:
             c.wait_for_workers(2, timeout=120)
             t0 = time.perf_counter()
-            value = float(y.compute(scheduler=c.get))
+            value = float(dask.compute(y, scheduler=c.get, optimize_graph=OPTIMIZE)[0])
             wall = time.perf_counter() - t0
         return {"system": "dask", "wall_s": round(wall, 2), "value": value,
                 "scheduler_vmhwm_mib": round(vm_hwm_mib(procs[0].pid), 1)}
@@ -117,12 +123,16 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=32)
     ap.add_argument("--chunk-mib", type=int, default=64)
     ap.add_argument("--systems", default="actord,dask")
+    ap.add_argument("--no-fuse", action="store_true")
     a = ap.parse_args()
+    global OPTIMIZE
+    OPTIMIZE = not a.no_fuse
     y = array(a.chunks, a.chunk_mib)
     for system in a.systems.split(","):
         with tempfile.TemporaryDirectory(prefix=f"large-results-{system}-") as tmp:
             rec = {"actord": run_actord, "dask": run_dask}[system](Path(tmp), y)
-            rec.update(chunks=a.chunks, chunk_mib=a.chunk_mib, cpus=os.cpu_count())
+            rec.update(chunks=a.chunks, chunk_mib=a.chunk_mib, fused=OPTIMIZE, cpus=os.cpu_count(),
+                       load1=round(os.getloadavg()[0], 1))
             print(json.dumps(rec), flush=True)
 
 
