@@ -100,6 +100,7 @@ fn drive(tasks: Vec<TaskSpec>) -> usize {
                     outcome: ok(1),
                     micros: 1,
                     executor_died: false,
+                    lost_inputs: Vec::new(),
                 })
                 .collect();
             if reports.is_empty() {
@@ -156,6 +157,7 @@ fn assignments(n: usize) -> ToWorker {
                 resources: Default::default(),
                 pending_inputs: vec![],
                 has_dependents: false,
+                stored_inputs: Vec::new(),
             })
             .collect(),
         functions: vec![],
@@ -173,6 +175,7 @@ fn reports(n: usize) -> FromWorker {
                 outcome: ok(i as i64),
                 micros: 3,
                 executor_died: false,
+                lost_inputs: Vec::new(),
             })
             .collect(),
     }

@@ -15,6 +15,8 @@ use crate::protocol::{
     Conn, Dep, FromClient, Outcome, Role, TaskKind, TaskOutcome, TaskSpec, ToClient, WorkerInfo,
     DEFAULT_MAX_FRAME,
 };
+
+mod stored;
 use crate::schedfile::{resolve_path, wait_for_file, SchedulerFile};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashSet;
@@ -37,6 +39,9 @@ pub enum ClientError {
     TaskFailed { idx: u32, error: String },
     #[error("unexpected reply from the scheduler: {0}")]
     Protocol(String),
+    /// A stored result could not be read (missing, corrupt, refused).
+    #[error("task {idx}: {error}")]
+    Stored { idx: u32, error: crate::results_store::ReadError },
 }
 
 /// A submitted job: what futures in Dask would carry, the job id and size.
@@ -79,6 +84,10 @@ pub fn decode_outcome<T: DeserializeOwned>(o: &TaskOutcome) -> Result<T, ClientE
         Outcome::Ok { result } => rmp_serde::from_slice(result)
             .map_err(|e| ClientError::Protocol(format!("result of task {}: {e}", o.idx))),
         Outcome::Err { error, .. } => Err(ClientError::TaskFailed { idx: o.idx, error: error.clone() }),
+        Outcome::Stored(s) => Err(ClientError::Protocol(format!(
+            "result of task {} is in the results store ({}): read it with Client::materialize",
+            o.idx, s.path
+        ))),
     }
 }
 
@@ -284,6 +293,9 @@ impl Client {
             progress(outcomes.len(), stream.tasks.unwrap_or(0));
         }
         outcomes.sort_by_key(|o| o.idx);
+        for o in &mut outcomes {
+            self.materialize(o).await?;
+        }
         Ok(Gathered { job, outcomes })
     }
 
@@ -448,6 +460,8 @@ impl Client {
                 }
             }
         }
+        let mut o = o;
+        self.materialize(&mut o).await?;
         Ok(o)
     }
 

@@ -42,6 +42,9 @@ pub struct SchedulerConfig {
     pub retention: Option<Duration>,
     /// The status page's address; "none" serves none.
     pub dashboard: String,
+    /// The results store; empty: `<journal dir>/results`.
+    #[serde(default)]
+    pub results_dir: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -56,6 +59,8 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     #[serde(deserialize_with = "de_size")]
     pub max_result: u64,
+    #[serde(deserialize_with = "de_size")]
+    pub inline_result: u64,
     #[serde(deserialize_with = "de_size")]
     pub max_error: u64,
     pub python: String,

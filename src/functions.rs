@@ -75,6 +75,17 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut r = Registry::empty();
         r.register("noop", |_: rmpv::Value, _| Ok(()));
+        r.register_expecting(
+            "blob",
+            "[bytes, seed]: a size (at most 1 GiB) and an integer",
+            |(n, seed): (u64, u64), _| {
+                if n > 1 << 30 {
+                    return Err(format!("blob: {n} bytes is over 1 GiB"));
+                }
+                Ok(serde_bytes::ByteBuf::from(blob_bytes(n as usize, seed)))
+            },
+        );
+        r.register("digest", |v: rmpv::Value, _| Ok(digest_of(&v)));
         r.register_expecting("inc", "x: an integer", |x: i64, _| {
             x.checked_add(1).ok_or_else(|| "inc: overflow".to_string())
         });
@@ -114,6 +125,30 @@ impl Registry {
         );
         r
     }
+}
+
+/// The bytes of `blob [n, seed]`: a pattern any test can recompute.
+pub fn blob_bytes(n: usize, seed: u64) -> Vec<u8> {
+    (0..n as u64).map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8).collect()
+}
+
+/// `digest`: the SHA-256 (hex) of its input's bytes, or of the bytes of
+/// every `bin` in an array of inputs, one after the other; with the size.
+fn digest_of(v: &rmpv::Value) -> (String, u64) {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut n = 0u64;
+    let items = match v {
+        rmpv::Value::Array(items) => items.as_slice(),
+        one => std::slice::from_ref(one),
+    };
+    for item in items {
+        if let rmpv::Value::Binary(b) = item {
+            ctx.update(b);
+            n += b.len() as u64;
+        }
+    }
+    let hex: String = ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    (hex, n)
 }
 
 /// Why `args` do not fit `A`, in serde's words (which value, expected as

@@ -18,6 +18,7 @@ pub mod journal_record;
 pub mod persistence;
 pub mod process;
 pub mod protocol;
+pub mod results_store;
 pub mod schedfile;
 pub mod security;
 pub mod slurm;

@@ -37,6 +37,10 @@ pub struct SchedulerFile {
     /// full): why, and when. Clients report it instead of waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// The results store (absolute), where workers put results over
+    /// `worker.inline_result` and peers that see it read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_dir: Option<String>,
 }
 
 /// Everything but the secret, which debug output must never show.
@@ -201,6 +205,7 @@ mod tests {
             mode: Mode::Tls,
             tls_fingerprint: Some("cd".into()),
             stopped: None,
+            results_dir: None,
         };
         f.write_atomic(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

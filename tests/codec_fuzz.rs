@@ -62,6 +62,9 @@ fn arb_outcome() -> impl Strategy<Value = Outcome> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..64).prop_map(|r| Outcome::Ok { result: Bytes::from(r) }),
         ".{0,40}".prop_map(Outcome::err),
+        (".{0,40}", any::<u64>(), "[0-9a-f]{0,64}").prop_map(|(path, size, checksum)| {
+            Outcome::Stored(actord::protocol::StoredResult { path, size, checksum })
+        }),
     ]
 }
 
@@ -97,6 +100,7 @@ fn arb_from_worker() -> impl Strategy<Value = FromWorker> {
             outcome,
             micros,
             executor_died: false,
+            lost_inputs: Vec::new(),
         },
     );
     prop_oneof![

@@ -330,6 +330,7 @@ fn a_stopped_scheduler_is_reported_at_once() {
         mode: Default::default(),
         tls_fingerprint: None,
         stopped: Some("journal flush failed: No space left on device (os error 28)".into()),
+        results_dir: None,
     };
     file.write_atomic(&path).unwrap();
     let start = std::time::Instant::now();

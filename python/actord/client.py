@@ -13,7 +13,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-from . import _conn
+from . import _conn, _stored
 from ._submit import JobBuilder, func_name
 from .future import (ALL_COMPLETED, CANCELLED, ERROR, FINISHED, Future, TaskState, as_completed,
                      futures_of, wait)
@@ -239,6 +239,13 @@ class Client:
                 out = o.get("outcome") or {}
                 if "Ok" in out:
                     states[idx].settle(FINISHED, result=out["Ok"].get("result"), attempts=o.get("attempts", 0))
+                elif "Stored" in out:
+                    try:
+                        ref = _stored.StoredRef(out["Stored"] or {}, self._load_stored)
+                    except _stored.StoredResultError as e:
+                        states[idx].settle(ERROR, error=f"StoredResultError: {e}", attempts=o.get("attempts", 0))
+                    else:
+                        states[idx].settle(FINISHED, result=ref, attempts=o.get("attempts", 0))
                 else:
                     err = out.get("Err") or {}
                     error = str(err.get("error", "unknown error"))
@@ -256,6 +263,24 @@ class Client:
                 return
             for s in j.states:
                 s.settle(ERROR, error="RuntimeError: the scheduler finished the job without this task's outcome")
+
+    def _load_stored(self, ref: "_stored.StoredRef") -> bytes:
+        """A stored result's checked bytes: from the store if this host sees
+        it, else streamed through the scheduler (1 MiB a piece)."""
+        data = _stored.read_local(_stored.store_dir(self.scheduler_info_file), ref)
+        if data is not None:
+            return data
+        buf = bytearray()
+        while True:
+            body = self._request({"ReadStored": {"path": ref.path, "offset": len(buf)}}, "StoredChunk")
+            piece, total = body.get("data") or b"", body.get("total")
+            if body.get("offset") != len(buf) or total != ref.size:
+                raise _stored.StoredResultError(f"stored result {ref.path} is corrupt: {total} bytes where {ref.size} were written")
+            if not piece and len(buf) < total or len(buf) + len(piece) > total:
+                raise _stored.StoredResultError(f"stored result {ref.path}: the scheduler sent a bad piece")
+            buf += piece
+            if len(buf) == total:
+                return _stored.verify(ref, bytes(buf))
 
     def _send(self, msg: Any) -> None:
         try:

@@ -14,6 +14,8 @@ from typing import Any, Iterable, Iterator, List, Optional
 
 import msgpack
 
+from ._stored import StoredRef, StoredResultError
+
 PENDING, FINISHED, ERROR, CANCELLED = "pending", "finished", "error", "cancelled"
 
 
@@ -109,6 +111,13 @@ def _rebuild_exception(state: TaskState) -> BaseException:
 
 
 def decode_result(state: TaskState) -> Any:
+    if isinstance(state.result, StoredRef):
+        try:
+            state.result = state.result.load()  # read once, kept like any result
+        except StoredResultError as e:
+            raise ResultError(f"cannot read the result of task {state.key!r}: {e}") from e
+        except (OSError, RuntimeError) as e:
+            raise ResultError(f"cannot read the stored result of task {state.key!r}: {type(e).__name__}: {e}") from e
     try:
         raw = msgpack.unpackb(state.result, raw=False, strict_map_key=False)
         if state.kind == "py":

@@ -109,6 +109,17 @@ pub struct SchedulerOptions {
     pub max_connections: usize,
     /// The status page (`--dashboard ADDR`); `None`: `--no-dashboard`.
     pub dashboard: Option<crate::dashboard::page::DashboardOptions>,
+    /// The results store; `None`: `results/` in the journal directory (no
+    /// store without a journal).
+    pub results_dir: Option<PathBuf>,
+}
+
+impl SchedulerOptions {
+    /// Where the results store is, if there is one.
+    pub fn store(&self) -> Option<PathBuf> {
+        self.journal.as_ref()?;
+        self.results_dir.clone().or_else(|| self.journal.as_ref().map(|j| j.join("results")))
+    }
 }
 
 /// A started scheduler: its root supervisor and what it wrote to its
@@ -138,6 +149,8 @@ pub enum StartError {
     Spawn(#[from] ractor::SpawnErr),
     #[error(transparent)]
     Dashboard(#[from] crate::dashboard::page::BindError),
+    #[error("cannot create the results store {}: {source} (give --results-dir DIR)", path.display())]
+    Store { path: PathBuf, source: std::io::Error },
 }
 
 /// The address peers should dial: `--advertise` if given (its port, else
@@ -325,6 +338,7 @@ fn scheduler_file(
         mode: security.mode,
         tls_fingerprint: security.tls.as_ref().map(|t| t.fingerprint.clone()),
         stopped: None,
+        results_dir: opts.store().map(|d| std::path::absolute(&d).unwrap_or(d).display().to_string()),
     }
 }
 
@@ -352,6 +366,10 @@ pub async fn start(
         None => None,
     };
     let link = dashboard.as_ref().map(|(_, info)| info.link());
+    let store = opts.store().map(|d| std::path::absolute(&d).unwrap_or(d));
+    if let Some(d) = &store {
+        std::fs::create_dir_all(d).map_err(|source| StartError::Store { path: d.clone(), source })?;
+    }
     let asked = Arc::new(tokio::sync::Notify::new());
     let failure = Arc::new(Mutex::new(None));
     // Check heartbeats a few times per timeout.
@@ -367,9 +385,15 @@ pub async fn start(
         max_send_queue: opts.max_send_queue,
         failure: failure.clone(),
         flush_timeout: opts.flush_timeout,
+        store: store.clone(),
     };
-    let session =
-        SessionConfig { security, instance: file.instance, epoch: file.epoch, max_frame: opts.max_frame };
+    let session = SessionConfig {
+        security,
+        instance: file.instance,
+        epoch: file.epoch,
+        max_frame: opts.max_frame,
+        store,
+    };
     let max_connections = opts.max_connections;
     let args =
         RootArgs { scheduler, listener, session, max_connections, failure: failure.clone(), dashboard };

@@ -23,6 +23,10 @@ pub struct ReaderArgs {
     pub peer: String,
     pub scheduler: ActorRef<SchedMsg>,
     pub session: ActorRef<SessionMsg>,
+    /// The results store, for `ReadStored`.
+    pub store: Option<std::path::PathBuf>,
+    /// The session's count of bytes queued for writing.
+    pub queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Actor for Reader {
@@ -46,6 +50,11 @@ impl Actor for Reader {
         st: &mut ReaderArgs,
     ) -> Result<(), ActorProcessingErr> {
         let error = match next_frame(&mut st.stream).await {
+            Ok(frame)
+                if st.role == Role::Client && is_read_stored(&frame) && read_stored(st, &frame).await =>
+            {
+                return Ok(myself.cast(ReaderMsg::Next)?);
+            }
             Ok(frame) => match forward(st, &frame) {
                 Ok(true) => return Ok(myself.cast(ReaderMsg::Next)?),
                 Ok(false) => None, // the scheduler is stopping
@@ -86,6 +95,41 @@ fn forward(st: &ReaderArgs, frame: &[u8]) -> Result<bool, String> {
         }
     };
     Ok(sent.is_ok())
+}
+
+/// A `ReadStored` request (its variant name is in the frame's first bytes):
+/// answered here, off the scheduler actor, one piece at a time.
+fn is_read_stored(frame: &[u8]) -> bool {
+    frame.get(..16).is_some_and(|head| head.windows(10).any(|w| w == b"ReadStored"))
+}
+
+/// Answers `ReadStored` with one piece of the file, read on a blocking
+/// thread; the next request is read only once this answer is queued, so a
+/// connection holds at most one piece (1 MiB) of a stored result at a time.
+/// `false`: the frame is something else (forwarded as usual).
+async fn read_stored(st: &ReaderArgs, frame: &[u8]) -> bool {
+    use std::sync::atomic::Ordering;
+    let reply = match (decode::<FromClient>(frame), st.store.clone()) {
+        (Ok(FromClient::ReadStored { path, offset }), Some(dir)) => {
+            let p = path.clone();
+            let read =
+                tokio::task::spawn_blocking(move || crate::results_store::read_chunk(&dir, &p, offset)).await;
+            match read {
+                Ok(Ok((data, total))) => ToClient::StoredChunk { path, offset, total, data: data.into() },
+                Ok(Err(e)) => ToClient::Error { job: None, message: e.to_string() },
+                Err(e) => ToClient::Error { job: None, message: format!("reading {path:?} failed: {e}") },
+            }
+        }
+        (Ok(FromClient::ReadStored { .. }), None) => {
+            ToClient::Error { job: None, message: "this scheduler has no results store".into() }
+        }
+        _ => return false,
+    };
+    if let Ok(bytes) = encode(&reply) {
+        st.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+        let _ = st.session.cast(SessionMsg::Frames(vec![bytes]));
+    }
+    true
 }
 
 /// Tells the peer why (after a bad frame), then asks the session to close.

@@ -167,6 +167,7 @@ mod tests {
             security: Default::default(),
             max_connections: 64,
             dashboard: None,
+            results_dir: None,
         }
     }
 

@@ -37,6 +37,8 @@ pub struct SchedulerArgs {
     pub failure: Arc<std::sync::Mutex<Option<String>>>,
     /// A journal flush taking longer than this counts as failed.
     pub flush_timeout: std::time::Duration,
+    /// The results store: a forgotten job's files are removed there.
+    pub store: Option<std::path::PathBuf>,
 }
 
 pub struct SchedulerState {
@@ -46,6 +48,7 @@ pub struct SchedulerState {
     max_send_queue: usize,
     failure: Arc<std::sync::Mutex<Option<String>>>,
     flush_timeout: std::time::Duration,
+    store: Option<std::path::PathBuf>,
     outbox: Outbox,
     /// A `Flush` is already in the mailbox: later steps join its group.
     flush_queued: bool,
@@ -92,6 +95,8 @@ impl SchedulerState {
             flushes: self.flushes,
             last_flush_ms_ago: self.last_flush_done.map(|t| t.elapsed().as_millis() as u64),
             epoch: self.epoch,
+            results_dir: self.store.as_ref().map(|d| d.display().to_string()),
+            results: core::stored_results(&self.core),
         }
     }
 
@@ -143,6 +148,7 @@ impl Actor for SchedulerActor {
             max_send_queue: args.max_send_queue,
             failure: args.failure,
             flush_timeout: args.flush_timeout,
+            store: args.store,
             outbox: Outbox::new(args.max_send_queue),
             flush_queued: false,
             in_flight: None,
@@ -335,6 +341,11 @@ fn worker_msg(core: &mut Core, fx: &mut Outbox, now: u64, conn: ConnId, msg: Fro
 fn client_msg(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState, now: u64, conn: ConnId, msg: FromClient) {
     let (core, fx) = (&mut st.core, &mut st.outbox);
     match msg {
+        // Answered by the connection's reader, which reads the store.
+        FromClient::ReadStored { .. } => {
+            let message = "ReadStored is answered by the connection, not the scheduler".into();
+            fx.to_client(conn, ToClient::Error { job: None, message });
+        }
         FromClient::Submit { job, name, tasks, functions } => core::on_submit_job(
             core,
             fx,
@@ -460,6 +471,15 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
     out.records = crate::persistence::coalesce(std::mem::take(&mut out.records));
     st.journal.append(&out.records)?;
     st.records_appended += out.records.len() as u64;
+    let forgotten: Vec<crate::ids::JobId> = out
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            crate::persistence::Record::JobForgotten { job } => Some(*job),
+            _ => None,
+        })
+        .collect();
+    let store = st.store.clone().filter(|_| !forgotten.is_empty());
     // Appended: what the records hold (a job's task specs) need not wait
     // in memory for the flush.
     out.records = Vec::new();
@@ -475,6 +495,10 @@ fn start_flush(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState) -> Result<(
                 "journal flush did not finish within {limit:?} (scheduler.flush_timeout): is its disk full or its file system hung?"
             )),
         };
+        if let (Ok(()), Some(dir)) = (&result, store) {
+            // Durably forgotten: their stored results go too.
+            let _ = tokio::task::spawn_blocking(move || remove_stored(&dir, &forgotten)).await;
+        }
         let _ = me.cast(SchedMsg::Flushed(result));
     });
     st.in_flight = Some(out);
@@ -574,4 +598,14 @@ fn cut_off(st: &SchedulerState, conn: ConnId) {
         limit = %crate::util::format_size(st.max_send_queue as u64),
         "closing a connection whose peer does not read what it is sent (send queue full)"
     );
+}
+
+/// Removes forgotten jobs' files from the results store.
+fn remove_stored(dir: &std::path::Path, jobs: &[crate::ids::JobId]) {
+    for job in jobs {
+        match crate::results_store::remove_job(dir, *job) {
+            Ok(()) => tracing::debug!(job = %job, "stored results removed"),
+            Err(e) => tracing::warn!(job = %job, error = %e, "cannot remove the job's stored results"),
+        }
+    }
 }

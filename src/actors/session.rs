@@ -24,6 +24,8 @@ pub struct SessionConfig {
     pub instance: uuid::Uuid,
     pub epoch: u64,
     pub max_frame: usize,
+    /// The results store, read for `ReadStored` (streamed, never kept).
+    pub store: Option<std::path::PathBuf>,
 }
 
 pub struct SessionArgs {
@@ -102,6 +104,8 @@ impl Actor for Session {
             peer: who,
             scheduler: args.scheduler.clone(),
             session: myself.clone(),
+            store: args.config.store.clone(),
+            queued: queued.clone(),
         };
         let (reader, _) = Actor::spawn_linked(None, Reader, reader_args, myself.get_cell()).await?;
         Ok(SessionState {

@@ -63,6 +63,12 @@ pub(super) async fn gather_doc(
                 results.push(serde_json::Value::Null);
                 failures.push(serde_json::json!({"task": o.idx, "attempts": o.attempts, "error": error}));
             }
+            // (`gather_with` read every stored result already.)
+            Outcome::Stored(s) => {
+                results.push(serde_json::Value::Null);
+                let error = format!("stored result {} was not read", s.path);
+                failures.push(serde_json::json!({"task": o.idx, "attempts": o.attempts, "error": error}));
+            }
         }
     }
     let doc = serde_json::json!({
@@ -119,6 +125,7 @@ pub(super) async fn gather_key(
             eprintln!("task {key} failed: {error}");
             (serde_json::json!({"key": key, "attempts": o.attempts, "error": error}), 1)
         }
+        Outcome::Stored(s) => return Err(failed(format!("stored result {} was not read", s.path))),
     };
     write_json(out, &doc)?;
     Ok(ExitCode::from(code))

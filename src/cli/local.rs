@@ -150,6 +150,7 @@ fn nanny_args(a: &LocalArgs, file: &str, work_dir: &str) -> NannyArgs {
             walltime_end: None,
             lifetime: None,
             walltime_margin: None,
+            results_dir: None,
         },
     }
 }

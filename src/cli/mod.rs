@@ -94,6 +94,11 @@ pub struct SchedulerArgs {
     /// consistent again.
     #[arg(long, conflicts_with = "no_journal")]
     pub journal_repair: bool,
+    /// The results store: where workers put results over
+    /// worker.inline_result [config: scheduler.results_dir; default:
+    /// results/ in the journal directory].
+    #[arg(long, value_name = "DIR")]
+    pub results_dir: Option<String>,
     #[command(flatten)]
     pub security: crate::security::SecurityArgs,
     #[command(flatten)]
@@ -156,6 +161,10 @@ pub struct WorkerArgs {
     /// worker.walltime_margin (30s), at most a tenth of the time left at start].
     #[arg(long, value_name = "DURATION")]
     pub walltime_margin: Option<String>,
+    /// Where this host sees the results store, if not where the scheduler
+    /// file says (another mount point) [default: the scheduler's].
+    #[arg(long, value_name = "DIR")]
+    pub results_dir: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

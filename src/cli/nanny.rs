@@ -71,6 +71,9 @@ pub(super) async fn start_nanny(
     if let Some(c) = config_path {
         worker_args.extend(["--config".into(), absolute(c).display().to_string()]);
     }
+    if let Some(d) = &w.results_dir {
+        worker_args.extend(["--results-dir".into(), absolute(d).display().to_string()]);
+    }
     if let Some(r) = &a.worker.resources {
         worker_args.extend(["--resources".into(), r.clone()]);
     }

@@ -22,6 +22,9 @@ pub async fn run(config: &Config, a: SchedulerArgs) -> Result<ExitCode, CliError
     opts.advertise = a.advertise;
     opts.security = a.security;
     opts.dashboard = dashboard_options(config, &a.dashboard);
+    if let Some(d) = &a.results_dir {
+        opts.results_dir = Some(crate::util::expand_path(d).map_err(usage)?);
+    }
     let listener = bind(&listen_addr(config, a.host, a.port)).await.map_err(failed)?;
     crate::actors::run(listener, shutdown_signal(), opts).await.map_err(failed)?;
     Ok(ExitCode::SUCCESS)
@@ -73,6 +76,10 @@ pub(super) fn scheduler_options(
         max_frame: c.max_frame,
         max_send_queue: usize::try_from(c.max_send_queue).unwrap_or(usize::MAX),
         flush_timeout: c.flush_timeout,
+        results_dir: match c.results_dir.as_str() {
+            "" => None,
+            d => Some(crate::util::expand_path(d).map_err(usage)?),
+        },
         core: CoreConfig {
             prefetch_target_us: c.prefetch_target_us,
             max_prefetch_per_slot: c.max_prefetch_per_slot,

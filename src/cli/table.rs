@@ -190,6 +190,10 @@ pub fn journal(j: &JournalInfo) -> String {
     let _ = writeln!(out, "epoch      {}", j.epoch);
     let last = j.last_flush_ms_ago.map(ago).unwrap_or_else(|| "none yet".into());
     let _ = writeln!(out, "flushes    {}, last {last}", j.flushes);
+    if let Some(d) = &j.results_dir {
+        let (n, size) = (j.results.files, format_size(j.results.bytes));
+        let _ = writeln!(out, "results    {d}: {n} stored result{}, {size}", if n == 1 { "" } else { "s" });
+    }
     lines(out)
 }
 
@@ -268,6 +272,8 @@ mod tests {
             flushes: 0,
             last_flush_ms_ago: None,
             epoch: 0,
+            results_dir: None,
+            results: Default::default(),
         };
         let text = journal(&j);
         assert!(text.starts_with("path       none: results are kept in memory"), "{text}");

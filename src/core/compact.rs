@@ -143,6 +143,8 @@ pub enum Stored {
     Ok(ResultRef),
     /// Index in `Job::errors`.
     Err(u32),
+    /// Index in `Job::stored`: a result in the results store.
+    Ref(u32),
 }
 
 impl Stored {
@@ -155,7 +157,7 @@ impl Stored {
     }
 
     pub fn is_ok(&self) -> bool {
-        matches!(self, Stored::Ok(_))
+        matches!(self, Stored::Ok(_) | Stored::Ref(_))
     }
 
     pub fn is_err(&self) -> bool {

@@ -3,6 +3,7 @@
 //! dependents, and the ready queue (priority, then submission order).
 
 use super::build::JobBuilder;
+use super::compact::Stored;
 use super::{Core, Effects, Job, TaskState};
 use crate::ids::{JobId, TaskId};
 use crate::journal_record::{DoneTask, Record};
@@ -172,7 +173,7 @@ pub fn complete(
         });
         let reason = match &outcome {
             Outcome::Err { error, .. } => Some(error.clone()),
-            Outcome::Ok { .. } => None,
+            Outcome::Ok { .. } | Outcome::Stored(_) => None,
         };
         let told = set_outcome(core, now, tid, outcome, canceled);
         out.by_job.entry(tid.job).or_default().push(told);
@@ -248,16 +249,31 @@ pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, can
     TaskOutcome { idx: tid.idx, attempts, outcome }
 }
 
-/// The results of a task's dependencies, for its assignment.
+/// The results of a task's dependencies, for its assignment (an empty
+/// value for one in the results store: see `stored_inputs`).
 pub fn inputs(core: &Core, tid: TaskId) -> Vec<bytes::Bytes> {
     let Some(task) = core.find_task(tid) else { return Vec::new() };
     task.deps
         .iter()
         .filter_map(|d| match core.outcome(*d) {
             Some(Outcome::Ok { result }) => Some(result.clone()),
+            Some(Outcome::Stored(_)) => Some(bytes::Bytes::new()),
             _ => None,
         })
         .collect()
+}
+
+/// The inputs of a task that are in the results store: (position, where).
+pub fn stored_inputs(core: &Core, tid: TaskId) -> Vec<(u32, crate::protocol::StoredResult)> {
+    let Some(task) = core.find_task(tid) else { return Vec::new() };
+    let mut out = Vec::new();
+    for (i, d) in task.deps.iter().enumerate() {
+        let Some(job) = core.jobs.find_job(d.job) else { continue };
+        if let Some(Stored::Ref(s)) = job.tasks.get(d.idx as usize).map(|t| t.outcome) {
+            out.push((i as u32, job.stored[s as usize].clone()));
+        }
+    }
+    out
 }
 
 pub(super) fn notify_watchers(

@@ -227,6 +227,7 @@ mod tests {
             kind: crate::protocol::TaskKind::Fn { name: name.into(), args: Default::default() },
             resources: Default::default(),
             time_limit_ms: None,
+            time_request_ms: None,
             max_worker_kills: None,
             retries: 0,
         })

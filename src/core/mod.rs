@@ -11,6 +11,7 @@ mod deadlines;
 mod graph;
 mod history;
 mod lifecycle;
+mod lost;
 mod maps;
 mod pins;
 mod queue;
@@ -31,6 +32,8 @@ mod tests;
 mod tests_faults;
 #[cfg(test)]
 mod tests_py;
+#[cfg(test)]
+mod tests_stored;
 #[cfg(test)]
 mod tests_submit;
 #[cfg(test)]

@@ -188,7 +188,7 @@ fn pinnable(core: &Core, wid: WorkerId, tid: TaskId) -> Option<Vec<(u32, TaskId)
     for (i, d) in t.deps.iter().enumerate() {
         let dep = core.find_task(*d)?;
         match (dep.outcome, &dep.state) {
-            (Stored::Ok(_), _) => {}
+            (Stored::Ok(_) | Stored::Ref(_), _) => {}
             (Stored::None, TaskState::Assigned(w)) if *w == wid && pending.is_empty() && !dep.repeat_here => {
                 pending.push((i as u32, *d))
             }

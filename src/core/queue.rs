@@ -55,6 +55,7 @@ pub(super) fn assign(
         resources: task.shape.resources.clone(),
         pending_inputs,
         has_dependents: !task.dependents.is_empty(),
+        stored_inputs: super::graph::stored_inputs(core, tid),
     };
     core.workers.find_worker_mut(wid).expect("a registered worker").hold(tid, &a.resources);
     a

@@ -59,6 +59,9 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                 retry_tasks(core, job, &idx);
             }
             Record::History(h) => replay_history(core, h),
+            Record::ResultsLost { job, idx } => {
+                super::lost::rerun_lost(core, job, &idx);
+            }
         }
     }
     core.replaying = false;

@@ -44,6 +44,9 @@ pub fn on_reports(core: &mut Core, fx: &mut impl Effects, now: u64, conn: ConnId
         }
         match core.find_task(r.task) {
             Some(t) if !t.may_report(process, r.attempt) => foreign += 1,
+            Some(t) if t.outcome.is_none() && !r.lost_inputs.is_empty() => {
+                super::lost::on_inputs_lost(core, fx, wid, r)
+            }
             Some(t) if t.outcome.is_none() && r.executor_died => {
                 executor_died(core, now, wid, r, &mut completed)
             }
@@ -87,7 +90,7 @@ fn executor_died(core: &mut Core, now: u64, wid: Option<WorkerId>, r: TaskReport
     task.killed.push(wid);
     let why = match &r.outcome {
         Outcome::Err { error, .. } => error.clone(),
-        Outcome::Ok { .. } => "it died".into(),
+        Outcome::Ok { .. } | Outcome::Stored(_) => "it died".into(),
     };
     tracing::warn!(task = %r.task, worker = %wid, kills = task.killed.len(), error = ?why, "task killed its Python executor");
     let killed = task.killed.len() as u32;

@@ -242,6 +242,7 @@ pub(super) fn insert_job(
             args,
             results: Default::default(),
             errors: Vec::new(),
+            stored: Vec::new(),
             functions: Vec::new(),
             digest: 0,
         },
@@ -284,6 +285,8 @@ fn wait_for_deps(core: &mut Core, tid: TaskId, doomed: &mut Vec<(TaskId, String)
         let Some(dep) = core.jobs.find_task_mut(d) else { continue };
         match dep.outcome {
             Stored::Ok(_) => {}
+            // Told if its stored result is found lost (`lost::rerun_lost`).
+            Stored::Ref(_) => dep.dependents.push(tid),
             Stored::Err(_) => {
                 let dj = core.jobs.get_job(d.job);
                 let (name, error) = (graph::task_name(dj, d.idx), dj.error(d.idx).unwrap_or_default());
@@ -328,6 +331,7 @@ pub fn on_watch(core: &mut Core, fx: &mut impl Effects, conn: ConnId, job: JobId
         let size = match &o.outcome {
             Outcome::Ok { result } => result.len(),
             Outcome::Err { error, .. } => error.len(),
+            Outcome::Stored(s) => s.path.len() + s.checksum.len(),
         };
         if !chunk.is_empty() && (chunk.len() >= CATCH_UP_CHUNK || bytes.saturating_add(size) > CATCH_UP_BYTES)
         {

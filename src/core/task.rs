@@ -146,6 +146,8 @@ pub struct Job {
     /// Its tasks' results, and their errors (with the pickled exception).
     pub results: ResultArena,
     pub errors: Vec<(String, Option<bytes::Bytes>)>,
+    /// Where its tasks' stored results are (the bytes are in the store).
+    pub stored: Vec<crate::protocol::StoredResult>,
     /// The function table of its `py` tasks (opaque pickles), by `func`.
     pub functions: Vec<bytes::Bytes>,
     /// Digest of the tasks and functions it was submitted with: tells a
@@ -167,6 +169,7 @@ impl Job {
                 let (error, exception) = self.errors[e as usize].clone();
                 Some(Outcome::Err { error, exception })
             }
+            Stored::Ref(s) => Some(Outcome::Stored(self.stored[s as usize].clone())),
         }
     }
 
@@ -185,6 +188,10 @@ impl Job {
             Outcome::Err { error, exception } => {
                 self.errors.push((error.clone(), exception.clone()));
                 Stored::Err((self.errors.len() - 1) as u32)
+            }
+            Outcome::Stored(s) => {
+                self.stored.push(s.clone());
+                Stored::Ref((self.stored.len() - 1) as u32)
             }
         }
     }

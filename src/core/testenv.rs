@@ -90,7 +90,14 @@ pub(super) fn ok(v: i64) -> Outcome {
 }
 
 pub(super) fn report(a: &Assignment, outcome: Outcome) -> TaskReport {
-    TaskReport { task: a.task, attempt: a.attempt, outcome, micros: 10, executor_died: false }
+    TaskReport {
+        task: a.task,
+        attempt: a.attempt,
+        outcome,
+        micros: 10,
+        executor_died: false,
+        lost_inputs: Vec::new(),
+    }
 }
 
 pub(super) const CLIENT: ConnId = ConnId(100);

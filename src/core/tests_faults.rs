@@ -250,6 +250,7 @@ fn reports_for_tasks_a_worker_never_held_are_dropped() {
             outcome: ok(666),
             micros: 1,
             executor_died: false,
+            lost_inputs: Vec::new(),
         })
         .collect();
     on_reports(&mut core, &mut fx, 2, ConnId(9), 1, forged);
@@ -292,6 +293,7 @@ fn reports_for_tasks_a_worker_never_held_are_dropped() {
         outcome: ok(9),
         micros: 1,
         executor_died: false,
+        lost_inputs: Vec::new(),
     };
     on_reports(&mut restarted, &mut fx2, 12, ConnId(3), 1, vec![late]);
     restarted.sanity_check();
@@ -504,8 +506,14 @@ fn a_taken_back_pinned_task_reporting_canceled_does_not_fail_it() {
     assert!(core.workers.get_worker(WorkerId(2)).dropped.contains_key(&b), "not handed back to w2 meanwhile");
     // w2 reports its copy of b as canceled: ignored.
     assert!(fx.take_assignments(ConnId(2)).is_empty());
-    let canceled =
-        TaskReport { task: b, attempt: 2, outcome: err("canceled"), micros: 0, executor_died: false };
+    let canceled = TaskReport {
+        task: b,
+        attempt: 2,
+        outcome: err("canceled"),
+        micros: 0,
+        executor_died: false,
+        lost_inputs: Vec::new(),
+    };
     on_reports(&mut core, &mut fx, timeout + 3, ConnId(2), 1, vec![canceled]);
     core.sanity_check();
     assert!(core.jobs.get_job(job).tasks[1].outcome.is_none());

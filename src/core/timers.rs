@@ -86,7 +86,10 @@ pub fn on_deadline(core: &mut Core, now: u64) {
     for due in core.deadlines.take_due(Lane::Wake, now) {
         match due {
             Due::Retry(tid) => {
-                if core.find_task(tid).is_some_and(|t| t.state == TaskState::Delayed) {
+                if core.find_task(tid).is_some_and(|t| t.state == TaskState::Delayed && t.waiting > 0) {
+                    // An input's stored result was lost meanwhile: it waits for it.
+                    core.get_task_mut(tid).state = TaskState::Waiting;
+                } else if core.find_task(tid).is_some_and(|t| t.state == TaskState::Delayed) {
                     core.get_task_mut(tid).state = TaskState::Ready;
                     core.push_ready(tid);
                     core.ask_for_scheduling();

@@ -7,6 +7,17 @@ use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use crate::protocol::{NannyInfo, ToClient, WorkerInfo};
 use rustc_hash::FxHashSet as HashSet;
 
+/// The results store as the jobs refer to it: files and bytes (every stored
+/// result recorded, including ones found lost and written again).
+pub fn stored_results(core: &Core) -> crate::protocol::StoredSize {
+    let mut size = crate::protocol::StoredSize::default();
+    for (_, j) in &core.jobs {
+        size.files += j.stored.len() as u64;
+        size.bytes = j.stored.iter().fold(size.bytes, |b, s| b.saturating_add(s.size));
+    }
+    size
+}
+
 pub fn on_list_workers(core: &Core, fx: &mut impl Effects, now: u64, conn: ConnId) {
     let workers = core
         .workers

@@ -45,6 +45,14 @@ fn wire_tasks() -> Vec<TaskSpec> {
     vec![full, plain_cmd, f, py]
 }
 
+fn stored() -> crate::protocol::StoredResult {
+    crate::protocol::StoredResult {
+        path: format!("{}/3-2.bin", job()),
+        size: 2 << 20,
+        checksum: "ab".repeat(32),
+    }
+}
+
 fn done(idx: u32, attempt: u32, outcome: Outcome, canceled: bool) -> DoneTask {
     DoneTask { idx, attempt, outcome: outcome.into(), canceled }
 }
@@ -68,6 +76,10 @@ fn records() -> Vec<(&'static str, Record)> {
     vec![
         ("JobSubmitted", submitted),
         ("TasksDone", Record::TasksDone { job: job(), done: outcomes }),
+        (
+            "TasksDone",
+            Record::TasksDone { job: job(), done: vec![done(3, 2, Outcome::Stored(stored()), false)] },
+        ),
         ("TasksRetried", Record::TasksRetried { job: job(), idx: vec![0, 2] }),
         ("JobForgotten", Record::JobForgotten { job: job() }),
         (
@@ -78,6 +90,7 @@ fn records() -> Vec<(&'static str, Record)> {
             "History",
             Record::History(HistoryRecord::JobTimes { job: job(), submitted_at: 1, done_at: Some(2) }),
         ),
+        ("ResultsLost", Record::ResultsLost { job: job(), idx: vec![1] }),
     ]
 }
 
@@ -108,5 +121,9 @@ fn every_record_variant_keeps_its_bytes() {
         assert_eq!(got, want, "a journal record's bytes changed (see this file's comment)");
     }
     assert_eq!(golden.lines().count(), now.lines().count(), "{now}");
-    assert_eq!(golden.lines().count(), 6, "one payload per variant (two kinds of history record)");
+    assert_eq!(
+        golden.lines().count(),
+        8,
+        "one payload per variant (two kinds of history record, and a stored outcome)"
+    );
 }

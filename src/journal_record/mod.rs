@@ -47,6 +47,9 @@ pub enum Record {
     /// What the status page shows of the past (events, per-job timing),
     /// kept apart from the jobs' records and bounded (see `persistence`).
     History(HistoryRecord),
+    /// These finished tasks' stored results were found missing or corrupt
+    /// by a reader: their outcomes are void and they run again.
+    ResultsLost { job: JobId, idx: Vec<u32> },
 }
 
 /// A history record: journaled so that a restarted scheduler still shows
@@ -83,11 +86,14 @@ pub enum Outcome {
         #[serde(default)]
         exception: Option<Bytes>,
     },
+    /// A result in the results store: its path relative to the store,
+    /// size and SHA-256 (hex). The bytes are never journaled.
+    Stored { path: String, size: u64, checksum: String },
 }
 
 impl Outcome {
     pub fn is_ok(&self) -> bool {
-        matches!(self, Outcome::Ok { .. })
+        matches!(self, Outcome::Ok { .. } | Outcome::Stored { .. })
     }
 }
 

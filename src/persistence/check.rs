@@ -416,7 +416,8 @@ impl Record {
             Record::JobSubmitted { job, .. }
             | Record::TasksDone { job, .. }
             | Record::JobForgotten { job }
-            | Record::TasksRetried { job, .. } => *job,
+            | Record::TasksRetried { job, .. }
+            | Record::ResultsLost { job, .. } => *job,
         }
     }
 }

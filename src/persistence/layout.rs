@@ -46,6 +46,8 @@ pub fn decode_part(payload: &[u8]) -> Result<JobPart, String> {
 #[derive(Serialize, Deserialize)]
 pub enum DoneEntry {
     Retried(Vec<u32>),
+    /// Stored results found missing or corrupt (`Record::ResultsLost`).
+    Lost(Vec<u32>),
 }
 
 /// A list decoded into room made for its announced length at once (up to a
@@ -78,6 +80,7 @@ pub fn decode_done(job: JobId, payload: &[u8]) -> Result<Record, String> {
         Ok(DoneList(done)) => Ok(Record::TasksDone { job, done }),
         Err(e) => match rmp_serde::from_slice::<DoneEntry>(payload) {
             Ok(DoneEntry::Retried(idx)) => Ok(Record::TasksRetried { job, idx }),
+            Ok(DoneEntry::Lost(idx)) => Ok(Record::ResultsLost { job, idx }),
             Err(_) => Err(format!("does not decode: {e}")),
         },
     }

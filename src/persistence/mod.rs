@@ -111,7 +111,8 @@ impl Journal for MemJournal {
                 self.records.retain(|x| match x {
                     Record::JobSubmitted { job: j, .. }
                     | Record::TasksDone { job: j, .. }
-                    | Record::TasksRetried { job: j, .. } => j != job,
+                    | Record::TasksRetried { job: j, .. }
+                    | Record::ResultsLost { job: j, .. } => j != job,
                     Record::History(crate::journal_record::HistoryRecord::JobTimes { job: j, .. }) => {
                         j != job
                     }

@@ -388,6 +388,7 @@ pub fn payloads(record: &Record) -> Result<Vec<Vec<u8>>, JournalError> {
         }
         Record::TasksDone { done, .. } => Ok(vec![encode(done)?]),
         Record::TasksRetried { idx, .. } => Ok(vec![encode(&DoneEntry::Retried(idx.clone()))?]),
+        Record::ResultsLost { idx, .. } => Ok(vec![encode(&DoneEntry::Lost(idx.clone()))?]),
         Record::JobForgotten { .. } => Ok(vec![Vec::new()]),
         Record::History(h) => Ok(vec![super::history::payload(h)?]),
     }
@@ -409,7 +410,9 @@ impl Journal for SledJournal {
                         jobs.insert(key.as_slice(), frame::frame(&key, lsn, &bytes));
                     })?;
                 }
-                Record::TasksDone { job, .. } | Record::TasksRetried { job, .. } => {
+                Record::TasksDone { job, .. }
+                | Record::TasksRetried { job, .. }
+                | Record::ResultsLost { job, .. } => {
                     // Retries in the same tree as outcomes, so that replay keeps the order.
                     let lsn = self.next(job);
                     let key = job_key(job, &lsn.to_be_bytes());

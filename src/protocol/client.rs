@@ -71,6 +71,9 @@ pub enum FromClient {
     /// nannies start new ones, or retire (drain, then stop) the least busy;
     /// answered with `Done`.
     Scale { workers: u32 },
+    /// A piece (at most 1 MiB from `offset`) of a file of the results store,
+    /// for a peer that cannot see the store; answered with `StoredChunk`.
+    ReadStored { path: String, offset: u64 },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -134,6 +137,13 @@ pub enum ToClient {
     Error {
         job: Option<JobId>,
         message: String,
+    },
+    /// Answer to `ReadStored`: `data` from `offset` of a file of `total` bytes.
+    StoredChunk {
+        path: String,
+        offset: u64,
+        total: u64,
+        data: bytes::Bytes,
     },
 }
 

@@ -71,6 +71,19 @@ pub struct JournalInfo {
     pub flushes: u64,
     pub last_flush_ms_ago: Option<u64>,
     pub epoch: u64,
+    /// The results store, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_dir: Option<String>,
+    /// The stored results the journal refers to: how many, how many bytes.
+    #[serde(default)]
+    pub results: StoredSize,
+}
+
+/// Files and bytes of the results store that the scheduler's jobs refer to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSize {
+    pub files: u64,
+    pub bytes: u64,
 }
 
 /// One job as `actord ctl jobs` shows it.

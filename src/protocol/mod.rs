@@ -17,9 +17,9 @@ use uuid::Uuid;
 
 pub use client::{FromClient, TaskOutcome, ToClient};
 pub use conn::{Conn, ConnError};
-pub use info::{JobDetail, JobInfo, JournalInfo, StatusInfo, TaskInfo, WorkerInfo};
+pub use info::{JobDetail, JobInfo, JournalInfo, StatusInfo, StoredSize, TaskInfo, WorkerInfo};
 pub use nanny::{FromNanny, NannyInfo, SlotInfo, SlotState, ToNanny};
-pub use task::{Dep, Outcome, PyFunction, Resources, TaskKind, TaskSpec};
+pub use task::{Dep, Outcome, PyFunction, Resources, StoredResult, TaskKind, TaskSpec};
 pub use worker::{Assignment, FromWorker, NannySlot, TaskReport, ToWorker};
 
 /// Bump when any message below changes shape.

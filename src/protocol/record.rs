@@ -77,6 +77,7 @@ impl From<Outcome> for rec::Outcome {
         match o {
             Outcome::Ok { result } => rec::Outcome::Ok { result },
             Outcome::Err { error, exception } => rec::Outcome::Err { error, exception },
+            Outcome::Stored(s) => rec::Outcome::Stored { path: s.path, size: s.size, checksum: s.checksum },
         }
     }
 }
@@ -86,6 +87,9 @@ impl From<rec::Outcome> for Outcome {
         match o {
             rec::Outcome::Ok { result } => Outcome::Ok { result },
             rec::Outcome::Err { error, exception } => Outcome::Err { error, exception },
+            rec::Outcome::Stored { path, size, checksum } => {
+                Outcome::Stored(super::StoredResult { path, size, checksum })
+            }
         }
     }
 }

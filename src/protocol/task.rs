@@ -125,11 +125,25 @@ pub enum Outcome {
         #[serde(default)]
         exception: Option<Bytes>,
     },
+    /// A result too large to travel inline (over `worker.inline_result`):
+    /// the worker wrote it to the results store; this says where.
+    Stored(StoredResult),
+}
+
+/// A result in the results store (`crate::results_store`): its file,
+/// relative to the store (`<job>/<task>-<attempt>.bin`), its size, and the
+/// SHA-256 of its bytes (lowercase hex), checked by whoever reads it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResult {
+    pub path: String,
+    pub size: u64,
+    pub checksum: String,
 }
 
 impl Outcome {
+    /// The task succeeded (its result inline or in the store).
     pub fn is_ok(&self) -> bool {
-        matches!(self, Outcome::Ok { .. })
+        matches!(self, Outcome::Ok { .. } | Outcome::Stored(_))
     }
 
     /// A failure with no Python exception attached.

@@ -67,6 +67,7 @@ fn to_worker_assign() {
         resources: Resources::new(),
         pending_inputs: vec![(0, TaskId { job: job(), idx: 3 })],
         has_dependents: true,
+        stored_inputs: vec![],
     };
     let f = PyFunction { job: job(), func: 0, pickle: Bytes::from_static(b"f") };
     pinned(&ToWorker::Assign { tasks: vec![a], functions: vec![f] }, "81a641737369676e82a57461736b739187a47461736b82a36a6f62c4105f0c6a1e8d2b4c3a9e7f1a2b3c4d5e6fa369647804a7617474656d707401a6696e7075747391c4020102a46b696e6481a2507982a466756e6300a461726773c40170ad74696d655f6c696d69745f6d73cd01f4ae70656e64696e675f696e7075747391920082a36a6f62c4105f0c6a1e8d2b4c3a9e7f1a2b3c4d5e6fa369647803ae6861735f646570656e64656e7473c3a966756e6374696f6e739183a36a6f62c4105f0c6a1e8d2b4c3a9e7f1a2b3c4d5e6fa466756e6300a67069636b6c65c40166");
@@ -81,6 +82,7 @@ fn from_worker_reports() {
         outcome: Outcome::Err { error: "x".into(), exception: Some(Bytes::from_static(b"e")) },
         micros: 12,
         executor_died: true,
+        lost_inputs: Vec::new(),
     };
     pinned(&FromWorker::Reports { batch: 9, reports: vec![r] }, "81a75265706f72747382a5626174636809a77265706f7274739185a47461736b82a36a6f62c4105f0c6a1e8d2b4c3a9e7f1a2b3c4d5e6fa369647804a7617474656d707401a76f7574636f6d6581a345727282a56572726f72a178a9657863657074696f6ec40165a66d6963726f730cad6578656375746f725f64696564c3");
 }

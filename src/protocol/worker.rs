@@ -1,7 +1,7 @@
 //! Worker ⇄ scheduler: `FromWorker` and `ToWorker`, and what they carry
 //! (reports of finished attempts, assignments).
 
-use super::{Outcome, PyFunction, Resources, TaskKind};
+use super::{Outcome, PyFunction, Resources, StoredResult, TaskKind};
 use crate::ids::{TaskId, WorkerId};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,10 @@ pub struct TaskReport {
     /// mid-task): counted like a worker death for this task, not as a failure.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub executor_died: bool,
+    /// The attempt could not start: these inputs' stored results are
+    /// missing or corrupt. Their tasks run again; this one waits for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost_inputs: Vec<TaskId>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -144,4 +148,9 @@ pub struct Assignment {
     /// for tasks pinned here after it finished.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub has_dependents: bool,
+    /// Inputs in the results store: (position in `inputs`, where it is);
+    /// `inputs` holds an empty value there, which the worker fills by
+    /// reading the store (checksum checked) before the task runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stored_inputs: Vec<(u32, StoredResult)>,
 }

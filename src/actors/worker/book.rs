@@ -112,6 +112,7 @@ impl Book {
                 outcome: Outcome::err("canceled"),
                 micros: 0,
                 executor_died: false,
+                lost_inputs: Vec::new(),
             })
             .collect();
         let mut kill = Vec::new();
@@ -170,10 +171,7 @@ impl Book {
             }
         }
         let expired = self.expired.remove(&task);
-        let result = match &report.outcome {
-            Outcome::Ok { result } if !expired => Some(result.clone()),
-            _ => None,
-        };
+        let result = if expired { None } else { super::pinned::Local::of(&report.outcome) };
         let ready = if pins_done { Vec::new() } else { lock(&self.pins).finished(task, result, keep) };
         ((!expired).then_some(report), ready)
     }
@@ -196,6 +194,7 @@ impl Book {
                     outcome,
                     micros: limit * 1000,
                     executor_died: false,
+                    lost_inputs: Vec::new(),
                 });
             }
         }
@@ -232,12 +231,14 @@ mod tests {
             resources: Default::default(),
             pending_inputs: vec![],
             has_dependents: false,
+            stored_inputs: vec![],
         };
         Run { a, worker: WorkerId(1), function: None }
     }
 
     fn done(task: TaskId, attempt: u32, outcome: Outcome) -> Done {
-        let report = TaskReport { task, attempt, outcome, micros: 1, executor_died: true };
+        let report =
+            TaskReport { task, attempt, outcome, micros: 1, executor_died: true, lost_inputs: vec![] };
         Done { report, keep: false, pins_done: false }
     }
 

@@ -160,7 +160,9 @@ async fn dial(myself: &ActorRef<ConnMsg>, st: &mut ConnState) -> Result<(), Acto
             st.reader = Some(reader);
             st.heartbeat = Some(myself.send_interval(st.args.heartbeat, || ConnMsg::Heartbeat));
             tracing::info!(scheduler = %file.address, "connected to the scheduler");
-            st.args.worker.cast(WorkerMsg::Connected { address: file.address })?;
+            st.args
+                .worker
+                .cast(WorkerMsg::Connected { address: file.address, results_dir: file.results_dir })?;
         }
         Err(e) => {
             tracing::debug!(error = %e, retry_in_ms = st.backoff.as_millis() as u64, "cannot reach the scheduler yet");

@@ -13,6 +13,7 @@ mod outbox;
 mod pinned;
 mod py;
 mod slot;
+mod stored;
 #[cfg(test)]
 mod tests;
 
@@ -47,8 +48,14 @@ pub struct WorkerOptions {
     pub work_dir: PathBuf,
     /// How long a SIGTERM'd worker may take to finish its running tasks.
     pub drain_timeout: Duration,
-    /// A result larger than this (bytes) is a task error, not a huge frame.
+    /// A result larger than this (bytes) is a task error: in the results
+    /// store, or inline when there is none (0: no limit).
     pub max_result: u64,
+    /// A result larger than this (bytes) goes to the results store (0: none do).
+    pub inline_result: u64,
+    /// Where this host sees the results store (`--results-dir`); `None`:
+    /// where the scheduler file says.
+    pub results_dir: Option<PathBuf>,
     /// An error longer than this (bytes) is cut short.
     pub max_error: u64,
     /// What it declares beyond its slots.
@@ -75,6 +82,10 @@ const LEAVE_BEFORE_END: Duration = Duration::from_secs(1);
 /// Runs a worker until the scheduler dismisses it, it drains after SIGTERM
 /// or Ctrl-C, or no scheduler is reachable for `death_timeout`.
 pub async fn run_worker(opts: WorkerOptions, registry: Registry) -> Result<(), WorkerError> {
+    // A file-size limit (`ulimit -f`) makes a result file over it a task
+    // error (EFBIG: "results store full"), not the worker's death.
+    // SAFETY: setting a signal to ignored, before any thread depends on it.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let (done, mut ended) = tokio::sync::oneshot::channel();
     let args = WorkerArgs { opts, registry: Arc::new(registry), done };
     let (worker, join) =
@@ -151,6 +162,12 @@ impl Actor for Worker {
             },
             max_result: opts.max_result,
             max_error: opts.max_error,
+            store: Arc::new(stored::StoreView::new(
+                opts.results_dir.clone(),
+                opts.inline_result,
+                opts.max_result,
+                opts.scheduler_file.clone(),
+            )),
         };
         let mut st = WorkerState {
             outbox: Outbox::new(opts.max_frame),
@@ -190,7 +207,10 @@ impl Actor for Worker {
         st: &mut WorkerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WorkerMsg::Connected { address } => st.connected(address),
+            WorkerMsg::Connected { address, results_dir } => {
+                st.shared.store.set_from_scheduler(results_dir.as_deref());
+                st.connected(address)
+            }
             WorkerMsg::Frame(frame) => st.on_frame(&myself, frame),
             WorkerMsg::Done(done) => {
                 let (report, ready) = st.book.finished(done);

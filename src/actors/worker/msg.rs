@@ -20,7 +20,7 @@ pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(3);
 
 pub(super) enum WorkerMsg {
     /// The connection is through: register, send what is unacknowledged.
-    Connected { address: String },
+    Connected { address: String, results_dir: Option<String> },
     /// A frame from the scheduler.
     Frame(ToWorker),
     /// A slot finished an attempt.

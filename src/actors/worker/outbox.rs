@@ -104,6 +104,7 @@ fn report_size(r: &TaskReport) -> usize {
     let payload = match &r.outcome {
         Outcome::Ok { result } => result.len(),
         Outcome::Err { error, exception } => error.len() + exception.as_ref().map_or(0, |e| e.len()),
+        Outcome::Stored(s) => s.path.len() + s.checksum.len(),
     };
     payload.saturating_add(64)
 }

@@ -4,8 +4,39 @@
 //! input starts the pinned task it completes at once, without a round trip.
 
 use crate::ids::TaskId;
-use crate::protocol::Assignment;
+use crate::protocol::{Assignment, Outcome, StoredResult};
 use rustc_hash::FxHashMap;
+
+/// A result produced here, as a pinned task takes it: the bytes, or where
+/// they are in the results store (read when the task runs).
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Local {
+    Inline(bytes::Bytes),
+    Stored(StoredResult),
+}
+
+impl Local {
+    /// A successful outcome's result; `None` for a failure.
+    pub(super) fn of(o: &Outcome) -> Option<Local> {
+        match o {
+            Outcome::Ok { result } => Some(Local::Inline(result.clone())),
+            Outcome::Stored(s) => Some(Local::Stored(s.clone())),
+            Outcome::Err { .. } => None,
+        }
+    }
+
+    /// Puts it at input `pos` of `a`.
+    fn fill(&self, a: &mut Assignment, pos: u32) {
+        match self {
+            Local::Inline(b) => {
+                if let Some(slot) = a.inputs.get_mut(pos as usize) {
+                    *slot = b.clone();
+                }
+            }
+            Local::Stored(s) => a.stored_inputs.push((pos, s.clone())),
+        }
+    }
+}
 
 /// Tasks pinned to this worker ahead of inputs it produces itself (see
 /// `Assignment::pending_inputs`): a task finished here hands its result to
@@ -19,7 +50,7 @@ pub(super) struct Pinned {
     pub(super) waiters: FxHashMap<TaskId, Vec<(TaskId, u32)>>,
     /// Results of tasks run here whose reports are not yet acknowledged
     /// (`None`: failed): a pin can arrive after its input is done.
-    pub(super) results: FxHashMap<TaskId, Option<bytes::Bytes>>,
+    pub(super) results: FxHashMap<TaskId, Option<Local>>,
     /// Pinned tasks a slot started, with their attempt, until they finish.
     pub(super) started: FxHashMap<TaskId, u32>,
 }
@@ -39,11 +70,7 @@ impl Pinned {
         let mut missing = Vec::new();
         for (pos, dep) in std::mem::take(&mut a.pending_inputs) {
             match self.results.get(&dep) {
-                Some(Some(r)) => {
-                    if let Some(slot) = a.inputs.get_mut(pos as usize) {
-                        *slot = r.clone();
-                    }
-                }
+                Some(Some(r)) => r.clone().fill(&mut a, pos),
                 Some(None) => return None,
                 None => missing.push((pos, dep)),
             }
@@ -61,12 +88,7 @@ impl Pinned {
     /// A task finished here (`result`: its result, `None` if it failed): the
     /// pinned tasks it completes, ready to run (the first is marked started,
     /// for the caller to run). A failure drops those waiting for it, transitively.
-    pub(super) fn finished(
-        &mut self,
-        task: TaskId,
-        result: Option<bytes::Bytes>,
-        keep: bool,
-    ) -> Vec<Assignment> {
+    pub(super) fn finished(&mut self, task: TaskId, result: Option<Local>, keep: bool) -> Vec<Assignment> {
         self.started.remove(&task);
         if keep {
             self.results.insert(task, result.clone());
@@ -84,9 +106,7 @@ impl Pinned {
         };
         for (t, pos) in waiters {
             let Some((a, missing)) = self.waiting.get_mut(&t) else { continue };
-            if let Some(slot) = a.inputs.get_mut(pos as usize) {
-                *slot = result.clone();
-            }
+            result.fill(a, pos);
             *missing -= 1;
             if *missing == 0 {
                 ready.extend(self.waiting.remove(&t).map(|(a, _)| a));
@@ -134,6 +154,7 @@ mod tests {
             resources: Default::default(),
             pending_inputs: vec![],
             has_dependents: false,
+            stored_inputs: vec![],
         }
     }
 
@@ -147,18 +168,21 @@ mod tests {
             pending_inputs: deps.into_iter().map(|(pos, d)| (pos, t(d))).collect(),
             ..assignment(TaskKind::Fn { name: "inc".into(), args: vec![] })
         };
+        let stored = StoredResult { path: format!("{job}/1-2.bin"), size: 9, checksum: "c".into() };
         let mut p = Pinned::default();
         // 1 ← 0, 2 ← (0, 1); 0 finishes before 3 ← 0 arrives.
         assert!(p.add(pin(1, vec![(0, 0)])).is_none());
         assert!(p.add(pin(2, vec![(0, 0), (1, 1)])).is_none());
-        let ready = p.finished(t(0), Some(bytes::Bytes::from_static(b"a")), true);
+        let ready = p.finished(t(0), Some(Local::Inline(bytes::Bytes::from_static(b"a"))), true);
         assert_eq!(ready.iter().map(|a| a.task).collect::<Vec<_>>(), vec![t(1)]);
         assert_eq!(ready[0].inputs, vec![bytes::Bytes::from_static(b"a")]);
         assert!(p.started.contains_key(&t(1)), "the first one is run by the caller");
         let late = p.add(pin(3, vec![(0, 0)])).expect("its input is here already");
         assert_eq!(late.inputs, vec![bytes::Bytes::from_static(b"a")]);
-        let ready = p.finished(t(1), Some(bytes::Bytes::from_static(b"b")), true);
-        assert_eq!(ready[0].inputs, vec![bytes::Bytes::from_static(b"a"), bytes::Bytes::from_static(b"b")]);
+        let ready = p.finished(t(1), Some(Local::Stored(stored.clone())), true);
+        // A stored result goes in as its reference, read when the task runs.
+        assert_eq!(ready[0].inputs, vec![bytes::Bytes::from_static(b"a"), bytes::Bytes::new()]);
+        assert_eq!(ready[0].stored_inputs, vec![(1, stored)]);
         assert_eq!(ready.iter().map(|a| a.task).collect::<Vec<_>>(), vec![t(2)]);
         assert!(p.started.contains_key(&t(2)) && !p.started.contains_key(&t(1)));
 

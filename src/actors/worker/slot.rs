@@ -8,6 +8,7 @@ use super::msg::{Done, Run, Running, SlotPanic, WorkerMsg};
 use super::outbox::cap_outcome;
 use super::pinned::{self, Pins};
 use super::py::{PyOptions, PySlot};
+use super::stored::{FillError, StoreView};
 use crate::functions::Registry;
 use crate::protocol::{Assignment, Outcome, TaskKind, TaskReport};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -27,6 +28,8 @@ pub(super) struct SlotShared {
     pub py: PyOptions,
     pub max_result: u64,
     pub max_error: u64,
+    /// The results store as this worker sees it.
+    pub store: Arc<StoreView>,
 }
 
 pub(super) struct SlotArgs {
@@ -91,10 +94,7 @@ fn slot_thread(slot: u32, shared: SlotShared, me: ActorRef<SlotMsg>) {
             }
         };
         let keep = run.a.has_dependents;
-        let result = match &report.outcome {
-            Outcome::Ok { result } => Some(result.clone()),
-            Outcome::Err { .. } => None,
-        };
+        let result = pinned::Local::of(&report.outcome);
         let ready = pinned::lock(&shared.pins).finished(run.a.task, result, keep);
         if shared.worker.cast(WorkerMsg::Done(Done { report, keep, pins_done: true })).is_err() {
             return;
@@ -112,11 +112,24 @@ fn slot_thread(slot: u32, shared: SlotShared, me: ActorRef<SlotMsg>) {
     }
 }
 
-/// Runs one attempt on the calling slot thread.
+/// Runs one attempt on the calling slot thread: its stored inputs read
+/// first, a large result moved to the store after.
 fn run_task(shared: &SlotShared, run: &Run, py: &mut PySlot) -> TaskReport {
     let Run { a, worker, function } = run;
     let worker = *worker;
     let start = Instant::now();
+    let filled;
+    let a = if a.stored_inputs.is_empty() {
+        a
+    } else {
+        match shared.store.fill(a) {
+            Ok(f) => {
+                filled = f;
+                &filled
+            }
+            Err(e) => return unstarted(shared, a, e),
+        }
+    };
     let tell = |r: Running| {
         let _ = shared.worker.cast(WorkerMsg::Running(r));
     };
@@ -139,12 +152,39 @@ fn run_task(shared: &SlotShared, run: &Run, py: &mut PySlot) -> TaskReport {
             outcome
         }
     };
+    let outcome = shared.store.keep(a.task, a.attempt, outcome);
+    // (With a store, `max_result` applies there.)
+    let inline_cap = if shared.store.dir().is_some() { 0 } else { shared.max_result };
     TaskReport {
         task: a.task,
         attempt: a.attempt,
-        outcome: cap_outcome(outcome, shared.max_result, shared.max_error),
+        outcome: cap_outcome(outcome, inline_cap, shared.max_error),
         micros: start.elapsed().as_micros() as u64,
         executor_died,
+        lost_inputs: Vec::new(),
+    }
+}
+
+/// The report of an attempt whose stored inputs could not be read: lost
+/// ones make their tasks run again (the scheduler decides), anything else
+/// fails it.
+fn unstarted(shared: &SlotShared, a: &crate::protocol::Assignment, e: FillError) -> TaskReport {
+    let (outcome, lost_inputs) = match e {
+        FillError::Lost(lost, why) => {
+            tracing::warn!(task = %a.task, inputs = ?lost, error = %why, "stored inputs lost: the scheduler re-runs them");
+            (Outcome::err(why), lost)
+        }
+        FillError::Failed(why) => {
+            (Outcome::err(format!("cannot read the task's stored inputs: {why}")), Vec::new())
+        }
+    };
+    TaskReport {
+        task: a.task,
+        attempt: a.attempt,
+        outcome: cap_outcome(outcome, 0, shared.max_error),
+        micros: 0,
+        executor_died: false,
+        lost_inputs,
     }
 }
 
@@ -166,5 +206,6 @@ pub(super) fn panicked(p: &SlotPanic, max_error: u64) -> TaskReport {
         outcome: cap_outcome(Outcome::err(p.message.clone()), 0, max_error),
         micros: 0,
         executor_died: false,
+        lost_inputs: Vec::new(),
     }
 }

@@ -68,7 +68,7 @@ impl ErrorText for Outcome {
     fn error(&self) -> String {
         match self {
             Outcome::Err { error, .. } => error.clone(),
-            Outcome::Ok { .. } => String::new(),
+            Outcome::Ok { .. } | Outcome::Stored(_) => String::new(),
         }
     }
 }
@@ -84,6 +84,7 @@ fn assignment(kind: TaskKind) -> Assignment {
         resources: Default::default(),
         pending_inputs: vec![],
         has_dependents: false,
+        stored_inputs: vec![],
     }
 }
 
@@ -110,6 +111,7 @@ async fn one_slot(
         py: PyOptions { python: "python3".into(), work_dir: "/nonexistent".into(), max_result: 0 },
         max_result,
         max_error: 0,
+        store: Arc::new(super::stored::StoreView::new(None, 0, 0, "/nonexistent".into())),
     };
     let args = SlotArgs { slot: 0, shared };
     Actor::spawn_linked(None, Slot, args, probe.get_cell()).await.unwrap();

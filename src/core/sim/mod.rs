@@ -230,6 +230,7 @@ impl Sim {
             outcome: Outcome::Ok { result: FORGED.into() },
             micros: 1,
             executor_died: false,
+            lost_inputs: Vec::new(),
         };
         event(format!("{conn} forges {task}"));
         // Numbered as its own frames, so that its honest side goes on working.
@@ -517,7 +518,7 @@ impl Sim {
                         assert!(c.0 == 1, "{job:?}@{} recorded twice", d.idx);
                     }
                 }
-                Record::TasksRetried { job, idx } => {
+                Record::TasksRetried { job, idx } | Record::ResultsLost { job, idx } => {
                     for i in idx {
                         count.insert(TaskId { job: *job, idx: *i }, (0, None));
                     }

@@ -195,6 +195,7 @@ impl SimWorker {
             outcome,
             micros: 1_000,
             executor_died: false,
+            lost_inputs: Vec::new(),
         });
         // Pinned tasks waiting for it: run when complete, dropped if it failed.
         let mut failed = vec![a.task];

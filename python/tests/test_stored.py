@@ -1,0 +1,72 @@
+"""Large results through the results store: dask.array chunks over
+`worker.inline_result` travel as files, never through the scheduler, and
+`result`/`gather` read them back transparently (or streamed where the store
+is not visible)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+da = pytest.importorskip("dask.array")
+np = pytest.importorskip("numpy")
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def big(n: int, seed: int) -> bytes:
+    return bytes((i * 31 + seed) % 251 for i in range(256)) * (n // 256)
+
+
+def vm_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def stored_files(cluster) -> list:
+    return sorted(p for p in (cluster.journal / "results").glob("*/*.bin"))
+
+
+def test_dask_array_chunks_go_through_the_store_not_the_scheduler(cluster, client):
+    # 8 chunks of 8 MB; x @ x.T is the sum of 8 blocks of 8 MB more.
+    x = da.random.default_rng(7).random((1024, 8 * 1024), chunks=(1024, 1024))
+    y = (x @ x.T).sum()
+    xn = x.compute(scheduler="sync")
+    expected = float((xn @ xn.T).sum())
+    got = float(y.compute(scheduler=client.get))
+    assert got == pytest.approx(expected, rel=1e-9)
+    sizes = sorted((f.stat().st_size for f in stored_files(cluster)), reverse=True)
+    assert len(sizes) >= 16 and sizes[15] > 8 << 20, sizes  # the chunks and the blocks, at least
+    hwm = vm_hwm_mib(cluster.scheduler.pid)
+    assert hwm < 100, f"scheduler peak RSS {hwm:.0f} MiB"
+
+
+def test_result_and_gather_read_stored_results_from_the_store_or_streamed(cluster, client, monkeypatch):
+    futures = [client.submit(big, 3 << 20, s, pure=False) for s in range(3)]
+    assert futures[0].result(timeout=60) == big(3 << 20, 0)
+    assert client.gather(futures) == [big(3 << 20, s) for s in range(3)]
+    assert len(stored_files(cluster)) == 3
+    # A host that cannot see the store gets them streamed through the scheduler.
+    monkeypatch.setenv("ACTORD_RESULTS_DIR", str(cluster.tmp / "elsewhere"))
+    with cluster.client() as other:
+        f = other.submit(big, 3 << 20, 1)  # the same key: the same task, finished already
+        assert f.result(timeout=60) == big(3 << 20, 1)
+
+
+def test_a_corrupt_stored_result_is_never_returned(cluster, client):
+    from actord import ResultError, wait
+
+    f = client.submit(big, 2 << 20, 5, pure=False)
+    wait([f], timeout=60)
+    (path,) = stored_files(cluster)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ResultError, match="corrupt: checksum mismatch"):
+        f.result(timeout=60)

@@ -1,0 +1,131 @@
+//! A worker's view of the results store: where it is (`--results-dir`, else
+//! the scheduler's), moving large results into it, and filling a task's
+//! stored inputs from it — or through the scheduler when this host cannot
+//! see the file.
+
+use crate::ids::TaskId;
+use crate::protocol::{Assignment, Outcome, StoredResult};
+use crate::results_store::{self, ReadError};
+use bytes::Bytes;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long a fetch through the scheduler may take to connect.
+const FETCH_CONNECT: Duration = Duration::from_secs(30);
+
+pub(super) struct StoreView {
+    /// The store's directory, once known.
+    dir: Mutex<Option<PathBuf>>,
+    /// Given by `--results-dir`: what the scheduler says does not change it.
+    fixed: bool,
+    /// Results over this many bytes go to the store (0: none do).
+    pub inline: u64,
+    /// Largest result the store takes (0: no limit beyond the disk).
+    pub max: u64,
+    /// For fetches through the scheduler.
+    scheduler_file: PathBuf,
+}
+
+/// Why a task's stored inputs could not be filled.
+pub(super) enum FillError {
+    /// These inputs' stored results are missing or corrupt.
+    Lost(Vec<TaskId>, String),
+    /// Anything else (a refused reference, no store known): the task fails.
+    Failed(String),
+}
+
+impl StoreView {
+    pub(super) fn new(dir: Option<PathBuf>, inline: u64, max: u64, scheduler_file: PathBuf) -> StoreView {
+        StoreView { fixed: dir.is_some(), dir: Mutex::new(dir), inline, max, scheduler_file }
+    }
+
+    /// The scheduler's store, as its file says (unless `--results-dir`).
+    pub(super) fn set_from_scheduler(&self, dir: Option<&str>) {
+        if self.fixed {
+            return;
+        }
+        let mut d = self.dir.lock().unwrap_or_else(|e| e.into_inner());
+        *d = dir.map(PathBuf::from);
+    }
+
+    pub(super) fn dir(&self) -> Option<PathBuf> {
+        self.dir.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// An attempt's outcome, with a result over `inline` moved to the store
+    /// (a full store fails the task, saying so). Without a store, results
+    /// stay inline.
+    pub(super) fn keep(&self, task: TaskId, attempt: u32, outcome: Outcome) -> Outcome {
+        let (Outcome::Ok { result }, Some(dir)) = (&outcome, self.dir()) else { return outcome };
+        if self.inline == 0 || result.len() as u64 <= self.inline {
+            return outcome;
+        }
+        match results_store::write(&dir, task, attempt, result, self.max) {
+            Ok(s) => Outcome::Stored(s),
+            Err(e) => {
+                tracing::warn!(task = %task, error = %e, "cannot store a result");
+                Outcome::err(e.to_string())
+            }
+        }
+    }
+
+    /// The assignment with its stored inputs read (checksums checked).
+    pub(super) fn fill(&self, a: &Assignment) -> Result<Assignment, FillError> {
+        let mut filled = a.clone();
+        filled.stored_inputs = Vec::new();
+        let mut lost = Vec::new();
+        let mut why = Vec::new();
+        for (pos, r) in &a.stored_inputs {
+            let Some(slot) = filled.inputs.get_mut(*pos as usize) else {
+                return Err(FillError::Failed(format!(
+                    "stored input at position {pos} of {} inputs",
+                    a.inputs.len()
+                )));
+            };
+            match self.read(r) {
+                Ok(data) => *slot = Bytes::from(data),
+                Err(e) if e.is_lost() => match results_store::task_of(&r.path) {
+                    Some(t) => {
+                        lost.push(t);
+                        why.push(e.to_string());
+                    }
+                    None => return Err(FillError::Failed(e.to_string())),
+                },
+                Err(e) => return Err(FillError::Failed(e.to_string())),
+            }
+        }
+        if lost.is_empty() {
+            Ok(filled)
+        } else {
+            Err(FillError::Lost(lost, why.join("; ")))
+        }
+    }
+
+    /// One stored result: from the store where this host sees it, else
+    /// streamed through the scheduler.
+    fn read(&self, r: &StoredResult) -> Result<Vec<u8>, ReadError> {
+        if let Some(dir) = self.dir() {
+            match results_store::read(&dir, r) {
+                Err(ReadError::Missing { .. }) => {}
+                other => return other,
+            }
+        }
+        tracing::info!(path = ?r.path, size = r.size, "stored input not visible here: fetching it through the scheduler");
+        self.fetch(r)
+    }
+
+    fn fetch(&self, r: &StoredResult) -> Result<Vec<u8>, ReadError> {
+        let missing = |why: String| ReadError::Missing { path: r.path.clone(), why };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| missing(format!("cannot start a runtime to fetch it: {e}")))?;
+        rt.block_on(async {
+            let mut c = crate::client::Client::connect(&self.scheduler_file, FETCH_CONNECT)
+                .await
+                .map_err(|e| missing(format!("cannot reach the scheduler to fetch it: {e}")))?;
+            c.fetch_stored(r).await
+        })
+    }
+}
