@@ -7,6 +7,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# Every scheduler a test starts serves its status page on a port of its own.
+export ACTORD_DASHBOARD="${ACTORD_DASHBOARD:-127.0.0.1:0}"
 VENV="$(scripts/venv.sh)"
 # Exit 3: it cannot be installed here; the browser tests then say they skip.
 scripts/chromium.sh >/dev/null || [[ $? == 3 ]]

@@ -22,6 +22,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+pub use stored::decode_outcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -76,18 +77,6 @@ impl Gathered {
     /// Decodes every result as `T`; the first failed task is the error.
     pub fn values<T: DeserializeOwned>(&self) -> Result<Vec<T>, ClientError> {
         self.outcomes.iter().map(|o| decode_outcome(o)).collect()
-    }
-}
-
-pub fn decode_outcome<T: DeserializeOwned>(o: &TaskOutcome) -> Result<T, ClientError> {
-    match &o.outcome {
-        Outcome::Ok { result } => rmp_serde::from_slice(result)
-            .map_err(|e| ClientError::Protocol(format!("result of task {}: {e}", o.idx))),
-        Outcome::Err { error, .. } => Err(ClientError::TaskFailed { idx: o.idx, error: error.clone() }),
-        Outcome::Stored(s) => Err(ClientError::Protocol(format!(
-            "result of task {} is in the results store ({}): read it with Client::materialize",
-            o.idx, s.path
-        ))),
     }
 }
 

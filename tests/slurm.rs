@@ -87,6 +87,7 @@ fn batch_example(slurm: &Slurm, dir: &Path) {
         .env("DARTS_INPUTS", "8")
         .env("DARTS_SCALE", "0.01")
         .env_remove("ACTORD_SCHEDULER_FILE")
+        .env("ACTORD_DASHBOARD", "127.0.0.1:0")
         .output()
         .unwrap();
     assert!(out.status.success(), "sbatch: {}", String::from_utf8_lossy(&out.stderr));
@@ -136,6 +137,7 @@ fn restart_example(slurm: &Slurm, dir: &Path) {
         .env("TASKS", "6")
         .env("TASK_SECONDS", "1")
         .env_remove("ACTORD_SCHEDULER_FILE")
+        .env("ACTORD_DASHBOARD", "127.0.0.1:0")
         .output()
         .unwrap();
     assert!(out.status.success(), "sbatch: {}", String::from_utf8_lossy(&out.stderr));
@@ -202,6 +204,7 @@ fn interactive_example(slurm: &Slurm, dir: &Path) {
         .env("DARTS_INPUTS", "4")
         .env("DARTS_SCALE", "0.01")
         .env_remove("ACTORD_SCHEDULER_FILE")
+        .env("ACTORD_DASHBOARD", "127.0.0.1:0")
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

@@ -55,6 +55,7 @@ class Cluster:
         self.scheduler = None
         self.nanny = None
         self.env = dict(os.environ, ACTORD_LOG=os.environ.get("ACTORD_LOG", "info"),
+                        ACTORD_DASHBOARD=os.environ.get("ACTORD_DASHBOARD", "127.0.0.1:0"),
                         ACTORD_PYTHON=sys.executable)
         self.env.pop("ACTORD_SCHEDULER_FILE", None)
 

@@ -109,7 +109,7 @@ impl SessionHandle {
 }
 
 /// Counts one connection in its handshake; dropping it ends the count.
-pub struct Handshaking(pub(super) Arc<AtomicUsize>);
+pub struct Handshaking(pub(crate) Arc<AtomicUsize>);
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
@@ -118,7 +118,7 @@ impl Drop for Handshaking {
 }
 
 /// Counts one open connection (from accept to close).
-pub struct Established(pub(super) Arc<AtomicUsize>);
+pub struct Established(pub(crate) Arc<AtomicUsize>);
 
 impl Drop for Established {
     fn drop(&mut self) {

@@ -14,6 +14,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod dash;
+
 /// How long a scheduler shutting down for good waits for the nannies and
 /// workers it told so to hang up.
 const FAREWELL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -221,7 +223,7 @@ fn handle_msg(
                 stop_if_done(st);
             }
             SchedMsg::Dashboard { query, reply } => {
-                let _ = reply.send(dashboard_answer(st, now, query));
+                let _ = reply.send(dash::answer(st, now, query));
                 return Ok(());
             }
             SchedMsg::Deadline => {
@@ -240,23 +242,7 @@ fn handle_msg(
                 st.flush_timer = false;
                 return start_flush(&myself, st);
             }
-            SchedMsg::Flushed(result) => {
-                if let Err(e) = result {
-                    // Promises can no longer be kept: stop rather than run on.
-                    tracing::error!(error = %e, "journal flush failed; stopping the scheduler");
-                    return Err(e.into());
-                }
-                st.flushes += 1;
-                st.last_flush_done = Some(std::time::Instant::now());
-                if let Some(took) = st.last_flush.map(|t| t.elapsed()) {
-                    st.flush_latency = Some(took);
-                    st.flush_seconds_total += took.as_secs_f64();
-                }
-                if let Some(out) = st.in_flight.take() {
-                    send(st, out);
-                }
-                return start_flush(&myself, st);
-            }
+            SchedMsg::Flushed(result) => return on_flushed(&myself, st, result),
         }
         // The one scheduling pass of this event, if a handler asked for it.
         st.core.finish_step(&mut st.outbox);
@@ -273,32 +259,27 @@ fn handle_msg(
     }
 }
 
-/// A view for the status page, with the process's own figures.
-fn dashboard_answer(st: &SchedulerState, now: u64, query: super::msgs::DashQuery) -> super::msgs::DashAnswer {
-    use super::msgs::{DashAnswer, DashQuery};
-    match query {
-        DashQuery::Job(job) => DashAnswer::Job(core::dashboard_job(&st.core, job).map(Box::new)),
-        DashQuery::Snapshot => {
-            let location = st.journal.location();
-            let system = core::SystemRow {
-                epoch: st.epoch,
-                uptime_ms: st.started.elapsed().as_millis() as u64,
-                started_at_ms: (now / 1000).saturating_sub(st.started.elapsed().as_millis() as u64),
-                journal_path: location.as_ref().map(|(p, _)| p.display().to_string()),
-                journal_bytes: location.map(|(_, b)| b).unwrap_or(0),
-                journal_records: st.records_replayed + st.records_appended,
-                last_flush_ms: st.last_flush_done.map(|t| t.elapsed().as_millis() as u64),
-                flush_latency_us: st.flush_latency.map(|d| d.as_micros() as u64),
-                flushes: st.flushes,
-                flush_seconds_total: st.flush_seconds_total,
-                connections: st.sessions.len() as u64,
-                draining: st.core.is_stopping(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            };
-            DashAnswer::Snapshot(Box::new(core::dashboard_snapshot(&st.core, now, system)))
-        }
+/// A group commit is durable: what waited for it goes out, the next starts.
+fn on_flushed(
+    myself: &ActorRef<SchedMsg>,
+    st: &mut SchedulerState,
+    result: Result<(), String>,
+) -> Result<(), ActorProcessingErr> {
+    if let Err(e) = result {
+        // Promises can no longer be kept: stop rather than run on.
+        tracing::error!(error = %e, "journal flush failed; stopping the scheduler");
+        return Err(e.into());
     }
+    st.flushes += 1;
+    st.last_flush_done = Some(std::time::Instant::now());
+    if let Some(took) = st.last_flush.map(|t| t.elapsed()) {
+        st.flush_latency = Some(took);
+        st.flush_seconds_total += took.as_secs_f64();
+    }
+    if let Some(out) = st.in_flight.take() {
+        send(st, out);
+    }
+    start_flush(myself, st)
 }
 
 /// `shutdown --drain`: once nothing runs any more, stop when what is

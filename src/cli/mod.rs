@@ -109,12 +109,13 @@ pub struct SchedulerArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct DashboardFlags {
     /// Serve the status page on HOST:PORT (port 0 picks one); a busy
-    /// address given here is an error [config: scheduler.dashboard,
-    /// default 127.0.0.1:8787, where a busy port only warns].
-    #[arg(long, value_name = "ADDR")]
+    /// address given here is an error [env: ACTORD_DASHBOARD; config:
+    /// scheduler.dashboard, default 127.0.0.1:8787, where a busy port only
+    /// warns].
+    #[arg(long, value_name = "ADDR", env = "ACTORD_DASHBOARD", hide_env = true)]
     pub dashboard: Option<String>,
-    /// Serve no status page.
-    #[arg(long, conflicts_with = "dashboard")]
+    /// Serve no status page (wins over --dashboard).
+    #[arg(long)]
     pub no_dashboard: bool,
 }
 

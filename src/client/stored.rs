@@ -5,7 +5,22 @@
 use super::{Client, ClientError};
 use crate::protocol::{FromClient, Outcome, StoredResult, TaskOutcome, ToClient};
 use crate::results_store::ReadError;
+use serde::de::DeserializeOwned;
 use std::path::PathBuf;
+
+/// Decodes a result as `T`: a failed task is the error, and so is a
+/// stored result not read yet (`Client::materialize`).
+pub fn decode_outcome<T: DeserializeOwned>(o: &TaskOutcome) -> Result<T, ClientError> {
+    match &o.outcome {
+        Outcome::Ok { result } => rmp_serde::from_slice(result)
+            .map_err(|e| ClientError::Protocol(format!("result of task {}: {e}", o.idx))),
+        Outcome::Err { error, .. } => Err(ClientError::TaskFailed { idx: o.idx, error: error.clone() }),
+        Outcome::Stored(s) => Err(ClientError::Protocol(format!(
+            "result of task {} is in the results store ({}): read it with Client::materialize",
+            o.idx, s.path
+        ))),
+    }
+}
 
 impl Client {
     /// Replaces a stored result in an outcome by the result itself (see

@@ -3,13 +3,16 @@
 //! arguments in one arena, keys out of line; no list of specs is ever held.
 
 use super::compact::{ArgsRef, Holders, RareVec, Stored};
-use super::submit::MAX_JOB_ARGS;
 use super::{Shape, Task, TaskState};
 use crate::journal_record::{self as rec, EncodedTasks};
 use crate::protocol::TaskKind;
 use rustc_hash::{FxHashMap as HashMap, FxHasher};
 use std::hash::Hasher;
 use std::sync::Arc;
+
+/// Most bytes of arguments one job's tasks may have in all (their arena
+/// is indexed by `u32`; a submission is one frame, far smaller anyway).
+pub const MAX_JOB_ARGS: u64 = u32::MAX as u64;
 
 /// Most distinct shapes looked through for one the job has already: an
 /// array or a map has one; a job mixing many kinds stores some twice.

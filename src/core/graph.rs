@@ -3,7 +3,6 @@
 //! dependents, and the ready queue (priority, then submission order).
 
 use super::build::JobBuilder;
-use super::compact::Stored;
 use super::{Core, Effects, Job, TaskState};
 use crate::ids::{JobId, TaskId};
 use crate::journal_record::{DoneTask, Record};
@@ -261,19 +260,6 @@ pub fn inputs(core: &Core, tid: TaskId) -> Vec<bytes::Bytes> {
             _ => None,
         })
         .collect()
-}
-
-/// The inputs of a task that are in the results store: (position, where).
-pub fn stored_inputs(core: &Core, tid: TaskId) -> Vec<(u32, crate::protocol::StoredResult)> {
-    let Some(task) = core.find_task(tid) else { return Vec::new() };
-    let mut out = Vec::new();
-    for (i, d) in task.deps.iter().enumerate() {
-        let Some(job) = core.jobs.find_job(d.job) else { continue };
-        if let Some(Stored::Ref(s)) = job.tasks.get(d.idx as usize).map(|t| t.outcome) {
-            out.push((i as u32, job.stored[s as usize].clone()));
-        }
-    }
-    out
 }
 
 pub(super) fn notify_watchers(

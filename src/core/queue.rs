@@ -55,7 +55,7 @@ pub(super) fn assign(
         resources: task.shape.resources.clone(),
         pending_inputs,
         has_dependents: !task.dependents.is_empty(),
-        stored_inputs: super::graph::stored_inputs(core, tid),
+        stored_inputs: stored_inputs(core, tid),
     };
     core.workers.find_worker_mut(wid).expect("a registered worker").hold(tid, &a.resources);
     a
@@ -95,4 +95,17 @@ impl Core {
         let job = *self.job_by_seq.get(&(e.order >> 32))?;
         Some(TaskId { job, idx: e.order as u32 })
     }
+}
+
+/// The inputs of a task that are in the results store: (position, where).
+fn stored_inputs(core: &Core, tid: TaskId) -> Vec<(u32, crate::protocol::StoredResult)> {
+    let Some(task) = core.find_task(tid) else { return Vec::new() };
+    let mut out = Vec::new();
+    for (i, d) in task.deps.iter().enumerate() {
+        let Some(job) = core.jobs.find_job(d.job) else { continue };
+        if let Some(super::compact::Stored::Ref(s)) = job.tasks.get(d.idx as usize).map(|t| t.outcome) {
+            out.push((i as u32, job.stored[s as usize].clone()));
+        }
+    }
+    out
 }

@@ -16,9 +16,7 @@ use std::sync::Arc;
 /// below what could overflow the accounting of what workers hold).
 pub const MAX_RESOURCE_AMOUNT: u64 = u32::MAX as u64;
 
-/// Most bytes of arguments one job's tasks may have in all (their arena
-/// is indexed by `u32`; a submission is one frame, far smaller anyway).
-pub const MAX_JOB_ARGS: u64 = u32::MAX as u64;
+pub use super::build::MAX_JOB_ARGS;
 
 /// Longest time limit a task may have: a year.
 pub const MAX_TIME_LIMIT_MS: u64 = 365 * 24 * 3600 * 1000;

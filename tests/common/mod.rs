@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 pub fn actord() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_actord"));
     c.env("ACTORD_LOG", "info").env_remove("ACTORD_SCHEDULER_FILE").env_remove("SCRATCH");
+    // A status page on a port of its own (not the default 8787) unless a
+    // test asks for another.
+    if std::env::var_os("ACTORD_DASHBOARD").is_none() {
+        c.env("ACTORD_DASHBOARD", "127.0.0.1:0");
+    }
     c
 }
 
