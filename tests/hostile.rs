@@ -383,7 +383,9 @@ fn a_journal_that_cannot_be_written_stops_the_scheduler_with_its_reason() {
     };
     let out = client(&["map", "noop", "--inputs", inputs.to_str().unwrap()]);
     assert!(!out.status.success(), "the job was never durable, so never acknowledged");
-    let status = scheduler.wait_exit(Duration::from_secs(30)).expect("the scheduler stops");
+    let status = scheduler
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the scheduler stops:\n{}", scheduler.log_text()));
     assert_eq!(status.code(), Some(1), "{}", scheduler.log_text());
     let sf = SchedulerFile::read(&file).unwrap();
     let why = sf.stopped.expect("the scheduler file says why it stopped");

@@ -513,7 +513,11 @@ pub fn main_with(registry: Registry) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::run(cli, registry)) {
+    let result = runtime.block_on(commands::run(cli, registry));
+    // A blocking call that cannot return (a journal flush on a failed disk)
+    // must not keep the process from exiting: wait a little, then go.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("actord: {e}");

@@ -40,6 +40,7 @@
 mod check;
 #[cfg(test)]
 mod damage_tests;
+mod drop_aside;
 mod frame;
 mod history;
 mod hwm;

@@ -437,15 +437,15 @@ impl Journal for SledJournal {
     /// sled's flush, then the high-water mark of what it made durable
     /// (written off the runtime's threads).
     fn flusher(&self) -> super::Flush {
-        let db = self.db.clone();
+        let mut db = super::drop_aside::DropAside(Some(self.db.clone()));
         let dir = self.dir.clone();
         let mark = self.mark_bytes();
         Box::pin(async move {
-            db.flush_async().await.map_err(|e| JournalError::Write(e.to_string()))?;
+            db.get().flush_async().await.map_err(|e| JournalError::Write(e.to_string()))?;
+            db.release();
             let write = tokio::task::spawn_blocking(move || hwm::write_atomic(&dir, &mark, false));
             match write.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(JournalError::Write(format!("high-water mark: {e}"))),
+                Ok(r) => r.map_err(|e| JournalError::Write(format!("high-water mark: {e}"))),
                 Err(e) => Err(JournalError::Write(format!("high-water mark: {e}"))),
             }
         })
