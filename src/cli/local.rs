@@ -34,8 +34,17 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// A journal flush still finishing as the scheduler stops may write its
+    /// high-water mark while the tree is removed: try again (bounded) until
+    /// nothing is left.
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::fs::remove_dir_all(&self.0).is_err()
+            && self.0.exists()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
