@@ -26,7 +26,7 @@ fn fakes(dir: &Path) -> [String; 6] {
         "sbatch",
         r#"echo "$@" >> "$Q.sbatch"; n=$(( $(wc -l < "$Q.sbatch") + 100 )); echo "$n|PENDING" >> "$Q"; echo "$n""#,
     );
-    let squeue = fake(dir, "squeue", r#"cat "$Q""#);
+    let squeue = fake(dir, "squeue", r#"echo >> "$Q.calls"; cat "$Q""#);
     let scancel = fake(
         dir,
         "scancel",
@@ -110,7 +110,9 @@ fn submits_for_a_backlog_keeps_its_allocations_across_a_restart_and_cancels_when
     let alloc = start();
     let sbatch_log = dir.join("queue.sbatch");
     assert!(wait_until(Duration::from_secs(10), || alloc.log_text().contains("allocator started")));
-    std::thread::sleep(Duration::from_millis(500)); // several rounds: none may submit again
+    // Several rounds (each asks squeue): none may submit again.
+    let calls = lines(&dir.join("queue.calls")).len();
+    assert!(wait_until(Duration::from_secs(10), || lines(&dir.join("queue.calls")).len() >= calls + 3));
     assert_eq!(lines(&sbatch_log).len(), 1, "the held allocation counts (max 1)");
     assert_eq!(held(&state), ["101"]);
 
