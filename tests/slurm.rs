@@ -1,7 +1,7 @@
 //! A real one-node Slurm (`scripts/slurm.sh`: munged, slurmctld, slurmd on
 //! this machine): `sbatch examples/slurm/batch.sh` computes π and ends its
-//! cluster; `salloc … interactive.sh` does the same; `restart.sh` resumes its job in the allocation it queued after
-//! its own is cancelled; `actord alloc` submits an allocation for a backlog, whose
+//! cluster; `salloc … interactive.sh` does the same; `restart.sh` resumes its job in the
+//! allocation it queued after its own is cancelled, and cancels that one when a step fails; `actord alloc` submits an allocation for a backlog, whose
 //! nanny's workers join and run it, and cancels it once idle. Skipped, saying
 //! why, only where this machine cannot run Slurm (not root, apt-get fails).
 
@@ -118,12 +118,11 @@ fn client(file: &Path, args: &[&str]) -> std::process::Output {
     c.output().unwrap()
 }
 
-/// The restart example: its first allocation is cancelled mid-job; the
-/// successor it queued resumes the job from the journal in $SCRATCH.
-fn restart_example(slurm: &Slurm, dir: &Path) {
-    let scratch = dir.join("scratch-restart");
+/// `sbatch examples/slurm/restart.sh` with its state in `DIR/SCRATCH`, `tasks` 1-second tasks;
+/// the allocation's id.
+fn sbatch_restart(slurm: &Slurm, dir: &Path, scratch: &str, tasks: &str) -> String {
+    let scratch = dir.join(scratch);
     std::fs::create_dir_all(&scratch).unwrap();
-    let state = scratch.join("actord-restart");
     let out = slurm
         .command("sbatch")
         .arg("--parsable")
@@ -134,14 +133,42 @@ fn restart_example(slurm: &Slurm, dir: &Path) {
         .env("ACTORD", env!("CARGO_BIN_EXE_actord"))
         .env("SCRATCH", &scratch)
         .env("ACTORD_HOST", "127.0.0.1")
-        .env("TASKS", "6")
+        .env("TASKS", tasks)
         .env("TASK_SECONDS", "1")
         .env_remove("ACTORD_SCHEDULER_FILE")
         .env("ACTORD_DASHBOARD", "127.0.0.1:0")
         .output()
         .unwrap();
     assert!(out.status.success(), "sbatch: {}", String::from_utf8_lossy(&out.stderr));
-    let first = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The restart example whose step fails while its allocation runs (a job
+/// of no tasks is refused): it cancels its successor instead of resubmitting.
+fn restart_example_failing(slurm: &Slurm, dir: &Path) {
+    let first = sbatch_restart(slurm, dir, "scratch-failing", "0");
+    let output = || std::fs::read_to_string(dir.join(format!("restart-{first}.out"))).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(60), || slurm.jobs(None).is_empty()),
+        "the failed allocation left jobs queued: {:?}\n{}",
+        slurm.jobs(None),
+        output()
+    );
+    let text = output();
+    assert!(text.contains("failed; not resubmitting"), "{text}");
+    let second: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("allocation {first} (1); successor "))?.parse().ok())
+        .unwrap_or_else(|| panic!("no successor named:\n{text}"));
+    // Cancelled while it waited for this one: it never ran.
+    assert!(!dir.join(format!("restart-{second}.out")).exists(), "the successor ran:\n{text}");
+}
+
+/// The restart example: its first allocation is cancelled mid-job; the
+/// successor it queued resumes the job from the journal in $SCRATCH.
+fn restart_example(slurm: &Slurm, dir: &Path) {
+    let state = dir.join("scratch-restart").join("actord-restart");
+    let first = sbatch_restart(slurm, dir, "scratch-restart", "6");
     let output =
         |id: &str| std::fs::read_to_string(dir.join(format!("restart-{id}.out"))).unwrap_or_default();
     // Every allocation's output, for a failure's message.
@@ -285,11 +312,6 @@ fn batch_example_and_allocator_on_a_real_slurm() {
     batch_example(&slurm, dir.path());
     interactive_example(&slurm, dir.path());
     allocator(&slurm, dir.path());
-    // Known to fail at times: an allocation cancelled mid-step may cancel
-    // the successor it queued. Run with ACTORD_SLURM_RESTART=1.
-    if std::env::var_os("ACTORD_SLURM_RESTART").is_some() {
-        restart_example(&slurm, dir.path());
-    } else {
-        eprintln!("skipping the restart example (ACTORD_SLURM_RESTART=1 runs it)");
-    }
+    restart_example_failing(&slurm, dir.path());
+    restart_example(&slurm, dir.path());
 }

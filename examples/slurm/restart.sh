@@ -27,9 +27,23 @@ if (( count < ${MAX_ALLOCATIONS:-10} )); then
   next=$(sbatch --parsable --dependency=afterany:"$SLURM_JOB_ID" "$0")
 fi
 echo "allocation $SLURM_JOB_ID ($count); successor ${next:-none}"
-# A step that fails is no walltime: cancel the successor, and stop what this
-# script started (a scheduler left behind would keep the journal locked).
-trap '[[ -n $next ]] && scancel "$next"; echo "failed; not resubmitting" >&2' ERR
+# A command that fails while this allocation is still running is a real
+# failure: cancel the successor. One that fails because the allocation is
+# ending (its walltime, or `scancel`: Slurm marks the job first, then signals
+# every process) keeps it: that is what the successor is for.
+on_error() {
+  local state
+  state=$(squeue -h -j "$SLURM_JOB_ID" -o %T 2>/dev/null || true)
+  if [[ $state == RUNNING ]]; then
+    [[ -z $next ]] || scancel "$next"
+    echo "failed; not resubmitting" >&2
+  else
+    echo "allocation ending (${state:-state unknown}); successor ${next:-none} resumes the job" >&2
+  fi
+}
+trap on_error ERR
+# Stop what this script started (a scheduler left behind would keep the
+# journal locked).
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 
 # The scheduler replays the journal: the job, its finished tasks, its results.
