@@ -173,6 +173,8 @@ fn the_snapshot_follows_a_job_and_metrics_parse() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(seen.contains("text/event-stream"), "{seen}");
+    // A page reconnects within a second after a scheduler restart.
+    assert!(seen.contains("\nretry: 1000\n"), "{seen}");
 }
 
 #[test]

@@ -191,7 +191,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
 }
 
 /// Server-sent events: `snapshot`, at most one per `PERIOD`, each the
-/// latest (a slow reader skips the ones it missed).
+/// latest (a slow reader skips the ones it missed), each with `retry: 1000`.
 async fn stream(State(st): State<AppState>) -> Response {
     let Some((sub, mut rx)) = st.feed.subscribe() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "too many live pages open; close one");
@@ -202,7 +202,9 @@ async fn stream(State(st): State<AppState>) -> Response {
             rx.changed().await.ok()?;
             let frame = rx.borrow_and_update().clone();
             if let Some(f) = frame {
-                let event = Event::default().event("snapshot").data(&*f.json);
+                // `retry`: a page whose scheduler restarts reconnects within a
+                // second (browsers wait 3 s by default).
+                let event = Event::default().event("snapshot").retry(Duration::from_secs(1)).data(&*f.json);
                 return Some((Ok::<_, std::convert::Infallible>(event), (sub, rx)));
             }
         }
