@@ -62,6 +62,8 @@ pub struct WorkerConfig {
     #[serde(deserialize_with = "de_size")]
     pub inline_result: u64,
     #[serde(deserialize_with = "de_size")]
+    pub result_cache: u64,
+    #[serde(deserialize_with = "de_size")]
     pub max_error: u64,
     pub python: String,
     #[serde(deserialize_with = "de_duration")]

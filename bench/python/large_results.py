@@ -56,7 +56,7 @@ def array(chunks: int, chunk_mib: int):
 def run_actord(tmp: Path, y) -> dict:
     bin_ = os.environ.get("ACTORD_BIN", str(ROOT / "target" / "debug" / "actord"))
     sf = tmp / "scheduler.json"
-    env = dict(os.environ, ACTORD_LOG="warn")
+    env = dict(os.environ, ACTORD_LOG=os.environ.get("ACTORD_LOG", "warn"))
     logs = open(tmp / "actord.log", "ab")
     procs = [subprocess.Popen([bin_, "scheduler", "--scheduler-file", str(sf), "--host", "127.0.0.1",
                                "--port", "0", "--journal", str(tmp / "journal")],

@@ -117,6 +117,30 @@ def _set_env(values):
             _env_now[k] = v
 
 
+# msgpack `bin` headers: type byte -> header length.
+_BIN_HEADER = {0xC4: 2, 0xC5: 3, 0xC6: 5}
+
+
+def _bin_payload(encoded: bytes):
+    """The bytes inside a msgpack `bin` (an input is its producer's pickle
+    encoded so), as a view: a 64 MiB input is not copied once more."""
+    head = _BIN_HEADER.get(encoded[0]) if encoded else None
+    if head is None or len(encoded) < head:
+        return msgpack.unpackb(encoded)
+    size = int.from_bytes(encoded[1:head], "big")
+    if head + size != len(encoded):
+        return msgpack.unpackb(encoded)  # (says what is wrong with it)
+    return memoryview(encoded)[head:]
+
+
+def _bin_header(n: int) -> bytes:
+    if n < 1 << 8:
+        return bytes((0xC4, n))
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
 def _run(req, functions):
     fkey, fpickle, args, inputs, _out, _err, clear, env = req
     _set_env(env)
@@ -130,7 +154,7 @@ def _run(req, functions):
     func = functions[fkey]
     a, kw = pickle.loads(args)
     if inputs:
-        values = [pickle.loads(msgpack.unpackb(i)) for i in inputs]
+        values = [pickle.loads(_bin_payload(i)) for i in inputs]
         a, kw = substitute((a, kw), values)
     return func(*a, **kw)
 
@@ -155,12 +179,24 @@ def main(argv=None) -> int:
     packb, unpackb, pack_len = msgpack.packb, msgpack.unpackb, struct.Struct(">I").pack
     max_result = opts.max_result
 
+    def write_all(*parts):
+        views = [memoryview(p) for p in parts]
+        while views:
+            n = os.writev(wfd, views)
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if views and n:
+                views[0] = views[0][n:]
+
     def send(obj):
         b = packb(obj, use_bin_type=True)
-        data = pack_len(len(b)) + b
-        view = memoryview(data)
-        while view:
-            view = view[os.write(wfd, view):]
+        write_all(pack_len(len(b)), b)
+
+    def send_result(result: bytes):
+        # [0, result] without copying the result into one more buffer.
+        head = b"\x92\x00" + _bin_header(len(result))
+        write_all(pack_len(len(head) + len(result)), head, result)
 
     send(["ready", sys.version.split()[0]])
     functions = {}
@@ -177,11 +213,14 @@ def main(argv=None) -> int:
             if max_result and len(result) > max_result:
                 resp = [2, len(result)]
             else:
-                resp = [0, result]
+                resp = None
         except BaseException as exc:  # the task's failure, whatever it is
             resp = [1, _describe(exc), _pickle_exception(exc)]
         output.settle(req[4], req[5])
-        send(resp)
+        if resp is None:
+            send_result(result)
+        else:
+            send(resp)
 
 
 if __name__ == "__main__":

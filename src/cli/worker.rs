@@ -60,6 +60,7 @@ pub(super) fn worker_options(
         drain_timeout: config.worker.drain_timeout,
         max_result: config.worker.max_result,
         inline_result: config.worker.inline_result,
+        result_cache: config.worker.result_cache,
         results_dir: a.results_dir.as_deref().map(expand_path).transpose().map_err(usage)?,
         max_error: config.worker.max_error,
         max_frame: config.scheduler.max_frame,

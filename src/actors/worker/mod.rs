@@ -53,6 +53,9 @@ pub struct WorkerOptions {
     pub max_result: u64,
     /// A result larger than this (bytes) goes to the results store (0: none do).
     pub inline_result: u64,
+    /// Bytes of its own recent stored results a worker keeps in memory for
+    /// the tasks it runs next (0: none).
+    pub result_cache: u64,
     /// Where this host sees the results store (`--results-dir`); `None`:
     /// where the scheduler file says.
     pub results_dir: Option<PathBuf>,
@@ -166,6 +169,7 @@ impl Actor for Worker {
                 opts.results_dir.clone(),
                 opts.inline_result,
                 opts.max_result,
+                opts.result_cache,
                 opts.scheduler_file.clone(),
             )),
         };

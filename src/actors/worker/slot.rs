@@ -130,6 +130,7 @@ fn run_task(shared: &SlotShared, run: &Run, py: &mut PySlot) -> TaskReport {
             Err(e) => return unstarted(shared, a, e),
         }
     };
+    let filled_at = Instant::now();
     let tell = |r: Running| {
         let _ = shared.worker.cast(WorkerMsg::Running(r));
     };
@@ -152,7 +153,15 @@ fn run_task(shared: &SlotShared, run: &Run, py: &mut PySlot) -> TaskReport {
             outcome
         }
     };
+    let ran_at = Instant::now();
     let outcome = shared.store.keep(a.task, a.attempt, outcome);
+    tracing::debug!(
+        task = %a.task,
+        inputs_ms = (filled_at - start).as_secs_f64() * 1e3,
+        run_ms = (ran_at - filled_at).as_secs_f64() * 1e3,
+        store_ms = ran_at.elapsed().as_secs_f64() * 1e3,
+        "attempt ran"
+    );
     // (With a store, `max_result` applies there.)
     let inline_cap = if shared.store.dir().is_some() { 0 } else { shared.max_result };
     TaskReport {

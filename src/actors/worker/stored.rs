@@ -1,12 +1,14 @@
 //! A worker's view of the results store: where it is (`--results-dir`, else
 //! the scheduler's), moving large results into it, and filling a task's
 //! stored inputs from it — or through the scheduler when this host cannot
-//! see the file.
+//! see the file. The results it stored last stay in memory for a while
+//! (`worker.result_cache`), so the tasks it runs next skip the read-back.
 
 use crate::ids::TaskId;
 use crate::protocol::{Assignment, Outcome, StoredResult};
 use crate::results_store::{self, ReadError};
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -25,6 +27,41 @@ pub(super) struct StoreView {
     pub max: u64,
     /// For fetches through the scheduler.
     scheduler_file: PathBuf,
+    /// This worker's latest stored results, by path.
+    recent: Mutex<Recent>,
+}
+
+/// The bytes of the results this worker stored last, oldest first, at most
+/// `cap` bytes in all. They are the bytes the checksum was made of, so a
+/// hit needs no check; a miss reads the store.
+struct Recent {
+    cap: u64,
+    bytes: u64,
+    items: VecDeque<(String, Bytes)>,
+}
+
+impl Recent {
+    fn keep(&mut self, path: &str, data: &Bytes) {
+        let n = data.len() as u64;
+        if n > self.cap {
+            return;
+        }
+        self.items.retain(|(p, _)| p != path);
+        self.bytes = self.items.iter().map(|(_, d)| d.len() as u64).sum::<u64>() + n;
+        self.items.push_back((path.to_string(), data.clone()));
+        while self.bytes > self.cap {
+            let Some((_, old)) = self.items.pop_front() else { break };
+            self.bytes -= old.len() as u64;
+        }
+    }
+
+    fn get(&self, r: &StoredResult) -> Option<Bytes> {
+        self.items
+            .iter()
+            .rev()
+            .find(|(p, d)| *p == r.path && d.len() as u64 == r.size)
+            .map(|(_, d)| d.clone())
+    }
 }
 
 /// Why a task's stored inputs could not be filled.
@@ -36,8 +73,15 @@ pub(super) enum FillError {
 }
 
 impl StoreView {
-    pub(super) fn new(dir: Option<PathBuf>, inline: u64, max: u64, scheduler_file: PathBuf) -> StoreView {
-        StoreView { fixed: dir.is_some(), dir: Mutex::new(dir), inline, max, scheduler_file }
+    pub(super) fn new(
+        dir: Option<PathBuf>,
+        inline: u64,
+        max: u64,
+        cache: u64,
+        scheduler_file: PathBuf,
+    ) -> StoreView {
+        let recent = Mutex::new(Recent { cap: cache, bytes: 0, items: VecDeque::new() });
+        StoreView { fixed: dir.is_some(), dir: Mutex::new(dir), inline, max, scheduler_file, recent }
     }
 
     /// The scheduler's store, as its file says (unless `--results-dir`).
@@ -62,7 +106,10 @@ impl StoreView {
             return outcome;
         }
         match results_store::write(&dir, task, attempt, result, self.max) {
-            Ok(s) => Outcome::Stored(s),
+            Ok(s) => {
+                self.recent.lock().unwrap_or_else(|e| e.into_inner()).keep(&s.path, result);
+                Outcome::Stored(s)
+            }
             Err(e) => {
                 tracing::warn!(task = %task, error = %e, "cannot store a result");
                 Outcome::err(e.to_string())
@@ -84,7 +131,7 @@ impl StoreView {
                 )));
             };
             match self.read(r) {
-                Ok(data) => *slot = Bytes::from(data),
+                Ok(data) => *slot = data,
                 Err(e) if e.is_lost() => match results_store::task_of(&r.path) {
                     Some(t) => {
                         lost.push(t);
@@ -102,17 +149,21 @@ impl StoreView {
         }
     }
 
-    /// One stored result: from the store where this host sees it, else
-    /// streamed through the scheduler.
-    fn read(&self, r: &StoredResult) -> Result<Vec<u8>, ReadError> {
+    /// One stored result: from memory if this worker stored it lately,
+    /// else from the store where this host sees it, else streamed through
+    /// the scheduler.
+    fn read(&self, r: &StoredResult) -> Result<Bytes, ReadError> {
+        if let Some(data) = self.recent.lock().unwrap_or_else(|e| e.into_inner()).get(r) {
+            return Ok(data);
+        }
         if let Some(dir) = self.dir() {
             match results_store::read(&dir, r) {
                 Err(ReadError::Missing { .. }) => {}
-                other => return other,
+                other => return other.map(Bytes::from),
             }
         }
         tracing::info!(path = ?r.path, size = r.size, "stored input not visible here: fetching it through the scheduler");
-        self.fetch(r)
+        self.fetch(r).map(Bytes::from)
     }
 
     fn fetch(&self, r: &StoredResult) -> Result<Vec<u8>, ReadError> {
@@ -127,5 +178,39 @@ impl StoreView {
                 .map_err(|e| missing(format!("cannot reach the scheduler to fetch it: {e}")))?;
             c.fetch_stored(r).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(path: &str, size: usize) -> StoredResult {
+        StoredResult { path: path.into(), size: size as u64, checksum: String::new() }
+    }
+
+    #[test]
+    fn the_latest_results_stay_in_memory_up_to_the_cap() {
+        let mut r = Recent { cap: 10, bytes: 0, items: VecDeque::new() };
+        r.keep("j/1.1.bin", &Bytes::from(vec![1u8; 4]));
+        r.keep("j/2.1.bin", &Bytes::from(vec![2u8; 4]));
+        assert_eq!(r.get(&stored("j/1.1.bin", 4)).as_deref(), Some(&[1u8; 4][..]));
+        // A third goes over the cap: the oldest leaves.
+        r.keep("j/3.1.bin", &Bytes::from(vec![3u8; 4]));
+        assert_eq!(r.bytes, 8);
+        assert!(r.get(&stored("j/1.1.bin", 4)).is_none());
+        assert!(r.get(&stored("j/3.1.bin", 4)).is_some());
+        // A reference of another size is not these bytes.
+        assert!(r.get(&stored("j/3.1.bin", 5)).is_none());
+        // Larger than the cap: not kept, nothing evicted; the same path again replaces.
+        r.keep("j/4.1.bin", &Bytes::from(vec![4u8; 11]));
+        assert_eq!(r.items.len(), 2);
+        r.keep("j/3.1.bin", &Bytes::from(vec![5u8; 2]));
+        assert_eq!((r.items.len(), r.bytes), (2, 6));
+        assert_eq!(r.get(&stored("j/3.1.bin", 2)).as_deref(), Some(&[5u8; 2][..]));
+        // 0: nothing kept.
+        let mut off = Recent { cap: 0, bytes: 0, items: VecDeque::new() };
+        off.keep("j/1.1.bin", &Bytes::from(vec![1u8; 1]));
+        assert!(off.items.is_empty());
     }
 }

@@ -111,7 +111,7 @@ async fn one_slot(
         py: PyOptions { python: "python3".into(), work_dir: "/nonexistent".into(), max_result: 0 },
         max_result,
         max_error: 0,
-        store: Arc::new(super::stored::StoreView::new(None, 0, 0, "/nonexistent".into())),
+        store: Arc::new(super::stored::StoreView::new(None, 0, 0, 0, "/nonexistent".into())),
     };
     let args = SlotArgs { slot: 0, shared };
     Actor::spawn_linked(None, Slot, args, probe.get_cell()).await.unwrap();
