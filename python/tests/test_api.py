@@ -90,6 +90,16 @@ def test_submit_map_gather(client):
     assert client.gather({"a": fs[:3], "b": (fs[3], {fs[4]})}) == {"a": [1001, 1002, 1003], "b": (1004, {1005})}
 
 
+def _thread_pools():
+    return [os.environ.get(n) for n in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")]
+
+
+def test_numerical_thread_pools_get_one_thread_per_slot(client):
+    # As Dask's nanny does: a value the worker was given wins.
+    want = [os.environ.get(n, "1") for n in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")]
+    assert client.submit(_thread_pools, pure=False).result(30) == want
+
+
 def test_pure_keys_run_once_and_pure_false_runs_again(client, tmp_path):
     marks = tmp_path / "marks"
     a, b = client.submit(mark, str(marks), 1), client.submit(mark, str(marks), 1)

@@ -247,6 +247,14 @@ impl PySlot {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(err);
+        // One task at a time per executor, one slot each: numerical
+        // libraries' own thread pools would only fight over the slots' CPUs
+        // (as Dask's nanny does; a variable set for the worker wins).
+        for name in ONE_THREAD {
+            if std::env::var_os(name).is_none() {
+                cmd.env(name, "1");
+            }
+        }
         if let Some(p) = package_path() {
             let mut path = std::ffi::OsString::from(p);
             if let Some(old) = std::env::var_os("PYTHONPATH").filter(|o| !o.is_empty()) {
@@ -370,6 +378,9 @@ const ALIVE_CHECK: Duration = Duration::from_secs(1);
 
 /// Reads one length-prefixed frame from the executor, waiting at most until
 /// `deadline`; its death ends the wait even if the pipe stays open.
+/// Thread-pool sizes of OpenMP, OpenBLAS and MKL, set to 1 for executors.
+const ONE_THREAD: [&str; 3] = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"];
+
 /// Large inputs and results cross these pipes: 1 MiB (the usual
 /// `pipe-max-size`) instead of 64 KiB makes a 64 MiB result 64 wake-ups
 /// instead of 1,024. Best effort: a smaller pipe only costs time.
