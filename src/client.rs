@@ -283,7 +283,7 @@ impl Client {
         }
         outcomes.sort_by_key(|o| o.idx);
         for o in &mut outcomes {
-            self.materialize(o).await?;
+            self.materialize(job, o).await?;
         }
         Ok(Gathered { job, outcomes })
     }
@@ -421,8 +421,15 @@ impl Client {
         .await
     }
 
-    /// Waits for one task and returns its outcome.
+    /// Waits for one task and returns its outcome (a stored result read).
     pub async fn outcome(&mut self, task: &TaskFuture) -> Result<TaskOutcome, ClientError> {
+        let mut o = self.outcome_unread(task).await?;
+        self.materialize(task.job, &mut o).await?;
+        Ok(o)
+    }
+
+    /// Waits for one task and returns its outcome as the scheduler sent it.
+    pub(crate) async fn outcome_unread(&mut self, task: &TaskFuture) -> Result<TaskOutcome, ClientError> {
         let mut stream = self.as_completed(task.job).await?;
         let mut found = None;
         while let Some(o) = stream.next().await? {
@@ -449,8 +456,6 @@ impl Client {
                 }
             }
         }
-        let mut o = o;
-        self.materialize(&mut o).await?;
         Ok(o)
     }
 

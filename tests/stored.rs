@@ -126,6 +126,35 @@ fn stored_results_survive_kills_and_damage_is_recomputed() {
     assert!(wait_until(Duration::from_secs(10), || !dir.exists()), "{} still there", dir.display());
 }
 
+#[test]
+fn a_client_that_finds_a_stored_result_damaged_has_it_recomputed() {
+    let cluster = Cluster::start_with_config(2, 1, CONFIG);
+    let a = submit_graph(&cluster, "a.json", &producers(2));
+    assert_eq!(gather(&cluster, &a)["finished"], 2);
+    // A flipped byte in one, the other deleted: `gather` (the Rust client)
+    // finds both, the scheduler reads them too and runs their tasks again.
+    let f0 = store_file(&cluster, &a, 0, 1);
+    let mut bytes = std::fs::read(&f0).unwrap();
+    bytes[BIG / 3] ^= 0x01;
+    std::fs::write(&f0, &bytes).unwrap();
+    std::fs::remove_file(store_file(&cluster, &a, 1, 1)).unwrap();
+    let got = gather(&cluster, &a);
+    for i in 0..2 {
+        let data: Vec<u8> =
+            got["results"][i].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+        assert!(data == actord::functions::blob_bytes(BIG, i as u64), "result {i} is not the blob");
+    }
+    assert_eq!(attempts(&cluster, &a).iter().map(|(_, n)| *n).collect::<Vec<_>>(), vec![2, 2]);
+    let log = cluster.scheduler.log_text();
+    for i in 0..2 {
+        let line = format!("stored result of {}@{i} is corrupt/missing: re-running", &a[..8]);
+        assert!(log.lines().any(|l| l.contains(&line) && l.contains("a client")), "{log}");
+    }
+    // Intact files now: read as they are, nothing runs again.
+    assert_eq!(gather(&cluster, &a)["finished"], 2);
+    assert_eq!(attempts(&cluster, &a).iter().map(|(_, n)| *n).collect::<Vec<_>>(), vec![2, 2]);
+}
+
 fn got_b_digests() -> Value {
     json!((0..4).map(digest_of_blob).collect::<Vec<_>>())
 }

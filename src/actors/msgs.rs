@@ -49,6 +49,14 @@ pub enum SchedMsg {
     Flushed(Result<(), String>),
     /// Shutting down: stop waiting for nannies and workers to hang up.
     FarewellOver,
+    /// A client's `StoredLost`, after the scheduler read the file itself:
+    /// `lost` says why it is lost, `None` if the scheduler found it intact.
+    StoredChecked {
+        conn: ConnId,
+        task: crate::ids::TaskId,
+        path: String,
+        lost: Result<String, String>,
+    },
     /// The status page asks for a view (read-only).
     Dashboard {
         query: DashQuery,

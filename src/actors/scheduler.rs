@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 mod dash;
+mod stored;
 
 /// How long a scheduler shutting down for good waits for the nannies and
 /// workers it told so to hang up.
@@ -222,6 +223,10 @@ fn handle_msg(
                 st.farewell.clear();
                 stop_if_done(st);
             }
+            SchedMsg::StoredChecked { conn, task, path, lost } => match lost {
+                Ok(why) => core::on_client_stored_lost(core, fx, conn, task, &path, &why),
+                Err(message) => fx.to_client(conn, ToClient::Error { job: Some(task.job), message }),
+            },
             SchedMsg::Dashboard { query, reply } => {
                 let _ = reply.send(dash::answer(st, now, query));
                 return Ok(());
@@ -326,6 +331,15 @@ fn client_msg(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState, now: u64, co
         FromClient::ReadStored { .. } => {
             let message = "ReadStored is answered by the connection, not the scheduler".into();
             fx.to_client(conn, ToClient::Error { job: None, message });
+        }
+        FromClient::StoredLost { job, idx, path } => {
+            let task = crate::ids::TaskId { job, idx };
+            match core::stored_result_of(core, task) {
+                Err(message) => fx.to_client(conn, ToClient::Error { job: Some(job), message }),
+                Ok(Some(r)) if r.path == path => stored::check_lost(myself, st.store.clone(), conn, task, r),
+                // Running again already: the client waits for it.
+                Ok(_) => fx.to_client(conn, ToClient::StoredRerun { job, idx }),
+            }
         }
         FromClient::Submit { job, name, tasks, functions } => core::on_submit_job(
             core,

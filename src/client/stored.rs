@@ -2,7 +2,8 @@
 //! the store where this host sees it, else streamed through the scheduler;
 //! checked either way.
 
-use super::{Client, ClientError};
+use super::{Client, ClientError, TaskFuture};
+use crate::ids::JobId;
 use crate::protocol::{FromClient, Outcome, StoredResult, TaskOutcome, ToClient};
 use crate::results_store::ReadError;
 use serde::de::DeserializeOwned;
@@ -22,16 +23,47 @@ pub fn decode_outcome<T: DeserializeOwned>(o: &TaskOutcome) -> Result<T, ClientE
     }
 }
 
+/// How many times a client has a lost stored result computed again before
+/// it gives up on it.
+const MAX_RERUNS: u32 = 3;
+
 impl Client {
-    /// Replaces a stored result in an outcome by the result itself (see
-    /// `load_stored`); other outcomes are left as they are.
-    pub async fn materialize(&mut self, o: &mut TaskOutcome) -> Result<(), ClientError> {
-        if let Outcome::Stored(r) = &o.outcome {
-            let data =
-                self.load_stored(r).await.map_err(|error| ClientError::Stored { idx: o.idx, error })?;
-            o.outcome = Outcome::Ok { result: data.into() };
+    /// Replaces a stored result in an outcome of `job` by the result itself
+    /// (see `load_stored`); other outcomes are left as they are. A result
+    /// found missing or corrupt (here and through the scheduler) is computed
+    /// again: the scheduler checks the file itself, runs the task again, and
+    /// this waits for its new outcome.
+    pub async fn materialize(&mut self, job: JobId, o: &mut TaskOutcome) -> Result<(), ClientError> {
+        let mut reruns = 0;
+        while let Outcome::Stored(r) = &o.outcome {
+            let r = r.clone();
+            let mut read = self.load_stored(&r).await;
+            if matches!(&read, Err(e) if e.is_lost()) && self.sees_store() {
+                // This host's copy is bad: the scheduler's may be good.
+                read = self.fetch_stored(&r).await;
+            }
+            match read {
+                Ok(data) => o.outcome = Outcome::Ok { result: data.into() },
+                Err(error) if error.is_lost() && reruns < MAX_RERUNS => {
+                    reruns += 1;
+                    tracing::warn!(job = %job, task = o.idx, %error, "stored result lost: the scheduler runs its task again");
+                    let ask = FromClient::StoredLost { job, idx: o.idx, path: r.path.clone() };
+                    self.ask(ask, |a| match a {
+                        ToClient::StoredRerun { .. } => Ok(()),
+                        other => Err(Box::new(other)),
+                    })
+                    .await?;
+                    *o = self.outcome_unread(&TaskFuture { job, idx: o.idx }).await?;
+                }
+                Err(error) => return Err(ClientError::Stored { idx: o.idx, error }),
+            }
         }
         Ok(())
+    }
+
+    /// Whether stored results are read from a directory on this host.
+    fn sees_store(&self) -> bool {
+        std::env::var_os("ACTORD_RESULTS_DIR").is_some() || self.file.results_dir.is_some()
     }
 
     /// The bytes of a stored result, checked against its size and checksum:

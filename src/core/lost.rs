@@ -5,9 +5,9 @@
 use super::compact::Stored;
 use super::queue::requeue;
 use super::{Core, Effects, Leave, TaskState};
-use crate::ids::{JobId, TaskId, WorkerId};
+use crate::ids::{ConnId, JobId, TaskId, WorkerId};
 use crate::journal_record::Record;
-use crate::protocol::TaskReport;
+use crate::protocol::{TaskReport, ToClient};
 
 /// A worker could not start an attempt: some of its inputs' stored results
 /// are missing or corrupt (`TaskReport::lost_inputs`). Only the worker
@@ -42,6 +42,55 @@ pub(super) fn on_inputs_lost(core: &mut Core, fx: &mut impl Effects, wid: Option
     }
     requeue(core, r.task, false);
     core.ask_for_scheduling();
+}
+
+/// Task `task`'s stored result as the scheduler knows it: `None` while it
+/// has no outcome (it runs again); an error for a task with another one.
+pub fn stored_result_of(core: &Core, task: TaskId) -> Result<Option<crate::protocol::StoredResult>, String> {
+    let job = core.jobs.find_job(task.job).ok_or_else(|| format!("no job {}", task.job))?;
+    match job.tasks.get(task.idx as usize).map(|t| t.outcome) {
+        Some(Stored::Ref(s)) => Ok(Some(job.stored[s as usize].clone())),
+        // (Still to run, or running again: the client waits for it.)
+        Some(Stored::None) => Ok(None),
+        _ => Err(format!("task {task} has no stored result")),
+    }
+}
+
+/// A client found task `task`'s stored result at `path` missing or
+/// corrupt, and the scheduler's own read of it agrees (`why`): the task
+/// runs again, and the client is told to wait for it (`StoredRerun`). A
+/// reference the task no longer has (it ran again already) is answered the
+/// same way; a task without a stored result is an error.
+pub fn on_client_stored_lost(
+    core: &mut Core,
+    fx: &mut impl Effects,
+    conn: ConnId,
+    task: TaskId,
+    path: &str,
+    why: &str,
+) {
+    let Some(job) = core.jobs.find_job(task.job) else {
+        let message = format!("no job {}", task.job);
+        return fx.to_client(conn, ToClient::Error { job: Some(task.job), message });
+    };
+    let current = job.tasks.get(task.idx as usize).map(|t| t.outcome);
+    match current {
+        Some(Stored::Ref(s)) if job.stored[s as usize].path == path => {
+            tracing::warn!(task = %task, reader = "a client", %why, "stored result of {task} is corrupt/missing: re-running");
+            fx.journal(Record::ResultsLost { job: task.job, idx: vec![task.idx] });
+            for t in rerun_lost(core, task.job, &[task.idx]) {
+                core.push_ready(t);
+            }
+            core.ask_for_scheduling();
+        }
+        // Voided already (another reader found it), or running again.
+        Some(Stored::Ref(_)) | Some(Stored::None) => {}
+        _ => {
+            let message = format!("task {task} has no stored result to run again");
+            return fx.to_client(conn, ToClient::Error { job: Some(task.job), message });
+        }
+    }
+    fx.to_client(conn, ToClient::StoredRerun { job: task.job, idx: task.idx });
 }
 
 /// Voids the stored outcomes of these finished tasks (live and in replay):

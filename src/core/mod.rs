@@ -48,6 +48,7 @@ pub use dashboard::*;
 pub use graph::{key_index, task_name};
 pub use history::{Event, History};
 pub use lifecycle::*;
+pub use lost::{on_client_stored_lost, stored_result_of};
 pub use maps::{TaskMap, WorkerMap};
 pub use pins::Leave;
 pub use queue::ReadyEntry;

@@ -99,3 +99,38 @@ fn a_lost_stored_input_reruns_its_producer_and_its_reader_waits() {
     assert_eq!(replayed.get_task(b.task).state, TaskState::Ready);
     replayed.sanity_check();
 }
+
+#[test]
+fn a_client_that_finds_a_stored_result_lost_has_it_run_again() {
+    let (mut core, mut fx) = (Core::default(), TestFx::default());
+    let w = ConnId(1);
+    on_worker_joined(&mut core, &mut fx, 0, w, worker(1));
+    let job = JobId::new();
+    on_submit(&mut core, &mut fx, 0, CLIENT, job, "a".into(), vec![task(vec![])]);
+    let a = fx.take_assignments(w).remove(0);
+    on_reports(&mut core, &mut fx, 0, w, 1, vec![report(&a, stored(a.task, 1))]);
+    let path = crate::results_store::relative_path(a.task, 1);
+    assert_eq!(stored_result_of(&core, a.task).unwrap().map(|r| r.path), Some(path.clone()));
+    fx.journal.clear();
+
+    // A reference it no longer has changes nothing (answered: wait for it).
+    let old = crate::results_store::relative_path(a.task, 7);
+    on_client_stored_lost(&mut core, &mut fx, CLIENT, a.task, &old, "checksum mismatch");
+    assert!(fx.journal.is_empty(), "{:?}", fx.journal);
+    assert!(matches!(core.get_task(a.task).outcome, compact::Stored::Ref(_)));
+
+    // Its own: journaled, the task runs again, the client is told to wait.
+    on_client_stored_lost(&mut core, &mut fx, CLIENT, a.task, &path, "checksum mismatch");
+    assert!(fx.journal.iter().any(|r| matches!(r, Record::ResultsLost { idx, .. } if idx == &vec![0])));
+    assert!(fx
+        .clients
+        .iter()
+        .any(|(c, m)| *c == CLIENT && matches!(m, crate::protocol::ToClient::StoredRerun { idx: 0, .. })));
+    assert_eq!(stored_result_of(&core, a.task), Ok(None), "no outcome while it runs again");
+    core.finish_step(&mut fx);
+    let again = fx.take_assignments(w).remove(0);
+    assert_eq!((again.task, again.attempt), (a.task, 2));
+
+    // A task without a stored result (failed, unknown job) is an error.
+    assert!(stored_result_of(&core, TaskId { job: JobId::new(), idx: 0 }).is_err());
+}

@@ -74,6 +74,11 @@ pub enum FromClient {
     /// A piece (at most 1 MiB from `offset`) of a file of the results store,
     /// for a peer that cannot see the store; answered with `StoredChunk`.
     ReadStored { path: String, offset: u64 },
+    /// The client found task `idx`'s stored result (`path`, as its outcome
+    /// said) missing or corrupt. The scheduler reads it too, against its own
+    /// reference; if it agrees, the task runs again. Answered with
+    /// `StoredRerun` (wait for the task again) or `Error`.
+    StoredLost { job: JobId, idx: u32, path: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -144,6 +149,12 @@ pub enum ToClient {
         offset: u64,
         total: u64,
         data: bytes::Bytes,
+    },
+    /// Answer to `StoredLost`: the task runs again (or already did); watch
+    /// its job for the new outcome.
+    StoredRerun {
+        job: JobId,
+        idx: u32,
     },
 }
 

@@ -1,0 +1,39 @@
+//! A client's report of a stored result it found lost: the scheduler reads
+//! the file itself, off its event loop, before the task runs again (a
+//! client's word alone voids nothing).
+
+use crate::actors::msgs::SchedMsg;
+use crate::ids::{ConnId, TaskId};
+use crate::protocol::StoredResult;
+use ractor::ActorRef;
+use std::path::PathBuf;
+
+/// Reads `r` from the store on a blocking thread, then tells the scheduler
+/// (`SchedMsg::StoredChecked`) whether it is lost.
+pub(super) fn check_lost(
+    myself: &ActorRef<SchedMsg>,
+    store: Option<PathBuf>,
+    conn: ConnId,
+    task: TaskId,
+    r: StoredResult,
+) {
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let path = r.path.clone();
+        let lost = match store {
+            None => Err("this scheduler has no results store".to_string()),
+            Some(dir) if crate::results_store::task_of(&r.path) == Some(task) => {
+                match tokio::task::spawn_blocking(move || crate::results_store::read(&dir, &r).map(drop)).await {
+                    Ok(Ok(())) => Err(format!(
+                        "the stored result of {task} is intact in the scheduler's store ({path}): read it through the scheduler"
+                    )),
+                    Ok(Err(e)) if e.is_lost() => Ok(e.to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(format!("reading {path:?} failed: {e}")),
+                }
+            }
+            Some(_) => Err(format!("{path:?} is not a stored result of task {task}")),
+        };
+        let _ = me.cast(SchedMsg::StoredChecked { conn, task, path, lost });
+    });
+}
