@@ -11,13 +11,17 @@ import os
 import re
 from typing import Callable, Optional
 
-__all__ = ["StoredRef", "StoredResultError", "read_local", "verify"]
+__all__ = ["StoredRef", "StoredResultError", "StoredResultLost", "read_local", "verify"]
 
 _PATH = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/[0-9]{1,10}-[0-9]{1,10}\.bin\Z")
 
 
 class StoredResultError(RuntimeError):
     """A stored result is missing or corrupt (or its reference is refused)."""
+
+
+class StoredResultLost(StoredResultError):
+    """A stored result is missing or corrupt: its task can run again."""
 
 
 class StoredRef:
@@ -42,9 +46,9 @@ class StoredRef:
 
 def verify(ref: StoredRef, data: bytes) -> bytes:
     if len(data) != ref.size:
-        raise StoredResultError(f"stored result {ref.path} is corrupt: {len(data)} bytes where {ref.size} were written")
+        raise StoredResultLost(f"stored result {ref.path} is corrupt: {len(data)} bytes where {ref.size} were written")
     if hashlib.sha256(data).hexdigest() != ref.checksum:
-        raise StoredResultError(f"stored result {ref.path} is corrupt: checksum mismatch")
+        raise StoredResultLost(f"stored result {ref.path} is corrupt: checksum mismatch")
     return data
 
 

@@ -15,10 +15,14 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from . import _conn, _stored
 from ._submit import JobBuilder, func_name
-from .future import (ALL_COMPLETED, CANCELLED, ERROR, FINISHED, Future, TaskState, as_completed,
+from .future import (ALL_COMPLETED, CANCELLED, ERROR, FINISHED, PENDING, Future, TaskState, as_completed,
                      futures_of, wait)
 
 log = logging.getLogger("actord")
+
+# Stands for the settled tasks of a job watched again for one of them.
+_SETTLED = TaskState("", b"", 0, "py", [])
+_SETTLED.status = FINISHED
 
 
 def parse_timeout(t: Any) -> float:
@@ -267,20 +271,49 @@ class Client:
     def _load_stored(self, ref: "_stored.StoredRef") -> bytes:
         """A stored result's checked bytes: from the store if this host sees
         it, else streamed through the scheduler (1 MiB a piece)."""
-        data = _stored.read_local(_stored.store_dir(self.scheduler_info_file), ref)
+        try:
+            data = _stored.read_local(_stored.store_dir(self.scheduler_info_file), ref)
+        except _stored.StoredResultLost:
+            data = None  # this host's copy is bad: the scheduler's may be good
         if data is not None:
             return data
         buf = bytearray()
         while True:
-            body = self._request({"ReadStored": {"path": ref.path, "offset": len(buf)}}, "StoredChunk")
+            try:
+                body = self._request({"ReadStored": {"path": ref.path, "offset": len(buf)}}, "StoredChunk")
+            except SchedulerError as e:
+                if " is missing: " in str(e) or " is corrupt: " in str(e):
+                    raise _stored.StoredResultLost(str(e)) from None
+                raise
             piece, total = body.get("data") or b"", body.get("total")
             if body.get("offset") != len(buf) or total != ref.size:
-                raise _stored.StoredResultError(f"stored result {ref.path} is corrupt: {total} bytes where {ref.size} were written")
+                raise _stored.StoredResultLost(f"stored result {ref.path} is corrupt: {total} bytes where {ref.size} were written")
             if not piece and len(buf) < total or len(buf) + len(piece) > total:
                 raise _stored.StoredResultError(f"stored result {ref.path}: the scheduler sent a bad piece")
             buf += piece
             if len(buf) == total:
                 return _stored.verify(ref, bytes(buf))
+
+    def _rerun_stored(self, state: TaskState, ref: "_stored.StoredRef") -> None:
+        """The stored result of `state` is lost: the scheduler (after reading
+        the file itself) runs its task again; the state waits for the new
+        outcome, its job watched again."""
+        log.warning("stored result of task %r lost (%s): the scheduler runs it again", state.key, ref.path)
+        self._request({"StoredLost": {"job": state.job, "idx": state.idx, "path": ref.path}}, "StoredRerun")
+        with self._lock:
+            state.status, state.result = PENDING, None
+            j = self._jobs.get(state.job)
+            watch = j is None
+            if j is None:
+                # Only this task is waited for: the others are settled already.
+                j = _Job(state.job, [_SETTLED] * state.idx + [state], b"")
+                j.submitted, j.frame, j.open = True, None, 0
+                self._jobs[state.job] = j
+            elif j.states[state.idx] is not state:
+                raise AssertionError("a job's task state was replaced")
+            j.open += 1
+        if watch:
+            self._send({"Watch": {"job": state.job}})
 
     def _send(self, msg: Any) -> None:
         try:

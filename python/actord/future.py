@@ -14,7 +14,11 @@ from typing import Any, Iterable, Iterator, List, Optional
 
 import msgpack
 
-from ._stored import StoredRef, StoredResultError
+from ._stored import StoredRef, StoredResultError, StoredResultLost
+
+# How many times a stored result found lost is computed again for one
+# `result()` before its error is raised.
+MAX_RERUNS = 3
 
 PENDING, FINISHED, ERROR, CANCELLED = "pending", "finished", "error", "cancelled"
 
@@ -167,12 +171,22 @@ class Future:
             raise TimeoutError(f"task {self.key!r} did not finish within {timeout} s")
 
     def result(self, timeout: Optional[float] = None) -> Any:
-        """Waits for the task; returns its value or raises its exception."""
-        self._wait(timeout)
-        s = self._state
-        if s.status == FINISHED:
-            return decode_result(s)
-        raise self._exception()
+        """Waits for the task; returns its value or raises its exception. A
+        stored result found missing or corrupt is computed again (the
+        scheduler checks the file too), at most `MAX_RERUNS` times."""
+        for reruns in range(MAX_RERUNS + 1):
+            self._wait(timeout)
+            s = self._state
+            if s.status != FINISHED:
+                raise self._exception()
+            ref = s.result
+            try:
+                return decode_result(s)
+            except ResultError as e:
+                if not isinstance(e.__cause__, StoredResultLost) or reruns == MAX_RERUNS:
+                    raise
+            self.client._rerun_stored(s, ref)
+        raise AssertionError("unreachable")
 
     def _exception(self) -> BaseException:
         s = self._state
