@@ -66,6 +66,7 @@ pub struct WorkerConfig {
     #[serde(deserialize_with = "de_size")]
     pub max_error: u64,
     pub python: String,
+    pub preload: Vec<String>,
     #[serde(deserialize_with = "de_duration")]
     pub walltime_margin: Duration,
 }

@@ -64,7 +64,9 @@ def run_actord(tmp: Path, y) -> dict:
     try:
         wait_for(sf.exists, 30, "the scheduler file")
         procs.append(subprocess.Popen([bin_, "nanny", "--scheduler-file", str(sf), "--workers", "2",
-                                       "--threads", "1", "--python", sys.executable],
+                                       "--threads", "1", "--python", sys.executable,
+                                       # (Dask's workers have dask imported when they start.)
+                                       "--preload", "dask.array"],
                                       stdout=logs, stderr=logs, env=env))
         subprocess.run([bin_, "wait", "--scheduler-file", str(sf), "--workers", "2", "--timeout", "60"],
                        check=True, capture_output=True)

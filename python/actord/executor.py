@@ -13,6 +13,7 @@ Response: [0, pickled result] | [1, error text, pickled exception or None]
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import signal
@@ -165,6 +166,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m actord.executor")
     p.add_argument("--scratch", required=True)
     p.add_argument("--max-result", type=int, default=0)
+    p.add_argument("--preload", default="")
     opts = p.parse_args(argv)
     # Ctrl-C at a terminal reaches the whole process group: the worker drains
     # on it, and this process finishes its task rather than raising in it.
@@ -198,7 +200,13 @@ def main(argv=None) -> int:
         head = b"\x92\x00" + _bin_header(len(result))
         write_all(pack_len(len(head) + len(result)), head, result)
 
-    send(["ready", sys.version.split()[0]])
+    failed = []
+    for name in filter(None, opts.preload.split(",")):
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:  # told to the worker, which logs it
+            failed.append(f"{name}: {type(exc).__name__}: {exc}"[:500])
+    send(["ready", sys.version.split()[0], failed])
     functions = {}
     read = proto_in.read
     while True:

@@ -81,10 +81,10 @@ class Cluster:
         except (OSError, ValueError):
             return {}
 
-    def start_nanny(self) -> None:
+    def start_nanny(self, *flags: str) -> None:
         self.nanny = self._spawn("nanny", "nanny", "--scheduler-file", str(self.sf), "--workers",
                                  str(self.workers), "--threads", str(self.threads),
-                                 "--python", sys.executable)
+                                 "--python", sys.executable, *flags)
         subprocess.run([self.bin, "wait", "--scheduler-file", str(self.sf), "--workers", str(self.workers),
                         "--timeout", "60"], check=True, env=self.env, capture_output=True)
 

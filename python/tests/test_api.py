@@ -195,6 +195,24 @@ def test_cancel(client, tmp_path):
     assert client.submit(inc, 100).result(30) == 101
 
 
+def _loaded(name):
+    return name in sys.modules
+
+
+def test_preloaded_executors_start_with_their_worker(make_cluster):
+    cluster = make_cluster(start=False)
+    cluster.start_scheduler()
+    cluster.start_nanny("--preload", "colorsys,no_such_module_xyz")
+    # Before any task: every slot's executor is up, and says what failed to import.
+    log = lambda: (cluster.tmp / "nanny.log").read_text(errors="replace")
+    wait_until(lambda: log().count("Python executor started") == 2, 60, "the executors to start")
+    wait_until(lambda: log().count("a preload failed") == 2, 10, "the failed preload to be logged")
+    assert "No module named 'no_such_module_xyz'" in log()
+    with cluster.client() as c:
+        assert c.gather(c.map(_loaded, ["colorsys"] * 4, pure=False)) == [True] * 4
+    assert log().count("Python executor started") == 2, "the tasks ran in the preloaded executors"
+
+
 def test_cancel_before_the_executor_is_up(make_cluster):
     # A fresh cluster: the first py task starts each slot's executor, and a
     # cancel arriving meanwhile must still stop the task, not leave it

@@ -156,6 +156,7 @@ fn nanny_args(a: &LocalArgs, file: &str, work_dir: &str) -> NannyArgs {
             resources: None,
             gpus: None,
             python: a.python.clone(),
+            preload: Vec::new(),
             walltime_end: None,
             lifetime: None,
             walltime_margin: None,

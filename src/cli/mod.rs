@@ -138,6 +138,11 @@ pub struct WorkerArgs {
     /// Interpreter of the Python executors that run `py` tasks [config: worker.python].
     #[arg(long, value_name = "PATH")]
     pub python: Option<String>,
+    /// A module every Python executor imports first, e.g. dask.array
+    /// (repeatable, or comma-separated); executors then start with the
+    /// worker [config: worker.preload].
+    #[arg(long, value_name = "MODULE", value_delimiter = ',')]
+    pub preload: Vec<String>,
     /// Directory for `cmd` and `py` task output [default: beside the scheduler file, in actord-jobs/].
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<String>,

@@ -80,6 +80,9 @@ pub(super) async fn start_nanny(
     if let Some(p) = &a.worker.python {
         worker_args.extend(["--python".into(), p.clone()]);
     }
+    if !a.worker.preload.is_empty() {
+        worker_args.extend(["--preload".into(), a.worker.preload.join(",")]);
+    }
     // The end as the nanny learnt it, once: a respawned worker keeps it.
     let drain_at = w.walltime_end.map(|end| {
         let ms = crate::slurm::epoch_ms(end);

@@ -67,9 +67,32 @@ pub(super) fn worker_options(
         work_dir,
         nanny: nanny_slot_from_env(),
         python: a.python.clone().unwrap_or_else(|| config.worker.python.clone()),
+        preload: preload(if a.preload.is_empty() { &config.worker.preload } else { &a.preload })?,
         walltime_end,
         walltime_margin,
     })
+}
+
+/// Module names to preload, checked: dotted identifiers only (they become
+/// an executor's argument).
+fn preload(names: &[String]) -> Result<Vec<String>, CliError> {
+    names
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            let ok = n.len() <= 200
+                && n.split('.').all(|p| {
+                    p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
+            if ok {
+                Ok(n.to_string())
+            } else {
+                Err(usage(format!("--preload {n:?}: not a module name (like numpy or dask.array)")))
+            }
+        })
+        .collect()
 }
 
 /// `--threads`, else the configuration's, else the CPUs Slurm (or this
@@ -140,5 +163,15 @@ mod tests {
     fn gpu_lists_drop_blanks() {
         assert_eq!(super::parse_gpus(Some(" 0, ,1,")), ["0", "1"]);
         assert!(super::parse_gpus(None).is_empty());
+    }
+
+    #[test]
+    fn preloads_are_module_names_only() {
+        let names = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::preload(&names(&[" numpy", "dask.array", ""])).unwrap(), ["numpy", "dask.array"]);
+        for bad in ["os;rm -rf /", "../x", "a..b", "1abc", ".x", "x.", "--help", &"a".repeat(201)] {
+            let e = super::preload(&names(&[bad])).unwrap_err().to_string();
+            assert!(e.contains("not a module name"), "{bad}: {e}");
+        }
     }
 }

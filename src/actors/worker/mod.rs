@@ -69,6 +69,8 @@ pub struct WorkerOptions {
     pub nanny: Option<crate::protocol::NannySlot>,
     /// The interpreter of the Python executors that run `py` tasks.
     pub python: String,
+    /// Modules its executors import first; with any, they start at once.
+    pub preload: Vec<String>,
     /// When its allocation ends (`None`: not known): it tells the scheduler,
     /// and drains `walltime_margin` before, to leave before the end.
     pub walltime_end: Option<std::time::SystemTime>,
@@ -160,6 +162,7 @@ impl Actor for Worker {
             pins: book.pins.clone(),
             py: py::PyOptions {
                 python: opts.python.clone(),
+                preload: opts.preload.clone(),
                 work_dir: opts.work_dir.clone(),
                 max_result: opts.max_result,
             },

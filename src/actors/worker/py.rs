@@ -30,6 +30,8 @@ pub struct PyOptions {
     pub work_dir: PathBuf,
     /// Largest result, in bytes (0: no limit).
     pub max_result: u64,
+    /// Modules each executor imports first (`worker.preload`).
+    pub preload: Vec<String>,
 }
 
 /// One slot's executor, started when a py task first needs it.
@@ -146,7 +148,15 @@ impl PySlot {
             clear,
             env,
         );
-        Ok(framed(&rmp_serde::to_vec(&req)?))
+        // Framed in place, sized for the inputs: a 64 MiB input is copied once.
+        let inputs: usize = a.inputs.iter().map(|i| i.len() + 5).sum();
+        let mut frame = Vec::with_capacity(4 + inputs + args.len() + pickle.len() + 1024);
+        frame.extend_from_slice(&[0; 4]);
+        rmp_serde::encode::write(&mut frame, &req)?;
+        let n = u32::try_from(frame.len() - 4)
+            .map_err(|_| rmp_serde::encode::Error::Syntax("a request over 4 GiB".into()))?;
+        frame[..4].copy_from_slice(&n.to_be_bytes());
+        Ok(frame)
     }
 
     /// Ends an executor that runs no task (its scratch output is dropped).
@@ -163,7 +173,9 @@ impl PySlot {
     fn ended(&mut self, a: &Assignment, answer: Result<Vec<u8>, ReadEnd>) -> (Outcome, bool) {
         let tid = a.task;
         match answer {
-            Ok(body) => match self.answer(&body) {
+            Ok(body) => match result_in_place(body)
+                .map_or_else(|body| self.answer(&body), |result| Ok(Outcome::Ok { result }))
+            {
                 Ok(outcome) => (outcome, false),
                 Err(why) => {
                     self.stop(a);
@@ -229,6 +241,20 @@ impl PySlot {
         })
     }
 
+    /// With modules to preload, the executor starts before the first task
+    /// (a failure to start is logged; the first task tries again).
+    pub fn warm_up(&mut self) {
+        if self.opts.preload.is_empty() || self.exec.is_some() {
+            return;
+        }
+        match self.start() {
+            Ok(e) => self.exec = Some(e),
+            Err(error) => {
+                tracing::warn!(slot = self.slot, %error, "cannot start a Python executor ahead of its tasks")
+            }
+        }
+    }
+
     fn start(&mut self) -> Result<Executor, String> {
         let python = interpreter(&self.opts.python);
         let dir = self.opts.work_dir.join(".executors");
@@ -244,6 +270,8 @@ impl PySlot {
             .arg(&scratch)
             .arg("--max-result")
             .arg(self.opts.max_result.to_string())
+            .args(if self.opts.preload.is_empty() { None } else { Some("--preload") })
+            .args((!self.opts.preload.is_empty()).then(|| self.opts.preload.join(",")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(err);
@@ -272,8 +300,11 @@ impl PySlot {
         widen_pipe(stdin.as_raw_fd());
         widen_pipe(stdout.as_raw_fd());
         match read_frame(&mut stdout, &mut child, Some(Instant::now() + START_TIMEOUT), 1 << 16) {
-            Ok(_) => {
+            Ok(ready) => {
                 tracing::info!(slot = self.slot, pid = child.id(), python = %python.display(), "Python executor started");
+                for failed in preload_failures(&ready) {
+                    tracing::warn!(slot = self.slot, pid = child.id(), error = ?failed, "Python executor: a preload failed");
+                }
                 Ok(Executor { child, stdin, stdout, loaded: FxHashSet::default(), scratch })
             }
             Err(end) => {
@@ -365,11 +396,29 @@ fn with_ext(p: &Path, ext: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn framed(body: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(body);
-    frame
+/// What `["ready", version, [failed preloads]]` says failed (at most 16).
+fn preload_failures(ready: &[u8]) -> Vec<String> {
+    let Ok(rmpv::Value::Array(items)) = rmpv::decode::read_value(&mut &ready[..]) else { return Vec::new() };
+    let Some(rmpv::Value::Array(failed)) = items.get(2) else { return Vec::new() };
+    failed.iter().take(16).filter_map(|f| f.as_str().map(|s| s.chars().take(500).collect())).collect()
+}
+
+/// `[0, bin]`, a result, as the executor sends it: the `bin` (header and
+/// pickle) is the result's msgpack bytes as they are, so it is kept without
+/// a copy. `None`: another answer (decoded in full).
+fn result_in_place(body: Vec<u8>) -> Result<Bytes, Vec<u8>> {
+    let len = match body.get(..3) {
+        Some([0x92, 0x00, 0xc4]) => body.get(3).map(|&n| (2, n as usize)),
+        Some([0x92, 0x00, 0xc5]) => body.get(3..5).map(|b| (3, u16::from_be_bytes([b[0], b[1]]) as usize)),
+        Some([0x92, 0x00, 0xc6]) => {
+            body.get(3..7).map(|b| (5, u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize))
+        }
+        _ => None,
+    };
+    match len {
+        Some((head, n)) if 2 + head + n == body.len() => Ok(Bytes::from(body).slice(2..)),
+        _ => Err(body),
+    }
 }
 
 /// How often a slot waiting for a long task checks that its executor still
@@ -489,4 +538,27 @@ fn interpreter(configured: &str) -> PathBuf {
 fn package_path() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
     p.join("actord").join("executor.py").is_file().then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_answer_is_kept_in_place_as_its_msgpack_bytes() {
+        for n in [0usize, 1, 255, 256, 65_535, 65_536, 1 << 20] {
+            let pickle: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            let body = rmp_serde::to_vec(&(0u8, serde_bytes::Bytes::new(&pickle))).unwrap();
+            let kept = result_in_place(body).unwrap_or_else(|_| panic!("{n} bytes: not in place"));
+            assert_eq!(&kept[..], &msgpack_bin(&pickle).unwrap()[..], "{n} bytes");
+        }
+        // Anything else is decoded in full: an error, a truncated or padded bin.
+        let error = rmp_serde::to_vec(&(1u8, "ValueError: x", ())).unwrap();
+        assert!(result_in_place(error).is_err());
+        let mut short = rmp_serde::to_vec(&(0u8, serde_bytes::Bytes::new(&[7; 300]))).unwrap();
+        short.pop();
+        assert!(result_in_place(short.clone()).is_err());
+        short.extend_from_slice(&[7, 7]);
+        assert!(result_in_place(short).is_err());
+    }
 }

@@ -69,6 +69,7 @@ impl Actor for Slot {
 /// (Children it starts die with it: `crate::process`.)
 fn slot_thread(slot: u32, shared: SlotShared, me: ActorRef<SlotMsg>) {
     let mut py = PySlot::new(shared.py.clone(), slot);
+    py.warm_up();
     let mut next: Option<Run> = None;
     loop {
         let run = match next.take() {

@@ -108,7 +108,12 @@ async fn one_slot(
         work_dir: dir.to_path_buf(),
         gpus: GpuPool::new(&[]),
         pins: Default::default(),
-        py: PyOptions { python: "python3".into(), work_dir: "/nonexistent".into(), max_result: 0 },
+        py: PyOptions {
+            python: "python3".into(),
+            work_dir: "/nonexistent".into(),
+            max_result: 0,
+            preload: Vec::new(),
+        },
         max_result,
         max_error: 0,
         store: Arc::new(super::stored::StoreView::new(None, 0, 0, 0, "/nonexistent".into())),
