@@ -63,6 +63,7 @@ pub struct WorkerConfig {
     pub inline_result: u64,
     #[serde(deserialize_with = "de_size")]
     pub result_cache: u64,
+    pub result_sync: String,
     #[serde(deserialize_with = "de_size")]
     pub max_error: u64,
     pub python: String,

@@ -87,15 +87,31 @@ fn is_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG))
 }
 
+/// When a stored result is fsynced (`worker.result_sync`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Before it is renamed and reported: durable through a crash of the
+    /// machine once reported.
+    Before,
+    /// After: written, renamed and reported at once, fsynced (file and
+    /// directory) by a background thread. A process killed loses nothing
+    /// (the kernel has the bytes); a machine that crashes before the fsync
+    /// may lose the file, which its next reader finds missing or corrupt,
+    /// and its task runs again.
+    After,
+}
+
 /// Writes one attempt's result: to a temporary name, fsynced, renamed,
-/// the directory fsynced; `max` (0: none) caps its size.
+/// the directory fsynced (`SyncMode::After`: renamed first, and the
+/// file's path returned for a later `sync`); `max` (0: none) caps its size.
 pub fn write(
     dir: &Path,
     task: TaskId,
     attempt: u32,
     data: &[u8],
     max: u64,
-) -> Result<StoredResult, StoreError> {
+    mode: SyncMode,
+) -> Result<(StoredResult, Option<PathBuf>), StoreError> {
     let size = data.len() as u64;
     if max > 0 && size > max {
         return Err(StoreError::TooLarge {
@@ -121,11 +137,15 @@ pub fn write(
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if mode == SyncMode::Before {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, &final_path)?;
-        std::fs::File::open(&job_dir)?.sync_all()?;
-        if fresh {
-            std::fs::File::open(dir)?.sync_all()?;
+        if mode == SyncMode::Before {
+            std::fs::File::open(&job_dir)?.sync_all()?;
+            if fresh {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
         }
         Ok(())
     })();
@@ -133,7 +153,22 @@ pub fn write(
         let _ = std::fs::remove_file(&tmp);
         return Err(err(e));
     }
-    Ok(StoredResult { path: rel, size, checksum: checksum(data) })
+    let later = (mode == SyncMode::After).then_some(final_path);
+    Ok((StoredResult { path: rel, size, checksum: checksum(data) }, later))
+}
+
+/// The deferred fsync of a file `write` stored with `SyncMode::After`, and
+/// of its directory and the store's (a file already gone is no error).
+pub fn sync(path: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(path) {
+        Ok(f) => f.sync_all()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    for d in path.ancestors().skip(1).take(2) {
+        std::fs::File::open(d)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Reads a stored result back in full, checking its size and checksum.
@@ -209,7 +244,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let task = TaskId { job: JobId::new(), idx: 4 };
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let r = write(dir.path(), task, 2, &data, 0).unwrap();
+        let (r, later) = write(dir.path(), task, 2, &data, 0, SyncMode::Before).unwrap();
+        assert!(later.is_none());
         assert_eq!(r.path, format!("{}/4-2.bin", task.job));
         assert_eq!(r.size, data.len() as u64);
         assert_eq!(read(dir.path(), &r).unwrap(), data);
@@ -226,7 +262,16 @@ mod tests {
         assert!(matches!(e, ReadError::Corrupt { .. }) && e.to_string().contains("100 bytes"), "{e}");
         std::fs::remove_file(&file).unwrap();
         assert!(matches!(read(dir.path(), &r), Err(ReadError::Missing { .. })));
-        assert!(matches!(write(dir.path(), task, 3, &data, 1000), Err(StoreError::TooLarge { .. })));
+        assert!(matches!(
+            write(dir.path(), task, 3, &data, 1000, SyncMode::Before),
+            Err(StoreError::TooLarge { .. })
+        ));
+        // Synced after: at its name at once, the same bytes; synced later.
+        let (r, later) = write(dir.path(), task, 5, &data, 0, SyncMode::After).unwrap();
+        assert_eq!(later.as_deref(), Some(dir.path().join(&r.path).as_path()));
+        assert_eq!(read(dir.path(), &r).unwrap(), data);
+        sync(&later.unwrap()).unwrap();
+        sync(&dir.path().join(task.job.to_string()).join("9-9.bin")).unwrap();
         remove_job(dir.path(), task.job).unwrap();
         assert!(!dir.path().join(task.job.to_string()).exists());
     }

@@ -155,6 +155,36 @@ fn a_client_that_finds_a_stored_result_damaged_has_it_recomputed() {
     assert_eq!(attempts(&cluster, &a).iter().map(|(_, n)| *n).collect::<Vec<_>>(), vec![2, 2]);
 }
 
+#[test]
+fn results_synced_after_they_are_reported_survive_kill_9_of_their_workers() {
+    let config = format!("{CONFIG}[worker]\nresult_sync = \"after\"\n");
+    let cluster = Cluster::start_with_config(2, 1, &config);
+    let a = submit_graph(&cluster, "a.json", &producers(3));
+    assert_eq!(gather(&cluster, &a)["finished"], 3);
+    let pids = cluster.worker_pids();
+    for pid in &pids {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(30), || {
+        let now = cluster.worker_pids();
+        now.len() == 2 && now.iter().all(|p| !pids.contains(p))
+    }));
+    let b = submit_graph(&cluster, "b.json", &readers(&a, &["p0", "p1", "p2"]));
+    assert_eq!(gather(&cluster, &b)["results"], json!((0..3).map(digest_of_blob).collect::<Vec<_>>()));
+    assert!(attempts(&cluster, &a).iter().all(|(_, n)| *n == 1), "{:?}", attempts(&cluster, &a));
+    // Nothing left under a temporary name.
+    let dir = cluster.path("journal").join("results").join(&a);
+    let names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+    assert!(names.iter().all(|n| n.ends_with("-1.bin")) && names.len() == 3, "{names:?}");
+
+    // A value it does not know is refused at start, saying so.
+    std::fs::write(cluster.path("bad.toml"), "[worker]\nresult_sync = \"sometimes\"\n").unwrap();
+    let out = cluster.run(&["worker", "--config", cluster.path("bad.toml").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("worker.result_sync = \"sometimes\""), "{}", stderr(&out));
+}
+
 fn got_b_digests() -> Value {
     json!((0..4).map(digest_of_blob).collect::<Vec<_>>())
 }

@@ -61,6 +61,15 @@ pub(super) fn worker_options(
         max_result: config.worker.max_result,
         inline_result: config.worker.inline_result,
         result_cache: config.worker.result_cache,
+        result_sync: match config.worker.result_sync.as_str() {
+            "before" => crate::results_store::SyncMode::Before,
+            "after" => crate::results_store::SyncMode::After,
+            other => {
+                return Err(usage(format!(
+                    "worker.result_sync = {other:?}: expected \"before\" or \"after\""
+                )))
+            }
+        },
         results_dir: a.results_dir.as_deref().map(expand_path).transpose().map_err(usage)?,
         max_error: config.worker.max_error,
         max_frame: config.scheduler.max_frame,

@@ -56,6 +56,8 @@ pub struct WorkerOptions {
     /// Bytes of its own recent stored results a worker keeps in memory for
     /// the tasks it runs next (0: none).
     pub result_cache: u64,
+    /// When stored results are fsynced.
+    pub result_sync: crate::results_store::SyncMode,
     /// Where this host sees the results store (`--results-dir`); `None`:
     /// where the scheduler file says.
     pub results_dir: Option<PathBuf>,
@@ -173,6 +175,7 @@ impl Actor for Worker {
                 opts.inline_result,
                 opts.max_result,
                 opts.result_cache,
+                opts.result_sync,
                 opts.scheduler_file.clone(),
             )),
         };

@@ -29,6 +29,10 @@ pub(super) struct StoreView {
     scheduler_file: PathBuf,
     /// This worker's latest stored results, by path.
     recent: Mutex<Recent>,
+    /// When results are fsynced (`worker.result_sync`).
+    sync: results_store::SyncMode,
+    /// The thread that fsyncs results stored `SyncMode::After`.
+    syncer: Mutex<Option<std::sync::mpsc::Sender<PathBuf>>>,
 }
 
 /// The bytes of the results this worker stored last, oldest first, at most
@@ -78,10 +82,32 @@ impl StoreView {
         inline: u64,
         max: u64,
         cache: u64,
+        sync: results_store::SyncMode,
         scheduler_file: PathBuf,
     ) -> StoreView {
         let recent = Mutex::new(Recent { cap: cache, bytes: 0, items: VecDeque::new() });
-        StoreView { fixed: dir.is_some(), dir: Mutex::new(dir), inline, max, scheduler_file, recent }
+        let (fixed, dir, syncer) = (dir.is_some(), Mutex::new(dir), Mutex::new(None));
+        StoreView { fixed, dir, inline, max, scheduler_file, recent, sync, syncer }
+    }
+
+    /// Hands a stored file to the fsync thread (started at the first).
+    fn sync_later(&self, path: PathBuf) {
+        let mut syncer = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = syncer.get_or_insert_with(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+            let spawned = std::thread::Builder::new().name("store-sync".into()).spawn(move || {
+                for p in rx {
+                    if let Err(e) = results_store::sync(&p) {
+                        tracing::warn!(path = %p.display(), error = %e, "cannot fsync a stored result");
+                    }
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the store's fsync thread; results are not fsynced");
+            }
+            tx
+        });
+        let _ = tx.send(path);
     }
 
     /// The scheduler's store, as its file says (unless `--results-dir`).
@@ -105,9 +131,12 @@ impl StoreView {
         if self.inline == 0 || result.len() as u64 <= self.inline {
             return outcome;
         }
-        match results_store::write(&dir, task, attempt, result, self.max) {
-            Ok(s) => {
+        match results_store::write(&dir, task, attempt, result, self.max, self.sync) {
+            Ok((s, later)) => {
                 self.recent.lock().unwrap_or_else(|e| e.into_inner()).keep(&s.path, result);
+                if let Some(path) = later {
+                    self.sync_later(path);
+                }
                 Outcome::Stored(s)
             }
             Err(e) => {

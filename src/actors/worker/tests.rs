@@ -116,7 +116,14 @@ async fn one_slot(
         },
         max_result,
         max_error: 0,
-        store: Arc::new(super::stored::StoreView::new(None, 0, 0, 0, "/nonexistent".into())),
+        store: Arc::new(super::stored::StoreView::new(
+            None,
+            0,
+            0,
+            0,
+            crate::results_store::SyncMode::Before,
+            "/nonexistent".into(),
+        )),
     };
     let args = SlotArgs { slot: 0, shared };
     Actor::spawn_linked(None, Slot, args, probe.get_cell()).await.unwrap();
