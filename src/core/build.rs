@@ -4,7 +4,9 @@
 
 use super::compact::{ArgsRef, Holders, RareVec, Stored};
 use super::{Shape, Task, TaskState};
+use crate::journal_record::view::{KindView, SpecView};
 use crate::journal_record::{self as rec, EncodedTasks};
+use std::borrow::Cow;
 use crate::protocol::TaskKind;
 use rustc_hash::{FxHashMap as HashMap, FxHasher};
 use std::hash::Hasher;
@@ -133,8 +135,38 @@ impl JobBuilder {
             }
             (None, None) => {}
         }
+        let py_args;
+        let kind = match s.kind {
+            rec::TaskKind::Fn { name, args } => KindView::Fn { name: Cow::Owned(name), args: Cow::Owned(args) },
+            rec::TaskKind::Py { func, args } => {
+                py_args = args;
+                KindView::Py { func, args: Cow::Borrowed(&py_args) }
+            }
+            cmd @ rec::TaskKind::Cmd { .. } => KindView::Cmd(cmd),
+        };
+        self.add(SpecView {
+            key: s.key.map(Cow::Owned),
+            kind,
+            max_worker_kills: s.max_worker_kills,
+            deps: s.deps,
+            priority: s.priority,
+            retries: s.retries,
+            time_limit_ms: s.time_limit_ms,
+            resources: s.resources,
+            time_request_ms: s.time_request_ms,
+        });
+    }
+
+    /// Adds the next task from a view of its spec (replay of a journal that
+    /// kept its digest: no journal bytes to keep, no digest to compute).
+    pub fn push_view(&mut self, s: SpecView<'_>) {
+        debug_assert!(self.journal.is_none() && self.hasher.is_none(), "a view is neither journaled nor hashed");
+        self.add(s);
+    }
+
+    fn add(&mut self, s: SpecView<'_>) {
         let idx = self.tasks.len() as u32;
-        let rec::TaskSpec {
+        let SpecView {
             key,
             kind,
             max_worker_kills,
@@ -146,6 +178,7 @@ impl JobBuilder {
             time_request_ms,
         } = s;
         if let Some(k) = key {
+            let k = k.into_owned();
             if self.keys.insert(k.clone(), idx).is_some() && self.first_dup_key.is_none() {
                 self.first_dup_key = Some(idx);
             }
@@ -155,9 +188,8 @@ impl JobBuilder {
             self.pending.push((idx, deps));
         }
         let own: &[u8] = match &kind {
-            rec::TaskKind::Fn { args, .. } => args,
-            rec::TaskKind::Py { args, .. } => args,
-            rec::TaskKind::Cmd { .. } => &[],
+            KindView::Fn { args, .. } | KindView::Py { args, .. } => args,
+            KindView::Cmd(_) => &[],
         };
         self.args_total = self.args_total.saturating_add(own.len() as u64);
         // (A refused job's arguments need not be kept: validation sees the lengths.)
@@ -197,7 +229,7 @@ impl JobBuilder {
 
     /// The shape of a task, shared with an earlier task of the job if one of
     /// the last few shapes is the same.
-    fn shape_of(&mut self, s: Shared) -> Arc<Shape> {
+    fn shape_of(&mut self, s: Shared<'_>) -> Arc<Shape> {
         let same = |sh: &Shape| {
             same_kind(&sh.kind, &s.kind)
                 && sh.resources == s.resources
@@ -210,11 +242,9 @@ impl JobBuilder {
             return sh.clone();
         }
         let kind = match s.kind {
-            rec::TaskKind::Fn { name, .. } => TaskKind::Fn { name, args: Vec::new() },
-            rec::TaskKind::Py { func, .. } => TaskKind::Py { func, args: bytes::Bytes::new() },
-            rec::TaskKind::Cmd { argv, env, discard_output, cwd } => {
-                TaskKind::Cmd { argv, env, discard_output, cwd }
-            }
+            KindView::Fn { name, .. } => TaskKind::Fn { name: name.into_owned(), args: Vec::new() },
+            KindView::Py { func, .. } => TaskKind::Py { func, args: bytes::Bytes::new() },
+            KindView::Cmd(cmd) => cmd.into(),
         };
         let sh = Arc::new(Shape {
             kind,
@@ -248,8 +278,8 @@ impl JobBuilder {
 
 /// What a task may share with others: all but its key, arguments,
 /// dependencies and priority.
-struct Shared {
-    kind: rec::TaskKind,
+struct Shared<'a> {
+    kind: KindView<'a>,
     resources: rec::Resources,
     time_limit_ms: Option<u64>,
     time_request_ms: Option<u64>,
@@ -258,13 +288,13 @@ struct Shared {
 }
 
 /// Whether a shape's kind is that of `kind`, but for its own arguments.
-fn same_kind(shape: &TaskKind, kind: &rec::TaskKind) -> bool {
+fn same_kind(shape: &TaskKind, kind: &KindView) -> bool {
     match (shape, kind) {
-        (TaskKind::Fn { name: a, .. }, rec::TaskKind::Fn { name: b, .. }) => a == b,
-        (TaskKind::Py { func: a, .. }, rec::TaskKind::Py { func: b, .. }) => a == b,
+        (TaskKind::Fn { name: a, .. }, KindView::Fn { name: b, .. }) => a == b,
+        (TaskKind::Py { func: a, .. }, KindView::Py { func: b, .. }) => a == b,
         (
             TaskKind::Cmd { argv, env, discard_output, cwd },
-            rec::TaskKind::Cmd { argv: a, env: e, discard_output: d, cwd: c },
+            KindView::Cmd(rec::TaskKind::Cmd { argv: a, env: e, discard_output: d, cwd: c }),
         ) => argv == a && env == e && discard_output == d && cwd == c,
         _ => false,
     }

@@ -89,7 +89,9 @@ fn replay_job(
     let job = head.job;
     // (Journals written before the digest was kept: computed.)
     let mut b = JobBuilder::new(tasks.len(), Build::Replay { digest: digest == 0 }, tasks.len());
-    if let Err(e) = tasks.for_each(|s| b.push(s)) {
+    // The digest kept: each spec read in place (nothing decoded that the job stores once).
+    let built = if digest != 0 { tasks.for_each_view(|s| b.push_view(s)) } else { tasks.for_each(|s| b.push(s)) };
+    if let Err(e) = built {
         tracing::warn!(job = %job, error = %e, "a journaled job's tasks do not decode; it is left out");
         return;
     }

@@ -4,9 +4,11 @@
 
 #[cfg(test)]
 mod golden_tests;
+pub mod msgpack;
 mod tasks;
+pub mod view;
 
-pub use tasks::{EncodedTasks, PartTasks, TaskList, TASKS_PER_PART};
+pub use tasks::{EncodedTasks, PartTasks, StoredPart, TaskList, TASKS_PER_PART};
 
 use crate::ids::JobId;
 use bytes::Bytes;

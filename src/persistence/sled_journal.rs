@@ -501,14 +501,14 @@ mod tests {
     fn the_digest_is_kept_in_the_first_part_and_absent_when_not_known() {
         let tasks: TaskList = (0..TASKS_PER_PART + 1).map(|_| TaskSpec::cmd(vec!["t".into()])).collect();
         let parts = job_payloads(1, "j", &tasks, &[], 42).unwrap();
-        let digests: Vec<u64> = parts.iter().map(|p| decode_part(p).unwrap().digest).collect();
+        let digests: Vec<u64> = parts.iter().map(|p| decode_part(&p.clone().into()).unwrap().digest).collect();
         assert_eq!(digests, [42, 0]);
         // Not known (0): the part has the bytes it had before digests were kept.
         let one: TaskList = vec![TaskSpec::cmd(vec!["t".into()])].into();
         let old = job_payloads(1, "j", &one, &[], 0).unwrap();
         let new = job_payloads(1, "j", &one, &[], 42).unwrap();
         assert!(old[0].len() < new[0].len());
-        assert_eq!(decode_part(&old[0]).unwrap().digest, 0);
+        assert_eq!(decode_part(&old[0].clone().into()).unwrap().digest, 0);
     }
 
     #[test]

@@ -1,0 +1,335 @@
+//! Task specs and outcome batches read straight from the journal's bytes:
+//! names, keys and arguments borrowed, not copied, so replay allocates
+//! nothing per task for what a job's tasks share. Whatever the fast path
+//! does not know is decoded as before, so both read the same records.
+
+use super::msgpack::Reader;
+use super::{Dep, DoneTask, Outcome, Resources, TaskKind, TaskSpec};
+use bytes::Bytes;
+use std::borrow::Cow;
+
+/// A task spec whose strings and arguments may borrow from stored bytes.
+#[derive(Debug, PartialEq)]
+pub struct SpecView<'a> {
+    pub key: Option<Cow<'a, str>>,
+    pub kind: KindView<'a>,
+    pub max_worker_kills: Option<u32>,
+    pub deps: Vec<Dep>,
+    pub priority: i32,
+    pub retries: u32,
+    pub time_limit_ms: Option<u64>,
+    pub resources: Resources,
+    pub time_request_ms: Option<u64>,
+}
+
+/// What a task runs; arguments borrowed.
+#[derive(Debug, PartialEq)]
+pub enum KindView<'a> {
+    Fn { name: Cow<'a, str>, args: Cow<'a, [u8]> },
+    Py { func: u32, args: Cow<'a, [u8]> },
+    /// A command (owned: its fields are decoded as before).
+    Cmd(TaskKind),
+}
+
+impl<'a> SpecView<'a> {
+    /// A view of an owned spec.
+    pub fn of(s: TaskSpec) -> SpecView<'static> {
+        let kind = match s.kind {
+            TaskKind::Fn { name, args } => KindView::Fn { name: Cow::Owned(name), args: Cow::Owned(args) },
+            TaskKind::Py { func, args } => KindView::Py { func, args: Cow::Owned(Vec::from(args)) },
+            cmd @ TaskKind::Cmd { .. } => KindView::Cmd(cmd),
+        };
+        SpecView {
+            key: s.key.map(Cow::Owned),
+            kind,
+            max_worker_kills: s.max_worker_kills,
+            deps: s.deps,
+            priority: s.priority,
+            retries: s.retries,
+            time_limit_ms: s.time_limit_ms,
+            resources: s.resources,
+            time_request_ms: s.time_request_ms,
+        }
+    }
+}
+
+/// Marks a field seen; `None` if it was (the general decoder refuses a duplicate).
+fn once(seen: &mut u16, bit: u16) -> Option<()> {
+    let first = *seen & bit == 0;
+    *seen |= bit;
+    first.then_some(())
+}
+
+fn opt<T: TryFrom<i128>>(r: &mut Reader) -> Option<Option<T>> {
+    if r.nil() {
+        return Some(None);
+    }
+    r.int().ok().map(Some)
+}
+
+/// A field's value decoded by serde from its bytes (the rare, owned ones).
+fn serde_value<T: serde::de::DeserializeOwned>(r: &mut Reader) -> Option<T> {
+    rmp_serde::from_slice(r.value().ok()?).ok()
+}
+
+/// The kind of a spec, for `Fn` and `Py` (`None`: another kind or form).
+fn kind<'a>(r: &mut Reader<'a>) -> Option<KindView<'a>> {
+    if r.map_len().ok()? != 1 {
+        return None;
+    }
+    let variant = r.str().ok()?;
+    if !matches!(variant, "Fn" | "Py") || !matches!(r.peek(), Some(0x80..=0x8f)) {
+        return None;
+    }
+    let (mut name, mut func, mut args, mut seen) = (None, None, None, 0u16);
+    for _ in 0..r.map_len().ok()? {
+        match (variant, r.str().ok()?) {
+            ("Fn", "name") => {
+                once(&mut seen, 1)?;
+                name = Some(r.str().ok()?);
+            }
+            ("Py", "func") => {
+                once(&mut seen, 1)?;
+                func = Some(r.int::<u32>().ok()?);
+            }
+            (_, "args") => {
+                once(&mut seen, 2)?;
+                args = Some(r.bin().ok()?);
+            }
+            _ => r.skip().ok()?,
+        }
+    }
+    match (name, func, args) {
+        (Some(name), None, Some(args)) => Some(KindView::Fn { name: Cow::Borrowed(name), args: Cow::Borrowed(args) }),
+        (None, Some(func), Some(args)) => Some(KindView::Py { func, args: Cow::Borrowed(args) }),
+        _ => None,
+    }
+}
+
+/// One named field of a spec into `v`.
+fn field<'a>(r: &mut Reader<'a>, v: &mut SpecView<'a>, seen: &mut u16) -> Option<()> {
+    let name = r.str().ok()?;
+    let bit = match name {
+        "key" => 1,
+        "kind" => 2,
+        "max_worker_kills" => 4,
+        "deps" => 8,
+        "priority" => 16,
+        "retries" => 32,
+        "time_limit_ms" => 64,
+        "resources" => 128,
+        "time_request_ms" => 256,
+        _ => return r.skip().ok(),
+    };
+    once(seen, bit)?;
+    match name {
+        "key" => v.key = if r.nil() { None } else { Some(Cow::Borrowed(r.str().ok()?)) },
+        "kind" => v.kind = kind(r)?,
+        "max_worker_kills" => v.max_worker_kills = opt(r)?,
+        "deps" => v.deps = serde_value(r)?,
+        "priority" => v.priority = r.int().ok()?,
+        "retries" => v.retries = r.int().ok()?,
+        "time_limit_ms" => v.time_limit_ms = opt(r)?,
+        "resources" => v.resources = serde_value(r)?,
+        _ => v.time_request_ms = opt(r)?,
+    }
+    Some(())
+}
+
+/// A spec on the fast path: a map of its named fields, as the journal
+/// writes it (`None`: left to the general decoder).
+fn spec_fast<'a>(r: &mut Reader<'a>) -> Option<SpecView<'a>> {
+    if !matches!(r.peek(), Some(0x80..=0x8f)) {
+        return None;
+    }
+    let mut v = SpecView {
+        key: None,
+        kind: KindView::Py { func: 0, args: Cow::Borrowed(&[]) },
+        max_worker_kills: None,
+        deps: Vec::new(),
+        priority: 0,
+        retries: 0,
+        time_limit_ms: None,
+        resources: Resources::new(),
+        time_request_ms: None,
+    };
+    let mut seen = 0u16;
+    for _ in 0..r.map_len().ok()? {
+        field(r, &mut v, &mut seen)?;
+    }
+    (seen & 2 != 0).then_some(v)
+}
+
+/// The next spec of `r`, borrowing from its bytes where it can.
+pub fn next_spec<'a>(r: &mut Reader<'a>) -> Result<SpecView<'a>, String> {
+    let start = r.clone();
+    if let Some(v) = spec_fast(r) {
+        return Ok(v);
+    }
+    *r = start;
+    Ok(SpecView::of(next_spec_owned(r)?))
+}
+
+/// The next spec of `r`, owned (decoded as it always was).
+pub fn next_spec_owned(r: &mut Reader) -> Result<TaskSpec, String> {
+    let bytes = r.value().map_err(|m| m.to_string())?;
+    rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// One finished task of a batch on the fast path, a result by value
+/// (`[idx, attempt, {"Ok": [bin]}, canceled]`), sliced out of `base`.
+fn done_fast(r: &mut Reader, base: &Bytes) -> Option<DoneTask> {
+    let n = r.array_len().ok()?;
+    if !(3..=4).contains(&n) {
+        return None;
+    }
+    let idx = r.int().ok()?;
+    let attempt = r.int().ok()?;
+    if r.map_len().ok()? != 1 || r.str().ok()? != "Ok" || r.array_len().ok()? != 1 {
+        return None;
+    }
+    let result = base.slice_ref(r.bin().ok()?);
+    let canceled = if n == 4 { r.bool().ok()? } else { false };
+    Some(DoneTask { idx, attempt, outcome: Outcome::Ok { result }, canceled })
+}
+
+/// A batch of outcomes (an array of `DoneTask`) read from `base`, results
+/// by value sliced out of it (no copy); `None`: not an array.
+pub fn done_batch(base: &Bytes) -> Option<Result<Vec<DoneTask>, String>> {
+    let mut r = Reader::new(base);
+    let n = r.array_len().ok()?;
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let start = r.clone();
+        if let Some(d) = done_fast(&mut r, base) {
+            out.push(d);
+            continue;
+        }
+        r = start;
+        let d = r.value().map_err(|m| m.to_string()).and_then(|b| {
+            rmp_serde::from_slice::<DoneTask>(b).map_err(|e| format!("task outcome: {e}"))
+        });
+        match d {
+            Ok(d) => out.push(d),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::JobId;
+
+    fn specs() -> Vec<TaskSpec> {
+        let mut out = Vec::new();
+        for i in 0..60u32 {
+            let kind = match i % 4 {
+                0 => TaskKind::Fn { name: format!("f{}", i % 3), args: vec![i as u8; (i % 5) as usize] },
+                1 => TaskKind::Py { func: i, args: Bytes::from(vec![1, 2, i as u8]) },
+                2 => TaskKind::Cmd {
+                    argv: vec!["echo".into(), i.to_string()],
+                    env: vec![("A".into(), "b".into())],
+                    discard_output: i % 8 == 2,
+                    cwd: (i % 3 == 0).then(|| "/tmp".into()),
+                },
+                _ => TaskKind::Fn { name: "é".repeat(40), args: vec![0; 300] },
+            };
+            out.push(TaskSpec {
+                key: (i % 3 == 1).then(|| format!("key-{i}")),
+                kind,
+                max_worker_kills: (i % 5 == 0).then_some(i),
+                deps: if i % 7 == 0 {
+                    vec![Dep { job: None, key: "a".into() }, Dep { job: Some(JobId::new()), key: "b".into() }]
+                } else {
+                    Vec::new()
+                },
+                priority: (i as i32 - 30) * 1000,
+                retries: i % 4,
+                time_limit_ms: (i % 6 == 0).then_some(u64::MAX - u64::from(i)),
+                resources: if i % 9 == 0 { [("gpus".to_string(), 2)].into() } else { Resources::new() },
+                time_request_ms: (i % 10 == 0).then_some(5),
+            });
+        }
+        out
+    }
+
+    /// What the general decoder makes of the bytes, as a view.
+    fn reference(bytes: &[u8]) -> Result<(TaskSpec, usize), String> {
+        let mut r = Reader::new(bytes);
+        next_spec_owned(&mut r).map(|s| (s, r.pos()))
+    }
+
+    #[test]
+    fn the_fast_path_reads_what_the_general_decoder_reads() {
+        let all = specs();
+        let mut bytes = Vec::new();
+        for s in &all {
+            rmp_serde::encode::write_named(&mut bytes, s).unwrap();
+        }
+        let mut r = Reader::new(&bytes);
+        for s in &all {
+            let got = next_spec(&mut r).unwrap();
+            assert_eq!(got, SpecView::of(s.clone()));
+            if let KindView::Fn { name, args } = &got.kind {
+                assert!(matches!((name, args), (Cow::Borrowed(_), Cow::Borrowed(_))), "borrowed: {s:?}");
+            }
+        }
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn unusual_forms_go_to_the_general_decoder_and_agree_with_it() {
+        use serde::Serialize;
+        let s = TaskSpec {
+            key: Some("k".into()),
+            ..TaskSpec::new(TaskKind::Fn { name: "inc".into(), args: vec![1] })
+        };
+        // Positional (an array), an unknown field, a duplicate field, a kind as an array.
+        let positional = rmp_serde::to_vec(&s).unwrap();
+        let mut unknown = vec![0x83];
+        rmp_serde::encode::write(&mut unknown, "later").unwrap();
+        unknown.extend(rmp_serde::to_vec(&vec![1, 2]).unwrap());
+        unknown.extend(&rmp_serde::to_vec_named(&s).unwrap()[1..]);
+        let mut dup = vec![0x83];
+        dup.extend(&rmp_serde::to_vec_named(&s).unwrap()[1..]);
+        rmp_serde::encode::write(&mut dup, "key").unwrap();
+        rmp_serde::encode::write(&mut dup, "again").unwrap();
+        let mut kind_array = Vec::new();
+        let mut ser = rmp_serde::Serializer::new(&mut kind_array).with_struct_map();
+        (std::collections::BTreeMap::from([("kind", std::collections::BTreeMap::from([("Fn", ("inc", serde_bytes::Bytes::new(&[1])))]))])).serialize(&mut ser).unwrap();
+        for (what, bytes) in [("positional", positional), ("unknown", unknown), ("dup", dup), ("kind", kind_array)] {
+            let mut r = Reader::new(&bytes);
+            let got = next_spec(&mut r).map(|v| (format!("{v:?}"), r.pos()));
+            let want = reference(&bytes).map(|(s, at)| (format!("{:?}", SpecView::of(s)), at));
+            assert_eq!(got.is_ok(), want.is_ok(), "{what}: {got:?} vs {want:?}");
+            if let (Ok(g), Ok(w)) = (&got, &want) {
+                assert_eq!(g, w, "{what}");
+            }
+        }
+        assert!(next_spec(&mut Reader::new(&[0x81, 0xa3])).is_err(), "truncated");
+    }
+
+    #[test]
+    fn outcome_batches_read_as_the_general_decoder_reads_them() {
+        let outcome = |i: u32| match i % 4 {
+            0 | 1 => Outcome::Ok { result: Bytes::from(vec![i as u8; (i % 3) as usize]) },
+            2 => Outcome::Err { error: format!("e{i}"), exception: (i % 8 == 2).then(|| Bytes::from_static(b"x")) },
+            _ => Outcome::Stored { path: format!("p/{i}"), size: u64::from(i), checksum: "ab".into() },
+        };
+        let done: Vec<DoneTask> = (0..50)
+            .map(|i| DoneTask { idx: i * 3, attempt: i % 3 + 1, outcome: outcome(i), canceled: i % 6 == 2 })
+            .collect();
+        let bytes = Bytes::from(rmp_serde::to_vec(&done).unwrap());
+        assert_eq!(done_batch(&bytes).unwrap().unwrap(), done);
+        let general: Vec<DoneTask> = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(general, done);
+        for len in 1..bytes.len() {
+            let cut = bytes.slice(..len);
+            assert!(!matches!(done_batch(&cut), Some(Ok(_))), "truncation to {len}");
+        }
+        let retried = Bytes::from(rmp_serde::to_vec(&std::collections::BTreeMap::from([("Retried", vec![1])])).unwrap());
+        assert!(done_batch(&retried).is_none(), "not a batch");
+    }
+}
