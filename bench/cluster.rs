@@ -406,7 +406,8 @@ async fn main() {
         drop(scheduler); // kill -9 (Proc's drop) and reap
         if let Some(keep) = std::env::var_os("ACTORD_BENCH_KEEP_JOURNAL") {
             // A copy of the journal as the kill left it, to replay by hand (perf).
-            let ok = Command::new("cp").arg("-a").arg(&journal).arg(&keep).status().is_ok_and(|s| s.success());
+            let ok =
+                Command::new("cp").arg("-a").arg(&journal).arg(&keep).status().is_ok_and(|s| s.success());
             assert!(ok, "copy the journal to {keep:?}");
         }
         let t0 = Instant::now();

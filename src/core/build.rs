@@ -6,9 +6,9 @@ use super::compact::{ArgsRef, Holders, RareVec, Stored};
 use super::{Shape, Task, TaskState};
 use crate::journal_record::view::{KindView, SpecView};
 use crate::journal_record::{self as rec, EncodedTasks};
-use std::borrow::Cow;
 use crate::protocol::TaskKind;
 use rustc_hash::{FxHashMap as HashMap, FxHasher};
+use std::borrow::Cow;
 use std::hash::Hasher;
 use std::sync::Arc;
 
@@ -137,7 +137,9 @@ impl JobBuilder {
         }
         let py_args;
         let kind = match s.kind {
-            rec::TaskKind::Fn { name, args } => KindView::Fn { name: Cow::Owned(name), args: Cow::Owned(args) },
+            rec::TaskKind::Fn { name, args } => {
+                KindView::Fn { name: Cow::Owned(name), args: Cow::Owned(args) }
+            }
             rec::TaskKind::Py { func, args } => {
                 py_args = args;
                 KindView::Py { func, args: Cow::Borrowed(&py_args) }
@@ -160,7 +162,10 @@ impl JobBuilder {
     /// Adds the next task from a view of its spec (replay of a journal that
     /// kept its digest: no journal bytes to keep, no digest to compute).
     pub fn push_view(&mut self, s: SpecView<'_>) {
-        debug_assert!(self.journal.is_none() && self.hasher.is_none(), "a view is neither journaled nor hashed");
+        debug_assert!(
+            self.journal.is_none() && self.hasher.is_none(),
+            "a view is neither journaled nor hashed"
+        );
         self.add(s);
     }
 

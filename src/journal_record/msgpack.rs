@@ -220,15 +220,31 @@ mod tests {
             assert_eq!(Reader::new(&b).bin().unwrap(), &vec![7u8; n][..]);
             assert_eq!(Reader::new(&b).value().unwrap().len(), b.len());
         }
-        for v in [0i64, 1, 127, 128, 255, 256, 65_535, 65_536, u32::MAX as i64, i64::MAX, -1, -32, -33, -129, i64::MIN]
-        {
+        for v in [
+            0i64,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            u32::MAX as i64,
+            i64::MAX,
+            -1,
+            -32,
+            -33,
+            -129,
+            i64::MIN,
+        ] {
             let b = enc(&v);
             assert_eq!(Reader::new(&b).int::<i64>().unwrap(), v);
             assert_eq!(Reader::new(&b).value().unwrap().len(), b.len());
         }
         assert!(Reader::new(&enc(&-1i64)).int::<u32>().is_err());
         assert!(Reader::new(&enc(&(u32::MAX as u64 + 1))).int::<u32>().is_err());
-        let nested = (vec![vec![1u8, 2], vec![]], std::collections::BTreeMap::from([("a", 1.5f64)]), None::<u8>);
+        let nested =
+            (vec![vec![1u8, 2], vec![]], std::collections::BTreeMap::from([("a", 1.5f64)]), None::<u8>);
         let b = enc(&nested);
         let mut r = Reader::new(&b);
         assert_eq!(r.array_len().unwrap(), 3);

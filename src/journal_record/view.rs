@@ -1,11 +1,10 @@
-//! Task specs and outcome batches read straight from the journal's bytes:
+//! Task specs read straight from the journal's bytes:
 //! names, keys and arguments borrowed, not copied, so replay allocates
 //! nothing per task for what a job's tasks share. Whatever the fast path
 //! does not know is decoded as before, so both read the same records.
 
 use super::msgpack::Reader;
-use super::{Dep, DoneTask, Outcome, Resources, TaskKind, TaskSpec};
-use bytes::Bytes;
+use super::{Dep, Resources, TaskKind, TaskSpec};
 use std::borrow::Cow;
 
 /// A task spec whose strings and arguments may borrow from stored bytes.
@@ -25,8 +24,14 @@ pub struct SpecView<'a> {
 /// What a task runs; arguments borrowed.
 #[derive(Debug, PartialEq)]
 pub enum KindView<'a> {
-    Fn { name: Cow<'a, str>, args: Cow<'a, [u8]> },
-    Py { func: u32, args: Cow<'a, [u8]> },
+    Fn {
+        name: Cow<'a, str>,
+        args: Cow<'a, [u8]>,
+    },
+    Py {
+        func: u32,
+        args: Cow<'a, [u8]>,
+    },
     /// A command (owned: its fields are decoded as before).
     Cmd(TaskKind),
 }
@@ -100,7 +105,9 @@ fn kind<'a>(r: &mut Reader<'a>) -> Option<KindView<'a>> {
         }
     }
     match (name, func, args) {
-        (Some(name), None, Some(args)) => Some(KindView::Fn { name: Cow::Borrowed(name), args: Cow::Borrowed(args) }),
+        (Some(name), None, Some(args)) => {
+            Some(KindView::Fn { name: Cow::Borrowed(name), args: Cow::Borrowed(args) })
+        }
         (None, Some(func), Some(args)) => Some(KindView::Py { func, args: Cow::Borrowed(args) }),
         _ => None,
     }
@@ -176,51 +183,11 @@ pub fn next_spec_owned(r: &mut Reader) -> Result<TaskSpec, String> {
     rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
 }
 
-/// One finished task of a batch on the fast path, a result by value
-/// (`[idx, attempt, {"Ok": [bin]}, canceled]`), sliced out of `base`.
-fn done_fast(r: &mut Reader, base: &Bytes) -> Option<DoneTask> {
-    let n = r.array_len().ok()?;
-    if !(3..=4).contains(&n) {
-        return None;
-    }
-    let idx = r.int().ok()?;
-    let attempt = r.int().ok()?;
-    if r.map_len().ok()? != 1 || r.str().ok()? != "Ok" || r.array_len().ok()? != 1 {
-        return None;
-    }
-    let result = base.slice_ref(r.bin().ok()?);
-    let canceled = if n == 4 { r.bool().ok()? } else { false };
-    Some(DoneTask { idx, attempt, outcome: Outcome::Ok { result }, canceled })
-}
-
-/// A batch of outcomes (an array of `DoneTask`) read from `base`, results
-/// by value sliced out of it (no copy); `None`: not an array.
-pub fn done_batch(base: &Bytes) -> Option<Result<Vec<DoneTask>, String>> {
-    let mut r = Reader::new(base);
-    let n = r.array_len().ok()?;
-    let mut out = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let start = r.clone();
-        if let Some(d) = done_fast(&mut r, base) {
-            out.push(d);
-            continue;
-        }
-        r = start;
-        let d = r.value().map_err(|m| m.to_string()).and_then(|b| {
-            rmp_serde::from_slice::<DoneTask>(b).map_err(|e| format!("task outcome: {e}"))
-        });
-        match d {
-            Ok(d) => out.push(d),
-            Err(e) => return Some(Err(e)),
-        }
-    }
-    Some(Ok(out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ids::JobId;
+    use bytes::Bytes;
 
     fn specs() -> Vec<TaskSpec> {
         let mut out = Vec::new();
@@ -298,8 +265,15 @@ mod tests {
         rmp_serde::encode::write(&mut dup, "again").unwrap();
         let mut kind_array = Vec::new();
         let mut ser = rmp_serde::Serializer::new(&mut kind_array).with_struct_map();
-        (std::collections::BTreeMap::from([("kind", std::collections::BTreeMap::from([("Fn", ("inc", serde_bytes::Bytes::new(&[1])))]))])).serialize(&mut ser).unwrap();
-        for (what, bytes) in [("positional", positional), ("unknown", unknown), ("dup", dup), ("kind", kind_array)] {
+        (std::collections::BTreeMap::from([(
+            "kind",
+            std::collections::BTreeMap::from([("Fn", ("inc", serde_bytes::Bytes::new(&[1])))]),
+        )]))
+        .serialize(&mut ser)
+        .unwrap();
+        for (what, bytes) in
+            [("positional", positional), ("unknown", unknown), ("dup", dup), ("kind", kind_array)]
+        {
             let mut r = Reader::new(&bytes);
             let got = next_spec(&mut r).map(|v| (format!("{v:?}"), r.pos()));
             let want = reference(&bytes).map(|(s, at)| (format!("{:?}", SpecView::of(s)), at));
@@ -309,27 +283,5 @@ mod tests {
             }
         }
         assert!(next_spec(&mut Reader::new(&[0x81, 0xa3])).is_err(), "truncated");
-    }
-
-    #[test]
-    fn outcome_batches_read_as_the_general_decoder_reads_them() {
-        let outcome = |i: u32| match i % 4 {
-            0 | 1 => Outcome::Ok { result: Bytes::from(vec![i as u8; (i % 3) as usize]) },
-            2 => Outcome::Err { error: format!("e{i}"), exception: (i % 8 == 2).then(|| Bytes::from_static(b"x")) },
-            _ => Outcome::Stored { path: format!("p/{i}"), size: u64::from(i), checksum: "ab".into() },
-        };
-        let done: Vec<DoneTask> = (0..50)
-            .map(|i| DoneTask { idx: i * 3, attempt: i % 3 + 1, outcome: outcome(i), canceled: i % 6 == 2 })
-            .collect();
-        let bytes = Bytes::from(rmp_serde::to_vec(&done).unwrap());
-        assert_eq!(done_batch(&bytes).unwrap().unwrap(), done);
-        let general: Vec<DoneTask> = rmp_serde::from_slice(&bytes).unwrap();
-        assert_eq!(general, done);
-        for len in 1..bytes.len() {
-            let cut = bytes.slice(..len);
-            assert!(!matches!(done_batch(&cut), Some(Ok(_))), "truncation to {len}");
-        }
-        let retried = Bytes::from(rmp_serde::to_vec(&std::collections::BTreeMap::from([("Retried", vec![1])])).unwrap());
-        assert!(done_batch(&retried).is_none(), "not a batch");
     }
 }

@@ -118,9 +118,9 @@ impl Scan {
 
     /// Jobs whose every part is there.
     fn complete(&self) -> impl Iterator<Item = (&JobId, &Vec<(u64, sled::IVec, JobPart)>)> {
-        self.parts.iter().filter(|(_, ps)| {
-            ps.iter().map(|(_, _, p)| p.tasks.n).sum::<usize>() == ps[0].2.total as usize
-        })
+        self.parts
+            .iter()
+            .filter(|(_, ps)| ps.iter().map(|(_, _, p)| p.tasks.n).sum::<usize>() == ps[0].2.total as usize)
     }
 
     /// Sound records of each job, for the new high-water mark.

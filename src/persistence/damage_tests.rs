@@ -37,7 +37,7 @@ fn job(name: &str) -> (JobId, Record) {
 
 fn done(job: JobId, idx: u32) -> Record {
     let outcome = crate::journal_record::Outcome::Ok { result: bytes::Bytes::from(vec![idx as u8]) };
-    Record::TasksDone { job, done: vec![DoneTask { idx, attempt: 1, outcome, canceled: false }] }
+    Record::TasksDone { job, done: vec![DoneTask { idx, attempt: 1, outcome, canceled: false }].into() }
 }
 
 /// Two jobs, `a` with two outcome records and `b` with one, flushed.

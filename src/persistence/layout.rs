@@ -4,7 +4,7 @@
 use super::Record;
 use crate::ids::JobId;
 use crate::journal_record::msgpack::{Malformed, Reader};
-use crate::journal_record::StoredPart;
+use crate::journal_record::{DoneList, StoredPart};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -99,8 +99,9 @@ pub enum DoneEntry {
 }
 
 pub fn decode_done(job: JobId, payload: &Bytes) -> Result<Record, String> {
-    match crate::journal_record::view::done_batch(payload) {
-        Some(Ok(done)) => Ok(Record::TasksDone { job, done }),
+    // (Checked here, each outcome read again at replay: nothing kept but the bytes.)
+    match crate::journal_record::each_done(payload, |_| {}) {
+        Some(Ok(_)) => Ok(Record::TasksDone { job, done: DoneList::Stored(payload.clone()) }),
         Some(Err(e)) => Err(format!("does not decode: {e}")),
         None => match rmp_serde::from_slice::<DoneEntry>(payload) {
             Ok(DoneEntry::Retried(idx)) => Ok(Record::TasksRetried { job, idx }),
