@@ -146,7 +146,7 @@ impl JobBuilder {
             }
             cmd @ rec::TaskKind::Cmd { .. } => KindView::Cmd(cmd),
         };
-        self.add(SpecView {
+        self.add(&mut SpecView {
             key: s.key.map(Cow::Owned),
             kind,
             max_worker_kills: s.max_worker_kills,
@@ -161,7 +161,8 @@ impl JobBuilder {
 
     /// Adds the next task from a view of its spec (replay of a journal that
     /// kept its digest: no journal bytes to keep, no digest to compute).
-    pub fn push_view(&mut self, s: SpecView<'_>) {
+    /// (What it keeps is taken out of the view.)
+    pub fn push_view(&mut self, s: &mut SpecView<'_>) {
         debug_assert!(
             self.journal.is_none() && self.hasher.is_none(),
             "a view is neither journaled nor hashed"
@@ -169,30 +170,19 @@ impl JobBuilder {
         self.add(s);
     }
 
-    fn add(&mut self, s: SpecView<'_>) {
+    fn add(&mut self, s: &mut SpecView<'_>) {
         let idx = self.tasks.len() as u32;
-        let SpecView {
-            key,
-            kind,
-            max_worker_kills,
-            deps,
-            priority,
-            retries,
-            time_limit_ms,
-            resources,
-            time_request_ms,
-        } = s;
-        if let Some(k) = key {
+        if let Some(k) = s.key.take() {
             let k = k.into_owned();
             if self.keys.insert(k.clone(), idx).is_some() && self.first_dup_key.is_none() {
                 self.first_dup_key = Some(idx);
             }
             self.key_of.insert(idx, k);
         }
-        if !deps.is_empty() {
-            self.pending.push((idx, deps));
+        if !s.deps.is_empty() {
+            self.pending.push((idx, std::mem::take(&mut s.deps)));
         }
-        let own: &[u8] = match &kind {
+        let own: &[u8] = match &s.kind {
             KindView::Fn { args, .. } | KindView::Py { args, .. } => args,
             KindView::Cmd(_) => &[],
         };
@@ -202,14 +192,7 @@ impl JobBuilder {
         if self.args_total <= MAX_JOB_ARGS {
             self.args.extend_from_slice(own);
         }
-        let shape = self.shape_of(Shared {
-            kind,
-            resources,
-            time_limit_ms,
-            time_request_ms,
-            max_worker_kills,
-            retries,
-        });
+        let shape = self.shape_of(s);
         self.tasks.push(Task {
             shape,
             args: at,
@@ -222,7 +205,7 @@ impl JobBuilder {
             deps: Box::default(),
             dependents: RareVec::new(),
             waiting: 0,
-            priority,
+            priority: s.priority,
             failures: 0,
             local_inputs: RareVec::new(),
             // Replayed: an attempt may still run on a worker of the last run.
@@ -234,7 +217,8 @@ impl JobBuilder {
 
     /// The shape of a task, shared with an earlier task of the job if one of
     /// the last few shapes is the same.
-    fn shape_of(&mut self, s: Shared<'_>) -> Arc<Shape> {
+    /// (A new shape takes the view's kind and resources.)
+    fn shape_of(&mut self, s: &mut SpecView<'_>) -> Arc<Shape> {
         let same = |sh: &Shape| {
             same_kind(&sh.kind, &s.kind)
                 && sh.resources == s.resources
@@ -246,14 +230,15 @@ impl JobBuilder {
         if let Some(sh) = self.shapes.iter().rev().find(|sh| same(sh)) {
             return sh.clone();
         }
-        let kind = match s.kind {
+        let taken = std::mem::replace(&mut s.kind, KindView::Py { func: 0, args: Cow::Borrowed(&[]) });
+        let kind = match taken {
             KindView::Fn { name, .. } => TaskKind::Fn { name: name.into_owned(), args: Vec::new() },
             KindView::Py { func, .. } => TaskKind::Py { func, args: bytes::Bytes::new() },
             KindView::Cmd(cmd) => cmd.into(),
         };
         let sh = Arc::new(Shape {
             kind,
-            resources: s.resources,
+            resources: std::mem::take(&mut s.resources),
             time_limit_ms: s.time_limit_ms,
             time_request_ms: s.time_request_ms,
             max_worker_kills: s.max_worker_kills,
@@ -279,17 +264,6 @@ impl JobBuilder {
     pub(super) fn take_journal(&mut self) -> EncodedTasks {
         self.journal.take().unwrap_or_default()
     }
-}
-
-/// What a task may share with others: all but its key, arguments,
-/// dependencies and priority.
-struct Shared<'a> {
-    kind: KindView<'a>,
-    resources: rec::Resources,
-    time_limit_ms: Option<u64>,
-    time_request_ms: Option<u64>,
-    max_worker_kills: Option<u32>,
-    retries: u32,
 }
 
 /// Whether a shape's kind is that of `kind`, but for its own arguments.

@@ -42,7 +42,7 @@ fn done_fast<'a>(r: &mut Reader<'a>) -> Option<DoneView<'a>> {
     }
     let idx = r.int().ok()?;
     let attempt = r.int().ok()?;
-    if r.map_len().ok()? != 1 || r.str().ok()? != "Ok" || r.array_len().ok()? != 1 {
+    if r.map_len().ok()? != 1 || r.key().ok()? != b"Ok" || r.array_len().ok()? != 1 {
         return None;
     }
     let result = r.bin().ok()?;

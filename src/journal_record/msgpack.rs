@@ -88,6 +88,12 @@ impl<'a> Reader<'a> {
     }
 
     pub fn str(&mut self) -> Result<&'a str, Malformed> {
+        let s = self.key()?;
+        std::str::from_utf8(s).map_or_else(|_| self.err("a string not in UTF-8"), Ok)
+    }
+
+    /// A string's bytes, unchecked: for field names, compared with known ones.
+    pub fn key(&mut self) -> Result<&'a [u8], Malformed> {
         let n = match self.byte()? {
             b @ 0xa0..=0xbf => u64::from(b & 0x1f),
             0xd9 => self.be(1)?,
@@ -95,8 +101,7 @@ impl<'a> Reader<'a> {
             0xdb => self.be(4)?,
             _ => return self.err("not a string"),
         };
-        let s = self.take(n as usize)?;
-        std::str::from_utf8(s).map_or_else(|_| self.err("a string not in UTF-8"), Ok)
+        self.take(n as usize)
     }
 
     pub fn bin(&mut self) -> Result<&'a [u8], Malformed> {

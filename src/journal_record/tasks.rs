@@ -3,7 +3,7 @@
 //! as a list of specs), or the stored parts' bytes as read back.
 
 use super::msgpack::Reader;
-use super::view::{next_spec, next_spec_owned, SpecView};
+use super::view::{next_spec_owned, read_spec, SpecView};
 use super::TaskSpec;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -125,22 +125,39 @@ impl TaskList {
                 Ok(())
             }
             TaskList::Encoded(e) => e.decode_each(&mut f),
-            TaskList::Stored(parts) => each_stored(&parts, |r, i| {
-                f(next_spec_owned(r).map_err(|e| format!("task {i} does not decode: {e}"))?);
+            TaskList::Stored(parts) => {
+                let mut first = 0;
+                for p in &parts {
+                    each_spec(p, first, |r, i| {
+                        f(next_spec_owned(r).map_err(|e| format!("task {i} does not decode: {e}"))?);
+                        Ok(())
+                    })?;
+                    first += p.n;
+                }
                 Ok(())
-            }),
+            }
         }
     }
 
     /// Every spec in order as a view: stored parts are read in place, their
     /// strings and arguments borrowed (nothing allocated per task for them).
-    pub fn for_each_view(self, mut f: impl FnMut(SpecView<'_>)) -> Result<(), String> {
+    /// (`f` may take what it keeps out of the view: it is reused.)
+    pub fn for_each_view(self, mut f: impl FnMut(&mut SpecView<'_>)) -> Result<(), String> {
         match self {
-            TaskList::Stored(parts) => each_stored(&parts, |r, i| {
-                f(next_spec(r).map_err(|e| format!("task {i} does not decode: {e}"))?);
+            TaskList::Stored(parts) => {
+                let mut first = 0;
+                for p in &parts {
+                    let mut v = SpecView::default();
+                    each_spec(p, first, |r, i| {
+                        read_spec(r, &mut v).map_err(|e| format!("task {i} does not decode: {e}"))?;
+                        f(&mut v);
+                        Ok(())
+                    })?;
+                    first += p.n;
+                }
                 Ok(())
-            }),
-            other => other.for_each(|s| f(SpecView::of(s))),
+            }
+            other => other.for_each(|s| f(&mut SpecView::of(s))),
         }
     }
 
@@ -172,22 +189,19 @@ impl TaskList {
     }
 }
 
-/// Runs `f` on a reader at each stored spec in turn (with its index), and
-/// checks that every part holds exactly its specs.
-fn each_stored(
-    parts: &[StoredPart],
-    mut f: impl FnMut(&mut Reader<'_>, usize) -> Result<(), String>,
+/// Runs `f` on a reader at each spec of a stored part in turn (with its
+/// task's index, from `first`), and checks that the part holds exactly them.
+fn each_spec<'a>(
+    p: &'a StoredPart,
+    first: usize,
+    mut f: impl FnMut(&mut Reader<'a>, usize) -> Result<(), String>,
 ) -> Result<(), String> {
-    let mut i = 0;
-    for p in parts {
-        let mut r = Reader::new(&p.bytes);
-        for _ in 0..p.n {
-            f(&mut r, i)?;
-            i += 1;
-        }
-        if !r.is_empty() {
-            return Err(format!("{} bytes after the part's tasks", p.bytes.len() - r.pos()));
-        }
+    let mut r = Reader::new(&p.bytes);
+    for i in first..first + p.n {
+        f(&mut r, i)?;
+    }
+    if !r.is_empty() {
+        return Err(format!("{} bytes after the part's tasks", p.bytes.len() - r.pos()));
     }
     Ok(())
 }

@@ -82,22 +82,26 @@ fn kind<'a>(r: &mut Reader<'a>) -> Option<KindView<'a>> {
     if r.map_len().ok()? != 1 {
         return None;
     }
-    let variant = r.str().ok()?;
-    if !matches!(variant, "Fn" | "Py") || !matches!(r.peek(), Some(0x80..=0x8f)) {
+    let fun = match r.key().ok()? {
+        b"Fn" => true,
+        b"Py" => false,
+        _ => return None,
+    };
+    if !matches!(r.peek(), Some(0x80..=0x8f)) {
         return None;
     }
     let (mut name, mut func, mut args, mut seen) = (None, None, None, 0u16);
     for _ in 0..r.map_len().ok()? {
-        match (variant, r.str().ok()?) {
-            ("Fn", "name") => {
+        match (fun, r.key().ok()?) {
+            (true, b"name") => {
                 once(&mut seen, 1)?;
                 name = Some(r.str().ok()?);
             }
-            ("Py", "func") => {
+            (false, b"func") => {
                 once(&mut seen, 1)?;
                 func = Some(r.int::<u32>().ok()?);
             }
-            (_, "args") => {
+            (_, b"args") => {
                 once(&mut seen, 2)?;
                 args = Some(r.bin().ok()?);
             }
@@ -115,66 +119,80 @@ fn kind<'a>(r: &mut Reader<'a>) -> Option<KindView<'a>> {
 
 /// One named field of a spec into `v`.
 fn field<'a>(r: &mut Reader<'a>, v: &mut SpecView<'a>, seen: &mut u16) -> Option<()> {
-    let name = r.str().ok()?;
+    let name = r.key().ok()?;
     let bit = match name {
-        "key" => 1,
-        "kind" => 2,
-        "max_worker_kills" => 4,
-        "deps" => 8,
-        "priority" => 16,
-        "retries" => 32,
-        "time_limit_ms" => 64,
-        "resources" => 128,
-        "time_request_ms" => 256,
+        b"key" => 1,
+        b"kind" => 2,
+        b"max_worker_kills" => 4,
+        b"deps" => 8,
+        b"priority" => 16,
+        b"retries" => 32,
+        b"time_limit_ms" => 64,
+        b"resources" => 128,
+        b"time_request_ms" => 256,
         _ => return r.skip().ok(),
     };
     once(seen, bit)?;
-    match name {
-        "key" => v.key = if r.nil() { None } else { Some(Cow::Borrowed(r.str().ok()?)) },
-        "kind" => v.kind = kind(r)?,
-        "max_worker_kills" => v.max_worker_kills = opt(r)?,
-        "deps" => v.deps = serde_value(r)?,
-        "priority" => v.priority = r.int().ok()?,
-        "retries" => v.retries = r.int().ok()?,
-        "time_limit_ms" => v.time_limit_ms = opt(r)?,
-        "resources" => v.resources = serde_value(r)?,
+    match bit {
+        1 => v.key = if r.nil() { None } else { Some(Cow::Borrowed(r.str().ok()?)) },
+        2 => v.kind = kind(r)?,
+        4 => v.max_worker_kills = opt(r)?,
+        8 => v.deps = serde_value(r)?,
+        16 => v.priority = r.int().ok()?,
+        32 => v.retries = r.int().ok()?,
+        64 => v.time_limit_ms = opt(r)?,
+        128 => v.resources = serde_value(r)?,
         _ => v.time_request_ms = opt(r)?,
     }
     Some(())
 }
 
-/// A spec on the fast path: a map of its named fields, as the journal
-/// writes it (`None`: left to the general decoder).
-fn spec_fast<'a>(r: &mut Reader<'a>) -> Option<SpecView<'a>> {
+impl Default for SpecView<'_> {
+    fn default() -> Self {
+        SpecView {
+            key: None,
+            kind: KindView::Py { func: 0, args: Cow::Borrowed(&[]) },
+            max_worker_kills: None,
+            deps: Vec::new(),
+            priority: 0,
+            retries: 0,
+            time_limit_ms: None,
+            resources: Resources::new(),
+            time_request_ms: None,
+        }
+    }
+}
+
+/// A spec on the fast path into `v` (emptied first): a map of its named
+/// fields, as the journal writes it (`None`: left to the general decoder).
+fn spec_fast<'a>(r: &mut Reader<'a>, v: &mut SpecView<'a>) -> Option<()> {
     if !matches!(r.peek(), Some(0x80..=0x8f)) {
         return None;
     }
-    let mut v = SpecView {
-        key: None,
-        kind: KindView::Py { func: 0, args: Cow::Borrowed(&[]) },
-        max_worker_kills: None,
-        deps: Vec::new(),
-        priority: 0,
-        retries: 0,
-        time_limit_ms: None,
-        resources: Resources::new(),
-        time_request_ms: None,
-    };
+    *v = SpecView::default();
     let mut seen = 0u16;
     for _ in 0..r.map_len().ok()? {
-        field(r, &mut v, &mut seen)?;
+        field(r, v, &mut seen)?;
     }
-    (seen & 2 != 0).then_some(v)
+    (seen & 2 != 0).then_some(())
+}
+
+/// The next spec of `r` into `v` (one view reused for a part's specs),
+/// borrowing from its bytes where it can.
+pub fn read_spec<'a>(r: &mut Reader<'a>, v: &mut SpecView<'a>) -> Result<(), String> {
+    let start = r.clone();
+    if spec_fast(r, v).is_some() {
+        return Ok(());
+    }
+    *r = start;
+    *v = SpecView::of(next_spec_owned(r)?);
+    Ok(())
 }
 
 /// The next spec of `r`, borrowing from its bytes where it can.
 pub fn next_spec<'a>(r: &mut Reader<'a>) -> Result<SpecView<'a>, String> {
-    let start = r.clone();
-    if let Some(v) = spec_fast(r) {
-        return Ok(v);
-    }
-    *r = start;
-    Ok(SpecView::of(next_spec_owned(r)?))
+    let mut v = SpecView::default();
+    read_spec(r, &mut v).map(|_| v)
 }
 
 /// The next spec of `r`, owned (decoded as it always was).
