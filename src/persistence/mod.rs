@@ -27,7 +27,10 @@
 //!
 //! Forgetting a job removes every key under its uuid in both trees, and the
 //! job from the mark. Checking at open (and `actord journal check`): every
-//! record's checksum and decoding; the epoch in `meta` against the mark's
+//! record's checksum and decoding (of a job part: its fields and the
+//! structure and count of its task list, whose specs are decoded at replay,
+//! straight into the job; outcome batches wholly, kept as read and read
+//! again at replay); the epoch in `meta` against the mark's
 //! and the scheduler file's (a deleted or rolled-back database); and, per
 //! job, the records with lsn ≤ `last_lsn` against the mark's count. The mark
 //! is written only after sled's flush, so it may lag (records after
