@@ -120,6 +120,14 @@ impl DoneList {
         }
     }
 
+    /// The batch's bytes in the journal (as read back: the same bytes).
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        match self {
+            DoneList::Tasks(v) => rmp_serde::to_vec(v).map_err(|e| e.to_string()),
+            DoneList::Stored(b) => Ok(b.to_vec()),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             DoneList::Tasks(v) => v.len(),
