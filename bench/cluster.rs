@@ -113,12 +113,17 @@ impl Drop for Proc {
 }
 
 fn spawn(dir: &Path, name: &str, args: &[&str]) -> Proc {
+    spawn_logging(dir, name, args, "warn")
+}
+
+/// `spawn` with the log level `level` (`ACTORD_LOG`).
+fn spawn_logging(dir: &Path, name: &str, args: &[&str], level: &str) -> Proc {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
     // `ACTORD_BIN` runs another build (e.g. a kept copy of an earlier one).
     let bin = std::env::var_os("ACTORD_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_actord").into());
     let child = Command::new(bin)
         .args(args)
-        .env("ACTORD_LOG", "warn")
+        .env("ACTORD_LOG", level)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -200,6 +205,28 @@ async fn respawn(client: &mut Client, o: &Opts) {
         "kill_to_registered_s_all": times.iter().map(|t| (t * 1e4).round() / 1e4).collect::<Vec<_>>(),
     });
     println!("{rec}");
+}
+
+/// A field of the "journal replayed" line in a scheduler's log (`open_ms`:
+/// the open and its checks; `ms`: replay into the core), if there is one.
+fn replay_field(log: &Path, field: &str) -> Option<u64> {
+    let line = replayed_line(log)?;
+    let at = line.find(&format!(" {field}="))? + field.len() + 2;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+fn replayed_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().find(|l| l.contains("journal replayed")).map(str::to_string)
+}
+
+/// Seconds from `since` to the time stamp of the "journal replayed" line:
+/// the process's start, the open and the replay, as any build logs them.
+fn replayed_after(log: &Path, since: chrono::DateTime<chrono::Utc>) -> Option<f64> {
+    let line = replayed_line(log)?;
+    let stamp = line.split_whitespace().next()?;
+    let at = chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
+    Some((at.with_timezone(&chrono::Utc) - since).num_microseconds()? as f64 / 1e6)
 }
 
 fn dir_size(dir: &Path) -> u64 {
@@ -377,18 +404,32 @@ async fn main() {
         run_map(&mut client, o.n).await.expect("fill the journal");
         drop(client);
         drop(scheduler); // kill -9 (Proc's drop) and reap
+        if let Some(keep) = std::env::var_os("ACTORD_BENCH_KEEP_JOURNAL") {
+            // A copy of the journal as the kill left it, to replay by hand (perf).
+            let ok =
+                Command::new("cp").arg("-a").arg(&journal).arg(&keep).status().is_ok_and(|s| s.success());
+            assert!(ok, "copy the journal to {keep:?}");
+        }
         let t0 = Instant::now();
-        let scheduler = spawn(dir.path(), "scheduler-2", &sargs);
+        let started = chrono::Utc::now();
+        // (At info: its "journal replayed" line says how long replay took.)
+        let scheduler = spawn_logging(dir.path(), "scheduler-2", &sargs, "info");
         // (The killed scheduler's file stays until the new one replaces it.)
         let mut client = Client::connect_startup(&file, Duration::from_secs(120)).await.expect("reconnect");
         client.workers().await.expect("answers");
         let ready = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(scheduler.0.id());
         let rec = serde_json::json!({
             "system": "actord",
             "workload": "restart",
             "n": o.n,
             "finished_tasks_in_journal": o.n + o.warmup,
             "restart_to_ready_s": (ready * 1e4).round() / 1e4,
+            "sched_cpu_until_ready_s": (cpu * 1e3).round() / 1e3,
+            "open_ms": replay_field(&dir.path().join("scheduler-2.log"), "open_ms"),
+            "replay_ms": replay_field(&dir.path().join("scheduler-2.log"), "ms"),
+            "start_to_replayed_s": replayed_after(&dir.path().join("scheduler-2.log"), started)
+                .map(|s| (s * 1e4).round() / 1e4),
             "journal_bytes": dir_size(&journal),
             "sched_peak_rss_kib": peak_rss_kib(scheduler.0.id()),
         });

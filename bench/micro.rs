@@ -234,7 +234,8 @@ fn journal_group_commit(bencher: Bencher, records: usize) {
                     outcome: ok(1).into(),
                     canceled: false,
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         })
         .collect();
     bencher.counter(divan::counter::ItemsCount::new(records * 100)).bench_local(|| {

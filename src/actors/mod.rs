@@ -240,6 +240,7 @@ pub async fn run(
 
 /// The journal opened and replayed into a new core, ready for a new epoch.
 fn recover(opts: &SchedulerOptions) -> Result<(Core, AnyJournal, u64), StartError> {
+    let opened = std::time::Instant::now();
     let journal = match &opts.journal {
         Some(dir) => {
             let opts = OpenOptions {
@@ -265,6 +266,7 @@ fn recover(opts: &SchedulerOptions) -> Result<(Core, AnyJournal, u64), StartErro
             jobs,
             tasks,
             bytes = j.size_on_disk(),
+            open_ms = (t0 - opened).as_millis() as u64,
             ms = t0.elapsed().as_millis() as u64,
             "journal replayed"
         );

@@ -4,9 +4,11 @@
 
 use super::compact::{ArgsRef, Holders, RareVec, Stored};
 use super::{Shape, Task, TaskState};
+use crate::journal_record::view::{KindView, SpecView};
 use crate::journal_record::{self as rec, EncodedTasks};
 use crate::protocol::TaskKind;
 use rustc_hash::{FxHashMap as HashMap, FxHasher};
+use std::borrow::Cow;
 use std::hash::Hasher;
 use std::sync::Arc;
 
@@ -133,31 +135,56 @@ impl JobBuilder {
             }
             (None, None) => {}
         }
-        let idx = self.tasks.len() as u32;
-        let rec::TaskSpec {
-            key,
+        let py_args;
+        let kind = match s.kind {
+            rec::TaskKind::Fn { name, args } => {
+                KindView::Fn { name: Cow::Owned(name), args: Cow::Owned(args) }
+            }
+            rec::TaskKind::Py { func, args } => {
+                py_args = args;
+                KindView::Py { func, args: Cow::Borrowed(&py_args) }
+            }
+            cmd @ rec::TaskKind::Cmd { .. } => KindView::Cmd(cmd),
+        };
+        self.add(&mut SpecView {
+            key: s.key.map(Cow::Owned),
             kind,
-            max_worker_kills,
-            deps,
-            priority,
-            retries,
-            time_limit_ms,
-            resources,
-            time_request_ms,
-        } = s;
-        if let Some(k) = key {
+            max_worker_kills: s.max_worker_kills,
+            deps: s.deps,
+            priority: s.priority,
+            retries: s.retries,
+            time_limit_ms: s.time_limit_ms,
+            resources: s.resources,
+            time_request_ms: s.time_request_ms,
+        });
+    }
+
+    /// Adds the next task from a view of its spec (replay of a journal that
+    /// kept its digest: no journal bytes to keep, no digest to compute).
+    /// (What it keeps is taken out of the view.)
+    pub fn push_view(&mut self, s: &mut SpecView<'_>) {
+        debug_assert!(
+            self.journal.is_none() && self.hasher.is_none(),
+            "a view is neither journaled nor hashed"
+        );
+        self.add(s);
+    }
+
+    fn add(&mut self, s: &mut SpecView<'_>) {
+        let idx = self.tasks.len() as u32;
+        if let Some(k) = s.key.take() {
+            let k = k.into_owned();
             if self.keys.insert(k.clone(), idx).is_some() && self.first_dup_key.is_none() {
                 self.first_dup_key = Some(idx);
             }
             self.key_of.insert(idx, k);
         }
-        if !deps.is_empty() {
-            self.pending.push((idx, deps));
+        if !s.deps.is_empty() {
+            self.pending.push((idx, std::mem::take(&mut s.deps)));
         }
-        let own: &[u8] = match &kind {
-            rec::TaskKind::Fn { args, .. } => args,
-            rec::TaskKind::Py { args, .. } => args,
-            rec::TaskKind::Cmd { .. } => &[],
+        let own: &[u8] = match &s.kind {
+            KindView::Fn { args, .. } | KindView::Py { args, .. } => args,
+            KindView::Cmd(_) => &[],
         };
         self.args_total = self.args_total.saturating_add(own.len() as u64);
         // (A refused job's arguments need not be kept: validation sees the lengths.)
@@ -165,14 +192,7 @@ impl JobBuilder {
         if self.args_total <= MAX_JOB_ARGS {
             self.args.extend_from_slice(own);
         }
-        let shape = self.shape_of(Shared {
-            kind,
-            resources,
-            time_limit_ms,
-            time_request_ms,
-            max_worker_kills,
-            retries,
-        });
+        let shape = self.shape_of(s);
         self.tasks.push(Task {
             shape,
             args: at,
@@ -185,7 +205,7 @@ impl JobBuilder {
             deps: Box::default(),
             dependents: RareVec::new(),
             waiting: 0,
-            priority,
+            priority: s.priority,
             failures: 0,
             local_inputs: RareVec::new(),
             // Replayed: an attempt may still run on a worker of the last run.
@@ -197,7 +217,8 @@ impl JobBuilder {
 
     /// The shape of a task, shared with an earlier task of the job if one of
     /// the last few shapes is the same.
-    fn shape_of(&mut self, s: Shared) -> Arc<Shape> {
+    /// (A new shape takes the view's kind and resources.)
+    fn shape_of(&mut self, s: &mut SpecView<'_>) -> Arc<Shape> {
         let same = |sh: &Shape| {
             same_kind(&sh.kind, &s.kind)
                 && sh.resources == s.resources
@@ -209,16 +230,15 @@ impl JobBuilder {
         if let Some(sh) = self.shapes.iter().rev().find(|sh| same(sh)) {
             return sh.clone();
         }
-        let kind = match s.kind {
-            rec::TaskKind::Fn { name, .. } => TaskKind::Fn { name, args: Vec::new() },
-            rec::TaskKind::Py { func, .. } => TaskKind::Py { func, args: bytes::Bytes::new() },
-            rec::TaskKind::Cmd { argv, env, discard_output, cwd } => {
-                TaskKind::Cmd { argv, env, discard_output, cwd }
-            }
+        let taken = std::mem::replace(&mut s.kind, KindView::Py { func: 0, args: Cow::Borrowed(&[]) });
+        let kind = match taken {
+            KindView::Fn { name, .. } => TaskKind::Fn { name: name.into_owned(), args: Vec::new() },
+            KindView::Py { func, .. } => TaskKind::Py { func, args: bytes::Bytes::new() },
+            KindView::Cmd(cmd) => cmd.into(),
         };
         let sh = Arc::new(Shape {
             kind,
-            resources: s.resources,
+            resources: std::mem::take(&mut s.resources),
             time_limit_ms: s.time_limit_ms,
             time_request_ms: s.time_request_ms,
             max_worker_kills: s.max_worker_kills,
@@ -246,25 +266,14 @@ impl JobBuilder {
     }
 }
 
-/// What a task may share with others: all but its key, arguments,
-/// dependencies and priority.
-struct Shared {
-    kind: rec::TaskKind,
-    resources: rec::Resources,
-    time_limit_ms: Option<u64>,
-    time_request_ms: Option<u64>,
-    max_worker_kills: Option<u32>,
-    retries: u32,
-}
-
 /// Whether a shape's kind is that of `kind`, but for its own arguments.
-fn same_kind(shape: &TaskKind, kind: &rec::TaskKind) -> bool {
+fn same_kind(shape: &TaskKind, kind: &KindView) -> bool {
     match (shape, kind) {
-        (TaskKind::Fn { name: a, .. }, rec::TaskKind::Fn { name: b, .. }) => a == b,
-        (TaskKind::Py { func: a, .. }, rec::TaskKind::Py { func: b, .. }) => a == b,
+        (TaskKind::Fn { name: a, .. }, KindView::Fn { name: b, .. }) => a == b,
+        (TaskKind::Py { func: a, .. }, KindView::Py { func: b, .. }) => a == b,
         (
             TaskKind::Cmd { argv, env, discard_output, cwd },
-            rec::TaskKind::Cmd { argv: a, env: e, discard_output: d, cwd: c },
+            KindView::Cmd(rec::TaskKind::Cmd { argv: a, env: e, discard_output: d, cwd: c }),
         ) => argv == a && env == e && discard_output == d && cwd == c,
         _ => false,
     }

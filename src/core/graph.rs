@@ -3,6 +3,7 @@
 //! dependents, and the ready queue (priority, then submission order).
 
 use super::build::JobBuilder;
+use super::compact::Stored;
 use super::{Core, Effects, Job, TaskState};
 use crate::ids::{JobId, TaskId};
 use crate::journal_record::{DoneTask, Record};
@@ -194,7 +195,7 @@ pub fn complete(
 pub fn flush_completed(core: &mut Core, fx: &mut impl Effects, out: Completed) {
     super::pins::send_unpinned(core, fx);
     for (job, done) in out.done {
-        fx.journal(Record::TasksDone { job, done });
+        fx.journal(Record::TasksDone { job, done: done.into() });
     }
     for (job, outcomes) in out.by_job {
         notify_watchers(core, fx, job, outcomes);
@@ -204,10 +205,17 @@ pub fn flush_completed(core: &mut Core, fx: &mut impl Effects, out: Completed) {
 /// Sets a task's outcome (live and in replay): state, counts, and, when it
 /// finished, the readiness of the tasks waiting for it.
 pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, canceled: bool) -> TaskOutcome {
+    let stored = core.jobs.get_job_mut(tid.job).store(&outcome);
+    let attempts = set_stored(core, now, tid, stored, canceled);
+    TaskOutcome { idx: tid.idx, attempts, outcome }
+}
+
+/// `set_outcome` of an outcome the job keeps already (`Job::store`); the
+/// task's attempts.
+pub fn set_stored(core: &mut Core, now: u64, tid: TaskId, stored: Stored, canceled: bool) -> u32 {
     let job = core.jobs.get_job_mut(tid.job);
-    let stored = job.store(&outcome);
     let task = &mut job.tasks[tid.idx as usize];
-    let ok = outcome.is_ok();
+    let ok = stored.is_ok();
     task.state = match (ok, canceled) {
         (true, _) => TaskState::Finished,
         (false, true) => TaskState::Canceled,
@@ -245,7 +253,7 @@ pub fn set_outcome(core: &mut Core, now: u64, tid: TaskId, outcome: Outcome, can
             core.push_ready(d);
         }
     }
-    TaskOutcome { idx: tid.idx, attempts, outcome }
+    attempts
 }
 
 /// The results of a task's dependencies, for its assignment (an empty

@@ -3,11 +3,12 @@
 
 use super::admin::retry_tasks;
 use super::build::{Build, JobBuilder};
+use super::compact::Stored;
 use super::graph::{self};
 use super::submit::{insert_job, JobHead};
 use super::{Core, TaskState};
 use crate::ids::TaskId;
-use crate::journal_record::{HistoryRecord, Record, TaskList};
+use crate::journal_record::{DoneView, HistoryRecord, OutcomeView, Record, TaskList};
 
 /// A journaled event goes back into the page's history; a job's timing
 /// back onto the job (its finish only if it is still finished: a retry
@@ -41,13 +42,9 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
                 }
             }
             Record::TasksDone { job, done } => {
-                for d in done {
-                    let tid = TaskId { job, idx: d.idx };
-                    let Some(t) = core.jobs.find_task_mut(tid).filter(|t| t.outcome.is_none()) else {
-                        continue;
-                    };
-                    t.attempts = t.attempts.max(d.attempt);
-                    graph::set_outcome(core, now, tid, d.outcome.into(), d.canceled);
+                if let Err(e) = done.for_each_view(|d| replay_done(core, now, job, d)) {
+                    // (Checked when the journal was opened: not expected.)
+                    tracing::warn!(job = %job, error = %e, "journaled outcomes do not decode; those tasks run again");
                 }
             }
             Record::JobForgotten { job } => {
@@ -76,6 +73,19 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
     }
 }
 
+/// A journaled outcome, its result kept straight from the record's bytes.
+fn replay_done(core: &mut Core, now: u64, job: crate::ids::JobId, d: DoneView<'_>) {
+    let tid = TaskId { job, idx: d.idx };
+    let Some(j) = core.jobs.find_job_mut(job) else { return };
+    let Some(t) = j.tasks.get_mut(d.idx as usize).filter(|t| t.outcome.is_none()) else { return };
+    t.attempts = t.attempts.max(d.attempt);
+    let stored = match d.outcome {
+        OutcomeView::Ok(result) => Stored::Ok(j.results.push(result)),
+        OutcomeView::Other(o) => j.store(&o.into()),
+    };
+    graph::set_stored(core, now, tid, stored, d.canceled);
+}
+
 /// A journaled job, built spec by spec from its record (each spec dropped
 /// as soon as it is compacted).
 fn replay_job(
@@ -89,7 +99,10 @@ fn replay_job(
     let job = head.job;
     // (Journals written before the digest was kept: computed.)
     let mut b = JobBuilder::new(tasks.len(), Build::Replay { digest: digest == 0 }, tasks.len());
-    if let Err(e) = tasks.for_each(|s| b.push(s)) {
+    // The digest kept: each spec read in place (nothing decoded that the job stores once).
+    let built =
+        if digest != 0 { tasks.for_each_view(|s| b.push_view(s)) } else { tasks.for_each(|s| b.push(s)) };
+    if let Err(e) = built {
         tracing::warn!(job = %job, error = %e, "a journaled job's tasks do not decode; it is left out");
         return;
     }

@@ -220,6 +220,9 @@ pub(super) fn insert_job(
     core.next_job_seq = core.next_job_seq.max(seq + 1);
     core.job_by_seq.insert(seq, job);
     let JobBuilder { mut tasks, args, keys, key_of, .. } = b;
+    // Tasks with dependencies, in order.
+    let mut with_deps: Vec<u32> = deps.iter().filter(|(_, d)| !d.is_empty()).map(|(i, _)| *i).collect();
+    with_deps.sort_unstable();
     for (idx, d) in deps {
         tasks[idx as usize].deps = d.into_boxed_slice();
     }
@@ -246,13 +249,15 @@ pub(super) fn insert_job(
         },
     );
     let mut doomed = Vec::new();
-    for idx in 0..n as u32 {
+    let mut next_dep = with_deps.iter().copied().peekable();
+    // (Replay builds the ready queue once, at its end: only tasks with dependencies here.)
+    let all: Box<dyn Iterator<Item = u32>> =
+        if core.replaying { Box::new(with_deps.iter().copied()) } else { Box::new(0..n as u32) };
+    for idx in all {
         let tid = TaskId { job, idx };
-        if core.get_task(tid).deps.is_empty() {
-            // (No dependencies: ready; replay builds the ready queue once, at its end.)
-            if !core.replaying {
-                core.push_ready(tid);
-            }
+        if next_dep.next_if_eq(&idx).is_none() {
+            // No dependencies: ready.
+            core.push_ready(tid);
             continue;
         }
         let waiting = wait_for_deps(core, tid, &mut doomed);

@@ -151,6 +151,6 @@ fn a_task_that_kills_its_executor_runs_again_then_fails_naming_it() {
     }
     assert!(take_assigns(&mut fx, ConnId(1)).0.is_empty(), "not assigned again");
     assert!(
-        matches!(&fx.journal[..], [Record::TasksDone { done, .. }] if done.len() == 1 && !done[0].outcome.is_ok())
+        matches!(&fx.journal[..], [Record::TasksDone { done, .. }] if done.len() == 1 && !done.tasks()[0].outcome.is_ok())
     );
 }

@@ -35,7 +35,7 @@ fn a_lost_stored_input_reruns_its_producer_and_its_reader_waits() {
     let a = fx.take_assignments(w).remove(0);
     on_reports(&mut core, &mut fx, 0, w, 1, vec![report(&a, stored(a.task, 1))]);
     assert!(fx.journal.iter().any(|r| matches!(r, Record::TasksDone { done, .. }
-        if matches!(done[0].outcome, crate::journal_record::Outcome::Stored { .. }))));
+        if matches!(done.tasks()[0].outcome, crate::journal_record::Outcome::Stored { .. }))));
     let b_job = JobId::new();
     on_submit(
         &mut core,

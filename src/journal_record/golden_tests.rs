@@ -75,10 +75,10 @@ fn records() -> Vec<(&'static str, Record)> {
     ];
     vec![
         ("JobSubmitted", submitted),
-        ("TasksDone", Record::TasksDone { job: job(), done: outcomes }),
+        ("TasksDone", Record::TasksDone { job: job(), done: outcomes.into() }),
         (
             "TasksDone",
-            Record::TasksDone { job: job(), done: vec![done(3, 2, Outcome::Stored(stored()), false)] },
+            Record::TasksDone { job: job(), done: vec![done(3, 2, Outcome::Stored(stored()), false)].into() },
         ),
         ("TasksRetried", Record::TasksRetried { job: job(), idx: vec![0, 2] }),
         ("JobForgotten", Record::JobForgotten { job: job() }),

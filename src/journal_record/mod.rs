@@ -2,11 +2,15 @@
 //! wire protocol: a change to a message cannot change the journal's bytes
 //! unnoticed. Conversions from and to wire types are in `protocol::record`.
 
+mod done;
 #[cfg(test)]
 mod golden_tests;
+pub mod msgpack;
 mod tasks;
+pub mod view;
 
-pub use tasks::{EncodedTasks, PartTasks, TaskList, TASKS_PER_PART};
+pub use done::{each_done, DoneList, DoneView, OutcomeView};
+pub use tasks::{EncodedTasks, PartTasks, StoredPart, TaskList, TASKS_PER_PART};
 
 use crate::ids::JobId;
 use bytes::Bytes;
@@ -38,7 +42,7 @@ pub enum Record {
         digest: u64,
     },
     /// The first outcomes of some tasks of one job.
-    TasksDone { job: JobId, done: Vec<DoneTask> },
+    TasksDone { job: JobId, done: DoneList },
     /// The job and its results are gone for good.
     JobForgotten { job: JobId },
     /// An operator asked to run these failed tasks again (`ctl retry`):

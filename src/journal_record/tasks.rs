@@ -1,7 +1,9 @@
-//! A job's task list in a `JobSubmitted` record: decoded specs (as read back,
-//! in the parts they were stored in) or the bytes the journal writes them as
-//! (as submitted: encoded one by one, never held as a list of specs).
+//! A job's task list in a `JobSubmitted` record: decoded specs, the bytes
+//! the journal writes them as (as submitted: encoded one by one, never held
+//! as a list of specs), or the stored parts' bytes as read back.
 
+use super::msgpack::Reader;
+use super::view::{next_spec_owned, read_spec, SpecView};
 use super::TaskSpec;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -16,6 +18,16 @@ pub enum TaskList {
     Specs(Vec<Vec<TaskSpec>>),
     /// The specs encoded one after the other as the journal stores them.
     Encoded(EncodedTasks),
+    /// The journal's stored parts as read (their order is the tasks' order),
+    /// decoded only when replayed.
+    Stored(Vec<StoredPart>),
+}
+
+/// The tasks of one stored part: `n` encoded specs, a slice of the value read.
+#[derive(Clone, Debug)]
+pub struct StoredPart {
+    pub n: usize,
+    pub bytes: bytes::Bytes,
 }
 
 /// Task specs as the journal stores them (msgpack with named fields,
@@ -97,6 +109,7 @@ impl TaskList {
         match self {
             TaskList::Specs(parts) => parts.iter().map(Vec::len).sum(),
             TaskList::Encoded(e) => e.len(),
+            TaskList::Stored(parts) => parts.iter().map(|p| p.n).sum(),
         }
     }
 
@@ -112,6 +125,39 @@ impl TaskList {
                 Ok(())
             }
             TaskList::Encoded(e) => e.decode_each(&mut f),
+            TaskList::Stored(parts) => {
+                let mut first = 0;
+                for p in &parts {
+                    each_spec(p, first, |r, i| {
+                        f(next_spec_owned(r).map_err(|e| format!("task {i} does not decode: {e}"))?);
+                        Ok(())
+                    })?;
+                    first += p.n;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Every spec in order as a view: stored parts are read in place, their
+    /// strings and arguments borrowed (nothing allocated per task for them).
+    /// (`f` may take what it keeps out of the view: it is reused.)
+    pub fn for_each_view(self, mut f: impl FnMut(&mut SpecView<'_>)) -> Result<(), String> {
+        match self {
+            TaskList::Stored(parts) => {
+                let mut first = 0;
+                for p in &parts {
+                    let mut v = SpecView::default();
+                    each_spec(p, first, |r, i| {
+                        read_spec(r, &mut v).map_err(|e| format!("task {i} does not decode: {e}"))?;
+                        f(&mut v);
+                        Ok(())
+                    })?;
+                    first += p.n;
+                }
+                Ok(())
+            }
+            other => other.for_each(|s| f(&mut SpecView::of(s))),
         }
     }
 
@@ -136,8 +182,28 @@ impl TaskList {
                     PartTasks::Encoded { n, bytes: &e.bytes[e.part_starts[p]..end] }
                 })
                 .collect(),
+            TaskList::Stored(parts) => {
+                parts.iter().map(|p| PartTasks::Encoded { n: p.n, bytes: &p.bytes }).collect()
+            }
         }
     }
+}
+
+/// Runs `f` on a reader at each spec of a stored part in turn (with its
+/// task's index, from `first`), and checks that the part holds exactly them.
+fn each_spec<'a>(
+    p: &'a StoredPart,
+    first: usize,
+    mut f: impl FnMut(&mut Reader<'a>, usize) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut r = Reader::new(&p.bytes);
+    for i in first..first + p.n {
+        f(&mut r, i)?;
+    }
+    if !r.is_empty() {
+        return Err(format!("{} bytes after the part's tasks", p.bytes.len() - r.pos()));
+    }
+    Ok(())
 }
 
 impl PartialEq for TaskList {

@@ -56,7 +56,7 @@ impl Scan {
                 let mut s = Scan::default();
                 s.read_tree("jobs", jobs, |s, k, lsn, payload| {
                     let job = key_job(k).ok_or("bad key")?;
-                    let part = decode_part(payload)?;
+                    let part = decode_part(&payload)?;
                     s.parts.entry(job).or_default().push((lsn, k.into(), part));
                     Ok(())
                 });
@@ -80,7 +80,7 @@ impl Scan {
         let mut s = Scan::default();
         s.read_tree("done", done, |s, k, lsn, payload| {
             let job = key_job(k).ok_or("bad key")?;
-            s.done.push((lsn, k.into(), decode_done(job, payload)?));
+            s.done.push((lsn, k.into(), decode_done(job, &payload)?));
             Ok(())
         });
         s.read_tree("forgotten", forgotten, |s, k, lsn, _| {
@@ -94,7 +94,7 @@ impl Scan {
         &mut self,
         name: &'static str,
         tree: &sled::Tree,
-        mut add: impl FnMut(&mut Scan, &[u8], u64, &[u8]) -> Result<(), String>,
+        mut add: impl FnMut(&mut Scan, &[u8], u64, bytes::Bytes) -> Result<(), String>,
     ) {
         for item in tree.iter() {
             let (k, v) = match item {
@@ -104,9 +104,11 @@ impl Scan {
                     return;
                 }
             };
+            // (The value read, shared: what is kept of it is sliced, not copied.)
+            let v = bytes::Bytes::from_owner(v);
             let result = frame::unframe(&k, &v).map_err(|e| e.to_string()).and_then(|(lsn, payload)| {
                 self.max_lsn = self.max_lsn.max(lsn);
-                add(self, &k, lsn, payload)
+                add(self, &k, lsn, v.slice_ref(payload))
             });
             if let Err(why) = result {
                 self.bad.push(BadRecord { tree: name, job: key_job(&k), key: k, why });
@@ -116,9 +118,9 @@ impl Scan {
 
     /// Jobs whose every part is there.
     fn complete(&self) -> impl Iterator<Item = (&JobId, &Vec<(u64, sled::IVec, JobPart)>)> {
-        self.parts.iter().filter(|(_, ps)| {
-            ps.iter().map(|(_, _, p)| p.tasks.len()).sum::<usize>() == ps[0].2.total as usize
-        })
+        self.parts
+            .iter()
+            .filter(|(_, ps)| ps.iter().map(|(_, _, p)| p.tasks.n).sum::<usize>() == ps[0].2.total as usize)
     }
 
     /// Sound records of each job, for the new high-water mark.
@@ -165,7 +167,7 @@ impl Scan {
                 tasks.push(p.tasks);
                 functions.extend(p.functions);
             }
-            let tasks = crate::journal_record::TaskList::Specs(tasks);
+            let tasks = crate::journal_record::TaskList::Stored(tasks);
             jobs.push((seq, Record::JobSubmitted { job, seq, name, tasks, functions, digest }));
         }
         jobs.sort_by_key(|(seq, _)| *seq);

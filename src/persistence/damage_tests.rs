@@ -37,7 +37,7 @@ fn job(name: &str) -> (JobId, Record) {
 
 fn done(job: JobId, idx: u32) -> Record {
     let outcome = crate::journal_record::Outcome::Ok { result: bytes::Bytes::from(vec![idx as u8]) };
-    Record::TasksDone { job, done: vec![DoneTask { idx, attempt: 1, outcome, canceled: false }] }
+    Record::TasksDone { job, done: vec![DoneTask { idx, attempt: 1, outcome, canceled: false }].into() }
 }
 
 /// Two jobs, `a` with two outcome records and `b` with one, flushed.
@@ -102,6 +102,41 @@ async fn a_flipped_byte_in_a_record_is_reported_as_unreadable() {
     assert_eq!(report.affected[&a].unreadable, 1);
     let j = open(dir.path(), true).unwrap();
     assert_eq!(j.replay().unwrap().len(), 4, "both jobs, a's good outcome and b's");
+}
+
+/// Replaces the first value under `job` in `tree` by `payload(old payload)`,
+/// framed with a sound checksum: damage only decoding can see.
+fn reframe(dir: &Path, tree: &str, job: JobId, payload: impl Fn(&[u8]) -> Vec<u8>) {
+    let db = raw(dir);
+    let t = db.open_tree(tree).unwrap();
+    let (k, v) = t.scan_prefix(job.0.as_bytes()).next().unwrap().unwrap();
+    let (lsn, old) = frame::unframe(&k, &v).unwrap();
+    t.insert(k.clone(), frame::frame(&k, lsn, &payload(old))).unwrap();
+    db.flush().unwrap();
+}
+
+#[tokio::test]
+async fn a_sound_checksum_over_a_malformed_part_or_batch_is_still_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_jobs(dir.path()).await;
+    // a's part: its task list announces one spec more than it holds (3 → 4).
+    reframe(dir.path(), "jobs", a, |old| {
+        let at = old.windows(6).position(|w| w == b"\xa5tasks").unwrap() + 6;
+        let mut p = old.to_vec();
+        assert_eq!(p[at], 0x93, "a fixarray of 3");
+        p[at] = 0x94;
+        p
+    });
+    // b's batch: an outcome that is not one.
+    reframe(dir.path(), "done", b, |_| rmp_serde::to_vec(&vec![vec![1u32]]).unwrap());
+    let err = open(dir.path(), false).err().expect("damage refused");
+    assert!(err.contains(&format!("job {a} \"alpha\"")) && err.contains("lost entirely"), "{err}");
+    assert!(err.contains(&format!("job {b} \"beta\": 1 records unreadable")), "{err}");
+    let report = verify(dir.path(), None).unwrap();
+    assert_eq!((report.affected[&a].unreadable, report.affected[&b].unreadable), (1, 1));
+    let j = open(dir.path(), true).unwrap();
+    let kept = j.replay().unwrap();
+    assert!(kept.iter().all(|r| r.job() == b) && kept.len() == 1, "only b's submission: {kept:?}");
 }
 
 #[tokio::test]

@@ -1,26 +1,25 @@
 //! The shapes of the values in the journal's trees (see the module above):
 //! job parts, keys under a job's uuid, and the `done` tree's entries.
 
-use super::{DoneTask, Record};
+use super::Record;
 use crate::ids::JobId;
-use crate::journal_record::TaskSpec;
+use crate::journal_record::msgpack::{Malformed, Reader};
+use crate::journal_record::{DoneList, StoredPart};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use crate::journal_record::TASKS_PER_PART;
 
-#[derive(Serialize, Deserialize)]
+/// A stored part of a job: its header decoded, its tasks kept as read
+/// (their structure checked, each spec decoded only at replay).
 pub struct JobPart {
     pub seq: u64,
     pub name: String,
-    pub first: u32,
     pub total: u32,
-    #[serde(deserialize_with = "sized_list")]
-    pub tasks: Vec<TaskSpec>,
+    pub tasks: StoredPart,
     /// The job's function table (`py` tasks), in its first part only.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<bytes::Bytes>,
     /// The submission's digest, in its first part only (absent: not known).
-    #[serde(default, skip_serializing_if = "is_zero")]
     pub digest: u64,
 }
 
@@ -38,8 +37,57 @@ pub fn key_job(key: &[u8]) -> Option<JobId> {
     Some(JobId(uuid::Uuid::from_slice(key.get(..16)?).ok()?))
 }
 
-pub fn decode_part(payload: &[u8]) -> Result<JobPart, String> {
-    rmp_serde::from_slice(payload).map_err(|e| format!("does not decode: {e}"))
+/// A part's fields as written (a map of named fields; see `JobPartRef`),
+/// its tasks walked to check their structure and count, not decoded.
+pub fn decode_part(payload: &Bytes) -> Result<JobPart, String> {
+    let bad = |e: &dyn std::fmt::Display| format!("does not decode: {e}");
+    let mut r = Reader::new(payload);
+    let (mut seq, mut name, mut first, mut total, mut tasks) = (None, None, None, None, None);
+    let (mut functions, mut digest) = (Vec::new(), 0);
+    for _ in 0..r.map_len().map_err(|e| bad(&e))? {
+        let field = r.str().map_err(|e| bad(&e))?;
+        let dup = match field {
+            "seq" => seq.replace(r.int::<u64>().map_err(|e| bad(&e))?).is_some(),
+            "name" => name.replace(r.str().map_err(|e| bad(&e))?).is_some(),
+            "first" => first.replace(r.int::<u32>().map_err(|e| bad(&e))?).is_some(),
+            "total" => total.replace(r.int::<u32>().map_err(|e| bad(&e))?).is_some(),
+            "tasks" => tasks.replace(part_tasks(&mut r, payload).map_err(|e| bad(&e))?).is_some(),
+            "functions" => {
+                functions = rmp_serde::from_slice(r.value().map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+                false
+            }
+            "digest" => {
+                digest = r.int::<u64>().map_err(|e| bad(&e))?;
+                false
+            }
+            _ => r.skip().map(|_| false).map_err(|e| bad(&e))?,
+        };
+        if dup {
+            return Err(bad(&format!("field {field:?} twice")));
+        }
+    }
+    let missing = |f: &str| bad(&format!("no field {f:?}"));
+    first.ok_or_else(|| missing("first"))?;
+    Ok(JobPart {
+        seq: seq.ok_or_else(|| missing("seq"))?,
+        name: name.ok_or_else(|| missing("name"))?.to_string(),
+        // (Parts are read in key order: their first task is checked present, not used.)
+        total: total.ok_or_else(|| missing("total"))?,
+        tasks: tasks.ok_or_else(|| missing("tasks"))?,
+        functions,
+        digest,
+    })
+}
+
+/// A part's list of tasks: each one skipped (its structure checked), the
+/// whole kept as a slice of the value.
+fn part_tasks(r: &mut Reader, payload: &Bytes) -> Result<StoredPart, Malformed> {
+    let n = r.array_len()? as usize;
+    let start = r.pos();
+    for _ in 0..n {
+        r.skip()?;
+    }
+    Ok(StoredPart { n, bytes: payload.slice(start..r.pos()) })
 }
 
 /// Values of the `done` tree other than a batch of outcomes (a plain array).
@@ -50,38 +98,15 @@ pub enum DoneEntry {
     Lost(Vec<u32>),
 }
 
-/// A list decoded into room made for its announced length at once (up to a
-/// part's worth): growing a list of 65,536 specs step by step copies it
-/// over and over, most of the time an open takes.
-fn sized_list<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    struct List<T>(std::marker::PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for List<T> {
-        type Value = Vec<T>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a list")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(TASKS_PER_PART));
-            while let Some(x) = seq.next_element()? {
-                v.push(x);
-            }
-            Ok(v)
-        }
-    }
-    d.deserialize_seq(List(std::marker::PhantomData))
-}
-
-/// An outcome batch, in room made for it at once.
-#[derive(Deserialize)]
-struct DoneList(#[serde(deserialize_with = "sized_list")] Vec<DoneTask>);
-
-pub fn decode_done(job: JobId, payload: &[u8]) -> Result<Record, String> {
-    match rmp_serde::from_slice::<DoneList>(payload) {
-        Ok(DoneList(done)) => Ok(Record::TasksDone { job, done }),
-        Err(e) => match rmp_serde::from_slice::<DoneEntry>(payload) {
+pub fn decode_done(job: JobId, payload: &Bytes) -> Result<Record, String> {
+    // (Checked here, each outcome read again at replay: nothing kept but the bytes.)
+    match crate::journal_record::each_done(payload, |_| {}) {
+        Some(Ok(_)) => Ok(Record::TasksDone { job, done: DoneList::Stored(payload.clone()) }),
+        Some(Err(e)) => Err(format!("does not decode: {e}")),
+        None => match rmp_serde::from_slice::<DoneEntry>(payload) {
             Ok(DoneEntry::Retried(idx)) => Ok(Record::TasksRetried { job, idx }),
             Ok(DoneEntry::Lost(idx)) => Ok(Record::ResultsLost { job, idx }),
-            Err(_) => Err(format!("does not decode: {e}")),
+            Err(e) => Err(format!("does not decode: {e}")),
         },
     }
 }

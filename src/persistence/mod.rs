@@ -27,7 +27,10 @@
 //!
 //! Forgetting a job removes every key under its uuid in both trees, and the
 //! job from the mark. Checking at open (and `actord journal check`): every
-//! record's checksum and decoding; the epoch in `meta` against the mark's
+//! record's checksum and decoding (of a job part: its fields and the
+//! structure and count of its task list, whose specs are decoded at replay,
+//! straight into the job; outcome batches wholly, kept as read and read
+//! again at replay); the epoch in `meta` against the mark's
 //! and the scheduler file's (a deleted or rolled-back database); and, per
 //! job, the records with lsn ≤ `last_lsn` against the mark's count. The mark
 //! is written only after sled's flush, so it may lag (records after
@@ -50,7 +53,7 @@ mod sled_journal;
 pub use check::{Affected, Expected, Report};
 pub use sled_journal::{open_error_message, payloads, verify, OpenOptions, SledJournal};
 
-pub use crate::journal_record::{DoneTask, Record, JOURNAL_VERSION};
+pub use crate::journal_record::{DoneList, DoneTask, Record, JOURNAL_VERSION};
 
 use std::path::PathBuf;
 
@@ -60,9 +63,10 @@ pub fn coalesce(records: Vec<Record>) -> Vec<Record> {
     let mut out: Vec<Record> = Vec::with_capacity(records.len());
     for r in records {
         match (out.last_mut(), r) {
-            (Some(Record::TasksDone { job: a, done }), Record::TasksDone { job: b, done: more })
-                if *a == b =>
-            {
+            (
+                Some(Record::TasksDone { job: a, done: DoneList::Tasks(done) }),
+                Record::TasksDone { job: b, done: DoneList::Tasks(more) },
+            ) if *a == b => {
                 done.extend(more);
             }
             (_, r) => out.push(r),
@@ -216,7 +220,8 @@ mod tests {
                 attempt: 1,
                 outcome: Outcome::Err { error: "x".into(), exception: None },
                 canceled: false,
-            }],
+            }]
+            .into(),
         };
         let retry = Record::TasksRetried { job: a, idx: vec![0] };
         let merged =
@@ -224,7 +229,7 @@ mod tests {
         let shape: Vec<(JobId, Vec<u32>)> = merged
             .iter()
             .filter_map(|r| match r {
-                Record::TasksDone { job, done } => Some((*job, done.iter().map(|d| d.idx).collect())),
+                Record::TasksDone { job, done } => Some((*job, done.tasks().iter().map(|d| d.idx).collect())),
                 _ => None,
             })
             .collect();

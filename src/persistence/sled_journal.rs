@@ -386,7 +386,7 @@ pub fn payloads(record: &Record) -> Result<Vec<Vec<u8>>, JournalError> {
         Record::JobSubmitted { seq, name, tasks, functions, digest, .. } => {
             job_payloads(*seq, name, tasks, functions, *digest)
         }
-        Record::TasksDone { done, .. } => Ok(vec![encode(done)?]),
+        Record::TasksDone { done, .. } => Ok(vec![done.encode().map_err(JournalError::Write)?]),
         Record::TasksRetried { idx, .. } => Ok(vec![encode(&DoneEntry::Retried(idx.clone()))?]),
         Record::ResultsLost { idx, .. } => Ok(vec![encode(&DoneEntry::Lost(idx.clone()))?]),
         Record::JobForgotten { .. } => Ok(vec![Vec::new()]),
@@ -501,14 +501,14 @@ mod tests {
     fn the_digest_is_kept_in_the_first_part_and_absent_when_not_known() {
         let tasks: TaskList = (0..TASKS_PER_PART + 1).map(|_| TaskSpec::cmd(vec!["t".into()])).collect();
         let parts = job_payloads(1, "j", &tasks, &[], 42).unwrap();
-        let digests: Vec<u64> = parts.iter().map(|p| decode_part(p).unwrap().digest).collect();
+        let digests: Vec<u64> = parts.into_iter().map(|p| decode_part(&p.into()).unwrap().digest).collect();
         assert_eq!(digests, [42, 0]);
         // Not known (0): the part has the bytes it had before digests were kept.
         let one: TaskList = vec![TaskSpec::cmd(vec!["t".into()])].into();
         let old = job_payloads(1, "j", &one, &[], 0).unwrap();
         let new = job_payloads(1, "j", &one, &[], 42).unwrap();
         assert!(old[0].len() < new[0].len());
-        assert_eq!(decode_part(&old[0]).unwrap().digest, 0);
+        assert_eq!(decode_part(&old[0].clone().into()).unwrap().digest, 0);
     }
 
     #[test]
@@ -534,7 +534,7 @@ mod tests {
 
     fn done(job: JobId, idx: u32) -> Record {
         let outcome = Outcome::Ok { result: bytes::Bytes::from(vec![idx as u8]) };
-        Record::TasksDone { job, done: vec![DoneTask { idx, attempt: 1, outcome, canceled: false }] }
+        Record::TasksDone { job, done: vec![DoneTask { idx, attempt: 1, outcome, canceled: false }].into() }
     }
 
     #[tokio::test]

@@ -511,7 +511,7 @@ impl Sim {
                     }
                 }
                 Record::TasksDone { job, done } => {
-                    for d in done {
+                    for d in done.tasks().iter() {
                         let c = count.entry(TaskId { job: *job, idx: d.idx }).or_insert((0, None));
                         c.0 += 1;
                         c.1 = Some(d.outcome.clone().into());
