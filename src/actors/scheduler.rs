@@ -223,10 +223,9 @@ fn handle_msg(
                 st.farewell.clear();
                 stop_if_done(st);
             }
-            SchedMsg::StoredChecked { conn, task, path, lost } => match lost {
-                Ok(why) => core::on_client_stored_lost(core, fx, conn, task, &path, &why),
-                Err(message) => fx.to_client(conn, ToClient::Error { job: Some(task.job), message }),
-            },
+            SchedMsg::StoredChecked { conn, task, path, lost } => {
+                stored::on_checked(core, fx, conn, task, &path, lost)
+            }
             SchedMsg::Dashboard { query, reply } => {
                 let _ = reply.send(dash::answer(st, now, query));
                 return Ok(());
@@ -333,13 +332,7 @@ fn client_msg(myself: &ActorRef<SchedMsg>, st: &mut SchedulerState, now: u64, co
             fx.to_client(conn, ToClient::Error { job: None, message });
         }
         FromClient::StoredLost { job, idx, path } => {
-            let task = crate::ids::TaskId { job, idx };
-            match core::stored_result_of(core, task) {
-                Err(message) => fx.to_client(conn, ToClient::Error { job: Some(job), message }),
-                Ok(Some(r)) if r.path == path => stored::check_lost(myself, st.store.clone(), conn, task, r),
-                // Running again already: the client waits for it.
-                Ok(_) => fx.to_client(conn, ToClient::StoredRerun { job, idx }),
-            }
+            stored::on_lost(myself, st.store.clone(), (core, fx), conn, crate::ids::TaskId { job, idx }, path)
         }
         FromClient::Submit { job, name, tasks, functions } => core::on_submit_job(
             core,

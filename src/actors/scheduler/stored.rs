@@ -3,14 +3,49 @@
 //! client's word alone voids nothing).
 
 use crate::actors::msgs::SchedMsg;
+use crate::actors::outbox::Outbox;
+use crate::core::{self, Core, Effects};
 use crate::ids::{ConnId, TaskId};
-use crate::protocol::StoredResult;
+use crate::protocol::{StoredResult, ToClient};
 use ractor::ActorRef;
 use std::path::PathBuf;
 
+/// `StoredLost` from a client: the file is read against the scheduler's
+/// own reference before anything changes.
+pub(super) fn on_lost(
+    myself: &ActorRef<SchedMsg>,
+    store: Option<PathBuf>,
+    (core, fx): (&mut Core, &mut Outbox),
+    conn: ConnId,
+    task: TaskId,
+    path: String,
+) {
+    match core::stored_result_of(core, task) {
+        Err(message) => fx.to_client(conn, ToClient::Error { job: Some(task.job), message }),
+        Ok(Some(r)) if r.path == path => check_lost(myself, store, conn, task, r),
+        // Running again already: the client waits for it.
+        Ok(_) => fx.to_client(conn, ToClient::StoredRerun { job: task.job, idx: task.idx }),
+    }
+}
+
+/// The scheduler's own read of a file a client reported lost.
+pub(super) fn on_checked(
+    core: &mut Core,
+    fx: &mut Outbox,
+    conn: ConnId,
+    task: TaskId,
+    path: &str,
+    lost: Result<String, String>,
+) {
+    match lost {
+        Ok(why) => core::on_client_stored_lost(core, fx, conn, task, path, &why),
+        Err(message) => fx.to_client(conn, ToClient::Error { job: Some(task.job), message }),
+    }
+}
+
 /// Reads `r` from the store on a blocking thread, then tells the scheduler
 /// (`SchedMsg::StoredChecked`) whether it is lost.
-pub(super) fn check_lost(
+fn check_lost(
     myself: &ActorRef<SchedMsg>,
     store: Option<PathBuf>,
     conn: ConnId,
