@@ -48,6 +48,7 @@ mod frame;
 mod history;
 mod hwm;
 mod layout;
+mod lock_wait;
 mod sled_journal;
 
 pub use check::{Affected, Expected, Report};

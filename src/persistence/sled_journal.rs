@@ -77,7 +77,7 @@ pub fn open_error_message(dir: &Path, e: &sled::Error) -> String {
 /// sled's database, with its panics and corruption errors reported as damage.
 fn open_db(dir: &Path) -> Result<sled::Db, JournalError> {
     let err = |message: String| JournalError::Open { path: dir.to_path_buf(), message };
-    match quietly(|| sled::Config::new().path(dir).open()) {
+    match super::lock_wait::open(dir, || quietly(|| sled::Config::new().path(dir).open())) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(err(open_error_message(dir, &e))),
         Err(panic) => Err(err(format!(
