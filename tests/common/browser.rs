@@ -268,7 +268,7 @@ impl Launching {
                 let log = std::fs::read_to_string(dir.join("chromium.log")).unwrap_or_default();
                 panic!("chromium exited ({status}) before it listened:\n{log}");
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "chromium never wrote {}", file.display());
+            assert!(start.elapsed() < Duration::from_secs(90), "chromium never wrote {}", file.display());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
