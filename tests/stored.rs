@@ -53,6 +53,18 @@ fn store_file(cluster: &Cluster, job: &str, idx: u32, attempt: u32) -> std::path
     cluster.path("journal").join("results").join(job).join(format!("{idx}-{attempt}.bin"))
 }
 
+/// kill -9 of both workers; returns once the nanny has replaced them.
+fn kill_workers(cluster: &Cluster) {
+    let pids = cluster.worker_pids();
+    for pid in &pids {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(30), || {
+        let now = cluster.worker_pids();
+        now.len() == 2 && now.iter().all(|p| !pids.contains(p))
+    }));
+}
+
 fn producers(n: u64) -> Value {
     Value::Array((0..n).map(|i| json!({"key": format!("p{i}"), "fn": "blob", "args": [BIG, i]})).collect())
 }
@@ -84,14 +96,7 @@ fn stored_results_survive_kills_and_damage_is_recomputed() {
     assert!(journal.contains("4 stored results, 12.0 MiB"), "{journal}");
 
     // kill -9 of the workers that produced them: the consumers read the store.
-    let pids = cluster.worker_pids();
-    for pid in &pids {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    }
-    assert!(wait_until(Duration::from_secs(30), || {
-        let now = cluster.worker_pids();
-        now.len() == 2 && now.iter().all(|p| !pids.contains(p))
-    }));
+    kill_workers(&cluster);
     let b = submit_graph(&cluster, "b.json", &readers(&a, &["p0", "p1", "p2", "p3"]));
     let got = gather(&cluster, &b);
     assert_eq!(got["results"], json!((0..4).map(digest_of_blob).collect::<Vec<_>>()));
@@ -161,14 +166,7 @@ fn results_synced_after_they_are_reported_survive_kill_9_of_their_workers() {
     let cluster = Cluster::start_with_config(2, 1, &config);
     let a = submit_graph(&cluster, "a.json", &producers(3));
     assert_eq!(gather(&cluster, &a)["finished"], 3);
-    let pids = cluster.worker_pids();
-    for pid in &pids {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    }
-    assert!(wait_until(Duration::from_secs(30), || {
-        let now = cluster.worker_pids();
-        now.len() == 2 && now.iter().all(|p| !pids.contains(p))
-    }));
+    kill_workers(&cluster);
     let b = submit_graph(&cluster, "b.json", &readers(&a, &["p0", "p1", "p2"]));
     assert_eq!(gather(&cluster, &b)["results"], json!((0..3).map(digest_of_blob).collect::<Vec<_>>()));
     assert!(attempts(&cluster, &a).iter().all(|(_, n)| *n == 1), "{:?}", attempts(&cluster, &a));
