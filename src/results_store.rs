@@ -192,6 +192,34 @@ pub fn read(dir: &Path, r: &StoredResult) -> Result<Vec<u8>, ReadError> {
     Ok(data)
 }
 
+/// Checks a stored file against its reference without holding it: read in
+/// pieces of `CHUNK`, hashed as it goes.
+pub fn verify_file(dir: &Path, r: &StoredResult) -> Result<(), ReadError> {
+    let path = dir.join(check_path(&r.path)?);
+    let lost = |why: String| ReadError::Missing { path: r.path.clone(), why };
+    let corrupt = |why: String| ReadError::Corrupt { path: r.path.clone(), why };
+    let mut f = std::fs::File::open(&path).map_err(|e| lost(format!("{}: {e}", path.display())))?;
+    let len = f.metadata().map_err(|e| lost(e.to_string()))?.len();
+    if len != r.size {
+        return Err(corrupt(format!("{len} bytes where {} were written", r.size)));
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut seen = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| corrupt(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        seen += n as u64;
+        ctx.update(&buf[..n]);
+    }
+    if seen != r.size || hex(ctx.finish().as_ref()) != r.checksum.to_ascii_lowercase() {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    Ok(())
+}
+
 /// Checks bytes (read or streamed) against their reference.
 pub fn verify(r: &StoredResult, data: &[u8]) -> Result<(), ReadError> {
     let corrupt = |why: String| ReadError::Corrupt { path: r.path.clone(), why };
@@ -271,6 +299,16 @@ mod tests {
         assert_eq!(later.as_deref(), Some(dir.path().join(&r.path).as_path()));
         assert_eq!(read(dir.path(), &r).unwrap(), data);
         sync(&later.unwrap()).unwrap();
+        assert!(verify_file(dir.path(), &r).is_ok());
+        let file = dir.path().join(&r.path);
+        let mut bad = data.clone();
+        bad[CHUNK as usize + 7] ^= 1;
+        std::fs::write(&file, &bad).unwrap();
+        assert!(matches!(verify_file(dir.path(), &r), Err(ReadError::Corrupt { .. })));
+        std::fs::write(&file, &data[..10]).unwrap();
+        assert!(matches!(verify_file(dir.path(), &r), Err(ReadError::Corrupt { .. })));
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(verify_file(dir.path(), &r), Err(ReadError::Missing { .. })));
         sync(&dir.path().join(task.job.to_string()).join("9-9.bin")).unwrap();
         remove_job(dir.path(), task.job).unwrap();
         assert!(!dir.path().join(task.job.to_string()).exists());

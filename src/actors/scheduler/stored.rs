@@ -10,6 +10,9 @@ use crate::protocol::{StoredResult, ToClient};
 use ractor::ActorRef;
 use std::path::PathBuf;
 
+/// Files checked at once for clients' reports (each read in 1 MiB pieces).
+static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// `StoredLost` from a client: the file is read against the scheduler's
 /// own reference before anything changes.
 pub(super) fn on_lost(
@@ -58,7 +61,9 @@ fn check_lost(
         let lost = match store {
             None => Err("this scheduler has no results store".to_string()),
             Some(dir) if crate::results_store::task_of(&r.path) == Some(task) => {
-                match tokio::task::spawn_blocking(move || crate::results_store::read(&dir, &r).map(drop)).await {
+                // One check at a time, streamed: reports cannot pile up reads.
+                let _turn = CHECKS.acquire().await;
+                match tokio::task::spawn_blocking(move || crate::results_store::verify_file(&dir, &r)).await {
                     Ok(Ok(())) => Err(format!(
                         "the stored result of {task} is intact in the scheduler's store ({path}): read it through the scheduler"
                     )),
