@@ -144,19 +144,10 @@ impl Browser {
         }
     }
 
-    /// Polls `expr` every 50 ms until it is truthy or `timeout` passes.
+    /// Polls `expr` (`wait_until`) until it is truthy or `timeout` passes.
     pub fn wait_for(&mut self, expr: &str, timeout: Duration) -> bool {
-        let start = Instant::now();
         let truthy = format!("!!({expr})");
-        loop {
-            if self.eval(&truthy) == Value::Bool(true) {
-                return true;
-            }
-            if start.elapsed() >= timeout {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::wait_until(timeout, || self.eval(&truthy) == Value::Bool(true))
     }
 
     /// Saves a PNG of the page's viewport as `target/screenshots/NAME.png`.
@@ -254,23 +245,28 @@ impl Launching {
     fn devtools_port(&mut self) -> (u16, String) {
         let dir = self.profile.as_ref().unwrap().path().to_path_buf();
         let file = dir.join("DevToolsActivePort");
-        let start = Instant::now();
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&file) {
-                let mut lines = text.lines();
-                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                    if let Ok(port) = port.trim().parse::<u16>() {
-                        return (port, path.trim().to_string());
-                    }
-                }
-            }
-            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
-                let log = std::fs::read_to_string(dir.join("chromium.log")).unwrap_or_default();
-                panic!("chromium exited ({status}) before it listened:\n{log}");
-            }
-            assert!(start.elapsed() < Duration::from_secs(90), "chromium never wrote {}", file.display());
-            std::thread::sleep(Duration::from_millis(20));
+        let child = self.child.as_mut().unwrap();
+        let (mut found, mut exited) = (None, None);
+        let read = |file: &Path| -> Option<(u16, String)> {
+            let text = std::fs::read_to_string(file).ok()?;
+            let mut lines = text.lines();
+            let (port, path) = (lines.next()?.trim().parse().ok()?, lines.next()?);
+            Some((port, path.trim().to_string()))
+        };
+        let up = super::wait_until(Duration::from_secs(90), || {
+            found = read(&file);
+            exited = child.try_wait().ok().flatten();
+            found.is_some() || exited.is_some()
+        });
+        if let Some(found) = found {
+            return found;
         }
+        if let Some(status) = exited {
+            let log = std::fs::read_to_string(dir.join("chromium.log")).unwrap_or_default();
+            panic!("chromium exited ({status}) before it listened:\n{log}");
+        }
+        assert!(up, "chromium never wrote {}", file.display());
+        unreachable!("waited until found or exited")
     }
 
     fn disarm(&mut self) -> (Child, tempfile::TempDir) {
