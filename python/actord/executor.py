@@ -6,13 +6,24 @@ stdout (4-byte big-endian length + msgpack); the task's own prints go to
 PREFIX.out / PREFIX.err, moved to the task's files when it wrote anything.
 
 Request:  [fkey, pickle or None, args, inputs, out_path, err_path, clear,
-           [job, task, attempt, worker]]  (set as ACTORD_JOB, _TASK, _ATTEMPT, _WORKER)
+           [job, task, attempt, worker],  (set as ACTORD_JOB, _TASK, _ATTEMPT, _WORKER)
+           refs, store]
+  refs:   [[position, path, size, held], ...] for the inputs that are stored
+          results: `held`, the input is this executor's own object of that
+          stored result (inputs[position] is nil); else its bytes are
+          there, and the object is kept for the tasks that follow.
+  store:  nil, or [dir, path, inline, max, fsync first]: a result over
+          `inline` bytes is written to the results store here, as the
+          worker would (temporary name, fsync, rename).
 Response: [0, pickled result] | [1, error text, pickled exception or None]
           | [2, size of a result over --max-result]
+          | [3, [positions of held inputs this executor no longer has]]
+          | [4, path, size, sha256 hex]: the result, in the store
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import pickle
@@ -20,6 +31,7 @@ import signal
 import struct
 import sys
 import traceback
+from collections import OrderedDict
 
 import cloudpickle
 import msgpack
@@ -142,8 +154,59 @@ def _bin_header(n: int) -> bytes:
     return b"\xc6" + n.to_bytes(4, "big")
 
 
-def _run(req, functions):
-    fkey, fpickle, args, inputs, _out, _err, clear, env = req
+class _Objects:
+    """The objects of stored results this executor made or was sent lately,
+    by path, at most `cap` bytes of their stored size, oldest out first: a
+    task that takes one as input gets the object itself, as in Dask's
+    workers (the file stays, for other readers and for durability). The
+    worker keeps the same account, so it knows what to send."""
+
+    def __init__(self, cap: int):
+        self.cap, self.size, self.items = cap, 0, OrderedDict()
+
+    def keep(self, path: str, value, size: int):
+        if size > self.cap:
+            return
+        old = self.items.pop(path, None)
+        if old is not None:
+            self.size -= old[1]
+        self.items[path] = (value, size)
+        self.size += size
+        while self.size > self.cap:
+            self.size -= self.items.popitem(last=False)[1][1]
+
+    def get(self, path: str, size: int):
+        item = self.items.get(path)
+        return item if item is not None and item[1] == size else None
+
+
+class _Missing(Exception):
+    """Held inputs this executor no longer has (the worker sends them)."""
+
+    def __init__(self, positions):
+        self.positions = positions
+
+
+def _inputs(inputs, refs, objects: _Objects):
+    held = {pos: (path, size) for pos, path, size, is_held in refs if is_held}
+    sent = {pos: (path, size) for pos, path, size, is_held in refs if not is_held}
+    missing = [pos for pos, (path, size) in held.items() if objects.get(path, size) is None]
+    if missing:
+        raise _Missing(missing)
+    values = []
+    for pos, encoded in enumerate(inputs):
+        if pos in held:
+            values.append(objects.get(*held[pos])[0])
+            continue
+        value = pickle.loads(_bin_payload(encoded))
+        if pos in sent:
+            objects.keep(sent[pos][0], value, sent[pos][1])
+        values.append(value)
+    return values
+
+
+def _run(req, functions, objects: _Objects):
+    fkey, fpickle, args, inputs, _out, _err, clear, env, refs, _store = req
     _set_env(env)
     if clear:
         functions.clear()
@@ -155,9 +218,50 @@ def _run(req, functions):
     func = functions[fkey]
     a, kw = pickle.loads(args)
     if inputs:
-        values = [pickle.loads(_bin_payload(i)) for i in inputs]
-        a, kw = substitute((a, kw), values)
+        a, kw = substitute((a, kw), _inputs(inputs, refs, objects))
     return func(*a, **kw)
+
+
+def _fsync_dir(path: str):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _store(spec, head: bytes, result: bytes, write_all):
+    """Writes a result to the store as the worker would: a temporary name,
+    fsynced (unless the worker fsyncs later), renamed; returns its size and
+    SHA-256. An OSError (a full disk, say) is the caller's."""
+    store_dir, path, _inline, _max, sync_first = spec
+    job, name = path.split("/")
+    job_dir = os.path.join(store_dir, job)
+    fresh = not os.path.isdir(job_dir)
+    os.makedirs(job_dir, mode=0o700, exist_ok=True)
+    tmp = os.path.join(job_dir, f".{name[:-4]}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            write_all(fd, head, result)
+            if sync_first:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(job_dir, name))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if sync_first:
+        _fsync_dir(job_dir)
+        if fresh:
+            _fsync_dir(store_dir)
+    digest = hashlib.sha256(head)
+    digest.update(result)
+    return len(head) + len(result), digest.hexdigest()
 
 
 def main(argv=None) -> int:
@@ -167,6 +271,7 @@ def main(argv=None) -> int:
     p.add_argument("--scratch", required=True)
     p.add_argument("--max-result", type=int, default=0)
     p.add_argument("--preload", default="")
+    p.add_argument("--objects", type=int, default=0)
     opts = p.parse_args(argv)
     # Ctrl-C at a terminal reaches the whole process group: the worker drains
     # on it, and this process finishes its task rather than raising in it.
@@ -181,10 +286,10 @@ def main(argv=None) -> int:
     packb, unpackb, pack_len = msgpack.packb, msgpack.unpackb, struct.Struct(">I").pack
     max_result = opts.max_result
 
-    def write_all(*parts):
+    def write_all(fd, *parts):
         views = [memoryview(p) for p in parts]
         while views:
-            n = os.writev(wfd, views)
+            n = os.writev(fd, views)
             while views and n >= len(views[0]):
                 n -= len(views[0])
                 views.pop(0)
@@ -193,12 +298,23 @@ def main(argv=None) -> int:
 
     def send(obj):
         b = packb(obj, use_bin_type=True)
-        write_all(pack_len(len(b)), b)
+        write_all(wfd, pack_len(len(b)), b)
 
     def send_result(result: bytes):
         # [0, result] without copying the result into one more buffer.
         head = b"\x92\x00" + _bin_header(len(result))
-        write_all(pack_len(len(head) + len(result)), head, result)
+        write_all(wfd, pack_len(len(head) + len(result)), head, result)
+
+    def stored(spec, value, result: bytes):
+        """[4, path, size, sha256] once the store has it; None: send it
+        (the worker writes it, or says why the store cannot)."""
+        head = _bin_header(len(result))
+        try:
+            size, digest = _store(spec, head, result, write_all)
+        except OSError:
+            return None
+        objects.keep(spec[1], value, size)
+        return [4, spec[1], size, digest]
 
     failed = []
     for name in filter(None, opts.preload.split(",")):
@@ -208,6 +324,7 @@ def main(argv=None) -> int:
             failed.append(f"{name}: {type(exc).__name__}: {exc}"[:500])
     send(["ready", sys.version.split()[0], failed])
     functions = {}
+    objects = _Objects(opts.objects)
     read = proto_in.read
     while True:
         head = read(4)
@@ -216,12 +333,18 @@ def main(argv=None) -> int:
         body = read(struct.unpack(">I", head)[0])
         req = unpackb(body, raw=False)
         try:
-            value = _run(req, functions)
+            value = _run(req, functions, objects)
             result = _dumps_result(value)
+            store = req[9]
             if max_result and len(result) > max_result:
                 resp = [2, len(result)]
+            elif store is not None and len(result) + len(_bin_header(len(result))) > store[2]:
+                resp = stored(store, value, result)
             else:
                 resp = None
+            del value
+        except _Missing as m:
+            resp = [3, m.positions]
         except BaseException as exc:  # the task's failure, whatever it is
             resp = [1, _describe(exc), _pickle_exception(exc)]
         output.settle(req[4], req[5])

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import cloudpickle
+import msgpack
 import pytest
 
 da = pytest.importorskip("dask.array")
@@ -76,3 +77,48 @@ def test_a_damaged_stored_result_is_computed_again_never_returned(cluster, clien
     log = cluster.logs()
     assert log.count("is corrupt/missing: re-running") == 2, log
     assert len([p for p in stored_files(cluster) if p.name.endswith("-2.bin")]) == 2, "second attempts, stored"
+
+
+class Marked:
+    """A large value that knows whether it was unpickled, and where it was made."""
+
+    def __init__(self, n: int):
+        self.payload = big(n, 1)
+        self.pid = os.getpid()
+        self.unpickled = False
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.unpickled = True
+
+
+def make_marked(n: int) -> Marked:
+    return Marked(n)
+
+
+def how_received(m: Marked):
+    return (m.unpickled, m.pid == os.getpid(), len(m.payload))
+
+
+@pytest.mark.parametrize("cache", [None, 0])
+def test_a_consumer_on_its_producers_executor_takes_the_object_itself(make_cluster, cache):
+    c = make_cluster(workers=1, start=False)
+    flags = ()
+    if cache is not None:
+        (c.tmp / "actord.toml").write_text(f"[worker]\nresult_cache = {cache}\n")
+        flags = ("--config", str(c.tmp / "actord.toml"))
+    c.start_scheduler()
+    c.start_nanny(*flags)
+    with c.client() as client:
+        m = client.submit(make_marked, 2 << 20, pure=False)
+        got = client.submit(how_received, m).result(timeout=60)
+        # The object itself (the executor kept it) or, with no cache, a copy from the store.
+        assert got == ((True, True, 2 << 20) if cache == 0 else (False, True, 2 << 20)), got
+        # Either way the result is in the store, written by the executor, owner-only.
+        (path,) = stored_files(c)
+        assert path.stat().st_mode & 0o077 == 0
+        data = path.read_bytes()
+        value = cloudpickle.loads(msgpack.unpackb(data))
+        assert value.unpickled and len(value.payload) == 2 << 20
+        # The client reads it from the store, checking the reported SHA-256.
+        assert m.result(timeout=60).payload == big(2 << 20, 1)

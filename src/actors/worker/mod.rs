@@ -12,6 +12,8 @@ mod msg;
 mod outbox;
 mod pinned;
 mod py;
+mod py_objects;
+mod py_pipe;
 mod slot;
 mod stored;
 #[cfg(test)]
@@ -167,6 +169,7 @@ impl Actor for Worker {
                 preload: opts.preload.clone(),
                 work_dir: opts.work_dir.clone(),
                 max_result: opts.max_result,
+                objects: opts.result_cache,
             },
             max_result: opts.max_result,
             max_error: opts.max_error,

@@ -4,10 +4,13 @@
 
 use super::msg::CANCEL_GRACE;
 use super::outbox::too_large;
-use crate::protocol::{Assignment, Outcome};
+use super::py_objects::Held;
+use super::py_pipe::{msgpack_bin, read_frame, result_in_place, widen_pipe, ReadEnd};
+use super::stored::StoreTarget;
+use crate::protocol::{Assignment, Outcome, StoredResult};
 use bytes::Bytes;
 use rustc_hash::FxHashSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -32,6 +35,34 @@ pub struct PyOptions {
     pub max_result: u64,
     /// Modules each executor imports first (`worker.preload`).
     pub preload: Vec<String>,
+    /// Bytes (stored size) of stored results each executor keeps as
+    /// objects for the tasks it runs next (`worker.result_cache`; 0: none).
+    pub objects: u64,
+}
+
+/// One py task as its slot runs it.
+pub struct PyTask<'a> {
+    /// The attempt, with its inputs filled but for the `held` ones.
+    pub a: &'a Assignment,
+    /// The function's index in its job, and its key and pickle if the
+    /// scheduler sent it.
+    pub func: u32,
+    pub function: Option<&'a (u64, Bytes)>,
+    pub args: &'a Bytes,
+    pub worker: crate::ids::WorkerId,
+    /// The inputs that are stored results: position, reference, and
+    /// whether the executor is to use the object it holds.
+    pub refs: Vec<(u32, &'a StoredResult, bool)>,
+    /// Where a result over the inline limit goes (the executor writes it).
+    pub store: Option<StoreTarget>,
+}
+
+/// How a py task ended.
+pub enum PyEnd {
+    /// Its outcome; the flag says its executor died under it.
+    Done(Outcome, bool),
+    /// The executor no longer holds these inputs: the task did not run.
+    Missed,
 }
 
 /// One slot's executor, started when a py task first needs it.
@@ -49,14 +80,8 @@ struct Executor {
     loaded: FxHashSet<u64>,
     /// Its scratch files, `<scratch>.out|.err`: the running task's output.
     scratch: PathBuf,
-}
-
-/// How reading an executor's answer can end early.
-enum ReadEnd {
-    Eof,
-    TimedOut,
-    TooLarge(usize),
-    Io(std::io::Error),
+    /// The stored results it holds as objects.
+    held: Held,
 }
 
 impl PySlot {
@@ -64,20 +89,19 @@ impl PySlot {
         PySlot { opts, slot, exec: None }
     }
 
-    /// Runs one py task (`function`: its key and pickle, if the scheduler
-    /// sent it); `started` is told the executor's pid (for cancels). The
-    /// flag says its executor died under it.
-    pub fn run(
-        &mut self,
-        a: &Assignment,
-        (func, function): (u32, Option<&(u64, Bytes)>),
-        args: &Bytes,
-        worker: crate::ids::WorkerId,
-        started: &dyn Fn(u32),
-    ) -> (Outcome, bool) {
-        let tid = a.task;
-        let Some((key, pickle)) = function.cloned() else {
-            return (
+    /// The positions of `a`'s stored inputs whose objects this slot's
+    /// executor holds (it takes those itself).
+    pub fn held_inputs(&self, a: &Assignment) -> Vec<u32> {
+        let Some(e) = self.exec.as_ref() else { return Vec::new() };
+        a.stored_inputs.iter().filter(|(_, r)| e.held.has(r)).map(|(pos, _)| *pos).collect()
+    }
+
+    /// Runs one py task; `started` is told the executor's pid (for cancels).
+    pub fn run(&mut self, t: &PyTask, started: &dyn Fn(u32)) -> PyEnd {
+        let (a, tid) = (t.a, t.a.task);
+        let Some((key, pickle)) = t.function.cloned() else {
+            let func = t.func;
+            return PyEnd::Done(
                 Outcome::err(format!("task {tid}: function {func} of its job was never sent here")),
                 false,
             );
@@ -94,12 +118,14 @@ impl PySlot {
             if self.exec.is_none() {
                 match self.start() {
                     Ok(e) => self.exec = Some(e),
-                    Err(error) => return (Outcome::err(format!("task {tid}: {error}")), false),
+                    Err(error) => return PyEnd::Done(Outcome::err(format!("task {tid}: {error}")), false),
                 }
             }
-            let frame = match self.request(a, key, &pickle, args, worker) {
+            let frame = match self.request(t, key, &pickle) {
                 Ok(f) => f,
-                Err(e) => return (Outcome::err(format!("task {tid}: cannot encode it: {e}")), false),
+                Err(e) => {
+                    return PyEnd::Done(Outcome::err(format!("task {tid}: cannot encode it: {e}")), false)
+                }
             };
             let limit = self.frame_limit();
             let exec = self.exec.as_mut().expect("started above");
@@ -115,19 +141,13 @@ impl PySlot {
             }
             break;
         }
-        self.ended(a, answer)
+        self.ended(t, answer)
     }
 
     /// The request frame for one task; the function's pickle goes along
     /// the first time this executor runs it.
-    fn request(
-        &mut self,
-        a: &Assignment,
-        key: u64,
-        pickle: &Bytes,
-        args: &Bytes,
-        worker: crate::ids::WorkerId,
-    ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    fn request(&mut self, t: &PyTask, key: u64, pickle: &Bytes) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        let (a, args) = (t.a, t.args);
         let exec = self.exec.as_mut().expect("started by the caller");
         let clear = exec.loaded.len() >= MAX_LOADED && !exec.loaded.contains(&key);
         if clear {
@@ -137,7 +157,15 @@ impl PySlot {
         let (out, err) = output_paths(&self.opts.work_dir, a);
         let task_name = a.key.clone().unwrap_or_else(|| a.task.idx.to_string());
         // The task's environment, as for cmd tasks: ACTORD_JOB, _TASK, _ATTEMPT, _WORKER.
-        let env = (a.task.job.to_string(), task_name, a.attempt, worker.to_string());
+        let env = (a.task.job.to_string(), task_name, a.attempt, t.worker.to_string());
+        // Inputs it is sent that are stored results, it keeps as objects.
+        for (_, r, held) in &t.refs {
+            if !held {
+                exec.held.keep(&r.path, r.size);
+            }
+        }
+        let refs: Vec<_> = t.refs.iter().map(|(pos, r, held)| (pos, &r.path, r.size, held)).collect();
+        let store = t.store.as_ref().map(|s| (&s.dir, &s.path, s.inline, s.max, s.sync_first));
         let req = (
             key,
             send_pickle.then_some(pickle),
@@ -147,6 +175,8 @@ impl PySlot {
             err.to_string_lossy(),
             clear,
             env,
+            refs,
+            store,
         );
         // Framed in place, sized for the inputs: a 64 MiB input is copied once.
         let inputs: usize = a.inputs.iter().map(|i| i.len() + 5).sum();
@@ -170,13 +200,14 @@ impl PySlot {
 
     /// What the attempt's answer (or its absence) means; a stopped or dead
     /// executor is replaced at the next task.
-    fn ended(&mut self, a: &Assignment, answer: Result<Vec<u8>, ReadEnd>) -> (Outcome, bool) {
-        let tid = a.task;
-        match answer {
-            Ok(body) => match result_in_place(body)
-                .map_or_else(|body| self.answer(&body), |result| Ok(Outcome::Ok { result }))
-            {
-                Ok(outcome) => (outcome, false),
+    fn ended(&mut self, t: &PyTask, answer: Result<Vec<u8>, ReadEnd>) -> PyEnd {
+        let (a, tid) = (t.a, t.a.task);
+        let (outcome, died) = match answer {
+            Ok(body) => match result_in_place(body).map_or_else(
+                |body| self.answer(t, &body),
+                |result| Ok(PyEnd::Done(Outcome::Ok { result }, false)),
+            ) {
+                Ok(end) => return end,
                 Err(why) => {
                     self.stop(a);
                     (
@@ -205,7 +236,8 @@ impl PySlot {
                 let how = self.stop(a);
                 (Outcome::err(format!("task {tid}: its Python executor {how}")), true)
             }
-        }
+        };
+        PyEnd::Done(outcome, died)
     }
 
     /// Largest answer frame read from an executor: a result at the limit
@@ -217,12 +249,13 @@ impl PySlot {
         }
     }
 
-    fn answer(&self, body: &[u8]) -> Result<Outcome, &'static str> {
+    fn answer(&mut self, t: &PyTask, body: &[u8]) -> Result<PyEnd, &'static str> {
         use rmpv::Value;
         let Ok(Value::Array(items)) = rmpv::decode::read_value(&mut &body[..]) else {
             return Err("not an array");
         };
-        Ok(match items.as_slice() {
+        let held = &mut self.exec.as_mut().ok_or("no executor")?.held;
+        let outcome = match items.as_slice() {
             [Value::Integer(k), Value::Binary(pickled)] if k.as_u64() == Some(0) => {
                 let result = msgpack_bin(pickled).ok_or("a result over 4 GiB")?;
                 Outcome::Ok { result: result.into() }
@@ -237,8 +270,35 @@ impl PySlot {
             [Value::Integer(k), Value::Integer(size)] if k.as_u64() == Some(2) => {
                 too_large(size.as_u64().unwrap_or(u64::MAX), self.opts.max_result)
             }
+            [Value::Integer(k), Value::Array(missing)] if k.as_u64() == Some(3) => {
+                for pos in missing {
+                    let pos = pos.as_u64().ok_or("a position that is not a number")?;
+                    let (_, r, _) =
+                        t.refs.iter().find(|(p, ..)| u64::from(*p) == pos).ok_or("an unknown position")?;
+                    held.forget(&r.path);
+                }
+                return Ok(PyEnd::Missed);
+            }
+            [Value::Integer(k), Value::String(path), Value::Integer(size), Value::String(sum)]
+                if k.as_u64() == Some(4) =>
+            {
+                // Only where it was asked to write, and a checksum's shape.
+                let asked = t.store.as_ref().map(|s| s.path.as_str());
+                let (path, sum) = (path.as_str(), sum.as_str().unwrap_or(""));
+                if path.is_none() || path != asked {
+                    return Err("a stored result at a path it was not given");
+                }
+                if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err("a stored result without a SHA-256");
+                }
+                let size = size.as_u64().ok_or("a negative size")?;
+                let path = asked.unwrap_or_default().to_string();
+                held.keep(&path, size);
+                Outcome::Stored(StoredResult { path, size, checksum: sum.to_ascii_lowercase() })
+            }
             _ => return Err("unexpected shape"),
-        })
+        };
+        Ok(PyEnd::Done(outcome, false))
     }
 
     /// With modules to preload, the executor starts before the first task
@@ -270,6 +330,8 @@ impl PySlot {
             .arg(&scratch)
             .arg("--max-result")
             .arg(self.opts.max_result.to_string())
+            .arg("--objects")
+            .arg(self.opts.objects.to_string())
             .args(if self.opts.preload.is_empty() { None } else { Some("--preload") })
             .args((!self.opts.preload.is_empty()).then(|| self.opts.preload.join(",")))
             .stdin(Stdio::piped())
@@ -305,7 +367,8 @@ impl PySlot {
                 for failed in preload_failures(&ready) {
                     tracing::warn!(slot = self.slot, pid = child.id(), error = ?failed, "Python executor: a preload failed");
                 }
-                Ok(Executor { child, stdin, stdout, loaded: FxHashSet::default(), scratch })
+                let held = Held::new(self.opts.objects);
+                Ok(Executor { child, stdin, stdout, loaded: FxHashSet::default(), scratch, held })
             }
             Err(end) => {
                 drop(stdin);
@@ -371,24 +434,6 @@ fn output_paths(work_dir: &Path, a: &Assignment) -> (PathBuf, PathBuf) {
     (dir.join(format!("{stem}.out")), dir.join(format!("{stem}.err")))
 }
 
-/// `b` as one msgpack `bin` value.
-fn msgpack_bin(b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(b.len() + 5);
-    match b.len() {
-        n if n <= u8::MAX as usize => out.extend_from_slice(&[0xc4, n as u8]),
-        n if n <= u16::MAX as usize => {
-            out.push(0xc5);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0xc6);
-            out.extend_from_slice(&u32::try_from(n).ok()?.to_be_bytes());
-        }
-    }
-    out.extend_from_slice(b);
-    Some(out)
-}
-
 fn with_ext(p: &Path, ext: &str) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(".");
@@ -403,97 +448,8 @@ fn preload_failures(ready: &[u8]) -> Vec<String> {
     failed.iter().take(16).filter_map(|f| f.as_str().map(|s| s.chars().take(500).collect())).collect()
 }
 
-/// `[0, bin]`, a result, as the executor sends it: the `bin` (header and
-/// pickle) is the result's msgpack bytes as they are, so it is kept without
-/// a copy. `None`: another answer (decoded in full).
-fn result_in_place(body: Vec<u8>) -> Result<Bytes, Vec<u8>> {
-    let len = match body.get(..3) {
-        Some([0x92, 0x00, 0xc4]) => body.get(3).map(|&n| (2, n as usize)),
-        Some([0x92, 0x00, 0xc5]) => body.get(3..5).map(|b| (3, u16::from_be_bytes([b[0], b[1]]) as usize)),
-        Some([0x92, 0x00, 0xc6]) => {
-            body.get(3..7).map(|b| (5, u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize))
-        }
-        _ => None,
-    };
-    match len {
-        Some((head, n)) if 2 + head + n == body.len() => Ok(Bytes::from(body).slice(2..)),
-        _ => Err(body),
-    }
-}
-
-/// How often a slot waiting for a long task checks that its executor still
-/// lives (a process it forked may hold the pipe open after it died).
-const ALIVE_CHECK: Duration = Duration::from_secs(1);
-
-/// Reads one length-prefixed frame from the executor, waiting at most until
-/// `deadline`; its death ends the wait even if the pipe stays open.
 /// Thread-pool sizes of OpenMP, OpenBLAS and MKL, set to 1 for executors.
 const ONE_THREAD: [&str; 3] = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"];
-
-/// Large inputs and results cross these pipes: 1 MiB (the usual
-/// `pipe-max-size`) instead of 64 KiB makes a 64 MiB result 64 wake-ups
-/// instead of 1,024. Best effort: a smaller pipe only costs time.
-fn widen_pipe(fd: std::os::fd::RawFd) {
-    // SAFETY: fcntl on a pipe this process owns; no memory is passed.
-    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) };
-}
-
-fn read_frame(
-    r: &mut ChildStdout,
-    child: &mut Child,
-    deadline: Option<Instant>,
-    limit: usize,
-) -> Result<Vec<u8>, ReadEnd> {
-    let mut head = [0u8; 4];
-    read_exact(r, child, &mut head, deadline)?;
-    let n = u32::from_be_bytes(head) as usize;
-    if n > limit {
-        return Err(ReadEnd::TooLarge(n));
-    }
-    let mut body = vec![0u8; n];
-    read_exact(r, child, &mut body, deadline)?;
-    Ok(body)
-}
-
-fn read_exact(
-    r: &mut ChildStdout,
-    child: &mut Child,
-    mut buf: &mut [u8],
-    deadline: Option<Instant>,
-) -> Result<(), ReadEnd> {
-    while !buf.is_empty() {
-        let wait = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()).min(ALIVE_CHECK),
-            None => ALIVE_CHECK,
-        };
-        let mut fds = [libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, wait.as_millis() as i32) };
-        if ready == 0 {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(ReadEnd::TimedOut);
-            }
-            if !matches!(child.try_wait(), Ok(None)) {
-                return Err(ReadEnd::Eof);
-            }
-            continue;
-        }
-        if ready < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(ReadEnd::Io(e));
-        }
-        match r.read(buf) {
-            Ok(0) => return Err(ReadEnd::Eof),
-            Ok(n) => buf = &mut buf[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(ReadEnd::Io(e)),
-        }
-    }
-    Ok(())
-}
 
 /// Ends an executor (the spawn helper's escalation); says how it ended.
 fn terminate(child: &mut Child) -> String {
@@ -538,27 +494,4 @@ fn interpreter(configured: &str) -> PathBuf {
 fn package_path() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
     p.join("actord").join("executor.py").is_file().then_some(p)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_result_answer_is_kept_in_place_as_its_msgpack_bytes() {
-        for n in [0usize, 1, 255, 256, 65_535, 65_536, 1 << 20] {
-            let pickle: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
-            let body = rmp_serde::to_vec(&(0u8, serde_bytes::Bytes::new(&pickle))).unwrap();
-            let kept = result_in_place(body).unwrap_or_else(|_| panic!("{n} bytes: not in place"));
-            assert_eq!(&kept[..], &msgpack_bin(&pickle).unwrap()[..], "{n} bytes");
-        }
-        // Anything else is decoded in full: an error, a truncated or padded bin.
-        let error = rmp_serde::to_vec(&(1u8, "ValueError: x", ())).unwrap();
-        assert!(result_in_place(error).is_err());
-        let mut short = rmp_serde::to_vec(&(0u8, serde_bytes::Bytes::new(&[7; 300]))).unwrap();
-        short.pop();
-        assert!(result_in_place(short.clone()).is_err());
-        short.extend_from_slice(&[7, 7]);
-        assert!(result_in_place(short).is_err());
-    }
 }

@@ -7,7 +7,7 @@ use super::exec_cmd::{CmdCx, GpuPool};
 use super::msg::{Done, Run, Running, SlotPanic, WorkerMsg};
 use super::outbox::cap_outcome;
 use super::pinned::{self, Pins};
-use super::py::{PyOptions, PySlot};
+use super::py::{PyEnd, PyOptions, PySlot, PyTask};
 use super::stored::{FillError, StoreView};
 use crate::functions::Registry;
 use crate::protocol::{Assignment, Outcome, TaskKind, TaskReport};
@@ -119,11 +119,14 @@ fn run_task(shared: &SlotShared, run: &Run, py: &mut PySlot) -> TaskReport {
     let Run { a, worker, function } = run;
     let worker = *worker;
     let start = Instant::now();
+    let orig = a;
+    // A py task's executor may hold some of its stored inputs as objects.
+    let held = if matches!(a.kind, TaskKind::Py { .. }) { py.held_inputs(a) } else { Vec::new() };
     let filled;
     let a = if a.stored_inputs.is_empty() {
         a
     } else {
-        match shared.store.fill(a) {
+        match shared.store.fill(a, &held) {
             Ok(f) => {
                 filled = f;
                 &filled
@@ -149,9 +152,16 @@ fn run_task(shared: &SlotShared, run: &Run, py: &mut PySlot) -> TaskReport {
         }
         TaskKind::Py { func, args } => {
             let started = |pid| tell(Running::Child { task: a.task, pid, cmd: false });
-            let (outcome, died) = py.run(a, (*func, function.as_ref()), args, worker, &started);
-            executor_died = died;
-            outcome
+            let store = shared.store.target(a.task, a.attempt);
+            let t =
+                PyTask { a, func: *func, function: function.as_ref(), args, worker, refs: Vec::new(), store };
+            match run_py(shared, py, t, (orig, &held), &started) {
+                Ok((outcome, died)) => {
+                    executor_died = died;
+                    outcome
+                }
+                Err(e) => return unstarted(shared, orig, e),
+            }
         }
     };
     let ran_at = Instant::now();
@@ -173,6 +183,34 @@ fn run_task(shared: &SlotShared, run: &Run, py: &mut PySlot) -> TaskReport {
         executor_died,
         lost_inputs: Vec::new(),
     }
+}
+
+/// Runs a py attempt: its executor takes the `held` stored inputs from
+/// its own objects; if it no longer has some, all are sent, once.
+fn run_py<'a>(
+    shared: &SlotShared,
+    py: &mut PySlot,
+    t: PyTask<'a>,
+    (orig, held): (&'a Assignment, &[u32]),
+    started: &dyn Fn(u32),
+) -> Result<(Outcome, bool), FillError> {
+    let full;
+    // (Rebound: its inputs may be borrowed from `full` below.)
+    let mut t: PyTask<'_> = t;
+    t.refs = orig.stored_inputs.iter().map(|(pos, r)| (*pos, r, held.contains(pos))).collect();
+    let mut end = py.run(&t, started);
+    if matches!(end, PyEnd::Missed) {
+        full = shared.store.fill(orig, &[])?;
+        t.a = &full;
+        t.refs.iter_mut().for_each(|r| r.2 = false);
+        end = py.run(&t, started);
+    }
+    Ok(match end {
+        PyEnd::Done(outcome, died) => (outcome, died),
+        PyEnd::Missed => {
+            (Outcome::err(format!("task {}: its Python executor lost inputs it was sent", orig.task)), false)
+        }
+    })
 }
 
 /// The report of an attempt whose stored inputs could not be read: lost

@@ -68,6 +68,19 @@ impl Recent {
     }
 }
 
+/// Where a py task's executor writes a result over the inline limit
+/// itself (as `results_store::write` would), instead of sending it here.
+pub(super) struct StoreTarget {
+    pub dir: String,
+    /// `<job>/<task>-<attempt>.bin`, relative to `dir`.
+    pub path: String,
+    pub inline: u64,
+    pub max: u64,
+    /// Fsync before the rename (`SyncMode::Before`); else this worker's
+    /// fsync thread does it once the result is reported.
+    pub sync_first: bool,
+}
+
 /// Why a task's stored inputs could not be filled.
 pub(super) enum FillError {
     /// These inputs' stored results are missing or corrupt.
@@ -123,10 +136,30 @@ impl StoreView {
         self.dir.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Where the executor of a py attempt stores a large result (`None`:
+    /// no store, or one whose path is not UTF-8: it sends results here).
+    pub(super) fn target(&self, task: TaskId, attempt: u32) -> Option<StoreTarget> {
+        let dir = self.dir()?.to_str()?.to_string();
+        (self.inline > 0).then(|| StoreTarget {
+            dir,
+            path: results_store::relative_path(task, attempt),
+            inline: self.inline,
+            max: self.max,
+            sync_first: self.sync == results_store::SyncMode::Before,
+        })
+    }
+
     /// An attempt's outcome, with a result over `inline` moved to the store
     /// (a full store fails the task, saying so). Without a store, results
-    /// stay inline.
+    /// stay inline. A result an executor stored itself is fsynced later if
+    /// so configured.
     pub(super) fn keep(&self, task: TaskId, attempt: u32, outcome: Outcome) -> Outcome {
+        if let (Outcome::Stored(s), Some(dir)) = (&outcome, self.dir()) {
+            if self.sync == results_store::SyncMode::After {
+                self.sync_later(dir.join(&s.path));
+            }
+            return outcome;
+        }
         let (Outcome::Ok { result }, Some(dir)) = (&outcome, self.dir()) else { return outcome };
         if self.inline == 0 || result.len() as u64 <= self.inline {
             return outcome;
@@ -146,13 +179,14 @@ impl StoreView {
         }
     }
 
-    /// The assignment with its stored inputs read (checksums checked).
-    pub(super) fn fill(&self, a: &Assignment) -> Result<Assignment, FillError> {
+    /// The assignment with its stored inputs read (checksums checked), but
+    /// for those at the positions in `skip` (left as references).
+    pub(super) fn fill(&self, a: &Assignment, skip: &[u32]) -> Result<Assignment, FillError> {
         let mut filled = a.clone();
-        filled.stored_inputs = Vec::new();
+        filled.stored_inputs.retain(|(pos, _)| skip.contains(pos));
         let mut lost = Vec::new();
         let mut why = Vec::new();
-        for (pos, r) in &a.stored_inputs {
+        for (pos, r) in a.stored_inputs.iter().filter(|(pos, _)| !skip.contains(pos)) {
             let Some(slot) = filled.inputs.get_mut(*pos as usize) else {
                 return Err(FillError::Failed(format!(
                     "stored input at position {pos} of {} inputs",

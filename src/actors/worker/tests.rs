@@ -113,6 +113,7 @@ async fn one_slot(
             work_dir: "/nonexistent".into(),
             max_result: 0,
             preload: Vec::new(),
+            objects: 0,
         },
         max_result,
         max_error: 0,
