@@ -7,6 +7,7 @@ the compute alone, the value, and the scheduler's peak RSS (VmHWM).
 
     .venv/bin/python bench/python/large_results.py --chunks 32 --chunk-mib 64 [--no-fuse]
     ACTORD_BIN=target/debug/actord ... --systems actord
+    ACTORD_LOG=actord=debug ACTORD_BENCH_LOG=/tmp/a.log ...   keep actord's log
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # result of its own that moves to its consumer (fused, the random chunks are
 # made inside the matmul tasks and only the 8 MiB blocks move).
 OPTIMIZE = True
+# `--result-sync after|before`: actord's worker.result_sync (None: the default).
+RESULT_SYNC = None
 
 
 def vm_hwm_mib(pid: int) -> float:
@@ -57,13 +60,17 @@ def run_actord(tmp: Path, y) -> dict:
     bin_ = os.environ.get("ACTORD_BIN", str(ROOT / "target" / "debug" / "actord"))
     sf = tmp / "scheduler.json"
     env = dict(os.environ, ACTORD_LOG=os.environ.get("ACTORD_LOG", "warn"))
-    logs = open(tmp / "actord.log", "ab")
+    logs = open(Path(os.environ.get("ACTORD_BENCH_LOG", tmp / "actord.log")), "ab")
     procs = [subprocess.Popen([bin_, "scheduler", "--scheduler-file", str(sf), "--host", "127.0.0.1",
                                "--port", "0", "--journal", str(tmp / "journal")],
                               stdout=logs, stderr=logs, env=env)]
+    config = []
+    if RESULT_SYNC:
+        (tmp / "actord.toml").write_text(f'[worker]\nresult_sync = "{RESULT_SYNC}"\n')
+        config = ["--config", str(tmp / "actord.toml")]
     try:
         wait_for(sf.exists, 30, "the scheduler file")
-        procs.append(subprocess.Popen([bin_, "nanny", "--scheduler-file", str(sf), "--workers", "2",
+        procs.append(subprocess.Popen([bin_, *config, "nanny", "--scheduler-file", str(sf), "--workers", "2",
                                        "--threads", "1", "--python", sys.executable,
                                        # (Dask's workers have dask imported when they start.)
                                        "--preload", "dask.array"],
@@ -126,13 +133,16 @@ def main() -> None:
     ap.add_argument("--chunk-mib", type=int, default=64)
     ap.add_argument("--systems", default="actord,dask")
     ap.add_argument("--no-fuse", action="store_true")
+    ap.add_argument("--result-sync", choices=["before", "after"], help="actord's worker.result_sync")
     a = ap.parse_args()
-    global OPTIMIZE
-    OPTIMIZE = not a.no_fuse
+    global OPTIMIZE, RESULT_SYNC
+    OPTIMIZE, RESULT_SYNC = not a.no_fuse, a.result_sync
     y = array(a.chunks, a.chunk_mib)
     for system in a.systems.split(","):
         with tempfile.TemporaryDirectory(prefix=f"large-results-{system}-") as tmp:
             rec = {"actord": run_actord, "dask": run_dask}[system](Path(tmp), y)
+            if system == "actord":
+                rec.update(result_sync=a.result_sync or "default")
             rec.update(chunks=a.chunks, chunk_mib=a.chunk_mib, fused=OPTIMIZE, cpus=os.cpu_count(),
                        load1=round(os.getloadavg()[0], 1))
             print(json.dumps(rec), flush=True)

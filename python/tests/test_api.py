@@ -203,10 +203,12 @@ def test_preloaded_executors_start_with_their_worker(make_cluster):
     cluster = make_cluster(start=False)
     cluster.start_scheduler()
     cluster.start_nanny("--preload", "colorsys,no_such_module_xyz")
-    # Before any task: every slot's executor is up, and says what failed to import.
+    # A worker registers once its executors are up (start_nanny waited for
+    # the registrations): each says what failed to import.
     log = lambda: (cluster.tmp / "nanny.log").read_text(errors="replace")
-    wait_until(lambda: log().count("Python executor started") == 2, 60, "the executors to start")
-    wait_until(lambda: log().count("a preload failed") == 2, 10, "the failed preload to be logged")
+    assert log().count("Python executor started") == 2, log()
+    assert log().count("a preload failed") == 2, log()
+    assert log().count("Python executors ready: connecting") == 2, log()
     assert "No module named 'no_such_module_xyz'" in log()
     with cluster.client() as c:
         assert c.gather(c.map(_loaded, ["colorsys"] * 4, pure=False)) == [True] * 4

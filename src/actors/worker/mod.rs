@@ -140,6 +140,10 @@ struct WorkerState {
     /// The last key given to a py function.
     next_key: u64,
     flush_pending: bool,
+    /// Slots whose executors are still importing the preloaded modules:
+    /// the worker registers once they are done (as a Dask worker imports
+    /// its preloads before it joins), so its first tasks do not wait.
+    warming: u32,
     /// Retired or signaled: finishing the running tasks.
     draining: bool,
     done: Option<tokio::sync::oneshot::Sender<Result<(), WorkerError>>>,
@@ -193,6 +197,7 @@ impl Actor for Worker {
             functions: FxHashMap::default(),
             next_key: 0,
             flush_pending: false,
+            warming: 0,
             draining: false,
             done: Some(done),
             book,
@@ -203,7 +208,12 @@ impl Actor for Worker {
             let actor = spawn_slot(&myself, &st, slot).await?;
             st.slots.push(Some(actor));
         }
-        st.conn = Some(spawn_conn(&myself, &st.opts).await?);
+        if st.shared.py.preload.is_empty() {
+            st.conn = Some(spawn_conn(&myself, &st.opts).await?);
+        } else {
+            st.warming = st.opts.threads.max(1);
+            myself.send_after(py::START_TIMEOUT, || WorkerMsg::Warmed { all: true });
+        }
         myself.send_interval(LIMITS_EVERY, || WorkerMsg::CheckLimits);
         if let Some(end) = st.opts.walltime_end {
             let drain_at = end.checked_sub(st.opts.walltime_margin).unwrap_or(end);
@@ -255,6 +265,14 @@ impl Actor for Worker {
             WorkerMsg::Stop if st.draining => {}
             WorkerMsg::Stop => st.finish(&myself, Ok(())).await,
             WorkerMsg::Walltime => st.walltime(&myself),
+            WorkerMsg::Warmed { all } if st.warming > 0 => {
+                st.warming = if all { 0 } else { st.warming - 1 };
+                if st.warming == 0 && !st.draining && st.done.is_some() {
+                    tracing::info!(preload = ?st.shared.py.preload, "Python executors ready: connecting");
+                    st.conn = Some(spawn_conn(&myself, &st.opts).await?);
+                }
+            }
+            WorkerMsg::Warmed { .. } => {}
             WorkerMsg::DrainTimeout => {
                 tracing::warn!(
                     running = st.book.held.len(),

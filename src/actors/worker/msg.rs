@@ -42,6 +42,9 @@ pub(super) enum WorkerMsg {
     DrainTimeout,
     /// The allocation ends within the walltime margin: drain and leave.
     Walltime,
+    /// A slot's executor has imported the preloaded modules (`all`: the
+    /// wait for them is over, whatever their state).
+    Warmed { all: bool },
 }
 
 /// An attempt handed to the slots, with what they need to run it.

@@ -17,7 +17,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a new executor may take to import its package and say it is ready.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Functions an executor keeps loaded; past that it drops them all and
 /// loads again the ones it needs (a long-lived worker sees many jobs).
 const MAX_LOADED: usize = 1024;

@@ -70,6 +70,7 @@ impl Actor for Slot {
 fn slot_thread(slot: u32, shared: SlotShared, me: ActorRef<SlotMsg>) {
     let mut py = PySlot::new(shared.py.clone(), slot);
     py.warm_up();
+    let _ = shared.worker.cast(WorkerMsg::Warmed { all: false });
     let mut next: Option<Run> = None;
     loop {
         let run = match next.take() {
