@@ -327,3 +327,32 @@ fn pids_of(marks: &str) -> std::collections::HashSet<String> {
         .map(String::from)
         .collect()
 }
+
+#[test]
+fn an_executor_that_lost_the_objects_it_held_is_sent_them_and_the_task_runs() {
+    // A real executor whose object cache forgets everything: each task told
+    // to use an object it holds answers that it has none.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("forgetful-python");
+    let patch = "import sys, actord.executor as e; e._Objects.get = lambda self, p, s: None; \
+                 sys.exit(e.main(sys.argv[1:]))";
+    let script = format!("#!/bin/sh\nshift 2\nexec {} -c '{patch}' \"$@\"\n", venv_python().display());
+    std::fs::write(&wrapper, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = cluster(1, &wrapper, None);
+    let v = py(
+        &c,
+        r#"
+def big(n): return b"x" * n
+job = r.submit([{"func": 0, "args": (2 << 20,)}, {"func": 1, "args": (Dep(0),), "deps": [0]}], [big, len])
+print(json.dumps(r.gather(job)))
+"#,
+    );
+    assert_eq!(v[0][0], "stored", "{v}");
+    assert_eq!(v[1][0], "ok", "{v}");
+    assert_eq!(v[1][1], 2 << 20, "{v}");
+    assert_eq!(v[1][2], 1, "one attempt: the input was sent, not the task run again: {v}");
+    let log = c.nanny.as_ref().unwrap().log_text();
+    assert!(log.contains("its executor lacks inputs it held: sending them"), "{log}");
+}

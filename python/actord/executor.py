@@ -216,9 +216,12 @@ def _run(req, functions, objects: _Objects):
         except Exception as exc:  # every task of that function fails the same way
             functions[fkey] = _unloadable(exc)
     func = functions[fkey]
+    # (The inputs first: those sent are kept whatever the task does, as the
+    # worker's account of them says.)
+    values = _inputs(inputs, refs, objects) if inputs else None
     a, kw = pickle.loads(args)
-    if inputs:
-        a, kw = substitute((a, kw), _inputs(inputs, refs, objects))
+    if values is not None:
+        a, kw = substitute((a, kw), values)
     return func(*a, **kw)
 
 

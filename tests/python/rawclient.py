@@ -62,6 +62,8 @@ class Raw:
             attempts, o = out[i]
             if "Ok" in o:
                 res.append(["ok", pickle.loads(msgpack.unpackb(o["Ok"]["result"])), attempts])
+            elif "Stored" in o:  # in the results store: its size
+                res.append(["stored", o["Stored"]["size"], attempts])
             else:
                 e = o["Err"]
                 exc = e.get("exception")

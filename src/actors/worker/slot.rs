@@ -201,6 +201,7 @@ fn run_py<'a>(
     t.refs = orig.stored_inputs.iter().map(|(pos, r)| (*pos, r, held.contains(pos))).collect();
     let mut end = py.run(&t, started);
     if matches!(end, PyEnd::Missed) {
+        tracing::info!(task = %orig.task, "its executor lacks inputs it held: sending them");
         full = shared.store.fill(orig, &[])?;
         t.a = &full;
         t.refs.iter_mut().for_each(|r| r.2 = false);
