@@ -99,6 +99,12 @@ pub enum SyncMode {
     /// may lose the file, which its next reader finds missing or corrupt,
     /// and its task runs again.
     After,
+    /// Never by actord: written, renamed and reported; the kernel writes it
+    /// back in its own time (Dask's spilled data and Ray's spilled objects
+    /// are never fsynced either). A killed process loses nothing; a machine
+    /// that crashes may lose what was not yet written back, found by its
+    /// next reader as above.
+    Never,
 }
 
 /// Writes one attempt's result: to a temporary name, fsynced, renamed,
@@ -294,6 +300,10 @@ mod tests {
             write(dir.path(), task, 3, &data, 1000, SyncMode::Before),
             Err(StoreError::TooLarge { .. })
         ));
+        // Never synced by actord: at its name, the same bytes, nothing for later.
+        let (r, later) = write(dir.path(), task, 6, &data, 0, SyncMode::Never).unwrap();
+        assert!(later.is_none());
+        assert_eq!(read(dir.path(), &r).unwrap(), data);
         // Synced after: at its name at once, the same bytes; synced later.
         let (r, later) = write(dir.path(), task, 5, &data, 0, SyncMode::After).unwrap();
         assert_eq!(later.as_deref(), Some(dir.path().join(&r.path).as_path()));

@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--chunk-mib", type=int, default=64)
     ap.add_argument("--systems", default="actord,dask")
     ap.add_argument("--no-fuse", action="store_true")
-    ap.add_argument("--result-sync", choices=["before", "after"], help="actord's worker.result_sync")
+    ap.add_argument("--result-sync", choices=["before", "after", "never"], help="actord's worker.result_sync")
     a = ap.parse_args()
     global OPTIMIZE, RESULT_SYNC
     OPTIMIZE, RESULT_SYNC = not a.no_fuse, a.result_sync

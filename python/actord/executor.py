@@ -38,6 +38,8 @@ import msgpack
 
 from actord._payload import substitute
 
+# Most buffers one writev takes (Linux's IOV_MAX).
+IOV_MAX = 1024
 # How much of a traceback goes into a task's error.
 MAX_ERROR = 16_000
 
@@ -46,13 +48,37 @@ class ResultNotPicklable(Exception):
     """The task returned a value that cannot be pickled."""
 
 
-def _dumps_result(value):
+class _Parts:
+    """A pickle as the pickler writes it: its frames, and the large buffers
+    it passes on as they are (a numpy array's memory, say), not copied. The
+    parts are the bytes of `pickle.dumps`, in order."""
+
+    def __init__(self):
+        self.parts, self.size = [], 0
+
+    def write(self, b):
+        if isinstance(b, pickle.PickleBuffer):
+            b = b.raw()  # its bytes in memory order, as pickle.dumps copies them
+        elif not isinstance(b, bytes):
+            b = memoryview(b).cast("B")
+        self.parts.append(b)
+        self.size += len(b)
+        return len(b)
+
+
+def _dumps_result(value) -> _Parts:
+    """The result's pickle, in parts that share the result's large buffers
+    (the caller keeps `value` alive while it uses them)."""
     try:
-        return pickle.dumps(value, protocol=5)
+        out = _Parts()
+        pickle.Pickler(out, protocol=5).dump(value)
+        return out
     except Exception:
         pass
     try:
-        return cloudpickle.dumps(value, protocol=5)
+        out = _Parts()
+        cloudpickle.CloudPickler(out, protocol=5).dump(value)
+        return out
     except Exception as e:
         raise ResultNotPicklable(f"the task's result ({type(value).__name__}) cannot be pickled: {e}") from None
 
@@ -233,7 +259,7 @@ def _fsync_dir(path: str):
         os.close(fd)
 
 
-def _store(spec, head: bytes, result: bytes, write_all):
+def _store(spec, head: bytes, result: _Parts, write_all):
     """Writes a result to the store as the worker would: a temporary name,
     fsynced (unless the worker fsyncs later), renamed; returns its size and
     SHA-256. An OSError (a full disk, say) is the caller's."""
@@ -246,7 +272,7 @@ def _store(spec, head: bytes, result: bytes, write_all):
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         try:
-            write_all(fd, head, result)
+            write_all(fd, head, *result.parts)
             if sync_first:
                 os.fsync(fd)
         finally:
@@ -263,8 +289,9 @@ def _store(spec, head: bytes, result: bytes, write_all):
         if fresh:
             _fsync_dir(store_dir)
     digest = hashlib.sha256(head)
-    digest.update(result)
-    return len(head) + len(result), digest.hexdigest()
+    for part in result.parts:
+        digest.update(part)
+    return len(head) + result.size, digest.hexdigest()
 
 
 def main(argv=None) -> int:
@@ -292,7 +319,7 @@ def main(argv=None) -> int:
     def write_all(fd, *parts):
         views = [memoryview(p) for p in parts]
         while views:
-            n = os.writev(fd, views)
+            n = os.writev(fd, views[:IOV_MAX])
             while views and n >= len(views[0]):
                 n -= len(views[0])
                 views.pop(0)
@@ -303,15 +330,15 @@ def main(argv=None) -> int:
         b = packb(obj, use_bin_type=True)
         write_all(wfd, pack_len(len(b)), b)
 
-    def send_result(result: bytes):
+    def send_result(result: _Parts):
         # [0, result] without copying the result into one more buffer.
-        head = b"\x92\x00" + _bin_header(len(result))
-        write_all(wfd, pack_len(len(head) + len(result)), head, result)
+        head = b"\x92\x00" + _bin_header(result.size)
+        write_all(wfd, pack_len(len(head) + result.size), head, *result.parts)
 
-    def stored(spec, value, result: bytes):
+    def stored(spec, value, result: _Parts):
         """[4, path, size, sha256] once the store has it; None: send it
         (the worker writes it, or says why the store cannot)."""
-        head = _bin_header(len(result))
+        head = _bin_header(result.size)
         try:
             size, digest = _store(spec, head, result, write_all)
         except OSError:
@@ -339,13 +366,12 @@ def main(argv=None) -> int:
             value = _run(req, functions, objects)
             result = _dumps_result(value)
             store = req[9]
-            if max_result and len(result) > max_result:
-                resp = [2, len(result)]
-            elif store is not None and len(result) + len(_bin_header(len(result))) > store[2]:
+            if max_result and result.size > max_result:
+                resp = [2, result.size]
+            elif store is not None and result.size + len(_bin_header(result.size)) > store[2]:
                 resp = stored(store, value, result)
             else:
                 resp = None
-            del value
         except _Missing as m:
             resp = [3, m.positions]
         except BaseException as exc:  # the task's failure, whatever it is
@@ -355,6 +381,7 @@ def main(argv=None) -> int:
             send_result(result)
         else:
             send(resp)
+        value = result = None  # (their memory is not kept until the next task)
 
 
 if __name__ == "__main__":

@@ -129,3 +129,26 @@ def test_objects_past_the_cap_are_let_go_oldest_first(tmp_path):
         assert ans == [3, [0]], "the first of three 2 MiB results is gone under a 5 MiB cap"
     finally:
         e.close()
+
+
+def test_results_are_stored_as_pickle_dumps_would_write_them_large_buffers_uncopied(executor, tmp_path):
+    np = pytest.importorskip("numpy")
+    store = tmp_path / "store"
+    store.mkdir()
+    job = uuid.uuid4()
+
+    def arrays(kind):
+        x = np.arange(300_000, dtype=np.float64).reshape(500, 600)
+        return {"c": x, "f": x.T, "strided": x[:, ::2], "list": list(range(400_000)),
+                "bytearray": bytearray(b"y" * (2 << 20))}[kind]
+
+    for i, kind in enumerate(["c", "f", "strided", "list", "bytearray"]):
+        path = f"{job}/{i}-1.bin"
+        ans = executor.call(1 + i, arrays, ((kind,), {}), store=[str(store), path, 1 << 20, 0, False])
+        assert ans[0] == 4, (kind, ans)
+        data = (store / path).read_bytes()
+        assert msgpack.unpackb(data) == pickle.dumps(arrays(kind), protocol=5), kind
+        assert ans[2:] == [len(data), hashlib.sha256(data).hexdigest()], kind
+    # Inline (under the limit), the same bytes come back through the pipe.
+    ans = executor.call(1, None, (("f",), {}), store=[str(store), f"{job}/9-1.bin", 16 << 20, 0, False])
+    assert ans[0] == 0 and ans[1] == pickle.dumps(arrays("f"), protocol=5)

@@ -64,9 +64,10 @@ pub(super) fn worker_options(
         result_sync: match config.worker.result_sync.as_str() {
             "before" => crate::results_store::SyncMode::Before,
             "after" => crate::results_store::SyncMode::After,
+            "never" => crate::results_store::SyncMode::Never,
             other => {
                 return Err(usage(format!(
-                    "worker.result_sync = {other:?}: expected \"before\" or \"after\""
+                    "worker.result_sync = {other:?}: expected \"before\", \"after\" or \"never\""
                 )))
             }
         },
