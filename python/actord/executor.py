@@ -18,7 +18,8 @@ Request:  [fkey, pickle or None, args, inputs, out_path, err_path, clear,
 Response: [0, pickled result] | [1, error text, pickled exception or None]
           | [2, size of a result over --max-result]
           | [3, [positions of held inputs this executor no longer has]]
-          | [4, path, size, sha256 hex]: the result, in the store
+          | [4, path, size, sha256 hex, kept]: the result, in the store
+            (`kept`: this executor keeps its object for the next tasks)
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import msgpack
 
 from actord._payload import substitute
 
+# The largest pickle a result can be (its msgpack `bin` has a 32-bit length).
+MAX_PICKLE = (1 << 32) - 1
 # Most buffers one writev takes (Linux's IOV_MAX).
 IOV_MAX = 1024
 # How much of a traceback goes into a task's error.
@@ -59,6 +62,8 @@ class _Parts:
     def write(self, b):
         if isinstance(b, pickle.PickleBuffer):
             b = b.raw()  # its bytes in memory order, as pickle.dumps copies them
+        elif isinstance(b, bytearray):
+            b = bytes(b)  # (a __reduce__ may reuse or grow it before the end)
         elif not isinstance(b, bytes):
             b = memoryview(b).cast("B")
         self.parts.append(b)
@@ -75,12 +80,14 @@ def _dumps_result(value) -> _Parts:
         return out
     except Exception:
         pass
-    try:
-        out = _Parts()
-        cloudpickle.CloudPickler(out, protocol=5).dump(value)
-        return out
-    except Exception as e:
-        raise ResultNotPicklable(f"the task's result ({type(value).__name__}) cannot be pickled: {e}") from None
+    for dumps in (pickle.dumps, cloudpickle.dumps):  # copied, as a whole
+        try:
+            out = _Parts()
+            out.write(dumps(value, protocol=5))
+            return out
+        except Exception as e:
+            error = e
+    raise ResultNotPicklable(f"the task's result ({type(value).__name__}) cannot be pickled: {error}") from None
 
 
 def _describe(exc: BaseException) -> str:
@@ -206,6 +213,24 @@ class _Objects:
         return item if item is not None and item[1] == size else None
 
 
+def _self_contained(value, size: int) -> bool:
+    """Whether keeping `value` keeps about `size` bytes alive, no more: a
+    numpy view of a far larger array (`big[:10]`) would keep all of it, so
+    it is not kept (only the view's own base is looked at)."""
+    base = getattr(value, "base", None)
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    if base is None:
+        return True
+    try:
+        held = memoryview(base).nbytes
+    except TypeError:
+        held = getattr(base, "nbytes", None)
+        if not isinstance(held, int):
+            return False
+    return held <= 2 * size + (1 << 20)
+
+
 class _Missing(Exception):
     """Held inputs this executor no longer has (the worker sends them)."""
 
@@ -219,15 +244,14 @@ def _inputs(inputs, refs, objects: _Objects):
     missing = [pos for pos, (path, size) in held.items() if objects.get(path, size) is None]
     if missing:
         raise _Missing(missing)
-    values = []
+    # The held ones first: keeping a sent one may let a held one go.
+    values = [objects.get(*held[pos])[0] if pos in held else None for pos in range(len(inputs))]
     for pos, encoded in enumerate(inputs):
         if pos in held:
-            values.append(objects.get(*held[pos])[0])
             continue
-        value = pickle.loads(_bin_payload(encoded))
+        value = values[pos] = pickle.loads(_bin_payload(encoded))
         if pos in sent:
             objects.keep(sent[pos][0], value, sent[pos][1])
-        values.append(value)
     return values
 
 
@@ -343,8 +367,10 @@ def main(argv=None) -> int:
             size, digest = _store(spec, head, result, write_all)
         except OSError:
             return None
-        objects.keep(spec[1], value, size)
-        return [4, spec[1], size, digest]
+        kept = _self_contained(value, size)
+        if kept:
+            objects.keep(spec[1], value, size)
+        return [4, spec[1], size, digest, kept]
 
     failed = []
     for name in filter(None, opts.preload.split(",")):
@@ -366,10 +392,16 @@ def main(argv=None) -> int:
             value = _run(req, functions, objects)
             result = _dumps_result(value)
             store = req[9]
-            if max_result and result.size > max_result:
+            stored_size = result.size + (2 if result.size < 1 << 8 else 3 if result.size < 1 << 16 else 5)
+            if result.size > MAX_PICKLE:
+                resp = [1, f"the task's result pickles to {result.size:,} bytes, over the {MAX_PICKLE:,} "
+                        "a result can be: return less, or write it to a file", None]
+            elif store is not None and stored_size > store[2]:
+                # (The store's limit is on the stored size, as the worker's.)
+                too_big = store[3] and stored_size > store[3]
+                resp = [2, stored_size] if too_big else stored(store, value, result)
+            elif max_result and result.size > max_result:
                 resp = [2, result.size]
-            elif store is not None and result.size + len(_bin_header(result.size)) > store[2]:
-                resp = stored(store, value, result)
             else:
                 resp = None
         except _Missing as m:

@@ -70,7 +70,7 @@ def test_a_result_over_the_inline_limit_is_stored_by_the_executor(executor, tmp_
     ans = executor.call(1, payload, ((3 << 20,), {}), store=[str(store), path, 1 << 20, 0, True])
     assert ans[:2] == [4, path], ans[:2]
     data = (store / path).read_bytes()
-    assert ans[2] == len(data) and ans[3] == hashlib.sha256(data).hexdigest()
+    assert ans[2:] == [len(data), hashlib.sha256(data).hexdigest(), True]
     assert pickle.loads(msgpack.unpackb(data)) == payload(3 << 20)
     assert (store / path).stat().st_mode & 0o077 == 0
     assert not [p for p in (store / path).parent.iterdir() if p.name.endswith(".tmp")]
@@ -148,7 +148,55 @@ def test_results_are_stored_as_pickle_dumps_would_write_them_large_buffers_uncop
         assert ans[0] == 4, (kind, ans)
         data = (store / path).read_bytes()
         assert msgpack.unpackb(data) == pickle.dumps(arrays(kind), protocol=5), kind
-        assert ans[2:] == [len(data), hashlib.sha256(data).hexdigest()], kind
+        assert ans[2:4] == [len(data), hashlib.sha256(data).hexdigest()], kind
     # Inline (under the limit), the same bytes come back through the pipe.
     ans = executor.call(1, None, (("f",), {}), store=[str(store), f"{job}/9-1.bin", 16 << 20, 0, False])
     assert ans[0] == 0 and ans[1] == pickle.dumps(arrays("f"), protocol=5)
+
+
+def test_a_held_input_is_taken_before_sent_ones_can_push_it_out(tmp_path):
+    e = Executor(tmp_path, objects=5 << 20)
+    try:
+        store = tmp_path / "store"
+        store.mkdir()
+        held = f"{uuid.uuid4()}/1-1.bin"
+        ans = e.call(1, payload, ((3 << 20,), {}), store=[str(store), held, 1 << 20, 0, False])
+        assert ans[0] == 4 and ans[4] is True
+        sent = msgpack.packb(pickle.dumps(b"s" * (3 << 20)), use_bin_type=True)
+        refs = [(0, "b/1-1.bin", len(sent), False), (1, held, ans[2], True)]
+        got = e.call(2, lambda s, h: (len(s), len(h)), ((Dep(0), Dep(1)), {}), inputs=[sent, None], refs=refs)
+        assert got[0] == 0, got
+        assert pickle.loads(got[1]) == (3 << 20, 3 << 20)
+    finally:
+        e.close()
+
+
+def test_a_view_of_a_far_larger_array_is_stored_but_not_kept(executor, tmp_path):
+    np = pytest.importorskip("numpy")
+    store = tmp_path / "store"
+    store.mkdir()
+    job = uuid.uuid4()
+
+    def view(n):
+        big = np.ones(n, dtype=np.uint8)
+        return big[: 2 << 20]
+
+    ans = executor.call(1, view, ((40 << 20,), {}), store=[str(store), f"{job}/1-1.bin", 1 << 20, 0, False])
+    assert ans[0] == 4 and ans[4] is False, ans[:1] + ans[2:]
+    ans = executor.call(2, len, ((Dep(0),), {}), inputs=[None], refs=[(0, f"{job}/1-1.bin", ans[2], True)])
+    assert ans == [3, [0]]
+    # A view of about its own size (a transpose) is kept.
+    ans = executor.call(3, lambda: np.ones((1024, 1024)).T, ((), {}), store=[str(store), f"{job}/2-1.bin", 1 << 20, 0, False])
+    assert ans[0] == 4 and ans[4] is True
+
+
+def test_the_stores_limit_is_on_the_stored_size(executor, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    n = 3 << 20
+    stored = len(pickle.dumps(payload(n), protocol=5)) + 5
+    spec = [str(store), f"{uuid.uuid4()}/1-1.bin", 1 << 20, stored - 1, False]
+    assert executor.call(1, payload, ((n,), {}), store=spec) == [2, stored]
+    assert not list(store.iterdir())
+    spec[3] = stored
+    assert executor.call(1, None, ((n,), {}), store=spec)[:3] == [4, spec[1], stored]

@@ -122,3 +122,18 @@ def test_a_consumer_on_its_producers_executor_takes_the_object_itself(make_clust
         assert value.unpickled and len(value.payload) == 2 << 20
         # The client reads it from the store, checking the reported SHA-256.
         assert m.result(timeout=60).payload == big(2 << 20, 1)
+
+
+def double_in_place_failing_first(x):
+    x *= 2
+    if os.environ["ACTORD_ATTEMPT"] == "1":
+        raise RuntimeError("first attempt")
+    return x[:3].tolist()
+
+
+def test_a_retried_task_gets_its_inputs_as_stored_not_as_its_first_attempt_left_them(make_cluster):
+    c = make_cluster(workers=1)
+    with c.client() as client:
+        x = client.submit(np.arange, 300_000, dtype=np.float64, pure=False)
+        y = client.submit(double_in_place_failing_first, x, retries=1)
+        assert y.result(timeout=60) == [0.0, 2.0, 4.0]

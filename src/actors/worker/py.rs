@@ -202,6 +202,7 @@ impl PySlot {
     /// executor is replaced at the next task.
     fn ended(&mut self, t: &PyTask, answer: Result<Vec<u8>, ReadEnd>) -> PyEnd {
         let (a, tid) = (t.a, t.a.task);
+        let pid = self.exec.as_ref().map(|e| e.child.id());
         let (outcome, died) = match answer {
             Ok(body) => match result_in_place(body).map_or_else(
                 |body| self.answer(t, &body),
@@ -237,6 +238,9 @@ impl PySlot {
                 (Outcome::err(format!("task {tid}: its Python executor {how}")), true)
             }
         };
+        if let (None, Some(pid), Some(store)) = (&self.exec, pid, &t.store) {
+            remove_partial(store, pid);
+        }
         PyEnd::Done(outcome, died)
     }
 
@@ -279,7 +283,7 @@ impl PySlot {
                 }
                 return Ok(PyEnd::Missed);
             }
-            [Value::Integer(k), Value::String(path), Value::Integer(size), Value::String(sum)]
+            [Value::Integer(k), Value::String(path), Value::Integer(size), Value::String(sum), Value::Boolean(kept)]
                 if k.as_u64() == Some(4) =>
             {
                 // Only where it was asked to write, and a checksum's shape.
@@ -293,7 +297,9 @@ impl PySlot {
                 }
                 let size = size.as_u64().ok_or("a negative size")?;
                 let path = asked.unwrap_or_default().to_string();
-                held.keep(&path, size);
+                if *kept {
+                    held.keep(&path, size);
+                }
                 Outcome::Stored(StoredResult { path, size, checksum: sum.to_ascii_lowercase() })
             }
             _ => return Err("unexpected shape"),
@@ -427,6 +433,21 @@ fn remove_stale_scratch(dir: &Path, host: &str) {
     }
 }
 
+/// The temporary file of a result an executor (`pid`) was writing to the
+/// store when it was stopped (canceled, over its time limit, killed).
+fn remove_partial(store: &StoreTarget, pid: u32) {
+    let Some((job, name)) = store.path.split_once('/') else { return };
+    let Some(stem) = name.strip_suffix(".bin") else { return };
+    let tmp = Path::new(&store.dir).join(job).join(format!(".{stem}.{pid}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {
+            tracing::info!(path = %tmp.display(), "removed the partial result of a stopped Python executor")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %tmp.display(), error = %e, "cannot remove a partial stored result"),
+    }
+}
+
 /// `<work_dir>/<job>/<idx>.<attempt>.out|.err`, as for cmd tasks.
 fn output_paths(work_dir: &Path, a: &Assignment) -> (PathBuf, PathBuf) {
     let dir = work_dir.join(a.task.job.to_string());
@@ -494,4 +515,32 @@ fn interpreter(configured: &str) -> PathBuf {
 fn package_path() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
     p.join("actord").join("executor.py").is_file().then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_partial_result_of_a_stopped_executor_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = crate::ids::JobId::new();
+        let store = StoreTarget {
+            dir: dir.path().to_str().unwrap().into(),
+            path: format!("{job}/7-2.bin"),
+            inline: 1,
+            max: 0,
+            sync_first: false,
+        };
+        std::fs::create_dir(dir.path().join(job.to_string())).unwrap();
+        // As the executor names it (`_store` in actord/executor.py).
+        let tmp = dir.path().join(job.to_string()).join(".7-2.4242.tmp");
+        let other = dir.path().join(job.to_string()).join(".7-2.4243.tmp");
+        std::fs::write(&tmp, b"partial").unwrap();
+        std::fs::write(&other, b"another executor's").unwrap();
+        remove_partial(&store, 4242);
+        assert!(!tmp.exists());
+        assert!(other.exists(), "only the stopped executor's file");
+        remove_partial(&store, 4242); // gone already: nothing to do
+    }
 }

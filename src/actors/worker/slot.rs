@@ -122,7 +122,9 @@ fn run_task(shared: &SlotShared, run: &Run, py: &mut PySlot) -> TaskReport {
     let start = Instant::now();
     let orig = a;
     // A py task's executor may hold some of its stored inputs as objects.
-    let held = if matches!(a.kind, TaskKind::Py { .. }) { py.held_inputs(a) } else { Vec::new() };
+    // Not for a second attempt: the first may have changed them in place.
+    let fresh = a.attempt > 1;
+    let held = if matches!(a.kind, TaskKind::Py { .. }) && !fresh { py.held_inputs(a) } else { Vec::new() };
     let filled;
     let a = if a.stored_inputs.is_empty() {
         a

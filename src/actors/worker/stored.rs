@@ -9,7 +9,7 @@ use crate::protocol::{Assignment, Outcome, StoredResult};
 use crate::results_store::{self, ReadError};
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -99,6 +99,7 @@ impl StoreView {
         scheduler_file: PathBuf,
     ) -> StoreView {
         let recent = Mutex::new(Recent { cap: cache, bytes: 0, items: VecDeque::new() });
+        let dir = dir.map(|d| absolute(&d));
         let (fixed, dir, syncer) = (dir.is_some(), Mutex::new(dir), Mutex::new(None));
         StoreView { fixed, dir, inline, max, scheduler_file, recent, sync, syncer }
     }
@@ -129,7 +130,7 @@ impl StoreView {
             return;
         }
         let mut d = self.dir.lock().unwrap_or_else(|e| e.into_inner());
-        *d = dir.map(PathBuf::from);
+        *d = dir.map(|p| absolute(Path::new(p)));
     }
 
     pub(super) fn dir(&self) -> Option<PathBuf> {
@@ -244,12 +245,29 @@ impl StoreView {
     }
 }
 
+/// `p` from the root: executors are told where the store is, and a task
+/// may change their working directory.
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn stored(path: &str, size: usize) -> StoredResult {
         StoredResult { path: path.into(), size: size as u64, checksum: String::new() }
+    }
+
+    #[test]
+    fn executors_are_told_the_store_from_the_root() {
+        let sync = results_store::SyncMode::Before;
+        let v = StoreView::new(Some("journal/results".into()), 1, 0, 0, sync, "sf.json".into());
+        let t = v.target(TaskId { job: crate::ids::JobId::new(), idx: 1 }, 1).expect("a store");
+        assert!(Path::new(&t.dir).is_absolute() && t.dir.ends_with("/journal/results"), "{}", t.dir);
+        let v = StoreView::new(None, 1, 0, 0, sync, "sf.json".into());
+        v.set_from_scheduler(Some("rel/store"));
+        assert!(v.dir().unwrap().is_absolute());
     }
 
     #[test]
