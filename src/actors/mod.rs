@@ -74,7 +74,7 @@ mod submit_frame;
 pub mod worker;
 
 use crate::core::{Core, CoreConfig};
-use crate::persistence::{AnyJournal, Expected, Journal, MemJournal, OpenOptions, SledJournal};
+use crate::persistence::{AnyJournal, Expected, Journal, MemJournal, OpenOptions, Record, SledJournal};
 use crate::schedfile::SchedulerFile;
 use ractor::{Actor, ActorRef};
 use root::{Root, RootArgs};
@@ -241,22 +241,34 @@ pub async fn run(
 /// The journal opened and replayed into a new core, ready for a new epoch.
 fn recover(opts: &SchedulerOptions) -> Result<(Core, AnyJournal, u64), StartError> {
     let opened = std::time::Instant::now();
+    let now = crate::util::now_micros();
+    let mut core = Core::new(opts.core.clone());
+    let (mut n_records, mut replayed) = (0, std::time::Duration::ZERO);
+    // The core rebuilt from the records the open hands over (again, after
+    // a check of the whole journal, if a batch of outcomes was unsound).
+    let mut replay = |records: Vec<Record>| {
+        let t = std::time::Instant::now();
+        n_records = records.len();
+        core = Core::new(opts.core.clone());
+        let sound = crate::core::replay(&mut core, now, records);
+        replayed = t.elapsed();
+        sound
+    };
     let journal = match &opts.journal {
         Some(dir) => {
             let opts = OpenOptions {
                 repair: opts.journal_repair,
                 expected: expected_epoch(&opts.scheduler_file, dir),
             };
-            AnyJournal::Sled(SledJournal::open_with(dir, &opts)?)
+            AnyJournal::Sled(SledJournal::open_replaying(dir, &opts, &mut replay)?)
         }
-        None => AnyJournal::Mem(MemJournal::default()),
+        None => {
+            let journal = AnyJournal::Mem(MemJournal::default());
+            replay(journal.replay()?);
+            journal
+        }
     };
-    let t0 = std::time::Instant::now();
-    let records = journal.replay()?;
-    let n_records = records.len();
-    let mut core = Core::new(opts.core.clone());
-    let now = crate::util::now_micros();
-    crate::core::replay(&mut core, now, records);
+    let t0 = opened + (opened.elapsed() - replayed);
     if let AnyJournal::Sled(j) = &journal {
         let (jobs, tasks) = core.job_count();
         tracing::info!(
@@ -267,13 +279,13 @@ fn recover(opts: &SchedulerOptions) -> Result<(Core, AnyJournal, u64), StartErro
             tasks,
             bytes = j.size_on_disk(),
             open_ms = (t0 - opened).as_millis() as u64,
-            ms = t0.elapsed().as_millis() as u64,
+            ms = replayed.as_millis() as u64,
             "journal replayed"
         );
     }
     crate::core::begin_recovery(&mut core, now, opts.reclaim_grace.as_micros() as u64);
     core.start_epoch(journal.epoch());
-    note_start(&mut core, now, &journal, n_records, t0.elapsed());
+    note_start(&mut core, now, &journal, n_records, replayed);
     Ok((core, journal, n_records as u64))
 }
 

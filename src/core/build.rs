@@ -93,8 +93,10 @@ impl JobBuilder {
             array_header(n, &mut |b| h.write(b));
             h
         });
+        let tasks = Vec::with_capacity(n.min(room));
+        super::compact::populate(&tasks);
         JobBuilder {
-            tasks: Vec::with_capacity(n.min(room)),
+            tasks,
             args: Vec::new(),
             keys: HashMap::default(),
             key_of: HashMap::default(),

@@ -217,6 +217,27 @@ impl ArgsRef {
     }
 }
 
+/// Bytes of a list from which its pages are populated at once.
+const POPULATE_FROM: usize = 8 << 20;
+
+/// Has the kernel map a large new list's pages in one call instead of
+/// one fault per 4 KiB page as it fills (a million task records are
+/// 36,000 pages). Only a hint: the contents do not change.
+pub fn populate<T>(v: &Vec<T>) {
+    let bytes = v.capacity() * std::mem::size_of::<T>();
+    if bytes < POPULATE_FROM {
+        return;
+    }
+    const PAGE: usize = 4096;
+    let start = (v.as_ptr() as usize).next_multiple_of(PAGE);
+    let end = (v.as_ptr() as usize + bytes) & !(PAGE - 1);
+    if end > start {
+        // SAFETY: the range lies within the list's own allocation; the
+        // advice changes no contents, only which pages are mapped now.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_POPULATE_WRITE) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

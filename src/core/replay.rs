@@ -29,9 +29,11 @@ fn replay_history(core: &mut Core, h: HistoryRecord) {
 
 /// Rebuilds the core from journal records, through the same state changes
 /// live events make. Tasks without an outcome end up queued again, in
-/// submission order.
-pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
+/// submission order. `false`: a batch of outcomes did not decode (those
+/// tasks run again; a journal that left that check to replay checks itself).
+pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) -> bool {
     core.replaying = true;
+    let mut sound = true;
     let mut order = Vec::new();
     for r in records {
         match r {
@@ -43,7 +45,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
             }
             Record::TasksDone { job, done } => {
                 if let Err(e) = done.for_each_view(|d| replay_done(core, now, job, d)) {
-                    // (Checked when the journal was opened: not expected.)
+                    sound = false;
                     tracing::warn!(job = %job, error = %e, "journaled outcomes do not decode; those tasks run again");
                 }
             }
@@ -71,6 +73,7 @@ pub fn replay(core: &mut Core, now: u64, records: Vec<Record>) {
             core.push_ready(TaskId { job, idx });
         }
     }
+    sound
 }
 
 /// A journaled outcome, its result kept straight from the record's bytes.

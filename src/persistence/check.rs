@@ -17,6 +17,15 @@ pub struct BadRecord {
     pub why: String,
 }
 
+/// Whether a scan checks each outcome batch wholly (`Check`) or leaves that
+/// to the replay that reads them (`Defer`: only their checksum, and that
+/// each is a batch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcomes {
+    Check,
+    Defer,
+}
+
 /// Everything read from the trees, sound or not.
 #[derive(Default)]
 pub struct Scan {
@@ -50,7 +59,7 @@ pub fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 impl Scan {
     /// Reads the trees, the jobs on a thread of their own beside the rest
     /// (decoding is most of the time an open takes).
-    pub fn read(jobs: &sled::Tree, done: &sled::Tree, forgotten: &sled::Tree) -> Scan {
+    pub fn read(jobs: &sled::Tree, done: &sled::Tree, forgotten: &sled::Tree, outcomes: Outcomes) -> Scan {
         let (mut s, rest) = std::thread::scope(|scope| {
             let parts = scope.spawn(|| {
                 let mut s = Scan::default();
@@ -62,7 +71,7 @@ impl Scan {
                 });
                 s
             });
-            let rest = Scan::read_done(done, forgotten);
+            let rest = Scan::read_done(done, forgotten, outcomes);
             // (A panic in sled reading the jobs goes on here: `quietly` reports it.)
             let s = parts.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             (s, rest)
@@ -76,11 +85,11 @@ impl Scan {
     }
 
     /// The `done` and `forgotten` trees.
-    fn read_done(done: &sled::Tree, forgotten: &sled::Tree) -> Scan {
+    fn read_done(done: &sled::Tree, forgotten: &sled::Tree, outcomes: Outcomes) -> Scan {
         let mut s = Scan::default();
         s.read_tree("done", done, |s, k, lsn, payload| {
             let job = key_job(k).ok_or("bad key")?;
-            s.done.push((lsn, k.into(), decode_done(job, &payload)?));
+            s.done.push((lsn, k.into(), decode_done(job, &payload, outcomes == Outcomes::Check)?));
             Ok(())
         });
         s.read_tree("forgotten", forgotten, |s, k, lsn, _| {

@@ -139,6 +139,49 @@ async fn a_sound_checksum_over_a_malformed_part_or_batch_is_still_unreadable() {
     assert!(kept.iter().all(|r| r.job() == b) && kept.len() == 1, "only b's submission: {kept:?}");
 }
 
+/// Opens as a scheduler does, the batches checked by a replay that says
+/// whether they were sound; records each replay's verdict in `seen`.
+fn open_replaying(dir: &Path, repair: bool, seen: &mut Vec<bool>) -> Result<SledJournal, String> {
+    let opts = OpenOptions { repair, expected: None };
+    retry(|| {
+        SledJournal::open_replaying(dir, &opts, |records| {
+            let sound = records.iter().all(|r| match r {
+                Record::TasksDone { done, .. } => done.for_each_view(|_| {}).is_ok(),
+                _ => true,
+            });
+            seen.push(sound);
+            sound
+        })
+        .map_err(|e| e.to_string())
+    })
+}
+
+#[tokio::test]
+async fn a_malformed_batch_left_to_replay_is_refused_and_repaired_as_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_jobs(dir.path()).await;
+    let mut seen = Vec::new();
+    assert_eq!(open_replaying(dir.path(), false, &mut seen).unwrap().replay().unwrap().len(), 5);
+    assert_eq!(seen, [true], "sound: one replay (a later one reads the trees again)");
+    reframe(dir.path(), "done", b, |_| rmp_serde::to_vec(&vec![vec![1u32]]).unwrap());
+    let epoch = || retry(|| verify(dir.path(), None).map(|r| r.epoch).map_err(|e| e.to_string())).unwrap();
+    let before = epoch();
+    seen.clear();
+    let err = open_replaying(dir.path(), false, &mut seen).err().expect("damage refused");
+    assert_eq!(err, open(dir.path(), false).err().expect("refused at open too"), "the same refusal");
+    assert!(err.contains(&format!("job {b} \"beta\": 1 records unreadable")), "{err}");
+    assert_eq!(seen, [false], "found by the replay; nothing replayed after the check");
+    assert_eq!(epoch(), before, "a refused open changes nothing");
+    seen.clear();
+    let j = open_replaying(dir.path(), true, &mut seen).unwrap();
+    assert_eq!(seen, [false, true], "replayed again once repaired");
+    assert_eq!(j.epoch(), before.unwrap() + 1);
+    drop(j);
+    let kept = open(dir.path(), false).expect("intact once repaired").replay().unwrap();
+    assert!(kept.iter().all(|r| r.job() == a || matches!(r, Record::JobSubmitted { .. })), "{kept:?}");
+    assert_eq!(kept.len(), 4, "both jobs and a's two batches");
+}
+
 #[tokio::test]
 async fn forgetting_is_not_damage_even_when_the_mark_has_not_seen_it() {
     let dir = tempfile::tempdir().unwrap();

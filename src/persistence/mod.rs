@@ -29,8 +29,10 @@
 //! job from the mark. Checking at open (and `actord journal check`): every
 //! record's checksum and decoding (of a job part: its fields and the
 //! structure and count of its task list, whose specs are decoded at replay,
-//! straight into the job; outcome batches wholly, kept as read and read
-//! again at replay); the epoch in `meta` against the mark's
+//! straight into the job; outcome batches wholly, kept as read; a
+//! scheduler's start leaves that to its replay, which reads them anyway,
+//! and on a batch that does not decode checks the whole journal as
+//! `journal check` does, before anything is committed); the epoch in `meta` against the mark's
 //! and the scheduler file's (a deleted or rolled-back database); and, per
 //! job, the records with lsn ≤ `last_lsn` against the mark's count. The mark
 //! is written only after sled's flush, so it may lag (records after
@@ -49,10 +51,12 @@ mod history;
 mod hwm;
 mod layout;
 mod lock_wait;
+mod open;
 mod sled_journal;
 
 pub use check::{Affected, Expected, Report};
-pub use sled_journal::{open_error_message, payloads, verify, OpenOptions, SledJournal};
+pub use open::verify;
+pub use sled_journal::{open_error_message, payloads, OpenOptions, SledJournal};
 
 pub use crate::journal_record::{DoneList, DoneTask, Record, JOURNAL_VERSION};
 

@@ -1,8 +1,8 @@
 //! The journal in sled (see the module above for the layout): framing of
 //! records, the high-water mark kept after every flush, and the checks at open.
 
-use super::check::{quietly, Expected, Scan};
-use super::hwm::{self, HighWater, JobMark};
+use super::check::{Expected, Outcomes, Scan};
+use super::hwm::{self, JobMark};
 use super::layout::{is_zero, job_key, DoneEntry, TASKS_PER_PART};
 use super::{frame, Journal, JournalError, Record, JOURNAL_VERSION};
 use crate::ids::JobId;
@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 
 /// Who has the journal open, written beside it for the next one to read.
 #[derive(Serialize, Deserialize)]
-struct Holder {
-    pid: u32,
-    host: String,
-    started: String,
+pub(super) struct Holder {
+    pub(super) pid: u32,
+    pub(super) host: String,
+    pub(super) started: String,
 }
 
 /// How to open a journal.
@@ -29,20 +29,20 @@ pub struct OpenOptions {
 }
 
 pub struct SledJournal {
-    dir: PathBuf,
-    db: sled::Db,
-    jobs: sled::Tree,
-    done: sled::Tree,
-    forgotten: sled::Tree,
+    pub(super) dir: PathBuf,
+    pub(super) db: sled::Db,
+    pub(super) jobs: sled::Tree,
+    pub(super) done: sled::Tree,
+    pub(super) forgotten: sled::Tree,
     /// Events and per-job timing for the status page.
-    history: super::history::HistoryStore,
-    epoch: u64,
+    pub(super) history: super::history::HistoryStore,
+    pub(super) epoch: u64,
     /// Sequence number of the last record written.
-    lsn: u64,
+    pub(super) lsn: u64,
     /// Live records per job, for the high-water mark.
-    marks: BTreeMap<JobId, JobMark>,
+    pub(super) marks: BTreeMap<JobId, JobMark>,
     /// What the checks at open read, handed to the first `replay`.
-    opened: std::sync::Mutex<Option<Vec<Record>>>,
+    pub(super) opened: std::sync::Mutex<Option<Vec<Record>>>,
 }
 
 /// The one-line explanation of a failure to open sled at `dir`.
@@ -74,137 +74,7 @@ pub fn open_error_message(dir: &Path, e: &sled::Error) -> String {
     e.to_string()
 }
 
-/// sled's database, with its panics and corruption errors reported as damage.
-fn open_db(dir: &Path) -> Result<sled::Db, JournalError> {
-    let err = |message: String| JournalError::Open { path: dir.to_path_buf(), message };
-    match super::lock_wait::open(dir, || quietly(|| sled::Config::new().path(dir).open())) {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(err(open_error_message(dir, &e))),
-        Err(panic) => Err(err(format!(
-            "is damaged: sled cannot open it ({panic}); restore it from a copy, or move it aside to start a new one"
-        ))),
-    }
-}
-
-/// The epoch in the meta tree (`None`: a new or emptied database), after
-/// refusing journals of another version.
-fn read_meta(dir: &Path, meta: &sled::Tree) -> Result<Option<u64>, JournalError> {
-    let err = |message: String| JournalError::Open { path: dir.to_path_buf(), message };
-    match meta.get("version").map_err(|e| err(e.to_string()))? {
-        Some(v) if v.as_ref() != JOURNAL_VERSION.to_be_bytes() => {
-            let found = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).ok();
-            return Err(err(format!(
-                "was written in journal format {}; this actord reads format {JOURNAL_VERSION} only and does not \
-                 migrate: finish its jobs with the actord that wrote it, or move it aside to start a new journal",
-                found.map_or(format!("{:02x?}", v.as_ref()), |f| f.to_string())
-            )));
-        }
-        _ => {}
-    }
-    let epoch = meta.get("epoch").map_err(|e| err(e.to_string()))?;
-    Ok(epoch.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
-}
-
-/// The database, its trees and everything they hold, for checks.
-pub struct Opened {
-    pub db: sled::Db,
-    pub trees: [sled::Tree; 4],
-    pub epoch: Option<u64>,
-    pub scan: Scan,
-}
-
-/// Opens sled at `dir` and reads every tree (sled's panics become errors).
-pub fn open_and_scan(dir: &Path) -> Result<Opened, JournalError> {
-    let db = open_db(dir)?;
-    let err = |message: String| JournalError::Open { path: dir.to_path_buf(), message };
-    let tree = |name: &str| db.open_tree(name).map_err(|e| err(e.to_string()));
-    let trees = [tree("meta")?, tree("jobs")?, tree("done")?, tree("forgotten")?];
-    let epoch = read_meta(dir, &trees[0])?;
-    let scan = quietly(|| Scan::read(&trees[1], &trees[2], &trees[3]))
-        .map_err(|p| err(format!("is damaged: sled fails reading it ({p})")))?;
-    Ok(Opened { db, trees, epoch, scan })
-}
-
-/// The checks `open_with` makes, changing nothing: `actord journal check`.
-pub fn verify(dir: &Path, expected: Option<&Expected>) -> Result<super::Report, JournalError> {
-    let err = |message: &str| JournalError::Open { path: dir.to_path_buf(), message: message.into() };
-    let mark = HighWater::read(dir);
-    let (scan, epoch) = if dir.join("db").exists() {
-        let o = open_and_scan(dir)?;
-        (o.scan, o.epoch)
-    } else if (dir.is_dir() && !matches!(mark, Ok(None))) || expected.is_some() {
-        // A mark without its database, or a journal the scheduler file remembers.
-        (Scan::default(), None)
-    } else {
-        return Err(err("holds no journal"));
-    };
-    Ok(super::check::compare(dir, &scan, &mark, epoch, expected))
-}
-
 impl SledJournal {
-    /// Opens (or creates) an intact journal: see `open_with`.
-    pub fn open(dir: &Path) -> Result<Self, JournalError> {
-        Self::open_with(dir, &OpenOptions::default())
-    }
-
-    /// Opens (or creates) the journal and verifies it against its
-    /// high-water mark: damage is refused unless `repair`, which drops what
-    /// cannot be replayed. Then bumps and flushes its epoch, writes a new
-    /// high-water mark, and records this process as its holder.
-    pub fn open_with(dir: &Path, opts: &OpenOptions) -> Result<Self, JournalError> {
-        let err = |message: String| JournalError::Open { path: dir.to_path_buf(), message };
-        if dir.is_file() {
-            return Err(err("is a file, not a directory: give --journal a directory".into()));
-        }
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
-        let mark = HighWater::read(dir);
-        let Opened { db, trees: [meta, jobs, done, forgotten], epoch, scan } = open_and_scan(dir)?;
-        let report = super::check::compare(dir, &scan, &mark, epoch, opts.expected.as_ref());
-        if report.is_damaged() {
-            if !opts.repair {
-                return Err(JournalError::Damaged(report.message()));
-            }
-            report.log_repair();
-        }
-        // Also what a crash left half-written: never acknowledged.
-        let dropped = scan.drop_unreplayable(&jobs, &done).map_err(|e| err(e.to_string()))?;
-        if dropped > 0 {
-            tracing::warn!(journal = %dir.display(), records = dropped, "dropped unreplayable records");
-        }
-        let lsn = scan.max_lsn.max(mark.ok().flatten().map_or(0, |m| m.last_lsn));
-        let (mut records, marks) = scan.into_live();
-        let (history, past) = super::history::HistoryStore::open(&db).map_err(|e| err(e.to_string()))?;
-        records.extend(past);
-        let epoch = epoch.map_or(0, |e| e + 1);
-        let w = |e: sled::Error| err(e.to_string());
-        meta.insert("version", &JOURNAL_VERSION.to_be_bytes()).map_err(w)?;
-        meta.insert("epoch", &epoch.to_be_bytes()).map_err(w)?;
-        db.flush().map_err(w)?;
-        let j = SledJournal {
-            dir: dir.to_path_buf(),
-            db,
-            jobs,
-            done,
-            forgotten,
-            history,
-            epoch,
-            lsn,
-            marks,
-            opened: std::sync::Mutex::new(Some(records)),
-        };
-        hwm::write_atomic(dir, &j.mark_bytes(), true)
-            .map_err(|e| err(format!("cannot write its high-water mark: {e}")))?;
-        // The mark now covers every forget: their tombstones have served.
-        j.forgotten.clear().map_err(w)?;
-        let holder = Holder {
-            pid: std::process::id(),
-            host: crate::util::hostname(),
-            started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        };
-        let _ = std::fs::write(dir.join("holder.json"), serde_json::to_string(&holder).unwrap_or_default());
-        Ok(j)
-    }
-
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -220,7 +90,7 @@ impl SledJournal {
     }
 
     /// The high-water mark for everything appended so far.
-    fn mark_bytes(&self) -> Vec<u8> {
+    pub(super) fn mark_bytes(&self) -> Vec<u8> {
         hwm::encode(JOURNAL_VERSION, self.epoch, self.lsn, &self.marks)
     }
 
@@ -455,7 +325,7 @@ impl Journal for SledJournal {
         if let Some(records) = self.opened.lock().ok().and_then(|mut o| o.take()) {
             return Ok(records);
         }
-        Ok(Scan::read(&self.jobs, &self.done, &self.forgotten).into_live().0)
+        Ok(Scan::read(&self.jobs, &self.done, &self.forgotten, Outcomes::Check).into_live().0)
     }
 
     fn epoch(&self) -> u64 {
