@@ -53,6 +53,22 @@ class Executor:
 
 
 @pytest.fixture
+def store(tmp_path):
+    """An empty results store."""
+    d = tmp_path / "store"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def small(tmp_path):
+    """An executor that keeps at most 5 MiB of objects."""
+    e = Executor(tmp_path, objects=5 << 20)
+    yield e
+    e.close()
+
+
+@pytest.fixture
 def executor(tmp_path):
     e = Executor(tmp_path, objects=64 << 20)
     yield e
@@ -63,9 +79,7 @@ def payload(n: int) -> bytes:
     return b"x" * n
 
 
-def test_a_result_over_the_inline_limit_is_stored_by_the_executor(executor, tmp_path):
-    store = tmp_path / "store"
-    store.mkdir()
+def test_a_result_over_the_inline_limit_is_stored_by_the_executor(executor, store, tmp_path):
     path = f"{uuid.uuid4()}/5-1.bin"
     ans = executor.call(1, payload, ((3 << 20,), {}), store=[str(store), path, 1 << 20, 0, True])
     assert ans[:2] == [4, path], ans[:2]
@@ -104,7 +118,7 @@ def test_held_inputs_it_does_not_have_are_asked_for_and_nothing_runs(executor):
     assert ans == [3, [0]]
 
 
-def test_a_store_it_cannot_write_to_gets_the_result_sent_instead(executor, tmp_path):
+def test_a_store_it_cannot_write_to_gets_the_result_sent_instead(executor, store, tmp_path):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     path = f"{uuid.uuid4()}/1-1.bin"
@@ -112,29 +126,21 @@ def test_a_store_it_cannot_write_to_gets_the_result_sent_instead(executor, tmp_p
     assert ans[0] == 0 and pickle.loads(ans[1]) == payload(2 << 20)
 
 
-def test_objects_past_the_cap_are_let_go_oldest_first(tmp_path):
-    e = Executor(tmp_path, objects=5 << 20)
-    try:
-        store = tmp_path / "store"
-        store.mkdir()
-        job = uuid.uuid4()
-        sizes = {}
-        for i in (1, 2, 3):
-            path = f"{job}/{i}-1.bin"
-            ans = e.call(1, payload, ((2 << 20,), {}), store=[str(store), path, 1 << 20, 0, False])
-            assert ans[0] == 4
-            sizes[path] = ans[2]
-        refs = [(k, p, s, True) for k, (p, s) in enumerate(sizes.items())]
-        ans = e.call(2, lambda *a: len(a), ((Dep(0), Dep(1), Dep(2)), {}), inputs=[None] * 3, refs=refs)
-        assert ans == [3, [0]], "the first of three 2 MiB results is gone under a 5 MiB cap"
-    finally:
-        e.close()
+def test_objects_past_the_cap_are_let_go_oldest_first(small, store):
+    job = uuid.uuid4()
+    sizes = {}
+    for i in (1, 2, 3):
+        path = f"{job}/{i}-1.bin"
+        ans = small.call(1, payload, ((2 << 20,), {}), store=[str(store), path, 1 << 20, 0, False])
+        assert ans[0] == 4
+        sizes[path] = ans[2]
+    refs = [(k, p, s, True) for k, (p, s) in enumerate(sizes.items())]
+    ans = small.call(2, lambda *a: len(a), ((Dep(0), Dep(1), Dep(2)), {}), inputs=[None] * 3, refs=refs)
+    assert ans == [3, [0]], "the first of three 2 MiB results is gone under a 5 MiB cap"
 
 
-def test_results_are_stored_as_pickle_dumps_would_write_them_large_buffers_uncopied(executor, tmp_path):
+def test_results_are_stored_as_pickle_dumps_would_write_them_large_buffers_uncopied(executor, store, tmp_path):
     np = pytest.importorskip("numpy")
-    store = tmp_path / "store"
-    store.mkdir()
     job = uuid.uuid4()
 
     def arrays(kind):
@@ -154,27 +160,19 @@ def test_results_are_stored_as_pickle_dumps_would_write_them_large_buffers_uncop
     assert ans[0] == 0 and ans[1] == pickle.dumps(arrays("f"), protocol=5)
 
 
-def test_a_held_input_is_taken_before_sent_ones_can_push_it_out(tmp_path):
-    e = Executor(tmp_path, objects=5 << 20)
-    try:
-        store = tmp_path / "store"
-        store.mkdir()
-        held = f"{uuid.uuid4()}/1-1.bin"
-        ans = e.call(1, payload, ((3 << 20,), {}), store=[str(store), held, 1 << 20, 0, False])
-        assert ans[0] == 4 and ans[4] is True
-        sent = msgpack.packb(pickle.dumps(b"s" * (3 << 20)), use_bin_type=True)
-        refs = [(0, "b/1-1.bin", len(sent), False), (1, held, ans[2], True)]
-        got = e.call(2, lambda s, h: (len(s), len(h)), ((Dep(0), Dep(1)), {}), inputs=[sent, None], refs=refs)
-        assert got[0] == 0, got
-        assert pickle.loads(got[1]) == (3 << 20, 3 << 20)
-    finally:
-        e.close()
+def test_a_held_input_is_taken_before_sent_ones_can_push_it_out(small, store):
+    held = f"{uuid.uuid4()}/1-1.bin"
+    ans = small.call(1, payload, ((3 << 20,), {}), store=[str(store), held, 1 << 20, 0, False])
+    assert ans[0] == 4 and ans[4] is True
+    sent = msgpack.packb(pickle.dumps(b"s" * (3 << 20)), use_bin_type=True)
+    refs = [(0, "b/1-1.bin", len(sent), False), (1, held, ans[2], True)]
+    got = small.call(2, lambda s, h: (len(s), len(h)), ((Dep(0), Dep(1)), {}), inputs=[sent, None], refs=refs)
+    assert got[0] == 0, got
+    assert pickle.loads(got[1]) == (3 << 20, 3 << 20)
 
 
-def test_a_view_of_a_far_larger_array_is_stored_but_not_kept(executor, tmp_path):
+def test_a_view_of_a_far_larger_array_is_stored_but_not_kept(executor, store, tmp_path):
     np = pytest.importorskip("numpy")
-    store = tmp_path / "store"
-    store.mkdir()
     job = uuid.uuid4()
 
     def view(n):
@@ -190,9 +188,7 @@ def test_a_view_of_a_far_larger_array_is_stored_but_not_kept(executor, tmp_path)
     assert ans[0] == 4 and ans[4] is True
 
 
-def test_the_stores_limit_is_on_the_stored_size(executor, tmp_path):
-    store = tmp_path / "store"
-    store.mkdir()
+def test_the_stores_limit_is_on_the_stored_size(executor, store, tmp_path):
     n = 3 << 20
     stored = len(pickle.dumps(payload(n), protocol=5)) + 5
     spec = [str(store), f"{uuid.uuid4()}/1-1.bin", 1 << 20, stored - 1, False]
