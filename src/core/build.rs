@@ -137,28 +137,7 @@ impl JobBuilder {
             }
             (None, None) => {}
         }
-        let py_args;
-        let kind = match s.kind {
-            rec::TaskKind::Fn { name, args } => {
-                KindView::Fn { name: Cow::Owned(name), args: Cow::Owned(args) }
-            }
-            rec::TaskKind::Py { func, args } => {
-                py_args = args;
-                KindView::Py { func, args: Cow::Borrowed(&py_args) }
-            }
-            cmd @ rec::TaskKind::Cmd { .. } => KindView::Cmd(cmd),
-        };
-        self.add(&mut SpecView {
-            key: s.key.map(Cow::Owned),
-            kind,
-            max_worker_kills: s.max_worker_kills,
-            deps: s.deps,
-            priority: s.priority,
-            retries: s.retries,
-            time_limit_ms: s.time_limit_ms,
-            resources: s.resources,
-            time_request_ms: s.time_request_ms,
-        });
+        self.add(&mut SpecView::of(s));
     }
 
     /// Adds the next task from a view of its spec (replay of a journal that
