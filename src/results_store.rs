@@ -49,6 +49,12 @@ pub fn relative_path(task: TaskId, attempt: u32) -> String {
     format!("{}/{}-{}.bin", task.job, task.idx, attempt)
 }
 
+/// Where the writer `pid` puts an attempt's result before the rename (as the
+/// Python executor names it too: `_store` in `actord/executor.py`).
+pub fn temp_path(dir: &Path, task: TaskId, attempt: u32, pid: u32) -> PathBuf {
+    dir.join(task.job.to_string()).join(format!(".{}-{attempt}.{pid}.tmp", task.idx))
+}
+
 /// A reference's path, checked: exactly `<job uuid>/<digits>-<digits>.bin`,
 /// so that nothing a peer sends names a file outside the store.
 pub fn check_path(rel: &str) -> Result<PathBuf, ReadError> {
@@ -139,7 +145,7 @@ pub fn write(
     let fresh = !job_dir.is_dir();
     std::fs::create_dir_all(&job_dir).map_err(err)?;
     let final_path = dir.join(&rel);
-    let tmp = job_dir.join(format!(".{}-{attempt}.{}.tmp", task.idx, std::process::id()));
+    let tmp = temp_path(dir, task, attempt, std::process::id());
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;

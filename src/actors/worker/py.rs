@@ -8,6 +8,7 @@ use super::py_objects::Held;
 use super::py_pipe::{msgpack_bin, read_frame, result_in_place, widen_pipe, ReadEnd};
 use super::stored::StoreTarget;
 use crate::protocol::{Assignment, Outcome, StoredResult};
+use crate::results_store;
 use bytes::Bytes;
 use rustc_hash::FxHashSet;
 use std::io::Write;
@@ -239,7 +240,7 @@ impl PySlot {
             }
         };
         if let (None, Some(pid), Some(store)) = (&self.exec, pid, &t.store) {
-            remove_partial(store, pid);
+            remove_partial(&results_store::temp_path(Path::new(&store.dir), a.task, a.attempt, pid));
         }
         PyEnd::Done(outcome, died)
     }
@@ -433,13 +434,10 @@ fn remove_stale_scratch(dir: &Path, host: &str) {
     }
 }
 
-/// The temporary file of a result an executor (`pid`) was writing to the
+/// Removes the temporary file of a result an executor was writing to the
 /// store when it was stopped (canceled, over its time limit, killed).
-fn remove_partial(store: &StoreTarget, pid: u32) {
-    let Some((job, name)) = store.path.split_once('/') else { return };
-    let Some(stem) = name.strip_suffix(".bin") else { return };
-    let tmp = Path::new(&store.dir).join(job).join(format!(".{stem}.{pid}.tmp"));
-    match std::fs::remove_file(&tmp) {
+fn remove_partial(tmp: &Path) {
+    match std::fs::remove_file(tmp) {
         Ok(()) => {
             tracing::info!(path = %tmp.display(), "removed the partial result of a stopped Python executor")
         }
@@ -524,23 +522,17 @@ mod tests {
     #[test]
     fn the_partial_result_of_a_stopped_executor_is_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let job = crate::ids::JobId::new();
-        let store = StoreTarget {
-            dir: dir.path().to_str().unwrap().into(),
-            path: format!("{job}/7-2.bin"),
-            inline: 1,
-            max: 0,
-            sync_first: false,
-        };
-        std::fs::create_dir(dir.path().join(job.to_string())).unwrap();
+        let task = crate::ids::TaskId { job: crate::ids::JobId::new(), idx: 7 };
+        std::fs::create_dir(dir.path().join(task.job.to_string())).unwrap();
         // As the executor names it (`_store` in actord/executor.py).
-        let tmp = dir.path().join(job.to_string()).join(".7-2.4242.tmp");
-        let other = dir.path().join(job.to_string()).join(".7-2.4243.tmp");
+        let tmp = dir.path().join(task.job.to_string()).join(".7-2.4242.tmp");
+        let other = dir.path().join(task.job.to_string()).join(".7-2.4243.tmp");
+        assert_eq!(results_store::temp_path(dir.path(), task, 2, 4242), tmp);
         std::fs::write(&tmp, b"partial").unwrap();
         std::fs::write(&other, b"another executor's").unwrap();
-        remove_partial(&store, 4242);
+        remove_partial(&results_store::temp_path(dir.path(), task, 2, 4242));
         assert!(!tmp.exists());
         assert!(other.exists(), "only the stopped executor's file");
-        remove_partial(&store, 4242); // gone already: nothing to do
+        remove_partial(&tmp); // gone already: nothing to do
     }
 }
