@@ -155,16 +155,19 @@ impl StoreView {
     /// stay inline. A result an executor stored itself is fsynced later if
     /// so configured.
     pub(super) fn keep(&self, task: TaskId, attempt: u32, outcome: Outcome) -> Outcome {
-        if let (Outcome::Stored(s), Some(dir)) = (&outcome, self.dir()) {
-            if self.sync == results_store::SyncMode::After {
-                self.sync_later(dir.join(&s.path));
+        // (The outcome first: most results are small, and the store's
+        // directory is behind a lock.)
+        match &outcome {
+            Outcome::Stored(s) if self.sync == results_store::SyncMode::After => {
+                if let Some(dir) = self.dir() {
+                    self.sync_later(dir.join(&s.path));
+                }
+                return outcome;
             }
-            return outcome;
+            Outcome::Ok { result } if self.inline > 0 && result.len() as u64 > self.inline => {}
+            _ => return outcome,
         }
         let (Outcome::Ok { result }, Some(dir)) = (&outcome, self.dir()) else { return outcome };
-        if self.inline == 0 || result.len() as u64 <= self.inline {
-            return outcome;
-        }
         match results_store::write(&dir, task, attempt, result, self.max, self.sync) {
             Ok((s, later)) => {
                 self.recent.lock().unwrap_or_else(|e| e.into_inner()).keep(&s.path, result);
