@@ -392,11 +392,10 @@ def main(argv=None) -> int:
             value = _run(req, functions, objects)
             result = _dumps_result(value)
             store = req[9]
-            stored_size = result.size + (2 if result.size < 1 << 8 else 3 if result.size < 1 << 16 else 5)
             if result.size > MAX_PICKLE:
                 resp = [1, f"the task's result pickles to {result.size:,} bytes, over the {MAX_PICKLE:,} "
                         "a result can be: return less, or write it to a file", None]
-            elif store is not None and stored_size > store[2]:
+            elif store is not None and (stored_size := result.size + len(_bin_header(result.size))) > store[2]:
                 # (The store's limit is on the stored size, as the worker's.)
                 too_big = store[3] and stored_size > store[3]
                 resp = [2, stored_size] if too_big else stored(store, value, result)
