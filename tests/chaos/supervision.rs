@@ -106,8 +106,10 @@ fn read_marks(path: &std::path::Path) -> Vec<(String, u32, String)> {
 fn only_the_killed_workers_in_flight_tasks_run_again() {
     let cluster = Cluster::start(2, 1);
     let marks = cluster.path("marks");
+    // (Tasks of 1 s: the kill lands well inside the victim's running task,
+    // not in the instant it ends and before its report leaves.)
     let script = format!(
-        "echo start $ACTORD_TASK $ACTORD_WORKER >> {m}; sleep 0.3; echo end $ACTORD_TASK $ACTORD_WORKER >> {m}",
+        "echo start $ACTORD_TASK $ACTORD_WORKER >> {m}; sleep 1; echo end $ACTORD_TASK $ACTORD_WORKER >> {m}",
         m = marks.display()
     );
     let out = cluster.run(&["submit", "--array", "1-12", "--", "sh", "-c", &script]);
