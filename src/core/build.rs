@@ -2,7 +2,7 @@
 //! is decoded or the journal read: what tasks share stored once (`Shape`),
 //! arguments in one arena, keys out of line; no list of specs is ever held.
 
-use super::compact::{ArgsRef, Holders, RareVec, Stored};
+use super::compact::{ArgsRef, Holders, RareVec, Stored, TaskKeys};
 use super::{Shape, Task, TaskState};
 use crate::journal_record::view::{KindView, SpecView};
 use crate::journal_record::{self as rec, EncodedTasks};
@@ -25,7 +25,7 @@ pub struct JobBuilder {
     pub(super) tasks: Vec<Task>,
     pub(super) args: Vec<u8>,
     pub(super) keys: HashMap<String, u32>,
-    pub(super) key_of: HashMap<u32, String>,
+    pub(super) key_of: TaskKeys,
     shapes: Vec<Arc<Shape>>,
     /// The dependencies (by key) of the tasks that have any: resolved when
     /// the job is inserted, once every key is known.
@@ -99,7 +99,7 @@ impl JobBuilder {
             tasks,
             args: Vec::new(),
             keys: HashMap::default(),
-            key_of: HashMap::default(),
+            key_of: TaskKeys::default(),
             shapes: Vec::new(),
             pending: Vec::new(),
             first_dup_key: None,
@@ -158,7 +158,7 @@ impl JobBuilder {
             if self.keys.insert(k.clone(), idx).is_some() && self.first_dup_key.is_none() {
                 self.first_dup_key = Some(idx);
             }
-            self.key_of.insert(idx, k);
+            self.key_of.push(idx, k);
         }
         if !s.deps.is_empty() {
             self.pending.push((idx, std::mem::take(&mut s.deps)));
@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(&b.args[b.tasks[3].args.range()], &[3]);
         assert_eq!(&b.args[b.tasks[4].args.range()], &[1, 2]);
         assert_eq!(b.keys.get("k4"), Some(&4));
-        assert_eq!(b.key_of.get(&4).map(String::as_str), Some("k4"));
+        assert_eq!(b.key_of.get(4), Some("k4"));
         assert_eq!(b.pending.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 4]);
         assert_eq!(b.first_dup_key, None);
         let journal = b.take_journal();

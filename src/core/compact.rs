@@ -217,6 +217,50 @@ impl ArgsRef {
     }
 }
 
+/// Index → key, for the tasks of a job that have a key, in index order. A
+/// task's key is found at its index when every task has one (the usual
+/// graph), else by binary search: no hash table beside the tasks, and the
+/// neighbours of the task looked up are in the same cache lines.
+#[derive(Debug, Default)]
+pub struct TaskKeys {
+    keyed: Vec<(u32, Box<str>)>,
+}
+
+impl TaskKeys {
+    /// Adds task `idx`'s key; tasks come in index order.
+    pub fn push(&mut self, idx: u32, key: String) {
+        debug_assert!(self.keyed.last().is_none_or(|(last, _)| *last < idx), "keys in index order");
+        self.keyed.push((idx, key.into_boxed_str()));
+    }
+
+    fn find(&self, idx: u32) -> Option<usize> {
+        match self.keyed.get(idx as usize) {
+            Some((i, _)) if *i == idx => Some(idx as usize),
+            _ => self.keyed.binary_search_by_key(&idx, |(i, _)| *i).ok(),
+        }
+    }
+
+    pub fn get(&self, idx: u32) -> Option<&str> {
+        self.find(idx).map(|at| &*self.keyed[at].1)
+    }
+
+    pub fn contains(&self, idx: u32) -> bool {
+        self.find(idx).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.keyed.iter().map(|(i, k)| (*i, &**k))
+    }
+
+    pub fn len(&self) -> usize {
+        self.keyed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keyed.is_empty()
+    }
+}
+
 /// Bytes of a list from which its pages are populated at once.
 const POPULATE_FROM: usize = 8 << 20;
 
@@ -277,6 +321,28 @@ mod tests {
         assert_eq!(a.get(after), b"x");
         let empty = a.push(b"");
         assert_eq!(a.get(empty), b"");
+    }
+
+    #[test]
+    fn task_keys_are_found_dense_or_sparse() {
+        let mut dense = TaskKeys::default();
+        for i in 0..100u32 {
+            dense.push(i, format!("k{i}"));
+        }
+        assert_eq!(dense.get(42), Some("k42"));
+        assert_eq!(dense.get(100), None);
+        let mut sparse = TaskKeys::default();
+        for i in (0..100u32).filter(|i| i % 3 == 1) {
+            sparse.push(i, format!("k{i}"));
+        }
+        assert_eq!(sparse.len(), 33);
+        for i in 0..110u32 {
+            let want = (i < 100 && i % 3 == 1).then(|| format!("k{i}"));
+            assert_eq!(sparse.get(i).map(str::to_string), want, "task {i}");
+            assert_eq!(sparse.contains(i), want.is_some());
+        }
+        assert_eq!(sparse.iter().next(), Some((1, "k1")));
+        assert!(TaskKeys::default().is_empty() && TaskKeys::default().get(0).is_none());
     }
 
     #[test]

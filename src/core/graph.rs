@@ -35,7 +35,7 @@ pub fn resolve(core: &Core, job: JobId, b: &JobBuilder) -> Result<Vec<(u32, Vec<
         return Ok(Vec::new());
     }
     let idx_names: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-    let name = |i: usize| b.key_of.get(&(i as u32)).map_or(idx_names[i].as_str(), String::as_str);
+    let name = |i: usize| b.key_of.get(i as u32).unwrap_or(idx_names[i].as_str());
     let mut keys: HashMap<&str, u32> = HashMap::default();
     for i in 0..n {
         if keys.insert(name(i), i as u32).is_some() {
@@ -122,12 +122,14 @@ fn check_acyclic<'a>(
 fn check_keys(b: &JobBuilder) -> Result<(), String> {
     let n = b.len();
     let clashes_with_index = |k: &str| {
-        k.parse::<usize>().is_ok_and(|j| j < n && !b.key_of.contains_key(&(j as u32)) && j.to_string() == k)
+        k.parse::<usize>().is_ok_and(|j| j < n && !b.key_of.contains(j as u32) && j.to_string() == k)
     };
     let first =
-        b.key_of.iter().filter(|(_, k)| clashes_with_index(k)).map(|(i, _)| *i).chain(b.first_dup_key).min();
+        b.key_of.iter().filter(|(_, k)| clashes_with_index(k)).map(|(i, _)| i).chain(b.first_dup_key).min();
     match first {
-        Some(i) => Err(format!("task key {:?} appears twice (task {i})", b.key_of[&i])),
+        Some(i) => {
+            Err(format!("task key {:?} appears twice (task {i})", b.key_of.get(i).unwrap_or_default()))
+        }
         None => Ok(()),
     }
 }

@@ -19,15 +19,20 @@ impl Core {
     pub fn unhold(&mut self, wid: WorkerId, tid: TaskId, how: Leave) -> bool {
         self.stealing.remove(&tid);
         let Some(task) = self.find_task(tid) else { return false };
-        let req = task.shape.resources.clone();
+        let shape = task.shape.clone();
         let Some(w) = self.workers.find_worker_mut(wid) else { return false };
-        if !w.release(&tid, &req) {
+        if !w.release(&tid, &shape.resources) {
             return false;
         }
         self.get_task_mut(tid).local_inputs.clear();
-        let mut stack = vec![tid];
-        while let Some(t) = stack.pop() {
-            for d in self.find_task(t).map(|t| t.dependents.clone()).unwrap_or_default() {
+        // (Per report: no list is made unless something pinned is dropped.)
+        let mut stack = Vec::new();
+        let mut next = Some(tid);
+        while let Some(t) = next.take().or_else(|| stack.pop()) {
+            // `t`'s dependents do not change below: they are read in place.
+            let n = self.find_task(t).map_or(0, |t| t.dependents.len());
+            for i in 0..n {
+                let d = self.get_task(t).dependents[i];
                 let Some(dt) = self.find_task(d) else { continue };
                 if dt.state != TaskState::Assigned(wid) || !dt.local_inputs.contains(&t) {
                     continue;
@@ -36,8 +41,11 @@ impl Core {
                     self.get_task_mut(d).local_inputs.retain(|x| *x != tid);
                     continue;
                 }
-                let req = dt.shape.resources.clone();
-                self.workers.find_worker_mut(wid).expect("holds its pinned task").release(&d, &req);
+                let shape = dt.shape.clone();
+                self.workers
+                    .find_worker_mut(wid)
+                    .expect("holds its pinned task")
+                    .release(&d, &shape.resources);
                 self.stealing.remove(&d);
                 self.get_task_mut(d).local_inputs.clear();
                 self.unpinned.push((wid, d));
@@ -140,10 +148,12 @@ pub(super) fn pin(
             break;
         }
         let mut pinned_here = 0;
-        for d in r.dependents.clone() {
+        // `root`'s dependents do not change below: they are read in place.
+        for i in 0..r.dependents.len() {
             if *room == 0 || pinned_here == slots {
                 break;
             }
+            let d = core.get_task(root).dependents[i];
             let Some(pending) = pinnable(core, wid, d) else { continue };
             let dt = core.find_task(d).expect("pinnable task");
             let inputs = dt

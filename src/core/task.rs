@@ -2,7 +2,7 @@
 //! holders; a job's tasks, keys, shared shapes, argument arena and function
 //! table. A task's record is kept short: a million of them are common.
 
-use super::compact::{ArgsRef, Holders, RareVec, ResultArena, Stored};
+use super::compact::{ArgsRef, Holders, RareVec, ResultArena, Stored, TaskKeys};
 use crate::ids::{ConnId, TaskId, WorkerId};
 use crate::protocol::{Outcome, Resources, TaskKind};
 use rustc_hash::FxHashMap as HashMap;
@@ -140,7 +140,7 @@ pub struct Job {
     /// Explicit task keys → index (tasks without one go by their index).
     pub keys: HashMap<String, u32>,
     /// ... and index → key, for the few tasks that have one.
-    pub key_of: HashMap<u32, String>,
+    pub key_of: TaskKeys,
     /// The `Fn` and `Py` arguments of its tasks, one after the other.
     pub args: Vec<u8>,
     /// Its tasks' results, and their errors (with the pickled exception).
@@ -198,7 +198,7 @@ impl Job {
 
     /// The key task `idx` was submitted with, if any.
     pub fn key(&self, idx: u32) -> Option<&str> {
-        self.key_of.get(&idx).map(String::as_str)
+        self.key_of.get(idx)
     }
 
     /// Task `idx`'s kind with its arguments, as a worker gets it.
