@@ -92,6 +92,9 @@ impl Actor for Connection {
                 for f in frames {
                     write(&myself, st, f).await;
                 }
+                if st.sink.is_some() {
+                    let _ = st.args.worker.cast(WorkerMsg::Written);
+                }
             }
             ConnMsg::Send(msg) => {
                 st.registered = true;

@@ -140,6 +140,8 @@ struct WorkerState {
     /// The last key given to a py function.
     next_key: u64,
     flush_pending: bool,
+    /// Report frames given to `conn` and not yet written: the next wait.
+    writing: bool,
     /// Slots whose executors are still importing the preloaded modules:
     /// the worker registers once they are done (as a Dask worker imports
     /// its preloads before it joins), so its first tasks do not wait.
@@ -197,6 +199,7 @@ impl Actor for Worker {
             functions: FxHashMap::default(),
             next_key: 0,
             flush_pending: false,
+            writing: false,
             warming: 0,
             draining: false,
             done: Some(done),
@@ -249,6 +252,10 @@ impl Actor for Worker {
             }
             WorkerMsg::Ready(tasks) => st.enqueue(tasks),
             WorkerMsg::Flush => st.flush(),
+            WorkerMsg::Written => {
+                st.writing = false;
+                st.flush();
+            }
             WorkerMsg::CheckLimits => {
                 for r in st.book.expire(Instant::now()) {
                     tracing::warn!(task = %r.task, "function over its time limit: reported failed");
@@ -341,6 +348,7 @@ impl WorkerState {
         self.outbox.reconnected();
         self.address = address;
         self.online = true;
+        self.writing = false;
         self.send(self.register());
         self.flush();
     }
@@ -388,12 +396,13 @@ impl WorkerState {
 
     fn flush(&mut self) {
         self.flush_pending = false;
-        if !self.online {
+        if !self.online || self.writing || self.outbox.unsent() == 0 {
             return;
         }
+        let Some(conn) = &self.conn else { return };
         let frames = self.outbox.frames();
-        if let (false, Some(conn)) = (frames.is_empty(), &self.conn) {
-            let _ = conn.cast(ConnMsg::Frames(frames));
+        if !frames.is_empty() {
+            self.writing = conn.cast(ConnMsg::Frames(frames)).is_ok();
         }
     }
 
@@ -460,6 +469,7 @@ impl WorkerState {
     ) -> Result<(), ActorProcessingErr> {
         self.conn = None;
         self.online = false;
+        self.writing = false;
         if let Some(e) = failure {
             let err = match e.downcast::<WorkerError>() {
                 Ok(e) => *e,

@@ -32,6 +32,10 @@ pub(super) enum WorkerMsg {
     /// Send the reports gathered so far (queued behind the reports already
     /// in the mailbox, so that one frame carries them all).
     Flush,
+    /// The `Connection` wrote the report frames it was given: the next
+    /// ones may go (one batch at a time, so that reports finished while
+    /// one is written share the next frame).
+    Written,
     /// Fail functions past their time limit.
     CheckLimits,
     /// The grace of a canceled child is over.
