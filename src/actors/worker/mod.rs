@@ -29,7 +29,7 @@ use book::Book;
 use bytes::Bytes;
 use conn::{ConnArgs, ConnMsg, Connection};
 use msg::SlotPanic;
-use msg::{Done, Run, WorkerMsg, CANCEL_GRACE};
+use msg::{Done, Run, SlotEvent, WorkerMsg, CANCEL_GRACE};
 use outbox::Outbox;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use rustc_hash::FxHashMap;
@@ -167,6 +167,7 @@ impl Actor for Worker {
             registry: registry.clone(),
             queue,
             worker: myself.clone(),
+            events: Default::default(),
             work_dir: opts.work_dir.clone(),
             gpus: exec_cmd::GpuPool::new(&opts.gpus),
             pins: book.pins.clone(),
@@ -238,19 +239,11 @@ impl Actor for Worker {
                 st.connected(address)
             }
             WorkerMsg::Frame(frame) => st.on_frame(&myself, frame),
-            WorkerMsg::Done(done) => {
-                let (report, ready) = st.book.finished(done);
-                st.enqueue(ready);
-                if let Some(r) = report {
-                    st.report(&myself, r);
+            WorkerMsg::SlotEvents => {
+                for e in st.shared.events.take() {
+                    st.slot_event(&myself, e);
                 }
             }
-            WorkerMsg::Running(r) => {
-                if let Some((task, pid)) = st.book.started(r, Instant::now()) {
-                    stop_child(&myself, task, pid);
-                }
-            }
-            WorkerMsg::Ready(tasks) => st.enqueue(tasks),
             WorkerMsg::Flush => st.flush(),
             WorkerMsg::Written => {
                 st.writing = false;
@@ -341,6 +334,24 @@ impl Actor for Worker {
 }
 
 impl WorkerState {
+    fn slot_event(&mut self, myself: &ActorRef<WorkerMsg>, e: SlotEvent) {
+        match e {
+            SlotEvent::Done(done) => {
+                let (report, ready) = self.book.finished(done);
+                self.enqueue(ready);
+                if let Some(r) = report {
+                    self.report(myself, r);
+                }
+            }
+            SlotEvent::Running(r) => {
+                if let Some((task, pid)) = self.book.started(r, Instant::now()) {
+                    stop_child(myself, task, pid);
+                }
+            }
+            SlotEvent::Ready(tasks) => self.enqueue(tasks),
+        }
+    }
+
     /// The connection is through: queued tasks are dropped (the scheduler
     /// requeues them), every unacknowledged report is sent again.
     fn connected(&mut self, address: String) {

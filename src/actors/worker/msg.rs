@@ -23,12 +23,8 @@ pub(super) enum WorkerMsg {
     Connected { address: String, results_dir: Option<String> },
     /// A frame from the scheduler.
     Frame(ToWorker),
-    /// A slot finished an attempt.
-    Done(Done),
-    /// A slot says what an attempt runs as.
-    Running(Running),
-    /// Pinned tasks a slot's result completed, beyond the one it runs itself.
-    Ready(Vec<Assignment>),
+    /// The slots queued events (`SlotEvents`): take them all.
+    SlotEvents,
     /// Send the reports gathered so far (queued behind the reports already
     /// in the mailbox, so that one frame carries them all).
     Flush,
@@ -49,6 +45,40 @@ pub(super) enum WorkerMsg {
     /// A slot's executor has imported the preloaded modules (`all`: the
     /// wait for them is over, whatever their state).
     Warmed { all: bool },
+}
+
+/// What a slot tells its worker, in order.
+pub(super) enum SlotEvent {
+    /// It finished an attempt.
+    Done(Done),
+    /// What an attempt runs as.
+    Running(Running),
+    /// Pinned tasks its result completed, beyond the one it runs itself.
+    Ready(Vec<Assignment>),
+}
+
+/// The slots' events for the `Worker`, in one queue: a slot sends the
+/// `Worker` a message only when the queue was empty, and the `Worker` takes
+/// the whole queue, so a burst of short attempts costs one message (and
+/// one wake-up of the worker's thread), not one per attempt.
+#[derive(Default)]
+pub(super) struct SlotEvents(std::sync::Mutex<Vec<SlotEvent>>);
+
+impl SlotEvents {
+    /// Queues an event; `false` if the `Worker` is gone.
+    pub(super) fn push(&self, e: SlotEvent, worker: &ractor::ActorRef<WorkerMsg>) -> bool {
+        let first = {
+            let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            q.push(e);
+            q.len() == 1
+        };
+        !first || worker.cast(WorkerMsg::SlotEvents).is_ok()
+    }
+
+    /// Everything queued, oldest first.
+    pub(super) fn take(&self) -> Vec<SlotEvent> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// An attempt handed to the slots, with what they need to run it.

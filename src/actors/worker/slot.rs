@@ -4,7 +4,7 @@
 //! reports the attempt failed and starts the slot again.
 
 use super::exec_cmd::{CmdCx, GpuPool};
-use super::msg::{Done, Run, Running, SlotPanic, WorkerMsg};
+use super::msg::{Done, Run, Running, SlotEvent, SlotEvents, SlotPanic, WorkerMsg};
 use super::outbox::cap_outcome;
 use super::pinned::{self, Pins};
 use super::py::{PyEnd, PyOptions, PySlot, PyTask};
@@ -22,6 +22,8 @@ pub(super) struct SlotShared {
     pub registry: Arc<Registry>,
     pub queue: crossbeam_channel::Receiver<Run>,
     pub worker: ActorRef<WorkerMsg>,
+    /// What the slots tell the `Worker` (`Done`, `Running`, `Ready`).
+    pub events: Arc<SlotEvents>,
     pub work_dir: PathBuf,
     pub gpus: GpuPool,
     pub pins: Pins,
@@ -30,6 +32,14 @@ pub(super) struct SlotShared {
     pub max_error: u64,
     /// The results store as this worker sees it.
     pub store: Arc<StoreView>,
+}
+
+impl SlotShared {
+    /// Tells the `Worker` (in order with the slots' other events); `false`
+    /// if it is gone.
+    fn tell(&self, e: SlotEvent) -> bool {
+        self.events.push(e, &self.worker)
+    }
 }
 
 pub(super) struct SlotArgs {
@@ -98,7 +108,7 @@ fn slot_thread(slot: u32, shared: SlotShared, me: ActorRef<SlotMsg>) {
         let keep = run.a.has_dependents;
         let result = pinned::Local::of(&report.outcome);
         let ready = pinned::lock(&shared.pins).finished(run.a.task, result, keep);
-        if shared.worker.cast(WorkerMsg::Done(Done { report, keep, pins_done: true })).is_err() {
+        if !shared.tell(SlotEvent::Done(Done { report, keep, pins_done: true })) {
             return;
         }
         // The first pinned task this completes runs here at once (a py one
@@ -108,7 +118,7 @@ fn slot_thread(slot: u32, shared: SlotShared, me: ActorRef<SlotMsg>) {
             next = ready.next().map(|a| Run { a, worker: run.worker, function: None });
         }
         let rest: Vec<Assignment> = ready.collect();
-        if !rest.is_empty() && shared.worker.cast(WorkerMsg::Ready(rest)).is_err() {
+        if !rest.is_empty() && !shared.tell(SlotEvent::Ready(rest)) {
             return;
         }
     }
@@ -139,7 +149,7 @@ fn run_task(shared: &SlotShared, run: &Run, py: &mut PySlot) -> TaskReport {
     };
     let filled_at = Instant::now();
     let tell = |r: Running| {
-        let _ = shared.worker.cast(WorkerMsg::Running(r));
+        shared.tell(SlotEvent::Running(r));
     };
     let mut executor_died = false;
     let outcome = match &a.kind {

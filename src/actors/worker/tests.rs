@@ -2,7 +2,7 @@
 //! report, and a panicking slot failing its actor with the attempt's error.
 
 use super::exec_cmd::GpuPool;
-use super::msg::{Run, SlotPanic, WorkerMsg};
+use super::msg::{Run, SlotEvent, SlotEvents, SlotPanic, WorkerMsg};
 use super::py::PyOptions;
 use super::slot::{self, Slot, SlotArgs, SlotShared};
 use crate::functions::Registry;
@@ -22,25 +22,30 @@ enum Seen {
 
 impl Actor for Probe {
     type Msg = WorkerMsg;
-    type State = UnboundedSender<Seen>;
-    type Arguments = UnboundedSender<Seen>;
+    /// Where it passes things on, and the slots' event queue.
+    type State = (UnboundedSender<Seen>, Arc<SlotEvents>);
+    type Arguments = Self::State;
 
     async fn pre_start(
         &self,
         _: ActorRef<WorkerMsg>,
-        tx: Self::Arguments,
+        st: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(tx)
+        Ok(st)
     }
 
     async fn handle(
         &self,
         _: ActorRef<WorkerMsg>,
         msg: WorkerMsg,
-        tx: &mut Self::State,
+        st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let WorkerMsg::Done(d) = msg {
-            let _ = tx.send(Seen::Report(d.report));
+        if let WorkerMsg::SlotEvents = msg {
+            for e in st.1.take() {
+                if let SlotEvent::Done(d) = e {
+                    let _ = st.0.send(Seen::Report(d.report));
+                }
+            }
         }
         Ok(())
     }
@@ -49,7 +54,7 @@ impl Actor for Probe {
         &self,
         _: ActorRef<WorkerMsg>,
         evt: SupervisionEvent,
-        tx: &mut Self::State,
+        (tx, _): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(_, e) = evt {
             if let Some(p) = e.downcast_ref::<SlotPanic>() {
@@ -99,12 +104,14 @@ async fn one_slot(
     max_result: u64,
 ) -> (crossbeam_channel::Sender<Run>, UnboundedReceiver<Seen>) {
     let (tx, rx) = unbounded_channel();
-    let (probe, _) = Actor::spawn(None, Probe, tx).await.unwrap();
+    let events = Arc::new(SlotEvents::default());
+    let (probe, _) = Actor::spawn(None, Probe, (tx, events.clone())).await.unwrap();
     let (queue, queued) = crossbeam_channel::unbounded();
     let shared = SlotShared {
         registry: Arc::new(registry),
         queue: queued,
         worker: probe.clone(),
+        events,
         work_dir: dir.to_path_buf(),
         gpus: GpuPool::new(&[]),
         pins: Default::default(),
