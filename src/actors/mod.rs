@@ -40,7 +40,8 @@
 //!     │                       reports; supervisor of:
 //!     ├─ Connection           dials (re-reading the scheduler file, backoff
 //!     │   │                   50 ms doubling to 500 ms) until through or
-//!     │   │                   death_timeout; writes frames, heartbeats.
+//!     │   │                   death_timeout; writes frames (one report
+//!     │   │                   batch at a time, then `Written`), heartbeats.
 //!     │   │                   policy: lost → logged, dialed again at once
 //!     │   │                   (tasks keep running); failed to get through
 //!     │   │                   within death_timeout → the worker exits
@@ -50,7 +51,9 @@
 //!     │                       ready queue: fn, cmd (`crate::process`), py
 //!     │                       (a Python executor per slot); starts at once
 //!     │                       the pinned task its result completes (the
-//!     │                       pins: the one table shared with the Worker)
+//!     │                       pins: the one table shared with the Worker);
+//!     │                       tells the Worker through the slots' event
+//!     │                       queue (one wake-up per burst)
 //!     └─ Slot n               policy: a panic fails the slot; its attempt is
 //!                             reported failed with the panic's message and
 //!                             the slot restarted at once, logged

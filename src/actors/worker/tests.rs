@@ -197,3 +197,71 @@ async fn commands_see_their_identity_and_write_output_files() {
     queue.send(run(assignment(crate::client::cmd_task(vec!["/nonexistent/prog".into()]).kind))).unwrap();
     assert!(report(&mut rx).await.outcome.error().contains("cannot run"));
 }
+
+/// Counts the messages it gets.
+struct Counter;
+
+impl Actor for Counter {
+    type Msg = WorkerMsg;
+    type State = UnboundedSender<()>;
+    type Arguments = UnboundedSender<()>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<WorkerMsg>,
+        tx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(tx)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<WorkerMsg>,
+        _: WorkerMsg,
+        tx: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = tx.send(());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn slot_events_keep_their_order_and_wake_the_worker_once_per_burst() {
+    let (tx, mut woken) = unbounded_channel();
+    let (worker, _) = Actor::spawn(None, Counter, tx).await.unwrap();
+    let events = SlotEvents::default();
+    let done = |idx| {
+        let mut a = fn_task("inc", vec![]);
+        a.task.idx = idx;
+        SlotEvent::Done(super::msg::Done {
+            report: TaskReport {
+                task: a.task,
+                attempt: 1,
+                outcome: Outcome::Ok { result: Default::default() },
+                micros: 1,
+                executor_died: false,
+                lost_inputs: Vec::new(),
+            },
+            keep: false,
+            pins_done: true,
+        })
+    };
+    let idx = |e: &SlotEvent| match e {
+        SlotEvent::Done(d) => d.report.task.idx,
+        _ => u32::MAX,
+    };
+    for i in 0..3 {
+        assert!(events.push(done(i), &worker));
+    }
+    assert_eq!(events.take().iter().map(idx).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert!(events.push(done(3), &worker));
+    assert_eq!(events.take().iter().map(idx).collect::<Vec<_>>(), vec![3]);
+    // Every message sent is handled before it stops.
+    worker.drain_and_wait(Some(std::time::Duration::from_secs(20))).await.unwrap();
+    let mut wakes = 0;
+    while woken.try_recv().is_ok() {
+        wakes += 1;
+    }
+    assert_eq!(wakes, 2, "one wake-up per push onto an empty queue, none for the rest of a burst");
+    assert!(!events.push(done(4), &worker), "a gone worker is said so");
+}
