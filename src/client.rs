@@ -12,7 +12,7 @@
 
 use crate::ids::JobId;
 use crate::protocol::{
-    Conn, Dep, FromClient, Outcome, Role, TaskKind, TaskOutcome, TaskSpec, ToClient, WorkerInfo,
+    Conn, ConnError, Dep, FromClient, Outcome, Role, TaskKind, TaskOutcome, TaskSpec, ToClient, WorkerInfo,
     DEFAULT_MAX_FRAME,
 };
 
@@ -233,6 +233,10 @@ impl Client {
                 }
                 Ok(other) => return Err(ClientError::Protocol(format!("{other:?}"))),
                 Err(e) if is_transport(&e) => self.reconnect().await?,
+                Err(ClientError::Conn(ConnError::Encode(why))) => {
+                    let why = format!("job {name:?} does not fit in one message: {why}");
+                    return Err(ClientError::Usage(format!("{why}; submit it as several jobs")));
+                }
                 Err(e) => return Err(e),
             }
         }

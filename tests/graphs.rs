@@ -389,3 +389,22 @@ async fn the_rust_client_passes_futures_as_arguments_and_builds_graphs() {
     }
     assert_eq!(seen, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_the_frame_limit_is_refused_at_once_and_the_client_goes_on() {
+    use actord::client::{Client, Graph};
+    let cluster = Cluster::start_with_config(1, 1, CONFIG);
+    let mut client = Client::connect(&cluster.file, Duration::from_secs(30)).await.unwrap();
+    let mut g = Graph::new();
+    let blob = serde_bytes::ByteBuf::from(vec![7u8; (64 << 20) + 1]);
+    g.add("huge", "inc", &blob, &[]).unwrap();
+    // Refused as it is sent, not retried for good as if the connection dropped.
+    let refused = tokio::time::timeout(Duration::from_secs(60), client.submit_graph("huge", g))
+        .await
+        .expect("the submission ends");
+    let error = refused.expect_err("over the frame limit").to_string();
+    assert!(error.contains("job \"huge\" does not fit in one message"), "{error}");
+    assert!(error.contains("over the frame limit of 64.0 MiB"), "{error}");
+    let x = client.submit("inc", &1i64).await.unwrap();
+    assert_eq!(client.result::<i64>(&x).await.unwrap(), 2);
+}

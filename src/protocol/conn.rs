@@ -255,8 +255,19 @@ impl Conn {
         decode(&frame)
     }
 
+    /// Writes one message. One over the frame limit is refused here, as an
+    /// encoding error (not a lost connection, which a caller may retry).
     pub async fn write<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnError> {
-        self.framed.send(encode(msg)?).await?;
+        let frame = encode(msg)?;
+        let max = self.framed.codec().max_frame();
+        if frame.len() > max {
+            return Err(ConnError::Encode(format!(
+                "the message is {}, over the frame limit of {}",
+                crate::util::format_size(frame.len() as u64),
+                crate::util::format_size(max as u64)
+            )));
+        }
+        self.framed.send(frame).await?;
         Ok(())
     }
 
