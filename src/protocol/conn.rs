@@ -82,7 +82,11 @@ impl Encoder<Bytes> for FrameCodec {
             _ => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
-                    format!("a frame of {} bytes is over the limit of {} bytes", item.len(), self.max_frame),
+                    format!(
+                        "the message is {}, over the frame limit of {}",
+                        crate::util::format_size(item.len() as u64),
+                        crate::util::format_size(self.max_frame as u64)
+                    ),
                 ))
             }
         };
@@ -255,20 +259,13 @@ impl Conn {
         decode(&frame)
     }
 
-    /// Writes one message. One over the frame limit is refused here, as an
-    /// encoding error (not a lost connection, which a caller may retry).
+    /// Writes one message. One over the frame limit (the codec refuses it)
+    /// is an encoding error, not a lost connection, which a caller may retry.
     pub async fn write<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnError> {
-        let frame = encode(msg)?;
-        let max = self.framed.codec().max_frame();
-        if frame.len() > max {
-            return Err(ConnError::Encode(format!(
-                "the message is {}, over the frame limit of {}",
-                crate::util::format_size(frame.len() as u64),
-                crate::util::format_size(max as u64)
-            )));
-        }
-        self.framed.send(frame).await?;
-        Ok(())
+        self.framed.send(encode(msg)?).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => ConnError::Encode(e.to_string()),
+            _ => ConnError::Io(e),
+        })
     }
 
     pub fn into_split(self) -> (FrameSink, FrameStream) {

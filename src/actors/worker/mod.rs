@@ -407,7 +407,7 @@ impl WorkerState {
 
     fn flush(&mut self) {
         self.flush_pending = false;
-        if !self.online || self.writing || self.outbox.unsent() == 0 {
+        if !self.online || self.writing {
             return;
         }
         let Some(conn) = &self.conn else { return };

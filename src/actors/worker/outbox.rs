@@ -54,11 +54,6 @@ impl Outbox {
         tasks
     }
 
-    /// Reports not yet sent on this connection.
-    pub(super) fn unsent(&self) -> usize {
-        self.unsent.len()
-    }
-
     pub(super) fn pending(&self) -> usize {
         self.unacked.iter().map(|(_, r)| r.len()).sum::<usize>() + self.unsent.len()
     }

@@ -157,17 +157,17 @@ impl StoreView {
     pub(super) fn keep(&self, task: TaskId, attempt: u32, outcome: Outcome) -> Outcome {
         // (The outcome first: most results are small, and the store's
         // directory is behind a lock.)
-        match &outcome {
+        let result = match &outcome {
             Outcome::Stored(s) if self.sync == results_store::SyncMode::After => {
                 if let Some(dir) = self.dir() {
                     self.sync_later(dir.join(&s.path));
                 }
                 return outcome;
             }
-            Outcome::Ok { result } if self.inline > 0 && result.len() as u64 > self.inline => {}
+            Outcome::Ok { result } if self.inline > 0 && result.len() as u64 > self.inline => result,
             _ => return outcome,
-        }
-        let (Outcome::Ok { result }, Some(dir)) = (&outcome, self.dir()) else { return outcome };
+        };
+        let Some(dir) = self.dir() else { return outcome };
         match results_store::write(&dir, task, attempt, result, self.max, self.sync) {
             Ok((s, later)) => {
                 self.recent.lock().unwrap_or_else(|e| e.into_inner()).keep(&s.path, result);
